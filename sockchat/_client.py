@@ -1,0 +1,271 @@
+"""The client library: a conversation with a sockchat server.
+
+    conversation = await connect(reactor, endpoint)
+    answer = await conversation.say("hi")
+    await conversation.quit()
+
+``say`` returns the answer, or raises ``LineRefused`` (the server refused the
+line; say another) or ``ConversationEnded``.  Notices that do not answer
+anything go to the ``on_notice`` callback.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.interfaces import (
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.python.failure import Failure
+
+from ._codec import InvalidUtf8, LineDecoder, LineTooLong
+from ._turns import Answered, ClientTurns, Ended, Noticed, NotYourTurn, Refused, Turn
+from ._wire import QUIT, Notice, NoticeKind
+
+__all__ = [
+    "Conversation",
+    "ConversationEnded",
+    "LineRefused",
+    "NotYourTurn",
+    "SockchatError",
+    "connect",
+]
+
+#: Answers longer than this (bytes) are refused by the client.
+CLIENT_MAX_LINE = 1024 * 1024
+
+
+class SockchatError(Exception):
+    """Base class of the errors the client library raises."""
+
+
+class LineRefused(SockchatError):
+    """The server refused the line; it was not delivered.  Say another."""
+
+    def __init__(self, notice: Notice) -> None:
+        super().__init__(str(notice))
+        self.notice = notice
+
+
+@frozen
+class _End:
+    clean: bool
+    why: str
+    notice: Notice | None
+
+
+class ConversationEnded(SockchatError):
+    """The conversation is over.
+
+    ``clean`` is true when it ended as the protocol says (a ``q`` from either
+    side, or a bye notice), false when the connection was lost.
+    """
+
+    def __init__(self, why: str, *, clean: bool, notice: Notice | None = None):
+        super().__init__(why)
+        self.why = why
+        self.clean = clean
+        self.notice = notice
+
+
+class _ChatClientProtocol(Protocol):
+    transport: ITCPTransport  # or any transport with the same methods
+
+    def __init__(self, on_notice: Callable[[Notice], None]) -> None:
+        self._on_notice = on_notice
+        self._decoder = LineDecoder(CLIENT_MAX_LINE, strip_cr=False)
+        self.turns = ClientTurns()
+        self._waiting: Deferred[str] | None = None
+        self._end: _End | None = None
+        self._closed: list[Deferred[ConversationEnded]] = []
+        self.lost: ConversationEnded | None = None
+
+    def say(self, text: str) -> Deferred[str]:
+        if self.lost is not None:
+            return fail(self.lost)
+        try:
+            data = self.turns.say(text)
+        except (NotYourTurn, ValueError) as e:
+            return fail(e)
+        if text == QUIT:
+            self._end = _End(True, "you quit.", None)
+            self.transport.write(data)
+            return fail(ConversationEnded("you quit.", clean=True))
+        self._waiting = Deferred()
+        self.transport.write(data)
+        return self._waiting
+
+    def dataReceived(self, data: bytes) -> None:
+        for item in self._decoder.feed(data):
+            if isinstance(item, (LineTooLong, InvalidUtf8)):
+                why = (
+                    f"a server line of {item.length} bytes was over the client's "
+                    f"{item.limit}-byte limit"
+                    if isinstance(item, LineTooLong)
+                    else f"a server line was not valid UTF-8 ({item.reason})"
+                )
+                self._on_notice(Notice(NoticeKind.ERROR, "client-refused", why))
+                continue
+            event = self.turns.receive(item)
+            if isinstance(event, Answered):
+                self._resolve(event.text)
+            elif isinstance(event, Refused):
+                self._reject(LineRefused(event.notice))
+            elif isinstance(event, Noticed):
+                self._on_notice(event.notice)
+            elif isinstance(event, Ended):
+                self._ended(event.notice)
+
+    def _ended(self, notice: Notice | None) -> None:
+        if self._end is None:  # the server ended it, not us
+            why = (
+                "the server ended the conversation (q)."
+                if notice is None
+                else notice.text
+            )
+            self._end = _End(True, why, notice)
+        if notice is not None:
+            self._on_notice(notice)
+        if self._waiting is not None:
+            self._reject(ConversationEnded(self._end.why, clean=True, notice=notice))
+
+    def _resolve(self, text: str) -> None:
+        waiting, self._waiting = self._waiting, None
+        assert waiting is not None
+        waiting.callback(text)
+
+    def _reject(self, error: Exception) -> None:
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None:
+            waiting.errback(error)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        end = self._end
+        if end is None:
+            self.turns.turn = Turn.ENDED
+            end = _End(
+                False,
+                f"the connection was lost ({reason.getErrorMessage()}).",
+                None,
+            )
+        self.lost = ConversationEnded(end.why, clean=end.clean, notice=end.notice)
+        self._reject(self.lost)
+        closed, self._closed = self._closed, []
+        for d in closed:
+            d.callback(self.lost)
+
+    def when_closed(self) -> Deferred[ConversationEnded]:
+        if self.lost is not None:
+            d: Deferred[ConversationEnded] = Deferred()
+            d.callback(self.lost)
+            return d
+        d = Deferred()
+        self._closed.append(d)
+        return d
+
+
+class Conversation:
+    """One conversation with a sockchat server; made by ``connect``."""
+
+    def __init__(self, reactor: IReactorTime, proto: _ChatClientProtocol) -> None:
+        self._reactor = reactor
+        self._proto = proto
+
+    @property
+    def my_turn(self) -> bool:
+        """True when ``say`` may be called."""
+        return self._proto.turns.turn is Turn.CLIENT
+
+    def say(self, text: str) -> Deferred[str]:
+        """Send one line; fire with the answer.
+
+        Fails with ``LineRefused`` if the server refused the line,
+        ``ConversationEnded`` if the conversation ended instead, ``ValueError``
+        if *text* is not one line, and ``NotYourTurn`` if an answer is still
+        owed.  Saying ``q`` is the same as ``quit()``.
+        """
+        if text == QUIT:
+            return self.quit().addCallback(
+                lambda end: _raise(ConversationEnded(end.why, clean=end.clean))
+            )
+        return self._proto.say(text)
+
+    def quit(self, timeout: float = 5.0) -> Deferred[ConversationEnded]:
+        """Send ``q`` and fire, with how it ended, once the server has closed.
+
+        If the server has not closed within *timeout* seconds, the client
+        closes the connection itself.
+        """
+        closed = self._proto.when_closed()
+        if self._proto.lost is None and self._proto.turns.turn is not Turn.ENDED:
+            self._proto.say(QUIT).addErrback(lambda _: None)
+        if self._proto.lost is None:
+            transport = self._proto.transport
+            timer = self._reactor.callLater(timeout, transport.loseConnection)
+            closed.addBoth(_cancel_timer, timer)
+        return closed
+
+    def when_ended(self) -> Deferred[ConversationEnded]:
+        """A new Deferred that fires (never fails) when the connection closes."""
+        return self._proto.when_closed()
+
+    def abort(self) -> None:
+        """Close the connection now, without saying ``q``."""
+        self._proto.transport.loseConnection()
+
+
+def _raise(error: Exception) -> Any:
+    raise error
+
+
+def _cancel_timer(result: Any, timer: Any) -> Any:
+    if timer.active():
+        timer.cancel()
+    return result
+
+
+def connect(
+    reactor: IReactorTime,
+    endpoint: IStreamClientEndpoint,
+    *,
+    on_notice: Callable[[Notice], None] | None = None,
+) -> Deferred[Conversation]:
+    """Connect to a sockchat server; fire with the ``Conversation``.
+
+    *on_notice* is called with each notice that answers nothing (the
+    welcome, status, an out-of-turn refusal, the bye); the default ignores
+    them.  Connection errors fail the Deferred as the endpoint reports them.
+    """
+    factory = _ClientFactory(on_notice or _ignore)
+    connecting = endpoint.connect(factory)
+    return connecting.addCallback(
+        lambda proto: Conversation(reactor, cast(_ChatClientProtocol, proto))
+    )
+
+
+def _ignore(notice: Notice) -> None:
+    pass
+
+
+if TYPE_CHECKING:
+    _FactoryBase = Factory[_ChatClientProtocol]
+else:  # Factory is generic only from Twisted 26 on
+    _FactoryBase = Factory
+
+
+class _ClientFactory(_FactoryBase):
+    noisy = False
+
+    def __init__(self, on_notice: Callable[[Notice], None]) -> None:
+        self._on_notice = on_notice
+
+    def buildProtocol(self, addr: Any) -> _ChatClientProtocol:
+        proto = _ChatClientProtocol(self._on_notice)
+        proto.factory = self
+        return proto

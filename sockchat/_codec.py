@@ -1,0 +1,149 @@
+"""The line codec: bytes in, lines (or reasons a line was refused) out.
+
+No I/O here.  ``LineDecoder`` is fed whatever the transport read, in chunks
+of any size, and returns what completed.  It never holds more than
+``max_line`` bytes of an unfinished line: past the limit it stops buffering
+and skips to the next newline, then reports the line as too long.
+"""
+
+from __future__ import annotations
+
+from attrs import frozen
+
+__all__ = [
+    "DEFAULT_MAX_LINE",
+    "Decoded",
+    "InvalidUtf8",
+    "LineDecoder",
+    "LineTooLong",
+    "check_message",
+    "encode_line",
+]
+
+#: The default limit for one line, in bytes, newline not counted.
+DEFAULT_MAX_LINE = 64 * 1024
+
+
+@frozen
+class LineTooLong:
+    """A line longer than the limit arrived; it was skipped, not delivered."""
+
+    length: int
+    limit: int
+
+
+@frozen
+class InvalidUtf8:
+    """A line that is not valid UTF-8 arrived; it was not delivered."""
+
+    reason: str
+
+
+#: What ``LineDecoder.feed`` yields: the text of a good line, or why a line was
+#: refused.  Good lines are plain ``str`` so the common case allocates nothing
+#: extra.
+Decoded = str | LineTooLong | InvalidUtf8
+
+
+class LineDecoder:
+    """Split a byte stream into UTF-8 lines ending in ``\\n``.
+
+    With ``strip_cr`` (the default, for what clients send) one ``\\r``
+    before the newline is dropped, so telnet and Windows clients work.
+    """
+
+    __slots__ = ("_max", "_parts", "_size", "_skipping", "_strip_cr")
+
+    def __init__(self, max_line: int = DEFAULT_MAX_LINE, *, strip_cr: bool = True):
+        if max_line < 1:
+            raise ValueError(f"max_line must be at least 1 byte, not {max_line}")
+        self._max = max_line
+        self._strip_cr = strip_cr
+        self._parts: list[bytes] = []
+        self._size = 0  # bytes of the unfinished line seen so far
+        self._skipping = False
+
+    @property
+    def max_line(self) -> int:
+        return self._max
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the unfinished line (never more than the limit + 1)."""
+        return 0 if self._skipping else self._size
+
+    def feed(self, data: bytes) -> list[Decoded]:
+        """Take the next chunk of the stream; return the lines it completed."""
+        out: list[Decoded] = []
+        if self._skipping:
+            newline = data.find(b"\n")
+            if newline < 0:
+                self._size += len(data)
+                return out
+            out.append(LineTooLong(self._size + newline, self._max))
+            self._skipping = False
+            self._size = 0
+            data = data[newline + 1 :]
+        if b"\n" not in data:
+            self._hold(data)
+            return out
+        if self._parts:
+            self._parts.append(data)
+            data = b"".join(self._parts)
+            self._parts = []
+        lines = data.split(b"\n")
+        rest = lines.pop()
+        self._size = 0
+        for raw in lines:
+            out.append(self._decode(raw))
+        if rest:
+            self._hold(rest)
+        return out
+
+    def finish(self) -> list[Decoded]:
+        """The stream ended: return its last line if it had no newline."""
+        if self._skipping:
+            out: list[Decoded] = [LineTooLong(self._size, self._max)]
+        elif self._parts:
+            out = [self._decode(b"".join(self._parts))]
+        else:
+            out = []
+        self._parts = []
+        self._size = 0
+        self._skipping = False
+        return out
+
+    def _hold(self, data: bytes) -> None:
+        self._size += len(data)
+        # One byte of slack leaves room for a CR before the newline.
+        if self._size > self._max + 1:
+            self._skipping = True
+            self._parts = []
+        else:
+            self._parts.append(data)
+
+    def _decode(self, raw: bytes) -> Decoded:
+        if self._strip_cr and raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if len(raw) > self._max:
+            return LineTooLong(len(raw), self._max)
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return InvalidUtf8(f"{e.reason} at byte {e.start + 1}")
+
+
+def check_message(text: str) -> None:
+    """Raise ``ValueError`` unless *text* can travel as one line unchanged."""
+    if "\n" in text:
+        raise ValueError("a message is one line: it cannot contain a newline")
+    if text.endswith("\r"):
+        raise ValueError(
+            "a message cannot end with a carriage return (it would be stripped)"
+        )
+
+
+def encode_line(text: str) -> bytes:
+    """Frame one client line: UTF-8 and a newline."""
+    check_message(text)
+    return text.encode("utf-8") + b"\n"

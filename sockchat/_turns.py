@@ -1,0 +1,233 @@
+"""Turn-taking, as two small state machines with no I/O.
+
+The client speaks first.  After each line the speaker waits for exactly one
+answer.  A line that is exactly ``q`` ends the conversation from either side.
+``ServerTurns`` is the server's view of one conversation, ``ClientTurns`` the
+client's; both turn what arrives into values that say what to do next, and
+the Twisted protocols only carry those out.
+"""
+
+from __future__ import annotations
+
+import enum
+
+from attrs import frozen
+
+from ._codec import Decoded, LineTooLong, check_message, encode_line
+from ._render import safe_text
+from ._wire import QUIT, Notice, NoticeKind, parse_server_line
+
+__all__ = [
+    "OUT_OF_TURN",
+    "Answered",
+    "ClientTurns",
+    "Deliver",
+    "Ended",
+    "NotYourTurn",
+    "Noticed",
+    "Refused",
+    "ServerTurns",
+    "Turn",
+    "shutting_down",
+    "welcome",
+]
+
+#: The code of the one error notice that does not give the turn back: it
+#: refuses an extra line while an earlier one is still being answered.
+OUT_OF_TURN = "out-of-turn"
+
+_EXCERPT = 40
+
+
+class Turn(enum.Enum):
+    CLIENT = "client"  # the client may send a line
+    SERVER = "server"  # the server owes an answer
+    ENDED = "ended"
+
+
+class NotYourTurn(Exception):
+    """A line was offered while the other side owes an answer, or after the end."""
+
+
+def _excerpt(text: str) -> str:
+    shown = safe_text(text[:_EXCERPT])
+    return f'"{shown}…"' if len(text) > _EXCERPT else f'"{shown}"'
+
+
+def welcome(conversation_id: int) -> Notice:
+    """The first thing a client hears: it speaks first, and how to quit."""
+    return Notice(
+        NoticeKind.INFO,
+        "welcome",
+        f"sockchat conversation {conversation_id}. You speak first, one line at "
+        f"a time, and wait for each answer. Send {QUIT} to quit.",
+    )
+
+
+def shutting_down() -> Notice:
+    return Notice(NoticeKind.BYE, "shutdown", "the server is shutting down.")
+
+
+@frozen
+class Deliver:
+    """Hand this line to the responder; its answer is owed."""
+
+    seq: int
+    text: str
+
+
+class ServerTurns:
+    """The server's side of one conversation.
+
+    ``receive`` takes each decoded line and returns either a ``Deliver`` or a
+    ``Notice`` to send.  A ``BYE`` notice means: send it, then close.
+    """
+
+    __slots__ = ("_pending", "answers", "lines", "turn")
+
+    def __init__(self) -> None:
+        self.turn = Turn.CLIENT
+        self.lines = 0  # lines received, refused ones included
+        self.answers = 0  # answers sent
+        self._pending = 0  # number of the line being answered
+
+    def receive(self, item: Decoded) -> Deliver | Notice | None:
+        if self.turn is Turn.ENDED:
+            return None
+        self.lines += 1
+        seq = self.lines
+        if isinstance(item, str):
+            if item == QUIT:
+                self.turn = Turn.ENDED
+                return Notice(NoticeKind.BYE, "quit", "goodbye.")
+            if self.turn is Turn.CLIENT:
+                self.turn = Turn.SERVER
+                self._pending = seq
+                return Deliver(seq, item)
+            return Notice(
+                NoticeKind.ERROR,
+                OUT_OF_TURN,
+                f"line {seq} {_excerpt(item)} arrived before the answer to line "
+                f"{self._pending}; it was not delivered. Wait for each answer "
+                "before you send the next line.",
+            )
+        if isinstance(item, LineTooLong):
+            code = "line-too-long"
+            why = (
+                f"line {seq} has {item.length} bytes, over the {item.limit}-byte "
+                "limit; it was skipped, not delivered."
+            )
+        else:
+            code = "invalid-utf8"
+            why = (
+                f"line {seq} is not valid UTF-8 ({item.reason}); it was not delivered."
+            )
+        return Notice(NoticeKind.ERROR, code, why + self._whose_turn())
+
+    def answered(self, text: str) -> bool:
+        """Record the answer to the pending line.  True if it ends the talk."""
+        if self.turn is not Turn.SERVER:
+            raise NotYourTurn(f"no line is waiting for an answer (turn: {self.turn})")
+        if text == QUIT:
+            self.turn = Turn.ENDED
+            return True
+        self.turn = Turn.CLIENT
+        self.answers += 1
+        return False
+
+    def failed(self, why: str) -> Notice:
+        """The pending line cannot be answered: the turn goes back."""
+        if self.turn is not Turn.SERVER:
+            raise NotYourTurn(f"no line is waiting for an answer (turn: {self.turn})")
+        self.turn = Turn.CLIENT
+        return Notice(
+            NoticeKind.ERROR,
+            "responder-failed",
+            f"line {self._pending} could not be answered ({why}). It is your turn "
+            "again.",
+        )
+
+    def end(self) -> None:
+        self.turn = Turn.ENDED
+
+    def _whose_turn(self) -> str:
+        if self.turn is Turn.SERVER:
+            return f" Line {self._pending} is still being answered."
+        return " It is your turn again."
+
+
+@frozen
+class Answered:
+    text: str
+
+
+@frozen
+class Refused:
+    """The line being waited on was refused; the turn is the client's again."""
+
+    notice: Notice
+
+
+@frozen
+class Ended:
+    """The conversation is over: a bye notice, or the server's ``q``."""
+
+    notice: Notice | None
+
+
+@frozen
+class Noticed:
+    """A notice that does not change whose turn it is."""
+
+    notice: Notice
+
+
+class ClientTurns:
+    """The client's side of one conversation."""
+
+    __slots__ = ("turn",)
+
+    def __init__(self) -> None:
+        # Turn.SERVER here means: waiting for the server's answer.
+        self.turn = Turn.CLIENT
+
+    def say(self, text: str) -> bytes:
+        """Check that the client may speak, and frame the line."""
+        check_message(text)
+        if self.turn is not Turn.CLIENT:
+            raise NotYourTurn(
+                "the conversation has ended"
+                if self.turn is Turn.ENDED
+                else "wait for the answer to your last line before you send another"
+            )
+        self.turn = Turn.ENDED if text == QUIT else Turn.SERVER
+        return encode_line(text)
+
+    def receive(self, line: str) -> Answered | Refused | Ended | Noticed:
+        message = parse_server_line(line)
+        if isinstance(message, Notice):
+            if message.kind is NoticeKind.BYE:
+                self.turn = Turn.ENDED
+                return Ended(message)
+            if (
+                message.kind is NoticeKind.ERROR
+                and message.code != OUT_OF_TURN
+                and self.turn is Turn.SERVER
+            ):
+                self.turn = Turn.CLIENT
+                return Refused(message)
+            return Noticed(message)
+        if self.turn is not Turn.SERVER:
+            return Noticed(
+                Notice(
+                    NoticeKind.ERROR,
+                    "unexpected-answer",
+                    f"the server sent {_excerpt(message.text)} while no line was "
+                    "waiting for an answer.",
+                )
+            )
+        if message.text == QUIT:
+            self.turn = Turn.ENDED
+            return Ended(None)
+        self.turn = Turn.CLIENT
+        return Answered(message.text)

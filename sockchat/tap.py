@@ -1,0 +1,245 @@
+"""``twistd sockchat``: options and service wiring (a thin shell)."""
+
+from __future__ import annotations
+
+import errno
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorCore,
+    IStreamServerEndpoint,
+)
+from twisted.internet.stdio import StandardIO
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.failure import Failure
+
+from ._codec import DEFAULT_MAX_LINE
+from ._console import ConsoleResponder, OperatorInput
+from ._responder import EchoResponder, IResponder
+from ._server import ChatServerFactory, describe_address
+from ._stdio import BlockingModes
+
+log = Logger(namespace="sockchat")
+
+RESPONDERS = ("console", "echo")
+
+#: Seconds that clients get to take their bye notice at shutdown.
+SHUTDOWN_GRACE = 5.0
+
+
+def _fatal(message: str) -> SystemExit:
+    """A one-line error for twistd to print before it exits with status 1.
+
+    twistd answers a ``UsageError`` with its whole usage text; these errors
+    are about a value, so one line that names the fix is clearer.
+    """
+    return SystemExit(f"sockchat: {message}")
+
+
+def endpoint_description(port: str) -> str:
+    """A bare port number listens on 127.0.0.1 only; anything else is an
+    endpoint description and is used as given."""
+    if port.isdigit():
+        number = int(port)
+        if number > 65535:
+            raise _fatal(f"--port {port} is not a port number (0 to 65535)")
+        return f"tcp:{number}:interface=127.0.0.1"
+    return port
+
+
+class Options(usage.Options):
+    synopsis = "[--port PORT|ENDPOINT] [--responder console|echo] [--max-line BYTES]"
+    longdesc = (
+        "A turn-taking chat server: each client speaks one line, then waits "
+        "for the answer. A bare port number listens on 127.0.0.1 only; to "
+        "accept other hosts, give an endpoint such as tcp:9527 or "
+        "tcp6:9527:interface=\\:\\:."
+    )
+    optParameters: list[list[Any]] = [  # noqa: RUF012 (twisted's API)
+        [
+            "port",
+            "p",
+            "9527",
+            "Port number (on 127.0.0.1) or Twisted server endpoint description, "
+            "e.g. unix:/tmp/chat.sock or ssl:9527:privateKey=key.pem:certKey=cert.pem.",
+        ],
+        [
+            "responder",
+            "r",
+            None,
+            "Who answers: console (you, at this terminal) or echo. "
+            "Default: console when stdin is a terminal.",
+        ],
+        [
+            "max-line",
+            None,
+            DEFAULT_MAX_LINE,
+            "Longest line accepted from a client, in bytes; longer ones are "
+            "refused with a notice.",
+            int,
+        ],
+    ]
+
+    def postOptions(self) -> None:
+        self["endpoint"] = endpoint_description(self["port"])
+        responder = self["responder"]
+        if responder is None:
+            if not sys.stdin.isatty():
+                raise _fatal(
+                    "no --responder given, and stdin is not a terminal, so no "
+                    "operator can answer; choose one of: " + ", ".join(RESPONDERS)
+                )
+            self["responder"] = "console"
+        elif responder not in RESPONDERS:
+            raise _fatal(
+                f"unknown --responder {responder!r}; choose one of: "
+                + ", ".join(RESPONDERS)
+            )
+        if self["max-line"] < 1:
+            raise _fatal("--max-line must be at least 1 byte")
+
+
+class ChatServerService(Service):
+    """Listen on an endpoint; at stop, say goodbye to every client."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        factory: ChatServerFactory,
+    ) -> None:
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self._description = description
+        self.factory = factory
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        outcome: list[Any] = []
+        self._endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:
+            raise SystemExit(
+                f"sockchat: {self._description} did not start listening at once; "
+                "use a tcp, tcp6, unix or ssl endpoint"
+            )
+        result = outcome[0]
+        if isinstance(result, Failure):
+            raise SystemExit(self._cannot_listen(result))
+        self.port = result
+        log.info(
+            "sockchat listening on {address} ({responder} answers)",
+            address=describe_address(result.getHost()),
+            responder=type(self.factory.responder).__name__,
+        )
+
+    def _cannot_listen(self, failure: Failure) -> str:
+        error = failure.value
+        where = f"sockchat: cannot listen on {self._description}"
+        if isinstance(error, CannotListenError):
+            cause = error.socketError
+            if getattr(cause, "errno", None) == errno.EADDRINUSE:
+                return (
+                    f"{where}: the address is already in use (is another "
+                    "server running? choose another --port)"
+                )
+            if getattr(cause, "errno", None) == errno.EACCES:
+                return (
+                    f"{where}: permission denied (ports below 1024 need "
+                    "privileges; choose one above 1024)"
+                )
+            return f"{where}: {cause}"
+        return f"{where}: {failure.getErrorMessage()}"
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        stopping: Deferred[Any] = (
+            maybeDeferred(port.stopListening) if port else succeed(None)
+        )
+        closing = self.factory.close_all()
+        timer = self._reactor.callLater(SHUTDOWN_GRACE, self._abort_stragglers)
+        closing.addBoth(lambda result: timer.cancel() if timer.active() else None)
+        done: Deferred[list[Any]] = gatherResults([stopping, closing])
+        return done.addCallback(lambda _: None)
+
+    def _abort_stragglers(self) -> None:
+        for proto in list(self.factory.conversations.values()):
+            log.warn(
+                "conversation {cid} did not close within {grace}s of "
+                "shutdown; aborting it",
+                cid=proto.conversation_id,
+                grace=SHUTDOWN_GRACE,
+            )
+            proto.transport.abortConnection()
+
+
+class OperatorConsoleService(Service):
+    """Read the operator's answers from stdin; end of input stops the server."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        console_factory: Callable[[Callable[[str], None]], ConsoleResponder],
+    ) -> None:
+        self._reactor = reactor
+        self._modes = BlockingModes.save(0, 1)
+        self._stdio: Any = None
+        self.console = console_factory(self._write)
+
+    def _write(self, text: str) -> None:
+        if self._stdio is not None:
+            self._stdio.write(text.encode("utf-8"))
+
+    def startService(self) -> None:
+        super().startService()
+        proto = OperatorInput(self.console, self._input_closed)
+        self._stdio = StandardIO(proto, reactor=self._reactor)
+        self._write(
+            "sockchat operator console: client lines appear below. Type each "
+            "answer at its prompt; q ends that conversation; end of input "
+            "(Ctrl-D) stops the server.\n"
+        )
+
+    def _input_closed(self) -> None:
+        if self.running:
+            log.info("operator console closed (end of input); stopping the server")
+            IReactorCore(self._reactor).stop()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._modes.restore()
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    description = options["endpoint"]
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise _fatal(
+            f"--port {options['port']!r} is neither a port number nor a server "
+            f"endpoint description ({e})"
+        ) from None
+
+    top = MultiService()
+    responder: IResponder
+    if options["responder"] == "console":
+        console_service = OperatorConsoleService(reactor, ConsoleResponder)
+        console_service.setServiceParent(top)
+        responder = console_service.console
+    else:
+        responder = EchoResponder()
+    factory = ChatServerFactory(responder, max_line=options["max-line"])
+    ChatServerService(reactor, endpoint, description, factory).setServiceParent(top)
+    return top
