@@ -84,6 +84,12 @@ class ConsoleResponder:
         self._prompting = None
         self._show(message)
 
+    def interrupted(self) -> None:
+        """Something else (a log line) was printed: show the prompt again."""
+        if self._prompting is not None:
+            self._prompting = None
+            self._prompt()
+
     def _abandoned(self, answer: Deferred[str]) -> None:
         for entry in self._queue:
             if entry.answer is answer:

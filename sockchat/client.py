@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TextIO, cast
 
 from twisted.internet.defer import Deferred, DeferredQueue, race
@@ -75,6 +75,9 @@ class _StdinLines(Protocol):
         self.problems: list[str] = []
         self.closed: Deferred[None] = Deferred()
         self.stdout_gone = False
+        #: Set while an answer is awaited at a terminal: a typed ``q`` quits
+        #: at once instead of waiting its turn.
+        self.quit_now: Callable[[], object] | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self._take(self._decoder.feed(data))
@@ -82,6 +85,9 @@ class _StdinLines(Protocol):
     def _take(self, items: list[Decoded]) -> None:
         for item in items:
             if isinstance(item, str):
+                if item == QUIT and self.quit_now is not None:
+                    self.quit_now()
+                    continue
                 self.lines.put(item)
             elif isinstance(item, LineTooLong):
                 self.problems.append(
@@ -115,6 +121,7 @@ class _Screen:
         self._out = stdout  # the StandardIO transport (fd 1)
         self._err = stderr
         self.interactive = interactive
+        self.prompting = False  # the prompt ends the last line on screen
 
     def out(self, text: str) -> None:
         self._out.write(text.encode("utf-8"))
@@ -124,8 +131,9 @@ class _Screen:
         self._err.flush()
 
     def prompt(self) -> None:
-        if self.interactive:
+        if self.interactive and not self.prompting:
             self.out(PROMPT + " ")
+            self.prompting = True
 
     def answer(self, text: str) -> None:
         shown = safe_text(text)
@@ -134,7 +142,11 @@ class _Screen:
     def notice(self, notice: Notice) -> None:
         line = f"[sockchat {notice.kind.value}] {safe_text(notice.text)}"
         if self.interactive:
-            self.out(line + "\n")
+            # Show it above the prompt, then show the prompt again.
+            was_prompting, self.prompting = self.prompting, False
+            self.out(("\n" if was_prompting else "") + line + "\n")
+            if was_prompting:
+                self.prompt()
         elif notice.kind is NoticeKind.ERROR:
             self.err(line)
 
@@ -185,10 +197,13 @@ async def _chat(
         if which == 1:
             return _report_end(screen, cast(ConversationEnded, got))
         line: str = QUIT if got is None else cast(str, got)
+        screen.prompting = False  # Enter moved the cursor to a new line
         if got is None and screen.interactive:
             screen.out("\n")
         if line == QUIT:
             return _report_end(screen, await conversation.quit())
+        if screen.interactive:
+            stdin.quit_now = conversation.quit
         try:
             answer = await conversation.say(line)
         except LineRefused as e:
@@ -196,6 +211,8 @@ async def _chat(
             continue
         except ConversationEnded as e:
             return _report_end(screen, e)
+        finally:
+            stdin.quit_now = None
         screen.answer(answer)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
@@ -17,7 +17,7 @@ from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
 from twisted.internet.stdio import StandardIO
-from twisted.logger import Logger
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 
@@ -204,11 +204,18 @@ class OperatorConsoleService(Service):
         super().startService()
         proto = OperatorInput(self.console, self._input_closed)
         self._stdio = StandardIO(proto, reactor=self._reactor)
+        globalLogPublisher.addObserver(cast(ILogObserver, self._log_printed))
         self._write(
             "sockchat operator console: client lines appear below. Type each "
             "answer at its prompt; q ends that conversation; end of input "
             "(Ctrl-D) stops the server.\n"
         )
+
+    def _log_printed(self, event: LogEvent) -> None:
+        level = event.get("log_level")
+        if level is not None and level >= LogLevel.info:
+            # twistd has printed a log line after the prompt; repeat it.
+            self._reactor.callLater(0, self.console.interrupted)
 
     def _input_closed(self) -> None:
         if self.running:
@@ -217,6 +224,7 @@ class OperatorConsoleService(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        globalLogPublisher.removeObserver(cast(ILogObserver, self._log_printed))
         self._modes.restore()
 
 

@@ -1,0 +1,78 @@
+#!/usr/bin/env python3
+"""Run every check that CI runs: lint, types, and the tests with coverage.
+
+    python3 scripts/check.py                # everything
+    python3 scripts/check.py -- -k codec    # arguments after -- go to pytest
+
+Needs only Python 3.10+: it makes .venv beside this folder (or reuses it),
+installs sockchat there in editable mode with its dev extras, and prints
+each command before it runs it.  Exit status 0 means every step passed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+
+
+def run(*command: str, step: str, failures: list[str]) -> bool:
+    print(f"\n==> {step}: {' '.join(command)}", flush=True)
+    ok = subprocess.run(command, cwd=ROOT).returncode == 0
+    if not ok:
+        failures.append(step)
+    return ok
+
+
+def main(pytest_args: list[str]) -> int:
+    if sys.version_info < (3, 10):  # noqa: UP036 (this runs before the venv)
+        sys.exit("sockchat needs Python 3.10 or newer")
+    if not (BIN / "python").exists():
+        print(f"==> creating {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    python = str(BIN / "python")
+    failures: list[str] = []
+    pip = [python, "-m", "pip", "--disable-pip-version-check"]
+    if not run(
+        *pip, "install", "-q", "-e", ".[dev]", step="install", failures=failures
+    ):
+        return 1
+    run(python, "-m", "ruff", "check", ".", step="ruff check", failures=failures)
+    run(
+        python,
+        "-m",
+        "ruff",
+        "format",
+        "--check",
+        ".",
+        step="ruff format",
+        failures=failures,
+    )
+    run(python, "-m", "mypy", "sockchat", step="mypy --strict", failures=failures)
+    coverage = [python, "-m", "coverage"]
+    run(*coverage, "erase", step="coverage erase", failures=failures)
+    tested = run(
+        *coverage, "run", "-m", "pytest", *pytest_args, step="pytest", failures=failures
+    )
+    if tested:
+        run(*coverage, "combine", "-q", step="coverage combine", failures=failures)
+        run(*coverage, "report", step="coverage report", failures=failures)
+    print()
+    if failures:
+        print(f"FAILED: {', '.join(failures)}")
+        return 1
+    print("all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if args[:1] == ["--"]:
+        args = args[1:]
+    sys.exit(main(args))

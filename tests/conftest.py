@@ -1,0 +1,28 @@
+"""Shared helpers: Deferred results without a reactor, hypothesis profiles."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hypothesis import settings
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True)
+settings.register_profile("dev", max_examples=100, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+def result_of(d: Deferred[Any]) -> Any:
+    """The result of a Deferred that has already fired; raise its failure."""
+    outcome: list[Any] = []
+    d.addBoth(outcome.append)
+    assert outcome, "the Deferred has not fired yet"
+    if isinstance(outcome[0], Failure):
+        outcome[0].raiseException()
+    return outcome[0]
+
+
+def has_fired(d: Deferred[Any]) -> bool:
+    return bool(d.called)

@@ -1,0 +1,141 @@
+"""Run the real ``twistd -n sockchat`` and ``python -m sockchat.client``."""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+TWISTD = str(BIN / "twistd")
+CLIENT = [sys.executable, "-m", "sockchat.client"]
+LISTENING = re.compile(rb"sockchat listening on (\S+):(\d+)")
+
+
+class Reader:
+    """Read a pipe up to a pattern; what comes after waits for the next call."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        os.set_blocking(stream.fileno(), False)
+        self.buffer = b""
+
+    def until(self, pattern: bytes | re.Pattern[bytes], timeout: float = 10.0) -> bytes:
+        if isinstance(pattern, bytes):
+            pattern = re.compile(re.escape(pattern))
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.stream, selectors.EVENT_READ)
+            while (match := pattern.search(self.buffer)) is None:
+                left = deadline - time.monotonic()
+                assert left > 0, (
+                    f"timed out waiting for {pattern.pattern!r}; saw {self.buffer!r}"
+                )
+                if sel.select(left):
+                    chunk = self.stream.read()
+                    if chunk == b"":
+                        raise AssertionError(
+                            f"closed before {pattern.pattern!r}; saw {self.buffer!r}"
+                        )
+                    self.buffer += chunk or b""
+        seen, self.buffer = self.buffer[: match.end()], self.buffer[match.end() :]
+        return seen
+
+    def rest(self) -> bytes:
+        os.set_blocking(self.stream.fileno(), True)
+        rest = self.buffer + self.stream.read()
+        self.buffer = b""
+        return rest
+
+
+def read_until(
+    stream, pattern: bytes | re.Pattern[bytes], timeout: float = 10.0
+) -> bytes:
+    """One-off read of *stream* up to *pattern*."""
+    return Reader(stream).until(pattern, timeout)
+
+
+class Server:
+    """``twistd -n sockchat`` on a free loopback port, stopped on exit."""
+
+    def __init__(self, *args: str, stdin: int | None = subprocess.DEVNULL) -> None:
+        self.args = args
+        self.stdin = stdin
+        self.output = b""
+
+    def __enter__(self) -> Server:
+        self.proc = subprocess.Popen(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "sockchat",
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                *self.args,
+            ],
+            stdin=self.stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        self.reader = Reader(self.proc.stdout)
+        self.output = self.reader.until(LISTENING)
+        self.port = int(LISTENING.search(self.output).group(2))
+        return self
+
+    def read_until(
+        self, pattern: bytes | re.Pattern[bytes], timeout: float = 10.0
+    ) -> bytes:
+        more = self.reader.until(pattern, timeout)
+        self.output += more
+        return more
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.output += self.reader.rest()
+        return self.proc.returncode
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.stdout.close()
+
+
+def run_client(
+    port: int, stdin: bytes, *args: str, timeout: float = 20.0
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*CLIENT, "--port", str(port), *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+    )
+
+
+def raw_connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock
+
+
+def recv_lines(sock: socket.socket, count: int) -> list[bytes]:
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data.split(b"\n")[:count]

@@ -1,0 +1,160 @@
+"""The client library against the real server, over in-memory transports."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import result_of
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.test import iosim
+from zope.interface import implementer
+
+from sockchat import (
+    ChatServerFactory,
+    Conversation,
+    ConversationEnded,
+    EchoResponder,
+    IResponder,
+    LineRefused,
+    Notice,
+    NoticeKind,
+    NotYourTurn,
+)
+from sockchat._client import _ClientFactory
+
+
+class Pair:
+    """A client Conversation wired to a server factory through iosim."""
+
+    def __init__(self, responder: IResponder, **kw: object) -> None:
+        self.clock = Clock()
+        self.notices: list[Notice] = []
+        self.factory = ChatServerFactory(responder, **kw)  # type: ignore[arg-type]
+        client_factory = _ClientFactory(self.notices.append)
+        self.client, self.server, self.pump = iosim.connectedServerAndClient(
+            lambda: self.factory.buildProtocol(None),
+            lambda: client_factory.buildProtocol(None),
+            clock=self.clock,
+        )
+        self.conversation = Conversation(self.clock, self.client)
+
+    def say(self, text: str) -> Deferred[str]:
+        d = self.conversation.say(text)
+        self.pump.flush()
+        return d
+
+
+@implementer(IResponder)
+class Later:
+    def __init__(self) -> None:
+        self.pending: list[Deferred[str]] = []
+
+    def respond(self, conversation, text):
+        d: Deferred[str] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+valid_messages = st.one_of(
+    st.text(),
+    st.text().map(lambda t: "!" + t),
+    st.sampled_from(["!bye quit: goodbye.", "!error out-of-turn: x", "!!", "!"]),
+).filter(lambda t: "\n" not in t and not t.endswith("\r") and t != "q")
+
+
+@given(st.lists(valid_messages, min_size=1, max_size=5))
+def test_any_chat_text_arrives_byte_for_byte_even_if_it_looks_like_a_notice(texts):
+    pair = Pair(EchoResponder())
+    for text in texts:
+        assert result_of(pair.say(text)) == text
+    assert [n.code for n in pair.notices] == ["welcome"]
+
+
+def test_welcome_arrives_as_a_notice_not_an_answer():
+    pair = Pair(EchoResponder())
+    pair.pump.flush()
+    assert pair.notices[0].kind is NoticeKind.INFO
+    assert pair.notices[0].code == "welcome"
+
+
+def test_refused_line_raises_and_the_turn_comes_back():
+    pair = Pair(EchoResponder(), max_line=5)
+    with pytest.raises(LineRefused) as caught:
+        result_of(pair.say("too long for five"))
+    assert caught.value.notice.code == "line-too-long"
+    assert pair.conversation.my_turn
+    assert result_of(pair.say("short")) == "short"
+
+
+def test_say_before_the_answer_is_a_programming_error():
+    pair = Pair(Later())
+    pair.say("one")
+    with pytest.raises(NotYourTurn):
+        result_of(pair.conversation.say("two"))
+
+
+def test_multi_line_text_is_refused_before_sending():
+    pair = Pair(EchoResponder())
+    with pytest.raises(ValueError, match="newline"):
+        result_of(pair.say("a\nb"))
+    assert pair.conversation.my_turn
+
+
+def test_quit_ends_cleanly_once_the_server_closes():
+    pair = Pair(EchoResponder())
+    ended = pair.conversation.quit()
+    pair.pump.flush()
+    end = result_of(ended)
+    assert end.clean
+    assert pair.factory.conversations == {}
+    assert pair.notices[-1] == Notice(NoticeKind.BYE, "quit", "goodbye.")
+
+
+def test_server_q_ends_the_conversation_cleanly():
+    responder = Later()
+    pair = Pair(responder)
+    answer = pair.say("hello")
+    responder.pending[0].callback("q")
+    pair.pump.flush()
+    with pytest.raises(ConversationEnded) as caught:
+        result_of(answer)
+    assert caught.value.clean
+    assert "the server ended the conversation" in caught.value.why
+
+
+def test_lost_connection_fails_the_waiting_say_uncleanly():
+    pair = Pair(Later())
+    answer = pair.say("hello")
+    pair.server.transport.abortConnection()
+    pair.pump.flush()
+    with pytest.raises(ConversationEnded) as caught:
+        result_of(answer)
+    assert not caught.value.clean
+    end = result_of(pair.conversation.when_ended())
+    assert not end.clean
+
+
+def test_quit_times_out_if_the_server_never_closes():
+    pair = Pair(EchoResponder())
+    pair.pump.flush()
+    pair.server.transport.loseConnection = lambda: None  # a stuck server
+    pair.server.dataReceived = lambda data: None
+    ended = pair.conversation.quit(timeout=5)
+    pair.pump.flush()
+    assert not ended.called
+    pair.clock.advance(5)
+    pair.pump.flush()
+    assert result_of(ended).clean
+
+
+def test_shutdown_bye_reaches_the_waiting_say():
+    pair = Pair(Later())
+    answer = pair.say("hello")
+    pair.factory.close_all()
+    pair.pump.flush()
+    with pytest.raises(ConversationEnded) as caught:
+        result_of(answer)
+    assert caught.value.notice is not None
+    assert caught.value.notice.code == "shutdown"

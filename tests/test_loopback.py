@@ -1,0 +1,168 @@
+"""Server and client library over real sockets on this machine."""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from certs import make_tls_files
+from twisted.internet import reactor
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    clientFromString,
+    serverFromString,
+)
+from twisted.internet.error import ConnectionRefusedError
+
+from sockchat import (
+    ChatServerFactory,
+    ConsoleResponder,
+    ConversationEnded,
+    EchoResponder,
+    LineRefused,
+    Notice,
+    connect,
+)
+
+
+async def listen(description: str, responder=None, **kw):
+    factory = ChatServerFactory(responder or EchoResponder(), **kw)
+    port = await serverFromString(reactor, description).listen(factory)
+    return factory, port
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_over_tcp_until_q():
+    factory, port = await listen("tcp:0:interface=127.0.0.1")
+    try:
+        notices: list[Notice] = []
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        conversation = await connect(reactor, endpoint, on_notice=notices.append)
+        assert await conversation.say("hello") == "hello"
+        assert await conversation.say("你好") == "你好"
+        end = await conversation.quit()
+        assert end.clean
+        assert [n.code for n in notices] == ["welcome", "quit"]
+        assert factory.conversations == {}
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_keeps_serving_after_a_conversation_ends():
+    _factory, port = await listen("tcp:0:interface=127.0.0.1")
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+    try:
+        for n in range(3):
+            conversation = await connect(reactor, endpoint)
+            assert await conversation.say(f"round {n}") == f"round {n}"
+            await conversation.quit()
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_over_a_unix_socket(tmp_path):
+    path = tmp_path / "chat.sock"
+    _, port = await listen(f"unix:{path}")
+    try:
+        conversation = await connect(
+            reactor, clientFromString(reactor, f"unix:path={path}")
+        )
+        assert await conversation.say("over unix") == "over unix"
+        await conversation.quit()
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_over_verified_tls(tmp_path):
+    files = make_tls_files(tmp_path)
+    _, port = await listen(
+        f"ssl:0:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}"
+    )
+    number = port.getHost().port
+    try:
+        endpoint = clientFromString(
+            reactor, f"tls:localhost:{number}:trustRoots={files['ca'].parent}"
+        )
+        conversation = await connect(reactor, endpoint)
+        assert await conversation.say("secret") == "secret"
+        await conversation.quit()
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_tls_refuses_a_certificate_for_another_host(tmp_path):
+    files = make_tls_files(tmp_path, hostname="not-this-host.example")
+    _, port = await listen(
+        f"ssl:0:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}"
+    )
+    number = port.getHost().port
+    try:
+        endpoint = clientFromString(
+            reactor, f"tls:localhost:{number}:trustRoots={files['ca'].parent}"
+        )
+        conversation = await connect(reactor, endpoint)
+        with pytest.raises(ConversationEnded) as caught:
+            await conversation.say("should not be sent")
+        assert not caught.value.clean
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_refused_connection_is_an_error_not_a_hang():
+    _factory, port = await listen("tcp:0:interface=127.0.0.1")
+    number = port.getHost().port
+    await port.stopListening()
+    with pytest.raises(ConnectionRefusedError):
+        await connect(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", number))
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_second_waiting_client_is_answered_next_by_the_console():
+    screen: list[str] = []
+    console = ConsoleResponder(screen.append)
+    _, port = await listen("tcp:0:interface=127.0.0.1", console)
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+    try:
+        first = await connect(reactor, endpoint)
+        second = await connect(reactor, endpoint)
+        first_answer = first.say("I came first")
+        await _until(lambda: console.waiting == 1)
+        second_answer = second.say("I came second")
+        await _until(lambda: console.waiting == 2)
+        console.operator_says("q")  # the operator ends the first conversation
+        with pytest.raises(ConversationEnded):
+            await first_answer
+        assert "server --> client 2: " in "".join(screen)
+        console.operator_says("your turn")
+        assert await second_answer == "your turn"
+        await second.quit()
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_limits_over_a_real_socket():
+    _, port = await listen("tcp:0:interface=127.0.0.1", max_line=1000)
+    try:
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        conversation = await connect(reactor, endpoint)
+        with pytest.raises(LineRefused, match="1000-byte limit"):
+            await conversation.say("x" * 100_000)
+        assert await conversation.say("ok") == "ok"
+        await conversation.quit()
+    finally:
+        await port.stopListening()
+
+
+async def _until(condition, timeout: float = 5.0) -> None:
+    from twisted.internet.task import deferLater
+
+    waited = 0.0
+    while not condition():
+        assert waited < timeout, "condition not met in time"
+        await deferLater(reactor, 0.01, lambda: None)
+        waited += 0.01

@@ -1,0 +1,255 @@
+"""End to end: the real twistd plugin and client as processes over loopback."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import signal
+import subprocess
+
+import pytest
+from processes import (
+    CLIENT,
+    LISTENING,
+    TWISTD,
+    Reader,
+    Server,
+    raw_connect,
+    read_until,
+    recv_lines,
+    run_client,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_piped_client_prints_both_answers_and_exits_0():
+    with Server("--responder", "echo") as server:
+        done = run_client(server.port, "hello\n你好\nq\n".encode())
+    assert done.stdout.decode() == "hello\n你好\n"
+    assert done.stderr == b""
+    assert done.returncode == 0
+
+
+def test_end_of_input_sends_q_and_a_last_line_needs_no_newline():
+    with Server("--responder", "echo") as server:
+        done = run_client(server.port, b"one\ntwo")
+        assert done.stdout == b"one\ntwo\n"
+        assert done.returncode == 0
+        server.read_until(b"ended after 2 turns")
+
+
+def test_client_escapes_control_characters_from_the_server():
+    with Server("--responder", "echo") as server:
+        done = run_client(server.port, b"\x1b[2Jred\x07\n")
+    assert done.stdout == b"\\x1b[2Jred\\x07\n"
+
+
+def test_refused_connection_exits_1_with_one_line():
+    with Server("--responder", "echo") as server:
+        port = server.port
+    done = run_client(port, b"hello\n")
+    assert done.returncode == 1
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1
+    assert "connection refused" in lines[0]
+    assert f"127.0.0.1:{port}" in lines[0]
+
+
+def test_lost_connection_exits_1_with_one_line():
+    with Server("--responder", "console", stdin=subprocess.PIPE) as server:
+        client = subprocess.Popen(
+            [*CLIENT, "--port", str(server.port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        client.stdin.write(b"hello\n")
+        client.stdin.flush()
+        server.read_until(b"server --> client 1: ")
+        server.stop(signal.SIGKILL)
+        _out, err = client.communicate(timeout=10)
+    assert client.returncode == 1
+    assert err.decode().count("\n") == 1
+    assert "connection was lost" in err.decode()
+
+
+def test_console_chat_q_from_the_operator_and_the_next_client_is_answered():
+    with Server("--responder", "console", stdin=subprocess.PIPE) as server:
+        operator = server.proc.stdin
+        first = _client(server.port)
+        first.stdin.write(b"hello from one\n")
+        first.stdin.flush()
+        shown = server.read_until(re.compile(rb"server --> client \d+: "))
+        first_id = re.search(rb"client (\d+) \(127.0.0.1:\d+\): hello from one", shown)
+        second = _client(server.port)
+        second.stdin.write(b"hello from two\n")
+        second.stdin.flush()
+        shown = server.read_until(b"hello from two  [1 waiting before it]")
+        second_id = re.search(rb"client (\d+) \(127.0.0.1:\d+\): hello from two", shown)
+        assert first_id
+        assert second_id
+        operator.write(b"hi one\n")
+        operator.flush()
+        assert Reader(first.stdout).until(b"\n") == b"hi one\n"
+        server.read_until(b"server --> client " + second_id.group(1) + b": ")
+        operator.write(b"q\n")  # the operator ends the second conversation
+        operator.flush()
+        out2, err2 = second.communicate(timeout=10)
+        assert (second.returncode, out2, err2) == (0, b"", b"")
+        _out1, err1 = first.communicate(b"q\n", timeout=10)
+        assert (first.returncode, err1) == (0, b"")
+        server.read_until(b"conversation " + first_id.group(1) + b" with 127.0.0.1")
+        assert server.proc.poll() is None, "the server keeps serving"
+
+
+def _client(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*CLIENT, "--port", str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def test_operator_end_of_input_stops_the_server_and_clients_hear_why():
+    with Server("--responder", "console", stdin=subprocess.PIPE) as server:
+        with raw_connect(server.port) as sock:
+            recv_lines(sock, 1)  # welcome
+            server.proc.stdin.close()
+            (bye,) = recv_lines(sock, 1)
+            assert bye == b"!bye shutdown: the server is shutting down."
+        assert server.proc.wait(10) == 0
+
+
+def test_sigterm_says_goodbye_to_every_client():
+    with Server("--responder", "echo") as server, contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(raw_connect(server.port)) for _ in range(3)]
+        for sock in socks:
+            recv_lines(sock, 1)
+        # twistd ends by the signal it was sent, after a clean shutdown.
+        assert server.stop() == -signal.SIGTERM
+        for sock in socks:
+            assert recv_lines(sock, 1) == [
+                b"!bye shutdown: the server is shutting down."
+            ]
+            assert sock.recv(10) == b""
+
+
+def test_bad_input_never_crashes_the_server_or_goes_unanswered():
+    with Server("--responder", "echo") as server, raw_connect(server.port) as sock:
+        recv_lines(sock, 1)
+        sock.sendall(b"y" * 100_000 + b"\n")
+        assert recv_lines(sock, 1)[0].startswith(
+            b"!error line-too-long: line 1 has 100000 bytes"
+        )
+        sock.sendall(b"\xff\xfe\n")
+        assert recv_lines(sock, 1)[0].startswith(b"!error invalid-utf8: line 2")
+        sock.sendall(b"fine\n")
+        assert recv_lines(sock, 1) == [b"fine"]
+        sock.sendall(b"half a li")
+        sock.close()  # killed mid-line
+        server.read_until(
+            b"closed in the middle of a line; its 9 bytes were not delivered"
+        )
+        done = run_client(server.port, b"still serving\n")
+        assert done.stdout == b"still serving\n"
+
+
+def test_without_a_terminal_the_server_asks_for_a_responder():
+    done = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "sockchat"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert done.stderr.decode().strip().splitlines() == [
+        "sockchat: no --responder given, and stdin is not a terminal, so no "
+        "operator can answer; choose one of: console, echo"
+    ]
+
+
+def test_a_port_in_use_is_a_clear_error():
+    with Server("--responder", "echo") as server:
+        done = subprocess.run(
+            [
+                TWISTD,
+                "-n",
+                "--pidfile=",
+                "sockchat",
+                "--responder",
+                "echo",
+                "--port",
+                str(server.port),
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+        )
+    assert done.returncode == 1
+    assert b"address is already in use" in done.stdout + done.stderr
+
+
+def test_bare_port_listens_on_loopback_only():
+    import socket
+
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    proc = subprocess.Popen(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "sockchat",
+            "--responder",
+            "echo",
+            "--port",
+            str(port),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        out = read_until(proc.stdout, LISTENING)
+        assert f"listening on 127.0.0.1:{port}".encode() in out
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+
+
+@pytest.mark.skipif(
+    shutil.which("nc") is None,
+    reason="nc is not installed (.ci/run installs netcat-openbsd)",
+)
+def test_nc_holds_a_conversation():
+    with Server("--responder", "echo") as server:
+        nc = subprocess.Popen(
+            ["nc", "127.0.0.1", str(server.port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            read_until(nc.stdout, b"!info welcome: ")
+            for line in [b"hello", "你好".encode(), b"!tricky"]:
+                nc.stdin.write(line + b"\n")
+                nc.stdin.flush()
+                expect = b"!" + line if line.startswith(b"!") else line
+                assert read_until(nc.stdout, expect + b"\n").endswith(expect + b"\n")
+            nc.stdin.write(b"q\n")
+            nc.stdin.close()  # the person presses Ctrl-D, as nc needs
+            assert read_until(nc.stdout, b"!bye quit: goodbye.\n")
+            assert nc.wait(10) == 0
+            server.read_until(b"ended after 3 turns")
+        finally:
+            if nc.poll() is None:
+                nc.kill()
+            nc.wait()
+            for pipe in (nc.stdin, nc.stdout, nc.stderr):
+                pipe.close()
