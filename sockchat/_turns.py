@@ -194,13 +194,16 @@ class ClientTurns:
     def say(self, text: str) -> bytes:
         """Check that the client may speak, and frame the line."""
         check_message(text)
+        if text == QUIT and self.turn is not Turn.ENDED:
+            self.turn = Turn.ENDED  # q is always allowed, even while waiting
+            return encode_line(text)
         if self.turn is not Turn.CLIENT:
             raise NotYourTurn(
                 "the conversation has ended"
                 if self.turn is Turn.ENDED
                 else "wait for the answer to your last line before you send another"
             )
-        self.turn = Turn.ENDED if text == QUIT else Turn.SERVER
+        self.turn = Turn.SERVER
         return encode_line(text)
 
     def receive(self, line: str) -> Answered | Refused | Ended | Noticed:

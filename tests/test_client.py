@@ -158,3 +158,16 @@ def test_shutdown_bye_reaches_the_waiting_say():
         result_of(answer)
     assert caught.value.notice is not None
     assert caught.value.notice.code == "shutdown"
+
+
+def test_quit_while_waiting_for_an_answer_ends_cleanly():
+    responder = Later()
+    pair = Pair(responder)
+    answer = pair.say("hello")
+    ended = pair.conversation.quit()
+    pair.pump.flush()
+    assert result_of(ended).clean
+    with pytest.raises(ConversationEnded) as caught:
+        result_of(answer)
+    assert caught.value.clean
+    assert responder.pending[0].called  # cancelled: nobody is left to answer

@@ -111,6 +111,15 @@ def test_client_waits_for_each_answer():
     assert turns.say("again") == b"again\n"
 
 
+def test_client_may_always_say_q_until_the_end():
+    turns = ClientTurns()
+    turns.say("waiting for this")
+    assert turns.say("q") == b"q\n"
+    assert turns.turn is Turn.ENDED
+    with pytest.raises(NotYourTurn, match="ended"):
+        turns.say("q")
+
+
 def test_client_unstuffs_answers_and_sees_notices():
     turns = ClientTurns()
     assert turns.receive("!info welcome: hi") == Noticed(

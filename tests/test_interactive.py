@@ -1,0 +1,70 @@
+"""The client at a real terminal (a pseudo-terminal), as a person uses it."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import time
+
+import pytest
+
+from processes import CLIENT, Reader, Server
+
+pytestmark = pytest.mark.slow
+
+
+class Terminal:
+    """Run a command with a pseudo-terminal as its stdin and stdout."""
+
+    def __init__(self, *command: str) -> None:
+        self.master, self.slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            command, stdin=self.slave, stdout=self.slave, stderr=self.slave
+        )
+        self.screen = Reader(os.fdopen(self.master, "rb", buffering=0))
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def close(self) -> int:
+        code = self.proc.wait(10)
+        self.screen.stream.close()
+        return code
+
+
+def test_interactive_chat_prompts_answers_and_quits():
+    with Server("--responder", "echo") as server:
+        term = Terminal(*CLIENT, "--port", str(server.port))
+        try:
+            assert b"[sockchat info] sockchat conversation 1" in term.screen.until(
+                b"q to quit.\r\n"
+            )
+            term.screen.until(b"client --> server: ")
+            term.type("hello \x1b[31m\n")
+            term.screen.until(b"server --> client: hello \\x1b[31m\r\n")
+            term.screen.until(b"client --> server: ")
+            term.type("q\n")
+            term.screen.until(b"[sockchat] you quit.")
+        finally:
+            assert term.close() == 0
+        # Twisted made stdin non-blocking; the client must put it back, or
+        # the shell's next command would fail with EAGAIN.
+        assert os.get_blocking(term.slave)
+        os.close(term.slave)
+
+
+def test_q_while_waiting_quits_at_once():
+    with Server("--responder", "console", stdin=subprocess.PIPE) as server:
+        term = Terminal(*CLIENT, "--port", str(server.port))
+        try:
+            term.screen.until(b"client --> server: ")
+            term.type("anyone there?\n")
+            server.read_until(b"server --> client 1: ")
+            time.sleep(0.2)
+            term.type("q\n")
+            term.screen.until(b"[sockchat] you quit.")
+            server.read_until(b'left; its line "anyone there?" goes unanswered.')
+        finally:
+            assert term.close() == 0
+            os.close(term.slave)
