@@ -45,6 +45,10 @@ def describe_address(addr: IAddress) -> str:
     return safe_text(str(addr))
 
 
+class BadAnswer(Exception):
+    """The responder broke the contract; the message is safe to show the client."""
+
+
 async def _await(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
 
@@ -54,7 +58,7 @@ def _as_deferred(reply: Deferred[str] | Awaitable[str]) -> Deferred[str]:
         return reply
     if inspect.isawaitable(reply):
         return Deferred.fromCoroutine(_await(reply))
-    raise TypeError(
+    raise BadAnswer(
         f"the responder returned {type(reply).__name__}; expected str, a "
         "Deferred or an awaitable"
     )
@@ -154,14 +158,8 @@ class ChatServerProtocol(Protocol):
         if isinstance(reply, str):
             self._answer(reply)
         else:
-            self._fail(
-                Failure(
-                    TypeError(
-                        f"the responder's result was {type(reply).__name__}, "
-                        "expected str"
-                    )
-                )
-            )
+            why = f"the responder's result was {type(reply).__name__}, expected str"
+            self._fail(Failure(BadAnswer(why)))
 
     def _failed_later(self, failure: Failure) -> None:
         self._pending = None
@@ -173,8 +171,11 @@ class ChatServerProtocol(Protocol):
     def _answer(self, text: str) -> None:
         try:
             data = encode_answer(text)
-        except ValueError as e:  # a newline, or text UTF-8 cannot encode
-            self._fail(Failure(e))
+        except UnicodeEncodeError:
+            self._fail(Failure(BadAnswer("the answer is not encodable as UTF-8")))
+            return
+        except ValueError:
+            self._fail(Failure(BadAnswer("the answer has a newline in it")))
             return
         self.transport.write(data)
         if self.turns.answered(text):
@@ -186,9 +187,12 @@ class ChatServerProtocol(Protocol):
             failure,
             cid=self.conversation_id,
         )
-        kind = failure.type.__name__ if failure.type else "error"
-        why = safe_text(failure.getErrorMessage())
-        self._send_notice(self.turns.failed(f"{kind}: {why}"))
+        if failure.check(BadAnswer):
+            why = failure.getErrorMessage()
+        else:  # the details stay in the server's log
+            name = failure.type.__name__ if failure.type else "error"
+            why = f"the responder raised {name}"
+        self._send_notice(self.turns.failed(safe_text(why)))
 
     def _send_notice(self, notice: Notice) -> None:
         self.transport.write(encode_notice(notice))

@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from processes import Server
 from zope.interface.verify import verifyObject
 
 import sockchat
+
+from processes import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 

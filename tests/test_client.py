@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from conftest import result_of
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
@@ -23,6 +22,8 @@ from sockchat import (
     NotYourTurn,
 )
 from sockchat._client import _ClientFactory
+
+from conftest import result_of
 
 
 class Pair:

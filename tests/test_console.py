@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from conftest import result_of
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
 from sockchat import ConsoleResponder, ConversationInfo
 from sockchat._console import OperatorInput
+
+from conftest import result_of
 
 ALICE = ConversationInfo(1, "127.0.0.1:50001")
 BOB = ConversationInfo(2, "127.0.0.1:50002")

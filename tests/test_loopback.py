@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
-from certs import make_tls_files
 from twisted.internet import reactor
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -22,6 +21,8 @@ from sockchat import (
     Notice,
     connect,
 )
+
+from certs import make_tls_files
 
 
 async def listen(description: str, responder=None, **kw):

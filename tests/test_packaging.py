@@ -86,6 +86,12 @@ def test_fresh_venv_with_the_wheel_lists_sockchat(wheel: Path, tmp_path: Path):
     bindir = _fresh_venv(tmp_path / "venv")
     _pip(bindir, str(wheel))
     _twistd_lists_sockchat(bindir)
+    # The console script is the client.
+    done = subprocess.run(
+        [str(bindir / "sockchat"), "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    assert "--connect ENDPOINT" in done.stdout
 
 
 def test_fresh_venv_with_an_editable_install_lists_sockchat(tmp_path: Path):

@@ -9,6 +9,7 @@ import signal
 import subprocess
 
 import pytest
+
 from processes import (
     CLIENT,
     LISTENING,

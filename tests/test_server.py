@@ -109,11 +109,11 @@ def test_coroutine_responder_is_awaited():
 @pytest.mark.parametrize(
     ("respond", "expect"),
     [
-        (lambda text: 1 / 0, "ZeroDivisionError"),
-        (lambda text: 42, "expected str"),
-        (lambda text: "two\nlines", "one line"),
-        (lambda text: succeed(7), "expected str"),
-        (lambda text: "\ud800", "UnicodeEncodeError"),
+        (lambda text: 1 / 0, "(the responder raised ZeroDivisionError)"),
+        (lambda text: 42, "(the responder returned int; expected str"),
+        (lambda text: "two\nlines", "(the answer has a newline in it)"),
+        (lambda text: succeed(7), "(the responder's result was int, expected str)"),
+        (lambda text: "\ud800", "(the answer is not encodable as UTF-8)"),
     ],
 )
 def test_a_failing_responder_gives_an_error_notice_and_the_turn_back(
@@ -134,6 +134,20 @@ def test_a_failing_responder_gives_an_error_notice_and_the_turn_back(
     proto.dataReceived(b"again\n")  # the turn came back: this is delivered
     (second,) = said(transport)
     assert "line 2" in second
+
+
+def test_responder_internals_stay_in_the_log():
+    @implementer(IResponder)
+    class Leaky:
+        def respond(self, conversation, text):
+            raise RuntimeError("password=hunter2")
+
+    proto, transport = connect(Leaky())
+    said(transport)
+    proto.dataReceived(b"hello\n")
+    (notice,) = said(transport)
+    assert "RuntimeError" in notice
+    assert "hunter2" not in notice
 
 
 def test_answer_starting_with_bang_is_stuffed():
