@@ -133,7 +133,8 @@ class _ChatClientProtocol(Protocol):
         if notice is not None:
             self._on_notice(notice)
         if self._waiting is not None:
-            self._reject(ConversationEnded(self._end.why, clean=True, notice=notice))
+            end = self._end
+            self._reject(ConversationEnded(end.why, clean=end.clean, notice=end.notice))
 
     def _resolve(self, text: str) -> None:
         waiting, self._waiting = self._waiting, None

@@ -100,6 +100,12 @@ class ChatServerProtocol(Protocol):
             if isinstance(action, Deliver):
                 self._deliver(action.text)
             else:
+                if action.kind is NoticeKind.ERROR:
+                    log.info(
+                        "conversation {cid}: a line was refused ({code})",
+                        cid=self.conversation_id,
+                        code=action.code,
+                    )
                 self._send_notice(action)
                 if action.kind is NoticeKind.BYE:
                     self.transport.loseConnection()
@@ -128,7 +134,7 @@ class ChatServerProtocol(Protocol):
                 count=unfinished,
             )
         log.info(
-            "conversation {cid} with {peer} ended after {turns} turns: {why}",
+            "conversation {cid} with {peer} ended after {turns} turn(s): {why}",
             cid=self.conversation_id,
             peer=self.info.peer,
             turns=self.turns.answers,

@@ -43,6 +43,12 @@ ANSWER = "server --> client:"
 __all__ = ["main", "run"]
 
 
+def _port_number(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text} is not a port number (1 to 65535)")
+    return int(text)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sockchat.client",
@@ -50,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "for the answer. Send q (or end the input) to quit.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
-    parser.add_argument("--port", type=int, default=9527, help="default: 9527")
+    parser.add_argument("--port", type=_port_number, default=9527, help="default: 9527")
     parser.add_argument(
         "--connect",
         metavar="ENDPOINT",
@@ -75,9 +81,9 @@ class _StdinLines(Protocol):
         self.problems: list[str] = []
         self.closed: Deferred[None] = Deferred()
         self.stdout_gone = False
-        #: Set while an answer is awaited at a terminal: a typed ``q`` quits
-        #: at once instead of waiting its turn.
-        self.quit_now: Callable[[], object] | None = None
+        #: Set while an answer is awaited at a terminal: typed lines go here
+        #: instead of waiting in the queue.
+        self.while_waiting: Callable[[str], object] | None = None
 
     def dataReceived(self, data: bytes) -> None:
         self._take(self._decoder.feed(data))
@@ -85,10 +91,10 @@ class _StdinLines(Protocol):
     def _take(self, items: list[Decoded]) -> None:
         for item in items:
             if isinstance(item, str):
-                if item == QUIT and self.quit_now is not None:
-                    self.quit_now()
-                    continue
-                self.lines.put(item)
+                if self.while_waiting is not None:
+                    self.while_waiting(item)
+                else:
+                    self.lines.put(item)
             elif isinstance(item, LineTooLong):
                 self.problems.append(
                     f"an input line of {item.length} bytes is over the "
@@ -115,7 +121,12 @@ class _StdinLines(Protocol):
 
 
 class _Screen:
-    """Where things are shown: answers on stdout; notices by mode."""
+    """Where things are shown: answers on stdout, the rest by mode.
+
+    At a terminal everything goes to stdout, in order, and a line that
+    arrives while the prompt is showing goes above a fresh prompt.  In a
+    pipe, stdout gets only the answers and stderr only the errors.
+    """
 
     def __init__(self, stdout: Any, stderr: TextIO, interactive: bool) -> None:
         self._out = stdout  # the StandardIO transport (fd 1)
@@ -139,16 +150,29 @@ class _Screen:
         shown = safe_text(text)
         self.out(f"{ANSWER} {shown}\n" if self.interactive else shown + "\n")
 
-    def notice(self, notice: Notice) -> None:
-        line = f"[sockchat {notice.kind.value}] {safe_text(notice.text)}"
+    def say(self, line: str, *, reprompt: bool = True) -> None:
+        """Show a line of the client's own (interactive only)."""
+        if not self.interactive:
+            return
+        was_prompting, self.prompting = self.prompting, False
+        self.out(("\n" if was_prompting else "") + line + "\n")
+        if was_prompting and reprompt:
+            self.prompt()
+
+    def error(self, line: str) -> None:
         if self.interactive:
-            # Show it above the prompt, then show the prompt again.
-            was_prompting, self.prompting = self.prompting, False
-            self.out(("\n" if was_prompting else "") + line + "\n")
-            if was_prompting:
-                self.prompt()
-        elif notice.kind is NoticeKind.ERROR:
+            self.say(line)
+        else:
             self.err(line)
+
+    def notice(self, notice: Notice) -> None:
+        if notice.kind is NoticeKind.BYE:
+            return  # the end of the conversation is reported once, by _chat
+        line = f"[sockchat {notice.kind.value}] {safe_text(notice.text)}"
+        if notice.kind is NoticeKind.ERROR:
+            self.error(line)
+        else:
+            self.say(line)
 
 
 def _describe_target(args: argparse.Namespace) -> str:
@@ -184,6 +208,16 @@ def _connect_failure(target: str, failure: Failure) -> str:
 async def _chat(
     reactor: Any, conversation: Conversation, stdin: _StdinLines, screen: _Screen
 ) -> int:
+    def typed_while_waiting(text: str) -> None:
+        if text == QUIT:
+            conversation.quit()
+        else:
+            screen.say(
+                "[sockchat] still waiting for the answer to your last line; "
+                f'"{safe_text(text)}" was not sent. Type it again at the prompt.',
+                reprompt=False,
+            )
+
     while True:
         screen.prompt()
         racing: list[Deferred[Any]] = [
@@ -192,18 +226,18 @@ async def _chat(
         ]
         which, got = await race(racing)
         for problem in stdin.problems:
-            screen.err(f"sockchat: {problem}")
+            screen.error(f"sockchat: {problem}")
         stdin.problems.clear()
         if which == 1:
             return _report_end(screen, cast(ConversationEnded, got))
-        line: str = QUIT if got is None else cast(str, got)
-        screen.prompting = False  # Enter moved the cursor to a new line
         if got is None and screen.interactive:
-            screen.out("\n")
+            screen.out("\n")  # Ctrl-D left the cursor after the prompt
+        screen.prompting = False  # Enter moved the cursor to a new line
+        line: str = QUIT if got is None else cast(str, got)
         if line == QUIT:
             return _report_end(screen, await conversation.quit())
         if screen.interactive:
-            stdin.quit_now = conversation.quit
+            stdin.while_waiting = typed_while_waiting
         try:
             answer = await conversation.say(line)
         except LineRefused as e:
@@ -212,16 +246,16 @@ async def _chat(
         except ConversationEnded as e:
             return _report_end(screen, e)
         finally:
-            stdin.quit_now = None
+            stdin.while_waiting = None
         screen.answer(answer)
 
 
 def _report_end(screen: _Screen, end: ConversationEnded) -> int:
     if not end.clean:
-        screen.err(f"sockchat: {end.why}")
+        screen.error(f"sockchat: {end.why}")
         return 1
-    if screen.interactive:
-        screen.out(f"[sockchat] {end.why}\n")
+    why = end.notice.text if end.notice is not None else end.why
+    screen.say(f"[sockchat] {safe_text(why)}", reprompt=False)
     return 0
 
 
@@ -233,18 +267,39 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
     stdin = _StdinLines()
     stdio: Any = StandardIO(stdin, reactor=reactor)  # type: ignore[no-untyped-call]
     screen = _Screen(stdio, sys.stderr, interactive)
+    greeted: Deferred[None] = Deferred()
+    flushed: Deferred[None] = Deferred()
+
+    def on_notice(notice: Notice) -> None:
+        screen.notice(notice)
+        if not greeted.called:
+            greeted.callback(None)
+
     try:
         try:
-            conversation = await connect(reactor, endpoint, on_notice=screen.notice)
+            conversation = await connect(reactor, endpoint, on_notice=on_notice)
         except Exception:
             screen.err(_connect_failure(_describe_target(args), Failure()))
             return 1
+
+        # Ctrl-C (or any other shutdown) quits the conversation properly,
+        # and waits until what that prints has reached stdout.
+        def quit_and_flush() -> Deferred[None]:
+            quitting = conversation.quit(2.0).addBoth(lambda _: flushed)
+            return quitting.addTimeout(3.0, reactor, lambda result, timeout: None)
+
+        reactor.addSystemEventTrigger("before", "shutdown", quit_and_flush)
+        if interactive:
+            # Show the welcome before the first prompt, if it comes soon.
+            await greeted.addTimeout(0.5, reactor, lambda result, timeout: None)
         return await _chat(reactor, conversation, stdin, screen)
     finally:
         # Let what is written reach stdout before the reactor stops.
         if not stdin.stdout_gone:
             stdio.loseConnection()
             await stdin.closed
+        if not flushed.called:  # a shutdown may have given up waiting
+            flushed.callback(None)
 
 
 async def _exit_with_status(reactor: Any, argv: Sequence[str] | None) -> None:

@@ -81,10 +81,9 @@ class Options(usage.Options):
         [
             "max-line",
             None,
-            DEFAULT_MAX_LINE,
+            str(DEFAULT_MAX_LINE),
             "Longest line accepted from a client, in bytes; longer ones are "
             "refused with a notice.",
-            int,
         ],
     ]
 
@@ -103,8 +102,12 @@ class Options(usage.Options):
                 f"unknown --responder {responder!r}; choose one of: "
                 + ", ".join(RESPONDERS)
             )
-        if self["max-line"] < 1:
-            raise _fatal("--max-line must be at least 1 byte")
+        max_line = self["max-line"]
+        if not max_line.isdigit() or int(max_line) < 1:
+            raise _fatal(
+                f"--max-line {max_line} is not a whole number of bytes (1 or more)"
+            )
+        self["max_line"] = int(max_line)
 
 
 class ChatServerService(Service):
@@ -116,21 +119,30 @@ class ChatServerService(Service):
         endpoint: IStreamServerEndpoint,
         description: str,
         factory: ChatServerFactory,
+        label: str = "",
     ) -> None:
         self._reactor = reactor
+        self._label = label or type(factory.responder).__name__
         self._endpoint = endpoint
         self._description = description
         self.factory = factory
         self.port: IListeningPort | None = None
 
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+    def listen(self) -> None:
+        """Bind the port now; a port that cannot be had ends the program.
+
+        ``makeService`` calls this so that twistd reports a busy port in one
+        line, before it starts logging or writes its pidfile.  Services used
+        without twistd bind in ``privilegedStartService`` as usual.
+        """
+        if self.port is not None:
+            return
         outcome: list[Any] = []
         self._endpoint.listen(self.factory).addBoth(outcome.append)
         if not outcome:
-            raise SystemExit(
-                f"sockchat: {self._description} did not start listening at once; "
-                "use a tcp, tcp6, unix or ssl endpoint"
+            raise _fatal(
+                f"{self._description} did not start listening at once; use a "
+                "tcp, tcp6, unix or ssl endpoint"
             )
         result = outcome[0]
         if isinstance(result, Failure):
@@ -139,8 +151,12 @@ class ChatServerService(Service):
         log.info(
             "sockchat listening on {address} ({responder} answers)",
             address=describe_address(result.getHost()),
-            responder=type(self.factory.responder).__name__,
+            responder=self._label,
         )
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.listen()
 
     def _cannot_listen(self, failure: Failure) -> str:
         error = failure.value
@@ -248,6 +264,10 @@ def makeService(options: Options) -> IService:
         responder = console_service.console
     else:
         responder = EchoResponder()
-    factory = ChatServerFactory(responder, max_line=options["max-line"])
-    ChatServerService(reactor, endpoint, description, factory).setServiceParent(top)
+    factory = ChatServerFactory(responder, max_line=options["max_line"])
+    server = ChatServerService(
+        reactor, endpoint, description, factory, options["responder"]
+    )
+    server.listen()
+    server.setServiceParent(top)
     return top

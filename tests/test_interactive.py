@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pty
+import signal
 import subprocess
 import time
 
@@ -65,6 +66,44 @@ def test_q_while_waiting_quits_at_once():
             term.type("q\n")
             term.screen.until(b"[sockchat] you quit.")
             server.read_until(b'left; its line "anyone there?" goes unanswered.')
+        finally:
+            assert term.close() == 0
+            os.close(term.slave)
+
+
+def test_a_line_typed_while_waiting_is_refused_with_a_word():
+    with Server("--responder", "console", stdin=subprocess.PIPE) as server:
+        term = Terminal(*CLIENT, "--port", str(server.port))
+        try:
+            term.screen.until(b"client --> server: ")
+            term.type("first\n")
+            server.read_until(b"server --> client 1: ")
+            term.type("typed too soon\n")
+            term.screen.until(
+                b'[sockchat] still waiting for the answer to your last line; "typed '
+                b'too soon" was not sent.'
+            )
+            server.proc.stdin.write(b"answer\n")
+            server.proc.stdin.flush()
+            term.screen.until(b"server --> client: answer\r\nclient --> server: ")
+            term.type("q\n")
+            term.screen.until(b"[sockchat] you quit.")
+        finally:
+            assert term.close() == 0
+            os.close(term.slave)
+        assert b"typed too soon" not in server.output
+
+
+def test_ctrl_c_while_waiting_quits_cleanly():
+    with Server("--responder", "console", stdin=subprocess.PIPE) as server:
+        term = Terminal(*CLIENT, "--port", str(server.port))
+        try:
+            term.screen.until(b"client --> server: ")
+            term.type("hello\n")
+            server.read_until(b"server --> client 1: ")
+            term.proc.send_signal(signal.SIGINT)  # Ctrl-C
+            term.screen.until(b"[sockchat] you quit.")
+            server.read_until(b"with 127.0.0.1")
         finally:
             assert term.close() == 0
             os.close(term.slave)

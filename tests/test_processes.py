@@ -38,7 +38,7 @@ def test_end_of_input_sends_q_and_a_last_line_needs_no_newline():
         done = run_client(server.port, b"one\ntwo")
         assert done.stdout == b"one\ntwo\n"
         assert done.returncode == 0
-        server.read_until(b"ended after 2 turns")
+        server.read_until(b"ended after 2 turn(s)")
 
 
 def test_client_escapes_control_characters_from_the_server():
@@ -172,13 +172,12 @@ def test_without_a_terminal_the_server_asks_for_a_responder():
     ]
 
 
-def test_a_port_in_use_is_a_clear_error():
+def test_a_port_in_use_is_a_clear_error(tmp_path):
     with Server("--responder", "echo") as server:
         done = subprocess.run(
             [
                 TWISTD,
                 "-n",
-                "--pidfile=",
                 "sockchat",
                 "--responder",
                 "echo",
@@ -188,9 +187,16 @@ def test_a_port_in_use_is_a_clear_error():
             stdin=subprocess.DEVNULL,
             capture_output=True,
             timeout=30,
+            cwd=tmp_path,
         )
     assert done.returncode == 1
-    assert b"address is already in use" in done.stdout + done.stderr
+    assert done.stdout == b""
+    assert done.stderr.decode().splitlines() == [
+        f"sockchat: cannot listen on tcp:{server.port}:interface=127.0.0.1: the "
+        "address is already in use (is another server running? choose another "
+        "--port)"
+    ]
+    assert list(tmp_path.iterdir()) == [], "no stale twistd.pid is left behind"
 
 
 def test_bare_port_listens_on_loopback_only():
@@ -247,7 +253,7 @@ def test_nc_holds_a_conversation():
             nc.stdin.close()  # the person presses Ctrl-D, as nc needs
             assert read_until(nc.stdout, b"!bye quit: goodbye.\n")
             assert nc.wait(10) == 0
-            server.read_until(b"ended after 3 turns")
+            server.read_until(b"ended after 3 turn(s)")
         finally:
             if nc.poll() is None:
                 nc.kill()
