@@ -31,12 +31,18 @@ class LineTooLong:
     length: int
     limit: int
 
+    def __str__(self) -> str:
+        return f"it has {self.length} bytes, over the {self.limit}-byte limit"
+
 
 @frozen
 class InvalidUtf8:
     """A line that is not valid UTF-8 arrived; it was not delivered."""
 
     reason: str
+
+    def __str__(self) -> str:
+        return f"it is not valid UTF-8 ({self.reason})"
 
 
 #: What ``LineDecoder.feed`` yields: the text of a good line, or why a line was

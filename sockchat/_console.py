@@ -21,7 +21,7 @@ from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._codec import InvalidUtf8, LineDecoder, LineTooLong
+from ._codec import LineDecoder
 from ._render import safe_text
 from ._responder import ConversationInfo, IResponder
 from ._wire import QUIT
@@ -130,15 +130,8 @@ class OperatorInput(Protocol):
         for item in self._decoder.feed(data):
             if isinstance(item, str):
                 self._console.operator_says(item)
-            elif isinstance(item, LineTooLong):
-                self._console.operator_error(
-                    f"your line has {item.length} bytes, over the "
-                    f"{item.limit}-byte limit; nothing was sent."
-                )
-            elif isinstance(item, InvalidUtf8):
-                self._console.operator_error(
-                    f"your line is not valid UTF-8 ({item.reason}); nothing was sent."
-                )
+            else:
+                self._console.operator_error(f"your line was not sent: {item}.")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._on_close()

@@ -111,17 +111,9 @@ class ServerTurns:
                 f"{self._pending}; it was not delivered. Wait for each answer "
                 "before you send the next line.",
             )
-        if isinstance(item, LineTooLong):
-            code = "line-too-long"
-            why = (
-                f"line {seq} has {item.length} bytes, over the {item.limit}-byte "
-                "limit; it was skipped, not delivered."
-            )
-        else:
-            code = "invalid-utf8"
-            why = (
-                f"line {seq} is not valid UTF-8 ({item.reason}); it was not delivered."
-            )
+        code = "line-too-long" if isinstance(item, LineTooLong) else "invalid-utf8"
+        skipped = "skipped" if isinstance(item, LineTooLong) else "refused"
+        why = f"line {seq} was {skipped}, not delivered: {item}."
         return Notice(NoticeKind.ERROR, code, why + self._whose_turn())
 
     def answered(self, text: str) -> bool:

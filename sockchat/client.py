@@ -32,7 +32,7 @@ from ._client import (
     LineRefused,
     connect,
 )
-from ._codec import Decoded, InvalidUtf8, LineDecoder, LineTooLong
+from ._codec import Decoded, LineDecoder
 from ._render import safe_text
 from ._stdio import BlockingModes
 from ._wire import QUIT, Notice, NoticeKind
@@ -95,15 +95,8 @@ class _StdinLines(Protocol):
                     self.while_waiting(item)
                 else:
                     self.lines.put(item)
-            elif isinstance(item, LineTooLong):
-                self.problems.append(
-                    f"an input line of {item.length} bytes is over the "
-                    f"{item.limit}-byte limit; it was not sent"
-                )
-            elif isinstance(item, InvalidUtf8):
-                self.problems.append(
-                    f"an input line is not valid UTF-8 ({item.reason}); it was not sent"
-                )
+            else:
+                self.problems.append(f"an input line was not sent: {item}")
 
     def readConnectionLost(self) -> None:
         # A last line without a newline is still a line.

@@ -172,7 +172,9 @@ def test_100kb_line_gets_a_notice_and_the_connection_stays_usable():
     said(transport)
     proto.dataReceived(b"x" * 100_000 + b"\nstill here\n")
     notice, answer = said(transport)
-    assert notice.startswith("!error line-too-long: line 1 has 100000 bytes")
+    assert notice.startswith(
+        "!error line-too-long: line 1 was skipped, not delivered: it has 100000 bytes"
+    )
     assert "65536-byte limit" in notice
     assert answer == "still here"
     assert not transport.disconnecting
@@ -192,7 +194,9 @@ def test_invalid_utf8_gets_a_notice_and_the_connection_stays_usable():
     said(transport)
     proto.dataReceived(b"\xc3\x28\nfine\n")
     notice, answer = said(transport)
-    assert notice.startswith("!error invalid-utf8: line 1 is not valid UTF-8")
+    assert notice.startswith(
+        "!error invalid-utf8: line 1 was refused, not delivered: it is not valid UTF-8"
+    )
     assert answer == "fine"
 
 
