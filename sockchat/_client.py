@@ -15,6 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from attrs import frozen
+from OpenSSL import SSL
+from service_identity import VerificationError
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import (
     IReactorTime,
@@ -150,11 +152,7 @@ class _ChatClientProtocol(Protocol):
         end = self._end
         if end is None:
             self.turns.turn = Turn.ENDED
-            end = _End(
-                False,
-                f"the connection was lost ({reason.getErrorMessage()}).",
-                None,
-            )
+            end = _End(False, _describe_loss(reason), None)
         self.lost = ConversationEnded(end.why, clean=end.clean, notice=end.notice)
         self._reject(self.lost)
         closed, self._closed = self._closed, []
@@ -219,6 +217,22 @@ class Conversation:
     def abort(self) -> None:
         """Close the connection now, without saying ``q``."""
         self._proto.transport.loseConnection()
+
+
+def _describe_loss(reason: Failure) -> str:
+    """Why the connection went, in one line; TLS failures said plainly."""
+    if reason.check(VerificationError):
+        return (
+            "TLS verification failed: the server's certificate is not for the "
+            "host name you connected to."
+        )
+    if reason.check(SSL.Error):
+        error = reason.value
+        details = error.args[0] if error is not None and error.args else []
+        found = [d[-1] for d in details if isinstance(d, tuple) and d and d[-1]]
+        why = ", ".join(found) or reason.getErrorMessage()
+        return f"the TLS handshake failed ({why})."
+    return f"the connection was lost ({reason.getErrorMessage()})."
 
 
 def _raise(error: Exception) -> Any:

@@ -47,6 +47,7 @@ class ConsoleResponder:
         self._write = write
         self._queue: deque[_Waiting] = deque()
         self._prompting: _Waiting | None = None  # whose prompt is on screen
+        self._closing = False
 
     @property
     def waiting(self) -> int:
@@ -84,6 +85,18 @@ class ConsoleResponder:
         self._prompting = None
         self._show(message)
 
+    def close(self) -> None:
+        """The server is stopping: list what will go unanswered, once."""
+        self._closing = True
+        if self._prompting is not None:
+            self._write("\n")
+            self._prompting = None
+        if not self._queue:
+            return
+        self._write(f"unanswered at shutdown ({len(self._queue)}):\n")
+        for entry in self._queue:
+            self._write(f"  {entry.label()}: {safe_text(entry.text)}\n")
+
     def interrupted(self) -> None:
         """Something else (a log line) was printed: show the prompt again."""
         if self._prompting is not None:
@@ -94,6 +107,8 @@ class ConsoleResponder:
         for entry in self._queue:
             if entry.answer is answer:
                 self._queue.remove(entry)
+                if self._closing:
+                    return  # already listed by close()
                 if self._prompting is entry:
                     self._prompting = None
                 self._show(

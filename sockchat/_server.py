@@ -8,23 +8,48 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections import deque
+from collections.abc import Awaitable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet import address
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IAddress, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
-from ._codec import DEFAULT_MAX_LINE, LineDecoder
+from ._codec import DEFAULT_MAX_LINE, Decoded, LineDecoder
+from ._limits import Admission
 from ._render import safe_text
 from ._responder import ConversationInfo, IResponder, Reply
 from ._turns import Deliver, ServerTurns, Turn, shutting_down, welcome
 from ._wire import Notice, NoticeKind, encode_answer, encode_notice
 
-__all__ = ["ChatServerFactory", "ChatServerProtocol", "describe_address"]
+__all__ = [
+    "CLOSE_GRACE",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_OUTPUT",
+    "ChatServerFactory",
+    "ChatServerProtocol",
+    "describe_address",
+]
+
+#: Seconds a client may take over its turn, by default.
+DEFAULT_IDLE_TIMEOUT = 600.0
+#: Bytes of unread output held for one client before its input is paused.
+DEFAULT_MAX_OUTPUT = 256 * 1024
+#: Seconds a closing connection gets to take its last notice.
+CLOSE_GRACE = 3.0
 
 log = Logger(namespace="sockchat.server")
 
@@ -49,6 +74,22 @@ class BadAnswer(Exception):
     """The responder broke the contract; the message is safe to show the client."""
 
 
+_END_OF_INPUT = Notice(
+    NoticeKind.BYE, "end-of-input", "you closed your side of the connection; goodbye."
+)
+
+
+def _set_buffer_size(transport: object, size: int) -> None:
+    """Make the transport pause its producer past *size* unwritten bytes.
+
+    For TLS the bytes are buffered by the TCP transport underneath.
+    """
+    while transport is not None:
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = size
+        transport = getattr(transport, "transport", None)
+
+
 async def _await(awaitable: Awaitable[_T]) -> _T:
     return await awaitable
 
@@ -64,8 +105,16 @@ def _as_deferred(reply: Deferred[str] | Awaitable[str]) -> Deferred[str]:
     )
 
 
+@implementer(IHalfCloseableProtocol, IPushProducer)
 class ChatServerProtocol(Protocol):
-    """One conversation, from connect to close."""
+    """One conversation, from connect to close.
+
+    It is also the producer of its own output: when the client stops
+    reading and the transport's buffer fills, the transport pauses it, and
+    it stops reading the client's lines until the buffer drains.  So a
+    client that floods without reading holds at most about ``max_output``
+    bytes of answers, and the others go on as before.
+    """
 
     factory: ChatServerFactory
     transport: ITCPTransport  # or any transport with the same methods
@@ -75,15 +124,33 @@ class ChatServerProtocol(Protocol):
         self.info = ConversationInfo(conversation_id, "unknown")
         self.turns = ServerTurns()
         self.decoder: LineDecoder | None = None
-        self._pending: Deferred[str] | None = None
         self.closed: Deferred[None] = Deferred()
+        self._pending: Deferred[str] | None = None
+        self._backlog: deque[Decoded] = deque()  # read, not handled (paused)
+        self._paused = False  # by the transport: the client is not reading
+        self._reading_paused = False  # by us: too many lines held back
+        self._backlog_size = 0
+        self._pauses = 0
+        self._input_ended = False
+        self._started = 0.0
+        self._last_line = 0.0
+        self._idle_timer: IDelayedCall | None = None
+        self._close_timer: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
-        self.decoder = LineDecoder(self.factory.max_line)
+        factory = self.factory
+        self.decoder = LineDecoder(factory.max_line)
         self.info = ConversationInfo(
             self.conversation_id, describe_address(self.transport.getPeer())
         )
-        self.factory.conversations[self.conversation_id] = self
+        factory.conversations[self.conversation_id] = self
+        self._started = self._last_line = factory.clock.seconds()
+        _set_buffer_size(self.transport, factory.max_output)
+        cast(IConsumer, self.transport).registerProducer(self, True)
+        if factory.idle_timeout is not None:
+            self._idle_timer = factory.clock.callLater(
+                factory.idle_timeout, self._check_idle
+            )
         log.info(
             "conversation {cid} started with {peer}",
             cid=self.conversation_id,
@@ -93,23 +160,88 @@ class ChatServerProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         assert self.decoder is not None
-        for item in self.decoder.feed(data):
+        items = self.decoder.feed(data)
+        if items:
+            self._last_line = self.factory.clock.seconds()
+            self._handle(items)
+
+    def _handle(self, items: Iterable[Decoded]) -> None:
+        iterator = iter(items)
+        for item in iterator:
+            if self._paused:
+                self._hold_back(item, iterator)
+                return
             action = self.turns.receive(item)
             if action is None:
                 return
             if isinstance(action, Deliver):
                 self._deliver(action.text)
-            else:
-                if action.kind is NoticeKind.ERROR:
-                    log.info(
-                        "conversation {cid}: a line was refused ({code})",
-                        cid=self.conversation_id,
-                        code=action.code,
-                    )
-                self._send_notice(action)
-                if action.kind is NoticeKind.BYE:
-                    self.transport.loseConnection()
-                    return
+                continue
+            if action.kind is NoticeKind.ERROR:
+                log.info(
+                    "conversation {cid}: a line was refused ({code})",
+                    cid=self.conversation_id,
+                    code=action.code,
+                )
+            self._send_notice(action)
+            if action.kind is NoticeKind.BYE:
+                self._close()
+                return
+
+    def _hold_back(self, item: Decoded, rest: Iterator[Decoded]) -> None:
+        """Keep lines read while paused; past the limit, stop reading."""
+        added = [item, *rest]
+        self._backlog.extend(added)
+        # Characters, not bytes: near enough for a bound.
+        self._backlog_size += sum(len(i) if isinstance(i, str) else 1 for i in added)
+        if self._backlog_size > self.factory.max_output and not self._reading_paused:
+            self._reading_paused = True
+            cast(IPushProducer, self.transport).pauseProducing()
+
+    # IPushProducer: the transport says when the client stops reading.
+
+    def pauseProducing(self) -> None:
+        # Not only when the client stops reading: TLS also pauses us until
+        # its handshake is done, which needs the input to keep flowing.  So
+        # stop *handling* lines here, and stop reading only once too many
+        # are held back.
+        if not self._paused:
+            self._paused = True
+            self._pauses += 1
+            if self._pauses == 1 and self.turns.answers:
+                log.info(
+                    "conversation {cid}: the client is not reading its answers; "
+                    "holding its lines back",
+                    cid=self.conversation_id,
+                )
+
+    def resumeProducing(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        backlog, self._backlog = self._backlog, deque()
+        self._backlog_size = 0
+        self._handle(backlog)
+        if self._reading_paused and not self._paused:
+            self._reading_paused = False
+            if self.turns.turn is not Turn.ENDED:
+                cast(IPushProducer, self.transport).resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass  # connectionLost follows
+
+    # IHalfCloseableProtocol: the client may close its side and still be
+    # owed an answer (``printf 'hi\n' | nc -N``).
+
+    def readConnectionLost(self) -> None:
+        assert self.decoder is not None
+        self._input_ended = True
+        self._handle(self.decoder.finish())
+        if self.turns.turn is Turn.CLIENT:
+            self.end(_END_OF_INPUT)
+
+    def writeConnectionLost(self) -> None:
+        self.transport.loseConnection()
 
     def end(self, notice: Notice) -> None:
         """End this conversation from the server's side with a bye notice."""
@@ -117,11 +249,47 @@ class ChatServerProtocol(Protocol):
             return
         self.turns.end()
         self._send_notice(notice)
+        self._close()
+
+    def _close(self) -> None:
+        """Close after the output is flushed; abort if it cannot be."""
         self.transport.loseConnection()
+        if self._close_timer is None:
+            self._close_timer = self.factory.clock.callLater(
+                self.factory.close_grace, self.transport.abortConnection
+            )
+
+    def _check_idle(self) -> None:
+        factory = self.factory
+        assert factory.idle_timeout is not None
+        now = factory.clock.seconds()
+        if self.turns.turn is Turn.SERVER:  # waiting for us is not idling
+            self._last_line = now
+        due = self._last_line + factory.idle_timeout
+        if now < due:
+            self._idle_timer = factory.clock.callLater(due - now, self._check_idle)
+            return
+        self._idle_timer = None
+        log.info(
+            "conversation {cid} with {peer}: idle for {seconds}s; closing it",
+            cid=self.conversation_id,
+            peer=self.info.peer,
+            seconds=factory.idle_timeout,
+        )
+        self.end(
+            Notice(
+                NoticeKind.BYE,
+                "idle-timeout",
+                f"no line from you for {factory.idle_timeout:g} seconds; goodbye.",
+            )
+        )
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.turns.end()
         self.factory.conversations.pop(self.conversation_id, None)
+        for timer in (self._idle_timer, self._close_timer):
+            if timer is not None and timer.active():
+                timer.cancel()
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
@@ -134,10 +302,12 @@ class ChatServerProtocol(Protocol):
                 count=unfinished,
             )
         log.info(
-            "conversation {cid} with {peer} ended after {turns} turn(s): {why}",
+            "conversation {cid} with {peer} ended after {turns} turn(s) in "
+            "{duration:.1f}s: {why}",
             cid=self.conversation_id,
             peer=self.info.peer,
             turns=self.turns.answers,
+            duration=self.factory.clock.seconds() - self._started,
             why=safe_text(reason.getErrorMessage()),
         )
         self.closed.callback(None)
@@ -185,7 +355,9 @@ class ChatServerProtocol(Protocol):
             return
         self.transport.write(data)
         if self.turns.answered(text):
-            self.transport.loseConnection()
+            self._close()
+        elif self._input_ended:
+            self.end(_END_OF_INPUT)
 
     def _fail(self, failure: Failure) -> None:
         log.failure(
@@ -199,13 +371,15 @@ class ChatServerProtocol(Protocol):
             name = failure.type.__name__ if failure.type else "error"
             why = f"the responder raised {name}"
         self._send_notice(self.turns.failed(safe_text(why)))
+        if self._input_ended:
+            self.end(_END_OF_INPUT)
 
     def _send_notice(self, notice: Notice) -> None:
         self.transport.write(encode_notice(notice))
 
 
 if TYPE_CHECKING:
-    _FactoryBase = Factory[ChatServerProtocol]
+    _FactoryBase = Factory[Protocol]
 else:  # Factory is generic only from Twisted 26 on
     _FactoryBase = Factory
 
@@ -214,26 +388,67 @@ class ChatServerFactory(_FactoryBase):
     """Serve turn-taking conversations answered by *responder*.
 
     Embed it like any factory: ``endpoint.listen(ChatServerFactory(r))``.
+
+    - *max_line*: longest client line, in bytes; longer ones are refused.
+    - *idle_timeout*: seconds a client may take over its turn before it is
+      told goodbye and closed (``None``: never).  Waiting for an answer is
+      not idling.
+    - *max_output*: bytes of unread output held for a client before its
+      input is paused until it reads.
+    - *admission*: caps and address rules (default: none).
+    - *clock*: where timers come from (default: the reactor).
     """
 
     noisy = False
 
-    def __init__(self, responder: IResponder, *, max_line: int = DEFAULT_MAX_LINE):
+    def __init__(
+        self,
+        responder: IResponder,
+        *,
+        max_line: int = DEFAULT_MAX_LINE,
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        admission: Admission | None = None,
+        clock: IReactorTime | None = None,
+    ):
         if not IResponder.providedBy(responder):
             raise TypeError(
                 f"{responder!r} does not provide IResponder (it needs a "
                 "respond(conversation, text) method and @implementer(IResponder))"
             )
-        if max_line < 1:
-            raise ValueError(f"max_line must be at least 1 byte, not {max_line}")
+        for name, value in [("max_line", max_line), ("max_output", max_output)]:
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1 byte, not {value}")
+        if idle_timeout is not None and idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be positive, not {idle_timeout}")
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = cast(IReactorTime, reactor)
         self.responder = responder
         self.max_line = max_line
+        self.idle_timeout = idle_timeout
+        self.max_output = max_output
+        self.admission = admission or Admission()
+        self.clock = clock
+        #: Seconds a closing connection gets to flush before it is aborted.
+        self.close_grace = CLOSE_GRACE
         self.conversations: dict[int, ChatServerProtocol] = {}
         self._ids = itertools.count(1)
 
-    def buildProtocol(self, addr: Any) -> ChatServerProtocol:
+    def buildProtocol(self, addr: Any) -> Protocol:
+        host = getattr(addr, "host", None)
+        refusal = self.admission.admit(host)
+        if refusal is not None:
+            log.info(
+                "refused a connection from {peer}: {code}",
+                peer=describe_address(addr) if addr is not None else "unknown",
+                code=refusal.code,
+            )
+            return _Refusal(refusal)
         proto = ChatServerProtocol(next(self._ids))
         proto.factory = self
+        proto.closed.addCallback(lambda _: self.admission.release(host))
         return proto
 
     def close_all(self, notice: Notice | None = None) -> Deferred[None]:
@@ -246,3 +461,15 @@ class ChatServerFactory(_FactoryBase):
             proto.end(notice)
         done = DeferredList([p.closed for p in waiting], consumeErrors=True)
         return done.addCallback(lambda _: None)
+
+
+class _Refusal(Protocol):
+    """Tell a refused client why, first thing, then close."""
+
+    def __init__(self, notice: Notice) -> None:
+        self._notice = notice
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(encode_notice(self._notice))
+        self.transport.loseConnection()

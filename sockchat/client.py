@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO, cast
 
 from twisted.internet.defer import Deferred, DeferredQueue, race
-from twisted.internet.endpoints import HostnameEndpoint, clientFromString
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IHalfCloseableProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
@@ -33,6 +32,7 @@ from ._client import (
     connect,
 )
 from ._codec import Decoded, LineDecoder
+from ._endpoints import client_endpoint
 from ._render import safe_text
 from ._stdio import BlockingModes
 from ._wire import QUIT, Notice, NoticeKind
@@ -62,6 +62,20 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ENDPOINT",
         help="any Twisted client endpoint instead of --host/--port, e.g. "
         "unix:path=/tmp/chat.sock or tls:example.com:9527",
+    )
+    parser.add_argument(
+        "--ca",
+        metavar="FILE",
+        help="with --connect tls:...: trust this PEM CA certificate instead of "
+        "the system's",
+    )
+    parser.add_argument(
+        "--cert",
+        metavar="FILE",
+        help="with --connect tls:...: client certificate (PEM)",
+    )
+    parser.add_argument(
+        "--key", metavar="FILE", help="with --connect tls:...: its private key (PEM)"
     )
     return parser
 
@@ -173,16 +187,18 @@ def _describe_target(args: argparse.Namespace) -> str:
 
 
 def _endpoint(reactor: Any, args: argparse.Namespace) -> IStreamClientEndpoint:
-    if args.connect:
-        try:
-            endpoint: IStreamClientEndpoint = clientFromString(reactor, args.connect)
-        except (ValueError, KeyError, TypeError) as e:
-            raise SystemExit(
-                f"sockchat: --connect {args.connect!r} is not a client endpoint "
-                f"description ({e})"
-            ) from None
-        return endpoint
-    return HostnameEndpoint(reactor, args.host, args.port)
+    try:
+        return client_endpoint(
+            reactor,
+            host=args.host,
+            port=args.port,
+            connect=args.connect,
+            ca=args.ca,
+            cert=args.cert,
+            key=args.key,
+        )
+    except ValueError as e:
+        raise SystemExit(f"sockchat: {e}") from None
 
 
 def _connect_failure(target: str, failure: Failure) -> str:

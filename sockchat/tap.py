@@ -5,17 +5,20 @@ from __future__ import annotations
 import errno
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
+from OpenSSL import SSL
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
     IListeningPort,
     IReactorCore,
     IStreamServerEndpoint,
 )
+from twisted.internet.ssl import Certificate, CertificateOptions
 from twisted.internet.stdio import StandardIO
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, globalLogPublisher
 from twisted.python import usage
@@ -23,8 +26,14 @@ from twisted.python.failure import Failure
 
 from ._codec import DEFAULT_MAX_LINE
 from ._console import ConsoleResponder, OperatorInput
+from ._limits import AccessRules, Admission, parse_networks
 from ._responder import EchoResponder, IResponder
-from ._server import ChatServerFactory, describe_address
+from ._server import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_OUTPUT,
+    ChatServerFactory,
+    describe_address,
+)
 from ._stdio import BlockingModes
 
 log = Logger(namespace="sockchat")
@@ -32,7 +41,10 @@ log = Logger(namespace="sockchat")
 RESPONDERS = ("console", "echo")
 
 #: Seconds that clients get to take their bye notice at shutdown.
-SHUTDOWN_GRACE = 5.0
+SHUTDOWN_GRACE = 3.0
+#: Default caps on connections: generous for a chat line, but finite.
+DEFAULT_MAX_CLIENTS = 1000
+DEFAULT_MAX_PER_IP = 20
 
 
 def _fatal(message: str) -> SystemExit:
@@ -56,12 +68,12 @@ def endpoint_description(port: str) -> str:
 
 
 class Options(usage.Options):
-    synopsis = "[--port PORT|ENDPOINT] [--responder console|echo] [--max-line BYTES]"
+    synopsis = "[--port PORT|ENDPOINT] [--responder console|echo] [limits...]"
     longdesc = (
         "A turn-taking chat server: each client speaks one line, then waits "
         "for the answer. A bare port number listens on 127.0.0.1 only; to "
         "accept other hosts, give an endpoint such as tcp:9527 or "
-        "tcp6:9527:interface=\\:\\:."
+        "tcp6:9527:interface=\\:\\:. Limits take 0 to mean none."
     )
     optParameters: list[list[Any]] = [  # noqa: RUF012 (twisted's API)
         [
@@ -85,7 +97,53 @@ class Options(usage.Options):
             "Longest line accepted from a client, in bytes; longer ones are "
             "refused with a notice.",
         ],
+        [
+            "idle-timeout",
+            None,
+            f"{DEFAULT_IDLE_TIMEOUT:g}",
+            "Seconds a client may take over its turn before it is told goodbye "
+            "and closed (0: never).",
+        ],
+        [
+            "max-output",
+            None,
+            str(DEFAULT_MAX_OUTPUT),
+            "Bytes of answers a client may leave unread before the server stops "
+            "reading its lines.",
+        ],
+        [
+            "max-clients",
+            None,
+            str(DEFAULT_MAX_CLIENTS),
+            "Most clients at once (0: no limit); newcomers hear 'busy'.",
+        ],
+        [
+            "max-per-ip",
+            None,
+            str(DEFAULT_MAX_PER_IP),
+            "Most clients at once from one address (0: no limit).",
+        ],
+        [
+            "tls-client-ca",
+            None,
+            None,
+            "PEM file of the CA whose client certificates are required (mutual "
+            "TLS); needs an ssl: --port.",
+        ],
     ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["allow"] = []
+        self["deny"] = []
+
+    def opt_allow(self, cidr: str) -> None:
+        """Admit only addresses in this range (repeatable), e.g. 10.0.0.0/8."""
+        self["allow"].append(cidr)
+
+    def opt_deny(self, cidr: str) -> None:
+        """Refuse addresses in this range (repeatable), e.g. 2001:db8::/32."""
+        self["deny"].append(cidr)
 
     def postOptions(self) -> None:
         self["endpoint"] = endpoint_description(self["port"])
@@ -102,12 +160,35 @@ class Options(usage.Options):
                 f"unknown --responder {responder!r}; choose one of: "
                 + ", ".join(RESPONDERS)
             )
-        max_line = self["max-line"]
-        if not max_line.isdigit() or int(max_line) < 1:
+        self["max_line"] = _whole(self, "max-line", minimum=1)
+        self["max_output"] = _whole(self, "max-output", minimum=1)
+        self["max_clients"] = _whole(self, "max-clients", minimum=0) or None
+        self["max_per_ip"] = _whole(self, "max-per-ip", minimum=0) or None
+        try:
+            timeout = float(self["idle-timeout"])
+        except ValueError:
+            timeout = -1.0
+        if not timeout >= 0 or timeout == float("inf"):
             raise _fatal(
-                f"--max-line {max_line} is not a whole number of bytes (1 or more)"
+                f"--idle-timeout {self['idle-timeout']} is not a number of seconds"
             )
-        self["max_line"] = int(max_line)
+        self["idle_timeout"] = timeout or None
+        try:
+            self["rules"] = AccessRules(
+                allow=parse_networks(self["allow"]), deny=parse_networks(self["deny"])
+            )
+        except ValueError as e:
+            raise _fatal(f"--allow/--deny: {e}") from None
+        ca = self["tls-client-ca"]
+        if ca is not None and not self["endpoint"].startswith("ssl:"):
+            raise _fatal("--tls-client-ca needs a TLS listener: --port ssl:...")
+
+
+def _whole(options: Options, name: str, minimum: int) -> int:
+    text = options[name]
+    if not text.isdigit() or int(text) < minimum:
+        raise _fatal(f"--{name} {text} is not a whole number ({minimum} or more)")
+    return int(text)
 
 
 class ChatServerService(Service):
@@ -240,8 +321,36 @@ class OperatorConsoleService(Service):
 
     def stopService(self) -> None:
         super().stopService()
+        self.console.close()
         globalLogPublisher.removeObserver(cast(ILogObserver, self._log_printed))
         self._modes.restore()
+
+
+def _require_client_certificates(
+    endpoint: IStreamServerEndpoint, ca_file: str
+) -> IStreamServerEndpoint:
+    """Make an ``ssl:`` listener require client certificates from *ca_file*.
+
+    Twisted's ``ssl:`` description has no option for this, so the context
+    that its parser built is rebuilt with the CA as the trust root.
+    """
+    if not isinstance(endpoint, SSL4ServerEndpoint):
+        raise _fatal("--tls-client-ca needs a TLS listener: --port ssl:...")
+    try:
+        ca = Certificate.loadPEM(Path(ca_file).read_bytes())
+    except (OSError, ValueError, SSL.Error) as e:
+        raise _fatal(
+            f"--tls-client-ca {ca_file}: cannot read a PEM certificate ({e})"
+        ) from None
+    built = endpoint._sslContextFactory  # what the ssl: parser made
+    endpoint._sslContextFactory = CertificateOptions(
+        privateKey=built.privateKey,
+        certificate=built.certificate,
+        extraCertChain=built.extraCertChain,
+        trustRoot=ca,
+        requireCertificate=True,
+    )
+    return endpoint
 
 
 def makeService(options: Options) -> IService:
@@ -264,7 +373,20 @@ def makeService(options: Options) -> IService:
         responder = console_service.console
     else:
         responder = EchoResponder()
-    factory = ChatServerFactory(responder, max_line=options["max_line"])
+    if options["tls-client-ca"] is not None:
+        endpoint = _require_client_certificates(endpoint, options["tls-client-ca"])
+    admission = Admission(
+        max_clients=options["max_clients"],
+        max_per_ip=options["max_per_ip"],
+        rules=options["rules"],
+    )
+    factory = ChatServerFactory(
+        responder,
+        max_line=options["max_line"],
+        idle_timeout=options["idle_timeout"],
+        max_output=options["max_output"],
+        admission=admission,
+    )
     server = ChatServerService(
         reactor, endpoint, description, factory, options["responder"]
     )

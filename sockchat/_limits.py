@@ -1,0 +1,125 @@
+"""Who may connect: address rules and connection caps, with no I/O.
+
+``Admission`` is asked once per new connection and told when one closes.
+It answers with ``None`` (admitted) or a ``Notice`` to send before closing:
+the refused client always hears why, as the first thing it receives.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+from attrs import define, field, frozen
+
+from ._wire import Notice, NoticeKind
+
+__all__ = ["AccessRules", "Admission", "parse_networks"]
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(texts: Iterable[str]) -> tuple[Network, ...]:
+    """Parse CIDR ranges such as ``10.0.0.0/8`` or ``::1``.
+
+    Raises ``ValueError`` naming the first one that is not a range.
+    """
+    networks = []
+    for text in texts:
+        try:
+            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(
+                f"{text!r} is not an IPv4 or IPv6 address or range"
+            ) from None
+    return tuple(networks)
+
+
+def _address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])  # drop an IPv6 zone
+    except ValueError:
+        return None  # not an IP peer (a UNIX socket): address rules do not apply
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped  # ::ffff:10.1.2.3 is 10.1.2.3
+    return address
+
+
+@frozen
+class AccessRules:
+    """``--allow`` and ``--deny`` ranges.
+
+    With no allow ranges every address is allowed; with some, only addresses
+    inside one of them.  Deny ranges are removed in either case.
+    """
+
+    allow: Sequence[Network] = ()
+    deny: Sequence[Network] = ()
+
+    def permits(self, host: str) -> bool:
+        address = _address(host)
+        if address is None:
+            return True
+        if self.allow and not any(address in net for net in self.allow):
+            return False
+        return not any(address in net for net in self.deny)
+
+
+@define
+class Admission:
+    """Caps on connections, in total and per address, and the access rules."""
+
+    max_clients: int | None = None
+    max_per_ip: int | None = None
+    rules: AccessRules = AccessRules()
+    #: Connections admitted and not yet closed.
+    total: int = field(default=0, init=False)
+    _per_ip: Counter[str] = field(factory=Counter, init=False)
+
+    def admit(self, host: str | None) -> Notice | None:
+        """Admit a new connection from *host*, or say why not."""
+        if host is not None and not self.rules.permits(host):
+            return Notice(
+                NoticeKind.BYE,
+                "denied",
+                "connections from your address are not accepted here.",
+            )
+        if self.max_clients is not None and self.total >= self.max_clients:
+            return Notice(
+                NoticeKind.BYE,
+                "busy",
+                f"the server is full ({self.max_clients} clients); try again later.",
+            )
+        key = _key(host)
+        if (
+            key is not None
+            and self.max_per_ip is not None
+            and self._per_ip[key] >= self.max_per_ip
+        ):
+            return Notice(
+                NoticeKind.BYE,
+                "busy",
+                f"your address already has {self.max_per_ip} connection(s), the "
+                "most allowed; close one and try again.",
+            )
+        self.total += 1
+        if key is not None:
+            self._per_ip[key] += 1
+        return None
+
+    def release(self, host: str | None) -> None:
+        """An admitted connection closed."""
+        self.total -= 1
+        key = _key(host)
+        if key is not None:
+            self._per_ip[key] -= 1
+            if not self._per_ip[key]:
+                del self._per_ip[key]
+
+
+def _key(host: str | None) -> str | None:
+    if host is None:
+        return None
+    address = _address(host)
+    return None if address is None else str(address)
