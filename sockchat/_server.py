@@ -171,22 +171,28 @@ class ChatServerProtocol(Protocol):
             if self._paused:
                 self._hold_back(item, iterator)
                 return
-            action = self.turns.receive(item)
-            if action is None:
+            if not self._handle_one(item):
                 return
-            if isinstance(action, Deliver):
-                self._deliver(action.text)
-                continue
-            if action.kind is NoticeKind.ERROR:
-                log.info(
-                    "conversation {cid}: a line was refused ({code})",
-                    cid=self.conversation_id,
-                    code=action.code,
-                )
-            self._send_notice(action)
-            if action.kind is NoticeKind.BYE:
-                self._close()
-                return
+
+    def _handle_one(self, item: Decoded) -> bool:
+        """Act on one decoded line; False once the conversation has ended."""
+        action = self.turns.receive(item)
+        if action is None:
+            return False
+        if isinstance(action, Deliver):
+            self._deliver(action.text)
+            return True
+        if action.kind is NoticeKind.ERROR:
+            log.info(
+                "conversation {cid}: a line was refused ({code})",
+                cid=self.conversation_id,
+                code=action.code,
+            )
+        self._send_notice(action)
+        if action.kind is NoticeKind.BYE:
+            self._close()
+            return False
+        return True
 
     def _hold_back(self, item: Decoded, rest: Iterator[Decoded]) -> None:
         """Keep lines read while paused; past the limit, stop reading."""
@@ -219,9 +225,13 @@ class ChatServerProtocol(Protocol):
         if not self._paused:
             return
         self._paused = False
-        backlog, self._backlog = self._backlog, deque()
-        self._backlog_size = 0
-        self._handle(backlog)
+        backlog = self._backlog
+        while backlog and not self._paused:
+            item = backlog.popleft()
+            self._backlog_size -= len(item) if isinstance(item, str) else 1
+            if not self._handle_one(item):
+                backlog.clear()
+        self._finish_if_done()
         if self._reading_paused and not self._paused:
             self._reading_paused = False
             if self.turns.turn is not Turn.ENDED:
@@ -234,10 +244,14 @@ class ChatServerProtocol(Protocol):
     # owed an answer (``printf 'hi\n' | nc -N``).
 
     def readConnectionLost(self) -> None:
-        assert self.decoder is not None
+        # An unfinished last line is not delivered: a killed client closes
+        # its side too.  connectionLost logs its size.
         self._input_ended = True
-        self._handle(self.decoder.finish())
-        if self.turns.turn is Turn.CLIENT:
+        self._finish_if_done()
+
+    def _finish_if_done(self) -> None:
+        """After the client closed its side: bye once nothing is owed."""
+        if self._input_ended and self.turns.turn is Turn.CLIENT and not self._backlog:
             self.end(_END_OF_INPUT)
 
     def writeConnectionLost(self) -> None:
@@ -356,8 +370,8 @@ class ChatServerProtocol(Protocol):
         self.transport.write(data)
         if self.turns.answered(text):
             self._close()
-        elif self._input_ended:
-            self.end(_END_OF_INPUT)
+        else:
+            self._finish_if_done()
 
     def _fail(self, failure: Failure) -> None:
         log.failure(
@@ -371,8 +385,7 @@ class ChatServerProtocol(Protocol):
             name = failure.type.__name__ if failure.type else "error"
             why = f"the responder raised {name}"
         self._send_notice(self.turns.failed(safe_text(why)))
-        if self._input_ended:
-            self.end(_END_OF_INPUT)
+        self._finish_if_done()
 
     def _send_notice(self, notice: Notice) -> None:
         self.transport.write(encode_notice(notice))

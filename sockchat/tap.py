@@ -348,7 +348,6 @@ def _require_client_certificates(
         certificate=built.certificate,
         extraCertChain=built.extraCertChain,
         trustRoot=ca,
-        requireCertificate=True,
     )
     return endpoint
 

@@ -15,7 +15,7 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
 CLIENT = [sys.executable, "-m", "sockchat.client"]
-LISTENING = re.compile(rb"sockchat listening on (\S+):(\d+)")
+LISTENING = re.compile(rb'(?:sockchat listening on |"address": ")([^\s"]+):(\d+)')
 
 
 class Reader:
@@ -64,9 +64,17 @@ def read_until(
 class Server:
     """``twistd -n sockchat`` on a free loopback port, stopped on exit."""
 
-    def __init__(self, *args: str, stdin: int | None = subprocess.DEVNULL) -> None:
+    def __init__(
+        self,
+        *args: str,
+        stdin: int | None = subprocess.DEVNULL,
+        port: str = "tcp:0:interface=127.0.0.1",
+        twistd_args: tuple[str, ...] = (),
+    ) -> None:
         self.args = args
         self.stdin = stdin
+        self.listen = port
+        self.twistd_args = twistd_args
         self.output = b""
 
     def __enter__(self) -> Server:
@@ -75,9 +83,10 @@ class Server:
                 TWISTD,
                 "-n",
                 "--pidfile=",
+                *self.twistd_args,
                 "sockchat",
                 "--port",
-                "tcp:0:interface=127.0.0.1",
+                self.listen,
                 *self.args,
             ],
             stdin=self.stdin,
