@@ -61,7 +61,7 @@ def lose(proto) -> None:
 def test_idle_client_gets_a_notice_and_only_it_is_closed():
     clock = Clock()
     factory = ChatServerFactory(EchoResponder(), idle_timeout=60, clock=clock)
-    idle, idle_t = connect(factory)
+    _idle, idle_t = connect(factory)
     busy, busy_t = connect(factory)
     lines(idle_t), lines(busy_t)
     for _ in range(4):
@@ -107,7 +107,8 @@ def test_a_client_that_cannot_take_its_bye_is_aborted():
     factory = ChatServerFactory(EchoResponder(), idle_timeout=60, clock=clock)
     proto, transport = connect(factory)
     clock.advance(60)
-    assert transport.disconnecting and not transport.disconnected
+    assert transport.disconnecting
+    assert not transport.disconnected
     clock.advance(factory.close_grace)
     assert transport.disconnected  # StringTransport marks abortConnection so
     lose(proto)
@@ -206,7 +207,7 @@ def test_ipv6_peers_are_counted_per_address():
 
 
 def test_bad_ranges_are_named():
-    with pytest.raises(ValueError, match="'10.0.0.300' is not"):
+    with pytest.raises(ValueError, match=r"'10\.0\.0\.300' is not"):
         parse_networks(["10.0.0.0/8", "10.0.0.300"])
 
 

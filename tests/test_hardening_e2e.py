@@ -113,7 +113,8 @@ def test_json_logs_keep_the_fields():
         ),
         (
             ["--allow", "10.0.0.300"],
-            "sockchat: --allow/--deny: '10.0.0.300' is not an IPv4 or IPv6 address or range",
+            "sockchat: --allow/--deny: '10.0.0.300' is not an IPv4 or IPv6 "
+            "address or range",
         ),
         (
             ["--max-clients", "-1"],

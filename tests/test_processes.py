@@ -143,7 +143,8 @@ def test_bad_input_never_crashes_the_server_or_goes_unanswered():
         recv_lines(sock, 1)
         sock.sendall(b"y" * 100_000 + b"\n")
         assert recv_lines(sock, 1)[0].startswith(
-            b"!error line-too-long: line 1 was skipped, not delivered: it has 100000 bytes"
+            b"!error line-too-long: line 1 was skipped, not delivered: "
+            b"it has 100000 bytes"
         )
         sock.sendall(b"\xff\xfe\n")
         assert recv_lines(sock, 1)[0].startswith(b"!error invalid-utf8: line 2")
