@@ -130,7 +130,7 @@ class ChatServerProtocol(Protocol):
         self._paused = False  # by the transport: the client is not reading
         self._reading_paused = False  # by us: too many lines held back
         self._backlog_size = 0
-        self._pauses = 0
+        self._told_slow = False  # logged that the client does not read
         self._input_ended = False
         self._started = 0.0
         self._last_line = 0.0
@@ -213,8 +213,8 @@ class ChatServerProtocol(Protocol):
         # are held back.
         if not self._paused:
             self._paused = True
-            self._pauses += 1
-            if self._pauses == 1 and self.turns.answers:
+            if self.turns.answers and not self._told_slow:  # once, and not for TLS
+                self._told_slow = True
                 log.info(
                     "conversation {cid}: the client is not reading its answers; "
                     "holding its lines back",
