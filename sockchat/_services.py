@@ -1,0 +1,166 @@
+"""Services that run sockchat in a Twisted application (used by twistd).
+
+``ChatServerService`` listens and says goodbye to every client at stop;
+``OperatorConsoleService`` puts the operator's terminal behind a
+``ConsoleResponder``.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from typing import Any, cast
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IReactorCore,
+    IStreamServerEndpoint,
+)
+from twisted.internet.stdio import StandardIO
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
+
+from ._console import ConsoleResponder, OperatorInput
+from ._server import ChatServerFactory, describe_address
+from ._stdio import BlockingModes
+
+__all__ = ["ChatServerService", "OperatorConsoleService", "fatal"]
+
+log = Logger(namespace="sockchat")
+
+
+def fatal(message: str) -> SystemExit:
+    """A one-line error for twistd to print before it exits with status 1.
+
+    twistd answers a ``UsageError`` with its whole usage text; these errors
+    are about a value, so one line that names the fix is clearer.
+    """
+    return SystemExit(f"sockchat: {message}")
+
+
+class ChatServerService(Service):
+    """Listen on an endpoint; at stop, say goodbye to every client."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        factory: ChatServerFactory,
+        label: str = "",
+    ) -> None:
+        self._reactor = reactor
+        self._label = label or type(factory.responder).__name__
+        self._endpoint = endpoint
+        self._description = description
+        self.factory = factory
+        self.port: IListeningPort | None = None
+
+    def listen(self) -> None:
+        """Bind the port now; a port that cannot be had ends the program.
+
+        ``makeService`` calls this so that twistd reports a busy port in one
+        line, before it starts logging or writes its pidfile.  Services used
+        without twistd bind in ``privilegedStartService`` as usual.
+        """
+        if self.port is not None:
+            return
+        outcome: list[Any] = []
+        self._endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:
+            raise fatal(
+                f"{self._description} did not start listening at once; use a "
+                "tcp, tcp6, unix or ssl endpoint"
+            )
+        result = outcome[0]
+        if isinstance(result, Failure):
+            raise SystemExit(self._cannot_listen(result))
+        self.port = result
+        log.info(
+            "sockchat listening on {address} ({responder} answers)",
+            address=describe_address(result.getHost()),
+            responder=self._label,
+        )
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.listen()
+
+    def _cannot_listen(self, failure: Failure) -> str:
+        error = failure.value
+        where = f"sockchat: cannot listen on {self._description}"
+        if isinstance(error, CannotListenError):
+            cause = error.socketError
+            if getattr(cause, "errno", None) == errno.EADDRINUSE:
+                return (
+                    f"{where}: the address is already in use (is another "
+                    "server running? choose another --port)"
+                )
+            if getattr(cause, "errno", None) == errno.EACCES:
+                return (
+                    f"{where}: permission denied (ports below 1024 need "
+                    "privileges; choose one above 1024)"
+                )
+            return f"{where}: {cause}"
+        return f"{where}: {failure.getErrorMessage()}"
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        port, self.port = self.port, None
+        stopping: Deferred[Any] = (
+            maybeDeferred(port.stopListening) if port else succeed(None)
+        )
+        # Each conversation gets its bye, and is aborted if it cannot take
+        # it within the factory's close grace.
+        closing = self.factory.close_all()
+        done: Deferred[list[Any]] = gatherResults([stopping, closing])
+        return done.addCallback(lambda _: None)
+
+
+class OperatorConsoleService(Service):
+    """Read the operator's answers from stdin; end of input stops the server."""
+
+    def __init__(
+        self,
+        reactor: Any,
+        console_factory: Callable[[Callable[[str], None]], ConsoleResponder],
+    ) -> None:
+        self._reactor = reactor
+        self._modes = BlockingModes.save(0, 1)
+        self._stdio: Any = None
+        self.console = console_factory(self._write)
+
+    def _write(self, text: str) -> None:
+        if self._stdio is not None:
+            self._stdio.write(text.encode("utf-8"))
+
+    def startService(self) -> None:
+        super().startService()
+        proto = OperatorInput(self.console, self._input_closed)
+        self._stdio = StandardIO(proto, reactor=self._reactor)
+        globalLogPublisher.addObserver(cast(ILogObserver, self._log_printed))
+        self._write(
+            "sockchat operator console: client lines appear below. Type each "
+            "answer at its prompt; q ends that conversation; end of input "
+            "(Ctrl-D) stops the server.\n"
+        )
+
+    def _log_printed(self, event: LogEvent) -> None:
+        level = event.get("log_level")
+        if level is not None and level >= LogLevel.info:
+            # twistd has printed a log line after the prompt; repeat it.
+            self._reactor.callLater(0, self.console.interrupted)
+
+    def _input_closed(self) -> None:
+        if self.running:
+            log.info("operator console closed (end of input); stopping the server")
+            IReactorCore(self._reactor).stop()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.console.close()
+        globalLogPublisher.removeObserver(cast(ILogObserver, self._log_printed))
+        self._modes.restore()
