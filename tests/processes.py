@@ -135,6 +135,16 @@ def run_client(
     )
 
 
+def start_client(port: int, *args: str) -> subprocess.Popen[bytes]:
+    """``python -m sockchat.client`` with pipes for stdin, stdout and stderr."""
+    return subprocess.Popen(
+        [*CLIENT, "--port", str(port), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def raw_connect(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     return sock

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import time
 
 import pytest
 
 from certs import make_tls_files
-from processes import CLIENT, TWISTD, Server, raw_connect, recv_lines
+from processes import CLIENT, TWISTD, Server, raw_connect, recv_lines, start_client
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +58,7 @@ def test_idle_timeout_closes_the_idle_connection_only():
 
 def test_sigterm_with_a_client_that_never_reads_exits_within_5_seconds():
     with Server("--responder", "echo") as server, raw_connect(server.port) as sock:
-        sock.setsockopt(__import__("socket").SOL_SOCKET, 8, 4096)  # SO_RCVBUF
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.sendall(b"x" * 100 + b"\n" * 1)
         sock.sendall((b"y" * 1000 + b"\n") * 2000)  # 2 MB of answers it won't read
         started = time.monotonic()
@@ -68,12 +69,7 @@ def test_sigterm_with_a_client_that_never_reads_exits_within_5_seconds():
 
 def test_console_lists_unanswered_questions_at_shutdown():
     with Server("--responder", "console", stdin=subprocess.PIPE) as server:
-        client = subprocess.Popen(
-            [*CLIENT, "--port", str(server.port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        client = start_client(server.port)
         client.stdin.write(b"is anyone there?\n")
         client.stdin.flush()
         server.read_until(b"server --> client 1: ")

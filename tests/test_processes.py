@@ -11,7 +11,6 @@ import subprocess
 import pytest
 
 from processes import (
-    CLIENT,
     LISTENING,
     TWISTD,
     Reader,
@@ -20,6 +19,7 @@ from processes import (
     read_until,
     recv_lines,
     run_client,
+    start_client,
 )
 
 pytestmark = pytest.mark.slow
@@ -60,12 +60,7 @@ def test_refused_connection_exits_1_with_one_line():
 
 def test_lost_connection_exits_1_with_one_line():
     with Server("--responder", "console", stdin=subprocess.PIPE) as server:
-        client = subprocess.Popen(
-            [*CLIENT, "--port", str(server.port)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
+        client = start_client(server.port)
         client.stdin.write(b"hello\n")
         client.stdin.flush()
         server.read_until(b"server --> client 1: ")
@@ -79,12 +74,12 @@ def test_lost_connection_exits_1_with_one_line():
 def test_console_chat_q_from_the_operator_and_the_next_client_is_answered():
     with Server("--responder", "console", stdin=subprocess.PIPE) as server:
         operator = server.proc.stdin
-        first = _client(server.port)
+        first = start_client(server.port)
         first.stdin.write(b"hello from one\n")
         first.stdin.flush()
         shown = server.read_until(re.compile(rb"server --> client \d+: "))
         first_id = re.search(rb"client (\d+) \(127.0.0.1:\d+\): hello from one", shown)
-        second = _client(server.port)
+        second = start_client(server.port)
         second.stdin.write(b"hello from two\n")
         second.stdin.flush()
         shown = server.read_until(b"hello from two  [1 waiting before it]")
@@ -103,15 +98,6 @@ def test_console_chat_q_from_the_operator_and_the_next_client_is_answered():
         assert (first.returncode, err1) == (0, b"")
         server.read_until(b"conversation " + first_id.group(1) + b" with 127.0.0.1")
         assert server.proc.poll() is None, "the server keeps serving"
-
-
-def _client(port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [*CLIENT, "--port", str(port)],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
 
 
 def test_operator_end_of_input_stops_the_server_and_clients_hear_why():
