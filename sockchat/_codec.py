@@ -78,6 +78,11 @@ class LineDecoder:
         """Bytes held for the unfinished line (never more than the limit + 1)."""
         return 0 if self._skipping else self._size
 
+    @property
+    def unfinished(self) -> int:
+        """Bytes of the line under way, held or skipped."""
+        return self._size
+
     def feed(self, data: bytes) -> list[Decoded]:
         """Take the next chunk of the stream; return the lines it completed."""
         out: list[Decoded] = []

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from OpenSSL import SSL
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     _parse,
@@ -78,8 +77,13 @@ def client_endpoint(
         mine = None
         if cert and key:
             pem = _read("--cert", cert) + b"\n" + _read("--key", key)
-            mine = PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]
-    except (SSL.Error, ValueError) as e:
-        raise ValueError(f"cannot load the TLS files: {e}") from None
-    options = optionsForClientTLS(tls_host, trustRoot=trust, clientCertificate=mine)
+            mine = PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]  # Twisted's ssl is unannotated
+        options = optionsForClientTLS(tls_host, trustRoot=trust, clientCertificate=mine)
+    except ValueError:
+        raise
+    except Exception as e:  # pyOpenSSL and Twisted raise several kinds here
+        raise ValueError(
+            f"cannot use the TLS files ({type(e).__name__}: {e}); --ca wants a "
+            "PEM certificate, --cert and --key a matching certificate and key"
+        ) from None
     return wrapClientTLS(options, HostnameEndpoint(reactor, tls_host, tls_port))

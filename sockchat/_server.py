@@ -133,7 +133,7 @@ class ChatServerProtocol(Protocol):
         self._told_slow = False  # logged that the client does not read
         self._input_ended = False
         self._started = 0.0
-        self._last_line = 0.0
+        self._turn_started = 0.0
         self._idle_timer: IDelayedCall | None = None
         self._close_timer: IDelayedCall | None = None
 
@@ -144,7 +144,7 @@ class ChatServerProtocol(Protocol):
             self.conversation_id, describe_address(self.transport.getPeer())
         )
         factory.conversations[self.conversation_id] = self
-        self._started = self._last_line = factory.clock.seconds()
+        self._started = self._turn_started = factory.clock.seconds()
         _set_buffer_size(self.transport, factory.max_output)
         cast(IConsumer, self.transport).registerProducer(self, True)
         if factory.idle_timeout is not None:
@@ -162,7 +162,7 @@ class ChatServerProtocol(Protocol):
         assert self.decoder is not None
         items = self.decoder.feed(data)
         if items:
-            self._last_line = self.factory.clock.seconds()
+            self._turn_started = self.factory.clock.seconds()  # a line came
             self._handle(items)
 
     def _handle(self, items: Iterable[Decoded]) -> None:
@@ -267,6 +267,8 @@ class ChatServerProtocol(Protocol):
 
     def _close(self) -> None:
         """Close after the output is flushed; abort if it cannot be."""
+        # A registered producer keeps TLS from sending its close_notify.
+        cast(IConsumer, self.transport).unregisterProducer()
         self.transport.loseConnection()
         if self._close_timer is None:
             self._close_timer = self.factory.clock.callLater(
@@ -278,8 +280,9 @@ class ChatServerProtocol(Protocol):
         assert factory.idle_timeout is not None
         now = factory.clock.seconds()
         if self.turns.turn is Turn.SERVER:  # waiting for us is not idling
-            self._last_line = now
-        due = self._last_line + factory.idle_timeout
+            due = now + factory.idle_timeout
+        else:
+            due = self._turn_started + factory.idle_timeout
         if now < due:
             self._idle_timer = factory.clock.callLater(due - now, self._check_idle)
             return
@@ -307,7 +310,7 @@ class ChatServerProtocol(Protocol):
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
-        unfinished = self.decoder.buffered if self.decoder else 0
+        unfinished = self.decoder.unfinished if self.decoder else 0
         if unfinished:
             log.info(
                 "conversation {cid} closed in the middle of a line; its "
@@ -368,6 +371,7 @@ class ChatServerProtocol(Protocol):
             self._fail(Failure(BadAnswer("the answer has a newline in it")))
             return
         self.transport.write(data)
+        self._turn_started = self.factory.clock.seconds()  # the client's turn
         if self.turns.answered(text):
             self._close()
         else:
@@ -385,6 +389,7 @@ class ChatServerProtocol(Protocol):
             name = failure.type.__name__ if failure.type else "error"
             why = f"the responder raised {name}"
         self._send_notice(self.turns.failed(safe_text(why)))
+        self._turn_started = self.factory.clock.seconds()  # the client's turn
         self._finish_if_done()
 
     def _send_notice(self, notice: Notice) -> None:
@@ -454,9 +459,10 @@ class ChatServerFactory(_FactoryBase):
         refusal = self.admission.admit(host)
         if refusal is not None:
             log.info(
-                "refused a connection from {peer}: {code}",
+                "refused a connection from {peer}: {code} ({why})",
                 peer=describe_address(addr) if addr is not None else "unknown",
                 code=refusal.code,
+                why=refusal.text,
             )
             return _Refusal(refusal)
         proto = ChatServerProtocol(next(self._ids))

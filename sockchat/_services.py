@@ -131,6 +131,7 @@ class OperatorConsoleService(Service):
         self._reactor = reactor
         self._modes = BlockingModes.save(0, 1)
         self._stdio: Any = None
+        self._redraw: Any = None
         self.console = console_factory(self._write)
 
     def _write(self, text: str) -> None:
@@ -150,9 +151,12 @@ class OperatorConsoleService(Service):
 
     def _log_printed(self, event: LogEvent) -> None:
         level = event.get("log_level")
-        if level is not None and level >= LogLevel.info:
-            # twistd has printed a log line after the prompt; repeat it.
-            self._reactor.callLater(0, self.console.interrupted)
+        if level is None or level < LogLevel.info:
+            return
+        # twistd has printed a log line after the prompt: repeat the prompt,
+        # once for any number of log lines in a row.
+        if self._redraw is None or not self._redraw.active():
+            self._redraw = self._reactor.callLater(0, self.console.interrupted)
 
     def _input_closed(self) -> None:
         if self.running:

@@ -55,7 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Chat with a sockchat server in turns: send a line, wait "
         "for the answer. Send q (or end the input) to quit.",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        type=lambda host: host.strip("[]"),  # [::1] as well as ::1
+        help="default: 127.0.0.1",
+    )
     parser.add_argument("--port", type=_port_number, default=9527, help="default: 9527")
     parser.add_argument(
         "--connect",
@@ -260,11 +265,15 @@ async def _chat(
 
 
 def _report_end(screen: _Screen, end: ConversationEnded) -> int:
+    """Say how the conversation ended; 0 only for a ``q`` from either side."""
     if not end.clean:
         screen.error(f"sockchat: {end.why}")
         return 1
-    why = end.notice.text if end.notice is not None else end.why
-    screen.say(f"[sockchat] {safe_text(why)}", reprompt=False)
+    if end.notice is not None and end.notice.code != "quit":
+        # The server ended it: busy, denied, idle, shutting down...
+        screen.error(f"sockchat: the server ended the conversation: {end.notice.text}")
+        return 1
+    screen.say(f"[sockchat] {safe_text(end.why)}", reprompt=False)
     return 0
 
 

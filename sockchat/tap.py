@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.application.service import IService, MultiService
 from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
 from twisted.internet.interfaces import (
@@ -204,6 +204,8 @@ def makeService(options: Options) -> IService:
             f"--port {options['port']!r} is neither a port number nor a server "
             f"endpoint description ({e})"
         ) from None
+    except (OSError, SSL.Error, crypto.Error) as e:  # ssl: key or certificate files
+        raise fatal(f"--port {options['port']!r}: {e}") from None
 
     top = MultiService()
     responder: IResponder

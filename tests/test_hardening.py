@@ -102,6 +102,35 @@ def test_waiting_for_the_server_is_not_idling():
     assert transport.disconnecting
 
 
+def test_after_a_slow_answer_the_client_gets_its_whole_idle_time():
+    clock = Clock()
+    responder = Later()
+    factory = ChatServerFactory(responder, idle_timeout=3, clock=clock)
+    proto, transport = connect(factory)
+    proto.dataReceived(b"a slow question\n")
+    clock.pump([0.1] * 54)  # the operator takes 5.4 s
+    responder.pending[0].callback("a slow answer")
+    clock.pump([0.1] * 29)
+    assert not transport.disconnecting, "cut short after the answer"
+    clock.pump([0.1] * 2)
+    assert transport.disconnecting
+
+
+def test_unfinished_overlong_line_is_logged_at_close():
+    from twisted.logger import globalLogPublisher
+
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        factory = ChatServerFactory(EchoResponder(), max_line=10, clock=Clock())
+        proto, _ = connect(factory)
+        proto.dataReceived(b"y" * 150)
+        lose(proto)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert any(e.get("count") == 150 for e in events)
+
+
 def test_a_client_that_cannot_take_its_bye_is_aborted():
     clock = Clock()
     factory = ChatServerFactory(EchoResponder(), idle_timeout=60, clock=clock)

@@ -40,6 +40,15 @@ def test_denied_address_hears_why_and_is_logged():
         line = first_line_then_eof(server.port)
         assert line.startswith(b"!bye denied:")
         server.read_until(b"refused a connection from 127.0.0.1:")
+        # The client says so, and a script can tell from the exit status.
+        done = subprocess.run(
+            [*CLIENT, "--port", str(server.port)], input=b"hi\n", capture_output=True
+        )
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == [
+        "sockchat: the server ended the conversation: connections from your "
+        "address are not accepted here."
+    ]
 
 
 def test_idle_timeout_closes_the_idle_connection_only():
@@ -78,7 +87,10 @@ def test_console_lists_unanswered_questions_at_shutdown():
         assert b"client 1 (127.0.0.1:" in server.output
         assert b"): is anyone there?" in server.output
         _, err = client.communicate(timeout=10)
-        assert client.returncode == 0, err
+        assert client.returncode == 1
+        assert err.decode().splitlines() == [
+            "sockchat: the server ended the conversation: the server is shutting down."
+        ]
 
 
 def test_json_logs_keep_the_fields():
@@ -176,6 +188,43 @@ def test_tls_hostname_mismatch_fails_in_one_line(tmp_path):
         "sockchat: TLS verification failed: the server's certificate is not for "
         "the host name you connected to."
     ]
+
+
+def test_unreadable_tls_files_are_one_line_errors(tls, tmp_path):
+    missing = tmp_path / "missing.key"
+    done = subprocess.run(
+        [
+            TWISTD,
+            "-n",
+            "--pidfile=",
+            "sockchat",
+            "--responder",
+            "echo",
+            "--port",
+            f"ssl:0:privateKey={missing}:certKey={tls['cert']}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "missing.key" in done.stderr
+    for args in (
+        ["--ca", str(tls["key"])],
+        [
+            "--ca",
+            str(tls["ca"]),
+            "--cert",
+            str(tls["client_cert"]),
+            "--key",
+            str(tls["key"]),
+        ],
+    ):
+        client = tls_client(9, *args)
+        assert client.returncode == 1
+        (line,) = client.stderr.decode().splitlines()
+        assert line.startswith("sockchat: cannot use the TLS files")
 
 
 def test_mutual_tls_requires_a_client_certificate(tls):

@@ -94,6 +94,26 @@ async def test_chat_over_verified_tls(tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_tls_conversations_close_cleanly_without_the_grace_abort(tmp_path):
+    files = make_tls_files(tmp_path)
+    factory, port = await listen(
+        f"ssl:0:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}"
+    )
+    factory.close_grace = 60.0  # an abort would come far too late for until()
+    number = port.getHost().port
+    try:
+        endpoint = clientFromString(
+            reactor, f"tls:localhost:{number}:trustRoots={files['ca'].parent}"
+        )
+        conversation = await connect(reactor, endpoint)
+        assert await conversation.say("secret") == "secret"
+        conversation.quit(timeout=60)
+        await _until(lambda: not factory.conversations)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_tls_refuses_a_certificate_for_another_host(tmp_path):
     files = make_tls_files(tmp_path, hostname="not-this-host.example")
     _, port = await listen(
