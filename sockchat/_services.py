@@ -8,6 +8,9 @@
 from __future__ import annotations
 
 import errno
+import os
+import select
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -121,7 +124,13 @@ class ChatServerService(Service):
 
 
 class OperatorConsoleService(Service):
-    """Read the operator's answers from stdin; end of input stops the server."""
+    """Read the operator's answers from stdin; end of input stops the server.
+
+    The console writes to the terminal at once, not through a buffer, so
+    that its lines and twistd's log lines (also written at once) keep their
+    order on the screen, and a prompt that a log line pushed up can be shown
+    again exactly once.
+    """
 
     def __init__(
         self,
@@ -131,17 +140,21 @@ class OperatorConsoleService(Service):
         self._reactor = reactor
         self._modes = BlockingModes.save(0, 1)
         self._stdio: Any = None
-        self._redraw: Any = None
+        self._out = sys.__stdout__.fileno() if sys.__stdout__ else 1
         self.console = console_factory(self._write)
 
     def _write(self, text: str) -> None:
-        if self._stdio is not None:
-            self._stdio.write(text.encode("utf-8"))
+        _write_all(self._out, text.encode("utf-8"))
 
     def startService(self) -> None:
         super().startService()
         proto = OperatorInput(self.console, self._input_closed)
-        self._stdio = StandardIO(proto, reactor=self._reactor)
+        # StandardIO reads stdin; its writer gets /dev/null, so that it does
+        # not make the terminal's output non-blocking on its own account.
+        self._devnull = os.open(os.devnull, os.O_WRONLY)
+        self._stdio = StandardIO(  # type: ignore[call-arg]  # POSIX's takes stdout
+            proto, stdout=self._devnull, reactor=self._reactor
+        )
         globalLogPublisher.addObserver(cast(ILogObserver, self._log_printed))
         self._write(
             "sockchat operator console: client lines appear below. Type each "
@@ -153,10 +166,8 @@ class OperatorConsoleService(Service):
         level = event.get("log_level")
         if level is None or level < LogLevel.info:
             return
-        # twistd has printed a log line after the prompt: repeat the prompt,
-        # once for any number of log lines in a row.
-        if self._redraw is None or not self._redraw.active():
-            self._redraw = self._reactor.callLater(0, self.console.interrupted)
+        # twistd has just printed this log line after the prompt.
+        self.console.interrupted()
 
     def _input_closed(self) -> None:
         if self.running:
@@ -168,3 +179,19 @@ class OperatorConsoleService(Service):
         self.console.close()
         globalLogPublisher.removeObserver(cast(ILogObserver, self._log_printed))
         self._modes.restore()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of *data*, waiting (briefly) if the terminal is busy.
+
+    On a terminal, stdin and stdout share one open file, and Twisted makes
+    stdin non-blocking, so writes to stdout can say EAGAIN.
+    """
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+        except OSError:
+            return  # the terminal is gone: nothing to show it on
