@@ -75,17 +75,23 @@ async def test_chat_over_a_unix_socket(tmp_path):
         await port.stopListening()
 
 
-@pytest_twisted.ensureDeferred
-async def test_chat_over_verified_tls(tmp_path):
-    files = make_tls_files(tmp_path)
-    _, port = await listen(
+async def listen_tls(tmp_path, hostname="localhost"):
+    """An echo server on TLS, and a client endpoint that trusts its CA."""
+    files = make_tls_files(tmp_path, hostname)
+    factory, port = await listen(
         f"ssl:0:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}"
     )
-    number = port.getHost().port
+    endpoint = clientFromString(
+        reactor,
+        f"tls:localhost:{port.getHost().port}:trustRoots={files['ca'].parent}",
+    )
+    return factory, port, endpoint
+
+
+@pytest_twisted.ensureDeferred
+async def test_chat_over_verified_tls(tmp_path):
+    _, port, endpoint = await listen_tls(tmp_path)
     try:
-        endpoint = clientFromString(
-            reactor, f"tls:localhost:{number}:trustRoots={files['ca'].parent}"
-        )
         conversation = await connect(reactor, endpoint)
         assert await conversation.say("secret") == "secret"
         await conversation.quit()
@@ -95,16 +101,9 @@ async def test_chat_over_verified_tls(tmp_path):
 
 @pytest_twisted.ensureDeferred
 async def test_tls_conversations_close_cleanly_without_the_grace_abort(tmp_path):
-    files = make_tls_files(tmp_path)
-    factory, port = await listen(
-        f"ssl:0:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}"
-    )
+    factory, port, endpoint = await listen_tls(tmp_path)
     factory.close_grace = 60.0  # an abort would come far too late for until()
-    number = port.getHost().port
     try:
-        endpoint = clientFromString(
-            reactor, f"tls:localhost:{number}:trustRoots={files['ca'].parent}"
-        )
         conversation = await connect(reactor, endpoint)
         assert await conversation.say("secret") == "secret"
         conversation.quit(timeout=60)
@@ -115,15 +114,8 @@ async def test_tls_conversations_close_cleanly_without_the_grace_abort(tmp_path)
 
 @pytest_twisted.ensureDeferred
 async def test_tls_refuses_a_certificate_for_another_host(tmp_path):
-    files = make_tls_files(tmp_path, hostname="not-this-host.example")
-    _, port = await listen(
-        f"ssl:0:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}"
-    )
-    number = port.getHost().port
+    _, port, endpoint = await listen_tls(tmp_path, hostname="not-this-host.example")
     try:
-        endpoint = clientFromString(
-            reactor, f"tls:localhost:{number}:trustRoots={files['ca'].parent}"
-        )
         conversation = await connect(reactor, endpoint)
         with pytest.raises(ConversationEnded) as caught:
             await conversation.say("should not be sent")
