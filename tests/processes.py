@@ -135,6 +135,21 @@ def run_client(
     )
 
 
+def run_twistd(
+    *args: str, cwd: Path | None = None, pidfile: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """``twistd -n sockchat ARGS`` that is expected to exit by itself."""
+    pid_option = [] if pidfile else ["--pidfile="]
+    return subprocess.run(
+        [TWISTD, "-n", *pid_option, "sockchat", *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=cwd,
+    )
+
+
 def start_client(port: int, *args: str) -> subprocess.Popen[bytes]:
     """``python -m sockchat.client`` with pipes for stdin, stdout and stderr."""
     return subprocess.Popen(

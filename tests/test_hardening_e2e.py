@@ -12,7 +12,14 @@ import time
 import pytest
 
 from certs import make_tls_files
-from processes import CLIENT, TWISTD, Server, raw_connect, recv_lines, start_client
+from processes import (
+    CLIENT,
+    Server,
+    raw_connect,
+    recv_lines,
+    run_twistd,
+    start_client,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -135,12 +142,7 @@ def test_json_logs_keep_the_fields():
     ],
 )
 def test_bad_limit_values_get_one_line(option, message):
-    done = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "sockchat", "--responder", "echo", *option],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    done = run_twistd("--responder", "echo", *option)
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [message]
 
@@ -192,20 +194,11 @@ def test_tls_hostname_mismatch_fails_in_one_line(tmp_path):
 
 def test_unreadable_tls_files_are_one_line_errors(tls, tmp_path):
     missing = tmp_path / "missing.key"
-    done = subprocess.run(
-        [
-            TWISTD,
-            "-n",
-            "--pidfile=",
-            "sockchat",
-            "--responder",
-            "echo",
-            "--port",
-            f"ssl:0:privateKey={missing}:certKey={tls['cert']}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
+    done = run_twistd(
+        "--responder",
+        "echo",
+        "--port",
+        f"ssl:0:privateKey={missing}:certKey={tls['cert']}",
     )
     assert done.returncode == 1
     assert len(done.stderr.strip().splitlines()) == 1

@@ -19,6 +19,7 @@ from processes import (
     read_until,
     recv_lines,
     run_client,
+    run_twistd,
     start_client,
 )
 
@@ -146,14 +147,9 @@ def test_bad_input_never_crashes_the_server_or_goes_unanswered():
 
 
 def test_without_a_terminal_the_server_asks_for_a_responder():
-    done = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "sockchat"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        timeout=30,
-    )
+    done = run_twistd()
     assert done.returncode == 1
-    assert done.stderr.decode().strip().splitlines() == [
+    assert done.stderr.strip().splitlines() == [
         "sockchat: no --responder given, and stdin is not a terminal, so no "
         "operator can answer; choose one of: console, echo"
     ]
@@ -161,24 +157,17 @@ def test_without_a_terminal_the_server_asks_for_a_responder():
 
 def test_a_port_in_use_is_a_clear_error(tmp_path):
     with Server("--responder", "echo") as server:
-        done = subprocess.run(
-            [
-                TWISTD,
-                "-n",
-                "sockchat",
-                "--responder",
-                "echo",
-                "--port",
-                str(server.port),
-            ],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=30,
+        done = run_twistd(
+            "--responder",
+            "echo",
+            "--port",
+            str(server.port),
             cwd=tmp_path,
+            pidfile=True,
         )
     assert done.returncode == 1
-    assert done.stdout == b""
-    assert done.stderr.decode().splitlines() == [
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [
         f"sockchat: cannot listen on tcp:{server.port}:interface=127.0.0.1: the "
         "address is already in use (is another server running? choose another "
         "--port)"
