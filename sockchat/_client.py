@@ -6,7 +6,9 @@
 
 ``say`` returns the answer, or raises ``LineRefused`` (the server refused the
 line; say another) or ``ConversationEnded``.  Notices that do not answer
-anything go to the ``on_notice`` callback.
+anything go to the ``on_notice`` callback.  When the other side speaks
+first (the second client of a pair), ``my_turn`` is false at first and
+``listen`` gives its first line.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 from attrs import frozen
 from OpenSSL import SSL
 from service_identity import VerificationError
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
@@ -34,6 +36,7 @@ __all__ = [
     "Conversation",
     "ConversationEnded",
     "LineRefused",
+    "NoGreeting",
     "NotYourTurn",
     "SockchatError",
     "connect",
@@ -86,7 +89,30 @@ class _ChatClientProtocol(Protocol):
         self._waiting: Deferred[str] | None = None
         self._end: _End | None = None
         self._closed: list[Deferred[ConversationEnded]] = []
+        self._heard: str | None = None  # a first line nobody listened for yet
         self.lost: ConversationEnded | None = None
+        #: Fires with None at the server's first line, or when the
+        #: connection is lost before it.
+        self.greeted: Deferred[None] = Deferred()
+
+    def listen(self) -> Deferred[str]:
+        if self._heard is not None:
+            text, self._heard = self._heard, None
+            return succeed(text)
+        if self.lost is not None:
+            return fail(self.lost)
+        if self.turns.turn is not Turn.SERVER or self._waiting is not None:
+            return fail(
+                NotYourTurn(
+                    "nothing to listen for: it is your turn"
+                    if self.turns.turn is Turn.CLIENT
+                    else "say() is already waiting for the answer"
+                    if self.turns.turn is Turn.SERVER
+                    else "the conversation has ended"
+                )
+            )
+        self._waiting = Deferred()
+        return self._waiting
 
     def say(self, text: str) -> Deferred[str]:
         if self.lost is not None:
@@ -104,7 +130,10 @@ class _ChatClientProtocol(Protocol):
         return self._waiting
 
     def dataReceived(self, data: bytes) -> None:
-        for item in self._decoder.feed(data):
+        items = self._decoder.feed(data)
+        if items and not self.greeted.called:
+            self.greeted.callback(None)
+        for item in items:
             if isinstance(item, (LineTooLong, InvalidUtf8)):
                 why = (
                     f"a server line of {item.length} bytes was over the client's "
@@ -140,8 +169,10 @@ class _ChatClientProtocol(Protocol):
 
     def _resolve(self, text: str) -> None:
         waiting, self._waiting = self._waiting, None
-        assert waiting is not None
-        waiting.callback(text)
+        if waiting is None:  # the other side's first line, before listen()
+            self._heard = text
+        else:
+            waiting.callback(text)
 
     def _reject(self, error: Exception) -> None:
         waiting, self._waiting = self._waiting, None
@@ -155,6 +186,8 @@ class _ChatClientProtocol(Protocol):
             end = _End(False, _describe_loss(reason), None)
         self.lost = ConversationEnded(end.why, clean=end.clean, notice=end.notice)
         self._reject(self.lost)
+        if not self.greeted.called:
+            self.greeted.callback(None)
         closed, self._closed = self._closed, []
         for d in closed:
             d.callback(self.lost)
@@ -180,6 +213,16 @@ class Conversation:
     def my_turn(self) -> bool:
         """True when ``say`` may be called."""
         return self._proto.turns.turn is Turn.CLIENT
+
+    def listen(self) -> Deferred[str]:
+        """Fire with the other side's first line, when it speaks first.
+
+        That is the case when the server's first notice is ``listen`` (in
+        pair mode, the second client of a pair); ``my_turn`` is false until
+        this line comes.  Fails with ``NotYourTurn`` when there is nothing
+        to listen for, and ``ConversationEnded`` if it ends instead.
+        """
+        return self._proto.listen()
 
     def say(self, text: str) -> Deferred[str]:
         """Send one line; fire with the answer.
@@ -245,22 +288,52 @@ def _cancel_timer(result: Any, timer: Any) -> Any:
     return result
 
 
+class NoGreeting(SockchatError):
+    """The server said nothing after the connection was made."""
+
+
 def connect(
     reactor: IReactorTime,
     endpoint: IStreamClientEndpoint,
     *,
     on_notice: Callable[[Notice], None] | None = None,
+    greeting_timeout: float | None = 10.0,
 ) -> Deferred[Conversation]:
     """Connect to a sockchat server; fire with the ``Conversation``.
 
+    It fires once the server's first line (the welcome, which says who
+    speaks first) has arrived, so ``my_turn`` is right from the start.
     *on_notice* is called with each notice that answers nothing (the
     welcome, status, an out-of-turn refusal, the bye); the default ignores
-    them.  Connection errors fail the Deferred as the endpoint reports them.
+    them.  Connection errors fail the Deferred as the endpoint reports them;
+    a server that says nothing for *greeting_timeout* seconds fails it with
+    ``NoGreeting`` (``None``: wait for ever).
     """
     factory = _ClientFactory(on_notice or _ignore)
     connecting = endpoint.connect(factory)
+
+    def greeted(proto: _ChatClientProtocol) -> Deferred[Conversation]:
+        conversation = Conversation(reactor, proto)
+        waiting = proto.greeted.addCallback(lambda _: conversation)
+        if greeting_timeout is None:
+            return waiting
+
+        def silent(
+            result: Conversation | Failure, timeout: float
+        ) -> Conversation | Failure:
+            proto.transport.abortConnection()
+            return Failure(
+                NoGreeting(
+                    f"the server said nothing for {timeout:g} seconds after the "
+                    "connection was made: is it a sockchat server (a TLS port needs "
+                    "tls:)?"
+                )
+            )
+
+        return waiting.addTimeout(greeting_timeout, reactor, silent)
+
     return connecting.addCallback(
-        lambda proto: Conversation(reactor, cast(_ChatClientProtocol, proto))
+        lambda proto: greeted(cast(_ChatClientProtocol, proto))
     )
 
 

@@ -3,18 +3,30 @@
 A responder is any object that provides ``IResponder``.  The server calls
 ``respond`` once per delivered line and sends back whatever it returns: a
 ``str`` at once, or the result of a ``Deferred`` or awaitable when it fires.
-No I/O here.
+A responder that also provides ``ILifecycle`` hears when each conversation
+starts and ends, and gets an ``IConversation`` handle to send notices, end
+the conversation, or speak first.  No I/O here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import inspect
+from collections.abc import Awaitable, Callable
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from zope.interface import Interface, implementer
+from zope.interface import Attribute, Interface, implementer
 
-__all__ = ["ConversationInfo", "EchoResponder", "IResponder", "Reply"]
+__all__ = [
+    "ConversationInfo",
+    "EchoResponder",
+    "FunctionResponder",
+    "IConversation",
+    "ILifecycle",
+    "IResponder",
+    "Reply",
+    "as_responder",
+]
 
 #: What ``IResponder.respond`` may return.
 Reply = str | Deferred[str] | Awaitable[str]
@@ -44,9 +56,110 @@ class IResponder(Interface):
         """
 
 
+class IConversation(Interface):
+    """The server's side of one conversation, as ``ILifecycle`` hooks see it."""
+
+    info = Attribute("The conversation's ``ConversationInfo`` (id and peer).")
+
+    def notify(code: str, text: str) -> None:
+        """Send the client an info notice (``!info code: text``).
+
+        It does not change whose turn it is.  *code* is a short word such as
+        ``paired``; *text* is one line for a person.
+        """
+
+    def end(code: str, text: str) -> None:
+        """Say goodbye with ``!bye code: text`` and close the conversation."""
+
+
+class ILifecycle(Interface):
+    """Optional hooks of a responder: a conversation started or ended."""
+
+    def started(conversation: IConversation) -> Reply | None:
+        """A client connected and was admitted.
+
+        Return ``None`` and the client speaks first, as usual.  Return an
+        answer (a ``str``, ``Deferred`` or awaitable) and the server speaks
+        first: the client is told to listen (the ``listen`` notice) and its
+        first turn comes when that line has been sent.  Notices sent from
+        here reach the client after its welcome.  If this raises, the
+        client is told the service is unavailable and is closed.
+        """
+
+    def ended(conversation: IConversation, reason: str) -> None:
+        """The conversation is over; *reason* is the code of the last bye
+        notice (``quit``, ``idle-timeout``, ``shutdown``...), ``answered-quit``
+        when the responder answered ``q``, or ``connection-lost``."""
+
+
 @implementer(IResponder)
 class EchoResponder:
     """Answer each line with the same text: for demos, tests and benchmarks."""
 
     def respond(self, conversation: ConversationInfo, text: str) -> str:
         return text
+
+
+@implementer(IResponder)
+class FunctionResponder:
+    """Make a plain ``respond(conversation, text)`` callable a responder."""
+
+    def __init__(self, respond: Callable[[ConversationInfo, str], Reply]) -> None:
+        self._respond = respond
+
+    def respond(self, conversation: ConversationInfo, text: str) -> Reply:
+        return self._respond(conversation, text)
+
+    def __repr__(self) -> str:
+        return f"FunctionResponder({self._respond!r})"
+
+
+def as_responder(thing: object) -> IResponder:
+    """Turn *thing* into a responder, or say why it cannot be one.
+
+    *thing* may provide ``IResponder`` already; be a class that implements
+    it (called with no arguments); be a callable taking no arguments that
+    returns a responder (a factory); or be a plain callable taking
+    ``(conversation, text)``.  Raises ``TypeError`` with a one-line reason.
+    """
+    if IResponder.providedBy(thing):
+        return thing
+    if isinstance(thing, type):
+        if not IResponder.implementedBy(thing):
+            raise TypeError(
+                f"class {thing.__name__} does not implement IResponder; decorate it "
+                "with @implementer(IResponder) and give it respond(conversation, text)"
+            )
+        return _made_by(thing)
+    if not callable(thing):
+        raise TypeError(
+            f"{type(thing).__name__} is neither a responder, a class, nor a callable"
+        )
+    try:
+        signature = inspect.signature(thing)
+    except (TypeError, ValueError):  # some builtins have none
+        raise TypeError(f"cannot tell how to call {thing!r}") from None
+    if _accepts(signature, 0):
+        return _made_by(thing)
+    if _accepts(signature, 2):
+        return FunctionResponder(thing)
+    raise TypeError(
+        f"{getattr(thing, '__name__', thing)!r} takes {signature}; a responder "
+        "callable takes (conversation, text), a factory takes no arguments"
+    )
+
+
+def _made_by(factory: Callable[[], object]) -> IResponder:
+    made = factory()
+    if IResponder.providedBy(made):
+        return made
+    name = getattr(factory, "__name__", repr(factory))
+    raise TypeError(f"{name}() returned {type(made).__name__}, not an IResponder")
+
+
+def _accepts(signature: inspect.Signature, count: int) -> bool:
+    try:
+        signature.bind(*range(count))
+    except TypeError:
+        return False
+    return True

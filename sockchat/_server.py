@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet import address
-from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -31,9 +31,10 @@ from zope.interface import implementer
 from ._codec import DEFAULT_MAX_LINE, Decoded, LineDecoder
 from ._limits import Admission
 from ._render import safe_text
-from ._responder import ConversationInfo, IResponder, Reply
+from ._responder import ConversationInfo, IConversation, ILifecycle, IResponder, Reply
+from ._transcript import Entry, ITranscript
 from ._turns import Deliver, ServerTurns, Turn, shutting_down, welcome
-from ._wire import Notice, NoticeKind, encode_answer, encode_notice
+from ._wire import Notice, NoticeKind, encode_answer, encode_notice, make_notice
 
 __all__ = [
     "CLOSE_GRACE",
@@ -77,6 +78,11 @@ class BadAnswer(Exception):
 _END_OF_INPUT = Notice(
     NoticeKind.BYE, "end-of-input", "you closed your side of the connection; goodbye."
 )
+_UNAVAILABLE = Notice(
+    NoticeKind.BYE,
+    "unavailable",
+    "the service could not start this conversation; try again later.",
+)
 
 
 def _set_buffer_size(transport: object, size: int) -> None:
@@ -105,9 +111,11 @@ def _as_deferred(reply: Deferred[str] | Awaitable[str]) -> Deferred[str]:
     )
 
 
-@implementer(IHalfCloseableProtocol, IPushProducer)
+@implementer(IConversation, IHalfCloseableProtocol, IPushProducer)
 class ChatServerProtocol(Protocol):
     """One conversation, from connect to close.
+
+    It is the ``IConversation`` that a responder's lifecycle hooks get.
 
     It is also the producer of its own output: when the client stops
     reading and the transport's buffer fills, the transport pauses it, and
@@ -136,6 +144,9 @@ class ChatServerProtocol(Protocol):
         self._turn_started = 0.0
         self._idle_timer: IDelayedCall | None = None
         self._close_timer: IDelayedCall | None = None
+        self._hooked = False  # the responder's started hook ran
+        self._held: list[Notice] | None = None  # notices sent while starting
+        self._bye_code = "connection-lost"
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -156,7 +167,49 @@ class ChatServerProtocol(Protocol):
             cid=self.conversation_id,
             peer=self.info.peer,
         )
-        self._send_notice(welcome(self.conversation_id))
+        responder = factory.responder
+        opening: Reply | None = None
+        if ILifecycle.providedBy(responder):
+            self._held = []
+            try:
+                opening = responder.started(self)
+            except Exception:
+                log.failure(
+                    "the responder's started hook failed in conversation {cid}",
+                    cid=self.conversation_id,
+                )
+                self.say_goodbye(_UNAVAILABLE)
+                return
+            self._hooked = True
+            if self.turns.turn is Turn.ENDED:  # it ended the conversation
+                return
+        if opening is None:
+            self._send_notice(welcome(self.conversation_id))
+        else:
+            self.turns.listen()
+            self._send_notice(welcome(self.conversation_id, listen=True))
+        self._flush_held()
+        if opening is not None:
+            self._take_reply(opening)
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, None
+        for notice in held or ():
+            self._send_notice(notice)
+
+    # IConversation, for the responder's hooks.
+
+    def notify(self, code: str, text: str) -> None:
+        notice = make_notice(NoticeKind.INFO, code, text)
+        if self.turns.turn is Turn.ENDED:
+            return
+        if self._held is not None:  # still starting: after the welcome
+            self._held.append(notice)
+        else:
+            self._send_notice(notice)
+
+    def end(self, code: str, text: str) -> None:
+        self.say_goodbye(make_notice(NoticeKind.BYE, code, text))
 
     def dataReceived(self, data: bytes) -> None:
         assert self.decoder is not None
@@ -176,6 +229,12 @@ class ChatServerProtocol(Protocol):
 
     def _handle_one(self, item: Decoded) -> bool:
         """Act on one decoded line; False once the conversation has ended."""
+        if self.factory.transcript is not None and self.turns.turn is not Turn.ENDED:
+            now = self.factory.clock.seconds()
+            if isinstance(item, str):
+                self._record(now, "in", "line", item)
+            else:
+                self._record(now, "in", "invalid", str(item))
         action = self.turns.receive(item)
         if action is None:
             return False
@@ -252,16 +311,17 @@ class ChatServerProtocol(Protocol):
     def _finish_if_done(self) -> None:
         """After the client closed its side: bye once nothing is owed."""
         if self._input_ended and self.turns.turn is Turn.CLIENT and not self._backlog:
-            self.end(_END_OF_INPUT)
+            self.say_goodbye(_END_OF_INPUT)
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()
 
-    def end(self, notice: Notice) -> None:
+    def say_goodbye(self, notice: Notice) -> None:
         """End this conversation from the server's side with a bye notice."""
         if self.turns.turn is Turn.ENDED:
             return
         self.turns.end()
+        self._flush_held()
         self._send_notice(notice)
         self._close()
 
@@ -293,7 +353,7 @@ class ChatServerProtocol(Protocol):
             peer=self.info.peer,
             seconds=factory.idle_timeout,
         )
-        self.end(
+        self.say_goodbye(
             Notice(
                 NoticeKind.BYE,
                 "idle-timeout",
@@ -310,6 +370,15 @@ class ChatServerProtocol(Protocol):
         pending, self._pending = self._pending, None
         if pending is not None:
             pending.cancel()
+        if self._hooked:
+            self._hooked = False
+            try:
+                cast(ILifecycle, self.factory.responder).ended(self, self._bye_code)
+            except Exception:
+                log.failure(
+                    "the responder's ended hook failed in conversation {cid}",
+                    cid=self.conversation_id,
+                )
         unfinished = self.decoder.unfinished if self.decoder else 0
         if unfinished:
             log.info(
@@ -334,13 +403,23 @@ class ChatServerProtocol(Protocol):
     def _deliver(self, text: str) -> None:
         try:
             reply: Reply = self.factory.responder.respond(self.info, text)
-            if isinstance(reply, str):
-                self._answer(reply)
-                return
-            pending = _as_deferred(reply)
         except Exception:
             self._fail(Failure())
             return
+        self._take_reply(reply)
+
+    def _take_reply(self, reply: Reply) -> None:
+        if isinstance(reply, str):
+            self._answer(reply)
+            return
+        try:
+            pending = _as_deferred(reply)
+        except BadAnswer:
+            self._fail(Failure())
+            return
+        timeout = self.factory.answer_timeout
+        if timeout is not None:
+            pending.addTimeout(timeout, self.factory.clock)
         self._pending = pending
         pending.addCallbacks(self._answered_later, self._failed_later)
 
@@ -371,29 +450,77 @@ class ChatServerProtocol(Protocol):
             self._fail(Failure(BadAnswer("the answer has a newline in it")))
             return
         self.transport.write(data)
-        self._turn_started = self.factory.clock.seconds()  # the client's turn
+        self._turn_started = now = self.factory.clock.seconds()  # the client's turn
+        if self.factory.transcript is not None:
+            self._record(now, "out", "answer", text)
         if self.turns.answered(text):
+            self._bye_code = "answered-quit"
             self._close()
         else:
             self._finish_if_done()
 
     def _fail(self, failure: Failure) -> None:
-        log.failure(
-            "responder failed to answer in conversation {cid}",
-            failure,
-            cid=self.conversation_id,
-        )
-        if failure.check(BadAnswer):
-            why = failure.getErrorMessage()
-        else:  # the details stay in the server's log
-            name = failure.type.__name__ if failure.type else "error"
-            why = f"the responder raised {name}"
-        self._send_notice(self.turns.failed(safe_text(why)))
+        code = "responder-failed"
+        if failure.check(TimeoutError):
+            code = "responder-timeout"
+            why = f"no answer within {self.factory.answer_timeout:g} seconds"
+            log.warn(
+                "the responder did not answer conversation {cid} within {seconds}s",
+                cid=self.conversation_id,
+                seconds=self.factory.answer_timeout,
+            )
+        else:
+            log.failure(
+                "responder failed to answer in conversation {cid}",
+                failure,
+                cid=self.conversation_id,
+            )
+            if failure.check(BadAnswer):
+                why = failure.getErrorMessage()
+            else:  # the details stay in the server's log
+                name = failure.type.__name__ if failure.type else "error"
+                why = f"the responder raised {name}"
+        self._send_notice(self.turns.failed(safe_text(why), code))
         self._turn_started = self.factory.clock.seconds()  # the client's turn
         self._finish_if_done()
 
     def _send_notice(self, notice: Notice) -> None:
         self.transport.write(encode_notice(notice))
+        if notice.kind is NoticeKind.BYE:
+            self._bye_code = notice.code
+        if self.factory.transcript is not None:
+            self._record(
+                self.factory.clock.seconds(),
+                "out",
+                "notice",
+                notice.text,
+                notice.kind.value,
+                notice.code,
+            )
+
+    def _record(
+        self,
+        time: float,
+        direction: str,
+        kind: str,
+        text: str,
+        notice: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        transcript = self.factory.transcript
+        assert transcript is not None
+        transcript.record(
+            Entry(
+                time,
+                self.conversation_id,
+                self.info.peer,
+                direction,
+                kind,
+                text,
+                notice,
+                code,
+            )
+        )
 
 
 if TYPE_CHECKING:
@@ -414,6 +541,11 @@ class ChatServerFactory(_FactoryBase):
     - *max_output*: bytes of unread output held for a client before its
       input is paused until it reads.
     - *admission*: caps and address rules (default: none).
+    - *answer_timeout*: seconds the responder may take over an answer; past
+      it the client gets an ``!error responder-timeout`` notice and its turn
+      back, and the responder's ``Deferred`` is cancelled (``None``: wait
+      for ever).
+    - *transcript*: where every line, answer and notice is recorded.
     - *clock*: where timers come from (default: the reactor).
     """
 
@@ -427,6 +559,8 @@ class ChatServerFactory(_FactoryBase):
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         max_output: int = DEFAULT_MAX_OUTPUT,
         admission: Admission | None = None,
+        answer_timeout: float | None = None,
+        transcript: ITranscript | None = None,
         clock: IReactorTime | None = None,
     ):
         if not IResponder.providedBy(responder):
@@ -437,8 +571,12 @@ class ChatServerFactory(_FactoryBase):
         for name, value in [("max_line", max_line), ("max_output", max_output)]:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1 byte, not {value}")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise ValueError(f"idle_timeout must be positive, not {idle_timeout}")
+        for name, limit in [
+            ("idle_timeout", idle_timeout),
+            ("answer_timeout", answer_timeout),
+        ]:
+            if limit is not None and not limit > 0:
+                raise ValueError(f"{name} must be positive, not {limit}")
         if clock is None:
             from twisted.internet import reactor
 
@@ -448,6 +586,8 @@ class ChatServerFactory(_FactoryBase):
         self.idle_timeout = idle_timeout
         self.max_output = max_output
         self.admission = admission or Admission()
+        self.answer_timeout = answer_timeout
+        self.transcript = transcript
         self.clock = clock
         #: Seconds a closing connection gets to flush before it is aborted.
         self.close_grace = CLOSE_GRACE
@@ -477,7 +617,7 @@ class ChatServerFactory(_FactoryBase):
         if not waiting:
             return succeed(None)
         for proto in waiting:
-            proto.end(notice)
+            proto.say_goodbye(notice)
         done = DeferredList([p.closed for p in waiting], consumeErrors=True)
         return done.addCallback(lambda _: None)
 

@@ -29,8 +29,9 @@ from twisted.python.failure import Failure
 from ._console import ConsoleResponder, OperatorInput
 from ._server import ChatServerFactory, describe_address
 from ._stdio import BlockingModes
+from ._transcript_file import TranscriptFile
 
-__all__ = ["ChatServerService", "OperatorConsoleService", "fatal"]
+__all__ = ["ChatServerService", "OperatorConsoleService", "TranscriptService", "fatal"]
 
 log = Logger(namespace="sockchat")
 
@@ -179,6 +180,21 @@ class OperatorConsoleService(Service):
         self.console.close()
         globalLogPublisher.removeObserver(cast(ILogObserver, self._log_printed))
         self._modes.restore()
+
+
+class TranscriptService(Service):
+    """Close the transcript file when the application stops."""
+
+    def __init__(self, transcript: TranscriptFile) -> None:
+        self.transcript = transcript
+
+    def startService(self) -> None:
+        super().startService()
+        log.info("transcript: appending to {path}", path=self.transcript.path)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.transcript.close()
 
 
 def _write_all(fd: int, data: bytes) -> None:

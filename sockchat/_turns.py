@@ -18,6 +18,7 @@ from ._render import safe_text
 from ._wire import QUIT, Notice, NoticeKind, parse_server_line
 
 __all__ = [
+    "LISTEN",
     "OUT_OF_TURN",
     "Answered",
     "ClientTurns",
@@ -35,6 +36,10 @@ __all__ = [
 #: The code of the one error notice that does not give the turn back: it
 #: refuses an extra line while an earlier one is still being answered.
 OUT_OF_TURN = "out-of-turn"
+
+#: The code of the first notice when the other side speaks first (the
+#: second client of a pair): the client waits for a line, then answers.
+LISTEN = "listen"
 
 _EXCERPT = 40
 
@@ -54,8 +59,16 @@ def _excerpt(text: str) -> str:
     return f'"{shown}…"' if len(text) > _EXCERPT else f'"{shown}"'
 
 
-def welcome(conversation_id: int) -> Notice:
-    """The first thing a client hears: it speaks first, and how to quit."""
+def welcome(conversation_id: int, *, listen: bool = False) -> Notice:
+    """The first thing a client hears: who speaks first, and how to quit."""
+    if listen:
+        return Notice(
+            NoticeKind.INFO,
+            LISTEN,
+            f"sockchat conversation {conversation_id}. The other side speaks "
+            "first: wait for its line, then answer, one line at a time. Send "
+            f"{QUIT} to quit.",
+        )
     return Notice(
         NoticeKind.INFO,
         "welcome",
@@ -104,17 +117,28 @@ class ServerTurns:
                 self.turn = Turn.SERVER
                 self._pending = seq
                 return Deliver(seq, item)
+            before = (
+                f"the answer to line {self._pending}"
+                if self._pending
+                else "the other side's first line"
+            )
             return Notice(
                 NoticeKind.ERROR,
                 OUT_OF_TURN,
-                f"line {seq} {_excerpt(item)} arrived before the answer to line "
-                f"{self._pending}; it was not delivered. Wait for each answer "
-                "before you send the next line.",
+                f"line {seq} {_excerpt(item)} arrived before {before}; it was not "
+                "delivered. Wait for each answer before you send the next line.",
             )
         code = "line-too-long" if isinstance(item, LineTooLong) else "invalid-utf8"
         skipped = "skipped" if isinstance(item, LineTooLong) else "refused"
         why = f"line {seq} was {skipped}, not delivered: {item}."
         return Notice(NoticeKind.ERROR, code, why + self._whose_turn())
+
+    def listen(self) -> None:
+        """The server speaks first: an opening line is owed before any."""
+        if self.turn is not Turn.CLIENT or self.lines:
+            raise NotYourTurn("only a conversation that has just begun can listen")
+        self.turn = Turn.SERVER
+        self._pending = 0
 
     def answered(self, text: str) -> bool:
         """Record the answer to the pending line.  True if it ends the talk."""
@@ -127,23 +151,27 @@ class ServerTurns:
         self.answers += 1
         return False
 
-    def failed(self, why: str) -> Notice:
+    def failed(self, why: str, code: str = "responder-failed") -> Notice:
         """The pending line cannot be answered: the turn goes back."""
         if self.turn is not Turn.SERVER:
             raise NotYourTurn(f"no line is waiting for an answer (turn: {self.turn})")
         self.turn = Turn.CLIENT
-        return Notice(
-            NoticeKind.ERROR,
-            "responder-failed",
-            f"line {self._pending} could not be answered ({why}). It is your turn "
-            "again.",
-        )
+        if not self._pending:
+            why = f"the first line could not be given ({why}). It is your turn now."
+        else:
+            why = (
+                f"line {self._pending} could not be answered ({why}). It is your "
+                "turn again."
+            )
+        return Notice(NoticeKind.ERROR, code, why)
 
     def end(self) -> None:
         self.turn = Turn.ENDED
 
     def _whose_turn(self) -> str:
         if self.turn is Turn.SERVER:
+            if not self._pending:
+                return " Wait for the other side's first line."
             return f" Line {self._pending} is still being answered."
         return " It is your turn again."
 
@@ -201,6 +229,9 @@ class ClientTurns:
     def receive(self, line: str) -> Answered | Refused | Ended | Noticed:
         message = parse_server_line(line)
         if isinstance(message, Notice):
+            if message.code == LISTEN and self.turn is Turn.CLIENT:
+                self.turn = Turn.SERVER  # wait for the other side's first line
+                return Noticed(message)
             if message.kind is NoticeKind.BYE:
                 self.turn = Turn.ENDED
                 return Ended(message)

@@ -27,6 +27,7 @@ __all__ = [
     "NoticeKind",
     "encode_answer",
     "encode_notice",
+    "make_notice",
     "parse_server_line",
 ]
 
@@ -67,6 +68,20 @@ class Answer:
     """The answer to the line the client is waiting on."""
 
     text: str
+
+
+_CODE = re.compile(r"[a-z0-9-]+\Z")
+
+
+def make_notice(kind: NoticeKind, code: str, text: str) -> Notice:
+    """A notice from code that is not ours (a responder): checked first."""
+    if not _CODE.match(code):
+        raise ValueError(
+            f"a notice code is lowercase letters, digits and '-', not {code!r}"
+        )
+    if "\n" in text:
+        raise ValueError("a notice is one line: its text cannot contain a newline")
+    return Notice(kind, code, text)
 
 
 _NOTICE = re.compile(r"!(info|error|bye) ([a-z0-9-]+): (.*)\Z", re.DOTALL)

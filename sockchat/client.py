@@ -29,6 +29,7 @@ from ._client import (
     Conversation,
     ConversationEnded,
     LineRefused,
+    NotYourTurn,
     connect,
 )
 from ._codec import Decoded, LineDecoder
@@ -233,6 +234,17 @@ async def _chat(
             )
 
     while True:
+        if not conversation.my_turn:  # the other side speaks first
+            if screen.interactive:
+                stdin.while_waiting = typed_while_waiting
+            try:
+                screen.answer(await conversation.listen())
+            except ConversationEnded as e:
+                return _report_end(screen, e)
+            except NotYourTurn:  # it has just ended: when_ended reports it
+                pass
+            finally:
+                stdin.while_waiting = None
         screen.prompt()
         racing: list[Deferred[Any]] = [
             stdin.lines.get(),
@@ -285,17 +297,11 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
     stdin = _StdinLines()
     stdio: Any = StandardIO(stdin, reactor=reactor)  # type: ignore[no-untyped-call]
     screen = _Screen(stdio, sys.stderr, interactive)
-    greeted: Deferred[None] = Deferred()
     flushed: Deferred[None] = Deferred()
-
-    def on_notice(notice: Notice) -> None:
-        screen.notice(notice)
-        if not greeted.called:
-            greeted.callback(None)
 
     try:
         try:
-            conversation = await connect(reactor, endpoint, on_notice=on_notice)
+            conversation = await connect(reactor, endpoint, on_notice=screen.notice)
         except Exception:
             screen.err(_connect_failure(_describe_target(args), Failure()))
             return 1
@@ -307,9 +313,6 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
             return quitting.addTimeout(3.0, reactor, lambda result, timeout: None)
 
         reactor.addSystemEventTrigger("before", "shutdown", quit_and_flush)
-        if interactive:
-            # Show the welcome before the first prompt, if it comes soon.
-            await greeted.addTimeout(0.5, reactor, lambda result, timeout: None)
         return await _chat(reactor, conversation, stdin, screen)
     finally:
         # Let what is written reach stdout before the reactor stops.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import importlib
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,17 +22,33 @@ from twisted.python import usage
 from ._codec import DEFAULT_MAX_LINE
 from ._console import ConsoleResponder
 from ._limits import AccessRules, Admission, parse_networks
-from ._responder import EchoResponder, IResponder
+from ._pair import PairResponder
+from ._responder import EchoResponder, IResponder, as_responder
 from ._server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_OUTPUT, ChatServerFactory
-from ._services import ChatServerService, OperatorConsoleService, fatal
+from ._services import (
+    ChatServerService,
+    OperatorConsoleService,
+    TranscriptService,
+    fatal,
+)
+from ._transcript_file import TranscriptFile
 
 log = Logger(namespace="sockchat")
 
-RESPONDERS = ("console", "echo")
+RESPONDERS = ("console", "echo", "pair")
+#: Responders that a person stands behind: no answer timeout by default.
+HUMAN_RESPONDERS = ("console", "pair")
+#: Seconds any other responder may take over an answer, by default.
+DEFAULT_ANSWER_TIMEOUT = 30.0
 
 #: Default caps on connections: generous for a chat line, but finite.
 DEFAULT_MAX_CLIENTS = 1000
 DEFAULT_MAX_PER_IP = 20
+#: Connections the kernel may hold before the server accepts them, for a
+#: bare port number.  Twisted's default of 50 is easily overrun by a burst
+#: of clients; as the server speaks first, a client whose handshake was
+#: dropped would wait for a welcome that never comes.
+LISTEN_BACKLOG = 1024
 
 
 def endpoint_description(port: str) -> str:
@@ -39,12 +58,15 @@ def endpoint_description(port: str) -> str:
         number = int(port)
         if number > 65535:
             raise fatal(f"--port {port} is not a port number (0 to 65535)")
-        return f"tcp:{number}:interface=127.0.0.1"
+        return f"tcp:{number}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}"
     return port
 
 
 class Options(usage.Options):
-    synopsis = "[--port PORT|ENDPOINT] [--responder console|echo] [limits...]"
+    synopsis = (
+        "[--port PORT|ENDPOINT] [--responder console|echo|pair|MODULE:NAME] "
+        "[--transcript FILE] [limits...]"
+    )
     longdesc = (
         "A turn-taking chat server: each client speaks one line, then waits "
         "for the answer. A bare port number listens on 127.0.0.1 only; to "
@@ -63,8 +85,24 @@ class Options(usage.Options):
             "responder",
             "r",
             None,
-            "Who answers: console (you, at this terminal) or echo. "
-            "Default: console when stdin is a terminal.",
+            "Who answers: console (you, at this terminal), echo, pair (clients "
+            "talk to each other, two by two), or your own responder as "
+            "package.module:name. Default: console when stdin is a terminal.",
+        ],
+        [
+            "transcript",
+            None,
+            None,
+            "Append every line, answer and notice to FILE, one JSON object per "
+            "line (see docs/transcripts.md).",
+        ],
+        [
+            "answer-timeout",
+            None,
+            None,
+            "Seconds the responder may take over an answer before the client is "
+            f"told it failed (0: never). Default: {DEFAULT_ANSWER_TIMEOUT:g}, or "
+            "never for console and pair, where a person answers.",
         ],
         [
             "max-line",
@@ -123,32 +161,29 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         self["endpoint"] = endpoint_description(self["port"])
+        # What to call it in messages: no need to show the backlog added.
+        self["where"] = self["endpoint"].replace(f":backlog={LISTEN_BACKLOG}", "")
         responder = self["responder"]
         if responder is None:
             if not sys.stdin.isatty():
                 raise fatal(
                     "no --responder given, and stdin is not a terminal, so no "
-                    "operator can answer; choose one of: " + ", ".join(RESPONDERS)
+                    "operator can answer; choose echo, pair, or your own as "
+                    "package.module:name"
                 )
             self["responder"] = "console"
-        elif responder not in RESPONDERS:
+        elif responder not in RESPONDERS and ":" not in responder:
             raise fatal(
                 f"unknown --responder {responder!r}; choose one of: "
                 + ", ".join(RESPONDERS)
+                + ", or give your own as package.module:name"
             )
+        self["answer_timeout"] = _answer_timeout(self)
         self["max_line"] = _whole(self, "max-line", minimum=1)
         self["max_output"] = _whole(self, "max-output", minimum=1)
         self["max_clients"] = _whole(self, "max-clients", minimum=0) or None
         self["max_per_ip"] = _whole(self, "max-per-ip", minimum=0) or None
-        try:
-            timeout = float(self["idle-timeout"])
-        except ValueError:
-            timeout = -1.0
-        if not timeout >= 0 or timeout == float("inf"):
-            raise fatal(
-                f"--idle-timeout {self['idle-timeout']} is not a number of seconds"
-            )
-        self["idle_timeout"] = timeout or None
+        self["idle_timeout"] = _seconds(self["idle-timeout"], "idle-timeout") or None
         try:
             self["rules"] = AccessRules(
                 allow=parse_networks(self["allow"]), deny=parse_networks(self["deny"])
@@ -158,6 +193,66 @@ class Options(usage.Options):
         ca = self["tls-client-ca"]
         if ca is not None and not self["endpoint"].startswith("ssl:"):
             raise fatal("--tls-client-ca needs a TLS listener: --port ssl:...")
+
+
+def _seconds(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise fatal(f"--{name} {text} is not a number of seconds")
+    return value
+
+
+def _answer_timeout(options: Options) -> float | None:
+    text = options["answer-timeout"]
+    if text is None:
+        if options["responder"] in HUMAN_RESPONDERS:
+            return None
+        return DEFAULT_ANSWER_TIMEOUT
+    return _seconds(text, "answer-timeout") or None
+
+
+def load_responder(reference: str) -> IResponder:
+    """Import ``package.module:name`` and make a responder of it.
+
+    The module is looked up on ``sys.path`` and in the current directory,
+    as ``python -m`` would.  Every way this can fail is one line.
+    """
+    module_name, _, attribute = reference.partition(":")
+    where = f"--responder {reference}"
+    if not module_name or not attribute:
+        raise fatal(f"{where}: give it as package.module:name")
+    here = os.getcwd()
+    if here not in sys.path:
+        sys.path.append(here)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        missing = e.name or module_name
+        if module_name == missing or module_name.startswith(missing + "."):
+            raise fatal(
+                f"{where}: there is no module named {missing!r} (is it installed, "
+                "or in the current directory?)"
+            ) from None
+        raise fatal(f"{where}: importing {module_name} failed: {e}") from None
+    except Exception as e:
+        raise fatal(
+            f"{where}: importing {module_name} failed: {type(e).__name__}: {e}"
+        ) from None
+    try:
+        thing = functools.reduce(getattr, attribute.split("."), module)
+    except AttributeError:
+        raise fatal(f"{where}: module {module_name} has no {attribute!r}") from None
+    try:
+        return as_responder(thing)
+    except TypeError as e:
+        raise fatal(f"{where}: {e}") from None
+    except Exception as e:  # the factory failed
+        raise fatal(
+            f"{where}: making the responder failed: {type(e).__name__}: {e}"
+        ) from None
 
 
 def _whole(options: Options, name: str, minimum: int) -> int:
@@ -209,12 +304,27 @@ def makeService(options: Options) -> IService:
 
     top = MultiService()
     responder: IResponder
-    if options["responder"] == "console":
+    name = options["responder"]
+    if name == "console":
         console_service = OperatorConsoleService(reactor, ConsoleResponder)
         console_service.setServiceParent(top)
         responder = console_service.console
-    else:
+    elif name == "echo":
         responder = EchoResponder()
+    elif name == "pair":
+        responder = PairResponder()
+    else:
+        responder = load_responder(name)
+    transcript = None
+    if options["transcript"] is not None:
+        try:
+            transcript = TranscriptFile(options["transcript"])
+        except OSError as e:
+            raise fatal(
+                f"--transcript {options['transcript']}: cannot open it for "
+                f"appending ({e.strerror or e})"
+            ) from None
+        TranscriptService(transcript).setServiceParent(top)
     if options["tls-client-ca"] is not None:
         endpoint = _require_client_certificates(endpoint, options["tls-client-ca"])
     admission = Admission(
@@ -228,9 +338,11 @@ def makeService(options: Options) -> IService:
         idle_timeout=options["idle_timeout"],
         max_output=options["max_output"],
         admission=admission,
+        answer_timeout=options["answer_timeout"],
+        transcript=transcript,
     )
     server = ChatServerService(
-        reactor, endpoint, description, factory, options["responder"]
+        reactor, endpoint, options["where"], factory, options["responder"]
     )
     server.listen()
     server.setServiceParent(top)

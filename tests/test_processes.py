@@ -151,7 +151,8 @@ def test_without_a_terminal_the_server_asks_for_a_responder():
     assert done.returncode == 1
     assert done.stderr.strip().splitlines() == [
         "sockchat: no --responder given, and stdin is not a terminal, so no "
-        "operator can answer; choose one of: console, echo"
+        "operator can answer; choose echo, pair, or your own as "
+        "package.module:name"
     ]
 
 

@@ -1,0 +1,60 @@
+"""Transcript entries: what was said, by whom, when; as JSON lines.
+
+The server hands one ``Entry`` per message or notice to an ``ITranscript``;
+``encode_entry`` turns it into one line of JSON.  The format is in
+``docs/transcripts.md``.  No I/O here: ``TranscriptFile`` in
+``_transcript_file`` writes the lines.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+from attrs import frozen
+from zope.interface import Interface
+
+__all__ = ["Entry", "ITranscript", "encode_entry"]
+
+
+@frozen
+class Entry:
+    """One thing said in a conversation."""
+
+    #: Seconds since the epoch, from the server's clock.
+    time: float
+    conversation: int
+    peer: str
+    #: ``in``: from the client; ``out``: to the client.
+    direction: str
+    #: ``line`` (a client line), ``invalid`` (client bytes that were not a
+    #: line: too long or not UTF-8), ``answer``, or ``notice``.
+    kind: str
+    text: str
+    #: For notices: ``info``, ``error`` or ``bye``, and the notice's code.
+    notice: str | None = None
+    code: str | None = None
+
+
+class ITranscript(Interface):
+    """Keeps the record of every conversation."""
+
+    def record(entry: Entry) -> None:
+        """Keep *entry*; must not raise."""
+
+
+def encode_entry(entry: Entry) -> bytes:
+    """One line of JSON, newline included; peer text stays exact (UTF-8)."""
+    when = datetime.fromtimestamp(entry.time, timezone.utc)
+    fields: dict[str, object] = {
+        "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "conversation": entry.conversation,
+        "peer": entry.peer,
+        "direction": entry.direction,
+        "kind": entry.kind,
+        "text": entry.text,
+    }
+    if entry.notice is not None:
+        fields["notice"] = entry.notice
+        fields["code"] = entry.code
+    return (json.dumps(fields, ensure_ascii=False) + "\n").encode("utf-8")
