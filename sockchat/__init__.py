@@ -8,15 +8,27 @@ from ._client import (
     Conversation,
     ConversationEnded,
     LineRefused,
+    NoGreeting,
     NotYourTurn,
     SockchatError,
     connect,
 )
 from ._codec import DEFAULT_MAX_LINE
 from ._console import ConsoleResponder
+from ._pair import PairResponder
 from ._render import safe_text
-from ._responder import ConversationInfo, EchoResponder, IResponder
+from ._responder import (
+    ConversationInfo,
+    EchoResponder,
+    FunctionResponder,
+    IConversation,
+    ILifecycle,
+    IResponder,
+    as_responder,
+)
 from ._server import ChatServerFactory
+from ._transcript import ITranscript, TranscriptEntry
+from ._transcript_file import TranscriptFile
 from ._wire import QUIT, Notice, NoticeKind
 
 __version__ = "0.1.0"
@@ -30,13 +42,22 @@ __all__ = [
     "ConversationEnded",
     "ConversationInfo",
     "EchoResponder",
+    "FunctionResponder",
+    "IConversation",
+    "ILifecycle",
     "IResponder",
+    "ITranscript",
     "LineRefused",
+    "NoGreeting",
     "NotYourTurn",
     "Notice",
     "NoticeKind",
+    "PairResponder",
     "SockchatError",
+    "TranscriptEntry",
+    "TranscriptFile",
     "__version__",
+    "as_responder",
     "connect",
     "safe_text",
 ]

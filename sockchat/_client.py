@@ -89,7 +89,8 @@ class _ChatClientProtocol(Protocol):
         self._waiting: Deferred[str] | None = None
         self._end: _End | None = None
         self._closed: list[Deferred[ConversationEnded]] = []
-        self._heard: str | None = None  # a first line nobody listened for yet
+        #: The other side's first line (or its refusal), not listened for yet.
+        self._heard: str | LineRefused | None = None
         self.lost: ConversationEnded | None = None
         #: Fires with None at the server's first line, or when the
         #: connection is lost before it.
@@ -97,8 +98,8 @@ class _ChatClientProtocol(Protocol):
 
     def listen(self) -> Deferred[str]:
         if self._heard is not None:
-            text, self._heard = self._heard, None
-            return succeed(text)
+            heard, self._heard = self._heard, None
+            return fail(heard) if isinstance(heard, LineRefused) else succeed(heard)
         if self.lost is not None:
             return fail(self.lost)
         if self.turns.turn is not Turn.SERVER or self._waiting is not None:
@@ -117,6 +118,10 @@ class _ChatClientProtocol(Protocol):
     def say(self, text: str) -> Deferred[str]:
         if self.lost is not None:
             return fail(self.lost)
+        if self._heard is not None and text != QUIT:
+            return fail(
+                NotYourTurn("the other side has spoken first: listen() for its line")
+            )
         try:
             data = self.turns.say(text)
         except (NotYourTurn, ValueError) as e:
@@ -147,7 +152,10 @@ class _ChatClientProtocol(Protocol):
             if isinstance(event, Answered):
                 self._resolve(event.text)
             elif isinstance(event, Refused):
-                self._reject(LineRefused(event.notice))
+                if self._waiting is None:  # the first line, not listened for
+                    self._heard = LineRefused(event.notice)
+                else:
+                    self._reject(LineRefused(event.notice))
             elif isinstance(event, Noticed):
                 self._on_notice(event.notice)
             elif isinstance(event, Ended):
@@ -211,8 +219,10 @@ class Conversation:
 
     @property
     def my_turn(self) -> bool:
-        """True when ``say`` may be called."""
-        return self._proto.turns.turn is Turn.CLIENT
+        """True when ``say`` may be called (false until ``listen`` has given
+        the other side's first line, when it speaks first)."""
+        proto = self._proto
+        return proto.turns.turn is Turn.CLIENT and proto._heard is None
 
     def listen(self) -> Deferred[str]:
         """Fire with the other side's first line, when it speaks first.

@@ -32,7 +32,7 @@ from ._codec import DEFAULT_MAX_LINE, Decoded, LineDecoder
 from ._limits import Admission
 from ._render import safe_text
 from ._responder import ConversationInfo, IConversation, ILifecycle, IResponder, Reply
-from ._transcript import Entry, ITranscript
+from ._transcript import ITranscript, TranscriptEntry
 from ._turns import Deliver, ServerTurns, Turn, shutting_down, welcome
 from ._wire import Notice, NoticeKind, encode_answer, encode_notice, make_notice
 
@@ -510,7 +510,7 @@ class ChatServerProtocol(Protocol):
         transcript = self.factory.transcript
         assert transcript is not None
         transcript.record(
-            Entry(
+            TranscriptEntry(
                 time,
                 self.conversation_id,
                 self.info.peer,

@@ -1,6 +1,6 @@
 """Transcript entries: what was said, by whom, when; as JSON lines.
 
-The server hands one ``Entry`` per message or notice to an ``ITranscript``;
+The server hands one ``TranscriptEntry`` per message or notice to an ``ITranscript``;
 ``encode_entry`` turns it into one line of JSON.  The format is in
 ``docs/transcripts.md``.  No I/O here: ``TranscriptFile`` in
 ``_transcript_file`` writes the lines.
@@ -14,11 +14,11 @@ from datetime import datetime, timezone
 from attrs import frozen
 from zope.interface import Interface
 
-__all__ = ["Entry", "ITranscript", "encode_entry"]
+__all__ = ["ITranscript", "TranscriptEntry", "encode_entry"]
 
 
 @frozen
-class Entry:
+class TranscriptEntry:
     """One thing said in a conversation."""
 
     #: Seconds since the epoch, from the server's clock.
@@ -39,11 +39,11 @@ class Entry:
 class ITranscript(Interface):
     """Keeps the record of every conversation."""
 
-    def record(entry: Entry) -> None:
+    def record(entry: TranscriptEntry) -> None:
         """Keep *entry*; must not raise."""
 
 
-def encode_entry(entry: Entry) -> bytes:
+def encode_entry(entry: TranscriptEntry) -> bytes:
     """One line of JSON, newline included; peer text stays exact (UTF-8)."""
     when = datetime.fromtimestamp(entry.time, timezone.utc)
     fields: dict[str, object] = {

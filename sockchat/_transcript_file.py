@@ -13,7 +13,7 @@ import os
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from ._transcript import Entry, ITranscript, encode_entry
+from ._transcript import ITranscript, TranscriptEntry, encode_entry
 
 __all__ = ["TranscriptFile"]
 
@@ -35,7 +35,7 @@ class TranscriptFile:
         #: Entries that could not be written (each failure is logged).
         self.lost = 0
 
-    def record(self, entry: Entry) -> None:
+    def record(self, entry: TranscriptEntry) -> None:
         if self._fd is None:
             self._lose(entry, "the transcript is closed")
             return
@@ -46,7 +46,7 @@ class TranscriptFile:
         except OSError as e:
             self._lose(entry, e.strerror or str(e))
 
-    def _lose(self, entry: Entry, why: str) -> None:
+    def _lose(self, entry: TranscriptEntry, why: str) -> None:
         self.lost += 1
         log.error(
             "transcript {path}: an entry of conversation {cid} was not written "

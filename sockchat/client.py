@@ -239,6 +239,8 @@ async def _chat(
                 stdin.while_waiting = typed_while_waiting
             try:
                 screen.answer(await conversation.listen())
+            except LineRefused as e:
+                screen.notice(e.notice)
             except ConversationEnded as e:
                 return _report_end(screen, e)
             except NotYourTurn:  # it has just ended: when_ended reports it

@@ -100,8 +100,15 @@ class MemoryServer:
         self.flush()
 
     def result(self, deferred: Deferred[_T]) -> _T:
-        """Flush, then return what *deferred* fired with, or raise its error."""
+        """Flush, then return what *deferred* fired with, or raise its error.
+
+        Raises ``NoResultYet`` if it has not fired, and leaves it as it is.
+        Once it has fired, this takes its result, like trial's
+        ``successResultOf``: ask once.
+        """
         self.flush()
+        if not deferred.called:
+            raise NoResultYet(f"{deferred!r} has not fired")
         outcome: list[Any] = []
         deferred.addBoth(outcome.append)
         if not outcome:

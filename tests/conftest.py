@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True)
@@ -26,3 +28,17 @@ def result_of(d: Deferred[Any]) -> Any:
 
 def has_fired(d: Deferred[Any]) -> bool:
     return bool(d.called)
+
+
+@pytest.fixture
+def logged_failures():
+    """Failures logged while the test runs (tracebacks in the server log)."""
+    failures = []
+
+    def observe(event):
+        if event.get("log_failure") is not None:
+            failures.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield failures
+    globalLogPublisher.removeObserver(observe)

@@ -28,13 +28,22 @@ def test_public_names_are_exactly_these():
             "ConversationEnded",
             "ConversationInfo",
             "EchoResponder",
+            "FunctionResponder",
+            "IConversation",
+            "ILifecycle",
             "IResponder",
+            "ITranscript",
             "LineRefused",
+            "NoGreeting",
             "NotYourTurn",
             "Notice",
             "NoticeKind",
+            "PairResponder",
             "SockchatError",
+            "TranscriptEntry",
+            "TranscriptFile",
             "__version__",
+            "as_responder",
             "connect",
             "safe_text",
         ]
@@ -45,7 +54,28 @@ def test_public_names_are_exactly_these():
 
 def test_shipped_responders_provide_the_contract():
     assert verifyObject(sockchat.IResponder, sockchat.EchoResponder())
-    assert verifyObject(sockchat.IResponder, sockchat.ConsoleResponder(print))
+    for responder in [sockchat.ConsoleResponder(print), sockchat.PairResponder()]:
+        assert verifyObject(sockchat.IResponder, responder)
+        assert verifyObject(sockchat.ILifecycle, responder)
+
+
+def test_the_server_protocol_and_the_fake_provide_iconversation():
+    from sockchat._server import ChatServerProtocol
+    from sockchat.testing import RecordingConversation
+
+    assert verifyObject(sockchat.IConversation, RecordingConversation())
+    proto = ChatServerProtocol(1)
+    assert verifyObject(sockchat.IConversation, proto)
+
+
+def test_testing_module_names():
+    import sockchat.testing
+
+    assert sorted(sockchat.testing.__all__) == [
+        "MemoryServer",
+        "NoResultYet",
+        "RecordingConversation",
+    ]
 
 
 def test_plugin_module_does_not_import_the_reactor():

@@ -17,7 +17,6 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
-from twisted.logger import globalLogPublisher
 
 from sockchat import ChatServerFactory, ConversationEnded, EchoResponder, connect
 from sockchat._limits import Admission
@@ -35,20 +34,6 @@ async def until(condition, timeout: float = 10.0) -> None:
         assert waited < timeout, "condition not met in time"
         await deferLater(reactor, 0.02, lambda: None)
         waited += 0.02
-
-
-@pytest.fixture
-def logged_failures():
-    """Failures logged while the test runs: there must be none."""
-    failures = []
-
-    def observe(event):
-        if event.get("log_failure") is not None:
-            failures.append(event)
-
-    globalLogPublisher.addObserver(observe)
-    yield failures
-    globalLogPublisher.removeObserver(observe)
 
 
 class Flooder(Protocol):
