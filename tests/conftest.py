@@ -42,3 +42,19 @@ def logged_failures():
     globalLogPublisher.addObserver(observe)
     yield failures
     globalLogPublisher.removeObserver(observe)
+
+
+@pytest.fixture
+def logged_errors():
+    """The text of error events logged while the test runs."""
+    from twisted.logger import LogLevel, formatEvent
+
+    texts = []
+
+    def observe(event):
+        if event.get("log_level") in (LogLevel.error, LogLevel.critical):
+            texts.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    yield texts
+    globalLogPublisher.removeObserver(observe)

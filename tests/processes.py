@@ -70,8 +70,10 @@ class Server:
         stdin: int | None = subprocess.DEVNULL,
         port: str = "tcp:0:interface=127.0.0.1",
         twistd_args: tuple[str, ...] = (),
+        cwd: Path | None = None,
     ) -> None:
         self.args = args
+        self.cwd = cwd
         self.stdin = stdin
         self.listen = port
         self.twistd_args = twistd_args
@@ -92,6 +94,7 @@ class Server:
             stdin=self.stdin,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            cwd=self.cwd,
         )
         self.reader = Reader(self.proc.stdout)
         self.output = self.reader.until(LISTENING)

@@ -118,3 +118,108 @@ def test_log_lines_in_between_repeat_the_prompt():
     screen.take()
     console.interrupted()
     assert screen.take() == "server --> client 1: "
+
+
+# Commands: /list, /to, /kick, /help.
+
+
+class Handle:
+    """An IConversation the console can kick."""
+
+    def __init__(self, info: ConversationInfo) -> None:
+        self.info = info
+        self.ended: tuple[str, str] | None = None
+
+    def notify(self, code: str, text: str) -> None:
+        raise AssertionError("the console sends no notices")
+
+    def end(self, code: str, text: str) -> None:
+        self.ended = (code, text)
+
+
+CAROL = ConversationInfo(3, "[::1]:50003")
+
+
+def three_waiting():
+    screen = Screen()
+    console = ConsoleResponder(screen.write)
+    handles = {}
+    answers = {}
+    for info, line in [(ALICE, "first"), (BOB, "second"), (CAROL, "third\x1b[2J")]:
+        handles[info.id] = Handle(info)
+        console.started(handles[info.id])
+        answers[info.id] = console.respond(info, line)
+    screen.take()
+    return screen, console, handles, answers
+
+
+def test_list_shows_every_client_its_place_and_last_line_safely():
+    screen, console, _handles, _ = three_waiting()
+    dave = ConversationInfo(4, "127.0.0.1:50004")
+    console.started(Handle(dave))
+    console.operator_says("/list")
+    assert screen.take() == (
+        "4 connected, 3 waiting for you:\n"
+        '  client 1 (127.0.0.1:50001) waiting #1: "first"\n'
+        '  client 2 (127.0.0.1:50002) waiting #2: "second"\n'
+        '  client 3 ([::1]:50003) waiting #3: "third\\x1b[2J"\n'
+        "  client 4 (127.0.0.1:50004) their turn: (nothing yet)\n"
+        "server --> client 1: "
+    )
+
+
+def test_to_answers_one_client_out_of_order():
+    screen, console, _, answers = three_waiting()
+    console.operator_says("/to 2 you first, bob")
+    assert result_of(answers[2]) == "you first, bob"
+    assert not answers[1].called
+    assert not answers[3].called
+    console.operator_says("and now alice")
+    assert result_of(answers[1]) == "and now alice"
+    assert "client 3" in screen.take()  # the next prompt
+
+
+def test_to_a_client_that_is_not_waiting_sends_nothing():
+    screen, console, _, answers = three_waiting()
+    console.operator_says("/to 1 hi")
+    screen.take()
+    console.operator_says("/to 1 again")
+    assert "client 1 is not waiting for an answer; nothing was sent" in screen.take()
+    console.operator_says("/to 9 hi")
+    assert "there is no client 9" in screen.take()
+    console.operator_says("/to two hi")
+    assert "usage: /to ID TEXT" in screen.take()
+    console.operator_says("/to 2")
+    assert "usage: /to ID TEXT (nothing was sent to client 2)" in screen.take()
+    assert not answers[2].called
+
+
+def test_kick_ends_a_conversation_without_answering_it():
+    screen, console, handles, answers = three_waiting()
+    console.operator_says("/kick 2")
+    assert handles[2].ended == ("kicked", "the operator ended this conversation.")
+    assert "(you disconnected client 2)" in screen.take()
+    console.ended(handles[2], "kicked")
+    answers[2].cancel()  # the server cancels it when the connection closes
+    assert "left" not in screen.take()  # no second report
+    console.operator_says("/list")
+    assert "client 2" not in screen.take()
+    console.operator_says("/kick 2")
+    assert "there is no client 2" in screen.take()
+
+
+def test_help_lists_the_commands_and_unknown_ones_are_refused():
+    screen, console, _, answers = three_waiting()
+    console.operator_says("/help")
+    shown = screen.take()
+    for command in ["/list", "/to ID TEXT", "/kick ID", "/help", "//TEXT"]:
+        assert command in shown
+    console.operator_says("/frobnicate now")
+    assert "unknown command /frobnicate; /help lists the commands" in screen.take()
+    assert not any(a.called for a in answers.values())
+
+
+def test_a_double_slash_answers_with_a_line_that_starts_with_a_slash():
+    _, console, _, answers = three_waiting()
+    console.operator_says("//etc/hosts is the file")
+    assert result_of(answers[1]) == "/etc/hosts is the file"
