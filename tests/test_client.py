@@ -172,3 +172,35 @@ def test_quit_while_waiting_for_an_answer_ends_cleanly():
         result_of(answer)
     assert caught.value.clean
     assert responder.pending[0].called  # cancelled: nobody is left to answer
+
+
+def test_connect_fails_clearly_when_the_server_says_nothing():
+    from twisted.internet.endpoints import TCP4ClientEndpoint
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.test.iosim import FakeTransport
+
+    from sockchat import NoGreeting, connect
+    from sockchat.testing import SERVER_ADDRESS
+
+    reactor = MemoryReactorClock()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", 9527)
+    outcome = []
+    connect(reactor, endpoint, greeting_timeout=5).addBoth(outcome.append)
+    _host, _port, factory, _timeout, _bind = reactor.tcpClients[0]
+    proto = factory.buildProtocol(SERVER_ADDRESS)
+    transport = FakeTransport(proto, isServer=False)
+    proto.makeConnection(transport)
+    reactor.advance(4.9)
+    assert outcome == []
+    reactor.advance(0.2)
+    (failure,) = outcome
+    assert failure.check(NoGreeting)
+    assert "said nothing for 5 seconds" in failure.getErrorMessage()
+    assert transport.disconnecting
+
+
+def test_listen_when_it_is_your_turn_is_an_error():
+    pair = Pair(EchoResponder())
+    pair.pump.flush()
+    with pytest.raises(NotYourTurn, match="it is your turn"):
+        result_of(pair.conversation.listen())

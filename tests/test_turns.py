@@ -155,3 +155,40 @@ def test_unexpected_answer_is_reported_not_dropped():
     assert isinstance(event, Noticed)
     assert event.notice.code == "unexpected-answer"
     assert "nobody asked" in event.notice.text
+
+
+def test_a_conversation_that_listens_owes_the_first_line():
+    turns = ServerTurns()
+    turns.listen()
+    assert turns.turn is Turn.SERVER
+    refused = turns.receive("me first")
+    assert isinstance(refused, Notice)
+    assert refused.code == OUT_OF_TURN
+    assert "before the other side's first line" in refused.text
+    assert turns.answered("the opening") is False
+    assert turns.turn is Turn.CLIENT
+    with pytest.raises(NotYourTurn):
+        turns.listen()  # only at the start
+
+
+def test_an_opening_that_cannot_be_given_hands_the_turn_over():
+    turns = ServerTurns()
+    turns.listen()
+    notice = turns.failed("it broke")
+    assert notice.code == "responder-failed"
+    assert (
+        notice.text
+        == "the first line could not be given (it broke). It is your turn now."
+    )
+    assert turns.turn is Turn.CLIENT
+
+
+def test_the_client_waits_after_a_listen_notice():
+    turns = ClientTurns()
+    event = turns.receive("!info listen: the other side speaks first")
+    assert isinstance(event, Noticed)
+    assert turns.turn is Turn.SERVER
+    with pytest.raises(NotYourTurn):
+        turns.say("hello")
+    assert turns.receive("their first line") == Answered("their first line")
+    assert turns.turn is Turn.CLIENT
