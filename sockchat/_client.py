@@ -28,7 +28,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from ._codec import InvalidUtf8, LineDecoder, LineTooLong
+from ._codec import Decoded, InvalidUtf8, LineDecoder, LineTooLong
 from ._turns import Answered, ClientTurns, Ended, Noticed, NotYourTurn, Refused, Turn
 from ._wire import QUIT, Notice, NoticeKind
 
@@ -136,8 +136,13 @@ class _ChatClientProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         items = self._decoder.feed(data)
+        self._take(items)
+        # After the lines are taken, so that whoever waits for the greeting
+        # sees whose turn it is.
         if items and not self.greeted.called:
             self.greeted.callback(None)
+
+    def _take(self, items: list[Decoded]) -> None:
         for item in items:
             if isinstance(item, (LineTooLong, InvalidUtf8)):
                 why = (

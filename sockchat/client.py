@@ -279,10 +279,14 @@ async def _chat(
 
 
 def _report_end(screen: _Screen, end: ConversationEnded) -> int:
-    """Say how the conversation ended; 0 only for a ``q`` from either side."""
+    """Say how it ended; 0 only for a ``q`` from either side (or a pair partner)."""
     if not end.clean:
         screen.error(f"sockchat: {end.why}")
         return 1
+    if end.notice is not None and end.notice.code == "partner-left":
+        # A normal end of a pair; a piped user is told on stderr.
+        screen.error(f"[sockchat] {safe_text(end.notice.text)}")
+        return 0
     if end.notice is not None and end.notice.code != "quit":
         # The server ended it: busy, denied, idle, shutting down...
         screen.error(f"sockchat: the server ended the conversation: {end.notice.text}")

@@ -56,11 +56,14 @@ class MemoryServer:
     """A sockchat server in memory, answered by *responder*.
 
     *options* go to ``ChatServerFactory`` (``idle_timeout``, ``max_line``,
-    ``answer_timeout``, ``transcript``...); its clock is ``self.clock``.
+    ``answer_timeout``, ``transcript``...).  Its clock is *clock*, or a new
+    ``Clock``: ``self.clock`` either way.
     """
 
-    def __init__(self, responder: IResponder, **options: Any) -> None:
-        self.clock = Clock()
+    def __init__(
+        self, responder: IResponder, *, clock: Clock | None = None, **options: Any
+    ) -> None:
+        self.clock = clock or Clock()
         self.factory = ChatServerFactory(responder, clock=self.clock, **options)
         self._pumps: list[iosim.IOPump] = []
         self._ports = itertools.count(50000)
@@ -95,7 +98,9 @@ class MemoryServer:
                 moved = pump.flush() or moved
 
     def advance(self, seconds: float) -> None:
-        """Let *seconds* pass on the fake clock, then flush."""
+        """Deliver what was sent, let *seconds* pass on the fake clock, then
+        deliver what that caused."""
+        self.flush()
         self.clock.advance(seconds)
         self.flush()
 
