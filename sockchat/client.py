@@ -243,8 +243,8 @@ async def _chat(
                 screen.notice(e.notice)
             except ConversationEnded as e:
                 return _report_end(screen, e)
-            except NotYourTurn:  # it has just ended: when_ended reports it
-                pass
+            except NotYourTurn:  # it has ended (a bye): say how, once closed
+                return _report_end(screen, await conversation.when_ended())
             finally:
                 stdin.while_waiting = None
         screen.prompt()
@@ -273,6 +273,8 @@ async def _chat(
             continue
         except ConversationEnded as e:
             return _report_end(screen, e)
+        except NotYourTurn:  # it ended just now: say how, once closed
+            return _report_end(screen, await conversation.when_ended())
         finally:
             stdin.while_waiting = None
         screen.answer(answer)
