@@ -110,3 +110,14 @@ def test_readme_client_example_runs():
         )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "hello -> hello\n你好 -> 你好\n"
+
+
+def test_readme_testing_example_runs(monkeypatch):
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [
+        b
+        for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+        if "MemoryServer" in b
+    ]
+    monkeypatch.syspath_prepend(str(ROOT))
+    exec(compile(block, "README.md", "exec"), {})  # its asserts are the test
