@@ -20,6 +20,7 @@ from attrs import frozen
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IReactorTime,
     IStreamClientEndpoint,
@@ -290,7 +291,9 @@ def _describe_loss(reason: Failure) -> str:
         found = [d[-1] for d in details if isinstance(d, tuple) and d and d[-1]]
         why = ", ".join(found) or reason.getErrorMessage()
         return f"the TLS handshake failed ({why})."
-    return f"the connection was lost ({reason.getErrorMessage()})."
+    if reason.check(ConnectionDone):
+        return "the server closed the connection without a goodbye."
+    return f"the connection was lost ({reason.getErrorMessage().rstrip('.')})."
 
 
 def _raise(error: Exception) -> Any:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -29,6 +30,8 @@ from ._responder import ConversationInfo, IConversation, ILifecycle, IResponder
 from ._wire import QUIT
 
 __all__ = ["ConsoleResponder", "OperatorInput"]
+
+log = Logger(namespace="sockchat.console")
 
 
 @frozen(eq=False)
@@ -135,6 +138,7 @@ class ConsoleResponder:
                 cid = conversation.info.id
                 for entry in [e for e in self._queue if e.conversation.id == cid]:
                     self._queue.remove(entry)  # so that it is not reported as left
+                log.info("the operator disconnected conversation {cid}", cid=cid)
                 conversation.end("kicked", "the operator ended this conversation.")
                 self._show(f"(you disconnected client {cid})")
         else:

@@ -17,12 +17,15 @@ from __future__ import annotations
 
 from attrs import define
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from ._responder import ConversationInfo, IConversation, ILifecycle, IResponder
 from ._wire import QUIT
 
 __all__ = ["PairResponder"]
+
+log = Logger(namespace="sockchat.pair")
 
 _LEFT_BECAUSE = {
     "quit": f"sent {QUIT}",
@@ -70,13 +73,18 @@ class PairResponder:
             self._alone = party
             conversation.notify(
                 "waiting",
-                "waiting for a partner: you will talk with the next client to "
-                f"connect. You may say your first line now. Send {QUIT} to quit.",
+                "no partner yet: you will talk with the next client to connect. "
+                f"You may say your first line now. Send {QUIT} to quit.",
             )
             return None
         self._alone = None
         self.pairs += 1
         first.partner, party.partner = party, first
+        log.info(
+            "conversations {first} and {second} are paired",
+            first=first.conversation.info.id,
+            second=conversation.info.id,
+        )
         if first.opening is not None:
             first.conversation.notify(
                 "paired",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet import address
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -394,9 +395,18 @@ class ChatServerProtocol(Protocol):
             peer=self.info.peer,
             turns=self.turns.answers,
             duration=self.factory.clock.seconds() - self._started,
-            why=safe_text(reason.getErrorMessage()),
+            why=self._why_ended(reason),
         )
         self.closed.callback(None)
+
+    def _why_ended(self, reason: Failure) -> str:
+        if self._bye_code == "answered-quit":
+            return "the responder answered q"
+        if self._bye_code != "connection-lost":
+            return f"the server said bye ({self._bye_code})"
+        if reason.check(ConnectionDone):
+            return "the client closed the connection without a bye"
+        return safe_text(reason.getErrorMessage())
 
     # The responder's side.
 

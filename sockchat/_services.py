@@ -159,8 +159,8 @@ class OperatorConsoleService(Service):
         globalLogPublisher.addObserver(cast(ILogObserver, self._log_printed))
         self._write(
             "sockchat operator console: client lines appear below. Type each "
-            "answer at its prompt; q ends that conversation; end of input "
-            "(Ctrl-D) stops the server.\n"
+            "answer at its prompt; q ends that conversation; /help lists the "
+            "commands; end of input (Ctrl-D) stops the server.\n"
         )
 
     def _log_printed(self, event: LogEvent) -> None:

@@ -172,9 +172,9 @@ class _Screen:
         if was_prompting and reprompt:
             self.prompt()
 
-    def error(self, line: str) -> None:
+    def error(self, line: str, *, reprompt: bool = True) -> None:
         if self.interactive:
-            self.say(line)
+            self.say(line, reprompt=reprompt)
         else:
             self.err(line)
 
@@ -282,16 +282,20 @@ async def _chat(
 
 def _report_end(screen: _Screen, end: ConversationEnded) -> int:
     """Say how it ended; 0 only for a ``q`` from either side (or a pair partner)."""
+    # No prompt after these: the conversation is over.
     if not end.clean:
-        screen.error(f"sockchat: {end.why}")
+        screen.error(f"sockchat: {end.why}", reprompt=False)
         return 1
     if end.notice is not None and end.notice.code == "partner-left":
         # A normal end of a pair; a piped user is told on stderr.
-        screen.error(f"[sockchat] {safe_text(end.notice.text)}")
+        screen.error(f"[sockchat] {safe_text(end.notice.text)}", reprompt=False)
         return 0
     if end.notice is not None and end.notice.code != "quit":
         # The server ended it: busy, denied, idle, shutting down...
-        screen.error(f"sockchat: the server ended the conversation: {end.notice.text}")
+        screen.error(
+            f"sockchat: the server ended the conversation: {end.notice.text}",
+            reprompt=False,
+        )
         return 1
     screen.say(f"[sockchat] {safe_text(end.why)}", reprompt=False)
     return 0

@@ -107,3 +107,35 @@ def test_ctrl_c_while_waiting_quits_cleanly():
         finally:
             assert term.close() == 0
             os.close(term.slave)
+
+
+def test_pair_partner_at_a_terminal_listens_then_is_told_who_left():
+    with Server("--responder", "pair") as server:
+        first = Terminal(*CLIENT, "--port", str(server.port))
+        second = None
+        try:
+            first.screen.until(b"no partner yet")
+            first.screen.until(b"client --> server: ")
+            first.type("hello from the first terminal\n")
+            second = Terminal(*CLIENT, "--port", str(server.port))
+            second.screen.until(b"The other side speaks first")
+            second.screen.until(b"server --> client: hello from the first terminal\r\n")
+            second.screen.until(b"client --> server: ")
+            second.type("hi back\n")
+            first.screen.until(b"server --> client: hi back\r\n")
+            first.screen.until(b"client --> server: ")  # the first has the turn
+            second.type("q\n")
+            assert second.close() == 0
+            shown = first.screen.until(b"Connect again to talk with someone new.\r\n")
+            assert b"client 2 (127.0.0.1:" in shown
+            assert b"sent q" in shown
+            assert first.proc.wait(10) == 0
+            # No prompt after the conversation is over.
+            time.sleep(0.2)
+            tail = first.screen.buffer + (first.screen.stream.read() or b"")
+            assert b"client --> server" not in tail
+            first.close()
+        finally:
+            for term in (first, second):
+                if term is not None and term.proc.poll() is None:
+                    term.proc.kill()

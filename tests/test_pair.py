@@ -39,7 +39,7 @@ def server() -> MemoryServer:
 def test_the_first_client_is_told_it_waits_for_a_partner(server):
     alice = Client(server)
     assert alice.codes() == ["welcome", "waiting"]
-    assert "waiting for a partner" in alice.last().text
+    assert "no partner yet" in alice.last().text
     assert alice.conversation.my_turn
 
 
