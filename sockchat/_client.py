@@ -29,7 +29,8 @@ from twisted.internet.interfaces import (
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
 
-from ._codec import Decoded, InvalidUtf8, LineDecoder, LineTooLong
+from ._codec import Decoded, InvalidUtf8, LineTooLong
+from ._framing import Framing, LineFraming
 from ._turns import Answered, ClientTurns, Ended, Noticed, NotYourTurn, Refused, Turn
 from ._wire import QUIT, Notice, NoticeKind
 
@@ -83,9 +84,12 @@ class ConversationEnded(SockchatError):
 class _ChatClientProtocol(Protocol):
     transport: ITCPTransport  # or any transport with the same methods
 
-    def __init__(self, on_notice: Callable[[Notice], None]) -> None:
+    def __init__(
+        self, on_notice: Callable[[Notice], None], framing: Framing | None = None
+    ) -> None:
         self._on_notice = on_notice
-        self._decoder = LineDecoder(CLIENT_MAX_LINE, strip_cr=False)
+        self._framing = framing = framing or LineFraming()
+        self._decoder = framing.decoder(CLIENT_MAX_LINE, strip_cr=False)
         self.turns = ClientTurns()
         self._waiting: Deferred[str] | None = None
         self._end: _End | None = None
@@ -96,6 +100,10 @@ class _ChatClientProtocol(Protocol):
         #: Fires with None at the server's first line, or when the
         #: connection is lost before it.
         self.greeted: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        if not self._framing.greets:  # no welcome is coming: it is our turn
+            self.greeted.callback(None)
 
     def listen(self) -> Deferred[str]:
         if self._heard is not None:
@@ -124,7 +132,8 @@ class _ChatClientProtocol(Protocol):
                 NotYourTurn("the other side has spoken first: listen() for its line")
             )
         try:
-            data = self.turns.say(text)
+            data = self._framing.encode_message(text)
+            self.turns.say(text)
         except (NotYourTurn, ValueError) as e:
             return fail(e)
         if text == QUIT:
@@ -154,7 +163,7 @@ class _ChatClientProtocol(Protocol):
                 )
                 self._on_notice(Notice(NoticeKind.ERROR, "client-refused", why))
                 continue
-            event = self.turns.receive(item)
+            event = self.turns.receive(self._framing.as_server_line(item))
             if isinstance(event, Answered):
                 self._resolve(event.text)
             elif isinstance(event, Refused):
@@ -177,6 +186,8 @@ class _ChatClientProtocol(Protocol):
             self._end = _End(True, why, notice)
         if notice is not None:
             self._on_notice(notice)
+        else:  # the server's q: a raw server may not close by itself
+            self.transport.loseConnection()
         if self._waiting is not None:
             end = self._end
             self._reject(ConversationEnded(end.why, clean=end.clean, notice=end.notice))
@@ -316,6 +327,7 @@ def connect(
     *,
     on_notice: Callable[[Notice], None] | None = None,
     greeting_timeout: float | None = 10.0,
+    framing: Framing | None = None,
 ) -> Deferred[Conversation]:
     """Connect to a sockchat server; fire with the ``Conversation``.
 
@@ -326,8 +338,14 @@ def connect(
     them.  Connection errors fail the Deferred as the endpoint reports them;
     a server that says nothing for *greeting_timeout* seconds fails it with
     ``NoGreeting`` (``None``: wait for ever).
+
+    *framing* is ``LineFraming()`` (the default) or ``RawFraming()``, for a
+    server started with ``--framing raw`` or the tutorial's own server.  In
+    raw framing the server sends no welcome, so the Deferred fires as soon
+    as the connection is made, and every message from the server is an
+    answer.
     """
-    factory = _ClientFactory(on_notice or _ignore)
+    factory = _ClientFactory(on_notice or _ignore, framing)
     connecting = endpoint.connect(factory)
 
     def greeted(proto: _ChatClientProtocol) -> Deferred[Conversation]:
@@ -368,10 +386,13 @@ else:  # Factory is generic only from Twisted 26 on
 class _ClientFactory(_FactoryBase):
     noisy = False
 
-    def __init__(self, on_notice: Callable[[Notice], None]) -> None:
+    def __init__(
+        self, on_notice: Callable[[Notice], None], framing: Framing | None = None
+    ) -> None:
         self._on_notice = on_notice
+        self._framing = framing
 
     def buildProtocol(self, addr: Any) -> _ChatClientProtocol:
-        proto = _ChatClientProtocol(self._on_notice)
+        proto = _ChatClientProtocol(self._on_notice, self._framing)
         proto.factory = self
         return proto

@@ -29,13 +29,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._codec import DEFAULT_MAX_LINE, Decoded, LineDecoder
+from ._codec import DEFAULT_MAX_LINE, Decoded
+from ._framing import Decoder, Framing, LineFraming
 from ._limits import Admission
 from ._render import safe_text
 from ._responder import ConversationInfo, IConversation, ILifecycle, IResponder, Reply
+from ._telnet import TelnetFilter, TelnetHeard, telnet_notice
 from ._transcript import ITranscript, TranscriptEntry
 from ._turns import Deliver, ServerTurns, Turn, shutting_down, welcome
-from ._wire import Notice, NoticeKind, encode_answer, encode_notice, make_notice
+from ._wire import QUIT, Notice, NoticeKind, make_notice
 
 __all__ = [
     "CLOSE_GRACE",
@@ -132,7 +134,8 @@ class ChatServerProtocol(Protocol):
         self.conversation_id = conversation_id
         self.info = ConversationInfo(conversation_id, "unknown")
         self.turns = ServerTurns()
-        self.decoder: LineDecoder | None = None
+        self.decoder: Decoder | None = None
+        self._telnet: TelnetFilter | None = None
         self.closed: Deferred[None] = Deferred()
         self._pending: Deferred[str] | None = None
         self._backlog: deque[Decoded] = deque()  # read, not handled (paused)
@@ -148,10 +151,13 @@ class ChatServerProtocol(Protocol):
         self._hooked = False  # the responder's started hook ran
         self._held: list[Notice] | None = None  # notices sent while starting
         self._bye_code = "connection-lost"
+        self._draining = False
 
     def connectionMade(self) -> None:
         factory = self.factory
-        self.decoder = LineDecoder(factory.max_line)
+        self.decoder = factory.framing.decoder(factory.max_line)
+        if factory.framing.takes_telnet:
+            self._telnet = TelnetFilter()
         self.info = ConversationInfo(
             self.conversation_id, describe_address(self.transport.getPeer())
         )
@@ -214,6 +220,10 @@ class ChatServerProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         assert self.decoder is not None
+        if self._telnet is not None:
+            data, heard = self._telnet.feed(data)
+            if heard is not None:
+                self._heard_telnet(heard)
         items = self.decoder.feed(data)
         if items:
             self._turn_started = self.factory.clock.seconds()  # a line came
@@ -225,8 +235,31 @@ class ChatServerProtocol(Protocol):
             if self._paused:
                 self._hold_back(item, iterator)
                 return
+            if self._waits_its_turn(item):
+                log.info(
+                    "conversation {cid}: a message arrived before the answer to "
+                    "the last one; it waits its turn",
+                    cid=self.conversation_id,
+                )
+                self._hold_back(item, iter(()))
+                continue
             if not self._handle_one(item):
                 return
+
+    def _waits_its_turn(self, item: Decoded) -> bool:
+        """In raw framing, a message sent ahead is read after the answer."""
+        return (
+            self.factory.framing.queues_out_of_turn
+            and item != QUIT  # q is always allowed, even while waiting
+            and (self.turns.turn is Turn.SERVER or bool(self._backlog))
+        )
+
+    def _heard_telnet(self, heard: TelnetHeard) -> None:
+        if heard.reply:
+            self.transport.write(heard.reply)  # before telnet hides our output
+        notice = telnet_notice(heard)
+        if notice is not None:
+            self._send_notice(notice)
 
     def _handle_one(self, item: Decoded) -> bool:
         """Act on one decoded line; False once the conversation has ended."""
@@ -285,14 +318,27 @@ class ChatServerProtocol(Protocol):
         if not self._paused:
             return
         self._paused = False
-        backlog = self._backlog
-        while backlog and not self._paused:
-            item = backlog.popleft()
-            self._backlog_size -= len(item) if isinstance(item, str) else 1
-            if not self._handle_one(item):
-                backlog.clear()
+        self._drain()
         self._finish_if_done()
-        if self._reading_paused and not self._paused:
+
+    def _drain(self) -> None:
+        """Handle the lines held back, as far as their turn allows."""
+        if self._draining:  # an answer given while draining: the loop goes on
+            return
+        self._draining = True
+        try:
+            backlog = self._backlog
+            owed = self.factory.framing.queues_out_of_turn
+            while backlog and not self._paused:
+                if owed and self.turns.turn is Turn.SERVER:
+                    break
+                item = backlog.popleft()
+                self._backlog_size -= len(item) if isinstance(item, str) else 1
+                if not self._handle_one(item):
+                    backlog.clear()
+        finally:
+            self._draining = False
+        if self._reading_paused and not self._paused and not self._backlog:
             self._reading_paused = False
             if self.turns.turn is not Turn.ENDED:
                 cast(IPushProducer, self.transport).resumeProducing()
@@ -452,12 +498,12 @@ class ChatServerProtocol(Protocol):
 
     def _answer(self, text: str) -> None:
         try:
-            data = encode_answer(text)
+            data = self.factory.framing.encode_answer(text)
         except UnicodeEncodeError:
             self._fail(Failure(BadAnswer("the answer is not encodable as UTF-8")))
             return
-        except ValueError:
-            self._fail(Failure(BadAnswer("the answer has a newline in it")))
+        except ValueError as e:
+            self._fail(Failure(BadAnswer(str(e))))
             return
         self.transport.write(data)
         self._turn_started = now = self.factory.clock.seconds()  # the client's turn
@@ -467,6 +513,7 @@ class ChatServerProtocol(Protocol):
             self._bye_code = "answered-quit"
             self._close()
         else:
+            self._drain()
             self._finish_if_done()
 
     def _fail(self, failure: Failure) -> None:
@@ -492,10 +539,13 @@ class ChatServerProtocol(Protocol):
                 why = f"the responder raised {name}"
         self._send_notice(self.turns.failed(safe_text(why), code))
         self._turn_started = self.factory.clock.seconds()  # the client's turn
+        self._drain()
         self._finish_if_done()
 
     def _send_notice(self, notice: Notice) -> None:
-        self.transport.write(encode_notice(notice))
+        data = self.factory.framing.encode_notice(notice)
+        if data:
+            self.transport.write(data)
         if notice.kind is NoticeKind.BYE:
             self._bye_code = notice.code
         if self.factory.transcript is not None:
@@ -556,6 +606,8 @@ class ChatServerFactory(_FactoryBase):
       back, and the responder's ``Deferred`` is cancelled (``None``: wait
       for ever).
     - *transcript*: where every line, answer and notice is recorded.
+    - *framing*: ``LineFraming()`` (the default) or ``RawFraming()``, the
+      tutorial's bare messages (see docs/protocol.md).
     - *clock*: where timers come from (default: the reactor).
     """
 
@@ -572,6 +624,7 @@ class ChatServerFactory(_FactoryBase):
         answer_timeout: float | None = None,
         transcript: ITranscript | None = None,
         clock: IReactorTime | None = None,
+        framing: Framing | None = None,
     ):
         if not IResponder.providedBy(responder):
             raise TypeError(
@@ -598,6 +651,7 @@ class ChatServerFactory(_FactoryBase):
         self.admission = admission or Admission()
         self.answer_timeout = answer_timeout
         self.transcript = transcript
+        self.framing: Framing = framing or LineFraming()
         self.clock = clock
         #: Seconds a closing connection gets to flush before it is aborted.
         self.close_grace = CLOSE_GRACE
@@ -614,7 +668,7 @@ class ChatServerFactory(_FactoryBase):
                 code=refusal.code,
                 why=refusal.text,
             )
-            return _Refusal(refusal)
+            return _Refusal(self.framing.encode_notice(refusal))
         proto = ChatServerProtocol(next(self._ids))
         proto.factory = self
         proto.closed.addCallback(lambda _: self.admission.release(host))
@@ -635,10 +689,10 @@ class ChatServerFactory(_FactoryBase):
 class _Refusal(Protocol):
     """Tell a refused client why, first thing, then close."""
 
-    def __init__(self, notice: Notice) -> None:
-        self._notice = notice
+    def __init__(self, data: bytes) -> None:
+        self._data = data
 
     def connectionMade(self) -> None:
         assert self.transport is not None
-        self.transport.write(encode_notice(self._notice))
+        self.transport.write(self._data)
         self.transport.loseConnection()

@@ -34,6 +34,7 @@ from ._client import (
 )
 from ._codec import Decoded, LineDecoder
 from ._endpoints import client_endpoint
+from ._framing import FRAMINGS, framing_named
 from ._render import safe_text
 from ._stdio import BlockingModes
 from ._wire import QUIT, Notice, NoticeKind
@@ -68,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ENDPOINT",
         help="any Twisted client endpoint instead of --host/--port, e.g. "
         "unix:path=/tmp/chat.sock or tls:example.com:9527",
+    )
+    parser.add_argument(
+        "--framing",
+        choices=list(FRAMINGS),
+        default="line",
+        help="line (the default; sockchat's protocol) or raw (bare messages "
+        "with no newline, for `twistd sockchat --framing raw` and the socket "
+        "tutorial's own server)",
     )
     parser.add_argument(
         "--ca",
@@ -271,6 +280,9 @@ async def _chat(
         except LineRefused as e:
             screen.notice(e.notice)
             continue
+        except ValueError as e:  # e.g. an empty line, in raw framing
+            screen.error(f"sockchat: that line was not sent: {e}.")
+            continue
         except ConversationEnded as e:
             return _report_end(screen, e)
         except NotYourTurn:  # it ended just now: say how, once closed
@@ -313,7 +325,12 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
 
     try:
         try:
-            conversation = await connect(reactor, endpoint, on_notice=screen.notice)
+            conversation = await connect(
+                reactor,
+                endpoint,
+                on_notice=screen.notice,
+                framing=framing_named(args.framing),
+            )
         except Exception:
             screen.err(_connect_failure(_describe_target(args), Failure()))
             return 1

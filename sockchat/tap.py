@@ -21,6 +21,7 @@ from twisted.python import usage
 
 from ._codec import DEFAULT_MAX_LINE
 from ._console import ConsoleResponder
+from ._framing import FRAMINGS, framing_named
 from ._limits import AccessRules, Admission, parse_networks
 from ._pair import PairResponder
 from ._responder import EchoResponder, IResponder, as_responder
@@ -65,7 +66,7 @@ def endpoint_description(port: str) -> str:
 class Options(usage.Options):
     synopsis = (
         "[--port PORT|ENDPOINT] [--responder console|echo|pair|MODULE:NAME] "
-        "[--transcript FILE] [limits...]"
+        "[--framing line|raw] [--transcript FILE] [limits...]"
     )
     longdesc = (
         "A turn-taking chat server: each client speaks one line, then waits "
@@ -138,6 +139,14 @@ class Options(usage.Options):
             "Most clients at once from one address (0: no limit).",
         ],
         [
+            "framing",
+            None,
+            "line",
+            "How messages are cut: line (UTF-8 lines, the default) or raw (each "
+            "chunk of up to 1024 bytes is one message, sent with no newline, "
+            "as in the socket tutorial).",
+        ],
+        [
             "tls-client-ca",
             None,
             None,
@@ -179,6 +188,13 @@ class Options(usage.Options):
                 + ", or give your own as package.module:name"
             )
         self["answer_timeout"] = _answer_timeout(self)
+        try:
+            self["framing_value"] = framing_named(self["framing"])
+        except ValueError:
+            raise fatal(
+                f"unknown --framing {self['framing']!r}; choose one of: "
+                + ", ".join(FRAMINGS)
+            ) from None
         self["max_line"] = _whole(self, "max-line", minimum=1)
         self["max_output"] = _whole(self, "max-output", minimum=1)
         self["max_clients"] = _whole(self, "max-clients", minimum=0) or None
@@ -340,6 +356,7 @@ def makeService(options: Options) -> IService:
         admission=admission,
         answer_timeout=options["answer_timeout"],
         transcript=transcript,
+        framing=options["framing_value"],
     )
     server = ChatServerService(
         reactor, endpoint, options["where"], factory, options["responder"]
