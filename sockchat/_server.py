@@ -222,7 +222,7 @@ class ChatServerProtocol(Protocol):
         assert self.decoder is not None
         if self._telnet is not None:
             data, heard = self._telnet.feed(data)
-            if heard is not None:
+            if heard is not None and self.turns.turn is not Turn.ENDED:
                 self._heard_telnet(heard)
         items = self.decoder.feed(data)
         if items:

@@ -68,13 +68,17 @@ class TelnetFilter:
     """Take telnet commands out of a byte stream, chunk by chunk.
 
     A command split across chunks is put together again: the state between
-    chunks is at most the two bytes of an unfinished command.
+    chunks is at most the two bytes of an unfinished command.  Commands are
+    reported once no command is left unfinished, so that the refusal of
+    telnet's timing mark goes out before anything said about them.
     """
 
-    __slots__ = ("_held",)
+    __slots__ = ("_commands", "_held", "_reply")
 
     def __init__(self) -> None:
         self._held = b""  # IAC, or IAC and a negotiation verb
+        self._commands: list[str] = []  # not yet reported
+        self._reply = bytearray()
 
     def feed(self, data: bytes) -> tuple[bytes, TelnetHeard | None]:
         """Return the chunk without its commands, and what they were."""
@@ -83,8 +87,8 @@ class TelnetFilter:
         if IAC not in data:
             return data, None
         out = bytearray()
-        commands: list[str] = []
-        reply = bytearray()
+        commands = self._commands
+        reply = self._reply
         i, end = 0, len(data)
         while i < end:
             at = data.find(IAC, i)
@@ -121,9 +125,11 @@ class TelnetFilter:
             else:  # IAC and a byte that is no command: data, refused later
                 out += data[at : at + 2]
                 i = at + 2
-        if not commands and not reply:
+        if self._held or not (commands or reply):
             return bytes(out), None
-        return bytes(out), TelnetHeard(tuple(commands), bytes(reply))
+        heard = TelnetHeard(tuple(commands), bytes(reply))
+        self._commands, self._reply = [], bytearray()
+        return bytes(out), heard
 
     @property
     def held(self) -> int:
