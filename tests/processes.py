@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pty
 import re
 import selectors
 import signal
@@ -176,3 +177,22 @@ def recv_lines(sock: socket.socket, count: int) -> list[bytes]:
             break
         data += chunk
     return data.split(b"\n")[:count]
+
+
+class Terminal:
+    """Run a command with a pseudo-terminal as its stdin and stdout."""
+
+    def __init__(self, *command: str) -> None:
+        self.master, self.slave = pty.openpty()
+        self.proc = subprocess.Popen(
+            command, stdin=self.slave, stdout=self.slave, stderr=self.slave
+        )
+        self.screen = Reader(os.fdopen(self.master, "rb", buffering=0))
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def close(self) -> int:
+        code = self.proc.wait(10)
+        self.screen.stream.close()
+        return code

@@ -3,35 +3,15 @@
 from __future__ import annotations
 
 import os
-import pty
 import signal
 import subprocess
 import time
 
 import pytest
 
-from processes import CLIENT, Reader, Server
+from processes import CLIENT, Server, Terminal
 
 pytestmark = pytest.mark.slow
-
-
-class Terminal:
-    """Run a command with a pseudo-terminal as its stdin and stdout."""
-
-    def __init__(self, *command: str) -> None:
-        self.master, self.slave = pty.openpty()
-        self.proc = subprocess.Popen(
-            command, stdin=self.slave, stdout=self.slave, stderr=self.slave
-        )
-        self.screen = Reader(os.fdopen(self.master, "rb", buffering=0))
-
-    def type(self, text: str) -> None:
-        os.write(self.master, text.encode())
-
-    def close(self) -> int:
-        code = self.proc.wait(10)
-        self.screen.stream.close()
-        return code
 
 
 def test_interactive_chat_prompts_answers_and_quits():
