@@ -7,10 +7,11 @@ with the byte IAC (0xFF).  Debian's telnet (inetutils), for example, sends
 server says until the server answers the timing mark.
 
 Byte 0xFF never occurs in UTF-8, so taking these commands out can never
-change a line of text.  ``TelnetFilter`` removes them, refuses every option
-the client offers or asks for (which answers the timing mark too), and
-reports the commands a person caused, so the server can say what it did with
-them.  It never removes a newline: a line always ends where a ``\\n`` is.
+change a line of text.  ``TelnetFilter`` removes them, answers a timing
+mark (so telnet shows the server's output again), refuses every option the
+client offers or asks for, and reports the commands a person caused, so the
+server can say what it did with them.  It never removes a newline: a line
+always ends where a ``\\n`` is.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ __all__ = ["TelnetFilter", "TelnetHeard", "telnet_notice"]
 
 IAC = 0xFF
 DONT, DO, WONT, WILL = 0xFE, 0xFD, 0xFC, 0xFB
+#: RFC 860: DO TIMING-MARK asks "tell me when you got here"; WILL answers it.
+TIMING_MARK = 0x06
 _NEWLINE = 0x0A
 
 #: Two-byte commands (IAC and one of these), by name.  SB and SE are here
@@ -112,7 +115,9 @@ class TelnetFilter:
                     out += data[at : at + 2]
                     i = at + 2
                     continue
-                if verb == DO:
+                if verb == DO and option == TIMING_MARK:
+                    reply += bytes([IAC, WILL, option])
+                elif verb == DO:
                     reply += bytes([IAC, WONT, option])
                 elif verb == WILL:
                     reply += bytes([IAC, DONT, option])

@@ -6,12 +6,15 @@ import os
 import pty
 import re
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 BIN = Path(sys.executable).parent
 TWISTD = str(BIN / "twistd")
@@ -196,3 +199,17 @@ class Terminal:
         code = self.proc.wait(10)
         self.screen.stream.close()
         return code
+
+
+def need_tool(name: str, package: str) -> str:
+    """The path of a command-line tool the test drives.
+
+    Where it is missing, the test is skipped and says why; but in CI
+    (``CI=true``), where ``.ci/run`` installs it, a missing tool fails.
+    """
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is missing in CI; .ci/run should install {package}")
+        pytest.skip(f"{name} is not installed (apt-get install {package})")
+    return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +14,7 @@ from certs import make_tls_files
 from processes import (
     CLIENT,
     Server,
+    need_tool,
     raw_connect,
     recv_lines,
     run_twistd,
@@ -237,12 +237,12 @@ def test_mutual_tls_requires_a_client_certificate(tls):
     assert (admitted.returncode, admitted.stdout) == (0, b"secret\n")
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_openssl_s_client_holds_a_conversation(tls):
+    openssl = need_tool("openssl", "openssl")
     with tls_server(tls) as server:
         done = subprocess.run(
             [
-                "openssl",
+                openssl,
                 "s_client",
                 "-quiet",
                 "-connect",

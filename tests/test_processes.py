@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import shutil
 import signal
 import subprocess
 
@@ -15,6 +14,7 @@ from processes import (
     TWISTD,
     Reader,
     Server,
+    need_tool,
     raw_connect,
     read_until,
     recv_lines,
@@ -208,14 +208,11 @@ def test_bare_port_listens_on_loopback_only():
         proc.stdout.close()
 
 
-@pytest.mark.skipif(
-    shutil.which("nc") is None,
-    reason="nc is not installed (.ci/run installs netcat-openbsd)",
-)
 def test_nc_holds_a_conversation():
+    nc_path = need_tool("nc", "netcat-openbsd")
     with Server("--responder", "echo") as server:
         nc = subprocess.Popen(
-            ["nc", "127.0.0.1", str(server.port)],
+            [nc_path, "127.0.0.1", str(server.port)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -15,8 +15,8 @@ def test_ctrl_c_is_taken_out_and_its_timing_mark_refused():
     f = TelnetFilter()
     data, heard = f.feed(b"hello\r\n" + CTRL_C + b"after\r\n")
     assert data == b"hello\r\nafter\r\n"
-    # WONT TIMING-MARK: telnet shows the server's output again.
-    assert heard == TelnetHeard(("IP",), b"\xff\xfc\x06")
+    # WILL TIMING-MARK: telnet shows the server's output again.
+    assert heard == TelnetHeard(("IP",), b"\xff\xfb\x06")
 
 
 def test_plain_text_passes_untouched():
@@ -72,7 +72,7 @@ def test_the_notice_says_what_became_of_ctrl_c_and_how_to_quit():
     ayt = telnet_notice(TelnetHeard(("AYT",), b""))
     assert ayt is not None
     assert ayt.text == "yes, sockchat is here."
-    assert telnet_notice(TelnetHeard((), b"\xff\xfc\x06")) is None
+    assert telnet_notice(TelnetHeard((), b"\xff\xfb\x06")) is None
 
 
 # The server with a telnet client (line framing)
@@ -93,7 +93,7 @@ def test_server_answers_ctrl_c_so_telnet_shows_output_and_the_next_line_is_fine(
     proto.dataReceived(CTRL_C[:3])  # split: the notice waits for the refusal
     proto.dataReceived(CTRL_C[3:] + b"after\r\n")
     out = transport.value()
-    assert out.startswith(b"hello\n\xff\xfc\x06!info telnet: telnet sent an interrupt")
+    assert out.startswith(b"hello\n\xff\xfb\x06!info telnet: telnet sent an interrupt")
     assert out.endswith(b"\nafter\n")
     assert proto.turns.lines == 2, "telnet commands are not lines"
 
