@@ -15,6 +15,7 @@ from ._client import (
 )
 from ._codec import DEFAULT_MAX_LINE
 from ._console import ConsoleResponder
+from ._framing import LineFraming, RawFraming
 from ._pair import PairResponder
 from ._render import safe_text
 from ._responder import (
@@ -47,12 +48,14 @@ __all__ = [
     "ILifecycle",
     "IResponder",
     "ITranscript",
+    "LineFraming",
     "LineRefused",
     "NoGreeting",
     "NotYourTurn",
     "Notice",
     "NoticeKind",
     "PairResponder",
+    "RawFraming",
     "SockchatError",
     "TranscriptEntry",
     "TranscriptFile",

@@ -22,9 +22,9 @@ from sockchat import (
     ConversationInfo,
     EchoResponder,
     IResponder,
+    RawFraming,
 )
 from sockchat._client import Conversation, _ChatClientProtocol
-from sockchat._framing import RawFraming
 from sockchat._limits import Admission
 
 from conftest import has_fired, result_of

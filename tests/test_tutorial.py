@@ -21,9 +21,14 @@ from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
-from sockchat import ChatServerFactory, ConversationInfo, EchoResponder, IResponder
-from sockchat._client import connect
-from sockchat._framing import RawFraming
+from sockchat import (
+    ChatServerFactory,
+    ConversationInfo,
+    EchoResponder,
+    IResponder,
+    RawFraming,
+    connect,
+)
 
 import tutorial_like
 from processes import CLIENT, Server, Terminal
