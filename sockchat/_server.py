@@ -152,6 +152,7 @@ class ChatServerProtocol(Protocol):
         self._held: list[Notice] | None = None  # notices sent while starting
         self._bye_code = "connection-lost"
         self._draining = False
+        self._told_early = False  # logged that a raw message waits its turn
 
     def connectionMade(self) -> None:
         factory = self.factory
@@ -236,11 +237,13 @@ class ChatServerProtocol(Protocol):
                 self._hold_back(item, iterator)
                 return
             if self._waits_its_turn(item):
-                log.info(
-                    "conversation {cid}: a message arrived before the answer to "
-                    "the last one; it waits its turn",
-                    cid=self.conversation_id,
-                )
+                if not self._told_early:  # once: a flood is not a log flood
+                    self._told_early = True
+                    log.info(
+                        "conversation {cid}: a message arrived before the answer "
+                        "to the last one; it waits its turn (raw framing)",
+                        cid=self.conversation_id,
+                    )
                 self._hold_back(item, iter(()))
                 continue
             if not self._handle_one(item):
@@ -548,7 +551,7 @@ class ChatServerProtocol(Protocol):
             self.transport.write(data)
         if notice.kind is NoticeKind.BYE:
             self._bye_code = notice.code
-        if self.factory.transcript is not None:
+        if self.factory.transcript is not None and data:  # what was sent
             self._record(
                 self.factory.clock.seconds(),
                 "out",

@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -22,7 +23,10 @@ from sockchat import (
     ConversationInfo,
     EchoResponder,
     IResponder,
+    ITranscript,
+    PairResponder,
     RawFraming,
+    TranscriptEntry,
 )
 from sockchat._client import Conversation, _ChatClientProtocol
 from sockchat._limits import Admission
@@ -168,6 +172,27 @@ def test_many_messages_sent_ahead_to_an_instant_responder_are_all_answered():
         proto.dataReceived(b"m%d " % n)
     proto.resumeProducing()
     assert sent(transport) == b"".join(b"m%d " % n for n in range(3000))
+
+
+def test_a_flood_of_early_messages_is_logged_once():
+    seen: list[str] = []
+
+    def observe(event):
+        if event.get("log_namespace") == "sockchat.server":
+            seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        proto, _ = connect(Later())
+        for n in range(50):
+            proto.dataReceived(b"m%d" % n)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    early = [line for line in seen if "waits its turn" in line]
+    assert early == [
+        "conversation 1: a message arrived before the answer to the last one; it "
+        "waits its turn (raw framing)"
+    ]
 
 
 def test_q_sent_while_waiting_ends_at_once():
@@ -316,3 +341,42 @@ def test_client_quit_sends_a_bare_q():
     assert not has_fired(ended)
     proto.connectionLost(Failure(ConnectionDone()))
     assert result_of(ended).clean
+
+
+def test_the_transcript_holds_what_was_sent_not_the_unsent_notices():
+    @implementer(ITranscript)
+    class Kept:
+        def __init__(self) -> None:
+            self.entries: list[TranscriptEntry] = []
+
+        def record(self, entry: TranscriptEntry) -> None:
+            self.entries.append(entry)
+
+    kept = Kept()
+    proto, _ = connect(transcript=kept)
+    proto.dataReceived(b"hello")
+    proto.dataReceived(b"q")
+    assert [(e.direction, e.kind, e.text) for e in kept.entries] == [
+        ("in", "line", "hello"),
+        ("out", "answer", "hello"),
+        ("in", "line", "q"),
+    ]  # no welcome and no bye: raw framing did not send them
+
+
+def test_pair_mode_works_in_raw_framing_one_reply_per_message():
+    """The second of a pair does not know it should listen: its first
+    message waits until its partner's first line has been given to it."""
+    factory = ChatServerFactory(PairResponder(), framing=RAW, clock=Clock())
+    a, b = factory.buildProtocol(PEER), factory.buildProtocol(PEER)
+    a_t, b_t = StringTransport(peerAddress=PEER), StringTransport(peerAddress=PEER)
+    a.makeConnection(a_t)
+    b.makeConnection(b_t)
+    assert (sent(a_t), sent(b_t)) == (b"", b"")
+    b.dataReceived(b"hi from B")  # too early: waits its turn
+    a.dataReceived(b"hello from A")
+    assert sent(b_t) == b"hello from A"
+    assert sent(a_t) == b"hi from B"
+    a.dataReceived(b"q")
+    a.connectionLost(Failure(ConnectionDone()))
+    assert sent(b_t).startswith(b"!bye partner-left: client 1 ")
+    assert b_t.disconnecting
