@@ -138,7 +138,8 @@ class ChatServerProtocol(Protocol):
         self._telnet: TelnetFilter | None = None
         self.closed: Deferred[None] = Deferred()
         self._pending: Deferred[str] | None = None
-        self._backlog: deque[Decoded] = deque()  # read, not handled (paused)
+        # Read, not handled yet: while paused, or (raw framing) until their turn.
+        self._backlog: deque[Decoded] = deque()
         self._paused = False  # by the transport: the client is not reading
         self._reading_paused = False  # by us: too many lines held back
         self._backlog_size = 0
@@ -291,7 +292,8 @@ class ChatServerProtocol(Protocol):
         return True
 
     def _hold_back(self, item: Decoded, rest: Iterator[Decoded]) -> None:
-        """Keep lines read while paused; past the limit, stop reading."""
+        """Keep lines read while paused, or early raw messages; past the limit,
+        stop reading."""
         added = [item, *rest]
         self._backlog.extend(added)
         # Characters, not bytes: near enough for a bound.
