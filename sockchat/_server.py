@@ -81,6 +81,11 @@ class BadAnswer(Exception):
 _END_OF_INPUT = Notice(
     NoticeKind.BYE, "end-of-input", "you closed your side of the connection; goodbye."
 )
+_ENDED_BECAUSE = {
+    "quit": "the client sent q",
+    "answered-quit": "the responder answered q",
+    "end-of-input": "the client closed its side, and nothing more was owed",
+}
 _UNAVAILABLE = Notice(
     NoticeKind.BYE,
     "unavailable",
@@ -451,12 +456,13 @@ class ChatServerProtocol(Protocol):
         self.closed.callback(None)
 
     def _why_ended(self, reason: Failure) -> str:
-        if self._bye_code == "answered-quit":
-            return "the responder answered q"
-        if self._bye_code != "connection-lost":
-            return f"the server said bye ({self._bye_code})"
+        code = self._bye_code
+        if code in _ENDED_BECAUSE:
+            return _ENDED_BECAUSE[code]
+        if code != "connection-lost":
+            return f"the server ended it ({code})"
         if reason.check(ConnectionDone):
-            return "the client closed the connection without a bye"
+            return "the client closed the connection without a q"
         return safe_text(reason.getErrorMessage())
 
     # The responder's side.
