@@ -1,6 +1,7 @@
 """Services that run sockchat in a Twisted application (used by twistd).
 
-``ChatServerService`` listens and says goodbye to every client at stop;
+``ChatServerService`` listens and says goodbye to every client at stop
+(``WebChatService`` is its web door);
 ``OperatorConsoleService`` puts the operator's terminal behind a
 ``ConsoleResponder``.
 """
@@ -18,7 +19,9 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
+    IAddress,
     IListeningPort,
+    IProtocolFactory,
     IReactorCore,
     IStreamServerEndpoint,
 )
@@ -30,8 +33,15 @@ from ._console import ConsoleResponder, OperatorInput
 from ._server import ChatServerFactory, describe_address
 from ._stdio import BlockingModes
 from ._transcript_file import TranscriptFile
+from ._web import chat_site
 
-__all__ = ["ChatServerService", "OperatorConsoleService", "TranscriptService", "fatal"]
+__all__ = [
+    "ChatServerService",
+    "OperatorConsoleService",
+    "TranscriptService",
+    "WebChatService",
+    "fatal",
+]
 
 log = Logger(namespace="sockchat")
 
@@ -47,6 +57,9 @@ def fatal(message: str) -> SystemExit:
 
 class ChatServerService(Service):
     """Listen on an endpoint; at stop, say goodbye to every client."""
+
+    #: The option that chose the endpoint, for error messages.
+    option = "--port"
 
     def __init__(
         self,
@@ -73,7 +86,7 @@ class ChatServerService(Service):
         if self.port is not None:
             return
         outcome: list[Any] = []
-        self._endpoint.listen(self.factory).addBoth(outcome.append)
+        self._endpoint.listen(self._door()).addBoth(outcome.append)
         if not outcome:
             raise fatal(
                 f"{self._description} did not start listening at once; use a "
@@ -83,9 +96,16 @@ class ChatServerService(Service):
         if isinstance(result, Failure):
             raise SystemExit(self._cannot_listen(result))
         self.port = result
+        self._listening(result.getHost())
+
+    def _door(self) -> IProtocolFactory:
+        """What listens: the chat factory itself, for the TCP door."""
+        return self.factory
+
+    def _listening(self, host: IAddress) -> None:
         log.info(
             "sockchat listening on {address} ({responder} answers)",
-            address=describe_address(result.getHost()),
+            address=describe_address(host),
             responder=self._label,
         )
 
@@ -101,7 +121,7 @@ class ChatServerService(Service):
             if getattr(cause, "errno", None) == errno.EADDRINUSE:
                 return (
                     f"{where}: the address is already in use (is another "
-                    "server running? choose another --port)"
+                    f"server running? choose another {self.option})"
                 )
             if getattr(cause, "errno", None) == errno.EACCES:
                 return (
@@ -122,6 +142,41 @@ class ChatServerService(Service):
         closing = self.factory.close_all()
         done: Deferred[list[Any]] = gatherResults([stopping, closing])
         return done.addCallback(lambda _: None)
+
+
+class WebChatService(ChatServerService):
+    """Serve the chat page and its WebSocket (``--web``).
+
+    Browser conversations come from *factory*, which the TCP door shares:
+    one responder, one set of limits and caps, one count of conversations.
+    """
+
+    option = "--web"
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        factory: ChatServerFactory,
+        label: str = "",
+        *,
+        secure: bool = False,
+    ) -> None:
+        super().__init__(reactor, endpoint, description, factory, label)
+        self._site = chat_site(factory)
+        self._scheme = "https" if secure else "http"
+
+    def _door(self) -> IProtocolFactory:
+        return self._site
+
+    def _listening(self, host: IAddress) -> None:
+        address = describe_address(host)
+        log.info(
+            "sockchat web page at {url} ({responder} answers)",
+            url=f"{self._scheme}://{address}/",
+            responder=self._label,
+        )
 
 
 class OperatorConsoleService(Service):

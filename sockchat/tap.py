@@ -30,6 +30,7 @@ from ._services import (
     ChatServerService,
     OperatorConsoleService,
     TranscriptService,
+    WebChatService,
     fatal,
 )
 from ._transcript_file import TranscriptFile
@@ -52,21 +53,22 @@ DEFAULT_MAX_PER_IP = 20
 LISTEN_BACKLOG = 1024
 
 
-def endpoint_description(port: str) -> str:
+def endpoint_description(port: str, option: str = "--port") -> str:
     """A bare port number listens on 127.0.0.1 only; anything else is an
     endpoint description and is used as given."""
     if port.isdigit():
         number = int(port)
         if number > 65535:
-            raise fatal(f"--port {port} is not a port number (0 to 65535)")
+            raise fatal(f"{option} {port} is not a port number (0 to 65535)")
         return f"tcp:{number}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}"
     return port
 
 
 class Options(usage.Options):
     synopsis = (
-        "[--port PORT|ENDPOINT] [--responder console|echo|pair|MODULE:NAME] "
-        "[--framing line|raw] [--transcript FILE] [limits...]"
+        "[--port PORT|ENDPOINT] [--web PORT|ENDPOINT] "
+        "[--responder console|echo|pair|MODULE:NAME] [--framing line|raw] "
+        "[--transcript FILE] [limits...]"
     )
     longdesc = (
         "A turn-taking chat server: each client speaks one line, then waits "
@@ -147,6 +149,13 @@ class Options(usage.Options):
             "as in the socket tutorial).",
         ],
         [
+            "web",
+            None,
+            None,
+            "Also serve the chat page and its WebSocket here: a port number (on "
+            "127.0.0.1) or a server endpoint description, e.g. tcp:8080.",
+        ],
+        [
             "tls-client-ca",
             None,
             None,
@@ -172,6 +181,8 @@ class Options(usage.Options):
         self["endpoint"] = endpoint_description(self["port"])
         # What to call it in messages: no need to show the backlog added.
         self["where"] = self["endpoint"].replace(f":backlog={LISTEN_BACKLOG}", "")
+        web = self["web"]
+        self["web_endpoint"] = endpoint_description(web, "--web") if web else None
         responder = self["responder"]
         if responder is None:
             if not sys.stdin.isatty():
@@ -363,4 +374,32 @@ def makeService(options: Options) -> IService:
     )
     server.listen()
     server.setServiceParent(top)
+    if options["web_endpoint"] is not None:
+        _web_service(reactor, options, factory).setServiceParent(top)
     return top
+
+
+def _web_service(
+    reactor: Any, options: Options, factory: ChatServerFactory
+) -> IService:
+    """The web door (``--web``): its conversations share the TCP door's factory."""
+    description = options["web_endpoint"]
+    try:
+        endpoint = serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError) as e:
+        raise fatal(
+            f"--web {options['web']!r} is neither a port number nor a server "
+            f"endpoint description ({e})"
+        ) from None
+    except (OSError, SSL.Error, crypto.Error) as e:  # ssl: key or certificate files
+        raise fatal(f"--web {options['web']!r}: {e}") from None
+    web = WebChatService(
+        reactor,
+        endpoint,
+        description.replace(f":backlog={LISTEN_BACKLOG}", ""),
+        factory,
+        options["responder"],
+        secure=description.startswith("ssl:"),
+    )
+    web.listen()
+    return web

@@ -1,0 +1,154 @@
+// sockchat's page: one WebSocket, one conversation, the line protocol of
+// docs/protocol.md with one text message per line.  Peer text is only ever
+// inserted with textContent, with controls and bidi characters shown as
+// escapes, as the terminal client does.
+"use strict";
+
+(function () {
+  const QUIT = "q";
+  const NOTICE = /^!(info|error|bye) ([a-z0-9-]+): ([\s\S]*)$/;
+  // C0 and C1 controls, DEL, line and paragraph separators, bidi controls:
+  // the same set as sockchat/_render.py.
+  const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
+  const NAMED = { "\t": "\\t", "\n": "\\n", "\r": "\\r", "\u001b": "\\x1b" };
+
+  const body = document.body;
+  const log = document.getElementById("log");
+  const status = document.getElementById("status");
+  const form = document.getElementById("say");
+  const input = document.getElementById("line");
+  const send = document.getElementById("send");
+  const quit = document.getElementById("quit");
+  const reconnect = document.getElementById("reconnect");
+
+  let socket = null;
+  let state = "connecting";
+
+  function safeText(text) {
+    return text.replace(UNSAFE, function (c) {
+      if (NAMED[c]) return NAMED[c];
+      const code = c.charCodeAt(0);
+      return code < 0x100
+        ? "\\x" + code.toString(16).padStart(2, "0")
+        : "\\u" + code.toString(16).padStart(4, "0");
+    });
+  }
+
+  function parse(line) {
+    if (line.startsWith("!!")) return { answer: line.slice(1) };
+    if (!line.startsWith("!")) return { answer: line };
+    const m = NOTICE.exec(line);
+    if (!m) return { kind: "info", code: "malformed", text: line.slice(1) };
+    return { kind: m[1], code: m[2], text: m[3] };
+  }
+
+  function show(who, text, label) {
+    const item = document.createElement("li");
+    item.className = who;
+    const tag = document.createElement("span");
+    tag.className = "who";
+    tag.textContent = label;
+    const said = document.createElement("span");
+    said.className = "text";
+    said.textContent = safeText(text);
+    item.append(tag, said);
+    log.append(item);
+    item.scrollIntoView({ block: "end" });
+    return item;
+  }
+
+  function showNotice(kind, code, text) {
+    const item = show("notice " + kind, text, kind + " " + code);
+    item.dataset.code = code;
+  }
+
+  function setState(next, message) {
+    state = next;
+    body.dataset.state = next;
+    status.textContent = message;
+    const yours = next === "yours";
+    input.disabled = !yours;
+    send.disabled = !yours;
+    quit.disabled = !(yours || next === "waiting");
+    reconnect.hidden = !(next === "ended" || next === "lost");
+    if (yours) input.focus();
+  }
+
+  function received(event) {
+    if (typeof event.data !== "string") return;
+    const message = parse(event.data);
+    if (message.answer !== undefined) {
+      if (message.answer === QUIT) {
+        show("peer", QUIT, "server");
+        setState("ended", "The other side said q: the conversation is over.");
+        return;
+      }
+      show("peer", message.answer, "server");
+      if (state === "waiting") setState("yours", "Your turn.");
+      return;
+    }
+    showNotice(message.kind, message.code, message.text);
+    if (message.kind === "bye") {
+      setState("ended", "The conversation is over (" + message.code + ").");
+    } else if (
+      message.kind === "error" &&
+      message.code !== "out-of-turn" &&
+      state === "waiting"
+    ) {
+      setState("yours", "Your turn again.");
+    } else if (state === "connecting") {
+      setState("yours", "Your turn: you speak first.");
+    }
+  }
+
+  function closed(event) {
+    socket = null;
+    if (state === "ended") return;
+    const why = event.code === 1006 ? "" : " (code " + event.code + ")";
+    showNotice("error", "connection-lost", "the connection was lost" + why + ".");
+    setState("lost", "Connection lost. Reconnect to start a new conversation.");
+  }
+
+  function connect() {
+    const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+    setState("connecting", "Connecting…");
+    socket = new WebSocket(scheme + location.host + "/chat");
+    socket.addEventListener("open", function () {
+      if (state === "connecting") setState("yours", "Your turn: you speak first.");
+    });
+    socket.addEventListener("message", received);
+    socket.addEventListener("close", closed);
+  }
+
+  function say(text) {
+    if (!socket || socket.readyState !== WebSocket.OPEN) return;
+    socket.send(text);
+    show("self", text, "you");
+    if (text === QUIT) {
+      setState("ended", "You quit.");
+    } else {
+      setState("waiting", "Waiting for the answer…");
+    }
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    if (state !== "yours" || input.value === "") return;
+    const text = input.value;
+    input.value = "";
+    say(text);
+  });
+  quit.addEventListener("click", function () {
+    if (state === "yours" || state === "waiting") say(QUIT);
+  });
+  reconnect.addEventListener("click", function () {
+    if (socket) return;
+    const rule = document.createElement("li");
+    rule.className = "rule";
+    rule.textContent = "new conversation";
+    log.append(rule);
+    connect();
+  });
+
+  connect();
+})();
