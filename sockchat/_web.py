@@ -38,7 +38,8 @@ from twisted.internet.interfaces import (
 )
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from wsproto.utilities import LocalProtocolError
@@ -326,6 +327,13 @@ class _ChatSocketResource(WebSocketResource):
         )
 
 
+class _Root(Resource):
+    """The page's files and the socket; anything else is not found."""
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        return notFound()
+
+
 class _Asset(Resource):
     """One file of the page, with its type and the security headers."""
 
@@ -369,9 +377,9 @@ class ChatSite(Site):
 
 def chat_site(factory: ChatServerFactory) -> Site:
     """The chat page at ``/`` and its WebSocket at ``/chat``, for *factory*."""
-    root = Resource()
+    root = _Root()
     for path, (name, content_type) in ASSETS.items():
         root.putChild(path, _Asset(_read_asset(name), content_type))
     door = WebChatDoor(factory)
     root.putChild(SOCKET_PATH, _ChatSocketResource(door))
-    return ChatSite(root)
+    return ChatSite(root, reactor=factory.clock)

@@ -1,0 +1,434 @@
+"""The web door in memory: a wsproto client talks to the real site.
+
+The site is ``chat_site`` over a ``StringTransport``; the client is
+wsproto's own state machine, so the HTTP upgrade, the frames and the close
+codes are the real ones.  Each test names a promise of the README's web
+section or a row of docs/security.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    RejectConnection,
+    Request,
+    TextMessage,
+)
+from zope.interface import implementer
+
+from sockchat import ChatServerFactory, ConversationInfo, EchoResponder, IResponder
+from sockchat._limits import Admission
+from sockchat._web import CONTENT_SECURITY_POLICY, chat_site, same_origin
+
+PAGE = "http://127.0.0.1:8080"
+
+
+@implementer(IResponder)
+class Later:
+    def __init__(self) -> None:
+        self.pending: list[Deferred[str]] = []
+
+    def respond(self, conversation: ConversationInfo, text: str) -> Deferred[str]:
+        d: Deferred[str] = Deferred()
+        self.pending.append(d)
+        return d
+
+
+def make_factory(responder=None, **kw) -> ChatServerFactory:
+    kw.setdefault("clock", Clock())
+    return ChatServerFactory(responder or EchoResponder(), **kw)
+
+
+class Client:
+    """One browser-like WebSocket client of the site, in memory."""
+
+    def __init__(
+        self,
+        factory: ChatServerFactory,
+        origin: str | None = PAGE,
+        host: str = "127.0.0.1:8080",
+        port: int = 50000,
+        site=None,
+    ) -> None:
+        self.site = site or chat_site(factory)
+        addr = IPv4Address("TCP", "127.0.0.1", port)
+        self.channel = self.site.buildProtocol(addr)
+        self.transport = StringTransport(
+            peerAddress=addr, hostAddress=IPv4Address("TCP", "127.0.0.1", 8080)
+        )
+        self.channel.makeConnection(self.transport)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        headers = [(b"origin", origin.encode())] if origin is not None else []
+        self.channel.dataReceived(
+            self.ws.send(Request(host=host, target="/chat", extra_headers=headers))
+        )
+        self.raw = self.transport.value()
+        self.accepted = False
+        self.close: CloseConnection | None = None
+        self.texts: list[str] = []
+        self._partial = ""
+
+    def pump(self) -> list[str]:
+        """What the server sent since the last call: its text messages."""
+        data = self.transport.value()
+        self.transport.clear()
+        self.ws.receive_data(data)
+        for event in self.ws.events():
+            if isinstance(event, AcceptConnection):
+                self.accepted = True
+            elif isinstance(event, RejectConnection):
+                self.accepted = False
+            elif isinstance(event, TextMessage):
+                self._partial += event.data
+                if event.message_finished:
+                    self.texts.append(self._partial)
+                    self._partial = ""
+            elif isinstance(event, CloseConnection):
+                self.close = event
+        texts, self.texts = self.texts, []
+        return texts
+
+    def send(self, event) -> None:
+        self.channel.dataReceived(self.ws.send(event))
+
+    def say(self, text: str) -> list[str]:
+        self.send(TextMessage(text))
+        return self.pump()
+
+    def lost(self) -> None:
+        self.channel.connectionLost(Failure(ConnectionDone()))
+
+
+def welcomed(factory: ChatServerFactory, **kw) -> Client:
+    client = Client(factory, **kw)
+    (welcome,) = client.pump()
+    assert client.accepted
+    assert welcome.startswith("!info welcome: sockchat conversation ")
+    return client
+
+
+# The Origin check
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "secure"),
+    [
+        (None, "127.0.0.1:8080", False),  # a program, not a page
+        ("http://127.0.0.1:8080", "127.0.0.1:8080", False),
+        ("HTTP://LOCALHOST:8080", "localhost:8080", False),
+        ("http://chat.example", "chat.example:80", False),
+        ("https://chat.example", "chat.example", True),
+        ("http://[::1]:8080", "[::1]:8080", False),
+    ],
+)
+def test_same_origin_handshakes_pass(origin, host, secure):
+    assert same_origin(origin, host, secure)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host", "secure"),
+    [
+        ("http://evil.example", "127.0.0.1:8080", False),
+        ("http://127.0.0.1:8081", "127.0.0.1:8080", False),
+        ("http://localhost:8080", "127.0.0.1:8080", False),
+        ("https://127.0.0.1:8080", "127.0.0.1:8080", False),  # scheme differs
+        ("http://chat.example", "chat.example", True),
+        ("null", "127.0.0.1:8080", False),
+        ("http://127.0.0.1:8080/path", "127.0.0.1:8080", False),
+        ("http://user@127.0.0.1:8080", "127.0.0.1:8080", False),
+        ("http://127.0.0.1:8080", None, False),
+        ("http://127.0.0.1:99999", "127.0.0.1:99999", False),
+        ("", "127.0.0.1:8080", False),
+    ],
+)
+def test_cross_origin_handshakes_are_refused(origin, host, secure):
+    assert not same_origin(origin, host, secure)
+
+
+def test_cross_origin_handshake_gets_403_before_any_upgrade():
+    factory = make_factory()
+    client = Client(factory, origin="http://evil.example")
+    assert client.raw.startswith(b"HTTP/1.1 403 ")
+    assert b"101" not in client.raw.split(b"\r\n", 1)[0]
+    assert b"cross-origin WebSocket refused" in client.raw
+    assert client.pump() == []
+    assert not client.accepted
+    # No conversation was started or counted.
+    assert factory.conversations == {}
+    assert factory.admission.total == 0
+
+
+def test_same_origin_handshake_upgrades_and_hears_the_welcome():
+    factory = make_factory()
+    client = Client(factory)
+    assert client.raw.startswith(b"HTTP/1.1 101 ")
+    (welcome,) = client.pump()
+    assert welcome == (
+        "!info welcome: sockchat conversation 1. You speak first, one line at a "
+        "time, and wait for each answer. Send q to quit."
+    )
+
+
+# One conversation engine
+
+
+def test_each_message_is_one_line_through_the_same_turns():
+    factory = make_factory()
+    client = welcomed(factory)
+    assert client.say("hello") == ["hello"]
+    assert client.say("你好") == ["你好"]
+    assert client.say("") == [""]
+    # Answers that look like notices are bang-stuffed, as on TCP.
+    assert client.say("!bye quit: goodbye.") == ["!!bye quit: goodbye."]
+    (conversation,) = factory.conversations.values()
+    assert conversation.turns.answers == 4
+    assert client.say("q") == ["!bye quit: goodbye."]
+    assert client.close is not None
+    assert client.close.code == 1000
+    assert client.transport.disconnecting
+    client.lost()
+    assert factory.conversations == {}
+    assert factory.admission.total == 0
+
+
+def test_out_of_turn_message_gets_the_same_notice_as_on_tcp():
+    responder = Later()
+    client = welcomed(make_factory(responder))
+    assert client.say("first") == []
+    assert client.say("second") == [
+        '!error out-of-turn: line 2 "second" arrived before the answer to line '
+        "1; it was not delivered. Wait for each answer before you send the next "
+        "line."
+    ]
+    responder.pending[0].callback("answer to first")
+    assert client.pump() == ["answer to first"]
+
+
+def test_web_and_tcp_conversations_share_one_factory():
+    factory = make_factory(admission=Admission(max_clients=2))
+    tcp = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    tcp.makeConnection(StringTransport())
+    client = welcomed(factory)
+    assert sorted(factory.conversations) == [1, 2]
+    assert factory.admission.total == 2
+    # A third newcomer, through either door, is over --max-clients.
+    third = Client(factory, port=50001, site=client.site)
+    assert third.pump() == [
+        "!bye busy: the server is full (2 clients); try again later."
+    ]
+    assert third.close is not None
+    assert third.close.code == 1013
+
+
+def test_a_message_over_max_line_gets_the_tcp_notice_and_the_socket_stays_usable():
+    client = welcomed(make_factory(max_line=10))
+    assert client.say("x" * 11) == [
+        "!error line-too-long: line 1 was skipped, not delivered: it has 11 "
+        "bytes, over the 10-byte limit. It is your turn again."
+    ]
+    assert client.say("1234567890") == ["1234567890"]
+    assert client.close is None
+
+
+def test_a_huge_message_is_streamed_not_buffered():
+    factory = make_factory(max_line=1000)
+    client = welcomed(factory)
+    (conversation,) = factory.conversations.values()
+    piece = "x" * 65536
+    # One message of 4 MiB, sent as 64 frames, not yet finished.
+    client.send(TextMessage(piece, message_finished=False))
+    for _ in range(62):
+        client.send(TextMessage(piece, message_finished=False))
+    assert conversation.decoder is not None
+    assert conversation.decoder.unfinished == 63 * 65536  # all of it was seen
+    assert conversation.decoder.buffered <= 1001  # and little of it kept
+    wire = conversation.transport._socket
+    assert not getattr(wire._textBuffer, "data", "")  # nothing piles up there
+    client.send(TextMessage(piece, message_finished=True))
+    assert client.pump() == [
+        "!error line-too-long: line 1 was skipped, not delivered: it has "
+        f"{64 * 65536} bytes, over the 1000-byte limit. It is your turn again."
+    ]
+    assert client.say("ok") == ["ok"]
+
+
+def test_a_message_split_into_frames_is_one_line():
+    client = welcomed(make_factory())
+    client.send(TextMessage("你", message_finished=False))
+    client.send(TextMessage("好", message_finished=True))
+    assert client.pump() == ["你好"]
+
+
+# Bad frames get a close code
+
+
+def test_a_binary_message_closes_with_1003():
+    factory = make_factory()
+    client = welcomed(factory)
+    client.send(BytesMessage(b"\x00\x01", message_finished=False))
+    assert client.pump() == []
+    assert client.close is not None
+    assert client.close.code == 1003
+    assert client.transport.disconnecting
+    client.lost()
+    assert factory.conversations == {}
+
+
+def test_a_newline_inside_a_message_closes_with_1007_and_nothing_is_delivered():
+    responder = Later()
+    client = welcomed(make_factory(responder))
+    assert client.say("one\nsecond line") == []
+    assert responder.pending == []  # neither half reached the responder
+    assert client.close is not None
+    assert client.close.code == 1007
+
+
+def test_invalid_utf8_closes_with_1007():
+    client = welcomed(make_factory())
+    # A masked text frame whose payload is not UTF-8, built by hand: wsproto
+    # will not send one.
+    payload = b"\xff\xfe"
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    client.channel.dataReceived(b"\x81\x82" + mask + masked)
+    client.pump()
+    assert client.close is not None
+    assert client.close.code == 1007
+
+
+# The conversation's limits and endings, as close codes
+
+
+def test_idle_timeout_sends_the_notice_then_closes():
+    clock = Clock()
+    client = welcomed(make_factory(idle_timeout=60, clock=clock))
+    clock.advance(61)
+    assert client.pump() == [
+        "!bye idle-timeout: no line from you for 60 seconds; goodbye."
+    ]
+    assert client.close is not None
+    assert client.close.code == 1000
+
+
+def test_shutdown_says_goodbye_and_closes_with_going_away():
+    factory = make_factory()
+    client = welcomed(factory)
+    closed = factory.close_all()
+    assert client.pump() == ["!bye shutdown: the server is shutting down."]
+    assert client.close is not None
+    assert client.close.code == 1001
+    assert not closed.called
+    client.lost()
+    assert closed.called
+
+
+def test_denied_address_hears_why_then_policy_violation():
+    from sockchat._limits import AccessRules, parse_networks
+
+    rules = AccessRules(deny=parse_networks(["127.0.0.0/8"]))
+    client = Client(make_factory(admission=Admission(rules=rules)))
+    assert client.pump() == [
+        "!bye denied: connections from your address are not accepted here."
+    ]
+    assert client.close is not None
+    assert client.close.code == 1008
+
+
+def test_answers_wait_while_the_browser_does_not_read():
+    factory = make_factory(max_output=100)
+    client = welcomed(factory)
+    (conversation,) = factory.conversations.values()
+    # The TCP connection's buffer is full: it pauses its producer, the HTTP
+    # channel, which pauses the conversation.
+    tcp_producer = client.transport.producer
+    tcp_producer.pauseProducing()
+    client.send(TextMessage("held back"))
+    assert client.pump() == []
+    for _ in range(20):
+        client.send(TextMessage("y" * 10))
+    # Past max_output held back, the conversation stops reading the socket.
+    assert client.transport.producerState == "paused"
+    tcp_producer.resumeProducing()
+    # Once it reads again, every line is handled, in order.
+    assert client.pump() == ["held back"] + ["y" * 10] * 20
+    assert client.transport.producerState == "producing"
+    assert conversation.turns.answers == 21
+
+
+def test_a_browser_that_leaves_mid_answer_cancels_it():
+    responder = Later()
+    factory = make_factory(responder)
+    client = welcomed(factory)
+    client.say("are you there?")
+    client.lost()
+    assert responder.pending[0].called  # cancelled
+    assert factory.conversations == {}
+    assert factory.admission.total == 0
+
+
+# The page
+
+
+def get(factory: ChatServerFactory, path: str) -> bytes:
+    site = chat_site(factory)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n".encode()
+    )
+    return transport.value()
+
+
+def headers(response: bytes) -> dict[str, str]:
+    head = response.split(b"\r\n\r\n", 1)[0].decode()
+    return {
+        k.lower(): v.strip()
+        for k, v in (line.split(":", 1) for line in head.split("\r\n")[1:])
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/", "text/html; charset=utf-8"),
+        ("/app.js", "text/javascript; charset=utf-8"),
+        ("/style.css", "text/css; charset=utf-8"),
+        ("/favicon.svg", "image/svg+xml"),
+    ],
+)
+def test_the_page_is_served_with_a_strict_content_security_policy(path, content_type):
+    response = get(make_factory(), path)
+    assert response.startswith(b"HTTP/1.1 200 ")
+    got = headers(response)
+    assert got["content-type"] == content_type
+    assert got["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert "default-src 'none'" in CONTENT_SECURITY_POLICY
+    assert "'unsafe-inline'" not in CONTENT_SECURITY_POLICY
+    assert got["x-content-type-options"] == "nosniff"
+
+
+def test_the_page_needs_nothing_from_elsewhere():
+    page = get(make_factory(), "/").decode()
+    script = get(make_factory(), "/app.js").decode()
+    for text in (page, script):
+        assert "http://" not in text
+        assert "https://" not in text
+        assert "<script>" not in text  # no inline script: the CSP forbids it
+    assert ".innerHTML" not in script
+    assert "textContent" in script
+
+
+def test_other_paths_are_not_found():
+    assert get(make_factory(), "/../setup.cfg").startswith(b"HTTP/1.1 404 ")
+    assert get(make_factory(), "/web/app.js").startswith(b"HTTP/1.1 404 ")
