@@ -1,0 +1,300 @@
+"""The chat page in a real browser: headless Chromium against real twistd.
+
+Playwright drives Debian's ``chromium`` (Playwright's own browser download
+is not used).  Without chromium or playwright these tests skip and say why,
+except in CI (``CI=true``), where they must run.
+
+They are plain (not pytest-twisted) tests: Playwright's sync API runs its
+own event loop, and the server is a ``twistd`` process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from processes import Server
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+#: As root, offline, and with nothing in the background.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+WEB = re.compile(rb"sockchat web page at (http://127\.0\.0\.1:(\d+)/)")
+WEB_ANY_PORT = "tcp:0:interface=127.0.0.1"
+TIMEOUT_MS = 15_000
+
+
+def _missing() -> str | None:
+    if not CHROMIUM.exists():
+        return f"{CHROMIUM} is missing (apt-get install chromium fonts-noto-cjk)"
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[test]')"
+    return None
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    missing = _missing()
+    if missing is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the browser tests must run in CI: {missing}")
+        pytest.skip(missing)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
+        )
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 800, "height": 700})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    yield page
+    context.close()
+    assert errors == [], f"the page's script failed: {errors}"
+
+
+class WebServer(Server):
+    """twistd with --web; ``url`` is the page's address."""
+
+    def __init__(self, *args: str, web: str = WEB_ANY_PORT, **kw) -> None:
+        super().__init__(*args, "--web", web, **kw)
+
+    def __enter__(self) -> WebServer:
+        super().__enter__()
+        match = WEB.search(self.read_until(WEB))
+        assert match is not None
+        self.url = match.group(1).decode()
+        self.web_port = int(match.group(2))
+        return self
+
+
+def wait_for_turn(page) -> None:
+    page.wait_for_selector("body[data-state=yours]")
+
+
+def say(page, text: str) -> None:
+    page.fill("#line", text)
+    page.press("#line", "Enter")
+
+
+def said_and_answered(page, text: str) -> str:
+    """Say *text*; return the answer, once it is the page user's turn again."""
+    before = page.locator("#log li.peer").count()
+    say(page, text)
+    page.wait_for_function(
+        "n => document.querySelectorAll('#log li.peer').length > n", arg=before
+    )
+    wait_for_turn(page)
+    return page.locator("#log li.peer .text").last.text_content()
+
+
+def status(page) -> str:
+    return page.locator("#status").text_content()
+
+
+def test_a_person_holds_a_multi_turn_conversation_with_echo(page):
+    with WebServer("--responder", "echo") as server:
+        page.goto(server.url)
+        wait_for_turn(page)
+        welcome = page.locator("#log li.notice").first
+        assert welcome.locator(".who").text_content() == "info welcome"
+        assert "You speak first" in welcome.locator(".text").text_content()
+        assert status(page) == "Your turn: you speak first."
+        assert said_and_answered(page, "你好，服务器！") == "你好，服务器！"
+        assert said_and_answered(page, "second line") == "second line"
+        assert said_and_answered(page, "第三句：再见前的最后一句") == (
+            "第三句：再见前的最后一句"
+        )
+        assert page.locator("#log li.self").count() == 3
+        assert page.is_enabled("#line")
+        # q quits, as in the tutorial: the server's bye is shown as a notice.
+        say(page, "q")
+        page.wait_for_selector("#log li.notice.bye")
+        assert page.locator("#log li.notice.bye .who").text_content() == "bye quit"
+        assert status(page) == "The conversation is over (quit)."
+        assert page.is_disabled("#line")
+        assert page.is_visible("#reconnect")
+        server.read_until(
+            re.compile(rb"conversation 1 with 127\.0\.0\.1:\d+ ended after 3 turn")
+        )
+
+
+def test_the_input_is_disabled_while_waiting_and_quit_still_works(page):
+    with WebServer("--responder", "console", stdin=subprocess.PIPE) as server:
+        page.goto(server.url)
+        wait_for_turn(page)
+        say(page, "有人吗？")
+        page.wait_for_selector("body[data-state=waiting]")
+        assert status(page) == "Waiting for the answer…"
+        assert page.is_disabled("#line")
+        assert page.is_disabled("#send")
+        assert page.is_enabled("#quit")
+        server.read_until(b"server --> client 1: ")
+        server.proc.stdin.write("在，请讲。\n".encode())
+        server.proc.stdin.flush()
+        wait_for_turn(page)
+        assert page.locator("#log li.peer .text").last.text_content() == "在，请讲。"
+        say(page, "one more")
+        page.wait_for_selector("body[data-state=waiting]")
+        page.click("#quit")  # quitting does not wait for the answer
+        page.wait_for_selector("#log li.notice.bye")
+        assert status(page) == "The conversation is over (quit)."
+        server.read_until(b"conversation 1 with 127.0.0.1")
+
+
+def test_hostile_text_renders_inert(page):
+    hostile = (
+        "<script>window.pwned = 1</script>"
+        '<img src="x" onerror="window.pwned = 2">'
+        "\x1b[2J\x1b[31mred\u202eevil\u2066"
+    )
+    with WebServer("--responder", "echo") as server:
+        page.goto(server.url)
+        wait_for_turn(page)
+        shown = said_and_answered(page, hostile)
+        # Markup stays text; ESC and the bidi controls are visible escapes.
+        assert shown == (
+            "<script>window.pwned = 1</script>"
+            '<img src="x" onerror="window.pwned = 2">'
+            "\\x1b[2J\\x1b[31mred\\u202eevil\\u2066"
+        )
+        assert page.locator("#log script, #log img").count() == 0
+        assert page.evaluate("window.pwned") is None
+        log_text = page.locator("#log").text_content()
+        assert "\x1b" not in log_text
+        assert "\u202e" not in log_text
+        # An answer that looks like a notice is an answer (bang-stuffing).
+        assert said_and_answered(page, "!bye quit: fake") == "!bye quit: fake"
+        assert page.locator("#log li.notice.bye").count() == 0
+        assert status(page) == "Your turn."
+
+
+@pytest.fixture
+def other_origin() -> Iterator[str]:
+    """Another site on loopback: a plain page at http://127.0.0.1:OTHER/."""
+
+    class Page(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b"<!doctype html><title>another site</title><p>not sockchat"
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Page) as httpd:
+        thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+        finally:
+            httpd.shutdown()
+            thread.join()
+
+
+def test_a_cross_origin_websocket_is_refused(page, other_origin):
+    with WebServer("--responder", "echo") as server:
+        page.goto(other_origin)
+        outcome = page.evaluate(
+            """url => new Promise(done => {
+                const socket = new WebSocket(url);
+                socket.onopen = () => done("opened");
+                socket.onclose = event => done("closed " + event.code);
+            })""",
+            f"ws://127.0.0.1:{server.web_port}/chat",
+        )
+        assert outcome == "closed 1006"  # the handshake failed
+        server.read_until(b"refused a cross-origin WebSocket from 127.0.0.1:")
+        origin = other_origin.rstrip("/")
+        server.read_until(f"origin {origin}, host 127.0.0.1:{server.web_port}".encode())
+        assert b"conversation 1 started" not in server.output
+        # The same refusal without a browser: 403, and no upgrade.
+        with socket.create_connection(("127.0.0.1", server.web_port), 10) as sock:
+            sock.sendall(
+                b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                b"Origin: http://evil.example\r\nConnection: Upgrade\r\n"
+                b"Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n" % server.web_port
+            )
+            assert sock.recv(100).startswith(b"HTTP/1.1 403 Forbidden\r\n")
+        # The page's own origin is let in.
+        page.goto(server.url)
+        wait_for_turn(page)
+
+
+def test_a_dropped_connection_is_reported_and_the_page_reconnects(page):
+    with WebServer("--responder", "echo") as first:
+        page.goto(first.url)
+        wait_for_turn(page)
+        assert said_and_answered(page, "before") == "before"
+        port = first.web_port
+        first.stop(signal.SIGKILL)
+    page.wait_for_selector("body[data-state=lost]")
+    assert status(page) == "Connection lost. Reconnect to start a new conversation."
+    assert page.locator("#log li.notice.error .who").last.text_content() == (
+        "error connection-lost"
+    )
+    assert page.is_disabled("#line")
+    with WebServer("--responder", "echo", web=f"tcp:{port}:interface=127.0.0.1"):
+        page.click("#reconnect")
+        wait_for_turn(page)
+        assert page.locator("#log li.rule").count() == 1
+        assert page.locator("#log li.notice.info").count() == 2  # two welcomes
+        assert said_and_answered(page, "after") == "after"
+
+
+def test_the_page_is_readable_at_phone_width(browser):
+    context = browser.new_context(viewport={"width": 360, "height": 640})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        with WebServer("--responder", "echo") as server:
+            page.goto(server.url)
+            wait_for_turn(page)
+            said_and_answered(page, "一" * 80)
+            said_and_answered(page, "x" * 300)  # no space to break at
+            width = page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 360, "the page scrolls sideways"
+            for selector in ("#line", "#send", "#quit"):
+                box = page.locator(selector).bounding_box()
+                assert box is not None
+                assert box["x"] >= 0
+                assert box["x"] + box["width"] <= 360, selector
+            font = page.evaluate(
+                "parseFloat(getComputedStyle(document.querySelector"
+                "('#log li.peer .text')).fontSize)"
+            )
+            assert font >= 14
+    finally:
+        context.close()
