@@ -131,6 +131,26 @@ class Server:
         self.proc.stdout.close()
 
 
+WEB = re.compile(rb"sockchat web page at (http://127\.0\.0\.1:(\d+)/)")
+
+
+class WebServer(Server):
+    """twistd with --web; ``url`` is the page's address."""
+
+    def __init__(
+        self, *args: str, web: str = "tcp:0:interface=127.0.0.1", **kw
+    ) -> None:
+        super().__init__(*args, "--web", web, **kw)
+
+    def __enter__(self) -> WebServer:
+        super().__enter__()
+        match = WEB.search(self.read_until(WEB))
+        assert match is not None
+        self.url = match.group(1).decode()
+        self.web_port = int(match.group(2))
+        return self
+
+
 def run_client(
     port: int, stdin: bytes, *args: str, timeout: float = 20.0
 ) -> subprocess.CompletedProcess[bytes]:

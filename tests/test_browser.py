@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import Server
+from processes import WebServer
 
 pytestmark = pytest.mark.slow
 
@@ -37,8 +37,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-WEB = re.compile(rb"sockchat web page at (http://127\.0\.0\.1:(\d+)/)")
-WEB_ANY_PORT = "tcp:0:interface=127.0.0.1"
 TIMEOUT_MS = 15_000
 
 
@@ -79,21 +77,6 @@ def page(browser):
     yield page
     context.close()
     assert errors == [], f"the page's script failed: {errors}"
-
-
-class WebServer(Server):
-    """twistd with --web; ``url`` is the page's address."""
-
-    def __init__(self, *args: str, web: str = WEB_ANY_PORT, **kw) -> None:
-        super().__init__(*args, "--web", web, **kw)
-
-    def __enter__(self) -> WebServer:
-        super().__enter__()
-        match = WEB.search(self.read_until(WEB))
-        assert match is not None
-        self.url = match.group(1).decode()
-        self.web_port = int(match.group(2))
-        return self
 
 
 def wait_for_turn(page) -> None:

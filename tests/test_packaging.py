@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from sockchat._web import ASSETS
+
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
@@ -51,6 +53,9 @@ def test_wheel_ships_the_plugin_and_no_twisted_package_files(wheel: Path):
     assert "twisted/plugins/__init__.py" not in names
     assert "sockchat/__init__.py" in names
     assert "sockchat/py.typed" in names
+    # The chat page of --web is package data.
+    for asset in ("index.html", "app.js", "style.css", "favicon.svg"):
+        assert f"sockchat/web/{asset}" in names
     assert not any(name.startswith("tests/") for name in names)
 
 
@@ -86,6 +91,20 @@ def test_fresh_venv_with_the_wheel_lists_sockchat(wheel: Path, tmp_path: Path):
     bindir = _fresh_venv(tmp_path / "venv")
     _pip(bindir, str(wheel))
     _twistd_lists_sockchat(bindir)
+    # --web works after the same plain install: wsproto came along, and the
+    # page's files are found.
+    done = subprocess.run(
+        [
+            str(bindir / "python"),
+            "-c",
+            "from sockchat._web import ASSETS, _read_asset; import wsproto; "
+            "print(sum(len(_read_asset(name)) > 0 for name, _ in ASSETS.values()))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd="/",
+    )
+    assert (done.returncode, done.stdout) == (0, f"{len(ASSETS)}\n"), done.stderr
     # The console script is the client.
     done = subprocess.run(
         [str(bindir / "sockchat"), "--help"], capture_output=True, text=True

@@ -1,0 +1,119 @@
+"""``twistd sockchat --web``: the option, its errors, and both doors at once."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
+
+from sockchat.tap import Options
+
+from processes import Server, WebServer, recv_lines, run_twistd
+
+
+def parsed(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(["--responder", "echo", *args])
+    return options
+
+
+def test_a_bare_web_port_listens_on_loopback_only():
+    assert parsed("--web", "8080")["web_endpoint"] == "tcp:8080:interface=127.0.0.1"
+    assert parsed("--web", "tcp:8080")["web_endpoint"] == "tcp:8080"
+    assert parsed()["web_endpoint"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("70000", "sockchat: --web 70000 is not a port number (0 to 65535)"),
+        (
+            "nonsense:1",
+            "sockchat: --web 'nonsense:1' is neither a port number nor a server "
+            "endpoint description (Unknown endpoint type: 'nonsense')",
+        ),
+    ],
+)
+def test_bad_web_values_get_one_line(value, message):
+    done = run_twistd("--responder", "echo", "--port", "0", "--web", value)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [message]
+
+
+@pytest.mark.slow
+def test_a_busy_web_port_gets_one_line():
+    with Server("--responder", "echo") as server:
+        done = run_twistd(
+            "--responder", "echo", "--port", "0", "--web", str(server.port)
+        )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"sockchat: cannot listen on tcp:{server.port}:interface=127.0.0.1: the "
+        "address is already in use (is another server running? choose another "
+        "--web)"
+    ]
+
+
+class WebSocketClient:
+    """A blocking wsproto client over a real socket."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        origin = [(b"origin", f"http://127.0.0.1:{port}".encode())]
+        self.sock.sendall(
+            self.ws.send(
+                Request(host=f"127.0.0.1:{port}", target="/chat", extra_headers=origin)
+            )
+        )
+        self.events: list[object] = []
+
+    def next_text(self) -> str:
+        while True:
+            for i, event in enumerate(self.events):
+                if isinstance(event, TextMessage):
+                    del self.events[: i + 1]
+                    return event.data
+                if isinstance(event, CloseConnection):
+                    raise AssertionError(f"closed with {event.code}")
+            data = self.sock.recv(65536)
+            assert data, "the server closed the connection"
+            self.ws.receive_data(data)
+            self.events.extend(
+                e for e in self.ws.events() if not isinstance(e, AcceptConnection)
+            )
+
+    def say(self, text: str) -> None:
+        self.sock.sendall(self.ws.send(TextMessage(text)))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.slow
+def test_tcp_and_web_conversations_share_one_server():
+    with WebServer("--responder", "echo", "--max-clients", "2") as server:
+        with socket.create_connection(("127.0.0.1", server.port), 10) as tcp:
+            (welcome,) = recv_lines(tcp, 1)
+            assert welcome.startswith(b"!info welcome: sockchat conversation 1.")
+            web = WebSocketClient(server.web_port)
+            try:
+                assert web.next_text().startswith(
+                    "!info welcome: sockchat conversation 2."
+                )
+                web.say("来自浏览器")
+                assert web.next_text() == "来自浏览器"
+                tcp.sendall("来自终端\n".encode())
+                assert recv_lines(tcp, 1) == ["来自终端".encode()]
+                # A third client, through either door, is over --max-clients.
+                third = WebSocketClient(server.web_port)
+                assert third.next_text() == (
+                    "!bye busy: the server is full (2 clients); try again later."
+                )
+                third.close()
+            finally:
+                web.close()
+        server.read_until(b"conversation 2 with 127.0.0.1")
