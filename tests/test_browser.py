@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from processes import WebServer
+from processes import Reader, WebServer, start_client
 
 pytestmark = pytest.mark.slow
 
@@ -281,3 +281,84 @@ def test_the_page_is_readable_at_phone_width(browser):
             assert font >= 14
     finally:
         context.close()
+
+
+def test_a_browser_and_a_terminal_client_talk_in_pair_mode(page):
+    with WebServer("--responder", "pair") as server:
+        page.goto(server.url)
+        wait_for_turn(page)
+        assert page.locator("#log li.notice .who").all_text_contents() == [
+            "info welcome",
+            "info waiting",
+        ]
+        say(page, "你好，我在浏览器里。")  # kept for the partner to come
+        page.wait_for_selector("body[data-state=waiting]")
+        terminal = start_client(server.port)
+        try:
+            out = Reader(terminal.stdout)
+            assert out.until(b"\n") == "你好，我在浏览器里。\n".encode()
+            terminal.stdin.write("你好，我在终端里。\n".encode())
+            terminal.stdin.flush()
+            wait_for_turn(page)
+            answer = page.locator("#log li.peer").last
+            assert answer.locator(".who").text_content() == "partner"
+            assert answer.locator(".text").text_content() == "你好，我在终端里。"
+            # Hostile text from a real peer stays inert in the page.
+            say(page, "<b>bold?</b>")
+            assert out.until(b"\n") == b"<b>bold?</b>\n"
+            terminal.stdin.write(
+                "\u202e<script>window.pwned = 1</script>\x1b[2J\n".encode()
+            )
+            terminal.stdin.flush()
+            wait_for_turn(page)
+            assert page.locator("#log li.peer .text").last.text_content() == (
+                "\\u202e<script>window.pwned = 1</script>\\x1b[2J"
+            )
+            assert page.locator("#log script").count() == 0
+            assert page.evaluate("window.pwned") is None
+            say(page, "再见！")
+            assert out.until(b"\n") == "再见！\n".encode()
+            # The terminal user's input ends (a q); the page is told, and why.
+            terminal.stdin.close()
+            assert terminal.wait(10) == 0
+        finally:
+            if terminal.poll() is None:
+                terminal.kill()
+                terminal.wait()
+            terminal.stdout.close()
+            terminal.stderr.close()
+        page.wait_for_selector("#log li.notice.bye")
+        assert page.locator("#log li.notice.bye .who").text_content() == (
+            "bye partner-left"
+        )
+        assert status(page) == "The conversation is over (partner-left)."
+
+
+def test_a_browser_that_joins_second_waits_for_the_first_line(page):
+    with WebServer("--responder", "pair") as server:
+        terminal = start_client(server.port)
+        try:
+            server.read_until(b"conversation 1 started")
+            page.goto(server.url)
+            page.wait_for_selector("body[data-state=waiting]")
+            assert status(page) == "Waiting for the other side's first line…"
+            assert page.is_disabled("#line")
+            assert page.locator("#log li.notice .who").first.text_content() == (
+                "info listen"
+            )
+            terminal.stdin.write(b"hello from the terminal\n")
+            terminal.stdin.flush()
+            wait_for_turn(page)
+            assert page.locator("#log li.peer .text").last.text_content() == (
+                "hello from the terminal"
+            )
+            say(page, "hello from the browser")
+            assert Reader(terminal.stdout).until(b"\n") == (b"hello from the browser\n")
+            page.click("#quit")
+            page.wait_for_selector("#log li.notice.bye")
+            _out, err = terminal.communicate(timeout=10)
+            assert b"sent q. Connect again to talk with someone new." in err
+        finally:
+            if terminal.poll() is None:
+                terminal.kill()
+                terminal.communicate()

@@ -23,6 +23,7 @@
 
   let socket = null;
   let state = "connecting";
+  let peer = "server"; // who answers: the server, or a partner in pair mode
 
   function safeText(text) {
     return text.replace(UNSAFE, function (c) {
@@ -79,16 +80,20 @@
     const message = parse(event.data);
     if (message.answer !== undefined) {
       if (message.answer === QUIT) {
-        show("peer", QUIT, "server");
+        show("peer", QUIT, peer);
         setState("ended", "The other side said q: the conversation is over.");
         return;
       }
-      show("peer", message.answer, "server");
+      show("peer", message.answer, peer);
       if (state === "waiting") setState("yours", "Your turn.");
       return;
     }
     showNotice(message.kind, message.code, message.text);
-    if (message.kind === "bye") {
+    if (message.code === "paired") peer = "partner";
+    if (message.kind === "info" && message.code === "listen") {
+      // The other side speaks first (the second client of a pair).
+      setState("waiting", "Waiting for the other side's first line…");
+    } else if (message.kind === "bye") {
       setState("ended", "The conversation is over (" + message.code + ").");
     } else if (
       message.kind === "error" &&
@@ -112,10 +117,9 @@
   function connect() {
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     setState("connecting", "Connecting…");
+    peer = "server";
     socket = new WebSocket(scheme + location.host + "/chat");
-    socket.addEventListener("open", function () {
-      if (state === "connecting") setState("yours", "Your turn: you speak first.");
-    });
+    // The server's first line (welcome, listen, or busy) says whose turn it is.
     socket.addEventListener("message", received);
     socket.addEventListener("close", closed);
   }
