@@ -28,6 +28,7 @@ from zope.interface import implementer
 
 from sockchat import ChatServerFactory, ConversationInfo, EchoResponder, IResponder
 from sockchat._limits import Admission
+from sockchat._transcript import ITranscript, TranscriptEntry
 from sockchat._web import CONTENT_SECURITY_POLICY, chat_site, same_origin
 
 PAGE = "http://127.0.0.1:8080"
@@ -214,6 +215,27 @@ def test_out_of_turn_message_gets_the_same_notice_as_on_tcp():
     assert client.pump() == ["answer to first"]
 
 
+@implementer(ITranscript)
+class Recorded:
+    def __init__(self) -> None:
+        self.entries: list[TranscriptEntry] = []
+
+    def record(self, entry: TranscriptEntry) -> None:
+        self.entries.append(entry)
+
+
+def test_web_conversations_are_in_the_transcript_like_tcp_ones():
+    transcript = Recorded()
+    client = welcomed(make_factory(transcript=transcript))
+    client.say("你好")
+    assert [(e.direction, e.kind, e.text) for e in transcript.entries][1:] == [
+        ("in", "line", "你好"),
+        ("out", "answer", "你好"),
+    ]
+    assert transcript.entries[0].code == "welcome"
+    assert transcript.entries[0].peer == "127.0.0.1:50000"
+
+
 def test_web_and_tcp_conversations_share_one_factory():
     factory = make_factory(admission=Admission(max_clients=2))
     tcp = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
@@ -304,6 +326,18 @@ def test_invalid_utf8_closes_with_1007():
     client.pump()
     assert client.close is not None
     assert client.close.code == 1007
+
+
+def test_broken_framing_closes_with_1002():
+    factory = make_factory()
+    client = welcomed(factory)
+    client.channel.dataReceived(b"\x81\x02hi")  # a client frame must be masked
+    client.pump()
+    assert client.close is not None
+    assert client.close.code == 1002
+    assert client.transport.disconnecting
+    client.lost()
+    assert factory.conversations == {}
 
 
 # The conversation's limits and endings, as close codes
