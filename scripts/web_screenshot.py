@@ -19,11 +19,19 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from playwright.sync_api import sync_playwright  # noqa: E402
 
-from processes import Reader, WebServer, start_client  # noqa: E402
-from test_browser import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from processes import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Reader,
+    WebServer,
+    start_client,
+)
 
 BROWSER_SAYS = ["你好！我在浏览器里，什么都不用装。", "那我们轮流说：你一句，我一句。"]
-TERMINAL_SAYS = ["你好！我在终端里，用的是 sockchat 客户端。", "好的。q 可以随时结束对话。"]
+TERMINAL_SAYS = [
+    "你好！我在终端里，用的是 sockchat 客户端。",
+    "好的。q 可以随时结束对话。",
+]
 
 
 def main(output: Path) -> None:

@@ -17,11 +17,13 @@ responder, limits, admission caps, conversation ids and log events), and
 Frames that cannot be a line get a close code of their own: binary (1003),
 a newline inside a message (1007); wsproto closes invalid UTF-8 with 1007
 and broken framing with 1002 itself.  A cross-origin handshake is refused
-with HTTP 403 before any upgrade.
+with HTTP 403 before any upgrade, and so is one that names a loopback
+server by another name (DNS rebinding).
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from contextlib import suppress
 from importlib import resources
@@ -55,6 +57,7 @@ __all__ = [
     "WebChatDoor",
     "WebSocketLines",
     "chat_site",
+    "names_this_host",
     "same_origin",
 ]
 
@@ -121,6 +124,31 @@ def same_origin(origin: str | None, host: str | None, secure: bool) -> bool:
     theirs = _host_port(parts.netloc, scheme)
     ours = _host_port(host, scheme) if host else None
     return theirs is not None and theirs == ours
+
+
+def names_this_host(host: str | None, local: str) -> bool:
+    """Is the ``Host`` header a name that the listening address may have?
+
+    Against DNS rebinding: a server that listens on a loopback address (the
+    default for a bare ``--web`` port) is reached by a loopback address or
+    ``localhost``, never by another name; a page from ``evil.example``,
+    made to resolve to 127.0.0.1, is the same origin as itself, and only
+    its name gives it away.  Servers on other addresses accept any name.
+    """
+    if not _is_loopback(local):
+        return True
+    where = _host_port(host, "http") if host else None
+    if where is None:
+        return False
+    name = where[0].strip("[]")
+    return name == "localhost" or name.endswith(".localhost") or _is_loopback(name)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
 
 
 def _header(request: Request, name: bytes) -> str | None:
@@ -310,14 +338,20 @@ class _ChatSocketResource(WebSocketResource):
     def render_GET(self, request: Request) -> bytes | int:
         origin = _header(request, b"origin")
         host = _header(request, b"host")
-        if same_origin(origin, host, request.isSecure()):
+        local = getattr(request.getHost(), "host", "")
+        if not names_this_host(host, local):
+            why = "a loopback server reached by another name (DNS rebinding?)"
+        elif not same_origin(origin, host, request.isSecure()):
+            why = "a page from another origin"
+        else:
             return super().render_GET(request)
         log.info(
             "refused a cross-origin WebSocket from {peer}: origin {origin}, "
-            "host {host}",
+            "host {host}: {why}",
             peer=describe_address(request.getClientAddress()),
             origin=safe_text(origin or ""),
             host=safe_text(host or ""),
+            why=why,
         )
         request.setResponseCode(403)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")

@@ -131,6 +131,17 @@ class Server:
         self.proc.stdout.close()
 
 
+CHROMIUM = Path("/usr/bin/chromium")
+#: As root, offline, and with nothing in the background.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WEB = re.compile(rb"sockchat web page at (http://127\.0\.0\.1:(\d+)/)")
 
 

@@ -29,7 +29,12 @@ from zope.interface import implementer
 from sockchat import ChatServerFactory, ConversationInfo, EchoResponder, IResponder
 from sockchat._limits import Admission
 from sockchat._transcript import ITranscript, TranscriptEntry
-from sockchat._web import CONTENT_SECURITY_POLICY, chat_site, same_origin
+from sockchat._web import (
+    CONTENT_SECURITY_POLICY,
+    chat_site,
+    names_this_host,
+    same_origin,
+)
 
 PAGE = "http://127.0.0.1:8080"
 
@@ -154,6 +159,34 @@ def test_same_origin_handshakes_pass(origin, host, secure):
 )
 def test_cross_origin_handshakes_are_refused(origin, host, secure):
     assert not same_origin(origin, host, secure)
+
+
+@pytest.mark.parametrize(
+    ("host", "local", "ok"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1", True),
+        ("localhost:8080", "127.0.0.1", True),
+        ("app.localhost:8080", "127.0.0.1", True),
+        ("[::1]:8080", "::1", True),
+        ("127.1.2.3", "127.0.0.1", True),
+        ("evil.example:8080", "127.0.0.1", False),  # rebound to 127.0.0.1
+        ("localhost.evil.example", "127.0.0.1", False),
+        (None, "127.0.0.1", False),
+        ("chat.example", "192.0.2.10", True),  # not loopback: any name
+        ("chat.example", "0.0.0.0", True),
+    ],
+)
+def test_a_loopback_server_answers_only_to_loopback_names(host, local, ok):
+    assert names_this_host(host, local) is ok
+
+
+def test_a_rebound_name_is_refused_even_from_its_own_origin():
+    factory = make_factory()
+    client = Client(
+        factory, origin="http://evil.example:8080", host="evil.example:8080"
+    )
+    assert client.raw.startswith(b"HTTP/1.1 403 ")
+    assert factory.conversations == {}
 
 
 def test_cross_origin_handshake_gets_403_before_any_upgrade():
