@@ -113,9 +113,18 @@ def test_a_person_holds_a_multi_turn_conversation_with_echo(page):
         assert status(page) == "The conversation is over (quit)."
         assert page.is_disabled("#line")
         assert page.is_visible("#reconnect")
+        assert page.locator("#reconnect").text_content() == "New conversation"
         server.read_until(
             re.compile(rb"conversation 1 with 127\.0\.0\.1:\d+ ended after 3 turn")
         )
+        # A new conversation, from the same page.
+        page.click("#reconnect")
+        wait_for_turn(page)
+        assert (
+            "conversation 2."
+            in page.locator("#log li.notice .text").last.text_content()
+        )
+        assert said_and_answered(page, "again") == "again"
 
 
 def test_the_input_is_disabled_while_waiting_and_quit_still_works(page):

@@ -72,6 +72,7 @@
     send.disabled = !yours;
     quit.disabled = !(yours || next === "waiting");
     reconnect.hidden = !(next === "ended" || next === "lost");
+    reconnect.textContent = next === "lost" ? "Reconnect" : "New conversation";
     if (yours) input.focus();
   }
 
