@@ -142,7 +142,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-WEB = re.compile(rb"sockchat web page at (http://127\.0\.0\.1:(\d+)/)")
+WEB = re.compile(rb"sockchat web page at (https?://127\.0\.0\.1:(\d+)/)")
 
 
 class WebServer(Server):

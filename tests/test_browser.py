@@ -21,6 +21,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from certs import make_tls_files
 from processes import CHROMIUM, CHROMIUM_ARGS, Reader, WebServer, start_client
 
 pytestmark = pytest.mark.slow
@@ -359,3 +360,20 @@ def test_a_browser_that_joins_second_waits_for_the_first_line(page):
             if terminal.poll() is None:
                 terminal.kill()
                 terminal.communicate()
+
+
+def test_the_page_works_over_https_with_wss(browser, tmp_path):
+    tls = make_tls_files(tmp_path, hostname="127.0.0.1")
+    web = f"ssl:0:interface=127.0.0.1:privateKey={tls['key']}:certKey={tls['cert']}"
+    with WebServer("--responder", "echo", web=web) as server:
+        assert server.url.startswith("https://127.0.0.1:")
+        # The test CA is not the browser's: accept its certificate.
+        context = browser.new_context(ignore_https_errors=True)
+        try:
+            page = context.new_page()
+            page.set_default_timeout(TIMEOUT_MS)
+            page.goto(server.url)
+            wait_for_turn(page)  # the page's wss: socket is same-origin
+            assert said_and_answered(page, "加密的你好") == "加密的你好"
+        finally:
+            context.close()
