@@ -30,6 +30,7 @@ from ._responder import (
 from ._server import ChatServerFactory
 from ._transcript import ITranscript, TranscriptEntry
 from ._transcript_file import TranscriptFile
+from ._web import chat_site
 from ._wire import QUIT, Notice, NoticeKind
 
 __version__ = "0.1.0"
@@ -61,6 +62,7 @@ __all__ = [
     "TranscriptFile",
     "__version__",
     "as_responder",
+    "chat_site",
     "connect",
     "safe_text",
 ]

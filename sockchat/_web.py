@@ -410,7 +410,13 @@ class ChatSite(Site):
 
 
 def chat_site(factory: ChatServerFactory) -> Site:
-    """The chat page at ``/`` and its WebSocket at ``/chat``, for *factory*."""
+    """The chat page at ``/`` and its WebSocket at ``/chat``, for *factory*.
+
+    Listen with it as with any factory; share *factory* with the TCP door
+    so that both serve one set of conversations::
+
+        endpoint.listen(chat_site(factory))
+    """
     root = _Root()
     for path, (name, content_type) in ASSETS.items():
         root.putChild(path, _Asset(_read_asset(name), content_type))

@@ -46,6 +46,7 @@ def test_public_names_are_exactly_these():
             "TranscriptFile",
             "__version__",
             "as_responder",
+            "chat_site",
             "connect",
             "safe_text",
         ]
