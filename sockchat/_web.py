@@ -417,6 +417,11 @@ def chat_site(factory: ChatServerFactory) -> Site:
 
         endpoint.listen(chat_site(factory))
     """
+    if factory.framing.name != "line":
+        raise ValueError(
+            f"the chat page speaks lines; this factory uses {factory.framing.name} "
+            "framing"
+        )
     root = _Root()
     for path, (name, content_type) in ASSETS.items():
         root.putChild(path, _Asset(_read_asset(name), content_type))

@@ -220,6 +220,11 @@ class Options(usage.Options):
         ca = self["tls-client-ca"]
         if ca is not None and not self["endpoint"].startswith("ssl:"):
             raise fatal("--tls-client-ca needs a TLS listener: --port ssl:...")
+        if web and self["framing_value"].name != "line":
+            raise fatal(
+                "--web needs --framing line: the page sends and shows lines; "
+                "serve raw framing and the page from two servers"
+            )
 
 
 def _seconds(text: str, name: str) -> float:

@@ -27,6 +27,7 @@ from wsproto.events import (
 from zope.interface import implementer
 
 from sockchat import ChatServerFactory, ConversationInfo, EchoResponder, IResponder
+from sockchat._framing import RawFraming
 from sockchat._limits import Admission
 from sockchat._transcript import ITranscript, TranscriptEntry
 from sockchat._web import (
@@ -494,6 +495,11 @@ def test_the_page_needs_nothing_from_elsewhere():
         assert "<script>" not in text  # no inline script: the CSP forbids it
     assert ".innerHTML" not in script
     assert "textContent" in script
+
+
+def test_the_page_needs_line_framing():
+    with pytest.raises(ValueError, match="the chat page speaks lines"):
+        chat_site(make_factory(framing=RawFraming()))
 
 
 def test_other_paths_are_not_found():

@@ -46,6 +46,18 @@ def test_bad_web_values_get_one_line(value, message):
 
 
 @pytest.mark.slow
+def test_web_with_raw_framing_gets_one_line():
+    done = run_twistd(
+        "--responder", "echo", "--port", "0", "--web", "0", "--framing", "raw"
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "sockchat: --web needs --framing line: the page sends and shows lines; "
+        "serve raw framing and the page from two servers"
+    ]
+
+
+@pytest.mark.slow
 def test_a_busy_web_port_gets_one_line():
     with Server("--responder", "echo") as server:
         done = run_twistd(
