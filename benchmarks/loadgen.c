@@ -1,0 +1,391 @@
+/*
+ * sockchat load generator: C conversations of T turns each, over loopback.
+ *
+ * One thread, one epoll set, non-blocking sockets, so that the generator
+ * costs a few microseconds per turn and is not the bottleneck.  It measures
+ * its own CPU (getrusage) over the turn phase.
+ *
+ *   loadgen --port P --conns C --turns T [--host 127.0.0.1] [--size 32]
+ *           [--mode echo|pair] [--window 32] [--deadline 120] [--sync]
+ *
+ * Phases:
+ *   1. connect: at most --window connections are connecting or waiting for
+ *      their first line at a time (so a listen backlog of 50 never
+ *      overflows).  Each must receive one greeting line first: "!info ..."
+ *      (any first line that is not a notice is an error).
+ *   2. turns: each speaker sends a --size byte line (newline included) and
+ *      checks that the answer is exactly that line, T times.  In pair mode,
+ *      the server pairs clients; a client told "!info listen: ..." is a
+ *      listener: it receives its partner's line and sends it back unchanged,
+ *      so the speaker still gets its own line back and checks it.
+ *   3. hold: the connections stay open until the end (with --sync, until a
+ *      line or EOF arrives on stdin), then all are closed.
+ *
+ * With --sync, it prints "ready ..." after phase 1 and waits for a line on
+ * stdin before phase 2, and prints "done {json}" after phase 2 and waits
+ * for a line on stdin (or EOF) before it closes everything: the runner
+ * samples the server's CPU and memory at those points.  Without --sync, it
+ * runs straight through and prints the JSON line.
+ *
+ * Bounded: at most C connections and C*T turns, and --deadline seconds in
+ * all (counted from the start, excluding time spent waiting on stdin).
+ * Exit status: 0 if every answer was right, 1 on any error, 2 on bad usage.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define INBUF 2048
+#define MAX_SIZE 1024
+
+enum state { UNUSED, GREETING, READY, WAITING, FINISHED, BROKEN };
+
+struct conn {
+    int fd;
+    int index;
+    enum state state;
+    int listener;  /* pair mode: told to listen; relays its partner's lines */
+    int turns;     /* answers received (speaker) or lines relayed (listener) */
+    int64_t sent_at;
+    int inlen;
+    char in[INBUF];
+    char out[MAX_SIZE];
+};
+
+static struct {
+    const char *host;
+    int port, conns, turns, size, window, sync, pair;
+    double deadline;
+} opt = {"127.0.0.1", 0, 1, 1, 32, 32, 0, 0, 120.0};
+
+static struct conn *conns;
+static int epfd;
+static int64_t *latency;
+static long nlatency;
+static long errors;
+static int finished, greeted, listeners, opened;
+static int64_t started_ns;
+static double waited; /* seconds spent waiting on stdin, not on the deadline */
+
+static int64_t now_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static double cpu_seconds(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_stime.tv_sec +
+           (ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
+
+static void error(struct conn *c, const char *fmt, ...) {
+    errors++;
+    if (errors <= 10) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stderr, "loadgen: connection %d: ", c ? c->index : -1);
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+        va_end(ap);
+    }
+    if (c && c->state != BROKEN) {
+        if (c->state == FINISHED) finished--;
+        c->state = BROKEN;
+        finished++; /* a broken connection is over too */
+        epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+    }
+}
+
+static int over_deadline(void) {
+    return (now_ns() - started_ns) / 1e9 - waited > opt.deadline;
+}
+
+/* The line speaker c sends at turn t: "c000042 t000007 xxxx...\n". */
+static void make_line(struct conn *c, int t) {
+    int n = snprintf(c->out, MAX_SIZE, "c%06d t%06d ", c->index, t);
+    if (n > opt.size - 1) n = opt.size - 1;
+    memset(c->out + n, 'x', opt.size - 1 - n);
+    c->out[opt.size - 1] = '\n';
+}
+
+static void send_out(struct conn *c) {
+    ssize_t n = send(c->fd, c->out, opt.size, MSG_NOSIGNAL);
+    if (n != opt.size) {
+        error(c, "send returned %zd (%s)", n, n < 0 ? strerror(errno) : "short");
+        return;
+    }
+}
+
+static void speak(struct conn *c) {
+    make_line(c, c->turns);
+    c->state = WAITING;
+    c->sent_at = now_ns();
+    send_out(c);
+}
+
+static int open_one(int index) {
+    struct conn *c = &conns[index];
+    struct sockaddr_in addr = {0};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(opt.port);
+    if (inet_pton(AF_INET, opt.host, &addr.sin_addr) != 1) {
+        fprintf(stderr, "loadgen: --host must be an IPv4 address\n");
+        exit(2);
+    }
+    c->index = index;
+    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        error(NULL, "socket: %s (raise ulimit -n?)", strerror(errno));
+        c->state = BROKEN;
+        finished++;
+        return -1;
+    }
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->state = GREETING;
+    if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) < 0 &&
+        errno != EINPROGRESS) {
+        error(c, "connect: %s", strerror(errno));
+        return -1;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = index};
+    epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
+    return 0;
+}
+
+static int is_notice(const char *line, int len) {
+    return len >= 1 && line[0] == '!' && !(len >= 2 && line[1] == '!');
+}
+
+static int starts(const char *line, int len, const char *prefix) {
+    int n = strlen(prefix);
+    return len >= n && memcmp(line, prefix, n) == 0;
+}
+
+/* One complete line (without its newline) arrived on c. */
+static void on_line(struct conn *c, const char *line, int len) {
+    if (c->state == GREETING) {
+        if (!is_notice(line, len) || !starts(line, len, "!info ")) {
+            error(c, "first line is not an info notice: %.*s", len, line);
+            return;
+        }
+        if (starts(line, len, "!info listen:")) {
+            c->listener = 1;
+            listeners++;
+        }
+        c->state = READY;
+        greeted++;
+        return;
+    }
+    if (is_notice(line, len)) {
+        if (starts(line, len, "!info listen:") && c->state == READY && !c->listener) {
+            c->listener = 1; /* a listen notice after a plain welcome */
+            listeners++;
+            return;
+        }
+        if (starts(line, len, "!info ") && c->state == READY)
+            return; /* status before the turns start (e.g. "paired") */
+        error(c, "unexpected notice: %.*s", len, line);
+        return;
+    }
+    if (c->listener) {
+        /* The partner's line: "c<id> t<turn> ..." for the turn we are at. */
+        int id, turn;
+        if (len != opt.size - 1 || sscanf(line, "c%d t%d ", &id, &turn) != 2 ||
+            turn != c->turns) {
+            error(c, "relayed line %d is not the partner's: %.*s", c->turns, len,
+                  line);
+            return;
+        }
+        memcpy(c->out, line, len);
+        c->out[len] = '\n';
+        send_out(c);
+        if (++c->turns == opt.turns) {
+            c->state = FINISHED;
+            finished++;
+        }
+        return;
+    }
+    if (c->state != WAITING) {
+        error(c, "a line arrived while none was owed: %.*s", len, line);
+        return;
+    }
+    if (len != opt.size - 1 || memcmp(line, c->out, len) != 0) {
+        error(c, "wrong answer to turn %d: %.*s", c->turns, len, line);
+        return;
+    }
+    latency[nlatency++] = now_ns() - c->sent_at;
+    if (++c->turns == opt.turns) {
+        c->state = FINISHED;
+        finished++;
+    } else {
+        speak(c);
+    }
+}
+
+static void on_readable(struct conn *c) {
+    ssize_t n = recv(c->fd, c->in + c->inlen, INBUF - c->inlen, 0);
+    if (n <= 0) {
+        if (n < 0 && errno == EAGAIN) return;
+        error(c, "%s", n == 0 ? "the server closed the connection" : strerror(errno));
+        return;
+    }
+    c->inlen += n;
+    char *start = c->in, *end = c->in + c->inlen, *nl;
+    while (c->state != BROKEN && (nl = memchr(start, '\n', end - start))) {
+        on_line(c, start, nl - start);
+        start = nl + 1;
+    }
+    if (c->state == BROKEN) return;
+    c->inlen = end - start;
+    if (c->inlen == INBUF) {
+        error(c, "a line longer than %d bytes", INBUF);
+        return;
+    }
+    memmove(c->in, start, c->inlen);
+}
+
+static int poll_once(int timeout_ms) {
+    struct epoll_event events[256];
+    int n = epoll_wait(epfd, events, 256, timeout_ms);
+    for (int i = 0; i < n; i++) {
+        struct conn *c = &conns[events[i].data.u32];
+        if (c->state != BROKEN) on_readable(c);
+    }
+    return n;
+}
+
+/* With --sync: wait for a line (or EOF) on stdin. */
+static void wait_stdin(void) {
+    int64_t t0 = now_ns();
+    char buf[64];
+    if (!fgets(buf, sizeof buf, stdin)) { /* EOF also means go on */
+    }
+    waited += (now_ns() - t0) / 1e9;
+}
+
+static int cmp64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+static double percentile_us(double p) {
+    if (nlatency == 0) return 0;
+    long i = (long)(p * (nlatency - 1) + 0.5);
+    return latency[i] / 1e3;
+}
+
+static int parse_int(const char *name, const char *text, int min) {
+    char *end;
+    long v = strtol(text, &end, 10);
+    if (*end || v < min || v > 10000000) {
+        fprintf(stderr, "loadgen: %s %s is not a whole number >= %d\n", name, text,
+                min);
+        exit(2);
+    }
+    return (int)v;
+}
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--sync")) { opt.sync = 1; continue; }
+        if (!v) { fprintf(stderr, "loadgen: %s needs a value\n", a); return 2; }
+        i++;
+        if (!strcmp(a, "--host")) opt.host = v;
+        else if (!strcmp(a, "--port")) opt.port = parse_int(a, v, 1);
+        else if (!strcmp(a, "--conns")) opt.conns = parse_int(a, v, 1);
+        else if (!strcmp(a, "--turns")) opt.turns = parse_int(a, v, 1);
+        else if (!strcmp(a, "--size")) opt.size = parse_int(a, v, 17);
+        else if (!strcmp(a, "--window")) opt.window = parse_int(a, v, 1);
+        else if (!strcmp(a, "--deadline")) opt.deadline = parse_int(a, v, 1);
+        else if (!strcmp(a, "--mode")) {
+            if (!strcmp(v, "pair")) opt.pair = 1;
+            else if (strcmp(v, "echo")) {
+                fprintf(stderr, "loadgen: --mode is echo or pair\n");
+                return 2;
+            }
+        } else { fprintf(stderr, "loadgen: unknown option %s\n", a); return 2; }
+    }
+    if (!opt.port || opt.size > MAX_SIZE || (opt.pair && opt.conns % 2)) {
+        fprintf(stderr, "loadgen: needs --port; --size at most %d; pair mode needs "
+                        "an even --conns\n", MAX_SIZE);
+        return 2;
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    conns = calloc(opt.conns, sizeof *conns);
+    latency = calloc((size_t)opt.conns * opt.turns, sizeof *latency);
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (!conns || !latency || epfd < 0) { perror("loadgen"); return 1; }
+    started_ns = now_ns();
+
+    /* Phase 1: connect, a window at a time; each must be greeted. */
+    int want_listeners = opt.pair ? opt.conns / 2 : 0;
+    while ((greeted + errors < opt.conns || listeners < want_listeners) &&
+           !over_deadline()) {
+        while (opened < opt.conns && opened - greeted - errors < opt.window)
+            open_one(opened++);
+        if (errors) break;
+        poll_once(100);
+    }
+    double connect_s = (now_ns() - started_ns) / 1e9;
+    if (!errors && listeners != want_listeners)
+        error(NULL, "%d of %d clients were told to listen; expected %d", listeners,
+              opt.conns, want_listeners);
+    if (!errors && greeted < opt.conns)
+        error(NULL, "only %d of %d connections greeted before the deadline", greeted,
+              opt.conns);
+    if (opt.sync) {
+        printf("ready %.6f\n", connect_s);
+        wait_stdin();
+    }
+
+    /* Phase 2: the turns. */
+    double cpu0 = cpu_seconds();
+    int64_t t0 = now_ns();
+    finished = 0;
+    for (int i = 0; i < opt.conns; i++) {
+        struct conn *c = &conns[i];
+        if (c->state == BROKEN) finished++;
+        else if (!c->listener) speak(c);
+    }
+    while (!errors && finished < opt.conns && !over_deadline()) poll_once(100);
+    int64_t t1 = now_ns();
+    double cpu1 = cpu_seconds();
+    if (!errors && finished < opt.conns)
+        error(NULL, "%d of %d conversations unfinished at the deadline",
+              opt.conns - finished, opt.conns);
+
+    qsort(latency, nlatency, sizeof *latency, cmp64);
+    double wall = (t1 - t0) / 1e9;
+    long relayed = opt.pair ? 2 * nlatency : nlatency;
+    printf("%s{\"conns\": %d, \"turns\": %ld, \"messages\": %ld, \"errors\": %ld, "
+           "\"connect_s\": %.6f, \"wall_s\": %.6f, \"turns_per_s\": %.1f, "
+           "\"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f, "
+           "\"client_cpu_s\": %.6f}\n",
+           opt.sync ? "done " : "", opt.conns, nlatency, relayed, errors, connect_s,
+           wall, wall > 0 ? nlatency / wall : 0.0, percentile_us(0.50),
+           percentile_us(0.99), nlatency ? latency[nlatency - 1] / 1e3 : 0.0,
+           cpu1 - cpu0);
+
+    /* Phase 3: hold until told, then close everything. */
+    if (opt.sync) wait_stdin();
+    for (int i = 0; i < opened; i++)
+        if (conns[i].fd > 0) close(conns[i].fd);
+    return errors ? 1 : 0;
+}

@@ -1,0 +1,655 @@
+#!/usr/bin/env python3
+"""Measure sockchat against a bare Twisted LineReceiver echo, same run.
+
+    python3 benchmarks/run.py            # the full table (about 10 minutes)
+    python3 benchmarks/run.py --quick    # smaller counts, 3 rounds (~1 minute)
+
+Needs Python 3.10+ and a C compiler (``cc``) on Linux.  Run with a Python
+that lacks Twisted, it makes ``.venv`` beside this folder (as
+``scripts/check.py`` does) and runs itself again from there.
+
+For each configuration it starts each server afresh, in turn, over several
+rounds (A B A B, the order reversed every other round), drives it with the C
+load generator (``loadgen.c``, built into ``benchmarks/.build``), and reads
+the server's CPU time from ``/proc/PID/stat`` and its RSS from
+``/proc/PID/status`` at the start and end of the turn phase.  It prints a
+markdown table: medians across rounds with the range (min-max), and the
+median of the per-round ratios of sockchat to the baseline.  ``--json FILE``
+keeps every raw measurement.
+
+Everything is bounded: fixed connection and turn counts, a deadline per run,
+loopback only, and free ports chosen by the kernel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import venv
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+BUILD = HERE / ".build"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    conns: int
+    turns: int
+    #: A held-connections configuration: memory and scale, not speed.
+    held: bool = False
+
+
+FULL = (
+    Config("C=1 × 20000", 1, 20_000),
+    Config("C=100 × 500", 100, 500),
+    Config("C=1000 × 50", 1000, 50),
+    Config("held 10000 × 1", 10_000, 1, held=True),
+)
+QUICK = (
+    Config("C=1 × 3000", 1, 3000),
+    Config("C=100 × 100", 100, 100),
+    Config("C=1000 × 10", 1000, 10),
+    Config("held 2000 × 1", 2000, 1, held=True),
+)
+#: For the test suite: proves the tool works; the numbers mean nothing.
+TINY = (
+    Config("C=1 × 100", 1, 100),
+    Config("C=10 × 20", 10, 20),
+)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One server set-up to measure."""
+
+    name: str
+    #: The load generator's mode: echo, or pair (half the clients listen).
+    mode: str = "echo"
+    #: Extra options for ``twistd sockchat``; None: the baseline server.
+    sockchat: tuple[str, ...] | None = None
+    #: What it is compared with in the ratio table (a variant name).
+    against: str = "baseline"
+
+
+BASELINE = Variant("baseline")
+ECHO = Variant("sockchat echo", sockchat=("--responder", "echo"))
+PAIR = Variant(
+    "sockchat pair", mode="pair", sockchat=("--responder", "pair"), against=ECHO.name
+)
+TRANSCRIPT = Variant(
+    "sockchat echo + transcript",
+    sockchat=("--responder", "echo", "--transcript", "{tmp}/transcript.jsonl"),
+    against=ECHO.name,
+)
+
+
+@dataclass
+class Run:
+    """What one server did for one load-generator run."""
+
+    config: str
+    variant: str
+    round: int
+    conns: int
+    turns: int  # answers checked by the load generator
+    messages: int  # lines the server carried in and out (pair: two per turn)
+    errors: int
+    turns_per_s: float
+    p50_us: float
+    p99_us: float
+    wall_s: float
+    connect_s: float
+    server_cpu_s: float  # over the turn phase
+    client_cpu_s: float  # the load generator's own, same phase
+    rss_idle_kb: int  # listening, before any connection
+    rss_held_kb: int  # every connection open, its turns done
+    log_lines_turns: int  # log lines written during the turn phase
+    log_lines_total: int  # from start to stop, listening line included
+    load: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def cpu_us_per_message(self) -> float:
+        return self.server_cpu_s / self.messages * 1e6 if self.messages else 0.0
+
+    @property
+    def client_us_per_message(self) -> float:
+        return self.client_cpu_s / self.messages * 1e6 if self.messages else 0.0
+
+    @property
+    def rss_kb_per_conn(self) -> float:
+        return (self.rss_held_kb - self.rss_idle_kb) / self.conns
+
+
+# -- Setting up ---------------------------------------------------------------
+
+
+def ensure_venv() -> None:
+    """Run again under ``.venv``'s Python if this one lacks Twisted."""
+    try:
+        import twisted  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return
+    python = ROOT / ".venv" / "bin" / "python"
+    if not python.exists():
+        print(f"==> creating {python.parent.parent}", file=sys.stderr, flush=True)
+        venv.EnvBuilder(with_pip=True).create(python.parent.parent)
+    if (
+        subprocess.run(
+            [str(python), "-c", "import twisted, sockchat"], capture_output=True
+        ).returncode
+        != 0
+    ):
+        print("==> installing sockchat into .venv", file=sys.stderr, flush=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)], check=True
+        )
+    os.execv(str(python), [str(python), __file__, *sys.argv[1:]])
+
+
+def build_loadgen() -> Path:
+    """Compile ``loadgen.c`` once (again only when the source changes)."""
+    source = HERE / "loadgen.c"
+    binary = BUILD / "loadgen"
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise SystemExit(
+            "benchmarks: no C compiler found (install gcc, or set CC); the load "
+            "generator is C so that it is not the bottleneck"
+        )
+    BUILD.mkdir(exist_ok=True)
+    subprocess.run(
+        [cc, "-O2", "-Wall", "-o", str(binary), str(source)], check=True, cwd=HERE
+    )
+    return binary
+
+
+def raise_fd_limit(needed: int) -> int:
+    """Raise the soft limit on open files (children inherit it); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return soft
+
+
+def sockchat_features() -> set[str]:
+    """What this sockchat's twistd plugin offers: pair mode, transcripts."""
+    twistd = Path(sys.executable).parent / "twistd"
+    helped = subprocess.run(
+        [str(twistd), "sockchat", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    ).stdout
+    found = set()
+    if re.search(r"\bpair\b", helped):
+        found.add("pair")
+    if "--transcript" in helped:
+        found.add("transcript")
+    return found
+
+
+# -- Reading /proc ------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of *pid*, from ``/proc/PID/stat``."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def count_lines(path: Path) -> int:
+    with path.open("rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b""))
+
+
+def load_average() -> tuple[float, float, float]:
+    return os.getloadavg()
+
+
+# -- Running servers and the load generator -----------------------------------
+
+
+class Server:
+    """One server process on a free loopback port."""
+
+    def __init__(self, variant: Variant, config: Config, tmp: Path) -> None:
+        self.log_path = tmp / "server.log"
+        python = sys.executable
+        if variant.sockchat is None:
+            command = [python, str(HERE / "baseline.py"), "0"]
+            pattern = re.compile(r"listening on (\d+)")
+        else:
+            # Every default protection stays on; only the connection caps
+            # are raised, just enough to admit this load.
+            cap = str(config.conns + 10)
+            extra = [a.format(tmp=tmp) for a in variant.sockchat]
+            command = [
+                str(Path(python).parent / "twistd"),
+                "-n",
+                "--pidfile=",
+                "sockchat",
+                "--port",
+                "tcp:0:interface=127.0.0.1",
+                "--max-clients",
+                cap,
+                "--max-per-ip",
+                cap,
+                *extra,
+            ]
+            pattern = re.compile(r"sockchat listening on 127\.0\.0\.1:(\d+)")
+        self.log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            match = pattern.search(self.log_path.read_text(errors="replace"))
+            if match:
+                self.port = int(match.group(1))
+                return
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(
+                    f"{variant.name} did not start: "
+                    + self.log_path.read_text(errors="replace")[-2000:]
+                )
+            time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_lines(self) -> int:
+        with self.log_path.open("rb") as f:
+            return sum(
+                chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b"")
+            )
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+def _read_line(stream: IO[str], deadline: float, what: str) -> str:
+    """A line from the load generator, which is itself bounded in time."""
+    line = stream.readline()
+    if not line:
+        raise RuntimeError(f"the load generator ended before {what}")
+    if time.monotonic() > deadline:
+        raise RuntimeError(f"the load generator took too long to reach {what}")
+    return line
+
+
+def run_once(
+    loadgen: Path,
+    variant: Variant,
+    config: Config,
+    round_: int,
+    deadline_s: int,
+) -> Run:
+    with tempfile.TemporaryDirectory(prefix="i7-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        server = Server(variant, config, tmp)
+        notes: list[str] = []
+        try:
+            time.sleep(0.2)  # let the server settle after start-up
+            rss_idle = rss_kb(server.pid)
+            command = [
+                str(loadgen),
+                "--port",
+                str(server.port),
+                "--conns",
+                str(config.conns),
+                "--turns",
+                str(config.turns),
+                "--mode",
+                variant.mode,
+                "--deadline",
+                str(deadline_s),
+                "--sync",
+            ]
+            deadline = time.monotonic() + deadline_s + 30
+            gen = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            assert gen.stdin is not None
+            assert gen.stdout is not None
+            try:
+                _read_line(gen.stdout, deadline, "ready")
+                lines_before = server.log_lines()
+                cpu_before = cpu_seconds(server.pid)
+                gen.stdin.write("go\n")
+                gen.stdin.flush()
+                done = _read_line(gen.stdout, deadline, "done")
+                cpu_after = cpu_seconds(server.pid)
+                rss_held = rss_kb(server.pid)
+                lines_during = server.log_lines() - lines_before
+                gen.stdin.write("close\n")
+                gen.stdin.close()
+                gen.wait(timeout=60)
+            finally:
+                if gen.poll() is None:
+                    gen.kill()
+                    gen.wait()
+            stderr = gen.stderr.read() if gen.stderr else ""
+            gen_stderr = stderr.strip()
+            if gen_stderr:
+                notes.append(gen_stderr[:500])
+            result = json.loads(done.split(" ", 1)[1])
+            if variant.sockchat is not None:
+                _wait_for_ends(server, config.conns)
+            if "transcript" in " ".join(variant.sockchat or ()):
+                notes.append(_transcript_size(tmp / "transcript.jsonl"))
+        finally:
+            server.stop()
+        return Run(
+            config=config.name,
+            variant=variant.name,
+            round=round_,
+            conns=config.conns,
+            turns=result["turns"],
+            messages=result["messages"],
+            errors=result["errors"] + (gen.returncode != 0 and not result["errors"]),
+            turns_per_s=result["turns_per_s"],
+            p50_us=result["p50_us"],
+            p99_us=result["p99_us"],
+            wall_s=result["wall_s"],
+            connect_s=result["connect_s"],
+            server_cpu_s=cpu_after - cpu_before,
+            client_cpu_s=result["client_cpu_s"],
+            rss_idle_kb=rss_idle,
+            rss_held_kb=rss_held,
+            log_lines_turns=lines_during,
+            log_lines_total=server.log_lines(),
+            load=load_average(),
+            notes=notes,
+        )
+
+
+def _wait_for_ends(server: Server, conns: int, timeout: float = 30.0) -> None:
+    """Give sockchat time to log each conversation's end before it stops."""
+    deadline = time.monotonic() + timeout
+    pattern = re.compile(rb"conversation \d+ with .* ended after")
+    while time.monotonic() < deadline:
+        if len(pattern.findall(server.log_path.read_bytes())) >= conns:
+            return
+        time.sleep(0.1)
+
+
+def _transcript_size(path: Path) -> str:
+    try:
+        with path.open("rb") as f:
+            count = sum(
+                chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b"")
+            )
+    except OSError as e:
+        return f"transcript: {e}"
+    return f"transcript: {count} entries"
+
+
+# -- Statistics and the table --------------------------------------------------
+
+
+def median_range(values: Sequence[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def fmt(values: Sequence[float], digits: int = 1) -> str:
+    if not values:
+        return "—"
+    med, lo, hi = median_range(values)
+    if len(values) == 1 or lo == hi:
+        return f"{med:,.{digits}f}"
+    return f"{med:,.{digits}f} ({lo:,.{digits}f}–{hi:,.{digits}f})"
+
+
+MEASURES: dict[str, Callable[[Run], float]] = {
+    "turns/s": lambda r: r.turns_per_s,
+    "p50 µs": lambda r: r.p50_us,
+    "p99 µs": lambda r: r.p99_us,
+    "CPU µs/turn": lambda r: r.cpu_us_per_message,
+    "RSS KB/conn": lambda r: r.rss_kb_per_conn,
+}
+
+
+def ratios(
+    runs: Sequence[Run], config: str, variant: Variant, measure: Callable[[Run], float]
+) -> list[float]:
+    """Per round: this variant's figure over its reference's, same round."""
+    mine = {
+        r.round: r for r in runs if r.config == config and r.variant == variant.name
+    }
+    theirs = {
+        r.round: r for r in runs if r.config == config and r.variant == variant.against
+    }
+    out = []
+    for round_, run in sorted(mine.items()):
+        other = theirs.get(round_)
+        if other is not None and measure(other) > 0:
+            out.append(measure(run) / measure(other))
+    return out
+
+
+def table(
+    runs: Sequence[Run], configs: Sequence[Config], variants: Sequence[Variant]
+) -> str:
+    lines = [
+        "| configuration | server | turns/s | p50 µs | p99 µs | server CPU µs/turn "
+        "(= ms/1000 turns) | RSS KB/conn | loadgen CPU µs/turn | errors | log lines "
+        "in turns |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for config in configs:
+        for variant in variants:
+            mine = [
+                r for r in runs if r.config == config.name and r.variant == variant.name
+            ]
+            if not mine:
+                continue
+            per = "message" if variant.mode == "pair" else "turn"
+            lines.append(
+                f"| {config.name} | {variant.name}"
+                + (" (per relayed message)" if per == "message" else "")
+                + f" | {fmt([r.turns_per_s for r in mine], 0)}"
+                f" | {fmt([r.p50_us for r in mine])}"
+                f" | {fmt([r.p99_us for r in mine])}"
+                f" | {fmt([r.cpu_us_per_message for r in mine])}"
+                f" | {fmt([r.rss_kb_per_conn for r in mine], 2)}"
+                f" | {fmt([r.client_us_per_message for r in mine])}"
+                f" | {sum(r.errors for r in mine)}"
+                f" | {sum(r.log_lines_turns for r in mine)} |"
+            )
+    lines += [
+        "",
+        "Ratios: the median of the per-round ratios (range across rounds).",
+        "",
+        "| configuration | server | against | CPU/turn | p99 | turns/s | RSS/conn |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for config in configs:
+        for variant in variants:
+            if variant.name == BASELINE.name:
+                continue
+            cells = [
+                fmt(ratios(runs, config.name, variant, MEASURES[m]), 2)
+                for m in ("CPU µs/turn", "p99 µs", "turns/s", "RSS KB/conn")
+            ]
+            if all(c == "—" for c in cells):
+                continue
+            lines.append(
+                f"| {config.name} | {variant.name} | {variant.against} | "
+                + " | ".join(cells)
+                + " |"
+            )
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    import twisted
+
+    return (
+        f"{os.cpu_count()} cores, {model}; Linux {platform.release()}; "
+        f"Python {platform.python_version()}; Twisted {twisted.__version__}"
+    )
+
+
+# -- Main ----------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="smaller counts, 3 rounds")
+    size.add_argument("--tiny", action="store_true", help="a few hundred turns (tests)")
+    parser.add_argument("--rounds", type=int, help="rounds per configuration")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help="configurations whose name contains this (repeatable), e.g. --only C=100",
+    )
+    parser.add_argument(
+        "--variants",
+        default="baseline,echo,pair,transcript",
+        help="comma-separated subset of baseline,echo,pair,transcript",
+    )
+    parser.add_argument("--json", type=Path, help="write every run here")
+    parser.add_argument("--deadline", type=int, default=180, help="seconds per run")
+    args = parser.parse_args(argv)
+
+    configs = TINY if args.tiny else QUICK if args.quick else FULL
+    if args.only:
+        configs = tuple(c for c in configs if any(o in c.name for o in args.only))
+    rounds = args.rounds or (1 if args.tiny else 3 if args.quick else 5)
+    loadgen = build_loadgen()
+    features = sockchat_features()
+    chosen = set(args.variants.split(","))
+    variants = [v for k, v in (("baseline", BASELINE), ("echo", ECHO)) if k in chosen]
+    missing = []
+    for key, variant in (("pair", PAIR), ("transcript", TRANSCRIPT)):
+        if key in chosen:
+            if key in features:
+                variants.append(variant)
+            else:
+                missing.append(key)
+    limit = raise_fd_limit(2 * max(c.conns for c in configs) + 200)
+    for config in configs:
+        if config.conns + 100 > limit:
+            raise SystemExit(
+                f"benchmarks: {config.name} needs about {config.conns + 100} open "
+                f"files per process, and the hard limit is {limit}; raise it "
+                "(ulimit -Hn, or nofile in /etc/security/limits.conf)"
+            )
+
+    print(f"machine: {machine()}", file=sys.stderr)
+    print(f"load average at start: {load_average()}", file=sys.stderr)
+    runs: list[Run] = []
+    started = time.monotonic()
+    for config in configs:
+        for round_ in range(rounds):
+            order = variants if round_ % 2 == 0 else variants[::-1]
+            for variant in order:
+                if variant.mode == "pair" and config.held:
+                    continue
+                pair_config = config
+                if variant.mode == "pair" and config.conns % 2:
+                    # one client cannot make a pair: C=1 becomes one pair
+                    pair_config = Config(config.name, config.conns + 1, config.turns)
+                run = run_once(loadgen, variant, pair_config, round_, args.deadline)
+                runs.append(run)
+                print(
+                    f"  {config.name:>16} round {round_ + 1} {variant.name:<28}"
+                    f" {run.cpu_us_per_message:7.1f} µs/turn, p99 {run.p99_us:9.1f} µs,"
+                    f" {run.errors} errors, load {run.load[0]:.2f}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    elapsed = time.monotonic() - started
+
+    print(f"**Machine:** {machine()}.  ")
+    loads = [r.load[0] for r in runs]
+    print(
+        f"**Load average** (1 min) during the runs: {fmt(loads, 2)}; "
+        f"{rounds} round(s), {elapsed:.0f} s in all.  "
+    )
+    if "pair" in missing or "transcript" in missing:
+        print(
+            f"**Not measured:** {', '.join(missing)} (this sockchat's twistd "
+            "plugin does not offer it).  "
+        )
+    print()
+    print(table(runs, configs, variants))
+    if args.json:
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": machine(),
+                    "missing": missing,
+                    "runs": [
+                        asdict(r)
+                        | {
+                            "cpu_us_per_message": r.cpu_us_per_message,
+                            "rss_kb_per_conn": r.rss_kb_per_conn,
+                        }
+                        for r in runs
+                    ],
+                },
+                indent=1,
+            )
+        )
+    return 1 if any(r.errors for r in runs) else 0
+
+
+if __name__ == "__main__":
+    ensure_venv()
+    sys.exit(main())
