@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import sys
 
-from twisted.internet import epollreactor
+from twisted.internet.protocol import Factory
+from twisted.protocols.basic import LineReceiver
 
-epollreactor.install()
-
-from twisted.internet import reactor  # noqa: E402 (after the reactor choice)
-from twisted.internet.protocol import Factory  # noqa: E402
-from twisted.protocols.basic import LineReceiver  # noqa: E402
-
-#: The same length as sockchat's welcome for conversation numbers < 10.
+#: sockchat's welcome, word for word.
 GREETING = (
     b"!info welcome: sockchat conversation %d. You speak first, one line at a "
     b"time, and wait for each answer. Send q to quit."
@@ -47,6 +42,11 @@ class EchoFactory(Factory):
 
 
 def main(argv: list[str]) -> None:
+    from twisted.internet import epollreactor
+
+    epollreactor.install()  # what twistd picks on Linux too
+    from twisted.internet import reactor
+
     port = reactor.listenTCP(  # type: ignore[attr-defined]
         int(argv[0]) if argv else 0, EchoFactory(), interface="127.0.0.1"
     )
