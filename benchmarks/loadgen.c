@@ -17,7 +17,9 @@
  *      checks that the answer is exactly that line, T times.  In pair mode,
  *      the server pairs clients; a client told "!info listen: ..." is a
  *      listener: it receives its partner's line and sends it back unchanged,
- *      so the speaker still gets its own line back and checks it.
+ *      so the speaker still gets its own line back and checks it.  Other
+ *      "!info" notices are status, not answers, and are skipped; any other
+ *      notice ("!error", "!bye") is an error.
  *   3. hold: the connections stay open until the end (with --sync, until a
  *      line or EOF arrives on stdin), then all are closed.
  *
@@ -198,8 +200,8 @@ static void on_line(struct conn *c, const char *line, int len) {
             listeners++;
             return;
         }
-        if (starts(line, len, "!info ") && c->state == READY)
-            return; /* status before the turns start (e.g. "paired") */
+        if (starts(line, len, "!info "))
+            return; /* status, not an answer (pair mode: "waiting", "paired") */
         error(c, "unexpected notice: %.*s", len, line);
         return;
     }
