@@ -85,6 +85,11 @@ class LineDecoder:
 
     def feed(self, data: bytes) -> list[Decoded]:
         """Take the next chunk of the stream; return the lines it completed."""
+        if not self._size:
+            # The usual case, one whole line in one read: no split, no join.
+            end = data.find(b"\n")
+            if end >= 0 and end == len(data) - 1:
+                return [self._decode(data[:end])]
         out: list[Decoded] = []
         if self._skipping:
             newline = data.find(b"\n")
