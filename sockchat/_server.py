@@ -232,8 +232,18 @@ class ChatServerProtocol(Protocol):
             if heard is not None and self.turns.turn is not Turn.ENDED:
                 self._heard_telnet(heard)
         items = self.decoder.feed(data)
-        if items:
-            self._turn_started = self.factory.clock.seconds()  # a line came
+        if (
+            len(items) == 1
+            and self.turns.turn is Turn.CLIENT
+            and not self._paused
+            and not self._backlog
+        ):
+            # The usual case: one line, in turn, handled at once.  Its
+            # answer, or the notice that refuses it, restarts the client's
+            # idle time.
+            self._handle_one(items[0])
+        elif items:
+            self._turn_started = self.factory.clock.seconds()  # lines came
             self._handle(items)
 
     def _handle(self, items: Iterable[Decoded]) -> None:
@@ -284,6 +294,7 @@ class ChatServerProtocol(Protocol):
         if isinstance(action, Deliver):
             self._deliver(action.text)
             return True
+        self._turn_started = self.factory.clock.seconds()  # a line came
         if action.kind is NoticeKind.ERROR:
             log.info(
                 "conversation {cid}: a line was refused ({code})",

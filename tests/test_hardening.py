@@ -89,6 +89,18 @@ def test_idle_time_counts_from_the_last_line():
     assert transport.disconnecting
 
 
+def test_a_refused_line_also_restarts_the_idle_time():
+    clock = Clock()
+    factory = ChatServerFactory(EchoResponder(), idle_timeout=60, clock=clock)
+    proto, transport = connect(factory)
+    clock.advance(50)
+    proto.dataReceived(b"\xff\n")  # not UTF-8: refused, but the client spoke
+    clock.advance(50)
+    assert not transport.disconnecting
+    clock.advance(10)
+    assert transport.disconnecting
+
+
 def test_waiting_for_the_server_is_not_idling():
     clock = Clock()
     responder = Later()
