@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-from attrs import frozen
+from attrs import define, frozen
 
 from ._codec import Decoded, LineTooLong, check_message, encode_line
 from ._render import safe_text
@@ -81,7 +81,9 @@ def shutting_down() -> Notice:
     return Notice(NoticeKind.BYE, "shutdown", "the server is shutting down.")
 
 
-@frozen
+# Not frozen: one is made per line on the hot path, and a frozen attrs
+# class costs about four times as much to make (745 ns against 175 ns).
+@define
 class Deliver:
     """Hand this line to the responder; its answer is owed."""
 
