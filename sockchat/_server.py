@@ -484,7 +484,10 @@ class ChatServerProtocol(Protocol):
         except Exception:
             self._fail(Failure())
             return
-        self._take_reply(reply)
+        if isinstance(reply, str):  # answered at once: the usual case
+            self._answer(reply)
+        else:
+            self._take_reply(reply)
 
     def _take_reply(self, reply: Reply) -> None:
         if isinstance(reply, str):
@@ -535,8 +538,10 @@ class ChatServerProtocol(Protocol):
             self._bye_code = "answered-quit"
             self._close()
         else:
-            self._drain()
-            self._finish_if_done()
+            if self._backlog or self._reading_paused:
+                self._drain()
+            if self._input_ended:
+                self._finish_if_done()
 
     def _fail(self, failure: Failure) -> None:
         code = "responder-failed"
