@@ -476,7 +476,7 @@ def ratios(
 
 
 def table(
-    runs: Sequence[Run], configs: Sequence[Config], variants: Sequence[Variant]
+    runs: Sequence[Run], configs: Sequence[str], variants: Sequence[Variant]
 ) -> str:
     lines = [
         "| configuration | server | turns/s | p50 µs | p99 µs | server CPU µs/turn "
@@ -486,14 +486,12 @@ def table(
     ]
     for config in configs:
         for variant in variants:
-            mine = [
-                r for r in runs if r.config == config.name and r.variant == variant.name
-            ]
+            mine = [r for r in runs if r.config == config and r.variant == variant.name]
             if not mine:
                 continue
             per = "message" if variant.mode == "pair" else "turn"
             lines.append(
-                f"| {config.name} | {variant.name}"
+                f"| {config} | {variant.name}"
                 + (" (per relayed message)" if per == "message" else "")
                 + f" | {fmt([r.turns_per_s for r in mine], 0)}"
                 f" | {fmt([r.p50_us for r in mine])}"
@@ -516,17 +514,86 @@ def table(
             if variant.name == BASELINE.name:
                 continue
             cells = [
-                fmt(ratios(runs, config.name, variant, MEASURES[m]), 2)
+                fmt(ratios(runs, config, variant, MEASURES[m]), 2)
                 for m in ("CPU µs/turn", "p99 µs", "turns/s", "RSS KB/conn")
             ]
             if all(c == "—" for c in cells):
                 continue
             lines.append(
-                f"| {config.name} | {variant.name} | {variant.against} | "
+                f"| {config} | {variant.name} | {variant.against} | "
                 + " | ".join(cells)
                 + " |"
             )
     return "\n".join(lines)
+
+
+def logging_summary(runs: Sequence[Run], variants: Sequence[Variant]) -> str:
+    """Log lines per connection, from the run with the most connections."""
+    parts = []
+    for variant in variants:
+        mine = [r for r in runs if r.variant == variant.name]
+        if not mine:
+            continue
+        most = max(r.conns for r in mine)
+        per = [r.log_lines_total / r.conns for r in mine if r.conns == most]
+        during = sum(r.log_lines_turns for r in mine)
+        parts.append(
+            f"{variant.name}: {statistics.median(per):.2f} per connection at "
+            f"C={most}, {during} during turn phases"
+        )
+    return (
+        "**Log lines** (default level; start-up and shutdown lines included): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def report(
+    where: str,
+    runs: Sequence[Run],
+    configs: Sequence[str],
+    variants: Sequence[Variant],
+    rounds: int,
+    elapsed: float,
+    missing: Sequence[str] = (),
+) -> str:
+    """The whole markdown report."""
+    loads = [r.load[0] for r in runs]
+    lines = [
+        f"**Machine:** {where}.  ",
+        f"**Load average** (1 min) during the runs: {fmt(loads, 2)}; "
+        f"{rounds} round(s), {elapsed:.0f} s in all.  ",
+    ]
+    if missing:
+        lines.append(
+            f"**Not measured:** {', '.join(missing)} (this sockchat's twistd "
+            "plugin does not offer it).  "
+        )
+    lines += ["", table(runs, configs, variants), "", logging_summary(runs, variants)]
+    return "\n".join(lines)
+
+
+def from_json(path: Path) -> str:
+    """The report again, from the runs that ``--json`` kept."""
+    saved = json.loads(path.read_text())
+    known = {v.name: v for v in (BASELINE, ECHO, PAIR, TRANSCRIPT)}
+    fields = {f for f in Run.__dataclass_fields__}
+    runs = [
+        Run(**{k: v for k, v in r.items() if k in fields} | {"load": tuple(r["load"])})
+        for r in saved["runs"]
+    ]
+    configs = saved.get("configs") or list(dict.fromkeys(r.config for r in runs))
+    names = saved.get("variants") or list(dict.fromkeys(r.variant for r in runs))
+    rounds = saved.get("rounds") or 1 + max(r.round for r in runs)
+    return report(
+        saved["machine"],
+        runs,
+        configs,
+        [known[n] for n in names],
+        rounds,
+        saved.get("elapsed_s", 0.0),
+        saved.get("missing", ()),
+    )
 
 
 def machine() -> str:
@@ -565,7 +632,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="write every run here")
     parser.add_argument("--deadline", type=int, default=180, help="seconds per run")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        help="print the table again from a --json file; run nothing",
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        print(from_json(args.report))
+        return 0
 
     configs = TINY if args.tiny else QUICK if args.quick else FULL
     if args.only:
@@ -615,38 +690,32 @@ def main(argv: Sequence[str] | None = None) -> int:
                     flush=True,
                 )
     elapsed = time.monotonic() - started
-
-    print(f"**Machine:** {machine()}.  ")
-    loads = [r.load[0] for r in runs]
-    print(
-        f"**Load average** (1 min) during the runs: {fmt(loads, 2)}; "
-        f"{rounds} round(s), {elapsed:.0f} s in all.  "
-    )
-    if "pair" in missing or "transcript" in missing:
-        print(
-            f"**Not measured:** {', '.join(missing)} (this sockchat's twistd "
-            "plugin does not offer it).  "
-        )
-    print()
-    print(table(runs, configs, variants))
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
                     "machine": machine(),
                     "missing": missing,
-                    "runs": [
-                        asdict(r)
-                        | {
-                            "cpu_us_per_message": r.cpu_us_per_message,
-                            "rss_kb_per_conn": r.rss_kb_per_conn,
-                        }
-                        for r in runs
-                    ],
+                    "rounds": rounds,
+                    "elapsed_s": elapsed,
+                    "configs": [c.name for c in configs],
+                    "variants": [v.name for v in variants],
+                    "runs": [asdict(r) for r in runs],
                 },
                 indent=1,
             )
         )
+    print(
+        report(
+            machine(),
+            runs,
+            [c.name for c in configs],
+            variants,
+            rounds,
+            elapsed,
+            missing,
+        )
+    )
     return 1 if any(r.errors for r in runs) else 0
 
 

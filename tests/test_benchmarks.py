@@ -70,7 +70,9 @@ def test_a_tiny_run_measures_both_servers_and_prints_a_table(tmp_path):
     runs = json.loads(raw.read_text())["runs"]
     for run in runs:
         assert run["errors"] == 0
-        assert run["turns"] == {"C=1 × 100": 100, "C=10 × 20": 200}[run["config"]]
+        # Every line was carried: pair mode carries two per answer checked.
+        per_conn = {"C=1 × 100": 100, "C=10 × 20": 20}[run["config"]]
+        assert run["messages"] == run["conns"] * per_conn
         assert run["server_cpu_s"] >= 0
         assert run["rss_held_kb"] > 0
         assert run["log_lines_turns"] == 0, "a log line per turn"
