@@ -47,11 +47,11 @@ def main(argv: list[str]) -> None:
     epollreactor.install()  # what twistd picks on Linux too
     from twisted.internet import reactor
 
-    port = reactor.listenTCP(  # type: ignore[attr-defined]
+    port = reactor.listenTCP(
         int(argv[0]) if argv else 0, EchoFactory(), interface="127.0.0.1"
     )
     print(f"listening on {port.getHost().port}", flush=True)
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Measure sockchat against a bare Twisted LineReceiver echo, same run.
 
-    python3 benchmarks/run.py            # the full table (about 10 minutes)
-    python3 benchmarks/run.py --quick    # smaller counts, 3 rounds (~1 minute)
+    python3 benchmarks/run.py            # the full table (about 15 minutes)
+    python3 benchmarks/run.py --quick    # smaller counts, 3 rounds (a few minutes)
 
 Needs Python 3.10+ and a C compiler (``cc``) on Linux.  Run with a Python
 that lacks Twisted, it makes ``.venv`` beside this folder (as
@@ -642,7 +642,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(from_json(args.report))
         return 0
 
-    configs = TINY if args.tiny else QUICK if args.quick else FULL
+    configs: tuple[Config, ...] = TINY if args.tiny else QUICK if args.quick else FULL
     if args.only:
         configs = tuple(c for c in configs if any(o in c.name for o in args.only))
     rounds = args.rounds or (1 if args.tiny else 3 if args.quick else 5)
