@@ -93,6 +93,14 @@ _UNAVAILABLE = Notice(
 )
 
 
+#: Twisted's transports read up to ``bufferSize`` bytes at once *and* pause
+#: their producer past ``bufferSize`` unsent bytes.  A read of 256 KiB costs
+#: a 256 KiB allocation (glibc may even mmap and munmap it each time), so
+#: the transport keeps Twisted's default, and the protocol counts the rest
+#: of ``max_output`` itself.
+_TRANSPORT_BUFFER = 64 * 1024
+
+
 def _set_buffer_size(transport: object, size: int) -> None:
     """Make the transport pause its producer past *size* unwritten bytes.
 
@@ -146,6 +154,10 @@ class ChatServerProtocol(Protocol):
         # Read, not handled yet: while paused, or (raw framing) until their turn.
         self._backlog: deque[Decoded] = deque()
         self._paused = False  # by the transport: the client is not reading
+        self._buffer_size = _TRANSPORT_BUFFER  # where the transport pauses us
+        # While the transport holds over _buffer_size: how many more bytes
+        # may be written before max_output is reached.  None: it holds less.
+        self._allowance: int | None = None
         self._reading_paused = False  # by us: too many lines held back
         self._backlog_size = 0
         self._told_slow = False  # logged that the client does not read
@@ -170,7 +182,8 @@ class ChatServerProtocol(Protocol):
         )
         factory.conversations[self.conversation_id] = self
         self._started = self._turn_started = factory.clock.seconds()
-        _set_buffer_size(self.transport, factory.max_output)
+        self._buffer_size = min(factory.max_output, _TRANSPORT_BUFFER)
+        _set_buffer_size(self.transport, self._buffer_size)
         cast(IConsumer, self.transport).registerProducer(self, True)
         if factory.idle_timeout is not None:
             self._idle_timer = factory.clock.callLater(
@@ -321,6 +334,21 @@ class ChatServerProtocol(Protocol):
     # IPushProducer: the transport says when the client stops reading.
 
     def pauseProducing(self) -> None:
+        # The transport holds more than _buffer_size unsent bytes; past
+        # max_output in all, stop handling lines.
+        if self._allowance is None:
+            self._allowance = self.factory.max_output - self._buffer_size
+        if self._allowance <= 0:
+            self._stop_handling()
+
+    def _count_unsent(self, size: int) -> None:
+        """*size* more bytes join a transport buffer that is already full."""
+        assert self._allowance is not None
+        self._allowance -= size
+        if self._allowance <= 0:
+            self._stop_handling()
+
+    def _stop_handling(self) -> None:
         # Not only when the client stops reading: TLS also pauses us until
         # its handshake is done, which needs the input to keep flowing.  So
         # stop *handling* lines here, and stop reading only once too many
@@ -336,6 +364,7 @@ class ChatServerProtocol(Protocol):
                 )
 
     def resumeProducing(self) -> None:
+        self._allowance = None  # the transport has sent all it held
         if not self._paused:
             return
         self._paused = False
@@ -530,6 +559,8 @@ class ChatServerProtocol(Protocol):
         except ValueError as e:
             self._fail(Failure(BadAnswer(str(e))))
             return
+        if self._allowance is not None:
+            self._count_unsent(len(data))
         self.transport.write(data)
         self._turn_started = now = self.factory.clock.seconds()  # the client's turn
         if self.factory.transcript is not None:
@@ -572,6 +603,8 @@ class ChatServerProtocol(Protocol):
     def _send_notice(self, notice: Notice) -> None:
         data = self.factory.framing.encode_notice(notice)
         if data:
+            if self._allowance is not None:
+                self._count_unsent(len(data))
             self.transport.write(data)
         if notice.kind is NoticeKind.BYE:
             self._bye_code = notice.code

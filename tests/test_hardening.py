@@ -274,8 +274,30 @@ def test_a_client_that_does_not_read_is_held_back_not_buffered_without_bound():
     assert transport.producerState == "producing"
 
 
+def test_reads_stay_small_while_up_to_max_output_may_wait_unread():
+    class Transport(StringTransport):
+        bufferSize = 2**16  # Twisted's: its read size and its pause limit
+
+    factory = ChatServerFactory(EchoResponder(), max_output=100_000, clock=Clock())
+    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = Transport(peerAddress=IPv4Address("TCP", "127.0.0.1", 1))
+    proto.makeConnection(transport)
+    assert transport.bufferSize == 2**16, "not a 100 kB allocation per read"
+    lines(transport)
+    proto.pauseProducing()  # the transport holds over 64 KiB unsent
+    line = b"x" * 999 + b"\n"
+    for _ in range(34):  # 34,000 bytes more: 98 kB in all, under the limit
+        proto.dataReceived(line)
+    assert len(lines(transport)) == 34, "answered while under max_output"
+    proto.dataReceived(line)  # 35,000 more: max_output is reached
+    proto.dataReceived(line)
+    assert len(lines(transport)) == 1, "held back past max_output"
+    proto.resumeProducing()  # the client read it all
+    assert len(lines(transport)) == 1
+
+
 def test_lines_held_back_are_answered_before_a_half_close_ends_the_talk():
-    factory = ChatServerFactory(EchoResponder(), clock=Clock())
+    factory = ChatServerFactory(EchoResponder(), max_output=1000, clock=Clock())
     proto, transport = connect(factory)
     lines(transport)
     proto.pauseProducing()
