@@ -394,7 +394,7 @@ def run_once(
             conns=config.conns,
             turns=result["turns"],
             messages=result["messages"],
-            errors=result["errors"] + (gen.returncode != 0 and not result["errors"]),
+            errors=result["errors"] or (1 if gen.returncode else 0),
             turns_per_s=result["turns_per_s"],
             p50_us=result["p50_us"],
             p99_us=result["p99_us"],
