@@ -152,7 +152,9 @@ class ChatServerProtocol(Protocol):
         self.closed: Deferred[None] = Deferred()
         self._pending: Deferred[str] | None = None
         # Read, not handled yet: while paused, or (raw framing) until their turn.
-        self._backlog: deque[Decoded] = deque()
+        # Made when first needed: an empty deque takes about 600 bytes, and
+        # most conversations never hold a line back.
+        self._backlog: deque[Decoded] | None = None
         self._paused = False  # by the transport: the client is not reading
         self._buffer_size = _TRANSPORT_BUFFER  # where the transport pauses us
         # While the transport holds over _buffer_size: how many more bytes
@@ -324,6 +326,8 @@ class ChatServerProtocol(Protocol):
         """Keep lines read while paused, or early raw messages; past the limit,
         stop reading."""
         added = [item, *rest]
+        if self._backlog is None:
+            self._backlog = deque()
         self._backlog.extend(added)
         # Characters, not bytes: near enough for a bound.
         self._backlog_size += sum(len(i) if isinstance(i, str) else 1 for i in added)
