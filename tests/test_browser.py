@@ -255,6 +255,18 @@ def test_a_dropped_connection_is_reported_and_the_page_reconnects(page):
         assert said_and_answered(page, "after") == "after"
 
 
+def test_reconnecting_to_a_server_that_is_down_says_it_cannot_be_reached(page):
+    with WebServer("--responder", "echo") as server:
+        page.goto(server.url)
+        wait_for_turn(page)
+        server.stop(signal.SIGKILL)
+    page.wait_for_selector("body[data-state=lost]")
+    page.click("#reconnect")
+    page.wait_for_selector("#log li.notice.error[data-code=unreachable]")
+    assert status(page) == "Could not reach the server. Reconnect to try again."
+    assert page.is_visible("#reconnect")
+
+
 def test_the_page_is_readable_at_phone_width(browser):
     context = browser.new_context(viewport={"width": 360, "height": 640})
     page = context.new_page()
@@ -277,6 +289,20 @@ def test_the_page_is_readable_at_phone_width(browser):
                 "('#log li.peer .text')).fontSize)"
             )
             assert font >= 14
+            for n in range(6):
+                said_and_answered(page, f"line {n}")
+            say(page, "q")
+            page.wait_for_selector("#log li.notice.bye")
+            page.wait_for_selector("#reconnect:visible")
+            # The goodbye stays in view above the footer's new button.
+            bottom = page.evaluate(
+                "document.querySelector('#log li:last-child')"
+                ".getBoundingClientRect().bottom"
+            )
+            footer = page.evaluate(
+                "document.querySelector('footer, form').getBoundingClientRect().top"
+            )
+            assert bottom <= footer + 1
     finally:
         context.close()
 

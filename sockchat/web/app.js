@@ -22,6 +22,7 @@
   const reconnect = document.getElementById("reconnect");
 
   let socket = null;
+  let opened = false; // the current socket was opened at least once
   let state = "connecting";
   let peer = "server"; // who answers: the server, or a partner in pair mode
 
@@ -74,6 +75,9 @@
     reconnect.hidden = !(next === "ended" || next === "lost");
     reconnect.textContent = next === "lost" ? "Reconnect" : "New conversation";
     if (yours) input.focus();
+    // The footer may have changed height (the Reconnect button): keep the
+    // last line in view.
+    if (log.lastElementChild) log.lastElementChild.scrollIntoView({ block: "end" });
   }
 
   function received(event) {
@@ -110,6 +114,11 @@
   function closed(event) {
     socket = null;
     if (state === "ended") return;
+    if (!opened) {
+      showNotice("error", "unreachable", "could not reach the server; is it running?");
+      setState("lost", "Could not reach the server. Reconnect to try again.");
+      return;
+    }
     const why = event.code === 1006 ? "" : " (code " + event.code + ")";
     showNotice("error", "connection-lost", "the connection was lost" + why + ".");
     setState("lost", "Connection lost. Reconnect to start a new conversation.");
@@ -119,7 +128,11 @@
     const scheme = location.protocol === "https:" ? "wss://" : "ws://";
     setState("connecting", "Connecting…");
     peer = "server";
+    opened = false;
     socket = new WebSocket(scheme + location.host + "/chat");
+    socket.addEventListener("open", function () {
+      opened = true;
+    });
     // The server's first line (welcome, listen, or busy) says whose turn it is.
     socket.addEventListener("message", received);
     socket.addEventListener("close", closed);
