@@ -100,6 +100,7 @@ class _ChatClientProtocol(Protocol):
         #: Fires with None at the server's first line, or when the
         #: connection is lost before it.
         self.greeted: Deferred[None] = Deferred()
+        self._heard_anything = False
 
     def connectionMade(self) -> None:
         if not self._framing.greets:  # no welcome is coming: it is our turn
@@ -146,11 +147,30 @@ class _ChatClientProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         items = self._decoder.feed(data)
+        if items and not self._heard_anything:
+            self._heard_anything = True
+            if not self._framing.greets and self._greets_in_lines(items[0]):
+                return
         self._take(items)
         # After the lines are taken, so that whoever waits for the greeting
         # sees whose turn it is.
         if items and not self.greeted.called:
             self.greeted.callback(None)
+
+    def _greets_in_lines(self, first: Decoded) -> bool:
+        """A raw client that hears a line server's welcome says so, and ends."""
+        if not isinstance(first, str):
+            return False
+        if not first.startswith(("!info welcome: ", "!info listen: ")):
+            return False
+        self._end = _End(
+            False,
+            "this server speaks line framing (it sent a welcome notice): run "
+            "the client without --framing raw.",
+            None,
+        )
+        self.transport.loseConnection()
+        return True
 
     def _take(self, items: list[Decoded]) -> None:
         for item in items:
@@ -361,8 +381,9 @@ def connect(
             return Failure(
                 NoGreeting(
                     f"the server said nothing for {timeout:g} seconds after the "
-                    "connection was made: is it a sockchat server (a TLS port needs "
-                    "tls:)?"
+                    "connection was made: is it a sockchat server? (For a server "
+                    "started with --framing raw, or the tutorial's, use --framing "
+                    "raw; for a TLS port, tls:.)"
                 )
             )
 

@@ -208,8 +208,7 @@ class ConsoleResponder:
                 self._queue.remove(entry)
                 if self._closing:
                     return  # already listed by close()
-                if self._prompting is entry:
-                    self._prompting = None
+                # _show ends the prompt's line first, whoever it was for.
                 self._show(
                     f"{entry.label()} left; its line "
                     f'"{safe_text(entry.text)}" goes unanswered.'

@@ -182,6 +182,8 @@ class Options(usage.Options):
         # What to call it in messages: no need to show the backlog added.
         self["where"] = self["endpoint"].replace(f":backlog={LISTEN_BACKLOG}", "")
         web = self["web"]
+        if web is not None and not web.strip():
+            raise fatal("--web needs a port number or an endpoint; it was empty")
         self["web_endpoint"] = endpoint_description(web, "--web") if web else None
         responder = self["responder"]
         if responder is None:

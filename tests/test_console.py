@@ -80,8 +80,9 @@ def test_client_leaving_is_shown_and_the_next_one_prompted():
     screen.take()
     first.cancel()
     shown = screen.take()
-    assert (
-        'client 1 (127.0.0.1:50001) left; its line "bye soon" goes unanswered.' in shown
+    # On a line of its own, not after the prompt it cut short.
+    assert shown.startswith(
+        '\nclient 1 (127.0.0.1:50001) left; its line "bye soon" goes unanswered.\n'
     )
     assert shown.endswith("server --> client 2: ")
     assert console.waiting == 1

@@ -6,6 +6,7 @@ answer, or in its place an error.  A message sent ahead waits its turn.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
@@ -380,3 +381,18 @@ def test_pair_mode_works_in_raw_framing_one_reply_per_message():
     a.connectionLost(Failure(ConnectionDone()))
     assert sent(b_t).startswith(b"!bye partner-left: client 1 ")
     assert b_t.disconnecting
+
+
+def test_a_raw_client_that_reaches_a_line_server_says_so_and_ends():
+    from sockchat import ConversationEnded, EchoResponder, RawFraming, connect
+    from sockchat.testing import MemoryServer
+
+    server = MemoryServer(EchoResponder())
+    conversation = server.result(
+        connect(server.clock, server.endpoint(), framing=RawFraming())
+    )
+    with pytest.raises(ConversationEnded) as ended:
+        server.result(conversation.say("hello"))
+    assert not ended.value.clean
+    assert "this server speaks line framing" in ended.value.why
+    assert "without --framing raw" in ended.value.why
