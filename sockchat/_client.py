@@ -321,6 +321,11 @@ def _describe_loss(reason: Failure) -> str:
         details = error.args[0] if error is not None and error.args else []
         found = [d[-1] for d in details if isinstance(d, tuple) and d and d[-1]]
         why = ", ".join(found) or reason.getErrorMessage()
+        if "certificate verify failed" in why:
+            return (
+                f"the TLS handshake failed ({why}); if the server's certificate "
+                "comes from a private CA, pass that CA's certificate with --ca."
+            )
         return f"the TLS handshake failed ({why})."
     if reason.check(ConnectionDone):
         return "the server closed the connection without a goodbye."

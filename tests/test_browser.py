@@ -111,6 +111,13 @@ def test_a_person_holds_a_multi_turn_conversation_with_echo(page):
         say(page, "q")
         page.wait_for_selector("#log li.notice.bye")
         assert page.locator("#log li.notice.bye .who").text_content() == "bye quit"
+        # An ordinary goodbye is not marked as an error.
+        border, error = page.evaluate(
+            "[getComputedStyle(document.querySelector('#log li.notice.bye'))"
+            ".borderLeftColor, getComputedStyle(document.body)"
+            ".getPropertyValue('--error').trim()]"
+        )
+        assert border != "rgb(138, 28, 28)", (border, error)
         assert status(page) == "The conversation is over (quit)."
         assert page.is_disabled("#line")
         assert page.is_visible("#reconnect")

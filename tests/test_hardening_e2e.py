@@ -177,7 +177,9 @@ def test_tls_without_the_ca_fails_in_one_line(tls):
         done = tls_client(server.port)
     assert done.returncode == 1
     assert done.stderr.decode().splitlines() == [
-        "sockchat: the TLS handshake failed (certificate verify failed)."
+        "sockchat: the TLS handshake failed (certificate verify failed); if the "
+        "server's certificate comes from a private CA, pass that CA's certificate "
+        "with --ca."
     ]
 
 
