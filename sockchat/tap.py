@@ -180,7 +180,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self["endpoint"] = endpoint_description(self["port"])
         # What to call it in messages: no need to show the backlog added.
-        self["where"] = self["endpoint"].replace(f":backlog={LISTEN_BACKLOG}", "")
+        self["where"] = _as_given(self["endpoint"])
         web = self["web"]
         if web is not None and not web.strip():
             raise fatal("--web needs a port number or an endpoint; it was empty")
@@ -322,19 +322,31 @@ def _require_client_certificates(
     return endpoint
 
 
-def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
+def _as_given(description: str) -> str:
+    """The endpoint as the user would say it: without the backlog we add."""
+    return description.replace(f":backlog={LISTEN_BACKLOG}", "")
 
-    description = options["endpoint"]
+
+def _server_endpoint(
+    reactor: Any, description: str, option: str, given: str
+) -> IStreamServerEndpoint:
+    """Parse *description* (made from *given*); a bad one ends in one line."""
     try:
-        endpoint = serverFromString(reactor, description)
+        endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
         raise fatal(
-            f"--port {options['port']!r} is neither a port number nor a server "
+            f"{option} {given!r} is neither a port number nor a server "
             f"endpoint description ({e})"
         ) from None
     except (OSError, SSL.Error, crypto.Error) as e:  # ssl: key or certificate files
-        raise fatal(f"--port {options['port']!r}: {e}") from None
+        raise fatal(f"{option} {given!r}: {e}") from None
+    return endpoint
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    endpoint = _server_endpoint(reactor, options["endpoint"], "--port", options["port"])
 
     top = MultiService()
     responder: IResponder
@@ -391,19 +403,11 @@ def _web_service(
 ) -> IService:
     """The web door (``--web``): its conversations share the TCP door's factory."""
     description = options["web_endpoint"]
-    try:
-        endpoint = serverFromString(reactor, description)
-    except (ValueError, KeyError, TypeError) as e:
-        raise fatal(
-            f"--web {options['web']!r} is neither a port number nor a server "
-            f"endpoint description ({e})"
-        ) from None
-    except (OSError, SSL.Error, crypto.Error) as e:  # ssl: key or certificate files
-        raise fatal(f"--web {options['web']!r}: {e}") from None
+    endpoint = _server_endpoint(reactor, description, "--web", options["web"])
     web = WebChatService(
         reactor,
         endpoint,
-        description.replace(f":backlog={LISTEN_BACKLOG}", ""),
+        _as_given(description),
         factory,
         options["responder"],
         secure=description.startswith("ssl:"),

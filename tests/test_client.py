@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.test import iosim
-from zope.interface import implementer
 
 from sockchat import (
     ChatServerFactory,
@@ -24,6 +23,7 @@ from sockchat import (
 from sockchat._client import _ClientFactory
 
 from conftest import result_of
+from fakes import Later
 
 
 class Pair:
@@ -44,17 +44,6 @@ class Pair:
     def say(self, text: str) -> Deferred[str]:
         d = self.conversation.say(text)
         self.pump.flush()
-        return d
-
-
-@implementer(IResponder)
-class Later:
-    def __init__(self) -> None:
-        self.pending: list[Deferred[str]] = []
-
-    def respond(self, conversation, text):
-        d: Deferred[str] = Deferred()
-        self.pending.append(d)
         return d
 
 

@@ -11,28 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from sockchat import ChatServerFactory, ConversationInfo, EchoResponder, IResponder
+from sockchat import ChatServerFactory, EchoResponder
 from sockchat._codec import LineDecoder
 from sockchat._limits import AccessRules, Admission, parse_networks
 from sockchat._wire import Answer, Notice, parse_server_line
 
-
-@implementer(IResponder)
-class Later:
-    def __init__(self) -> None:
-        self.pending: list[Deferred[str]] = []
-
-    def respond(self, conversation: ConversationInfo, text: str) -> Deferred[str]:
-        d: Deferred[str] = Deferred()
-        self.pending.append(d)
-        return d
+from fakes import Later
 
 
 def v4(host: str, port: int = 40000) -> IPv4Address:

@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -21,36 +20,19 @@ from zope.interface import implementer
 from sockchat import (
     ChatServerFactory,
     ConversationEnded,
-    ConversationInfo,
     EchoResponder,
     IResponder,
-    ITranscript,
     PairResponder,
     RawFraming,
-    TranscriptEntry,
 )
 from sockchat._client import Conversation, _ChatClientProtocol
 from sockchat._limits import Admission
 
 from conftest import has_fired, result_of
+from fakes import Kept, Later
 
 RAW = RawFraming()
 PEER = IPv4Address("TCP", "127.0.0.1", 50000)
-
-
-@implementer(IResponder)
-class Later:
-    """Answers when the test says."""
-
-    def __init__(self) -> None:
-        self.texts: list[str] = []
-        self.pending: list[Deferred[str]] = []
-
-    def respond(self, conversation: ConversationInfo, text: str) -> Deferred[str]:
-        self.texts.append(text)
-        d: Deferred[str] = Deferred()
-        self.pending.append(d)
-        return d
 
 
 def connect(responder=None, **kw):
@@ -345,14 +327,6 @@ def test_client_quit_sends_a_bare_q():
 
 
 def test_the_transcript_holds_what_was_sent_not_the_unsent_notices():
-    @implementer(ITranscript)
-    class Kept:
-        def __init__(self) -> None:
-            self.entries: list[TranscriptEntry] = []
-
-        def record(self, entry: TranscriptEntry) -> None:
-            self.entries.append(entry)
-
     kept = Kept()
     proto, _ = connect(transcript=kept)
     proto.dataReceived(b"hello")

@@ -8,27 +8,17 @@ import signal
 import stat
 
 import pytest
-from zope.interface import implementer
 
 from sockchat import (
     EchoResponder,
-    ITranscript,
     TranscriptEntry,
     TranscriptFile,
 )
 from sockchat._transcript import encode_entry
 from sockchat.testing import MemoryServer
 
+from fakes import Kept
 from processes import Server, raw_connect, recv_lines, run_twistd
-
-
-@implementer(ITranscript)
-class Kept:
-    def __init__(self) -> None:
-        self.entries: list[TranscriptEntry] = []
-
-    def record(self, entry: TranscriptEntry) -> None:
-        self.entries.append(entry)
 
 
 def test_an_entry_is_one_line_of_json_with_exact_text():

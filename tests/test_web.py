@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -26,7 +25,7 @@ from wsproto.events import (
 )
 from zope.interface import implementer
 
-from sockchat import ChatServerFactory, ConversationInfo, EchoResponder, IResponder
+from sockchat import ChatServerFactory, EchoResponder
 from sockchat._framing import RawFraming
 from sockchat._limits import Admission
 from sockchat._transcript import ITranscript, TranscriptEntry
@@ -37,18 +36,9 @@ from sockchat._web import (
     same_origin,
 )
 
+from fakes import Later
+
 PAGE = "http://127.0.0.1:8080"
-
-
-@implementer(IResponder)
-class Later:
-    def __init__(self) -> None:
-        self.pending: list[Deferred[str]] = []
-
-    def respond(self, conversation: ConversationInfo, text: str) -> Deferred[str]:
-        d: Deferred[str] = Deferred()
-        self.pending.append(d)
-        return d
 
 
 def make_factory(responder=None, **kw) -> ChatServerFactory:
