@@ -112,16 +112,13 @@ class _ChatClientProtocol(Protocol):
             return fail(heard) if isinstance(heard, LineRefused) else succeed(heard)
         if self.lost is not None:
             return fail(self.lost)
-        if self.turns.turn is not Turn.SERVER or self._waiting is not None:
-            return fail(
-                NotYourTurn(
-                    "nothing to listen for: it is your turn"
-                    if self.turns.turn is Turn.CLIENT
-                    else "say() is already waiting for the answer"
-                    if self.turns.turn is Turn.SERVER
-                    else "the conversation has ended"
-                )
-            )
+        turn = self.turns.turn
+        if turn is Turn.CLIENT:
+            return fail(NotYourTurn("nothing to listen for: it is your turn"))
+        if turn is Turn.ENDED:
+            return fail(NotYourTurn("the conversation has ended"))
+        if self._waiting is not None:
+            return fail(NotYourTurn("say() is already waiting for the answer"))
         self._waiting = Deferred()
         return self._waiting
 
