@@ -1,18 +1,17 @@
 """The web door: the chat page, and a WebSocket per conversation.
 
-A thin adapter around ``twisted.web.websocket``.  Each WebSocket connection
-gets a protocol from the same ``ChatServerFactory`` as the TCP door (same
-responder, limits, admission caps, conversation ids and log events), and
-``WebSocketLines`` presents the socket to it as a transport:
+A thin adapter around ``twisted.web.websocket``.  Each WebSocket is a
+``WebConversation`` with its own engine, from the same ``ChatServerFactory``
+as the TCP door (same responder, settings, admission caps, conversation ids
+and log events):
 
-- one text message from the browser is one line, fed to the protocol as
-  UTF-8 bytes and a newline, so the same ``LineDecoder`` and ``ServerTurns``
-  judge it (``--max-line``, out of turn, ``q``);
-- each line the protocol writes (an answer or a notice, exactly as on TCP)
-  is one text message, without its newline;
-- the protocol's producer and pause calls reach the TCP connection under
-  the socket, and its close after a bye becomes a WebSocket close whose code
-  says why (see ``CLOSE_CODES``).
+- one text message from the browser is one line for the engine, which
+  judges it as on TCP (``--max-line``, out of turn, ``q``);
+- each answer or notice is one text message, exactly the line TCP sends,
+  without its newline;
+- the engine's pause and resume reach the TCP connection under the socket,
+  and its close becomes a WebSocket close whose code comes from the
+  ``Reason`` (see ``CLOSE_CODES``).
 
 Frames that cannot be a line get a close code of their own: binary (1003),
 a newline inside a message (1007); wsproto closes invalid UTF-8 with 1007
@@ -30,14 +29,8 @@ from importlib import resources
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from twisted.internet.interfaces import (
-    IAddress,
-    IConsumer,
-    IProtocol,
-    IPushProducer,
-    ITCPTransport,
-    ITransport,
-)
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer, ITCPTransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.pages import notFound
@@ -47,16 +40,23 @@ from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from wsproto.utilities import LocalProtocolError
 from zope.interface import implementer
 
+from ._door import Door
+from ._engine import Action, Close, Reason, SendMessage, ServerConversation
 from ._render import safe_text
-from ._server import ChatServerFactory, describe_address
-from ._wire import Notice, NoticeKind, parse_server_line
+from ._server import (
+    TRANSPORT_BUFFER,
+    ChatServerFactory,
+    describe_address,
+    set_buffer_size,
+)
 
 __all__ = [
     "CLOSE_CODES",
     "CONTENT_SECURITY_POLICY",
     "WebChatDoor",
-    "WebSocketLines",
+    "WebConversation",
     "chat_site",
+    "close_code",
     "names_this_host",
     "same_origin",
 ]
@@ -66,16 +66,15 @@ log = Logger(namespace="sockchat.web")
 #: The WebSocket close code sent after each bye notice (RFC 6455 section
 #: 7.4, and 1013 from the IANA registry).  Any other bye closes with 1000.
 CLOSE_CODES = {
-    "quit": 1000,  # normal closure
-    "end-of-input": 1000,
-    "idle-timeout": 1000,
-    "shutdown": 1001,  # going away
-    "denied": 1008,  # policy violation
-    "busy": 1013,  # try again later
+    Reason.QUIT: 1000,  # normal closure
+    Reason.END_OF_INPUT: 1000,
+    Reason.IDLE_TIMEOUT: 1000,
+    Reason.SHUTDOWN: 1001,  # going away
+    Reason.DENIED: 1008,  # policy violation
+    Reason.BUSY: 1013,  # try again later
+    Reason.BINARY_MESSAGE: 1003,  # unsupported data
+    Reason.NEWLINE_IN_MESSAGE: 1007,  # inconsistent data
 }
-#: Close codes for messages that cannot be a line.
-UNSUPPORTED_DATA = 1003
-INCONSISTENT_DATA = 1007
 
 #: Everything comes from the page's own origin; nothing inline, no frames.
 CONTENT_SECURITY_POLICY = (
@@ -163,9 +162,8 @@ class _Stream:
 
     Twisted's WebSocket protocol gathers a message's pieces in a buffer
     before it hands the message over, however big it grows.  This passes
-    each piece on at once (the line decoder bounds what it keeps; a binary
-    piece closes the socket), and hands over an empty rest when the message
-    ends.
+    each piece on at once (the engine bounds what it keeps; a binary piece
+    closes the socket), and hands over an empty rest when the message ends.
     """
 
     __slots__ = ("_empty", "_sink")
@@ -181,155 +179,161 @@ class _Stream:
         return self._empty
 
 
-@implementer(ITransport, IConsumer, IPushProducer)
-class WebSocketLines:
-    """One WebSocket connection, as a line transport for a chat protocol.
+def stream_messages(
+    socket: WebSocketTransport,
+    text: Callable[[str], None],
+    binary: Callable[[bytes], None],
+) -> bool:
+    """Have *socket* hand each piece of a message over as it comes.
+
+    Twisted (26.10) has no public way to do this; it keeps each message's
+    pieces in ``_textBuffer`` and ``_bytesBuffer`` until the message ends.
+    This is the one place that reaches in, and ``tests/test_web.py`` fails
+    if it stops working.  False: the socket has no such buffers, and whole
+    messages arrive (still bounded by the engine once they do).
+    """
+    if not hasattr(socket, "_textBuffer"):
+        return False
+    buffers = cast(Any, socket)
+    buffers._textBuffer = _Stream(text, "")
+    buffers._bytesBuffer = _Stream(binary, b"")
+    return True
+
+
+def close_code(reason: Reason) -> int:
+    """The WebSocket close code that says why a conversation ended."""
+    return CLOSE_CODES.get(reason, 1000)
+
+
+@implementer(IPushProducer)
+class WebConversation(Door):
+    """One conversation over a WebSocket.
 
     It is the ``WebSocketProtocol`` that Twisted's ``WebSocketResource``
-    talks to, and the transport that *protocol* (built by the
-    ``ChatServerFactory``) writes to.
+    talks to: one text message from the browser is one line for the
+    engine, and each answer or notice is one text message.  The engine's
+    pause and resume reach the TCP connection under the socket.
     """
 
-    def __init__(self, protocol: IProtocol, request: Request) -> None:
-        self.protocol = protocol
+    def __init__(self, factory: ChatServerFactory, request: Request) -> None:
+        super().__init__(0)
+        self.factory = factory
         self._request = request
         #: The connection under the socket: TCP, or TLS over TCP.
-        self.transport = cast(ITCPTransport, request.channel.transport)
+        self._tcp = cast(ITCPTransport, request.channel.transport)
         self._peer = request.getClientAddress()
-        self._host = request.getHost()
         self._socket: WebSocketTransport | None = None
-        self._out = b""
-        self._bye: str | None = None  # the code of the bye notice sent
-        self._closing = False
 
     # The WebSocket side (twisted.web.websocket.WebSocketProtocol).
 
     def negotiationStarted(self, transport: WebSocketTransport) -> None:
         self._socket = transport
-        # Twisted 26.10's socket buffers whole messages; stream them instead.
-        if hasattr(transport, "_textBuffer"):
-            buffers = cast(Any, transport)
-            buffers._textBuffer = _Stream(self._piece, "")
-            buffers._bytesBuffer = _Stream(self._binary, b"")
+        stream_messages(transport, self._piece, self._binary)
 
     def negotiationFinished(self) -> None:
-        self.protocol.makeConnection(self)
+        factory = self.factory
+        set_buffer_size(self._tcp, TRANSPORT_BUFFER)
+        # The HTTP channel is the TCP connection's producer; it passes pause
+        # and resume on to the producer of its request.
+        self._request.registerProducer(self, True)
+        peer = describe_address(self._peer)
+        refusal = factory.refusal(self._peer)
+        if refusal is not None:
+            self.engine = ServerConversation(
+                factory.settings, 0, peer, factory.clock.seconds(), messages=True
+            )
+            self.engine.refuse(refusal, factory.clock.seconds())
+            self._run(factory.clock.seconds())
+            return
+        self.conversation_id = factory.next_id()
+        self.closed.addCallback(
+            lambda _: factory.admission.release(getattr(self._peer, "host", None))
+        )
+        self._begin(peer, messages=True)
 
     def textMessageReceived(self, message: str) -> None:
         # Streamed, *message* is the empty rest; otherwise it is all of it.
-        self._piece(message)
-        if not self._closing:
-            self.protocol.dataReceived(b"\n")
+        self._message(message, final=True)
 
     def bytesMessageReceived(self, data: bytes | bytearray) -> None:
-        self._binary(data)
+        self._binary(bytes(data))
 
     def pongReceived(self, payload: bytes) -> None:
         pass
 
     def connectionLost(self, reason: Failure) -> None:
-        self._closing = True
-        self.protocol.connectionLost(reason)
+        if self.conversation_id:
+            self._lost(bool(reason.check(ConnectionDone)), reason.getErrorMessage())
+        self._socket = None
 
     def _piece(self, text: str) -> None:
-        if self._closing or not text:
-            return
-        if "\n" in text:
-            self._refuse(
-                INCONSISTENT_DATA, "a message is one line: it cannot contain a newline"
-            )
-            return
-        self.protocol.dataReceived(text.encode("utf-8"))
+        self._message(text, final=False)
 
-    def _binary(self, data: object) -> None:
-        if not self._closing:
-            self._refuse(
-                UNSUPPORTED_DATA, "binary messages are not accepted: send text"
-            )
+    def _message(self, text: str, *, final: bool) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            now = self.factory.clock.seconds()
+            engine.receive_message(text, now, final=final)
+            self._run(now)
 
-    def _refuse(self, code: int, why: str) -> None:
-        log.info(
-            "WebSocket from {peer}: {why}; closing it with code {code}",
-            peer=describe_address(self._peer),
-            why=why,
-            code=code,
-        )
-        self._close(code)
+    def _binary(self, data: bytes) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            now = self.factory.clock.seconds()
+            engine.receive_binary(now)
+            self._run(now)
 
-    def _close(self, code: int) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        assert self._socket is not None
-        try:
-            self._socket.loseConnection(code)
-        except LocalProtocolError:  # the browser closed first
-            self.transport.loseConnection()
-
-    # The transport side, for the chat protocol.
-
-    def write(self, data: bytes) -> None:
-        self._out += data
-        while b"\n" in self._out:
-            line, self._out = self._out.split(b"\n", 1)
-            self._send(line.decode("utf-8", "replace"))
-
-    def writeSequence(self, data: Any) -> None:
-        self.write(b"".join(data))
-
-    def _send(self, line: str) -> None:
-        if self._closing or self._socket is None:
-            return
-        if line.startswith("!bye "):
-            message = parse_server_line(line)
-            if isinstance(message, Notice) and message.kind is NoticeKind.BYE:
-                self._bye = message.code
-        with suppress(LocalProtocolError):  # the browser is closing the socket
-            self._socket.sendTextMessage(line)
-
-    def loseConnection(self) -> None:
-        self._close(CLOSE_CODES.get(self._bye or "", 1000))
-
-    def abortConnection(self) -> None:
-        self._closing = True
-        self.transport.abortConnection()
-
-    def getPeer(self) -> IAddress:
-        return cast(IAddress, self._peer)
-
-    def getHost(self) -> IAddress:
-        return cast(IAddress, self._host)
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        # The HTTP channel is the TCP connection's producer; it passes
-        # pause and resume on to the producer of its request.
-        self._request.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        if self._request.producer is not None:
-            self._request.unregisterProducer()
-
-    # The chat protocol pauses the transport to stop reading the client.
+    # IPushProducer: the TCP connection under the socket is full, or not.
 
     def pauseProducing(self) -> None:
-        cast(IPushProducer, self.transport).pauseProducing()
+        now = self.factory.clock.seconds()
+        self.engine.output_full(now)
+        self._run(now)
 
     def resumeProducing(self) -> None:
-        cast(IPushProducer, self.transport).resumeProducing()
+        now = self.factory.clock.seconds()
+        self.engine.output_drained(now)
+        self._run(now)
 
     def stopProducing(self) -> None:
-        cast(IPushProducer, self.transport).stopProducing()
+        pass  # connectionLost follows
+
+    # The engine's actions.
+
+    def _send(self, action: Action) -> None:
+        if isinstance(action, SendMessage) and self._socket is not None:
+            with suppress(LocalProtocolError):  # the browser is closing the socket
+                self._socket.sendTextMessage(action.text)
+
+    def _pause(self) -> None:
+        cast(IPushProducer, self._tcp).pauseProducing()
+
+    def _resume(self) -> None:
+        cast(IPushProducer, self._tcp).resumeProducing()
+
+    def _close(self, action: Close) -> None:
+        socket = self._socket
+        if socket is None:
+            return
+        if self._request.producer is not None:
+            self._request.unregisterProducer()
+        try:
+            socket.loseConnection(close_code(action.reason))
+        except LocalProtocolError:  # the browser closed first
+            self._tcp.loseConnection()
+
+    def _abort(self) -> None:
+        self._tcp.abortConnection()
 
 
 class WebChatDoor:
-    """Build each WebSocket's chat protocol with the shared factory."""
+    """Build each WebSocket's conversation with the shared factory."""
 
     def __init__(self, factory: ChatServerFactory) -> None:
         self.factory = factory
 
-    def buildProtocol(self, request: Request) -> WebSocketLines:
-        protocol = self.factory.buildProtocol(request.getClientAddress())
-        return WebSocketLines(protocol, request)
+    def buildProtocol(self, request: Request) -> WebConversation:
+        return WebConversation(self.factory, request)
 
 
 class _ChatSocketResource(WebSocketResource):

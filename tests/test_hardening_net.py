@@ -19,6 +19,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from sockchat import ChatServerFactory, ConversationEnded, EchoResponder, connect
+from sockchat._engine import Flow
 from sockchat._limits import Admission
 
 
@@ -59,7 +60,7 @@ async def test_a_client_that_never_reads_holds_little_and_delays_no_one():
         for n in range(50):
             assert await other.say(f"turn {n}") == f"turn {n}"
         await other.quit()
-        held = _unsent(proto.transport) + proto._backlog_size + proto.decoder.buffered
+        held = _unsent(proto.transport) + proto.engine.held + proto.engine.buffered
         assert held < 64 * 1024 + 3 * 65536, f"server holds {held} bytes for it"
         flooder.transport.abortConnection()
         await until(lambda: not factory.conversations)
@@ -68,7 +69,7 @@ async def test_a_client_that_never_reads_holds_little_and_delays_no_one():
 
 
 def _reading_paused(factory) -> bool:
-    return any(p._reading_paused for p in factory.conversations.values())
+    return any(p.engine.flow is Flow.STOPPED for p in factory.conversations.values())
 
 
 def _unsent(transport) -> int:

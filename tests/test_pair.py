@@ -6,6 +6,8 @@ library, so these also test the public fakes.
 
 from __future__ import annotations
 
+import attrs
+
 import pytest
 
 from sockchat import (
@@ -125,7 +127,7 @@ def test_a_partner_that_drops_while_the_other_waits(server):
 
 
 def test_idle_partner_ends_the_pair(server):
-    server.factory.idle_timeout = 60.0
+    server.factory.settings = attrs.evolve(server.factory.settings, idle_timeout=60.0)
     alice = Client(server)
     bob = Client(server)
     bob_waits = bob.conversation.listen()

@@ -262,14 +262,14 @@ def test_every_chunk_gets_exactly_one_reply_with_an_instant_responder(chunks):
     for chunk in chunks:
         if chunk == b"q":
             continue
-        before = proto.turns.lines
+        before = proto.engine.lines
         proto.dataReceived(chunk)
         out = sent(transport)
-        messages = proto.turns.lines - before
-        assert proto.decoder.buffered <= 3
+        messages = proto.engine.lines - before
+        assert proto.engine.buffered <= 3
         replies += messages
         assert (out == b"") == (messages == 0)
-    assert proto.turns.answers <= replies
+    assert proto.engine.answers <= replies
 
 
 # The client library in raw framing

@@ -61,7 +61,7 @@ def test_echo_answers_each_line_in_turn():
     said(transport)
     proto.dataReceived("hello\n你好\r\n".encode())
     assert said(transport) == ["hello", "你好"]
-    assert proto.turns.answers == 2
+    assert proto.engine.answers == 2
 
 
 def test_q_gets_a_bye_and_a_clean_close():
