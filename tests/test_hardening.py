@@ -20,8 +20,8 @@ from twisted.python.failure import Failure
 from sockchat import ChatServerFactory, EchoResponder
 from sockchat._codec import LineDecoder
 from sockchat._engine import ITEM_OVERHEAD
-from sockchat._server import TRANSPORT_BUFFER
 from sockchat._limits import AccessRules, Admission, parse_networks
+from sockchat._server import TRANSPORT_BUFFER
 from sockchat._wire import Answer, Notice, parse_server_line
 
 from fakes import Later

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import attrs
-
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -104,7 +103,8 @@ async def test_chat_over_verified_tls(tmp_path):
 @pytest_twisted.ensureDeferred
 async def test_tls_conversations_close_cleanly_without_the_grace_abort(tmp_path):
     factory, port, endpoint = await listen_tls(tmp_path)
-    factory.settings = attrs.evolve(factory.settings, close_grace=60.0)  # an abort would come far too late for until()
+    # An abort would come far too late for until().
+    factory.settings = attrs.evolve(factory.settings, close_grace=60.0)
     try:
         conversation = await connect(reactor, endpoint)
         assert await conversation.say("secret") == "secret"

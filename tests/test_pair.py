@@ -7,7 +7,6 @@ library, so these also test the public fakes.
 from __future__ import annotations
 
 import attrs
-
 import pytest
 
 from sockchat import (
