@@ -76,10 +76,12 @@ class TelnetFilter:
     telnet's timing mark goes out before anything said about them.
     """
 
-    __slots__ = ("_commands", "_held", "_reply")
+    __slots__ = ("_commands", "_held", "_reply", "held")
 
     def __init__(self) -> None:
         self._held = b""  # IAC, or IAC and a negotiation verb
+        #: Bytes of an unfinished command kept for the next chunk.
+        self.held = 0
         self._commands: list[str] = []  # not yet reported
         self._reply = bytearray()
 
@@ -87,6 +89,7 @@ class TelnetFilter:
         """Return the chunk without its commands, and what they were."""
         if self._held:
             data, self._held = self._held + data, b""
+            self.held = 0
         if IAC not in data:
             return data, None
         out = bytearray()
@@ -130,16 +133,12 @@ class TelnetFilter:
             else:  # IAC and a byte that is no command: data, refused later
                 out += data[at : at + 2]
                 i = at + 2
+        self.held = len(self._held)
         if self._held or not (commands or reply):
             return bytes(out), None
         heard = TelnetHeard(tuple(commands), bytes(reply))
         self._commands, self._reply = [], bytearray()
         return bytes(out), heard
-
-    @property
-    def held(self) -> int:
-        """Bytes of an unfinished command kept for the next chunk."""
-        return len(self._held)
 
 
 def telnet_notice(heard: TelnetHeard) -> Notice | None:
