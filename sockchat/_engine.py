@@ -374,13 +374,12 @@ class ServerConversation:
 
     __slots__ = (
         "_decoder",
-        "_deferred_start",
         "_held_notices",
         "_input_ended",
         "_items",
         "_items_cost",
-        "_lines",
         "_last",
+        "_lines",
         "_messages",
         "_out",
         "_part_size",
@@ -449,7 +448,6 @@ class ServerConversation:
         self._last = now  # the client's idle time counts from here
         self._input_ended = False
         self._told: set[str] | None = None  # log events said once
-        self._deferred_start = False
         self._parts: list[str] = []  # a WebSocket message under way
         self._part_size = 0
         self._skipping = False

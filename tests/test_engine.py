@@ -187,7 +187,8 @@ def test_a_line_in_turn_is_delivered_and_its_answer_sent():
     assert drain(conversation) == [Deliver(1, "你好")]
     conversation.answered("!hi", 1.0)
     assert drain(conversation) == [Send(b"!!hi\n")]
-    assert conversation.turn is Turn.CLIENT and conversation.answers == 1
+    assert conversation.turn is Turn.CLIENT
+    assert conversation.answers == 1
 
 
 def test_a_line_out_of_turn_is_refused_and_the_turn_stays():
@@ -500,7 +501,8 @@ def test_the_transcript_has_each_line_answer_and_notice_in_order():
     ]
     assert entries[0][:2] == ("out", "notice")
     assert entries[1:3] == [("in", "line", "hi"), ("out", "answer", "hi")]
-    assert entries[3][:2] == ("in", "invalid") and entries[4][:2] == ("out", "notice")
+    assert entries[3][:2] == ("in", "invalid")
+    assert entries[4][:2] == ("out", "notice")
 
 
 def test_the_last_log_line_says_why_and_counts_refusals():
@@ -513,7 +515,8 @@ def test_the_last_log_line_says_why_and_counts_refusals():
         logs.append(action)
     (last,) = logs
     fields = dict(last.fields)
-    assert fields["refused"] == 2 and last.level == "info"
+    assert fields["refused"] == 2
+    assert last.level == "info"
     assert fields["why"] == "the client closed the connection without a q"
 
 
