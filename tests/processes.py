@@ -244,3 +244,26 @@ def need_tool(name: str, package: str) -> str:
             pytest.fail(f"{name} is missing in CI; .ci/run should install {package}")
         pytest.skip(f"{name} is not installed (apt-get install {package})")
     return path
+
+
+def wait_for_connections(port: int, count: int = 1, timeout: float = 20.0) -> None:
+    """Wait until *count* connections to local *port* are established.
+
+    Read from the kernel (``/proc/net/tcp`` and ``tcp6``), for tests that
+    must know a client is in before the next one comes, when the server
+    logs nothing yet (it logs a conversation at its first line).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        found = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as rows:
+                next(rows)
+                for row in rows:
+                    local, state = row.split()[1], row.split()[3]
+                    if state == "01" and int(local.rsplit(":", 1)[1], 16) == port:
+                        found += 1
+        if found >= count:
+            return
+        assert time.monotonic() < deadline, f"no {count} connection(s) to {port}"
+        time.sleep(0.05)

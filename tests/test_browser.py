@@ -22,7 +22,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from certs import make_tls_files
-from processes import CHROMIUM, CHROMIUM_ARGS, Reader, WebServer, start_client
+from processes import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Reader,
+    WebServer,
+    start_client,
+    wait_for_connections,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -369,7 +376,9 @@ def test_a_browser_that_joins_second_waits_for_the_first_line(page):
     with WebServer("--responder", "pair") as server:
         terminal = start_client(server.port)
         try:
-            server.read_until(b"conversation 1 started")
+            # The terminal client is in (the server logs a conversation only
+            # once it has a line).
+            wait_for_connections(server.port)
             page.goto(server.url)
             page.wait_for_selector("body[data-state=waiting]")
             assert status(page) == "Waiting for the other side's first line…"
