@@ -1,0 +1,127 @@
+"""The operator console and the client in a real terminal (tmux), as a person
+uses them: half-typed lines, log lines, shutdown, the shell afterwards."""
+
+from __future__ import annotations
+
+import re
+import socket
+import sys
+
+import pytest
+
+from processes import TWISTD, Server, Tmux, raw_connect, recv_lines
+
+pytestmark = pytest.mark.slow
+
+LISTENING = re.compile(r"sockchat listening on 127\.0\.0\.1:(\d+)")
+
+
+def console_in_tmux(tmp_path, *args: str) -> tuple[Tmux, int]:
+    term = Tmux(
+        f"cd {tmp_path} && exec {TWISTD} -n --pidfile= sockchat "
+        f"--port tcp:0:interface=127.0.0.1 {' '.join(args)}"
+    )
+    match = LISTENING.search(term.until(LISTENING))
+    assert match is not None
+    return term, int(match.group(1))
+
+
+def said(sock: socket.socket, line: bytes) -> None:
+    sock.sendall(line + b"\n")
+
+
+def nothing_arrives(sock: socket.socket, seconds: float = 1.0) -> None:
+    sock.settimeout(seconds)
+    try:
+        data = sock.recv(65536)
+    except TimeoutError:
+        return
+    raise AssertionError(f"expected nothing, got {data!r}")
+
+
+def test_a_line_begun_at_one_clients_prompt_never_goes_to_another(tmp_path):
+    # The issue's repro, in a real terminal: A and B wait, the prompt names
+    # A, the operator types without Enter, A quits, the operator presses Enter.
+    term, port = console_in_tmux(tmp_path)
+    a = b = None
+    try:
+        a, b = raw_connect(port), raw_connect(port)
+        recv_lines(a, 1), recv_lines(b, 1)  # the welcomes
+        said(a, b"question from A")
+        term.until("server --> client 1: ")
+        said(b, b"question from B")
+        term.until("client 2 (127.0.0.1:")
+        term.type("your new password is hunter2")
+        said(a, b"q")
+        term.until("server --> nobody (client 1 left; Enter): ")
+        term.enter()
+        shown = term.until("was not sent")
+        assert (
+            'client 1 left; "your new password is hunter2" was not sent: type it '
+            "again to answer client 2, or /to ID TEXT."
+        ) in shown
+        nothing_arrives(b)
+        term.until("server --> client 2: ")
+        term.type("this one is for B")
+        term.enter()
+        b.settimeout(10)
+        assert recv_lines(b, 1) == [b"this one is for B"]
+    finally:
+        for sock in (a, b):
+            if sock is not None:
+                sock.close()
+        term.close()
+
+
+def test_log_lines_start_on_a_fresh_line_and_no_prompt_after_shutdown(tmp_path):
+    term, port = console_in_tmux(tmp_path)
+    a = c = None
+    try:
+        a = raw_connect(port)
+        recv_lines(a, 1)
+        said(a, b"hello")
+        term.until("server --> client 1: ")
+        term.type("half typ")
+        c = raw_connect(port)  # the server logs the newcomer
+        recv_lines(c, 1)
+        shown = term.until(
+            re.compile(r"conversation 2 .*\n(.*\n)*server --> client 1: ")
+        )
+        assert not re.search(r"server --> client 1: half typ\S*\d{4}-\d\d-\d\d", shown)
+        assert re.search(r"^server --> client 1: half typ$", shown, re.M), shown
+        term.key("C-c")
+        shown = term.until("unanswered at shutdown (1):")
+        term.until("Server Shut Down.")
+        after = term.screen().split("unanswered at shutdown (1):", 1)[1]
+        assert "server -->" not in after, after
+    finally:
+        for sock in (a, c):
+            if sock is not None:
+                sock.close()
+        term.close()
+
+
+def test_an_answer_timeout_is_not_reported_as_the_client_leaving(tmp_path):
+    term, port = console_in_tmux(tmp_path, "--answer-timeout", "1")
+    a = None
+    try:
+        a = raw_connect(port)
+        recv_lines(a, 1)
+        said(a, b"are you there?")
+        shown = term.until("the client has its turn back.")
+        assert (
+            "client 1 (127.0.0.1:" in shown
+            and 'no answer within --answer-timeout, so its line "are you there?" '
+            "timed out; the client has its turn back."
+            in shown
+        )
+        assert "left" not in shown.split("are you there?", 1)[1]
+        a.settimeout(10)
+        assert recv_lines(a, 1)[0].startswith(b"!error responder-timeout:")
+        said(a, b"second try")  # it has its turn back
+        term.until("client 1 (127.0.0.1:")
+        term.until(re.compile(r"second try\n(.*\n)*server --> nobody"))
+    finally:
+        if a is not None:
+            a.close()
+        term.close()
