@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import re
 import socket
+import subprocess
 
 import pytest
 
-from processes import TWISTD, Tmux, raw_connect, recv_lines
+from processes import CLIENT, TWISTD, Server, Tmux, raw_connect, recv_lines
 
 pytestmark = pytest.mark.slow
 
@@ -123,3 +124,52 @@ def test_an_answer_timeout_is_not_reported_as_the_client_leaving(tmp_path):
         if a is not None:
             a.close()
         term.close()
+
+
+def client_in_a_shell(port: int) -> Tmux:
+    """A shell in a real terminal, running the client."""
+    term = Tmux("env PS1='$ ' bash --norc --noprofile")
+    term.until("$ ")
+    term.type(" ".join([*CLIENT, "--port", str(port)]))
+    term.enter()
+    term.until("client --> server: ")
+    return term
+
+
+def the_shell_runs_only_what_comes_next(term: Tmux) -> str:
+    term.enter()  # the Enter that would have run the half-typed text
+    term.type("echo DONE$((1+1))")
+    term.enter()
+    return term.until(re.compile(r"^DONE2$", re.M))
+
+
+@pytest.mark.parametrize("waiting", [False, True], ids=["at-the-prompt", "waiting"])
+def test_text_typed_when_the_server_ends_the_conversation_is_not_run_by_the_shell(
+    waiting,
+):
+    with Server("--responder", "console", stdin=subprocess.PIPE) as server:
+        term = client_in_a_shell(server.port)
+        try:
+            if waiting:  # typed while the answer is awaited, after no prompt
+                term.type("a question")
+                term.enter()
+                server.read_until(b"server --> client 1: ")
+            term.type("echo LEAK$((6*7))")  # no Enter
+            server.proc.stdin.write(b"/kick 1\n")  # the server ends it
+            server.proc.stdin.flush()
+            shown = term.until("is discarded.")
+            end = (
+                "sockchat: the server ended the conversation: the operator ended "
+                "this conversation."
+            )
+            # Its own line, not glued to the half-typed text.
+            assert re.search(rf"^{re.escape(end)}$", shown, re.M), shown
+            assert (
+                '[sockchat] "echo LEAK$((6*7))" was typed without Enter; it was '
+                "not sent, and is discarded."
+            ) in shown
+            shown = the_shell_runs_only_what_comes_next(term)
+            assert "LEAK42" not in shown
+        finally:
+            term.close()
+        assert b"LEAK" not in server.output
