@@ -51,6 +51,12 @@ log = Logger(namespace="sockchat.console")
 EXCERPT = 200
 
 
+#: Seconds between log lines and the prompt they pushed up coming back: a
+#: burst of lines gets one prompt, and a shutdown that a log line announces
+#: (SIGINT) begins first, so that no prompt follows it.
+REDRAW_DELAY = 0.1
+
+
 def excerpt(text: str, *, quoted: bool = True, limit: int = EXCERPT) -> str:
     """*text* made safe (and *quoted*); past *limit* characters, cut, with
     its length."""
@@ -133,12 +139,12 @@ class ConsoleResponder:
         self._clients: dict[int, IConversation] = {}
         self._last: dict[int, str] = {}  # each client's last line
 
-    def _later(self, f: Callable[[], None]) -> IDelayedCall:
+    def _later(self, f: Callable[[], None], delay: float = 0) -> IDelayedCall:
         if self._clock is None:
             from twisted.internet import reactor
 
             self._clock = cast(IReactorTime, reactor)
-        return self._clock.callLater(0, f)
+        return self._clock.callLater(delay, f)
 
     def started(self, conversation: IConversation) -> None:
         self._clients[conversation.info.id] = conversation
@@ -330,7 +336,7 @@ class ConsoleResponder:
     def _redraw_soon(self) -> None:
         if self._closing or (self._redraw is not None and self._redraw.active()):
             return
-        self._redraw = self._later(self._redrawn)
+        self._redraw = self._later(self._redrawn, REDRAW_DELAY)
 
     def _redrawn(self) -> None:
         self._redraw = None

@@ -8,7 +8,7 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from sockchat import ConsoleResponder, ConversationInfo
-from sockchat._console import OperatorInput
+from sockchat._console import REDRAW_DELAY, OperatorInput
 
 from conftest import result_of
 
@@ -124,7 +124,7 @@ def test_log_lines_in_between_repeat_the_prompt():
     console.respond(ALICE, "hello")
     screen.take()
     console.interrupted()
-    clock.advance(0)
+    clock.advance(REDRAW_DELAY)
     assert screen.take() == "server --> client 1: "
 
 
@@ -269,8 +269,9 @@ def test_log_lines_start_on_a_fresh_line_and_the_prompt_comes_back_once():
         console.interrupting()
         screen.write(line)
         console.interrupted()
-    clock.advance(0)
-    assert screen.take() == "\nlog line 1\nlog line 2\nserver --> client 1: "
+    assert screen.take() == "\nlog line 1\nlog line 2\n"
+    clock.advance(REDRAW_DELAY)
+    assert screen.take() == "server --> client 1: "
 
 
 def test_no_prompt_once_shutdown_has_begun():
@@ -289,7 +290,7 @@ def test_no_prompt_once_shutdown_has_begun():
     console.respond(BOB, "late")
     answer.addErrback(lambda f: f.trap(CancelledError))
     answer.cancel()
-    clock.advance(0)
+    clock.advance(REDRAW_DELAY)
     assert "server -->" not in screen.take()
 
 

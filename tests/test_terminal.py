@@ -73,7 +73,8 @@ def test_a_line_begun_at_one_clients_prompt_never_goes_to_another(tmp_path):
         term.close()
 
 
-def test_log_lines_start_on_a_fresh_line_and_no_prompt_after_shutdown(tmp_path):
+@pytest.mark.parametrize("stop", ["C-c", "C-d"])
+def test_log_lines_start_on_a_fresh_line_and_no_prompt_after_shutdown(tmp_path, stop):
     term, port = console_in_tmux(tmp_path)
     a = c = None
     try:
@@ -89,10 +90,18 @@ def test_log_lines_start_on_a_fresh_line_and_no_prompt_after_shutdown(tmp_path):
         )
         assert not re.search(r"server --> client 1: half typ\S*\d{4}-\d\d-\d\d", shown)
         assert re.search(r"^server --> client 1: half typ$", shown, re.M), shown
-        term.key("C-c")
+        if stop == "C-d":
+            term.key("C-u")  # Ctrl-D ends the input only on an empty line
+        term.key(stop)
         shown = term.until("unanswered at shutdown (1):")
         term.until("Server Shut Down.")
-        after = term.screen().split("unanswered at shutdown (1):", 1)[1]
+        # No prompt once shutdown has begun: after the line that says so.
+        begun = (
+            "Received SIGINT, shutting down."
+            if stop == "C-c"
+            else "operator console closed (end of input)"
+        )
+        after = term.screen().split(begun, 1)[1]
         assert "server -->" not in after, after
     finally:
         for sock in (a, c):
