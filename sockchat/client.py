@@ -14,10 +14,7 @@ with a one-line reason on stderr, otherwise.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import sys
-import termios
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO, cast
 
@@ -42,7 +39,7 @@ from ._codec import Decoded, LineDecoder
 from ._endpoints import client_endpoint
 from ._framing import FRAMINGS, framing_named
 from ._render import safe_text
-from ._stdio import BlockingModes
+from ._stdio import BlockingModes, discard_typed, take_typed
 from ._wire import QUIT, Notice, NoticeKind
 
 PROMPT = "client --> server:"
@@ -367,7 +364,7 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
     endpoint = _endpoint(reactor, args)
     stdin = _StdinLines()
     stdio: Any = StandardIO(stdin, reactor=reactor)  # type: ignore[no-untyped-call]
-    typed = (lambda: _take_typed(0)) if interactive else (lambda: b"")
+    typed = (lambda: take_typed(0, flush=True)) if interactive else (lambda: b"")
     screen = _Screen(stdio, sys.stderr, interactive, typed)
     flushed: Deferred[None] = Deferred()
 
@@ -406,57 +403,13 @@ async def _exit_with_status(reactor: Any, argv: Sequence[str] | None) -> None:
         raise SystemExit(status)
 
 
-def _take_typed(fd: int) -> bytes:
-    """Take what was typed at terminal *fd* but not yet entered.
-
-    In the terminal's line mode, a half-typed line is held by the terminal
-    and cannot be read.  Leaving line mode for a moment makes it readable;
-    then the terminal's input is flushed, so that nothing typed here
-    reaches the shell after we exit.
-    """
-    try:
-        saved = termios.tcgetattr(fd)
-    except termios.error:
-        return b""
-    now = list(saved)
-    now[3] &= ~termios.ICANON
-    now[6] = list(saved[6])
-    now[6][termios.VMIN] = 0
-    now[6][termios.VTIME] = 0
-    typed = b""
-    try:
-        termios.tcsetattr(fd, termios.TCSANOW, now)
-        while True:
-            try:
-                chunk = os.read(fd, 4096)
-            except BlockingIOError:
-                break
-            if not chunk:
-                break
-            typed += chunk
-    except OSError:
-        pass  # the terminal went away: nothing left to take
-    finally:
-        with contextlib.suppress(termios.error):
-            termios.tcsetattr(fd, termios.TCSANOW, saved)
-            termios.tcflush(fd, termios.TCIFLUSH)
-    return typed
-
-
-def _discard_typed(fd: int) -> None:
-    """Drop terminal input we did not read, so that the shell does not run it."""
-    if os.isatty(fd):
-        with contextlib.suppress(termios.error):
-            termios.tcflush(fd, termios.TCIFLUSH)
-
-
 def run(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point: exits with ``main``'s status."""
     modes = BlockingModes.save(0, 1)
     try:
         react(_exit_with_status, [argv])
     finally:
-        _discard_typed(0)
+        discard_typed(0)
         modes.restore()
 
 
