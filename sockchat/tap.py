@@ -91,7 +91,8 @@ class Options(usage.Options):
             None,
             "Who answers: console (you, at this terminal), echo, pair (clients "
             "talk to each other, two by two), or your own responder as "
-            "package.module:name. Default: console when stdin is a terminal.",
+            "package.module:name. Default: console when stdin is a terminal "
+            "(the console needs twistd -n).",
         ],
         [
             "transcript",
