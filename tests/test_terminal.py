@@ -75,7 +75,9 @@ def test_a_line_begun_at_one_clients_prompt_never_goes_to_another(tmp_path):
 
 @pytest.mark.parametrize("stop", ["C-c", "C-d"])
 def test_log_lines_start_on_a_fresh_line_and_no_prompt_after_shutdown(tmp_path, stop):
-    term, port = console_in_tmux(tmp_path)
+    # A newcomer over --max-clients is refused, and the refusal logged: a
+    # log line while the prompt is open, with nothing from the console.
+    term, port = console_in_tmux(tmp_path, "--max-clients", "1")
     a = c = None
     try:
         a = raw_connect(port)
@@ -83,10 +85,10 @@ def test_log_lines_start_on_a_fresh_line_and_no_prompt_after_shutdown(tmp_path, 
         said(a, b"hello")
         term.until("server --> client 1: ")
         term.type("half typ")
-        c = raw_connect(port)  # the server logs the newcomer
-        recv_lines(c, 1)
+        c = raw_connect(port)
+        assert recv_lines(c, 1)[0].startswith(b"!bye busy:")
         shown = term.until(
-            re.compile(r"conversation 2 .*\n(.*\n)*server --> client 1: ")
+            re.compile(r"refused a connection from .*\n(.*\n)*server --> client 1: ")
         )
         assert not re.search(r"server --> client 1: half typ\S*\d{4}-\d\d-\d\d", shown)
         assert re.search(r"^server --> client 1: half typ$", shown, re.M), shown
