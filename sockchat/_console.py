@@ -162,6 +162,7 @@ class ConsoleResponder:
         return len(self._queue)
 
     def respond(self, conversation: ConversationInfo, text: str) -> Deferred[str]:
+        self._flush_cancelled()  # in the order it happened
         answer: Deferred[str] = Deferred(canceller=self._abandoned)
         entry = _Waiting(conversation, text, answer)
         self._last[conversation.id] = text

@@ -397,3 +397,15 @@ def test_a_double_slash_answers_with_a_line_that_starts_with_a_slash():
     _, console, _, answers = three_waiting()
     console.operator_says("//etc/hosts is the file")
     assert result_of(answers[1]) == "/etc/hosts is the file"
+
+
+def test_a_timed_out_client_that_speaks_again_is_reported_in_order():
+    screen, console, _handles, answers = two_waiting()
+    answers[1].addErrback(lambda f: f.trap(CancelledError))
+    answers[1].cancel()  # timed out; before the report, it speaks again
+    again = console.respond(ALICE, "second try")
+    shown = screen.take()
+    assert shown.index("timed out") < shown.index("second try")
+    console.clock.advance(0)
+    assert screen.take() == ""  # reported once
+    assert not again.called
