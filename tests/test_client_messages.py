@@ -149,3 +149,28 @@ def test_the_client_says_what_to_do_after_tls_mistakes(tmp_path):
     assert line.endswith("pass yours with --cert FILE --key FILE.")
     (line,) = incomplete.stderr.splitlines()
     assert line.startswith("sockchat: --connect 'tcp:127.0.0.1' is incomplete")
+
+
+def has_ipv6_loopback() -> bool:
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+def test_the_documented_ways_to_reach_ipv6_work():
+    with Server("--responder", "echo", port="tcp6:0:interface=\\:\\:1") as server:
+        port = str(server.port)
+        for args in (
+            ["--host", "::1", "--port", port],
+            ["--host", "[::1]", "--port", port],
+            ["--connect", f"tcp:\\:\\:1:{port}"],
+        ):
+            done = client(*args)
+            assert (done.returncode, done.stdout, done.stderr) == (0, "hi\n", ""), args
