@@ -323,6 +323,16 @@ def _describe_loss(reason: Failure) -> str:
                 f"the TLS handshake failed ({why}); if the server's certificate "
                 "comes from a private CA, pass that CA's certificate with --ca."
             )
+        if "wrong version number" in why:
+            return (
+                f"the TLS handshake failed ({why}): that port does not speak "
+                "TLS; connect with --connect tcp:HOST:PORT (or --host and --port)."
+            )
+        if "certificate required" in why:
+            return (
+                f"the TLS handshake failed ({why}): the server wants a client "
+                "certificate; pass yours with --cert FILE --key FILE."
+            )
         return f"the TLS handshake failed ({why})."
     if reason.check(ConnectionDone):
         return "the server closed the connection without a goodbye."

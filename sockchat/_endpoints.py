@@ -64,7 +64,13 @@ def client_endpoint(
             raise ValueError("--ca, --cert and --key need --connect tls:HOST:PORT")
         try:
             endpoint: IStreamClientEndpoint = clientFromString(reactor, connect)
-        except (ValueError, KeyError, TypeError) as e:
+        except TypeError:  # Twisted's way of saying that a part is missing
+            raise ValueError(
+                f"--connect {connect!r} is incomplete: give tcp:HOST:PORT, "
+                "tls:HOST:PORT or unix:PATH (an IPv6 address needs --host, e.g. "
+                "--host ::1, or its colons escaped: tcp:\\:\\:1:9527)"
+            ) from None
+        except (ValueError, KeyError) as e:
             raise ValueError(
                 f"--connect {connect!r} is not a client endpoint description ({e})"
             ) from None

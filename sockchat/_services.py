@@ -23,6 +23,7 @@ from twisted.internet.interfaces import (
     IListeningPort,
     IProtocolFactory,
     IReactorCore,
+    IReactorTime,
     IStreamServerEndpoint,
 )
 from twisted.internet.stdio import StandardIO
@@ -184,20 +185,27 @@ class OperatorConsoleService(Service):
 
     The console writes to the terminal at once, not through a buffer, so
     that its lines and twistd's log lines (also written at once) keep their
-    order on the screen, and a prompt that a log line pushed up can be shown
-    again exactly once.
+    order on the screen.  A log line starts on a line of its own, and the
+    prompt it pushed up is shown again once after it: the service watches
+    the log both before twistd prints an event (it is made before twistd
+    starts logging, so its first observer comes first) and after.  Once the
+    reactor begins to shut down, the console shows no more prompts.
     """
 
     def __init__(
         self,
         reactor: Any,
-        console_factory: Callable[[Callable[[str], None]], ConsoleResponder],
+        console_factory: Callable[
+            [Callable[[str], None], IReactorTime], ConsoleResponder
+        ],
     ) -> None:
         self._reactor = reactor
         self._modes = BlockingModes.save(0, 1)
         self._stdio: Any = None
         self._out = sys.__stdout__.fileno() if sys.__stdout__ else 1
-        self.console = console_factory(self._write)
+        self.console = console_factory(self._write, reactor)
+        globalLogPublisher.addObserver(cast(ILogObserver, self._log_coming))
+        self._shutdown_trigger: Any = None
 
     def _write(self, text: str) -> None:
         _write_all(self._out, text.encode("utf-8"))
@@ -212,18 +220,27 @@ class OperatorConsoleService(Service):
             proto, stdout=self._devnull, reactor=self._reactor
         )
         globalLogPublisher.addObserver(cast(ILogObserver, self._log_printed))
+        self._shutdown_trigger = IReactorCore(self._reactor).addSystemEventTrigger(
+            "before", "shutdown", self.console.close
+        )
         self._write(
             "sockchat operator console: client lines appear below. Type each "
             "answer at its prompt; q ends that conversation; /help lists the "
             "commands; end of input (Ctrl-D) stops the server.\n"
         )
 
-    def _log_printed(self, event: LogEvent) -> None:
+    @staticmethod
+    def _printed(event: LogEvent) -> bool:
         level = event.get("log_level")
-        if level is None or level < LogLevel.info:
-            return
-        # twistd has just printed this log line after the prompt.
-        self.console.interrupted()
+        return level is not None and level >= LogLevel.info
+
+    def _log_coming(self, event: LogEvent) -> None:
+        if self.running and self._printed(event):
+            self.console.interrupting()  # twistd prints this line next
+
+    def _log_printed(self, event: LogEvent) -> None:
+        if self._printed(event):
+            self.console.interrupted()  # twistd has just printed it
 
     def _input_closed(self) -> None:
         if self.running:
@@ -233,7 +250,11 @@ class OperatorConsoleService(Service):
     def stopService(self) -> None:
         super().stopService()
         self.console.close()
-        globalLogPublisher.removeObserver(cast(ILogObserver, self._log_printed))
+        if self._shutdown_trigger is not None:
+            IReactorCore(self._reactor).removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+        for observer in (self._log_coming, self._log_printed):
+            globalLogPublisher.removeObserver(cast(ILogObserver, observer))
         self._modes.restore()
 
 

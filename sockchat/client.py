@@ -1,7 +1,10 @@
 """``python -m sockchat.client``: talk to a sockchat server from a terminal or a pipe.
 
 Interactive (stdin is a terminal): the prompt ``client --> server:``, each
-answer shown as ``server --> client: ...``, notices marked ``[sockchat]``.
+answer shown as ``server --> client: ...`` (``partner`` for ``server`` once
+pair mode has paired you), notices marked ``[sockchat]``.  When the
+conversation ends, text typed without Enter is discarded and said to be
+unsent, so that the shell does not run it as a command.
 Piped: each input line is one turn, answers go to stdout one per line,
 errors to stderr, and end of input sends ``q``.  Either way server text is
 shown through ``safe_text``, and the exit status is 0 on a clean end and 1,
@@ -36,11 +39,13 @@ from ._codec import Decoded, LineDecoder
 from ._endpoints import client_endpoint
 from ._framing import FRAMINGS, framing_named
 from ._render import safe_text
-from ._stdio import BlockingModes
+from ._stdio import BlockingModes, discard_typed, take_typed
 from ._wire import QUIT, Notice, NoticeKind
 
 PROMPT = "client --> server:"
 ANSWER = "server --> client:"
+#: Who answers, once pair mode has paired this client (``!info paired``).
+PARTNER = "partner"
 
 __all__ = ["main", "run"]
 
@@ -148,13 +153,23 @@ class _Screen:
     At a terminal everything goes to stdout, in order, and a line that
     arrives while the prompt is showing goes above a fresh prompt.  In a
     pipe, stdout gets only the answers and stderr only the errors.
+    *typed* takes what was typed at the terminal without Enter (and
+    discards it there).
     """
 
-    def __init__(self, stdout: Any, stderr: TextIO, interactive: bool) -> None:
+    def __init__(
+        self,
+        stdout: Any,
+        stderr: TextIO,
+        interactive: bool,
+        typed: Callable[[], bytes] = lambda: b"",
+    ) -> None:
         self._out = stdout  # the StandardIO transport (fd 1)
         self._err = stderr
         self.interactive = interactive
+        self._typed = typed
         self.prompting = False  # the prompt ends the last line on screen
+        self.peer = "server"  # who answers: the server, or a pair partner
 
     def out(self, text: str) -> None:
         self._out.write(text.encode("utf-8"))
@@ -165,12 +180,26 @@ class _Screen:
 
     def prompt(self) -> None:
         if self.interactive and not self.prompting:
-            self.out(PROMPT + " ")
+            self.out(f"client --> {self.peer}: ")
             self.prompting = True
 
     def answer(self, text: str) -> None:
         shown = safe_text(text)
-        self.out(f"{ANSWER} {shown}\n" if self.interactive else shown + "\n")
+        label = f"{self.peer} --> client:"
+        self.out(f"{label} {shown}\n" if self.interactive else shown + "\n")
+
+    def take_unsent(self) -> str:
+        """The conversation is over: take what was typed without Enter.
+
+        Returns it (empty if nothing), and leaves the cursor at the start of
+        a line when something was typed after an answer or notice.
+        """
+        if not self.interactive:
+            return ""
+        text = self._typed().decode("utf-8", "replace")
+        if text and not self.prompting:
+            self.out("\n")  # it was typed after a line, not after the prompt
+        return text.rstrip("\n").replace("\n", " ")
 
     def say(self, line: str, *, reprompt: bool = True) -> None:
         """Show a line of the client's own (interactive only)."""
@@ -190,6 +219,8 @@ class _Screen:
     def notice(self, notice: Notice) -> None:
         if notice.kind is NoticeKind.BYE:
             return  # the end of the conversation is reported once, by _chat
+        if notice.kind is NoticeKind.INFO and notice.code == "paired":
+            self.peer = PARTNER
         line = f"[sockchat {notice.kind.value}] {safe_text(notice.text)}"
         if notice.kind is NoticeKind.ERROR:
             self.error(line)
@@ -293,6 +324,19 @@ async def _chat(
 
 
 def _report_end(screen: _Screen, end: ConversationEnded) -> int:
+    """Say how it ended, and what was typed but not sent."""
+    unsent = screen.take_unsent()
+    status = _say_end(screen, end)
+    if unsent:
+        screen.say(
+            f'[sockchat] "{safe_text(unsent)}" was typed without Enter; it was '
+            "not sent, and is discarded.",
+            reprompt=False,
+        )
+    return status
+
+
+def _say_end(screen: _Screen, end: ConversationEnded) -> int:
     """Say how it ended; 0 only for a ``q`` from either side (or a pair partner)."""
     # No prompt after these: the conversation is over.
     if not end.clean:
@@ -320,7 +364,8 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
     endpoint = _endpoint(reactor, args)
     stdin = _StdinLines()
     stdio: Any = StandardIO(stdin, reactor=reactor)  # type: ignore[no-untyped-call]
-    screen = _Screen(stdio, sys.stderr, interactive)
+    typed = (lambda: take_typed(0, flush=True)) if interactive else (lambda: b"")
+    screen = _Screen(stdio, sys.stderr, interactive, typed)
     flushed: Deferred[None] = Deferred()
 
     try:
@@ -364,6 +409,7 @@ def run(argv: Sequence[str] | None = None) -> None:
     try:
         react(_exit_with_status, [argv])
     finally:
+        discard_typed(0)
         modes.restore()
 
 

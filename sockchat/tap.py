@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,8 @@ class Options(usage.Options):
             None,
             "Who answers: console (you, at this terminal), echo, pair (clients "
             "talk to each other, two by two), or your own responder as "
-            "package.module:name. Default: console when stdin is a terminal.",
+            "package.module:name. Default: console when stdin is a terminal "
+            "(the console needs twistd -n).",
         ],
         [
             "transcript",
@@ -200,6 +202,8 @@ class Options(usage.Options):
                 + ", ".join(RESPONDERS)
                 + ", or give your own as package.module:name"
             )
+        if self["responder"] == "console":
+            _check_console(self, chosen=responder is not None)
         self["answer_timeout"] = _answer_timeout(self)
         try:
             self["framing_value"] = framing_named(self["framing"])
@@ -227,6 +231,57 @@ class Options(usage.Options):
                 "--web needs --framing line: the page sends and shows lines; "
                 "serve raw framing and the page from two servers"
             )
+
+
+def _daemonizing(options: usage.Options) -> bool:
+    """Will twistd run us in the background (no ``-n``)?
+
+    twistd parses its own options first, then hands the rest to ours, whose
+    ``parent`` is twistd's options: ``nodaemon`` is ``-n``, and ``--debug``
+    implies it.  Without a parent (not run by twistd), or a twistd that
+    cannot daemonize (no ``nodaemon`` option), nothing goes to the
+    background.
+    """
+    parent = options.parent
+    if parent is None or "nodaemon" not in parent:
+        return False
+    return not (parent["nodaemon"] or parent.get("debug"))
+
+
+def _stdin_gives_nothing() -> bool:
+    """stdin is closed, or a device that is not a terminal (``/dev/null``).
+
+    A pipe or a file may carry an operator's scripted answers, and is
+    allowed; from these, the console would read end of input at once.
+    """
+    stdin = sys.stdin
+    if stdin is None:
+        return True
+    if stdin.isatty():
+        return False
+    try:
+        mode = os.fstat(stdin.fileno()).st_mode
+    except (OSError, ValueError):  # closed
+        return True
+    return stat.S_ISCHR(mode)
+
+
+def _check_console(options: Options, *, chosen: bool) -> None:
+    """The console needs a foreground terminal: refuse in one line without it."""
+    how = "--responder console" if chosen else "the console (the default here)"
+    if _daemonizing(options):
+        raise fatal(
+            f"{how} needs this terminal, but without -n twistd runs in the "
+            "background and lets go of it; add -n (twistd -n sockchat ...), or "
+            "choose a --responder: echo, pair, or package.module:name"
+        )
+    if _stdin_gives_nothing():
+        raise fatal(
+            f"{how} reads the operator's answers from stdin, but stdin is not "
+            "a terminal (it is closed, or /dev/null); run it from a terminal, "
+            "pipe the answers in, or choose a --responder: echo, pair, or "
+            "package.module:name"
+        )
 
 
 def _seconds(text: str, name: str) -> float:

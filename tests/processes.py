@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -11,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -267,3 +269,78 @@ def wait_for_connections(port: int, count: int = 1, timeout: float = 20.0) -> No
             return
         assert time.monotonic() < deadline, f"no {count} connection(s) to {port}"
         time.sleep(0.05)
+
+
+class Tmux:
+    """A real terminal: a tmux session on its own socket, running *command*.
+
+    Keys are typed with ``type`` (text, no Enter) and ``enter``; ``until``
+    waits for text on the screen.  The session's tmux server is stopped, by
+    its own socket and then by pid, on ``close``.
+    """
+
+    def __init__(self, command: str, width: int = 220) -> None:
+        self.tmux = need_tool("tmux", "tmux")
+        # A short path: a UNIX socket's name has room for about 100 bytes.
+        self._dir = tempfile.mkdtemp(prefix="sockchat-tmux-")
+        self.socket = os.path.join(self._dir, "s")
+        self._tmux(
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-x",
+            str(width),
+            "-y",
+            "50",
+            command,
+        )
+        self._tmux("set-option", "-g", "remain-on-exit", "on")
+        self.server_pid = int(self._tmux("display-message", "-p", "#{pid}").strip())
+
+    def _tmux(self, *args: str) -> str:
+        done = subprocess.run(
+            [self.tmux, "-S", self.socket, *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert done.returncode == 0, f"tmux {args[0]}: {done.stderr.strip()}"
+        return done.stdout
+
+    def type(self, text: str) -> None:
+        self._tmux("send-keys", "-l", text)
+
+    def enter(self) -> None:
+        self._tmux("send-keys", "Enter")
+
+    def key(self, name: str) -> None:
+        """A named key, e.g. ``C-c`` or ``C-d``."""
+        self._tmux("send-keys", name)
+
+    def screen(self) -> str:
+        """The whole screen and its history, wrapped lines joined."""
+        return self._tmux("capture-pane", "-p", "-J", "-S", "-")
+
+    def until(self, text: str | re.Pattern[str], timeout: float = 10.0) -> str:
+        """Wait until *text* is on the screen; return the screen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            shown = self.screen()
+            found = text in shown if isinstance(text, str) else text.search(shown)
+            if found:
+                return shown
+            assert time.monotonic() < deadline, (
+                f"timed out waiting for {text!r}; the screen:\n{shown}"
+            )
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        subprocess.run(
+            [self.tmux, "-S", self.socket, "kill-server"],
+            capture_output=True,
+            timeout=10,
+        )
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.server_pid, signal.SIGKILL)
+        shutil.rmtree(self._dir, ignore_errors=True)

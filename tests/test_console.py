@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
 from sockchat import ConsoleResponder, ConversationInfo
-from sockchat._console import OperatorInput
+from sockchat._console import REDRAW_DELAY, OperatorInput
 
 from conftest import result_of
 
@@ -72,20 +74,23 @@ def test_typing_with_nobody_waiting_is_not_silently_dropped():
     assert 'nobody is waiting for an answer; "anyone?" was not sent.' in screen.take()
 
 
-def test_client_leaving_is_shown_and_the_next_one_prompted():
-    screen = Screen()
-    console = ConsoleResponder(screen.write)
-    first = console.respond(ALICE, "bye soon")
-    console.respond(BOB, "still here")
-    screen.take()
-    first.cancel()
+def test_client_leaving_is_shown_and_the_next_one_prompted_after_enter():
+    screen, console, handles, answers = two_waiting()
+    leave(console, handles[1], answers[1])
     shown = screen.take()
     # On a line of its own, not after the prompt it cut short.
     assert shown.startswith(
-        '\nclient 1 (127.0.0.1:50001) left; its line "bye soon" goes unanswered.\n'
+        '\nclient 1 (127.0.0.1:50001) left; its line "first" goes unanswered.\n'
     )
-    assert shown.endswith("server --> client 2: ")
-    assert console.waiting == 1
+    # Not client 2's prompt yet: the operator may be typing for client 1.
+    assert shown.endswith("server --> nobody (client 1 left; Enter): ")
+    console.operator_says("")  # only Enter: nothing to refuse
+    assert screen.take() == (
+        "next, client 2 (127.0.0.1:50002): second\nserver --> client 2: "
+    )
+    console.operator_says("to bob")
+    assert result_of(answers[2]) == "to bob"
+    assert console.waiting == 0
 
 
 def test_q_from_the_operator_is_the_answer_that_ends_that_conversation():
@@ -114,11 +119,179 @@ def test_operator_input_feeds_lines_and_reports_bad_ones():
 
 def test_log_lines_in_between_repeat_the_prompt():
     screen = Screen()
-    console = ConsoleResponder(screen.write)
+    clock = Clock()
+    console = ConsoleResponder(screen.write, clock)
     console.respond(ALICE, "hello")
     screen.take()
     console.interrupted()
+    clock.advance(REDRAW_DELAY)
     assert screen.take() == "server --> client 1: "
+
+
+# A line begun at one client's prompt never goes to another (the console
+# sees a line only at Enter; see _console's docstring for the rule).
+
+
+def two_waiting():
+    screen = Screen()
+    clock = Clock()
+    console = ConsoleResponder(screen.write, clock)
+    handles = {info.id: Handle(info) for info in (ALICE, BOB)}
+    answers = {}
+    for info, line in [(ALICE, "first"), (BOB, "second")]:
+        console.started(handles[info.id])
+        answers[info.id] = console.respond(info, line)
+    assert screen.take().endswith("server --> client 1: ")
+    console.clock = clock  # for the tests' own use
+    return screen, console, handles, answers
+
+
+def leave(console, handle, answer):
+    """As the server does when a client disconnects: cancel, then ended."""
+    answer.addErrback(lambda f: f.trap(CancelledError))
+    answer.cancel()
+    console.ended(handle, "connection-lost")
+
+
+def test_a_line_typed_for_a_client_that_left_goes_to_nobody():
+    # The issue's repro: the operator types at client 1's prompt, client 1
+    # leaves, then the operator presses Enter.
+    screen, console, handles, answers = two_waiting()
+    leave(console, handles[1], answers[1])
+    screen.take()
+    console.operator_says("your new password is hunter2")
+    assert not answers[2].called
+    assert screen.take() == (
+        'client 1 left; "your new password is hunter2" was not sent: type it '
+        "again to answer client 2, or /to ID TEXT.\n"
+        "next, client 2 (127.0.0.1:50002): second\n"
+        "server --> client 2: "
+    )
+    console.operator_says("hello bob")
+    assert result_of(answers[2]) == "hello bob"
+
+
+def test_a_line_typed_for_a_client_whose_line_timed_out_goes_to_nobody():
+    screen, console, _handles, answers = two_waiting()
+    answers[1].addErrback(lambda f: f.trap(CancelledError))
+    answers[1].cancel()  # --answer-timeout: no ended() follows
+    console.clock.advance(0)
+    shown = screen.take()
+    assert "left" not in shown
+    assert (
+        "client 1 (127.0.0.1:50001): no answer within --answer-timeout, so its line "
+        '"first" timed out; the client has its turn back.'
+    ) in shown
+    assert shown.endswith("server --> nobody (client 1's line timed out; Enter): ")
+    console.operator_says("too late")
+    assert not answers[2].called
+    assert screen.take().startswith(
+        'client 1\'s line timed out; "too late" was not sent'
+    )
+
+
+def test_a_line_entered_before_the_timeout_is_reported_is_still_refused():
+    screen, console, _handles, answers = two_waiting()
+    answers[1].addErrback(lambda f: f.trap(CancelledError))
+    answers[1].cancel()
+    console.operator_says("for alice")  # before the clock turns
+    assert not answers[2].called
+    assert 'client 1\'s line timed out; "for alice" was not sent' in screen.take()
+    console.clock.advance(0)
+    assert screen.take() == ""  # reported once
+
+
+def test_a_client_that_ended_before_its_line_was_cancelled_left():
+    screen, console, handles, answers = two_waiting()
+    console.ended(handles[1], "connection-lost")
+    answers[1].addErrback(lambda f: f.trap(CancelledError))
+    answers[1].cancel()
+    assert "client 1 (127.0.0.1:50001) left" in screen.take()
+    console.operator_says("x")
+    assert not answers[2].called
+
+
+def test_commands_still_run_after_the_prompted_client_left():
+    screen, console, handles, answers = two_waiting()
+    leave(console, handles[1], answers[1])
+    screen.take()
+    console.operator_says("/to 2 straight to bob")
+    assert result_of(answers[2]) == "straight to bob"
+
+
+def test_a_client_further_back_leaving_changes_nothing_for_the_prompt():
+    screen, console, handles, answers = two_waiting()
+    leave(console, handles[2], answers[2])
+    shown = screen.take()
+    assert "client 2 (127.0.0.1:50002) left" in shown
+    assert "Enter" not in shown
+    assert shown.endswith("server --> client 1: ")
+    console.operator_says("to alice")
+    assert result_of(answers[1]) == "to alice"
+
+
+def test_newcomers_wait_until_the_line_begun_for_the_lost_client_is_entered():
+    screen, console, handles, answers = two_waiting()
+    leave(console, handles[1], answers[1])
+    leave(console, handles[2], answers[2])
+    carol = console.respond(CAROL, "hi, I am new")
+    shown = screen.take()
+    assert shown.endswith("server --> nobody (client 1 left; Enter): ")
+    console.operator_says("meant for alice")
+    assert not carol.called
+    assert "type it again to answer client 3" in screen.take()
+
+
+# Long lines, log lines, shutdown.
+
+
+def test_a_long_client_line_is_shown_as_an_excerpt_with_its_length():
+    screen = Screen()
+    console = ConsoleResponder(screen.write, Clock())
+    console.started(Handle(ALICE))
+    console.respond(ALICE, "x" * 60_000)
+    shown = screen.take()
+    assert len(shown) < 300
+    assert "x" * 200 + "… (60,000 characters)" in shown
+    console.operator_says("/list")
+    shown = screen.take()
+    assert len(shown) < 400
+    assert '"' + "x" * 200 + '…" (60,000 characters)' in shown
+
+
+def test_log_lines_start_on_a_fresh_line_and_the_prompt_comes_back_once():
+    screen = Screen()
+    clock = Clock()
+    console = ConsoleResponder(screen.write, clock)
+    console.respond(ALICE, "hello")
+    screen.take()
+    for line in ["log line 1\n", "log line 2\n"]:  # as twistd prints them
+        console.interrupting()
+        screen.write(line)
+        console.interrupted()
+    assert screen.take() == "\nlog line 1\nlog line 2\n"
+    clock.advance(REDRAW_DELAY)
+    assert screen.take() == "server --> client 1: "
+
+
+def test_no_prompt_once_shutdown_has_begun():
+    screen = Screen()
+    clock = Clock()
+    console = ConsoleResponder(screen.write, clock)
+    console.started(Handle(ALICE))
+    answer = console.respond(ALICE, "hello")
+    screen.take()
+    console.close()
+    assert screen.take() == (
+        "\nunanswered at shutdown (1):\n  client 1 (127.0.0.1:50001): hello\n"
+    )
+    console.interrupting()
+    console.interrupted()
+    console.respond(BOB, "late")
+    answer.addErrback(lambda f: f.trap(CancelledError))
+    answer.cancel()
+    clock.advance(REDRAW_DELAY)
+    assert "server -->" not in screen.take()
 
 
 # Commands: /list, /to, /kick, /help.
@@ -224,3 +397,15 @@ def test_a_double_slash_answers_with_a_line_that_starts_with_a_slash():
     _, console, _, answers = three_waiting()
     console.operator_says("//etc/hosts is the file")
     assert result_of(answers[1]) == "/etc/hosts is the file"
+
+
+def test_a_timed_out_client_that_speaks_again_is_reported_in_order():
+    screen, console, _handles, answers = two_waiting()
+    answers[1].addErrback(lambda f: f.trap(CancelledError))
+    answers[1].cancel()  # timed out; before the report, it speaks again
+    again = console.respond(ALICE, "second try")
+    shown = screen.take()
+    assert shown.index("timed out") < shown.index("second try")
+    console.clock.advance(0)
+    assert screen.take() == ""  # reported once
+    assert not again.called

@@ -99,11 +99,14 @@ def test_pair_partner_at_a_terminal_listens_then_is_told_who_left():
             first.type("hello from the first terminal\n")
             second = Terminal(*CLIENT, "--port", str(server.port))
             second.screen.until(b"The other side speaks first")
-            second.screen.until(b"server --> client: hello from the first terminal\r\n")
-            second.screen.until(b"client --> server: ")
+            # In pair mode the labels name the partner, not a server.
+            second.screen.until(
+                b"partner --> client: hello from the first terminal\r\n"
+            )
+            second.screen.until(b"client --> partner: ")
             second.type("hi back\n")
-            first.screen.until(b"server --> client: hi back\r\n")
-            first.screen.until(b"client --> server: ")  # the first has the turn
+            first.screen.until(b"partner --> client: hi back\r\n")
+            first.screen.until(b"client --> partner: ")  # the first has the turn
             second.type("q\n")
             assert second.close() == 0
             shown = first.screen.until(b"Connect again to talk with someone new.\r\n")
@@ -113,7 +116,7 @@ def test_pair_partner_at_a_terminal_listens_then_is_told_who_left():
             # No prompt after the conversation is over.
             time.sleep(0.2)
             tail = first.screen.buffer + (first.screen.stream.read() or b"")
-            assert b"client --> server" not in tail
+            assert b"client --> " not in tail
             first.close()
         finally:
             for term in (first, second):

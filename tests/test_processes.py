@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import signal
 import subprocess
@@ -14,6 +15,7 @@ from processes import (
     TWISTD,
     Reader,
     Server,
+    Terminal,
     need_tool,
     raw_connect,
     read_until,
@@ -153,6 +155,46 @@ def test_without_a_terminal_the_server_asks_for_a_responder():
     assert done.stderr.strip().splitlines() == [
         "sockchat: no --responder given, and stdin is not a terminal, so no "
         "operator can answer; choose echo, pair, or your own as "
+        "package.module:name"
+    ]
+
+
+def test_the_console_without_n_is_refused_before_twistd_goes_to_the_background(
+    tmp_path,
+):
+    # From a terminal, with no --responder: the console would be chosen, and
+    # twistd's daemon mode would take the terminal away from it.
+    term = Terminal(
+        TWISTD,
+        "--pidfile=",
+        f"--logfile={tmp_path / 'twistd.log'}",
+        "sockchat",
+        "--port",
+        "tcp:0:interface=127.0.0.1",
+    )
+    try:
+        code = term.proc.wait(10)
+        shown = term.screen.until(b"package.module:name\r\n")
+    finally:
+        term.close()
+        os.close(term.slave)
+    assert code == 1
+    assert shown.decode().splitlines() == [
+        "sockchat: the console (the default here) needs this terminal, but "
+        "without -n twistd runs in the background and lets go of it; add -n "
+        "(twistd -n sockchat ...), or choose a --responder: echo, pair, or "
+        "package.module:name"
+    ]
+    assert not (tmp_path / "twistd.log").exists(), "it never started"
+
+
+def test_an_explicit_console_without_a_terminal_is_refused_in_one_line():
+    done = run_twistd("--responder", "console", "--port", "tcp:0:interface=127.0.0.1")
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "sockchat: --responder console reads the operator's answers from stdin, "
+        "but stdin is not a terminal (it is closed, or /dev/null); run it from a "
+        "terminal, pipe the answers in, or choose a --responder: echo, pair, or "
         "package.module:name"
     ]
 
