@@ -10,7 +10,7 @@
   long ones can split: see docs/sticky-packets.md.
 
 A framing makes decoders for incoming bytes and encodes what goes out; the
-turn-taking is the same for both (``ServerTurns``, ``ClientTurns``).
+turn-taking is the same for both (the engine, ``ClientTurns``).
 """
 
 from __future__ import annotations

@@ -2,18 +2,19 @@
 
 The client speaks first.  After each line the speaker waits for exactly one
 answer.  A line that is exactly ``q`` ends the conversation from either side.
-``ServerTurns`` is the server's view of one conversation, ``ClientTurns`` the
-client's; both turn what arrives into values that say what to do next, and
-the Twisted protocols only carry those out.
+``ClientTurns`` is the client's view of one conversation; the server's is
+the conversation engine (``_engine.ServerConversation``).  Both turn what
+arrives into values that say what to do next, and the Twisted protocols
+only carry those out.
 """
 
 from __future__ import annotations
 
 import enum
 
-from attrs import define, frozen
+from attrs import frozen
 
-from ._codec import Decoded, LineTooLong, check_message, encode_line
+from ._codec import check_message, encode_line
 from ._render import safe_text
 from ._wire import QUIT, Notice, NoticeKind, parse_server_line
 
@@ -22,12 +23,10 @@ __all__ = [
     "OUT_OF_TURN",
     "Answered",
     "ClientTurns",
-    "Deliver",
     "Ended",
     "NotYourTurn",
     "Noticed",
     "Refused",
-    "ServerTurns",
     "Turn",
     "shutting_down",
     "welcome",
@@ -79,103 +78,6 @@ def welcome(conversation_id: int, *, listen: bool = False) -> Notice:
 
 def shutting_down() -> Notice:
     return Notice(NoticeKind.BYE, "shutdown", "the server is shutting down.")
-
-
-# Not frozen: one is made per line on the hot path, and a frozen attrs
-# class costs about four times as much to make (745 ns against 175 ns).
-@define
-class Deliver:
-    """Hand this line to the responder; its answer is owed."""
-
-    seq: int
-    text: str
-
-
-class ServerTurns:
-    """The server's side of one conversation.
-
-    ``receive`` takes each decoded line and returns either a ``Deliver`` or a
-    ``Notice`` to send.  A ``BYE`` notice means: send it, then close.
-    """
-
-    __slots__ = ("_pending", "answers", "lines", "turn")
-
-    def __init__(self) -> None:
-        self.turn = Turn.CLIENT
-        self.lines = 0  # lines received, refused ones included
-        self.answers = 0  # answers sent
-        self._pending = 0  # number of the line being answered
-
-    def receive(self, item: Decoded) -> Deliver | Notice | None:
-        if self.turn is Turn.ENDED:
-            return None
-        self.lines += 1
-        seq = self.lines
-        if isinstance(item, str):
-            if item == QUIT:
-                self.turn = Turn.ENDED
-                return Notice(NoticeKind.BYE, "quit", "goodbye.")
-            if self.turn is Turn.CLIENT:
-                self.turn = Turn.SERVER
-                self._pending = seq
-                return Deliver(seq, item)
-            before = (
-                f"the answer to line {self._pending}"
-                if self._pending
-                else "the other side's first line"
-            )
-            return Notice(
-                NoticeKind.ERROR,
-                OUT_OF_TURN,
-                f"line {seq} {_excerpt(item)} arrived before {before}; it was not "
-                "delivered. Wait for each answer before you send the next line.",
-            )
-        code = "line-too-long" if isinstance(item, LineTooLong) else "invalid-utf8"
-        skipped = "skipped" if isinstance(item, LineTooLong) else "refused"
-        why = f"line {seq} was {skipped}, not delivered: {item}."
-        return Notice(NoticeKind.ERROR, code, why + self._whose_turn())
-
-    def listen(self) -> None:
-        """The server speaks first: an opening line is owed before any."""
-        if self.turn is not Turn.CLIENT or self.lines:
-            raise NotYourTurn("only a conversation that has just begun can listen")
-        self.turn = Turn.SERVER
-        self._pending = 0
-
-    def answered(self, text: str) -> bool:
-        """Record the answer to the pending line.  True if it ends the talk."""
-        if self.turn is not Turn.SERVER:
-            raise NotYourTurn(f"no line is waiting for an answer (turn: {self.turn})")
-        if text == QUIT:
-            self.turn = Turn.ENDED
-            return True
-        self.turn = Turn.CLIENT
-        self.answers += 1
-        return False
-
-    def failed(self, why: str, code: str = "responder-failed") -> Notice:
-        """The pending line cannot be answered: the turn goes back."""
-        if self.turn is not Turn.SERVER:
-            raise NotYourTurn(f"no line is waiting for an answer (turn: {self.turn})")
-        self.turn = Turn.CLIENT
-        if not self._pending:
-            why = f"the first line could not be given ({why}). It is your turn now."
-        else:
-            why = (
-                f"line {self._pending} could not be answered ({why}). It is your "
-                "turn again."
-            )
-        return Notice(NoticeKind.ERROR, code, why)
-
-    def end(self) -> None:
-        self.turn = Turn.ENDED
-
-    def _whose_turn(self) -> str:
-        if self.turn is Turn.SERVER:
-            if not self._pending:
-                return " Wait for the other side's first line."
-            return f" Line {self._pending} is still being answered."
-        return " It is your turn again."
 
 
 @frozen

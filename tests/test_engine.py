@@ -258,6 +258,63 @@ def test_an_answer_after_the_end_is_dropped_quietly():
     assert drain(conversation) == []
 
 
+def test_an_out_of_turn_excerpt_is_short_and_safe():
+    conversation = started()
+    conversation.receive_data(b"first\n" + b"\x1b[2J" + b"x" * 100 + b"\n", 1.0)
+    _, notice = drain(conversation)
+    assert b"\x1b" not in notice.data
+    assert b"\\x1b[2J" in notice.data
+    assert b"x" * 50 not in notice.data
+
+
+def test_q_ends_it_even_out_of_turn_and_nothing_after_counts():
+    conversation = started()
+    conversation.receive_data(b"first\nq\nmore\n", 1.0)
+    assert drain(conversation)[1:] == [
+        Send(b"!bye quit: goodbye.\n"),
+        Close(Reason.QUIT, "quit"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "text"),
+    [
+        (
+            b"x" * 70 + b"\n",
+            b"line 1 was skipped, not delivered: it has 70 bytes, over the 64-byte "
+            b"limit. It is your turn again.",
+        ),
+        (
+            b"\xff\n",
+            b"line 1 was refused, not delivered: it is not valid UTF-8 (invalid "
+            b"start byte at byte 1). It is your turn again.",
+        ),
+    ],
+)
+def test_refused_lines_say_why_and_leave_the_turn_with_the_client(data, text):
+    conversation = started(max_line=64)
+    conversation.receive_data(data + b"next\n", 1.0)
+    notice, deliver = drain(conversation)
+    assert text in notice.data
+    assert deliver == Deliver(2, "next")
+
+
+def test_a_listening_conversation_refuses_a_line_before_the_first():
+    conversation = engine()
+    conversation.start(0.0, listen=True)
+    drain(conversation)
+    conversation.receive_data(b"me first\n", 1.0)
+    (refusal,) = drain(conversation)
+    assert b"before the other side's first line" in refusal.data
+    conversation.failed(2.0, why="it broke")
+    (notice,) = drain(conversation)
+    assert notice.data == (
+        b"!error responder-failed: the first line could not be given (it broke). "
+        b"It is your turn now.\n"
+    )
+    assert conversation.turn is Turn.CLIENT
+
+
 # Lifecycle.
 
 
