@@ -15,7 +15,9 @@ from ._client import (
 )
 from ._codec import DEFAULT_MAX_LINE
 from ._console import ConsoleResponder
+from ._engine import Reason
 from ._framing import LineFraming, RawFraming
+from ._limits import Admission
 from ._pair import PairResponder
 from ._render import safe_text
 from ._responder import (
@@ -38,6 +40,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_MAX_LINE",
     "QUIT",
+    "Admission",
     "ChatServerFactory",
     "ConsoleResponder",
     "Conversation",
@@ -57,6 +60,7 @@ __all__ = [
     "NoticeKind",
     "PairResponder",
     "RawFraming",
+    "Reason",
     "SockchatError",
     "TranscriptEntry",
     "TranscriptFile",

@@ -87,9 +87,14 @@ class ILifecycle(Interface):
         """
 
     def ended(conversation: IConversation, reason: str) -> None:
-        """The conversation is over; *reason* is the code of the last bye
-        notice (``quit``, ``idle-timeout``, ``shutdown``...), ``answered-quit``
-        when the responder answered ``q``, or ``connection-lost``."""
+        """The conversation is over, and *reason* says why.
+
+        It is a ``sockchat.Reason`` (a ``str``): ``quit``, ``answered-quit``,
+        ``end-of-input``, ``idle-timeout``, ``shutdown``, ``unavailable``,
+        ``binary-message``, ``newline-in-message`` or ``connection-lost``;
+        or, when the conversation was ended with ``end(code, text)``, that
+        code (``partner-left``, ``kicked``...).
+        """
 
 
 @implementer(IResponder)

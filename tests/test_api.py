@@ -22,6 +22,7 @@ def test_public_names_are_exactly_these():
         [
             "DEFAULT_MAX_LINE",
             "QUIT",
+            "Admission",
             "ChatServerFactory",
             "ConsoleResponder",
             "Conversation",
@@ -41,6 +42,7 @@ def test_public_names_are_exactly_these():
             "NoticeKind",
             "PairResponder",
             "RawFraming",
+            "Reason",
             "SockchatError",
             "TranscriptEntry",
             "TranscriptFile",

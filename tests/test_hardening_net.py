@@ -21,6 +21,7 @@ from twisted.internet.task import deferLater
 from sockchat import ChatServerFactory, ConversationEnded, EchoResponder, connect
 from sockchat._engine import Flow
 from sockchat._limits import Admission
+from sockchat._server import TRANSPORT_BUFFER, ChatServerProtocol
 
 
 async def listen(description="tcp:0:interface=127.0.0.1", **kw):
@@ -187,3 +188,35 @@ async def test_soak_hundreds_of_clients_some_dropping(logged_failures):
     finally:
         await port.stopListening()
     assert logged_failures == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_real_transport_reads_at_most_the_transport_buffer_at_once():
+    """set_buffer_size() reaches into Twisted's ``bufferSize``: if Twisted
+    stops reading by it, this fails (and so would the memory bound)."""
+    reads: list[int] = []
+
+    class Counting(ChatServerProtocol):
+        def dataReceived(self, data: bytes) -> None:
+            reads.append(len(data))
+            super().dataReceived(data)
+
+    factory = ChatServerFactory(EchoResponder())
+    original = factory.conversation
+
+    def conversation(addr):
+        proto = original(addr)
+        proto.__class__ = Counting
+        return proto
+
+    factory.conversation = conversation
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+    try:
+        sock = socket.create_connection(("127.0.0.1", port.getHost().port))
+        sock.sendall(b"x" * 60_000 + b"\n")
+        await until(lambda: sum(reads) >= 60_001)
+        sock.close()
+        await until(lambda: not factory.conversations)
+    finally:
+        await port.stopListening()
+    assert max(reads) <= TRANSPORT_BUFFER
