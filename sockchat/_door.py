@@ -233,12 +233,12 @@ class Door:
                 f"the responder returned {type(reply).__name__}; expected str, a "
                 "Deferred or an awaitable"
             )
-            log.error(
-                "responder failed to answer in conversation {cid}: {why}",
-                cid=self.conversation_id,
-                why=why,
-            )
-            self.engine.failed(now, why=why)
+            if self.engine.failed(now, why=why):
+                log.error(
+                    "responder failed to answer in conversation {cid}: {why}",
+                    cid=self.conversation_id,
+                    why=why,
+                )
             return
         timeout = self.factory.settings.answer_timeout
         if timeout is not None:
@@ -264,10 +264,11 @@ class Door:
         if failure.check(TimeoutError):
             self.engine.failed(now, timeout=True)
             return
-        log.failure(
-            "responder failed to answer in conversation {cid}",
-            failure,
-            cid=self.conversation_id,
-        )
         name = failure.type.__name__ if failure.type else "error"
-        self.engine.failed(now, raised=name)
+        if self.engine.failed(now, raised=name):
+            log.failure(
+                "responder failed to answer in conversation {cid}; later failures "
+                "are counted in its last log line",
+                failure,
+                cid=self.conversation_id,
+            )

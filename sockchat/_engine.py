@@ -374,6 +374,7 @@ class ServerConversation:
 
     __slots__ = (
         "_decoder",
+        "_failures",
         "_held_notices",
         "_input_ended",
         "_items",
@@ -443,6 +444,7 @@ class ServerConversation:
         #: What the output written since the client stopped reading costs.
         self._unsent = 0
         self._refused = 0  # lines refused; the first is logged
+        self._failures = 0  # answers that failed; the first is logged
         self._held_notices: list[Notice] | None = None
         self._started = now
         self._last = now  # the client's idle time counts from here
@@ -624,20 +626,28 @@ class ServerConversation:
 
     def failed(
         self, now: float, *, raised: str = "", why: str = "", timeout: bool = False
-    ) -> None:
+    ) -> bool:
         """The responder could not answer: it raised an exception of the type
         named *raised*, broke the contract (*why* says how), or did not
-        answer within ``answer_timeout`` (*timeout*)."""
+        answer within ``answer_timeout`` (*timeout*).
+
+        True if the door should log the failure's traceback: the first time
+        in a conversation only, so one client cannot fill the log.
+        """
         if self.phase is not _OPEN or self.turn is not _SERVER:
-            return  # the conversation ended first: no one left to tell
+            return False  # the conversation ended first: no one left to tell
+        self._failures += 1
+        first = self._failures == 1
         if timeout:
             seconds = self.settings.answer_timeout
-            self._log(
-                "warn",
-                "the responder did not answer conversation {cid} within {seconds}s",
-                cid=self.id,
-                seconds=seconds,
-            )
+            if first:
+                self._log(
+                    "warn",
+                    "the responder did not answer conversation {cid} within "
+                    "{seconds}s; later failures are counted in its last log line",
+                    cid=self.id,
+                    seconds=seconds,
+                )
             self._fail(
                 f"no answer within {seconds:g} seconds", "responder-timeout", now
             )
@@ -647,14 +657,17 @@ class ServerConversation:
                 "responder-failed",
                 now,
             )
+        return first and not timeout
 
     def _refuse_answer(self, why: str, now: float) -> None:
-        self._log(
-            "error",
-            "responder failed to answer in conversation {cid}: {why}",
-            cid=self.id,
-            why=why,
-        )
+        self._failures += 1
+        if self._failures == 1:
+            self._log(
+                "error",
+                "responder failed to answer in conversation {cid}: {why}",
+                cid=self.id,
+                why=why,
+            )
         self._fail(why, "responder-failed", now)
 
     def _fail(self, why: str, code: str, now: float) -> None:
@@ -780,11 +793,13 @@ class ServerConversation:
             # A health check or a port probe says nothing: one debug event.
             "info" if self.lines or self.answers else "debug",
             "conversation {cid} with {peer} ended after {turns} turn(s) in "
-            "{duration:.1f}s, {refused} line(s) refused: {why}",
+            "{duration:.1f}s, {refused} line(s) refused, {failures} answer(s) "
+            "failed: {why}",
             cid=self.id,
             peer=self.peer,
             turns=self.answers,
             refused=self._refused,
+            failures=self._failures,
             duration=now - self._started,
             why=self._why_ended(clean, why),
         )

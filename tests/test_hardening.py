@@ -381,3 +381,52 @@ def test_any_stream_split_anywhere_gets_exactly_one_answer_per_good_line(parts, 
     assert answers == expected_answers(stream, max_line)
     notices = [m for m in got if isinstance(m, Notice)]
     assert notices[0].code == "welcome"
+
+
+# The log's bounds (docs/security.md): one client cannot fill the disk.
+
+
+def test_a_flood_of_refused_lines_logs_one_line_and_a_count():
+    from twisted.logger import capturedLogs
+
+    factory = ChatServerFactory(EchoResponder(), clock=Clock())
+    with capturedLogs() as events:
+        proto, _ = connect(factory)
+        for _ in range(200):
+            proto.dataReceived(b"\xff\n")
+        lose(proto)
+    texts = [e["log_format"] for e in events]
+    assert sum("a line was refused" in t for t in texts) == 1
+    (last,) = [e for e in events if "ended after" in e["log_format"]]
+    assert last["refused"] == 200
+
+
+def test_a_responder_that_always_fails_logs_one_traceback_and_a_count():
+    from twisted.logger import capturedLogs
+
+    from sockchat import FunctionResponder
+
+    def broken(conversation, text):
+        raise ValueError(text)
+
+    factory = ChatServerFactory(FunctionResponder(broken), clock=Clock())
+    with capturedLogs() as events:
+        proto, transport = connect(factory)
+        for n in range(50):
+            proto.dataReceived(b"line %d\n" % n)
+        lose(proto)
+    assert sum("log_failure" in e for e in events) == 1
+    (last,) = [e for e in events if "ended after" in e["log_format"]]
+    assert last["failures"] == 50
+    assert lines(transport)[-1].startswith("!error responder-failed: line 50 ")
+
+
+def test_a_probe_that_connects_and_leaves_is_one_debug_event():
+    from twisted.logger import LogLevel, capturedLogs
+
+    factory = ChatServerFactory(EchoResponder(), clock=Clock())
+    with capturedLogs() as events:
+        proto, _ = connect(factory)
+        lose(proto)
+    mine = [e for e in events if e.get("log_namespace") == "sockchat.server"]
+    assert [e["log_level"] for e in mine] == [LogLevel.debug]
