@@ -20,3 +20,21 @@ def test_the_sticky_packet_demonstration_prints_what_the_doc_says():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == printed.group(1)
+
+
+def test_every_test_the_docs_name_exists():
+    """docs/security.md and friends cite tests as ``file.py::name``."""
+    named = set()
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        named |= {
+            (doc.name, file, name)
+            for file, name in re.findall(
+                r"(test_\w+\.py)::(test_\w+)", doc.read_text()
+            )
+        }
+    missing = [
+        f"{doc}: {file}::{name}"
+        for doc, file, name in sorted(named)
+        if f"def {name}(" not in (ROOT / "tests" / file).read_text()
+    ]
+    assert missing == []
