@@ -39,15 +39,19 @@ def attack(kind: str, port: int, web_port: int, result: dict[str, float]) -> Non
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             b"Sec-WebSocket-Version: 13\r\n\r\n" % target
         )
-    chunk = CHUNKS[kind]
-    sent = 0
+    chunk = memoryview(CHUNKS[kind])
+    sent = at = 0
     sock.settimeout(QUIET)
     deadline = time.monotonic() + 60
     try:
         while sent < SEND_LIMIT and time.monotonic() < deadline:
-            sent += sock.send(chunk)
+            done = sock.send(chunk[at:])  # frames stay whole across sends
+            sent += done
+            at = (at + done) % len(chunk)
     except TimeoutError:
         pass  # the server stopped reading us: the attack is held off
+    except OSError as e:  # the server closed on us: say so, do not hang
+        result["closed"] = str(e)
     result["sent"] = sent
     result["done"] = 1
     time.sleep(0.5)  # let the server settle, still connected

@@ -28,9 +28,7 @@ def test_every_test_the_docs_name_exists():
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         named |= {
             (doc.name, file, name)
-            for file, name in re.findall(
-                r"(test_\w+\.py)::(test_\w+)", doc.read_text()
-            )
+            for file, name in re.findall(r"(test_\w+\.py)::(test_\w+)", doc.read_text())
         }
     missing = [
         f"{doc}: {file}::{name}"

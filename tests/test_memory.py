@@ -31,5 +31,6 @@ def test_a_client_that_never_reads_grows_the_server_by_about_twice_max_output(at
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout.splitlines()[-1])
+    assert result["closed"] is None, "the server should hold it off, not close"
     assert result["sent"] > 4 * MAX_OUTPUT, "the attack was not made"
     assert result["peak"] <= 2.25 * MAX_OUTPUT, result
