@@ -86,10 +86,18 @@ class LineDecoder:
     def feed(self, data: bytes) -> list[Decoded]:
         """Take the next chunk of the stream; return the lines it completed."""
         if not self._size:
-            # The usual case, one whole line in one read: no split, no join.
-            end = data.find(b"\n")
-            if end >= 0 and end == len(data) - 1:
-                return [self._decode(data[:end])]
+            # The usual case, one whole line in one read: no split, no join,
+            # and _decode inline.
+            end = len(data) - 1
+            if end >= 0 and data.find(b"\n") == end:
+                if self._strip_cr and end and data[end - 1] == 0x0D:
+                    end -= 1
+                if end <= self._max:
+                    try:
+                        return [data[:end].decode("utf-8")]
+                    except UnicodeDecodeError:
+                        pass
+                return [self._decode(data[: len(data) - 1])]
         out: list[Decoded] = []
         if self._skipping:
             newline = data.find(b"\n")

@@ -165,7 +165,16 @@ class Door:
             if kind is Send or kind is TelnetReply:
                 self.transport.write(action.data)  # type: ignore[union-attr]  # Send or TelnetReply
             elif kind is Deliver:
-                self._deliver(action.text, now)  # type: ignore[union-attr]  # a Deliver
+                try:
+                    text: str = action.text  # type: ignore[union-attr]  # a Deliver
+                    reply = self.factory.responder.respond(self.info, text)
+                except Exception:
+                    self._failed(Failure())
+                else:
+                    if type(reply) is str:  # answered at once: the usual case
+                        self.engine.answered(reply, now)
+                    else:
+                        self._reply(reply, now)
             else:
                 self._act(action)
             action = next_action()
@@ -210,17 +219,6 @@ class Door:
         raise NotImplementedError
 
     # The responder's side.
-
-    def _deliver(self, text: str, now: float) -> None:
-        try:
-            reply: Reply = self.factory.responder.respond(self.info, text)
-        except Exception:
-            self._failed(Failure())
-            return
-        if type(reply) is str:  # answered at once: the usual case
-            self.engine.answered(reply, now)
-        else:
-            self._reply(reply, now)
 
     def _reply(self, reply: Reply, now: float) -> None:
         """Take the responder's reply; the caller runs the engine's actions."""
