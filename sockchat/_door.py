@@ -70,13 +70,29 @@ class Door:
     #: The TCP door's transport (Send and TelnetReply write to it).
     transport: Any
 
-    def __init__(self, conversation_id: int) -> None:
+    def __init__(self, conversation_id: int, host: str | None = None) -> None:
         self.conversation_id = conversation_id
         self.info = ConversationInfo(conversation_id, "unknown")
-        self.closed: Deferred[None] = Deferred()
+        #: The peer's address, whose admission slot is released at the end.
+        self.host = host
+        self._closed: Deferred[None] | None = None
         self._pending: Deferred[str] | None = None
         self._closer: IDelayedCall | None = None
         self._hooked = False  # the responder's started hook ran
+        self._gone = False
+
+    @property
+    def closed(self) -> Deferred[None]:
+        """Fires once the connection is gone and the responder was told.
+
+        Made when first asked for: most conversations are never waited on,
+        and a Deferred costs about 300 bytes.
+        """
+        if self._closed is None:
+            self._closed = Deferred()
+            if self._gone:
+                self._closed.callback(None)
+        return self._closed
 
     def _begin(self, peer: str, *, messages: bool = False) -> None:
         """Connected: make the engine, welcome the client (or refuse it)."""
@@ -153,7 +169,10 @@ class Door:
                         "the responder's ended hook failed in conversation {cid}",
                         cid=self.conversation_id,
                     )
-        self.closed.callback(None)
+        self._gone = True
+        factory.admission.release(self.host)
+        if self._closed is not None:
+            self._closed.callback(None)
 
     # Carrying out the engine's actions.
 

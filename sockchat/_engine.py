@@ -349,6 +349,15 @@ Action = (
 _new = tuple.__new__
 
 _PAUSE = PauseReading()
+
+#: Log events said once per conversation, as bits (a set would cost 216
+#: bytes per conversation).
+_ONCE = {"started": 1, "slow": 2, "early": 4}
+
+#: No items waiting, no message under way: shared, so an idle
+#: conversation holds no list of its own (never appended to).
+_NO_ITEMS: list[Decoded] = []
+_NO_PARTS: list[str] = []
 _RESUME = ResumeReading()
 
 _END_OF_INPUT = Notice(
@@ -441,7 +450,7 @@ class ServerConversation:
             None if messages else framing.decoder(settings.max_line)
         )
         self._telnet = TelnetFilter() if framing.takes_telnet and not messages else None
-        self._items: list[Decoded] = []  # decoded, not handled yet
+        self._items: list[Decoded] = _NO_ITEMS  # decoded, not handled yet
         self._out: list[Action] = []
         #: What the lines waiting here cost, counted once they began to
         #: wait (None: they are handled as they come).
@@ -454,8 +463,8 @@ class ServerConversation:
         self._started = now
         self._last = now  # the client's idle time counts from here
         self._input_ended = False
-        self._told: set[str] | None = None  # log events said once
-        self._parts: list[str] = []  # a WebSocket message under way
+        self._told = 0  # the log events said once, as bits of _ONCE
+        self._parts: list[str] = _NO_PARTS  # a WebSocket message under way
         self._part_size = 0
         self._skipping = False
 
@@ -529,7 +538,9 @@ class ServerConversation:
             self._part_size += len(text.encode("utf-8"))
             if self._part_size > limit:
                 self._skipping = True
-                self._parts = []
+                self._parts = _NO_PARTS
+            elif self._parts is _NO_PARTS:
+                self._parts = [text]
             else:
                 self._parts.append(text)
         elif text:
@@ -541,7 +552,7 @@ class ServerConversation:
             item = LineTooLong(self._part_size, limit)
         else:
             item = "".join(self._parts)
-        self._parts = []
+        self._parts = _NO_PARTS
         self._part_size = 0
         self._skipping = False
         self._last = now
@@ -570,7 +581,7 @@ class ServerConversation:
         if not self.lines:
             self._announce()
         if self._items:
-            self._items.extend(items)
+            self._items = self._items + items
         else:
             self._items = items
         if self._items_cost is not None:  # counted since lines began to wait
@@ -804,7 +815,7 @@ class ServerConversation:
         if self.phase is _CLOSED:
             return
         self._move(_E_LOST)
-        self._items = []
+        self._items = _NO_ITEMS
         unfinished = self._decoder.unfinished if self._decoder is not None else 0
         if unfinished:
             self._log(
@@ -858,7 +869,7 @@ class ServerConversation:
             ):
                 item = items[0]
                 if type(item) is str and item != QUIT:
-                    self._items = []
+                    self._items = _NO_ITEMS
                     self.lines = seq = self.lines + 1
                     self.phase, self.turn = _AFTER_LINE
                     self._pending = seq
@@ -977,7 +988,7 @@ class ServerConversation:
     def _bye(self, notice: Notice, now: float) -> None:
         if self.phase > _OPEN:
             return
-        self._items = []
+        self._items = _NO_ITEMS
         self._move(_E_BYE)
         self._flush_held(now)
         self._notice(notice, now)
@@ -987,7 +998,7 @@ class ServerConversation:
     def _close(self, reason: Reason, code: str) -> None:
         if self.phase < _CLOSING:
             self._move(_E_BYE)
-        self._items = []
+        self._items = _NO_ITEMS
         self.reason = reason
         self.code = code
         self._out.append(Close(reason, code))
@@ -1046,12 +1057,10 @@ class ServerConversation:
             )
 
     def _once(self, what: str) -> bool:
-        told = self._told
-        if told is None:
-            told = self._told = set()
-        if what in told:
+        bit = _ONCE[what]
+        if self._told & bit:
             return False
-        told.add(what)
+        self._told |= bit
         return True
 
     def _count_items(self) -> None:

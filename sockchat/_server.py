@@ -301,10 +301,8 @@ class ChatServerFactory(_FactoryBase):
 
     def conversation(self, addr: Any) -> ChatServerProtocol:
         """A new conversation, admitted; its slot is released when it closes."""
-        host = getattr(addr, "host", None)
-        proto = ChatServerProtocol(next(self._ids))
+        proto = ChatServerProtocol(next(self._ids), getattr(addr, "host", None))
         proto.factory = self
-        proto.closed.addCallback(lambda _: self.admission.release(host))
         return proto
 
     def next_id(self) -> int:

@@ -82,8 +82,10 @@ class TelnetFilter:
         self._held = b""  # IAC, or IAC and a negotiation verb
         #: Bytes of an unfinished command kept for the next chunk.
         self.held = 0
-        self._commands: list[str] = []  # not yet reported
-        self._reply = bytearray()
+        # Not yet reported: made when the first command comes (most
+        # conversations never send one, and each costs 56 bytes).
+        self._commands: list[str] | None = None
+        self._reply: bytearray | None = None
 
     def feed(self, data: bytes) -> tuple[bytes, TelnetHeard | None]:
         """Return the chunk without its commands, and what they were."""
@@ -93,6 +95,8 @@ class TelnetFilter:
         if IAC not in data:
             return data, None
         out = bytearray()
+        if self._commands is None or self._reply is None:
+            self._commands, self._reply = [], bytearray()
         commands = self._commands
         reply = self._reply
         i, end = 0, len(data)

@@ -246,9 +246,7 @@ class WebConversation(Door):
             self._run(factory.clock.seconds())
             return
         self.conversation_id = factory.next_id()
-        self.closed.addCallback(
-            lambda _: factory.admission.release(getattr(self._peer, "host", None))
-        )
+        self.host = getattr(self._peer, "host", None)  # released when it ends
         self._begin(peer, messages=True)
 
     def textMessageReceived(self, message: str) -> None:

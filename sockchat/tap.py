@@ -260,10 +260,13 @@ def _stdin_gives_nothing() -> bool:
     if stdin.isatty():
         return False
     try:
-        mode = os.fstat(stdin.fileno()).st_mode
+        status = os.fstat(stdin.fileno())
+        null = os.stat(os.devnull)
     except (OSError, ValueError):  # closed
         return True
-    return stat.S_ISCHR(mode)
+    # Some containers make /dev/null something other than a device.
+    is_null = (status.st_dev, status.st_ino) == (null.st_dev, null.st_ino)
+    return is_null or stat.S_ISCHR(status.st_mode)
 
 
 def _check_console(options: Options, *, chosen: bool) -> None:
