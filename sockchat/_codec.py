@@ -83,6 +83,24 @@ class LineDecoder:
         """Bytes of the line under way, held or skipped."""
         return self._size
 
+    def whole_line(self, data: bytes) -> str | None:
+        """*data*'s text, if it is exactly one good line and nothing is held.
+
+        The usual read, taken without a list; None changes nothing, and the
+        caller feeds *data* as usual.
+        """
+        end = len(data) - 1
+        if self._size or end < 0 or data.find(b"\n") != end:
+            return None
+        if self._strip_cr and end and data[end - 1] == 0x0D:
+            end -= 1
+        if end > self._max:
+            return None
+        try:
+            return data[:end].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+
     def feed(self, data: bytes) -> list[Decoded]:
         """Take the next chunk of the stream; return the lines it completed."""
         if not self._size:

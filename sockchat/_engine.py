@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 from attrs import field, frozen
 
-from ._codec import DEFAULT_MAX_LINE, Decoded, LineTooLong
+from ._codec import DEFAULT_MAX_LINE, Decoded, LineDecoder, LineTooLong
 from ._framing import Decoder, Framing, LineFraming
 from ._render import safe_text
 from ._telnet import TelnetFilter, telnet_notice
@@ -520,6 +520,71 @@ class ServerConversation:
             else:
                 self._take(items)
 
+    def take_line(self, data: bytes, now: float) -> str | None:
+        """The usual turn's first half, in one call.
+
+        If *data* is exactly one good line, in turn, with nothing else
+        waiting or to do, the line is delivered: its text is returned, and
+        its answer is owed, as if ``receive_data`` and ``next_action`` had
+        given a ``Deliver``.  Otherwise None, and nothing has changed: feed
+        *data* with ``receive_data``.
+        """
+        if (
+            self.phase is not _OPEN
+            or self.turn is not _CLIENT
+            or self.flow is not _FLOWING
+            or self._items
+            or self._out
+            or self._transcript
+            or not self._lines
+            or not self.lines  # the first line is announced in the log
+            or self._input_ended
+        ):
+            return None
+        telnet = self._telnet
+        if telnet is not None and (0xFF in data or telnet.held):
+            return None
+        decoder: LineDecoder = self._decoder  # type: ignore[assignment]  # _lines: it is
+        text = decoder.whole_line(data)
+        if text is None or text == QUIT:
+            return None
+        self._last = now
+        self.lines = seq = self.lines + 1
+        self.phase, self.turn = _AFTER_LINE
+        self._pending = seq
+        return text
+
+    def answer_now(self, reply: object, now: float) -> bytes | None:
+        """The usual turn's second half: the bytes to write for *reply*.
+
+        If the answer is an ordinary one (a line, not ``q``, with nothing
+        else to say first), its bytes are returned for the door to write at
+        once, as if ``answered`` and ``next_action`` had given a ``Send``.
+        Otherwise None, and nothing has changed: pass it to ``answered``.
+        """
+        if (
+            type(reply) is not str
+            or self.phase is not _OPEN
+            or self.turn is not _SERVER
+            or self.flow is not _FLOWING
+            or self._out
+            or self._transcript
+            or not self._lines
+            or not self.answers  # the first answer is announced in the log
+            or self._input_ended
+            or reply == QUIT
+            or "\n" in reply
+        ):
+            return None
+        try:
+            data = (("!" + reply) if reply[:1] == "!" else reply).encode() + b"\n"
+        except UnicodeEncodeError:
+            return None
+        self._last = now
+        self.phase, self.turn = _AFTER_ANSWER
+        self.answers += 1
+        return data
+
     def receive_message(self, text: str, now: float, *, final: bool = True) -> None:
         """A WebSocket text message, or a piece of one, arrived."""
         if self.phase > _OPEN:
@@ -594,23 +659,9 @@ class ServerConversation:
         """The responder's answer to the delivered line (or the opening)."""
         if self.phase is not _OPEN or self.turn is not _SERVER:
             return  # it ended while the responder worked
-        if (
-            type(reply) is str
-            and self._lines
-            and self.flow is _FLOWING
-            and not self._transcript
-            and self.answers
-            and reply != QUIT
-            and "\n" not in reply
-        ):
-            # The usual answer, as below with fewer steps.
-            data = (("!" + reply) if reply[:1] == "!" else reply).encode() + b"\n"
-            self._last = now
-            self.phase, self.turn = _AFTER_ANSWER
-            self.answers += 1
+        data = self.answer_now(reply, now)  # the usual answer, in fewer steps
+        if data is not None:
             self._out.append(_new(Send, (data,)))
-            if self._input_ended:
-                self._finish_if_done(now)
             return
         if not isinstance(reply, str):
             self._refuse_answer(

@@ -112,7 +112,21 @@ class ChatServerProtocol(Door, Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         now = self.factory.clock.seconds()
-        self.engine.receive_data(data, now)
+        engine = self.engine
+        text = engine.take_line(data, now)  # the usual turn, in two calls
+        if text is None:
+            engine.receive_data(data, now)
+        else:
+            try:
+                reply = self.factory.responder.respond(self.info, text)
+            except Exception:
+                self._failed(Failure())
+            else:
+                out = engine.answer_now(reply, now)
+                if out is not None:
+                    self.transport.write(out)
+                    return
+                self._reply(reply, now)
         self._run(now)
 
     def readConnectionLost(self) -> None:  # IHalfCloseableProtocol

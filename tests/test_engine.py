@@ -676,3 +676,72 @@ def test_actions_are_frozen_and_compare_by_type():
     with pytest.raises(AttributeError):
         Send(b"x").data = b"y"  # type: ignore[misc]
     assert TelnetReply(b"x") != Send(b"x")
+
+
+# The usual turn in two calls (take_line, answer_now) is the same turn.
+
+
+def _slow_turn(conversation, data, reply, now):
+    conversation.receive_data(data, now)
+    out = []
+    for action in iter(conversation.next_action, None):
+        if isinstance(action, Deliver):
+            conversation.answered(reply(action.text), now)
+        elif isinstance(action, Send):
+            out.append(action.data)
+    return out
+
+
+def _fast_turn(conversation, data, reply, now):
+    text = conversation.take_line(data, now)
+    if text is None:
+        return _slow_turn(conversation, data, reply, now)
+    answer = reply(text)
+    out = []
+    data_out = conversation.answer_now(answer, now)
+    if data_out is not None:
+        return [data_out]
+    conversation.answered(answer, now)
+    for action in iter(conversation.next_action, None):
+        if isinstance(action, Send):
+            out.append(action.data)
+        assert not isinstance(action, Deliver)
+    return out
+
+
+_ANSWERS = st.sampled_from(["ok", "!bang", "q", "two\nlines", "\ud800", "", "你好"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(_LINE, _ANSWERS), max_size=20), st.booleans())
+def test_the_usual_turn_in_two_calls_is_the_same_as_the_long_way(turns, eof):
+    fast, slow = started(), started()
+    now = 1.0
+    for data, answer in turns:
+        now += 1.0
+        assert _fast_turn(fast, data, lambda _, a=answer: a, now) == _slow_turn(
+            slow, data, lambda _, a=answer: a, now
+        )
+        for conversation in (fast, slow):
+            if eof:
+                conversation.end_of_input(now)
+        assert [a for a in iter(fast.next_action, None) if not isinstance(a, Log)] == [
+            a for a in iter(slow.next_action, None) if not isinstance(a, Log)
+        ]
+        for name in ("phase", "turn", "flow", "lines", "answers", "code", "deadline"):
+            assert getattr(fast, name) == getattr(slow, name), name
+
+
+def test_take_line_declines_what_is_not_the_usual_turn():
+    conversation = started()
+    assert conversation.take_line(b"first\n", 1.0) is None  # announced the slow way
+    conversation.receive_data(b"first\n", 1.0)
+    echo(conversation)
+    assert conversation.take_line(b"two\nlines\n", 1.0) is None
+    assert conversation.take_line(b"q\n", 1.0) is None
+    assert conversation.take_line(b"\xff\xf4x\n", 1.0) is None  # telnet
+    assert conversation.take_line(b"ok\n", 1.0) == "ok"
+    assert conversation.take_line(b"again\n", 1.0) is None  # not its turn
+    assert conversation.answer_now("q", 1.0) is None
+    assert conversation.answer_now("fine", 2.0) == b"fine\n"
+    assert conversation.deadline == 2.0 + 600
