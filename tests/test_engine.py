@@ -745,3 +745,5 @@ def test_take_line_declines_what_is_not_the_usual_turn():
     assert conversation.answer_now("q", 1.0) is None
     assert conversation.answer_now("fine", 2.0) == b"fine\n"
     assert conversation.deadline == 2.0 + 600
+    assert (conversation.lines, conversation.answers) == (2, 2)
+    assert conversation.turn is Turn.CLIENT
