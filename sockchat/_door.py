@@ -149,7 +149,8 @@ class Door:
     def _lost(self, clean: bool, why: str) -> None:
         """The connection is gone: tell the engine, the responder, the factory."""
         factory = self.factory
-        factory.conversations.pop(self.conversation_id, None)
+        if factory.conversations.pop(self.conversation_id, None) is not None:
+            factory.forget(self)
         if self._closer is not None and self._closer.active():
             self._closer.cancel()
         pending, self._pending = self._pending, None

@@ -176,13 +176,14 @@ class _IdleWatch:
     then says whether it was idle, and when to look again.
     """
 
-    __slots__ = ("_call", "_clock", "_conversations", "_heap")
+    __slots__ = ("_call", "_clock", "_conversations", "_ended", "_heap")
 
     def __init__(self, clock: IReactorTime, conversations: dict[int, Door]) -> None:
         self._clock = clock
         self._conversations = conversations
         self._heap: list[tuple[float, int]] = []
         self._call: IDelayedCall | None = None
+        self._ended = 0  # entries of ended conversations still in the heap
 
     def add(self, deadline: float, cid: int) -> None:
         heapq.heappush(self._heap, (deadline, cid))
@@ -192,6 +193,21 @@ class _IdleWatch:
     def _schedule(self) -> None:
         delay = max(0.0, self._heap[0][0] - self._clock.seconds())
         self._call = self._clock.callLater(delay, self._fire)
+
+    def forget(self) -> None:
+        """A conversation ended: its entry is dropped, in time.
+
+        Entries are not removed one by one (that is O(n) in a heap); once
+        most of the heap is ended conversations, it is rebuilt from the live
+        ones.  So it holds at most about twice the open conversations, even
+        when thousands connect and leave each second.
+        """
+        self._ended += 1
+        if self._ended > 64 and self._ended * 2 > len(self._heap):
+            live = self._conversations
+            self._heap = [entry for entry in self._heap if entry[1] in live]
+            heapq.heapify(self._heap)
+            self._ended = 0
 
     def _fire(self) -> None:
         self._call = None
@@ -288,6 +304,10 @@ class ChatServerFactory(_FactoryBase):
     @property
     def max_line(self) -> int:
         return self.settings.max_line
+
+    def forget(self, proto: Door) -> None:
+        """*proto* has ended: the idle watch may drop it."""
+        self._idle.forget()
 
     def watch(self, proto: Door) -> None:
         """Look at *proto* again when its engine's idle deadline comes."""

@@ -430,3 +430,15 @@ def test_a_probe_that_connects_and_leaves_is_one_debug_event():
         lose(proto)
     mine = [e for e in events if e.get("log_namespace") == "sockchat.server"]
     assert [e["log_level"] for e in mine] == [LogLevel.debug]
+
+
+def test_the_idle_watch_does_not_grow_with_connections_that_came_and_went():
+    clock = Clock()
+    factory = ChatServerFactory(EchoResponder(), idle_timeout=600, clock=clock)
+    for _ in range(10_000):
+        proto, _ = connect(factory)
+        lose(proto)
+    kept, _ = connect(factory)
+    assert len(factory._idle._heap) < 200, "one entry per ended conversation"
+    clock.advance(600)
+    assert kept.engine.code == "idle-timeout"
