@@ -166,6 +166,16 @@ class Options(usage.Options):
         ],
     ]
 
+    optFlags: list[list[Any]] = [  # noqa: RUF012 (twisted's API)
+        [
+            "cap-loopback",
+            None,
+            "Count loopback clients (127.0.0.0/8, ::1) against --max-per-ip too; "
+            "by default they are the operator's own machine and are not capped "
+            "per address.",
+        ],
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         self["allow"] = []
@@ -435,6 +445,7 @@ def makeService(options: Options) -> IService:
         max_clients=options["max_clients"],
         max_per_ip=options["max_per_ip"],
         rules=options["rules"],
+        cap_loopback=bool(options["cap-loopback"]),
     )
     factory = ChatServerFactory(
         responder,
