@@ -30,15 +30,23 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 def parse_networks(texts: Iterable[str]) -> tuple[Network, ...]:
     """Parse CIDR ranges such as ``10.0.0.0/8`` or ``::1``.
 
-    Raises ``ValueError`` naming the first one that is not a range.
+    Raises ``ValueError`` naming the first one that is not a range, such as
+    ``10.0.0.1/8``, whose host bits are set: it is most likely a typo.
     """
     networks = []
     for text in texts:
         try:
-            networks.append(ipaddress.ip_network(text.strip(), strict=False))
+            networks.append(ipaddress.ip_network(text.strip()))
         except ValueError:
+            try:
+                meant = ipaddress.ip_network(text.strip(), strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"{text!r} is not an IPv4 or IPv6 address or range"
+                ) from None
             raise ValueError(
-                f"{text!r} is not an IPv4 or IPv6 address or range"
+                f"{text!r} has bits set after its /{meant.prefixlen} prefix; "
+                f"did you mean {meant}?"
             ) from None
     return tuple(networks)
 

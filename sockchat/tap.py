@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -54,15 +55,32 @@ DEFAULT_MAX_PER_IP = 20
 LISTEN_BACKLOG = 1024
 
 
+#: The mode of a UNIX socket whose description gives none: its owner only.
+UNIX_SOCKET_MODE = "600"
+
+
 def endpoint_description(port: str, option: str = "--port") -> str:
     """A bare port number listens on 127.0.0.1 only; anything else is an
-    endpoint description and is used as given."""
+    endpoint description and is used as given, except that a ``unix:``
+    socket gets ``mode=600`` unless it says otherwise (Twisted's default is
+    0666: anyone on the machine could connect)."""
     if port.isdigit():
         number = int(port)
         if number > 65535:
             raise fatal(f"{option} {port} is not a port number (0 to 65535)")
         return f"tcp:{number}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}"
-    return port
+    return _private_unix_socket(port)
+
+
+def _private_unix_socket(description: str) -> str:
+    inner = description.removeprefix("haproxy:")
+    if not inner.startswith("unix:"):
+        return description
+    # Parameters are split at colons that are not escaped with a backslash.
+    parameters = re.split(r"(?<!\\):", inner)[1:]
+    if any(p.startswith("mode=") for p in parameters):
+        return description
+    return f"{description}:mode={UNIX_SOCKET_MODE}"
 
 
 class Options(usage.Options):
@@ -75,7 +93,10 @@ class Options(usage.Options):
         "A turn-taking chat server: each client speaks one line, then waits "
         "for the answer. A bare port number listens on 127.0.0.1 only; to "
         "accept other hosts, give an endpoint such as tcp:9527 or "
-        "tcp6:9527:interface=\\:\\:. Limits take 0 to mean none."
+        "tcp6:9527:interface=\\:\\:. --idle-timeout, --answer-timeout, "
+        "--max-clients and --max-per-ip take 0 to mean none; --max-line and "
+        "--max-output need 1 or more. A unix: socket is made 0600 (its owner "
+        "only) unless its description gives a mode=."
     )
     optParameters: list[list[Any]] = [  # noqa: RUF012 (twisted's API)
         [
@@ -113,8 +134,8 @@ class Options(usage.Options):
             "max-line",
             None,
             str(DEFAULT_MAX_LINE),
-            "Longest line accepted from a client, in bytes; longer ones are "
-            "refused with a notice.",
+            "Longest line accepted from a client, in bytes (1 or more); longer "
+            "ones are refused with a notice.",
         ],
         [
             "idle-timeout",
@@ -128,7 +149,7 @@ class Options(usage.Options):
             None,
             str(DEFAULT_MAX_OUTPUT),
             "Bytes of answers a client may leave unread before the server stops "
-            "reading its lines.",
+            "reading its lines (1 or more).",
         ],
         [
             "max-clients",
@@ -391,8 +412,11 @@ def _require_client_certificates(
 
 
 def _as_given(description: str) -> str:
-    """The endpoint as the user would say it: without the backlog we add."""
-    return description.replace(f":backlog={LISTEN_BACKLOG}", "")
+    """The endpoint as the user would say it: without the backlog or the
+    socket mode we add."""
+    return description.replace(f":backlog={LISTEN_BACKLOG}", "").removesuffix(
+        f":mode={UNIX_SOCKET_MODE}"
+    )
 
 
 def _server_endpoint(
