@@ -8,12 +8,12 @@ import os
 import re
 import stat
 import sys
-from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, _parse, serverFromString
 from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
@@ -35,6 +35,7 @@ from ._services import (
     WebChatService,
     fatal,
 )
+from ._tlsfiles import TLSFileError, check_certificate, check_pair
 from ._transcript_file import TranscriptFile
 
 log = Logger(namespace="sockchat")
@@ -257,6 +258,14 @@ class Options(usage.Options):
         ca = self["tls-client-ca"]
         if ca is not None and not self["endpoint"].startswith("ssl:"):
             raise fatal("--tls-client-ca needs a TLS listener: --port ssl:...")
+        try:
+            check_tls_files(self["endpoint"], "--port")
+            if self["web_endpoint"] is not None:
+                check_tls_files(self["web_endpoint"], "--web")
+            if ca is not None:
+                check_certificate(f"--tls-client-ca {ca}", ca)
+        except TLSFileError as e:
+            raise fatal(str(e)) from None
         if web and self["framing_value"].name != "line":
             raise fatal(
                 "--web needs --framing line: the page sends and shows lines; "
@@ -316,6 +325,30 @@ def _check_console(options: Options, *, chosen: bool) -> None:
             "pipe the answers in, or choose a --responder: echo, pair, or "
             "package.module:name"
         )
+
+
+def check_tls_files(description: str, option: str) -> None:
+    """Check the key and certificate files of an ``ssl:`` description, so
+    that a mistake is one line (``TLSFileError``), not OpenSSL's tuple or a
+    traceback.  Other descriptions are left to Twisted."""
+    inner = description.removeprefix("haproxy:")
+    if not inner.startswith("ssl:"):
+        return
+    try:
+        args, kwargs = _parse(inner)
+    except Exception:  # Twisted's own parser reports it, in one line
+        return
+    positional = [str(a) for a in args[2:]]  # after ssl and the port
+    key = kwargs.get("privateKey") or (positional[0] if positional else "server.pem")
+    cert = kwargs.get("certKey") or (positional[1] if len(positional) > 1 else None)
+    # Without certKey, Twisted reads the certificate from the key's file.
+    cert_what = (
+        f"{option} certKey={cert}"
+        if cert is not None
+        else f"{option} privateKey={key} (no certKey= given, so the certificate "
+        "must be in the key's file)"
+    )
+    check_pair(cert_what, cert or key, f"{option} privateKey={key}", key)
 
 
 def _seconds(text: str, name: str) -> float:
@@ -396,11 +429,10 @@ def _require_client_certificates(
     if not isinstance(endpoint, SSL4ServerEndpoint):
         raise fatal("--tls-client-ca needs a TLS listener: --port ssl:...")
     try:
-        ca = Certificate.loadPEM(Path(ca_file).read_bytes())
-    except (OSError, ValueError, SSL.Error) as e:
-        raise fatal(
-            f"--tls-client-ca {ca_file}: cannot read a PEM certificate ({e})"
-        ) from None
+        checked = check_certificate(f"--tls-client-ca {ca_file}", ca_file)
+    except TLSFileError as e:
+        raise fatal(str(e)) from None
+    ca = Certificate.loadPEM(checked.public_bytes(Encoding.PEM))
     built = endpoint._sslContextFactory  # what the ssl: parser made
     endpoint._sslContextFactory = CertificateOptions(
         privateKey=built.privateKey,
