@@ -145,7 +145,7 @@ def test_idle_partner_ends_the_pair(server):
 
 
 def test_a_partner_idle_before_any_line_does_not_end_the_other(server):
-    server.factory.idle_timeout = 60.0
+    server.factory.settings = attrs.evolve(server.factory.settings, idle_timeout=60.0)
     alice = Client(server)
     bob = Client(server)
     bob_waits = bob.conversation.listen()
