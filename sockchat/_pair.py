@@ -153,13 +153,8 @@ class PairResponder:
         self.pairs += 1
         first.partner, second.partner = second, first
         first.talked = second.talked = False
-        # A debug event only: a health check pairs and leaves at once.  The
-        # pair is logged when its first line passes.
-        log.debug(
-            "conversations {first} and {second} are paired",
-            first=first.conversation.info.id,
-            second=second.conversation.info.id,
-        )
+        # Not logged: a health check pairs and leaves at once, and a pair
+        # that talked is logged when it ends.
 
     def respond(self, conversation: ConversationInfo, text: str) -> Deferred[str]:
         party = self._parties[conversation.id]
@@ -169,12 +164,6 @@ class PairResponder:
         if partner is None:
             party.opening = text  # for the partner to come
             return answer
-        if not party.talked:
-            log.info(
-                "conversations {first} and {second} are paired and talking",
-                first=partner.conversation.info.id,
-                second=conversation.id,
-            )
         party.talked = partner.talked = True
         party.handed = partner.handed = None
         waiting, partner.waiting = partner.waiting, None
@@ -202,6 +191,12 @@ class PairResponder:
         partner.partner = None
         why = _LEFT_BECAUSE.get(reason, f"left ({reason})")
         if partner.talked:
+            log.info(
+                "the pair of conversations {left} and {partner} ended: {left} {why}",
+                left=conversation.info.id,
+                partner=partner.conversation.info.id,
+                why=why,
+            )
             partner.conversation.end(
                 "partner-left",
                 f"{party.label} {why}. Connect again to talk with someone new.",
@@ -213,10 +208,6 @@ class PairResponder:
         """Put *party*, whose partner left untalked, back at the queue's head."""
         if party.handed is not None:  # its first line is for the next partner
             party.opening, party.handed = party.handed, None
-        log.debug(
-            "conversation {cid} waits again: its partner left before they talked",
-            cid=party.conversation.info.id,
-        )
         stance = party.stance
         if stance is _Stance.LISTENS:
             then = "They will speak first."

@@ -28,8 +28,8 @@ from processes import (
     CHROMIUM_ARGS,
     Reader,
     WebServer,
+    raw_connect,
     start_client,
-    wait_for_connections,
 )
 
 pytestmark = pytest.mark.slow
@@ -451,35 +451,30 @@ def test_a_browser_and_a_terminal_client_talk_in_pair_mode(page):
 
 
 def test_a_browser_that_joins_second_waits_for_the_first_line(page):
-    with WebServer("--responder", "pair") as server:
-        terminal = start_client(server.port)
-        try:
-            # The terminal client is in (the server logs a conversation only
-            # once it has a line).
-            wait_for_connections(server.port)
-            page.goto(server.url)
-            page.wait_for_selector("body[data-state=waiting]")
-            assert status(page) == "Waiting for the other side's first line…"
-            assert page.is_enabled("#line")  # for q
-            assert page.locator("#log li.notice .who").first.text_content() == (
-                "info listen"
-            )
-            terminal.stdin.write(b"hello from the terminal\n")
-            terminal.stdin.flush()
-            wait_for_turn(page)
-            assert page.locator("#log li.peer .text").last.text_content() == (
-                "hello from the terminal"
-            )
-            say(page, "hello from the browser")
-            assert Reader(terminal.stdout).until(b"\n") == (b"hello from the browser\n")
-            page.click("#quit")
-            page.wait_for_selector("#log li.notice.bye")
-            _out, err = terminal.communicate(timeout=10)
-            assert b"sent q. Connect again to talk with someone new." in err
-        finally:
-            if terminal.poll() is None:
-                terminal.kill()
-                terminal.communicate()
+    with WebServer("--responder", "pair") as server, raw_connect(server.port) as sock:
+        sock.setblocking(False)  # the Reader waits, with its own deadline
+        first = Reader(sock.makefile("rb", buffering=0))
+        first.until(b"!info waiting: ")  # in the queue: the browser comes second
+        page.goto(server.url)
+        page.wait_for_selector("body[data-state=waiting]")
+        assert status(page) == "Waiting for the other side's first line…"
+        assert page.is_enabled("#line")  # for q
+        assert page.locator("#log li.notice .who").first.text_content() == (
+            "info listen"
+        )
+        first.until(b"!info paired: ")
+        sock.sendall(b"hello from the line client\n")
+        wait_for_turn(page)
+        assert page.locator("#log li.peer .text").last.text_content() == (
+            "hello from the line client"
+        )
+        say(page, "hello from the browser")
+        first.until(b"\nhello from the browser\n")
+        page.click("#quit")
+        page.wait_for_selector("#log li.notice.bye")
+        first.until(b"!bye partner-left: ")
+        assert b"sent q. Connect again to talk with someone new." in first.until(b"\n")
+        first.stream.close()
 
 
 def test_the_page_works_over_https_with_wss(browser, tmp_path):

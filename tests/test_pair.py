@@ -330,3 +330,22 @@ def test_once_a_line_has_passed_a_partner_leaving_ends_the_pair(server):
         server.result(alice_waits)
     assert ended.value.notice is not None
     assert ended.value.notice.code == "partner-left"
+
+
+def test_a_probe_logs_nothing_and_a_pair_one_line_when_it_ends(server):
+    from twisted.logger import capturedLogs
+
+    with capturedLogs() as events:
+        alice = Client(server)
+        probe = Client(server)
+        probe.conversation.abort()
+        server.flush()
+        bob = Client(server)
+        heard = bob.conversation.listen()
+        alice.conversation.say("hello")
+        assert server.result(heard) == "hello"
+        paired = [e for e in events if e["log_namespace"] == "sockchat.pair"]
+        assert paired == []  # none for the probe, none per turn
+        server.result(bob.conversation.quit())
+    (ended,) = [e for e in events if e["log_namespace"] == "sockchat.pair"]
+    assert (ended["left"], ended["partner"], ended["why"]) == (3, 1, "sent q")
