@@ -88,10 +88,10 @@ class PairResponder:
 
     def __init__(self) -> None:
         self._parties: dict[int, _Party] = {}
-        #: Clients without a partner, the longest waiting first.  Newcomers
-        #: pair with the head; there are two only when one whose partner
-        #: left untalked cannot take turns with the one already waiting
-        #: (both would speak first, or both wait).
+        #: Clients without a partner, the one to pair next first.
+        #: Newcomers pair with the head.  There is more than one only when
+        #: clients whose partners left untalked all wait for a first line
+        #: (they cannot take turns with each other).
         self._queue: list[_Party] = []
         self.pairs = 0  # pairs made so far
 
@@ -206,8 +206,10 @@ class PairResponder:
 
     def _requeue(self, party: _Party, what: str) -> None:
         """Put *party*, whose partner left untalked, back at the queue's head."""
-        if party.handed is not None:  # its first line is for the next partner
-            party.opening, party.handed = party.handed, None
+        handed, party.handed = party.handed, None
+        if handed is not None and party.waiting is not None:
+            # Its first line went unanswered: it is for the next partner.
+            party.opening = handed
         stance = party.stance
         if stance is _Stance.LISTENS:
             then = "They will speak first."
@@ -220,8 +222,11 @@ class PairResponder:
             f"{what}; no partner yet: you will talk with the next client to "
             f"connect. {then} Send {QUIT} to quit.",
         )
-        if not self._queue:
-            self._queue.append(party)
+        head = self._queue[0] if self._queue else None
+        if head is None or (stance is _Stance.LISTENS and head.stance is stance):
+            # Two that both wait for the other's first line cannot take
+            # turns: each waits for a newcomer, this one first.
+            self._queue.insert(0, party)
             return
         # One came while this party was paired: it was waiting behind it.
         self._pair_waiting(party, self._queue.pop(0))
@@ -272,5 +277,5 @@ _WHO_SPEAKS = {
     (_Stance.SPEAKS, _Stance.SPEAKS): (
         "You may both speak now: each of you gets the other's line as the answer."
     ),
-    (_Stance.LISTENS, _Stance.LISTENS): "",  # cannot be: one of them spoke first
+    (_Stance.LISTENS, _Stance.LISTENS): "",  # never paired: see _requeue
 }

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import attrs
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from sockchat import (
     Conversation,
@@ -349,3 +351,123 @@ def test_a_probe_logs_nothing_and_a_pair_one_line_when_it_ends(server):
         server.result(bob.conversation.quit())
     (ended,) = [e for e in events if e["log_namespace"] == "sockchat.pair"]
     assert (ended["left"], ended["partner"], ended["why"]) == (3, 1, "sent q")
+
+
+def test_two_listeners_put_back_wait_for_newcomers_not_for_each_other(server):
+    probe1 = Client(server)
+    alice = Client(server)  # listens to probe1
+    alice_waits = alice.conversation.listen()
+    probe2 = Client(server)
+    bob = Client(server)  # listens to probe2
+    bob_waits = bob.conversation.listen()
+    probe1.conversation.abort()
+    server.flush()
+    probe2.conversation.abort()
+    server.flush()
+    # Both wait for a first line: paired with each other, neither would
+    # speak.  Each gets a newcomer who speaks first, bob (back last) first.
+    assert server.factory.responder.waiting_for_partner == 2
+    assert alice.last().code == bob.last().code == "waiting"
+    carol = Client(server)
+    assert "client 4 (127.0.0.1:" in carol.last().text
+    assert "You speak first" in carol.last().text
+    carol.conversation.say("hi bob")
+    assert server.result(bob_waits) == "hi bob"
+    dave = Client(server)
+    assert "client 2 (127.0.0.1:" in dave.last().text
+    dave.conversation.say("hi alice")
+    assert server.result(alice_waits) == "hi alice"
+    assert server.factory.responder.waiting_for_partner == 0
+
+
+def test_two_first_lines_cross_and_one_leaving_at_once_leaves_the_turn(server):
+    alice = Client(server)
+    alice_waits = alice.conversation.say("alice here")
+    server.flush()
+    probe = Client(server)
+    bob = Client(server)  # alone while alice is paired with the probe
+    bob_waits = bob.conversation.say("bob here")
+    server.flush()
+    probe.conversation.abort()
+    # Both had said a first line: each has the other's as its answer.
+    assert server.result(alice_waits) == "bob here"
+    assert server.result(bob_waits) == "alice here"
+    bob.conversation.abort()  # before a line passed after that
+    server.flush()
+    # Alice's first line was answered: she has the turn, and nothing is
+    # held for her next partner.
+    assert alice.last().code == "waiting"
+    assert "You may say your first line now" in alice.last().text
+    carol = Client(server)
+    carol_waits = carol.conversation.listen()
+    alice.conversation.say("hello carol")
+    assert server.result(carol_waits) == "hello carol"
+
+
+# Any order of arrivals, lines, probes and departures keeps the pairing
+# whole: each live client is either paired both ways or in the queue, two
+# partners never both wait for each other's first line, and the queue holds
+# more than one only of clients that all wait for a first line.
+
+
+def _check_pairing(server: MemoryServer) -> None:
+    responder = server.factory.responder
+    parties = responder._parties
+    assert set(parties) == set(server.factory.conversations)
+    queue = responder._queue
+    assert len(set(map(id, queue))) == len(queue)
+    for party in parties.values():
+        if party.opening is not None:  # a line kept for its partner...
+            assert party.waiting is not None  # ...waits for its answer
+        partner = party.partner
+        if partner is None:
+            assert party in queue
+            continue
+        assert party not in queue
+        assert partner.partner is party
+        both_wait = party.waiting is not None and partner.waiting is not None
+        assert not (both_wait and party.opening is None and partner.opening is None)
+    if len(queue) > 1:
+        assert all(p.waiting is not None and p.opening is None for p in queue)
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["connect", "act", "abort"]), st.integers(0, 7)),
+        max_size=40,
+    )
+)
+# Two listeners put back; two first lines that cross, then a departure.
+@example([("connect", 0)] * 4 + [("abort", 0), ("abort", 2)])
+@example(
+    [
+        *[("connect", 0), ("act", 0), ("connect", 0), ("connect", 0), ("act", 2)],
+        *[("abort", 1), ("abort", 2), ("act", 0), ("connect", 0), ("act", 3)],
+    ]
+)
+def test_any_arrivals_and_departures_keep_the_pairing_whole(steps):
+    server = MemoryServer(PairResponder())
+    clients: list[tuple[Client, list]] = []
+    for op, index in steps:
+        if op == "connect" or not clients:
+            clients.append((Client(server), []))
+        else:
+            client, pending = clients[index % len(clients)]
+            if op == "abort":
+                client.conversation.abort()
+            elif not pending or pending[-1].called:
+                conversation = client.conversation
+                try:
+                    d = (
+                        conversation.say(f"line {len(pending)}")
+                        if conversation.my_turn
+                        else conversation.listen()
+                    )
+                except Exception:
+                    continue
+                d.addErrback(lambda _: None)
+                pending.append(d)
+        server.flush()
+        _check_pairing(server)
+    for client, _ in clients:
+        assert "responder-failed" not in client.codes()
