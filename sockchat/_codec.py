@@ -58,7 +58,7 @@ class LineDecoder:
     before the newline is dropped, so telnet and Windows clients work.
     """
 
-    __slots__ = ("_max", "_parts", "_size", "_skipping", "_strip_cr")
+    __slots__ = ("_cr_last", "_max", "_parts", "_size", "_skipping", "_strip_cr")
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE, *, strip_cr: bool = True):
         if max_line < 1:
@@ -68,6 +68,9 @@ class LineDecoder:
         self._parts: list[bytes] = []
         self._size = 0  # bytes of the unfinished line seen so far
         self._skipping = False
+        #: While skipping: whether the last byte skipped was a CR, which is
+        #: not counted in the length if the newline comes next.
+        self._cr_last = False
 
     @property
     def max_line(self) -> int:
@@ -121,8 +124,12 @@ class LineDecoder:
             newline = data.find(b"\n")
             if newline < 0:
                 self._size += len(data)
+                if data:
+                    self._cr_last = data.endswith(b"\r")
                 return out
-            out.append(LineTooLong(self._size + newline, self._max))
+            if newline:
+                self._cr_last = data[newline - 1] == 0x0D
+            out.append(LineTooLong(self._skipped(self._size + newline), self._max))
             self._skipping = False
             self._size = 0
             data = data[newline + 1 :]
@@ -145,7 +152,7 @@ class LineDecoder:
     def finish(self) -> list[Decoded]:
         """The stream ended: return its last line if it had no newline."""
         if self._skipping:
-            out: list[Decoded] = [LineTooLong(self._size, self._max)]
+            out: list[Decoded] = [LineTooLong(self._skipped(self._size), self._max)]
         elif self._parts:
             out = [self._decode(b"".join(self._parts))]
         else:
@@ -160,9 +167,15 @@ class LineDecoder:
         # One byte of slack leaves room for a CR before the newline.
         if self._size > self._max + 1:
             self._skipping = True
+            self._cr_last = data.endswith(b"\r")
             self._parts = []
         else:
             self._parts.append(data)
+
+    def _skipped(self, length: int) -> int:
+        """The length of a skipped line of *length* bytes, as ``_decode``
+        would count it: a CR before its end is not part of the line."""
+        return length - 1 if self._strip_cr and self._cr_last else length
 
     def _decode(self, raw: bytes) -> Decoded:
         if self._strip_cr and raw.endswith(b"\r"):

@@ -5,9 +5,13 @@ Errors are ``ValueError`` with a one-line message for the user.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
 from twisted.internet.endpoints import (
     HostnameEndpoint,
     _parse,
@@ -17,14 +21,9 @@ from twisted.internet.endpoints import (
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
 
+from ._tlsfiles import check_certificate, check_pair
+
 __all__ = ["client_endpoint"]
-
-
-def _read(option: str, path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise ValueError(f"{option} {path}: {e.strerror or e}") from None
 
 
 def _tls_target(description: str) -> tuple[str, int]:
@@ -78,18 +77,19 @@ def client_endpoint(
     if bool(cert) != bool(key):
         raise ValueError("--cert and --key go together")
     tls_host, tls_port = _tls_target(connect)
-    try:
-        trust = Certificate.loadPEM(_read("--ca", ca)) if ca else None
-        mine = None
-        if cert and key:
-            pem = _read("--cert", cert) + b"\n" + _read("--key", key)
-            mine = PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]  # Twisted's ssl is unannotated
-        options = optionsForClientTLS(tls_host, trustRoot=trust, clientCertificate=mine)
-    except ValueError:
-        raise
-    except Exception as e:  # pyOpenSSL and Twisted raise several kinds here
-        raise ValueError(
-            f"cannot use the TLS files ({type(e).__name__}: {e}); --ca wants a "
-            "PEM certificate, --cert and --key a matching certificate and key"
-        ) from None
+    # Each file is checked first, so that every mistake is one line naming
+    # the file (TLSFileError is a ValueError).
+    trust = None
+    if ca:
+        trust = Certificate.loadPEM(
+            check_certificate(f"--ca {ca}", ca).public_bytes(Encoding.PEM)
+        )
+    mine = None
+    if cert and key:
+        pair = check_pair(f"--cert {cert}", cert, f"--key {key}", key)
+        pem = pair.certificate.public_bytes(Encoding.PEM) + pair.key.private_bytes(
+            Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()
+        )
+        mine = PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]  # Twisted's ssl is unannotated
+    options = optionsForClientTLS(tls_host, trustRoot=trust, clientCertificate=mine)
     return wrapClientTLS(options, HostnameEndpoint(reactor, tls_host, tls_port))

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["safe_text"]
+__all__ = ["UNSAFE", "safe_text"]
 
-# C0 controls (tab, CR and LF included), DEL, C1 controls, the line and
+# What safe_text escapes (and the transcript too, as JSON escapes): C0
+# controls (tab, CR and LF included), DEL, C1 controls, the line and
 # paragraph separators, and the bidirectional formatting characters
 # (Unicode TR9: LRM, RLM, ALM, embeddings, overrides and isolates).
-_UNSAFE = re.compile(
+UNSAFE = re.compile(
     "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
 )
 
@@ -38,6 +39,6 @@ def safe_text(text: str) -> str:
     ``safe_text("a\\x1b[2Jb")`` is ``"a\\\\x1b[2Jb"``: the ESC is shown as the
     four characters ``\\x1b``, so it can no longer act on a terminal.
     """
-    if _UNSAFE.search(text) is None:
+    if UNSAFE.search(text) is None:
         return text
-    return _UNSAFE.sub(_escape, text)
+    return UNSAFE.sub(_escape, text)

@@ -317,15 +317,17 @@ class ChatServerFactory(_FactoryBase):
 
     def refusal(self, addr: Any) -> Notice | None:
         """Why a connection from *addr* is refused (logged), or None."""
-        refusal = self.admission.admit(getattr(addr, "host", None))
-        if refusal is not None:
-            log.info(
-                "refused a connection from {peer}: {code} ({why})",
-                peer=describe_address(addr) if addr is not None else "unknown",
-                code=refusal.code,
-                why=refusal.text,
-            )
-        return refusal
+        refusal = self.admission.consider(getattr(addr, "host", None))
+        if refusal is None:
+            return None
+        log.info(
+            "refused a connection from {peer}: {code} ({why})",
+            peer=describe_address(addr) if addr is not None else "unknown",
+            code=refusal.notice.code,
+            why=refusal.why,
+            option=refusal.option,
+        )
+        return refusal.notice
 
     def buildProtocol(self, addr: Any) -> Protocol:
         refusal = self.refusal(addr)

@@ -61,6 +61,8 @@ class ChatServerService(Service):
 
     #: The option that chose the endpoint, for error messages.
     option = "--port"
+    #: Whether stopping says goodbye to the factory's conversations.
+    says_goodbye = True
 
     def __init__(
         self,
@@ -140,7 +142,7 @@ class ChatServerService(Service):
         )
         # Each conversation gets its bye, and is aborted if it cannot take
         # it within the factory's close grace.
-        closing = self.factory.close_all()
+        closing = self.factory.close_all() if self.says_goodbye else succeed(None)
         done: Deferred[list[Any]] = gatherResults([stopping, closing])
         return done.addCallback(lambda _: None)
 
@@ -150,9 +152,11 @@ class WebChatService(ChatServerService):
 
     Browser conversations come from *factory*, which the TCP door shares:
     one responder, one set of limits and caps, one count of conversations.
+    At stop, the TCP door's service says goodbye to all of them, once.
     """
 
     option = "--web"
+    says_goodbye = False
 
     def __init__(
         self,

@@ -9,10 +9,13 @@ The server hands one ``TranscriptEntry`` per message or notice to an ``ITranscri
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 
 from attrs import frozen
 from zope.interface import Interface
+
+from ._render import UNSAFE
 
 __all__ = ["ITranscript", "TranscriptEntry", "encode_entry"]
 
@@ -44,7 +47,9 @@ class ITranscript(Interface):
 
 
 def encode_entry(entry: TranscriptEntry) -> bytes:
-    """One line of JSON, newline included; peer text stays exact (UTF-8)."""
+    """One line of JSON, newline included; peer text stays exact (UTF-8),
+    with every control and bidi character escaped, so the file is safe to
+    ``cat``."""
     when = datetime.fromtimestamp(entry.time, timezone.utc)
     fields: dict[str, object] = {
         "time": when.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -57,4 +62,21 @@ def encode_entry(entry: TranscriptEntry) -> bytes:
     if entry.notice is not None:
         fields["notice"] = entry.notice
         fields["code"] = entry.code
-    return (json.dumps(fields, ensure_ascii=False) + "\n").encode("utf-8")
+    return (_escape_unsafe(json.dumps(fields, ensure_ascii=False)) + "\n").encode(
+        "utf-8"
+    )
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"  # all of them are in the BMP
+
+
+def _escape_unsafe(dumped: str) -> str:
+    """Escape, as JSON's ``\\uXXXX``, every character that ``safe_text``
+    would: ``json.dumps`` escapes only U+0000 to U+001F, and leaves DEL, the
+    C1 controls, bidi controls and U+2028/U+2029 raw.  Outside strings JSON
+    text is plain ASCII, so each match is inside a string, and ``json.loads``
+    gives back the same text."""
+    if UNSAFE.search(dumped) is None:
+        return dumped
+    return UNSAFE.sub(_json_escape, dumped)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import re
 import stat
 import sys
-from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 from twisted.application.service import IService, MultiService
-from twisted.internet.endpoints import SSL4ServerEndpoint, serverFromString
+from twisted.internet.endpoints import SSL4ServerEndpoint, _parse, serverFromString
 from twisted.internet.interfaces import (
     IStreamServerEndpoint,
 )
@@ -34,6 +35,7 @@ from ._services import (
     WebChatService,
     fatal,
 )
+from ._tlsfiles import TLSFileError, check_certificate, check_pair
 from ._transcript_file import TranscriptFile
 
 log = Logger(namespace="sockchat")
@@ -54,15 +56,32 @@ DEFAULT_MAX_PER_IP = 20
 LISTEN_BACKLOG = 1024
 
 
+#: The mode of a UNIX socket whose description gives none: its owner only.
+UNIX_SOCKET_MODE = "600"
+
+
 def endpoint_description(port: str, option: str = "--port") -> str:
     """A bare port number listens on 127.0.0.1 only; anything else is an
-    endpoint description and is used as given."""
+    endpoint description and is used as given, except that a ``unix:``
+    socket gets ``mode=600`` unless it says otherwise (Twisted's default is
+    0666: anyone on the machine could connect)."""
     if port.isdigit():
         number = int(port)
         if number > 65535:
             raise fatal(f"{option} {port} is not a port number (0 to 65535)")
         return f"tcp:{number}:interface=127.0.0.1:backlog={LISTEN_BACKLOG}"
-    return port
+    return _private_unix_socket(port)
+
+
+def _private_unix_socket(description: str) -> str:
+    inner = description.removeprefix("haproxy:")
+    if not inner.startswith("unix:"):
+        return description
+    # Parameters are split at colons that are not escaped with a backslash.
+    parameters = re.split(r"(?<!\\):", inner)[1:]
+    if any(p.startswith("mode=") for p in parameters):
+        return description
+    return f"{description}:mode={UNIX_SOCKET_MODE}"
 
 
 class Options(usage.Options):
@@ -75,7 +94,10 @@ class Options(usage.Options):
         "A turn-taking chat server: each client speaks one line, then waits "
         "for the answer. A bare port number listens on 127.0.0.1 only; to "
         "accept other hosts, give an endpoint such as tcp:9527 or "
-        "tcp6:9527:interface=\\:\\:. Limits take 0 to mean none."
+        "tcp6:9527:interface=\\:\\:. --idle-timeout, --answer-timeout, "
+        "--max-clients and --max-per-ip take 0 to mean none; --max-line and "
+        "--max-output need 1 or more. A unix: socket is made 0600 (its owner "
+        "only) unless its description gives a mode=."
     )
     optParameters: list[list[Any]] = [  # noqa: RUF012 (twisted's API)
         [
@@ -113,8 +135,8 @@ class Options(usage.Options):
             "max-line",
             None,
             str(DEFAULT_MAX_LINE),
-            "Longest line accepted from a client, in bytes; longer ones are "
-            "refused with a notice.",
+            "Longest line accepted from a client, in bytes (1 or more); longer "
+            "ones are refused with a notice.",
         ],
         [
             "idle-timeout",
@@ -128,7 +150,7 @@ class Options(usage.Options):
             None,
             str(DEFAULT_MAX_OUTPUT),
             "Bytes of answers a client may leave unread before the server stops "
-            "reading its lines.",
+            "reading its lines (1 or more).",
         ],
         [
             "max-clients",
@@ -163,6 +185,16 @@ class Options(usage.Options):
             None,
             "PEM file of the CA whose client certificates are required (mutual "
             "TLS); needs an ssl: --port.",
+        ],
+    ]
+
+    optFlags: list[list[Any]] = [  # noqa: RUF012 (twisted's API)
+        [
+            "cap-loopback",
+            None,
+            "Count loopback clients (127.0.0.0/8, ::1) against --max-per-ip too; "
+            "by default they are the operator's own machine and are not capped "
+            "per address.",
         ],
     ]
 
@@ -226,6 +258,14 @@ class Options(usage.Options):
         ca = self["tls-client-ca"]
         if ca is not None and not self["endpoint"].startswith("ssl:"):
             raise fatal("--tls-client-ca needs a TLS listener: --port ssl:...")
+        try:
+            check_tls_files(self["endpoint"], "--port")
+            if self["web_endpoint"] is not None:
+                check_tls_files(self["web_endpoint"], "--web")
+            if ca is not None:
+                check_certificate(f"--tls-client-ca {ca}", ca)
+        except TLSFileError as e:
+            raise fatal(str(e)) from None
         if web and self["framing_value"].name != "line":
             raise fatal(
                 "--web needs --framing line: the page sends and shows lines; "
@@ -285,6 +325,30 @@ def _check_console(options: Options, *, chosen: bool) -> None:
             "pipe the answers in, or choose a --responder: echo, pair, or "
             "package.module:name"
         )
+
+
+def check_tls_files(description: str, option: str) -> None:
+    """Check the key and certificate files of an ``ssl:`` description, so
+    that a mistake is one line (``TLSFileError``), not OpenSSL's tuple or a
+    traceback.  Other descriptions are left to Twisted."""
+    inner = description.removeprefix("haproxy:")
+    if not inner.startswith("ssl:"):
+        return
+    try:
+        args, kwargs = _parse(inner)
+    except Exception:  # Twisted's own parser reports it, in one line
+        return
+    positional = [str(a) for a in args[2:]]  # after ssl and the port
+    key = kwargs.get("privateKey") or (positional[0] if positional else "server.pem")
+    cert = kwargs.get("certKey") or (positional[1] if len(positional) > 1 else None)
+    # Without certKey, Twisted reads the certificate from the key's file.
+    cert_what = (
+        f"{option} certKey={cert}"
+        if cert is not None
+        else f"{option} privateKey={key} (no certKey= given, so the certificate "
+        "must be in the key's file)"
+    )
+    check_pair(cert_what, cert or key, f"{option} privateKey={key}", key)
 
 
 def _seconds(text: str, name: str) -> float:
@@ -365,11 +429,10 @@ def _require_client_certificates(
     if not isinstance(endpoint, SSL4ServerEndpoint):
         raise fatal("--tls-client-ca needs a TLS listener: --port ssl:...")
     try:
-        ca = Certificate.loadPEM(Path(ca_file).read_bytes())
-    except (OSError, ValueError, SSL.Error) as e:
-        raise fatal(
-            f"--tls-client-ca {ca_file}: cannot read a PEM certificate ({e})"
-        ) from None
+        checked = check_certificate(f"--tls-client-ca {ca_file}", ca_file)
+    except TLSFileError as e:
+        raise fatal(str(e)) from None
+    ca = Certificate.loadPEM(checked.public_bytes(Encoding.PEM))
     built = endpoint._sslContextFactory  # what the ssl: parser made
     endpoint._sslContextFactory = CertificateOptions(
         privateKey=built.privateKey,
@@ -381,8 +444,11 @@ def _require_client_certificates(
 
 
 def _as_given(description: str) -> str:
-    """The endpoint as the user would say it: without the backlog we add."""
-    return description.replace(f":backlog={LISTEN_BACKLOG}", "")
+    """The endpoint as the user would say it: without the backlog or the
+    socket mode we add."""
+    return description.replace(f":backlog={LISTEN_BACKLOG}", "").removesuffix(
+        f":mode={UNIX_SOCKET_MODE}"
+    )
 
 
 def _server_endpoint(
@@ -435,6 +501,7 @@ def makeService(options: Options) -> IService:
         max_clients=options["max_clients"],
         max_per_ip=options["max_per_ip"],
         rules=options["rules"],
+        cap_loopback=bool(options["cap-loopback"]),
     )
     factory = ChatServerFactory(
         responder,

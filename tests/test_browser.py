@@ -18,6 +18,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -27,8 +28,8 @@ from processes import (
     CHROMIUM_ARGS,
     Reader,
     WebServer,
+    raw_connect,
     start_client,
-    wait_for_connections,
 )
 
 pytestmark = pytest.mark.slow
@@ -142,27 +143,87 @@ def test_a_person_holds_a_multi_turn_conversation_with_echo(page):
         assert said_and_answered(page, "again") == "again"
 
 
-def test_the_input_is_disabled_while_waiting_and_quit_still_works(page):
+def test_while_waiting_only_q_is_sent_and_another_line_is_held_saying_why(page):
     with WebServer("--responder", "console", stdin=subprocess.PIPE) as server:
         page.goto(server.url)
         wait_for_turn(page)
         say(page, "有人吗？")
         page.wait_for_selector("body[data-state=waiting]")
         assert status(page) == "Waiting for the answer…"
-        assert page.is_disabled("#line")
-        assert page.is_disabled("#send")
+        assert page.is_enabled("#line")  # for q, as README says
         assert page.is_enabled("#quit")
+        assert page.is_hidden("#why")
+        say(page, "hello again?")
+        page.wait_for_selector("#why:visible")
+        assert (
+            page.locator("#why")
+            .text_content()
+            .startswith("Not sent: still waiting for the answer to your last line.")
+        )
+        assert page.input_value("#line") == "hello again?"  # kept, not lost
+        assert page.locator("#log li.self").count() == 1
         server.read_until(b"server --> client 1: ")
+        held = server.output
         server.proc.stdin.write("在，请讲。\n".encode())
         server.proc.stdin.flush()
         wait_for_turn(page)
         assert page.locator("#log li.peer .text").last.text_content() == "在，请讲。"
+        page.press("#line", "Enter")  # the held line goes now
+        page.wait_for_selector("body[data-state=waiting]")
+        assert page.locator("#log li.self .text").last.text_content() == (
+            "hello again?"
+        )
+        assert page.is_hidden("#why")
+        server.read_until(b"hello again?")
+        assert b"hello again?" not in held  # it did not reach the server early
+        say(page, "q")  # typed while waiting: it quits
+        page.wait_for_selector("#log li.notice.bye")
+        assert status(page) == "The conversation is over (quit)."
+        server.read_until(b"conversation 1 with 127.0.0.1")
+
+
+def test_quit_button_works_while_waiting(page):
+    with WebServer("--responder", "console", stdin=subprocess.PIPE) as server:
+        page.goto(server.url)
+        wait_for_turn(page)
         say(page, "one more")
         page.wait_for_selector("body[data-state=waiting]")
         page.click("#quit")  # quitting does not wait for the answer
         page.wait_for_selector("#log li.notice.bye")
         assert status(page) == "The conversation is over (quit)."
         server.read_until(b"conversation 1 with 127.0.0.1")
+
+
+def test_enter_on_an_empty_input_says_why_nothing_was_sent(page):
+    with WebServer("--responder", "echo") as server:
+        page.goto(server.url)
+        wait_for_turn(page)
+        say(page, "")
+        page.wait_for_selector("#why:visible")
+        assert page.locator("#why").text_content() == (
+            "Nothing to send: an empty line is not sent. Type a line first (q quits)."
+        )
+        assert page.locator("#log li.self").count() == 0
+        assert status(page) == "Your turn: you speak first."
+        # Typing clears the word of why; the line then goes as usual.
+        page.fill("#line", "x")
+        assert page.is_hidden("#why")
+        assert said_and_answered(page, "now something") == "now something"
+
+
+def test_a_responder_that_speaks_first_shows_the_listen_notice(page):
+    root = Path(__file__).resolve().parent.parent
+    with WebServer("--responder", "examples.bot:FaqBot", cwd=root) as server:
+        page.goto(server.url)
+        wait_for_turn(page)
+        first = page.locator("#log li").first
+        assert first.locator(".who").text_content() == "info listen"
+        assert "The other side speaks first" in first.locator(".text").text_content()
+        assert (
+            page.locator("#log li.peer .text")
+            .first.text_content()
+            .startswith("hello, 127.0.0.1:")
+        )
 
 
 def test_hostile_text_renders_inert(page):
@@ -256,11 +317,14 @@ def test_a_dropped_connection_is_reported_and_the_page_reconnects(page):
         port = first.web_port
         first.stop(signal.SIGKILL)
     page.wait_for_selector("body[data-state=lost]")
-    assert status(page) == "Connection lost. Reconnect to start a new conversation."
-    assert page.locator("#log li.notice.error .who").last.text_content() == (
-        "error connection-lost"
+    assert status(page) == "Connection lost. Press New conversation to start another."
+    # The page says so itself, apart from the server's notices.
+    assert page.locator("#log li.local .who").last.text_content() == (
+        "page: connection-lost"
     )
+    assert page.locator("#log li.notice[data-code=connection-lost]").count() == 0
     assert page.is_disabled("#line")
+    assert page.locator("#reconnect").text_content() == "New conversation"
     with WebServer("--responder", "echo", web=f"tcp:{port}:interface=127.0.0.1"):
         page.click("#reconnect")
         wait_for_turn(page)
@@ -276,9 +340,23 @@ def test_reconnecting_to_a_server_that_is_down_says_it_cannot_be_reached(page):
         server.stop(signal.SIGKILL)
     page.wait_for_selector("body[data-state=lost]")
     page.click("#reconnect")
-    page.wait_for_selector("#log li.notice.error[data-code=unreachable]")
-    assert status(page) == "Could not reach the server. Reconnect to try again."
+    page.wait_for_selector("#log li.local[data-code=unreachable]")
+    assert status(page) == (
+        "Could not reach the server. Press New conversation to try again."
+    )
     assert page.is_visible("#reconnect")
+    # No conversation began, so no divider says one did.
+    assert page.locator("#log li.rule").count() == 0
+    # Styled apart from the server's grey notices: no grey box, a dashed edge.
+    local, notice = page.evaluate(
+        """[...['#log li.local', '#log li.notice']].map(s => {
+            const style = getComputedStyle(document.querySelector(s));
+            return [style.backgroundColor, style.borderTopStyle];
+        })"""
+    )
+    assert local[0] != notice[0]
+    assert local[1] == "dashed"
+    assert notice[1] != "dashed"
 
 
 def test_the_page_is_readable_at_phone_width(browser):
@@ -373,35 +451,30 @@ def test_a_browser_and_a_terminal_client_talk_in_pair_mode(page):
 
 
 def test_a_browser_that_joins_second_waits_for_the_first_line(page):
-    with WebServer("--responder", "pair") as server:
-        terminal = start_client(server.port)
-        try:
-            # The terminal client is in (the server logs a conversation only
-            # once it has a line).
-            wait_for_connections(server.port)
-            page.goto(server.url)
-            page.wait_for_selector("body[data-state=waiting]")
-            assert status(page) == "Waiting for the other side's first line…"
-            assert page.is_disabled("#line")
-            assert page.locator("#log li.notice .who").first.text_content() == (
-                "info listen"
-            )
-            terminal.stdin.write(b"hello from the terminal\n")
-            terminal.stdin.flush()
-            wait_for_turn(page)
-            assert page.locator("#log li.peer .text").last.text_content() == (
-                "hello from the terminal"
-            )
-            say(page, "hello from the browser")
-            assert Reader(terminal.stdout).until(b"\n") == (b"hello from the browser\n")
-            page.click("#quit")
-            page.wait_for_selector("#log li.notice.bye")
-            _out, err = terminal.communicate(timeout=10)
-            assert b"sent q. Connect again to talk with someone new." in err
-        finally:
-            if terminal.poll() is None:
-                terminal.kill()
-                terminal.communicate()
+    with WebServer("--responder", "pair") as server, raw_connect(server.port) as sock:
+        sock.setblocking(False)  # the Reader waits, with its own deadline
+        first = Reader(sock.makefile("rb", buffering=0))
+        first.until(b"!info waiting: ")  # in the queue: the browser comes second
+        page.goto(server.url)
+        page.wait_for_selector("body[data-state=waiting]")
+        assert status(page) == "Waiting for the other side's first line…"
+        assert page.is_enabled("#line")  # for q
+        assert page.locator("#log li.notice .who").first.text_content() == (
+            "info listen"
+        )
+        first.until(b"!info paired: ")
+        sock.sendall(b"hello from the line client\n")
+        wait_for_turn(page)
+        assert page.locator("#log li.peer .text").last.text_content() == (
+            "hello from the line client"
+        )
+        say(page, "hello from the browser")
+        first.until(b"\nhello from the browser\n")
+        page.click("#quit")
+        page.wait_for_selector("#log li.notice.bye")
+        first.until(b"!bye partner-left: ")
+        assert b"sent q. Connect again to talk with someone new." in first.until(b"\n")
+        first.stream.close()
 
 
 def test_the_page_works_over_https_with_wss(browser, tmp_path):

@@ -126,3 +126,34 @@ def test_messages_that_cannot_travel_unchanged_are_rejected(bad):
 def test_unencodable_text_is_rejected():
     with pytest.raises(UnicodeEncodeError):
         encode_line("\ud800")
+
+
+@given(
+    st.integers(4, 40),
+    st.integers(0, 90),
+    st.booleans(),
+    st.lists(st.integers(0, 100), max_size=12),
+)
+def test_a_long_line_counts_the_same_however_it_arrives(limit, size, crlf, cuts):
+    """The length in ``LineTooLong`` does not count the CR of a CRLF, even
+    when the line arrives in pieces and the decoder is skipping it."""
+    line = b"x" * size
+    data = line + (b"\r\n" if crlf else b"\n") + b"next\n"
+    out = feed_in_chunks(LineDecoder(max_line=limit), data, cuts)
+    first = line.decode() if size <= limit else LineTooLong(size, limit)
+    assert out == [first, "next"]
+
+
+@given(st.integers(1, 40), st.integers(0, 90), st.lists(st.integers(0, 100)))
+def test_a_long_line_the_stream_ends_in_counts_without_its_cr(limit, size, cuts):
+    decoder = LineDecoder(max_line=limit)
+    data = b"x" * size + b"\r"
+    out = feed_in_chunks(decoder, data, cuts) + decoder.finish()
+    assert out == ["x" * size if size <= limit else LineTooLong(size, limit)]
+
+
+def test_the_line_too_long_count_of_70000_bytes_sent_in_pieces():
+    decoder = LineDecoder(max_line=65536)
+    data = b"a" * 70000 + b"\r\n"
+    out = feed_in_chunks(decoder, data, list(range(0, len(data), 4096)))
+    assert out == [LineTooLong(70000, 65536)]

@@ -8,12 +8,15 @@ import signal
 import stat
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sockchat import (
     EchoResponder,
     TranscriptEntry,
     TranscriptFile,
 )
+from sockchat._render import safe_text
 from sockchat._transcript import encode_entry
 from sockchat.testing import MemoryServer
 
@@ -37,6 +40,36 @@ def test_an_entry_is_one_line_of_json_with_exact_text():
         "text": '你好 "\x1b[2J"\u202e',
     }
     assert b"\x1b" not in data  # control characters are escaped by JSON
+
+
+#: The characters safe_text escapes, and the ones next to them.
+dangerous = st.sampled_from(
+    [chr(c) for c in range(0x00, 0x20)]
+    + [chr(c) for c in range(0x7F, 0xA1)]
+    + ["\u061c", "\u200e", "\u200f", "\u2028", "\u2029"]
+    + [chr(c) for c in range(0x202A, 0x202F)]
+    + [chr(c) for c in range(0x2066, 0x206A)]
+    + ["\u200d", "\u2027", "\u206a", '"', "\\", "/"]
+)
+
+
+@given(st.lists(st.one_of(dangerous, st.characters()), max_size=40).map("".join))
+def test_transcript_lines_escape_all_that_safe_text_does_and_stay_exact(text):
+    entry = TranscriptEntry(0.0, 1, text, "in", "line", text, "info", text)
+    data = encode_entry(entry)
+    line = data.decode("utf-8")
+    assert line.endswith("\n")
+    assert line.count("\n") == 1
+    assert safe_text(line[:-1]) == line[:-1]  # nothing left that acts on a tty
+    back = json.loads(data)
+    assert (back["text"], back["peer"], back["code"]) == (text, text, text)
+
+
+def test_c1_del_bidi_and_line_separators_are_written_as_json_escapes():
+    text = "a\x7fb\x9bc\u202ed\u2028e\u2066f"
+    data = encode_entry(TranscriptEntry(0.0, 1, "p", "in", "line", text))
+    assert b'"text": "a\\u007fb\\u009bc\\u202ed\\u2028e\\u2066f"' in data
+    assert json.loads(data)["text"] == text
 
 
 def test_notices_carry_their_kind_and_code():

@@ -20,11 +20,13 @@
   const send = document.getElementById("send");
   const quit = document.getElementById("quit");
   const reconnect = document.getElementById("reconnect");
+  const why = document.getElementById("why");
 
   let socket = null;
   let opened = false; // the current socket was opened at least once
   let state = "connecting";
   let peer = "server"; // who answers: the server, or a partner in pair mode
+  let anew = false; // a new conversation was asked for: mark where it starts
 
   function safeText(text) {
     return text.replace(UNSAFE, function (c) {
@@ -64,18 +66,39 @@
     item.dataset.code = code;
   }
 
+  // What the page says itself (the connection), apart from the server's
+  // notices: the server never said these.
+  function showLocal(code, text) {
+    const item = show("local", text, "page: " + code);
+    item.dataset.code = code;
+  }
+
+  // Why what the user did was not sent; it goes when they type again.
+  function explain(text) {
+    why.textContent = text;
+    why.hidden = false;
+  }
+
+  function unexplain() {
+    why.hidden = true;
+    why.textContent = "";
+  }
+
   function setState(next, message) {
     state = next;
     body.dataset.state = next;
     status.textContent = message;
     const yours = next === "yours";
-    input.disabled = !yours;
-    send.disabled = !yours;
-    quit.disabled = !(yours || next === "waiting");
+    const talking = yours || next === "waiting";
+    // While waiting the input stays open, so that q can be typed (as in the
+    // terminal client); other lines are not sent then, and the page says so.
+    input.disabled = !talking;
+    send.disabled = !talking;
+    quit.disabled = !talking;
     reconnect.hidden = !(next === "ended" || next === "lost");
-    reconnect.textContent = next === "lost" ? "Reconnect" : "New conversation";
+    if (!talking) unexplain();
     if (yours) input.focus();
-    // The footer may have changed height (the Reconnect button): keep the
+    // The footer may have changed height (the New conversation button): keep the
     // last line in view.
     if (log.lastElementChild) log.lastElementChild.scrollIntoView({ block: "end" });
   }
@@ -115,13 +138,14 @@
     socket = null;
     if (state === "ended") return;
     if (!opened) {
-      showNotice("error", "unreachable", "could not reach the server; is it running?");
-      setState("lost", "Could not reach the server. Reconnect to try again.");
+      anew = false; // no new conversation began
+      showLocal("unreachable", "could not reach the server; is it running?");
+      setState("lost", "Could not reach the server. Press New conversation to try again.");
       return;
     }
-    const why = event.code === 1006 ? "" : " (code " + event.code + ")";
-    showNotice("error", "connection-lost", "the connection was lost" + why + ".");
-    setState("lost", "Connection lost. Reconnect to start a new conversation.");
+    const code = event.code === 1006 ? "" : " (code " + event.code + ")";
+    showLocal("connection-lost", "the connection was lost" + code + ".");
+    setState("lost", "Connection lost. Press New conversation to start another.");
   }
 
   function connect() {
@@ -132,6 +156,13 @@
     socket = new WebSocket(scheme + location.host + "/chat");
     socket.addEventListener("open", function () {
       opened = true;
+      if (anew) {
+        anew = false;
+        const rule = document.createElement("li");
+        rule.className = "rule";
+        rule.textContent = "new conversation";
+        log.append(rule);
+      }
     });
     // The server's first line (welcome, listen, or busy) says whose turn it is.
     socket.addEventListener("message", received);
@@ -151,20 +182,31 @@
 
   form.addEventListener("submit", function (event) {
     event.preventDefault();
-    if (state !== "yours" || input.value === "") return;
+    if (state !== "yours" && state !== "waiting") return;
     const text = input.value;
+    if (text === "") {
+      explain("Nothing to send: an empty line is not sent. Type a line first (q quits).");
+      return;
+    }
+    if (state === "waiting" && text !== QUIT) {
+      // Kept in the input, to send when the answer has come.
+      explain(
+        "Not sent: still waiting for the answer to your last line. " +
+          "Send it when your turn comes back, or send q to quit."
+      );
+      return;
+    }
+    unexplain();
     input.value = "";
     say(text);
   });
+  input.addEventListener("input", unexplain);
   quit.addEventListener("click", function () {
     if (state === "yours" || state === "waiting") say(QUIT);
   });
   reconnect.addEventListener("click", function () {
     if (socket) return;
-    const rule = document.createElement("li");
-    rule.className = "rule";
-    rule.textContent = "new conversation";
-    log.append(rule);
+    anew = true;
     connect();
   });
 
