@@ -114,6 +114,7 @@ def main(kind: str, max_output: int) -> None:
                 "sent": result["sent"],
                 "grew": result["grew"],
                 "peak": result["peak"],
+                "closed": result.get("closed"),
             }
         )
     )
