@@ -39,6 +39,10 @@ def attack(kind: str, port: int, web_port: int, result: dict[str, float]) -> Non
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             b"Sec-WebSocket-Version: 13\r\n\r\n" % target
         )
+        response = b""
+        while b"\r\n\r\n" not in response:  # as a browser, wait for the 101
+            response += sock.recv(1)
+        assert response.startswith(b"HTTP/1.1 101 "), response
     chunk = memoryview(CHUNKS[kind])
     sent = at = 0
     sock.settimeout(QUIET)
