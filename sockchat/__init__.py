@@ -35,7 +35,7 @@ from ._transcript_file import TranscriptFile
 from ._web import chat_site
 from ._wire import QUIT, Notice, NoticeKind
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "DEFAULT_MAX_LINE",

@@ -37,6 +37,7 @@ from ._services import (
 )
 from ._tlsfiles import TLSFileError, check_certificate, check_pair
 from ._transcript_file import TranscriptFile
+from ._version import __version__
 
 log = Logger(namespace="sockchat")
 
@@ -202,6 +203,11 @@ class Options(usage.Options):
         super().__init__()
         self["allow"] = []
         self["deny"] = []
+
+    def opt_version(self) -> None:
+        """Print sockchat's version and exit."""
+        print(f"sockchat {__version__}")
+        raise SystemExit(0)
 
     def opt_allow(self, cidr: str) -> None:
         """Admit only addresses in this range (repeatable), e.g. 10.0.0.0/8."""

@@ -1,0 +1,3 @@
+"""The one place sockchat's version is written (setup.cfg reads it from here)."""
+
+__version__ = "0.2.0.dev0"
