@@ -76,7 +76,7 @@ class LatencyHistogram:
         """``(le, count)`` pairs as Prometheus wants them, ``+Inf`` last."""
         pairs = []
         running = 0
-        for bound, count in zip(self.bounds, self.counts):
+        for bound, count in zip(self.bounds, self.counts, strict=False):
             running += count
             pairs.append((repr(bound), running))
         pairs.append(("+Inf", running + self.counts[-1]))

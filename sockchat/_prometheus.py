@@ -151,7 +151,7 @@ class StatsCollector:
             for other in histograms[1:]:
                 buckets = [
                     (le, a + b)
-                    for (le, a), (_, b) in zip(buckets, other.cumulative())
+                    for (le, a), (_, b) in zip(buckets, other.cumulative(), strict=True)
                 ]
             latency.add_metric(
                 [kind],
