@@ -420,3 +420,62 @@ def test_systemd_analyze_verify_reports_a_misspelt_setting(tmp_path: Path):
     )
     assert "Unknown key" in done.stderr, done
     assert shutil.which(TWISTD) or os.path.exists(TWISTD)
+
+
+# Logs and daemon mode, as docs/operating.md gives them.
+
+
+def _wait_for_file(path: Path, text: bytes = b"", timeout: float = 15) -> bytes:
+    def ready() -> bytes | None:
+        if path.exists() and text in (data := path.read_bytes()):
+            return data
+        return None
+
+    return wait_for(ready, timeout=timeout)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.slow
+def test_daemon_mode_with_a_pidfile_and_a_log_file_that_rotates(tmp_path: Path):
+    pidfile, logfile = tmp_path / "sockchat.pid", tmp_path / "sockchat.log"
+    command = [
+        TWISTD,
+        "--pidfile",
+        str(pidfile),
+        "--logfile",
+        str(logfile),
+        "sockchat",
+        "--port",
+        ON_LOOPBACK,
+        "--responder",
+        "echo",
+    ]
+    started = subprocess.run(command, capture_output=True, timeout=30, cwd=tmp_path)
+    assert started.returncode == 0, started  # the daemon went on without it
+    pid = int(wait_for(lambda: pidfile.exists() and pidfile.read_text().strip()))
+    try:
+        log = _wait_for_file(logfile, b"sockchat listening on")
+        port = int(re.search(rb"listening on 127\.0\.0\.1:(\d+)", log).group(1))
+        # A second one with the same pidfile will not start.
+        again = subprocess.run(command, capture_output=True, timeout=30, cwd=tmp_path)
+        assert again.returncode != 0
+        assert b"Another twistd server is running" in again.stdout + again.stderr
+        os.kill(pid, signal.SIGUSR1)  # rotate the log
+        _wait_for_file(tmp_path / "sockchat.log.1", b"sockchat listening on")
+        with raw_connect(port) as sock:
+            recv_lines(sock, 1)
+            sock.sendall(b"hello\nq\n")
+            assert recv_lines(sock, 2) == [b"hello", b"!bye quit: goodbye."]
+        _wait_for_file(logfile, b"conversation 1 with")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: _gone(pid), timeout=15)
+    assert not pidfile.exists(), "twistd removes its pidfile when it stops"
+    assert b"conversation 1 started" not in (tmp_path / "sockchat.log.1").read_bytes()
