@@ -222,7 +222,7 @@ def healthz_resource(health: Health) -> Resource:
     return HealthResource(health)
 
 
-class _QuietSite(Site):
+class MetricsSite(Site):
     """A site that logs no request: scrapes and health checks are no news."""
 
     noisy = False
@@ -253,4 +253,4 @@ def metrics_site(
     root = _Root()
     root.putChild(b"metrics", _MetricsPage(registry))
     root.putChild(b"healthz", healthz_resource(health))
-    return _QuietSite(root, reactor=reactor)
+    return MetricsSite(root, reactor=reactor)
