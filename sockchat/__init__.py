@@ -32,10 +32,9 @@ from ._responder import (
 from ._server import ChatServerFactory
 from ._transcript import ITranscript, TranscriptEntry
 from ._transcript_file import TranscriptFile
+from ._version import __version__
 from ._web import chat_site
 from ._wire import QUIT, Notice, NoticeKind
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_MAX_LINE",

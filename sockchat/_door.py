@@ -79,6 +79,7 @@ class Door:
         self._pending: Deferred[str] | None = None
         self._closer: IDelayedCall | None = None
         self._hooked = False  # the responder's started hook ran
+        self._asked = 0.0  # when the responder was given the line
         self._gone = False
 
     @property
@@ -104,6 +105,10 @@ class Door:
         )
         factory.conversations[info.id] = self
         factory.watch(self)
+        engine.stats = stats = factory.stats
+        stats.started += 1
+        stats.open += 1
+        self._latency = stats.latency_for(type(factory.responder).__name__)
         responder = factory.responder
         opening: Reply | None = None
         if ILifecycle.providedBy(responder):
@@ -161,6 +166,7 @@ class Door:
             now = factory.clock.seconds()
             engine.lost(now, clean=clean, why=why)
             self._run(now)
+            factory.stats.ended(engine.code)
             if self._hooked:
                 self._hooked = False
                 try:
@@ -184,7 +190,9 @@ class Door:
             kind = type(action)
             if kind is Send or kind is TelnetReply:
                 self.transport.write(action.data)  # type: ignore[union-attr]  # Send or TelnetReply
+                self.factory.stats.bytes_out += len(action.data)  # type: ignore[union-attr]  # Send or TelnetReply
             elif kind is Deliver:
+                self._asked = now
                 try:
                     text: str = action.text  # type: ignore[union-attr]  # a Deliver
                     reply = self.factory.responder.respond(self.info, text)
@@ -192,6 +200,8 @@ class Door:
                     self._failed(Failure())
                 else:
                     if type(reply) is str:  # answered at once: the usual case
+                        self.factory.stats.answered += 1
+                        self._latency.counts[0] += 1  # at once: the first bucket, 0 s
                         self.engine.answered(reply, now)
                     else:
                         self._reply(reply, now)
@@ -267,6 +277,9 @@ class Door:
     def _answered_later(self, reply: object) -> None:
         self._pending = None
         now = self.factory.clock.seconds()
+        if isinstance(reply, str):
+            self.factory.stats.answered += 1
+            self._latency.observe(now - self._asked)
         self.engine.answered(reply, now)
         self._run(now)
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import enum
 import sys
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from attrs import field, frozen
 
@@ -416,6 +416,7 @@ class ServerConversation:
         "phase",
         "reason",
         "settings",
+        "stats",
         "turn",
     )
 
@@ -459,6 +460,8 @@ class ServerConversation:
         self._unsent = 0
         self._refused = 0  # lines refused; the first is logged
         self._failures = 0  # answers that failed; the first is logged
+        #: Where refused lines are counted by code (``--metrics``), if set.
+        self.stats: Any = None  # a sockchat._metrics.ServerStats
         self._held_notices: list[Notice] | None = None
         self._started = now
         self._last = now  # the client's idle time counts from here
@@ -1002,6 +1005,8 @@ class ServerConversation:
                 + self._whose_turn(),
             )
         self._refused += 1
+        if self.stats is not None:
+            self.stats.refused_line(notice.code)
         if self._refused == 1:  # one client cannot fill the log: the end line counts
             self._log(
                 "info",

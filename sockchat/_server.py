@@ -39,6 +39,7 @@ from ._engine import (
 )
 from ._framing import Framing, LineFraming
 from ._limits import Admission
+from ._metrics import ServerStats, unsent_bytes
 from ._render import safe_text
 from ._responder import IResponder
 from ._transcript import ITranscript
@@ -111,12 +112,14 @@ class ChatServerProtocol(Door, Protocol):
         self._begin(describe_address(self.transport.getPeer()))
 
     def dataReceived(self, data: bytes) -> None:
+        self.factory.stats.bytes_in += len(data)
         now = self.factory.clock.seconds()
         engine = self.engine
         text = engine.take_line(data, now)  # the usual turn, in two calls
         if text is None:
             engine.receive_data(data, now)
         else:
+            self._asked = now
             try:
                 reply = self.factory.responder.respond(self.info, text)
             except Exception:
@@ -125,7 +128,14 @@ class ChatServerProtocol(Door, Protocol):
                 out = engine.answer_now(reply, now)
                 if out is not None:
                     self.transport.write(out)
+                    stats = self.factory.stats
+                    stats.answered += 1
+                    stats.bytes_out += len(out)
+                    self._latency.counts[0] += 1  # at once: the first bucket, 0 s
                     return
+                if type(reply) is str:
+                    self.factory.stats.answered += 1
+                    self._latency.counts[0] += 1
                 self._reply(reply, now)
         self._run(now)
 
@@ -296,6 +306,12 @@ class ChatServerFactory(_FactoryBase):
         self.conversations: dict[int, Door] = {}
         self._ids = itertools.count(1)
         self._idle = _IdleWatch(clock, self.conversations)
+        #: What ``--metrics`` reports.
+        self.stats = ServerStats(
+            output_held=lambda: unsent_bytes(
+                getattr(p, "transport", None) for p in self.conversations.values()
+            )
+        )
 
     @property
     def framing(self) -> Framing:
@@ -320,6 +336,7 @@ class ChatServerFactory(_FactoryBase):
         refusal = self.admission.consider(getattr(addr, "host", None))
         if refusal is None:
             return None
+        self.stats.refused_connection(refusal.notice.code)
         log.info(
             "refused a connection from {peer}: {code} ({why})",
             peer=describe_address(addr) if addr is not None else "unknown",

@@ -1,7 +1,8 @@
 """Services that run sockchat in a Twisted application (used by twistd).
 
 ``ChatServerService`` listens and says goodbye to every client at stop
-(``WebChatService`` is its web door);
+(``WebChatService`` is its web door); ``MetricsService`` serves
+``/metrics`` and ``/healthz`` (``--metrics``) until they have all stopped;
 ``OperatorConsoleService`` puts the operator's terminal behind a
 ``ConsoleResponder``.
 """
@@ -29,8 +30,11 @@ from twisted.internet.interfaces import (
 from twisted.internet.stdio import StandardIO
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.web.server import Site
 
 from ._console import ConsoleResponder, OperatorInput
+from ._metrics import Health
+from ._prometheus import healthz_resource
 from ._server import ChatServerFactory, describe_address
 from ._stdio import BlockingModes
 from ._transcript_file import TranscriptFile
@@ -38,6 +42,7 @@ from ._web import chat_site
 
 __all__ = [
     "ChatServerService",
+    "MetricsService",
     "OperatorConsoleService",
     "TranscriptService",
     "WebChatService",
@@ -56,8 +61,8 @@ def fatal(message: str) -> SystemExit:
     return SystemExit(f"sockchat: {message}")
 
 
-class ChatServerService(Service):
-    """Listen on an endpoint; at stop, say goodbye to every client."""
+class _ListeningService(Service):
+    """Listen on an endpoint, binding at once when asked to (``listen``)."""
 
     #: The option that chose the endpoint, for error messages.
     option = "--port"
@@ -65,18 +70,11 @@ class ChatServerService(Service):
     says_goodbye = True
 
     def __init__(
-        self,
-        reactor: Any,
-        endpoint: IStreamServerEndpoint,
-        description: str,
-        factory: ChatServerFactory,
-        label: str = "",
+        self, reactor: Any, endpoint: IStreamServerEndpoint, description: str
     ) -> None:
         self._reactor = reactor
-        self._label = label or type(factory.responder).__name__
         self._endpoint = endpoint
         self._description = description
-        self.factory = factory
         self.port: IListeningPort | None = None
 
     def listen(self) -> None:
@@ -102,15 +100,15 @@ class ChatServerService(Service):
         self._listening(result.getHost())
 
     def _door(self) -> IProtocolFactory:
-        """What listens: the chat factory itself, for the TCP door."""
-        return self.factory
+        """What listens."""
+        raise NotImplementedError
 
     def _listening(self, host: IAddress) -> None:
-        log.info(
-            "sockchat listening on {address} ({responder} answers)",
-            address=describe_address(host),
-            responder=self._label,
-        )
+        """Say where it listens."""
+
+    def _stop_listening(self) -> Deferred[Any]:
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening) if port else succeed(None)
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
@@ -134,17 +132,59 @@ class ChatServerService(Service):
             return f"{where}: {cause}"
         return f"{where}: {failure.getErrorMessage()}"
 
+
+class ChatServerService(_ListeningService):
+    """Listen on an endpoint; at stop, say goodbye to every client.
+
+    *health*, when given, says "not accepting" from the moment it stops
+    (``/healthz`` answers 503).  ``stopped`` fires once every conversation
+    has closed.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        factory: ChatServerFactory,
+        label: str = "",
+        *,
+        health: Health | None = None,
+    ) -> None:
+        super().__init__(reactor, endpoint, description)
+        self._label = label or type(factory.responder).__name__
+        self.factory = factory
+        self.health = health
+        self.stopped: Deferred[None] = Deferred()
+
+    def _door(self) -> IProtocolFactory:
+        """What listens: the chat factory itself, for the TCP door."""
+        return self.factory
+
+    def _listening(self, host: IAddress) -> None:
+        log.info(
+            "sockchat listening on {address} ({responder} answers)",
+            address=describe_address(host),
+            responder=self._label,
+        )
+
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        port, self.port = self.port, None
-        stopping: Deferred[Any] = (
-            maybeDeferred(port.stopListening) if port else succeed(None)
-        )
+        if self.health is not None:
+            self.health.shutting_down()
+        stopping = self._stop_listening()
         # Each conversation gets its bye, and is aborted if it cannot take
         # it within the factory's close grace.
         closing = self.factory.close_all() if self.says_goodbye else succeed(None)
         done: Deferred[list[Any]] = gatherResults([stopping, closing])
-        return done.addCallback(lambda _: None)
+
+        def tell(result: object) -> None:
+            if not self.stopped.called:
+                self.stopped.callback(None)
+            if isinstance(result, Failure):
+                result.raiseException()
+
+        return done.addBoth(tell)
 
 
 class WebChatService(ChatServerService):
@@ -167,9 +207,13 @@ class WebChatService(ChatServerService):
         label: str = "",
         *,
         secure: bool = False,
+        health: Health | None = None,
     ) -> None:
-        super().__init__(reactor, endpoint, description, factory, label)
+        super().__init__(reactor, endpoint, description, factory, label, health=health)
         self._site = chat_site(factory)
+        if health is not None:
+            # /healthz beside the page, for a load balancer in front of it.
+            self._site.resource.putChild(b"healthz", healthz_resource(health))
         self._scheme = "https" if secure else "http"
 
     def _door(self) -> IProtocolFactory:
@@ -182,6 +226,49 @@ class WebChatService(ChatServerService):
             url=f"{self._scheme}://{address}/",
             responder=self._label,
         )
+
+
+class MetricsService(_ListeningService):
+    """Serve ``/metrics`` and ``/healthz`` (``--metrics``).
+
+    At stop it says "not accepting" at once, and goes on answering (503)
+    until every service in *draining* has stopped, so that a load balancer
+    sees the server leave before its port closes.
+    """
+
+    option = "--metrics"
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        site: Site,
+        health: Health,
+        draining: list[ChatServerService],
+    ) -> None:
+        super().__init__(reactor, endpoint, description)
+        self._site = site
+        self._health = health
+        self._draining = draining
+
+    def _door(self) -> IProtocolFactory:
+        return self._site
+
+    def _listening(self, host: IAddress) -> None:
+        log.info(
+            "sockchat metrics at {url}",
+            url=f"http://{describe_address(host)}/metrics",
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._health.shutting_down()
+        drained: Deferred[list[None]] = gatherResults(
+            [service.stopped for service in self._draining]
+        )
+        done = drained.addBoth(lambda _: self._stop_listening())
+        return done.addCallback(lambda _: None)
 
 
 class OperatorConsoleService(Service):

@@ -40,6 +40,7 @@ from ._endpoints import client_endpoint
 from ._framing import FRAMINGS, framing_named
 from ._render import safe_text
 from ._stdio import BlockingModes, discard_typed, take_typed
+from ._version import __version__
 from ._wire import QUIT, Notice, NoticeKind
 
 PROMPT = "client --> server:"
@@ -96,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--key", metavar="FILE", help="with --connect tls:...: its private key (PEM)"
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"sockchat {__version__}"
     )
     return parser
 

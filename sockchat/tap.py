@@ -25,18 +25,23 @@ from ._codec import DEFAULT_MAX_LINE
 from ._console import ConsoleResponder
 from ._framing import FRAMINGS, framing_named
 from ._limits import AccessRules, Admission, parse_networks
+from ._metrics import Health
 from ._pair import PairResponder
+from ._prometheus import EXTRA_MISSING, metrics_available
 from ._responder import EchoResponder, IResponder, as_responder
 from ._server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_OUTPUT, ChatServerFactory
 from ._services import (
     ChatServerService,
+    MetricsService,
     OperatorConsoleService,
     TranscriptService,
     WebChatService,
     fatal,
 )
+from ._systemd import systemd_endpoint
 from ._tlsfiles import TLSFileError, check_certificate, check_pair
 from ._transcript_file import TranscriptFile
+from ._version import __version__
 
 log = Logger(namespace="sockchat")
 
@@ -86,7 +91,7 @@ def _private_unix_socket(description: str) -> str:
 
 class Options(usage.Options):
     synopsis = (
-        "[--port PORT|ENDPOINT] [--web PORT|ENDPOINT] "
+        "[--port PORT|ENDPOINT] [--web PORT|ENDPOINT] [--metrics PORT|ENDPOINT] "
         "[--responder console|echo|pair|MODULE:NAME] [--framing line|raw] "
         "[--transcript FILE] [limits...]"
     )
@@ -180,6 +185,14 @@ class Options(usage.Options):
             "127.0.0.1) or a server endpoint description, e.g. tcp:8080.",
         ],
         [
+            "metrics",
+            None,
+            None,
+            "Serve Prometheus metrics at /metrics, and /healthz for load "
+            "balancers, here: a port number (on 127.0.0.1) or a server endpoint "
+            "description. Needs: pip install 'sockchat[metrics]'.",
+        ],
+        [
             "tls-client-ca",
             None,
             None,
@@ -203,6 +216,11 @@ class Options(usage.Options):
         self["allow"] = []
         self["deny"] = []
 
+    def opt_version(self) -> None:
+        """Print sockchat's version and exit."""
+        print(f"sockchat {__version__}")
+        raise SystemExit(0)
+
     def opt_allow(self, cidr: str) -> None:
         """Admit only addresses in this range (repeatable), e.g. 10.0.0.0/8."""
         self["allow"].append(cidr)
@@ -219,6 +237,14 @@ class Options(usage.Options):
         if web is not None and not web.strip():
             raise fatal("--web needs a port number or an endpoint; it was empty")
         self["web_endpoint"] = endpoint_description(web, "--web") if web else None
+        metrics = self["metrics"]
+        if metrics is not None and not metrics.strip():
+            raise fatal("--metrics needs a port number or an endpoint; it was empty")
+        if metrics is not None and not metrics_available():
+            raise fatal(EXTRA_MISSING)
+        self["metrics_endpoint"] = (
+            endpoint_description(metrics, "--metrics") if metrics else None
+        )
         responder = self["responder"]
         if responder is None:
             if not sys.stdin.isatty():
@@ -455,6 +481,12 @@ def _server_endpoint(
     reactor: Any, description: str, option: str, given: str
 ) -> IStreamServerEndpoint:
     """Parse *description* (made from *given*); a bad one ends in one line."""
+    if description.startswith("systemd:"):
+        # Not Twisted's parser: from twistd it finds no socket (see _systemd).
+        try:
+            return systemd_endpoint(reactor, description)
+        except ValueError as e:
+            raise fatal(f"{option} {given!r}: {e}") from None
     try:
         endpoint: IStreamServerEndpoint = serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError) as e:
@@ -513,19 +545,54 @@ def makeService(options: Options) -> IService:
         transcript=transcript,
         framing=options["framing_value"],
     )
+    health = Health()
     server = ChatServerService(
-        reactor, endpoint, options["where"], factory, options["responder"]
+        reactor,
+        endpoint,
+        options["where"],
+        factory,
+        options["responder"],
+        health=health,
     )
     server.listen()
     server.setServiceParent(top)
+    doors = [server]
     if options["web_endpoint"] is not None:
-        _web_service(reactor, options, factory).setServiceParent(top)
+        web = _web_service(reactor, options, factory, health)
+        web.setServiceParent(top)
+        doors.append(web)
+    if options["metrics_endpoint"] is not None:
+        _metrics_service(reactor, options, factory, health, doors).setServiceParent(top)
     return top
 
 
-def _web_service(
-    reactor: Any, options: Options, factory: ChatServerFactory
+def _metrics_service(
+    reactor: Any,
+    options: Options,
+    factory: ChatServerFactory,
+    health: Health,
+    doors: list[ChatServerService],
 ) -> IService:
+    """``--metrics``: ``/metrics`` and ``/healthz``, until the doors have closed."""
+    from ._prometheus import metrics_site
+
+    description = options["metrics_endpoint"]
+    endpoint = _server_endpoint(reactor, description, "--metrics", options["metrics"])
+    service = MetricsService(
+        reactor,
+        endpoint,
+        _as_given(description),
+        metrics_site([factory.stats], health, reactor),
+        health,
+        doors,
+    )
+    service.listen()
+    return service
+
+
+def _web_service(
+    reactor: Any, options: Options, factory: ChatServerFactory, health: Health
+) -> ChatServerService:
     """The web door (``--web``): its conversations share the TCP door's factory."""
     description = options["web_endpoint"]
     endpoint = _server_endpoint(reactor, description, "--web", options["web"])
@@ -536,6 +603,7 @@ def _web_service(
         factory,
         options["responder"],
         secure=description.startswith("ssl:"),
+        health=health,
     )
     web.listen()
     return web
