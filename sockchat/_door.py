@@ -105,10 +105,8 @@ class Door:
         )
         factory.conversations[info.id] = self
         factory.watch(self)
-        engine.stats = stats = factory.stats
-        stats.started += 1
-        stats.open += 1
-        self._latency = stats.latency_for(type(factory.responder).__name__)
+        engine.stats = factory.stats  # refused lines are counted by code
+        factory.stats.started += 1
         responder = factory.responder
         opening: Reply | None = None
         if ILifecycle.providedBy(responder):
@@ -166,7 +164,7 @@ class Door:
             now = factory.clock.seconds()
             engine.lost(now, clean=clean, why=why)
             self._run(now)
-            factory.stats.ended(engine.code)
+            factory.stats.fold(engine)
             if self._hooked:
                 self._hooked = False
                 try:
@@ -189,8 +187,9 @@ class Door:
         while action is not None:
             kind = type(action)
             if kind is Send or kind is TelnetReply:
-                self.transport.write(action.data)  # type: ignore[union-attr]  # Send or TelnetReply
-                self.factory.stats.bytes_out += len(action.data)  # type: ignore[union-attr]  # Send or TelnetReply
+                data: bytes = action.data  # type: ignore[union-attr]  # Send or TelnetReply
+                self.transport.write(data)
+                self.engine.bytes_out += len(data)
             elif kind is Deliver:
                 self._asked = now
                 try:
@@ -200,8 +199,6 @@ class Door:
                     self._failed(Failure())
                 else:
                     if type(reply) is str:  # answered at once: the usual case
-                        self.factory.stats.answered += 1
-                        self._latency.counts[0] += 1  # at once: the first bucket, 0 s
                         self.engine.answered(reply, now)
                     else:
                         self._reply(reply, now)
@@ -278,8 +275,7 @@ class Door:
         self._pending = None
         now = self.factory.clock.seconds()
         if isinstance(reply, str):
-            self.factory.stats.answered += 1
-            self._latency.observe(now - self._asked)
+            self.factory.stats.observe_later(self.factory.stats.kind, now - self._asked)
         self.engine.answered(reply, now)
         self._run(now)
 

@@ -408,6 +408,8 @@ class ServerConversation:
         "_transcript",
         "_unsent",
         "answers",
+        "bytes_in",
+        "bytes_out",
         "code",
         "flow",
         "id",
@@ -441,6 +443,8 @@ class ServerConversation:
         self.code = Reason.CONNECTION_LOST.value
         self.lines = 0  # lines received, refused ones included
         self.answers = 0  # answers sent
+        self.bytes_in = 0  # read from the client (for --metrics)
+        self.bytes_out = 0  # written to it: counted by the door as it writes
         self._pending = 0  # number of the line being answered
         self._messages = messages
         self._transcript = settings.transcript
@@ -504,6 +508,7 @@ class ServerConversation:
 
     def receive_data(self, data: bytes, now: float) -> None:
         """Bytes arrived on the stream."""
+        self.bytes_in += len(data)
         if self.phase > _OPEN:
             return
         telnet = self._telnet
@@ -552,6 +557,7 @@ class ServerConversation:
         if text is None or text == QUIT:
             return None
         self._last = now
+        self.bytes_in += len(data)
         self.lines = seq = self.lines + 1
         self.phase, self.turn = _AFTER_LINE
         self._pending = seq
@@ -590,6 +596,7 @@ class ServerConversation:
 
     def receive_message(self, text: str, now: float, *, final: bool = True) -> None:
         """A WebSocket text message, or a piece of one, arrived."""
+        self.bytes_in += len(text)  # characters: near enough, and no encoding
         if self.phase > _OPEN:
             return
         if "\n" in text:

@@ -24,7 +24,6 @@ __all__ = [
     "Health",
     "LatencyHistogram",
     "ServerStats",
-    "unsent_bytes",
 ]
 
 #: Upper bounds, in seconds, of the answer latency buckets.  A bot answers
@@ -83,41 +82,73 @@ class LatencyHistogram:
         return pairs
 
 
-def _nothing_held() -> int:
-    return 0
+def _no_conversations() -> Iterable[Any]:
+    return ()
 
 
 @define(slots=True, eq=False)
 class ServerStats:
     """Counters for one server (its TCP and web doors share them).
 
-    The server changes the integer fields directly, and calls ``ended``,
-    ``refused_line`` and ``refused_connection`` for the labelled ones.
+    Nothing is counted here on a turn: each conversation's engine counts its
+    own answers and bytes, and ``fold`` adds them in when it ends.  What the
+    open ones have done so far is read from them when scraped (``live``).
     """
 
-    #: Conversations started, and still open.
+    #: The engines of the conversations open now (``ServerConversation``).
+    live: Callable[[], Iterable[Any]] = _no_conversations
+    #: The responder's kind, the label of the latency of answers given at
+    #: once (they took 0 s).
+    kind: str = "responder"
+    #: Conversations started.
     started: int = 0
-    open: int = 0
     #: Conversations ended, by the code of their bye (``connection-lost``
     #: when the client went without one).
     ended_by: dict[str, int] = field(factory=dict)
-    #: Lines the responder answered.
-    answered: int = 0
     #: Lines refused with an ``!error`` notice, by its code.
     refused_lines: dict[str, int] = field(factory=dict)
     #: Connections refused before a conversation began, by the bye's code.
     refused_connections: dict[str, int] = field(factory=dict)
-    #: Bytes read from clients, and written to them.
-    bytes_in: int = 0
-    bytes_out: int = 0
-    #: Answer latency, by responder kind.
-    latency: dict[str, LatencyHistogram] = field(factory=dict)
-    #: Bytes written to clients and not yet sent: read when scraped.
-    output_held: Callable[[], int] = _nothing_held
+    #: Answers, bytes read and bytes written, of conversations that ended.
+    answered_ended: int = 0
+    bytes_in_ended: int = 0
+    bytes_out_ended: int = 0
+    #: Answers that came later (a Deferred), whose latency was observed.
+    answered_later: int = 0
+    _later: dict[str, LatencyHistogram] = field(factory=dict)
+
+    @property
+    def open(self) -> int:
+        return sum(1 for _ in self.live())
+
+    @property
+    def answered(self) -> int:
+        """Lines the responder answered."""
+        return self.answered_ended + int(sum(e.answers for e in self.live()))
+
+    @property
+    def bytes_in(self) -> int:
+        """Bytes read from clients."""
+        return self.bytes_in_ended + int(sum(e.bytes_in for e in self.live()))
+
+    @property
+    def bytes_out(self) -> int:
+        """Bytes written to clients."""
+        return self.bytes_out_ended + int(sum(e.bytes_out for e in self.live()))
+
+    def output_held(self) -> int:
+        """Bytes of memory the engines count as held for clients now."""
+        return int(sum(e.held for e in self.live()))
+
+    def fold(self, engine: Any) -> None:
+        """*engine*'s conversation ended: keep what it counted."""
+        self.answered_ended += engine.answers
+        self.bytes_in_ended += engine.bytes_in
+        self.bytes_out_ended += engine.bytes_out
+        _count(self.ended_by, engine.code)
 
     def ended(self, reason: str) -> None:
-        """A conversation ended, for *reason*."""
-        self.open -= 1
+        """A conversation ended, for *reason* (with nothing else to fold)."""
         _count(self.ended_by, reason)
 
     def refused_line(self, code: str) -> None:
@@ -126,14 +157,28 @@ class ServerStats:
     def refused_connection(self, code: str) -> None:
         _count(self.refused_connections, code)
 
-    def latency_for(self, kind: str) -> LatencyHistogram:
-        """The histogram for responders of *kind* (made when first asked)."""
-        histogram = self.latency.get(kind)
+    def observe_later(self, kind: str, seconds: float) -> None:
+        """An answer given later, by a responder of *kind*, took *seconds*."""
+        self.answered_later += 1
+        histogram = self._later.get(kind)
         if histogram is None:
-            if len(self.latency) >= MAX_LABEL_VALUES:
+            if len(self._later) >= MAX_LABEL_VALUES:
                 kind = OTHER
-            histogram = self.latency.setdefault(kind, LatencyHistogram())
-        return histogram
+            histogram = self._later.setdefault(kind, LatencyHistogram())
+        histogram.observe(seconds)
+
+    @property
+    def latency(self) -> dict[str, LatencyHistogram]:
+        """Answer latency by responder kind; answers given at once took 0 s."""
+        result = {
+            kind: LatencyHistogram(h.bounds, list(h.counts), h.total)
+            for kind, h in self._later.items()
+        }
+        at_once = self.answered - self.answered_later
+        if at_once > 0:
+            histogram = result.setdefault(self.kind, LatencyHistogram())
+            histogram.counts[0] += at_once
+        return result
 
 
 @define(slots=True, eq=False)
@@ -147,23 +192,3 @@ class Health:
     def shutting_down(self) -> None:
         self.accepting = False
         self.why = "shutting down"
-
-
-def unsent_bytes(transports: Iterable[Any]) -> int:
-    """Bytes the transports hold, written and not yet sent to their peers.
-
-    Reads Twisted's buffers (``FileDescriptor``'s ``dataBuffer``, ``offset``
-    and ``_tempDataLen``) down each chain of wrapped transports (TLS,
-    WebSocket); a transport without them counts as holding nothing.
-    """
-    total = 0
-    for transport in transports:
-        seen = 0
-        while transport is not None and seen < 8:  # chains are short; no cycles
-            seen += 1
-            buffered = getattr(transport, "dataBuffer", None)
-            if isinstance(buffered, bytes):
-                total += len(buffered) - int(getattr(transport, "offset", 0))
-                total += int(getattr(transport, "_tempDataLen", 0))
-            transport = getattr(transport, "transport", None)
-    return total

@@ -39,7 +39,7 @@ from ._engine import (
 )
 from ._framing import Framing, LineFraming
 from ._limits import Admission
-from ._metrics import ServerStats, unsent_bytes
+from ._metrics import ServerStats
 from ._render import safe_text
 from ._responder import IResponder
 from ._transcript import ITranscript
@@ -112,7 +112,6 @@ class ChatServerProtocol(Door, Protocol):
         self._begin(describe_address(self.transport.getPeer()))
 
     def dataReceived(self, data: bytes) -> None:
-        self.factory.stats.bytes_in += len(data)
         now = self.factory.clock.seconds()
         engine = self.engine
         text = engine.take_line(data, now)  # the usual turn, in two calls
@@ -128,14 +127,8 @@ class ChatServerProtocol(Door, Protocol):
                 out = engine.answer_now(reply, now)
                 if out is not None:
                     self.transport.write(out)
-                    stats = self.factory.stats
-                    stats.answered += 1
-                    stats.bytes_out += len(out)
-                    self._latency.counts[0] += 1  # at once: the first bucket, 0 s
+                    engine.bytes_out += len(out)
                     return
-                if type(reply) is str:
-                    self.factory.stats.answered += 1
-                    self._latency.counts[0] += 1
                 self._reply(reply, now)
         self._run(now)
 
@@ -308,9 +301,8 @@ class ChatServerFactory(_FactoryBase):
         self._idle = _IdleWatch(clock, self.conversations)
         #: What ``--metrics`` reports.
         self.stats = ServerStats(
-            output_held=lambda: unsent_bytes(
-                getattr(p, "transport", None) for p in self.conversations.values()
-            )
+            live=lambda: (p.engine for p in self.conversations.values()),
+            kind=type(responder).__name__,
         )
 
     @property

@@ -302,6 +302,7 @@ class WebConversation(Door):
         if isinstance(action, SendMessage) and self._socket is not None:
             with suppress(LocalProtocolError):  # the browser is closing the socket
                 self._socket.sendTextMessage(action.text)
+            self.engine.bytes_out += len(action.text)  # characters, as received
 
     def _pause(self) -> None:
         cast(IPushProducer, self._tcp).pauseProducing()

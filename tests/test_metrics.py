@@ -20,7 +20,6 @@ from sockchat._metrics import (
     Health,
     LatencyHistogram,
     ServerStats,
-    unsent_bytes,
 )
 from sockchat._prometheus import (
     EXTRA_MISSING,
@@ -126,19 +125,16 @@ def test_out_of_turn_lines_are_refused_by_code():
     assert factory.stats.refused_lines == {"out-of-turn": 1}
 
 
-def test_output_held_is_what_the_transports_have_not_sent():
-    class Buffered:
-        dataBuffer = b"abcdef"
-        offset = 2
-        _tempDataLen = 10
-        transport = None
-
-    class Wrapper:
-        transport = Buffered()
-
-    assert unsent_bytes([Wrapper(), StringTransport()]) == 14
-    stats = ServerStats(output_held=lambda: 14)
-    assert samples(stats)[("sockchat_output_held_bytes",)] == 14
+def test_output_held_is_what_the_engines_count_as_held():
+    clock = Clock()
+    factory = ChatServerFactory(EchoResponder(), clock=clock, max_output=100_000)
+    proto, _ = connect(factory)
+    proto.pauseProducing()  # the client does not read
+    proto.dataReceived(b"held\n" * 10)
+    found = samples(factory.stats)
+    assert found[("sockchat_output_held_bytes",)] == proto.engine.held > 0
+    proto.resumeProducing()
+    assert samples(factory.stats)[("sockchat_output_held_bytes",)] == 0
 
 
 def test_healthz_says_ok_then_503_while_shutting_down():
