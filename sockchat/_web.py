@@ -18,6 +18,13 @@ a newline inside a message (1007); wsproto closes invalid UTF-8 with 1007
 and broken framing with 1002 itself.  A cross-origin handshake is refused
 with HTTP 403 before any upgrade, and so is one that names a loopback
 server by another name (DNS rebinding).
+
+Every TCP connection to the site counts against the factory's caps
+(``--max-clients``, ``--max-per-ip``) and address rules from its accept
+on, whether it becomes a WebSocket or only fetches the page: one over a
+cap, or denied, gets a plain-text HTTP 503 (or 403) and is closed.  A
+request has ``HEADERS_DEADLINE`` seconds in all to send its headers, and
+a request with a body is refused with 413 before the body is read.
 """
 
 from __future__ import annotations
@@ -30,18 +37,28 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IPushProducer, ITCPTransport
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IPushProducer,
+    IReactorTime,
+    ITCPTransport,
+)
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
-from wsproto.utilities import LocalProtocolError
+from wsproto.connection import ConnectionType
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from zope.interface import implementer
 
 from ._door import Door
-from ._engine import Action, Close, Reason, SendMessage, ServerConversation
+from ._engine import Action, Close, Reason, SendMessage
 from ._render import safe_text
 from ._server import (
     TRANSPORT_BUFFER,
@@ -53,6 +70,7 @@ from ._server import (
 __all__ = [
     "CLOSE_CODES",
     "CONTENT_SECURITY_POLICY",
+    "HEADERS_DEADLINE",
     "WebChatDoor",
     "WebConversation",
     "chat_site",
@@ -92,6 +110,17 @@ _HEADERS = {
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
+#: Seconds an HTTP request has, in all, to send its request line and
+#: headers: from the connection's accept (its TLS handshake included) or
+#: from the end of the previous response on a kept-alive connection.
+#: Twisted's own timeout starts again with every byte, so a request that
+#: trickles in a byte at a time would hold its slot for ever.
+HEADERS_DEADLINE = 10.0
+#: Seconds a refused connection is read from (and what it sent thrown
+#: away) after its refusal was written, so that closing it does not reset
+#: the refusal away before the client has read it.
+REFUSAL_LINGER = 1.0
+
 
 def _host_port(netloc: str, scheme: str) -> tuple[str, int] | None:
     """``(host, port)`` of ``host[:port]`` (``[v6][:port]``), or None."""
@@ -117,7 +146,10 @@ def same_origin(origin: str | None, host: str | None, secure: bool) -> bool:
     if origin is None:
         return True
     scheme = "https" if secure else "http"
-    parts = urlsplit(origin.strip())
+    try:
+        parts = urlsplit(origin.strip())
+    except ValueError:  # not a URL at all, e.g. http://[
+        return False
     if parts.scheme.lower() != scheme or parts.path or parts.query:
         return False
     theirs = _host_port(parts.netloc, scheme)
@@ -223,6 +255,8 @@ class WebConversation(Door):
         self._tcp = cast(ITCPTransport, request.channel.transport)
         self._peer = request.getClientAddress()
         self._socket: WebSocketTransport | None = None
+        #: The HTTP connection, admitted by the caps at its accept.
+        self._channel = cast(ChatChannel, request.channel)
 
     # The WebSocket side (twisted.web.websocket.WebSocketProtocol).
 
@@ -231,23 +265,16 @@ class WebConversation(Door):
         stream_messages(transport, self._piece, self._binary)
 
     def negotiationFinished(self) -> None:
-        factory = self.factory
         set_buffer_size(self._tcp, TRANSPORT_BUFFER)
         # The HTTP channel is the TCP connection's producer; it passes pause
         # and resume on to the producer of its request.
         self._request.registerProducer(self, True)
-        peer = describe_address(self._peer)
-        refusal = factory.refusal(self._peer)
-        if refusal is not None:
-            self.engine = ServerConversation(
-                factory.settings, 0, peer, factory.clock.seconds(), messages=True
-            )
-            self.engine.refuse(refusal, factory.clock.seconds())
-            self._run(factory.clock.seconds())
-            return
-        self.conversation_id = factory.next_id()
-        self.host = getattr(self._peer, "host", None)  # released when it ends
-        self._begin(peer, messages=True)
+        # The connection was admitted at its accept (ChatSite.buildProtocol);
+        # its slot passes from the channel to the conversation, which
+        # releases it when it ends (Door._lost).
+        self.host = self._channel.hand_over()
+        self.conversation_id = self.factory.next_id()
+        self._begin(describe_address(self._peer), messages=True)
 
     def textMessageReceived(self, message: str) -> None:
         # Streamed, *message* is the empty rest; otherwise it is all of it.
@@ -260,6 +287,9 @@ class WebConversation(Door):
         pass
 
     def connectionLost(self, reason: Failure) -> None:
+        # After the upgrade, the channel's own connectionLost is not called:
+        # Twisted routes the connection's end here instead.
+        self._channel.release()  # nothing: its slot was handed over
         if self.conversation_id:
             self._lost(bool(reason.check(ConnectionDone)), reason.getErrorMessage())
         self._socket = None
@@ -347,7 +377,10 @@ class _ChatSocketResource(WebSocketResource):
         elif not same_origin(origin, host, request.isSecure()):
             why = "a page from another origin"
         else:
-            return super().render_GET(request)
+            problem = _handshake_problem(request)
+            if problem is None:
+                return super().render_GET(request)
+            return _not_a_handshake(request, problem)
         log.info(
             "refused a cross-origin WebSocket from {peer}: origin {origin}, "
             "host {host}: {why}",
@@ -362,6 +395,44 @@ class _ChatSocketResource(WebSocketResource):
             b"sockchat: cross-origin WebSocket refused; open the chat page "
             b"this server serves instead.\n"
         )
+
+
+def _handshake_problem(request: Request) -> str | None:
+    """What makes *request* not a WebSocket handshake, or None.
+
+    ``WebSocketResource`` would say so itself, but at error level and with
+    the request's repr; this asks wsproto the same question first.
+    """
+    raw = request.requestHeaders.getAllRawHeaders()
+    headers = [(name, value) for name, values in raw for value in values]
+    try:
+        H11Handshake(ConnectionType.SERVER).initiate_upgrade_connection(
+            headers, request.path
+        )
+    except RemoteProtocolError as e:
+        return str(e)
+    return None
+
+
+def _not_a_handshake(request: Request, problem: str) -> bytes:
+    """426 for a plain GET of the socket's path, 400 for a broken handshake."""
+    upgrade = (_header(request, b"upgrade") or "").strip().lower()
+    log.info(
+        "refused a request for the WebSocket from {peer}: {why}",
+        peer=describe_address(request.getClientAddress()),
+        why=safe_text(problem),
+    )
+    request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+    if upgrade != "websocket":
+        request.setResponseCode(426)
+        request.setHeader(b"upgrade", b"websocket")
+        request.setHeader(b"connection", b"Upgrade")
+        return (
+            b"sockchat: /chat is the chat page's WebSocket; open / in a "
+            b"browser instead.\n"
+        )
+    request.setResponseCode(400)
+    return f"sockchat: not a WebSocket handshake ({safe_text(problem)}).\n".encode()
 
 
 class _Root(Resource):
@@ -403,10 +474,176 @@ def _read_asset(name: str) -> bytes:
     return (resources.files("sockchat") / "web" / name).read_bytes()
 
 
+def plain_response(code: int, reason: str, text: str) -> bytes:
+    """A whole HTTP/1.1 response with a plain-text body, and ``close``."""
+    body = f"sockchat: {text}\n".encode()
+    return (
+        f"HTTP/1.1 {code} {reason}\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode() + body
+
+
+class ChatChannel(HTTPChannel):
+    """An HTTP connection to the chat site, admitted at its accept.
+
+    It holds a slot of the factory's caps until the connection closes, or
+    until it becomes a WebSocket, whose ``WebConversation`` takes the slot
+    over (``hand_over``) and releases it when the conversation ends.  Each
+    request must send all its headers within the site's
+    ``headers_deadline``, and may not have a body.
+    """
+
+    site: ChatSite
+    _admitted = False
+    _host: str | None = None
+    _deadline: IDelayedCall | None = None
+
+    def admitted(self, host: str | None) -> None:
+        """This connection holds a slot of the caps, for *host*."""
+        self._admitted = True
+        self._host = host
+
+    def hand_over(self) -> str | None:
+        """The slot is the WebSocket's now: the host it is counted for."""
+        self._admitted = False
+        return self._host
+
+    def release(self) -> None:
+        """Give the connection's slot back, if it still holds it."""
+        if self._admitted:
+            self._admitted = False
+            self.site.chat.admission.release(self._host)
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._await_headers()
+
+    def _await_headers(self) -> None:
+        self._stop_deadline()
+        self._deadline = self.site.clock.callLater(
+            self.site.headers_deadline, self._too_slow
+        )
+
+    def _stop_deadline(self) -> None:
+        deadline, self._deadline = self._deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    @property
+    def _tcp(self) -> ITCPTransport:
+        return cast(ITCPTransport, self.transport)
+
+    def _too_slow(self) -> None:
+        self._deadline = None
+        log.info(
+            "closed a web connection from {peer}: its request did not send its "
+            "headers within {seconds:g}s",
+            peer=describe_address(self._tcp.getPeer()),
+            seconds=self.site.headers_deadline,
+        )
+        self._tcp.abortConnection()
+
+    def allHeadersReceived(self) -> None:
+        self._stop_deadline()
+        if self.length != 0:  # Content-Length over 0, or None: chunked
+            self._refuse_body()
+            return
+        super().allHeadersReceived()
+
+    def _refuse_body(self) -> None:
+        log.info(
+            "refused a web request with a body from {peer}",
+            peer=describe_address(self._tcp.getPeer()),
+        )
+        self._tcp.write(
+            plain_response(
+                413,
+                "Content Too Large",
+                "this server takes no request bodies; the chat page needs none.",
+            )
+        )
+        # Read nothing more: the body is neither stored nor parsed.
+        self.persistent = False
+        for name in ("dataReceived", "lineReceived", "rawDataReceived"):
+            setattr(self, name, _ignore)
+        self.loseConnection()
+
+    def requestDone(self, request: Any) -> None:
+        super().requestDone(request)
+        if self.persistent and not self._handlingRequest:
+            self._await_headers()  # the next request's headers
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._stop_deadline()
+        self.release()
+        super().connectionLost(reason)
+
+
+def _ignore(*args: object) -> None:
+    pass
+
+
+class _Refused(Protocol):
+    """Tell a refused HTTP client why, in a plain-text response, and close.
+
+    What the client sent meanwhile is read and thrown away (for at most
+    ``REFUSAL_LINGER`` seconds), so that the close does not reset the
+    response away before the client has read it.
+    """
+
+    def __init__(self, response: bytes, clock: IReactorTime) -> None:
+        self._response = response
+        self._clock = clock
+        self._linger: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self._response)
+        self._linger = self._clock.callLater(REFUSAL_LINGER, self._close)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        linger, self._linger = self._linger, None
+        if linger is not None and linger.active():
+            linger.cancel()
+
+
 class ChatSite(Site):
-    """A site that leaves out the access log: one log line per connection."""
+    """The chat page's site: every connection is admitted by *chat*'s caps.
+
+    It leaves out the access log: one log line per conversation.
+    """
 
     noisy = False
+    protocol = ChatChannel  # type: ignore[assignment]  # HTTP/1.1 only: no h2 proxy
+    #: Seconds each request has to send all its headers.
+    headers_deadline = HEADERS_DEADLINE
+
+    def __init__(self, resource: IResource, chat: ChatServerFactory) -> None:
+        super().__init__(resource, reactor=chat.clock)
+        self.chat = chat
+        self.clock = chat.clock
+
+    def buildProtocol(self, addr: IAddress | None) -> Any:
+        chat = self.chat
+        refusal = chat.refusal(addr)
+        if refusal is not None:
+            if refusal.code == Reason.DENIED.value:
+                code, reason = 403, "Forbidden"
+            else:
+                code, reason = 503, "Service Unavailable"
+            return _Refused(plain_response(code, reason, refusal.text), self.clock)
+        channel = super().buildProtocol(addr)
+        channel.admitted(getattr(addr, "host", None))
+        return channel
 
     def log(self, request: Any) -> None:
         pass
@@ -430,4 +667,4 @@ def chat_site(factory: ChatServerFactory) -> Site:
         root.putChild(path, _Asset(_read_asset(name), content_type))
     door = WebChatDoor(factory)
     root.putChild(SOCKET_PATH, _ChatSocketResource(door))
-    return ChatSite(root, reactor=factory.clock)
+    return ChatSite(root, factory)

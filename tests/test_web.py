@@ -188,8 +188,11 @@ def test_cross_origin_handshake_gets_403_before_any_upgrade():
     assert b"cross-origin WebSocket refused" in client.raw
     assert client.pump() == []
     assert not client.accepted
-    # No conversation was started or counted.
+    # No conversation was started; the connection holds its slot of the
+    # caps only until it closes.
     assert factory.conversations == {}
+    assert factory.admission.total == 1
+    client.lost()
     assert factory.admission.total == 0
 
 
@@ -267,13 +270,19 @@ def test_web_and_tcp_conversations_share_one_factory():
     client = welcomed(factory)
     assert sorted(factory.conversations) == [1, 2]
     assert factory.admission.total == 2
-    # A third newcomer, through either door, is over --max-clients.
+    # A third newcomer, through either door, is over --max-clients: on the
+    # web door it is refused at its accept, before any upgrade.
     third = Client(factory, port=50001, site=client.site)
-    assert third.pump() == [
-        "!bye busy: the server is full (2 clients); try again later."
-    ]
-    assert third.close is not None
-    assert third.close.code == 1013
+    assert third.raw.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert third.raw.endswith(
+        b"\r\n\r\nsockchat: the server is full (2 clients); try again later.\n"
+    )
+    assert third.transport.disconnecting
+    assert sorted(factory.conversations) == [1, 2]
+    assert factory.admission.total == 2
+    # The upgraded WebSocket is counted once, and released once.
+    client.lost()
+    assert factory.admission.total == 1
 
 
 def test_a_message_over_max_line_gets_the_tcp_notice_and_the_socket_stays_usable():
@@ -391,16 +400,19 @@ def test_shutdown_says_goodbye_and_closes_with_going_away():
     assert closed.called
 
 
-def test_denied_address_hears_why_then_policy_violation():
+def test_denied_address_hears_why_in_a_403_before_any_upgrade():
     from sockchat._limits import AccessRules, parse_networks
 
     rules = AccessRules(deny=parse_networks(["127.0.0.0/8"]))
-    client = Client(make_factory(admission=Admission(rules=rules)))
-    assert client.pump() == [
-        "!bye denied: connections from your address are not accepted here."
-    ]
-    assert client.close is not None
-    assert client.close.code == 1008
+    factory = make_factory(admission=Admission(rules=rules))
+    client = Client(factory)
+    assert client.raw.startswith(b"HTTP/1.1 403 Forbidden\r\n")
+    assert client.raw.endswith(
+        b"sockchat: connections from your address are not accepted here.\n"
+    )
+    assert client.transport.disconnecting
+    assert factory.conversations == {}
+    assert factory.admission.total == 0
 
 
 def test_answers_wait_while_the_browser_does_not_read():
@@ -496,3 +508,189 @@ def test_the_page_needs_line_framing():
 def test_other_paths_are_not_found():
     assert get(make_factory(), "/../setup.cfg").startswith(b"HTTP/1.1 404 ")
     assert get(make_factory(), "/web/app.js").startswith(b"HTTP/1.1 404 ")
+
+
+# Malformed handshakes: a 4xx and one info line, never a traceback
+
+
+def request(factory: ChatServerFactory, text: str, site=None):
+    """Send raw HTTP *text* to a fresh channel; the channel and its transport."""
+    site = site or chat_site(factory)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+    transport = StringTransport(
+        peerAddress=IPv4Address("TCP", "127.0.0.1", 50000),
+        hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+    )
+    channel.makeConnection(transport)
+    channel.dataReceived(text.encode("latin-1"))
+    return channel, transport
+
+
+@pytest.fixture
+def logged():
+    """Every event logged while the test runs, formatted, with its level."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    events = []
+
+    def observe(event):
+        events.append((event.get("log_level"), formatEvent(event), event))
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+def levels_above_info(events):
+    from twisted.logger import LogLevel
+
+    return [text for level, text, _ in events if level > LogLevel.info]
+
+
+def test_a_malformed_origin_gets_the_usual_403_not_a_500(logged):
+    factory = make_factory()
+    client = Client(factory, origin="http://[")
+    assert client.raw.startswith(b"HTTP/1.1 403 ")
+    assert b"cross-origin WebSocket refused" in client.raw
+    assert factory.conversations == {}
+    assert levels_above_info(logged) == []
+    refusals = [t for _, t, _ in logged if "refused a cross-origin" in t]
+    assert len(refusals) == 1
+    assert "origin http://[" in refusals[0]
+    assert "\n" not in refusals[0]
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://[", "http://[::1", "http://a]b", "http://:x"]
+)
+def test_broken_origins_are_not_same_origin(origin):
+    assert not same_origin(origin, "127.0.0.1:8080", False)
+
+
+def test_a_plain_get_of_the_socket_gets_426_and_one_info_line(logged):
+    factory = make_factory()
+    _, transport = request(
+        factory, "GET /chat HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
+    )
+    response = transport.value()
+    assert response.startswith(b"HTTP/1.1 426 ")
+    got = headers(response)
+    assert got["upgrade"] == "websocket"
+    assert response.endswith(
+        b"sockchat: /chat is the chat page's WebSocket; open / in a browser instead.\n"
+    )
+    assert factory.conversations == {}
+    assert levels_above_info(logged) == []
+    lines = [t for level, t, _ in logged if "/chat" in t or "WebSocket" in t]
+    assert len(lines) <= 1
+    assert all("<" not in t for _, t, _ in logged)  # no Python repr
+
+
+def test_a_broken_websocket_handshake_gets_400_and_one_info_line(logged):
+    factory = make_factory()
+    _, transport = request(
+        factory,
+        "GET /chat HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\n\r\n",  # no Sec-WebSocket-Key, no version
+    )
+    response = transport.value()
+    assert response.startswith(b"HTTP/1.1 400 ")
+    assert b"sockchat: not a WebSocket handshake (" in response
+    assert factory.conversations == {}
+    assert levels_above_info(logged) == []
+    assert all("<" not in t for _, t, _ in logged)
+
+
+# Request bodies are refused before they are read
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "POST /chat HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 1000000000\r\n",
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 1\r\n",
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 5\r\n",
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nTransfer-Encoding: chunked\r\n",
+    ],
+)
+def test_a_request_with_a_body_gets_413_and_its_body_is_not_read(head):
+    factory = make_factory()
+    channel, transport = request(factory, head + "\r\n" + "x" * 70000)
+    response = transport.value()
+    assert response.startswith(b"HTTP/1.1 413 Content Too Large\r\n")
+    assert response.endswith(
+        b"sockchat: this server takes no request bodies; the chat page needs none.\n"
+    )
+    assert transport.disconnecting
+    # Nothing of the body was stored, and more of it is not parsed either.
+    assert all(r.content is None for r in channel.requests)
+    channel.dataReceived(b"y" * 70000)
+    assert transport.value() == response
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert factory.admission.total == 0
+
+
+def test_a_request_without_a_body_is_served_as_before():
+    factory = make_factory()
+    _, transport = request(
+        factory, "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+
+
+# Deadlines and caps, in memory (over real sockets: test_web_net.py)
+
+
+def test_a_trickling_request_is_dropped_at_the_headers_deadline():
+    from sockchat._web import HEADERS_DEADLINE
+
+    factory = make_factory()
+    clock = factory.clock
+    channel, transport = request(factory, "G")
+    assert factory.admission.total == 1
+    for byte in "ET / HTTP/1.1\r\nX-Slow: " + "y" * 1000:
+        if clock.seconds() >= HEADERS_DEADLINE:
+            break
+        assert not transport.disconnecting
+        clock.advance(0.5)
+        channel.dataReceived(byte.encode())
+    clock.advance(0.5)
+    assert transport.disconnecting  # aborted: a byte every 0.5 s is not enough
+    assert clock.seconds() <= HEADERS_DEADLINE + 0.5
+    channel.connectionLost(Failure(ConnectionDone()))
+    assert factory.admission.total == 0
+    assert clock.getDelayedCalls() == []
+
+
+def test_a_kept_alive_connection_has_a_deadline_for_each_request():
+    from sockchat._web import HEADERS_DEADLINE
+
+    factory = make_factory()
+    clock = factory.clock
+    _, transport = request(factory, "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
+    clock.advance(HEADERS_DEADLINE - 1)
+    assert not transport.disconnecting  # its headers came in time
+    clock.advance(1)  # but the next request's did not come at all
+    assert transport.disconnecting
+
+
+def test_web_connections_count_against_max_per_ip_from_their_accept():
+    factory = make_factory(admission=Admission(max_per_ip=2))
+    site = chat_site(factory)
+    first, _ = request(factory, "GE", site=site)  # unfinished requests
+    request(factory, "GE", site=site)
+    assert factory.admission.total == 2
+    _, refused = request(factory, "GET / HTTP/1.1\r\n\r\n", site=site)
+    assert refused.value().startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert refused.value().endswith(
+        b"sockchat: your address already has 2 connection(s), the most allowed; "
+        b"close one and try again.\n"
+    )
+    assert refused.disconnecting
+    first.connectionLost(Failure(ConnectionDone()))
+    assert factory.admission.total == 1
+    _, transport = request(
+        factory, "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n", site=site
+    )
+    assert transport.value().startswith(b"HTTP/1.1 200 ")

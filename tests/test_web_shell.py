@@ -122,12 +122,19 @@ def test_tcp_and_web_conversations_share_one_server():
                 assert web.next_text() == "来自浏览器"
                 tcp.sendall("来自终端\n".encode())
                 assert recv_lines(tcp, 1) == ["来自终端".encode()]
-                # A third client, through either door, is over --max-clients.
-                third = WebSocketClient(server.web_port)
-                assert third.next_text() == (
-                    "!bye busy: the server is full (2 clients); try again later."
+                # A third client, through either door, is over --max-clients;
+                # on the web door it is refused at its accept, in plain text.
+                with socket.create_connection(
+                    ("127.0.0.1", server.web_port), 10
+                ) as third:
+                    response = b""
+                    while chunk := third.recv(4096):
+                        response += chunk
+                assert response.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+                assert response.endswith(
+                    b"\r\n\r\nsockchat: the server is full (2 clients); try "
+                    b"again later.\n"
                 )
-                third.close()
             finally:
                 web.close()
         server.read_until(b"conversation 2 with 127.0.0.1")
