@@ -11,6 +11,7 @@ import heapq
 import itertools
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from OpenSSL import SSL
 from twisted.internet import address
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ConnectionDone
@@ -19,8 +20,10 @@ from twisted.internet.interfaces import (
     IConsumer,
     IDelayedCall,
     IHalfCloseableProtocol,
+    IHandshakeListener,
     IPushProducer,
     IReactorTime,
+    ISSLTransport,
     ITCPTransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -50,6 +53,7 @@ __all__ = [
     "CLOSE_GRACE",
     "DEFAULT_IDLE_TIMEOUT",
     "DEFAULT_MAX_OUTPUT",
+    "HANDSHAKE_TIMEOUT",
     "ChatServerFactory",
     "ChatServerProtocol",
     "describe_address",
@@ -64,6 +68,26 @@ _T = TypeVar("_T")
 #: write), so a small figure bounds what a client that never reads costs
 #: before the engine's own count takes over.
 TRANSPORT_BUFFER = 4 * 1024
+
+#: Seconds a TLS client has to finish its handshake, from its accept.  The
+#: conversation (its welcome, its idle deadline) starts only once the
+#: handshake is done; a client that stalls it is closed when this passes.
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def describe_failure(reason: Failure) -> str:
+    """Why a connection was lost, in one readable line.
+
+    OpenSSL's errors carry a list of ``(library, function, reason)``
+    tuples; only the reasons are worth reading.
+    """
+    value = reason.value
+    args = getattr(value, "args", ())
+    if reason.check(SSL.Error) and args and isinstance(args[0], list):
+        reasons = [str(e[-1]) for e in args[0] if isinstance(e, tuple) and e[-1]]
+        if reasons:
+            return "; ".join(reasons)
+    return reason.getErrorMessage()
 
 
 def describe_address(addr: IAddress) -> str:
@@ -95,18 +119,45 @@ def set_buffer_size(transport: object, size: int) -> None:
         transport = getattr(transport, "transport", None)
 
 
-@implementer(IHalfCloseableProtocol, IPushProducer)
+@implementer(IHalfCloseableProtocol, IPushProducer, IHandshakeListener)
 class ChatServerProtocol(Door, Protocol):
     """One conversation over a byte stream, from connect to close.
 
     It is the ``IConversation`` that a responder's lifecycle hooks get, and
     the producer of its own output: the transport pauses it when the client
-    stops reading, and the engine decides what that means.
+    stops reading, and the engine decides what that means.  Over TLS the
+    conversation starts once the handshake is done.
     """
 
     transport: ITCPTransport  # or any transport with the same methods
+    _handshake: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
+        if ISSLTransport.providedBy(self.transport):
+            self._handshake = self.factory.clock.callLater(
+                self.factory.handshake_timeout, self._handshake_expired
+            )
+            return
+        self._connected()
+
+    def handshakeCompleted(self) -> None:  # IHandshakeListener
+        handshake, self._handshake = self._handshake, None
+        if handshake is None:
+            return  # already started, or already expired
+        if handshake.active():
+            handshake.cancel()
+        self._connected()
+
+    def _handshake_expired(self) -> None:
+        self._handshake = None
+        log.info(
+            "TLS handshake with {peer} did not finish within {seconds:g}s; closed",
+            peer=describe_address(self.transport.getPeer()),
+            seconds=self.factory.handshake_timeout,
+        )
+        self.transport.abortConnection()
+
+    def _connected(self) -> None:
         set_buffer_size(self.transport, TRANSPORT_BUFFER)
         cast(IConsumer, self.transport).registerProducer(self, True)
         self._begin(describe_address(self.transport.getPeer()))
@@ -154,7 +205,20 @@ class ChatServerProtocol(Door, Protocol):
         pass  # connectionLost follows
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._lost(bool(reason.check(ConnectionDone)), reason.getErrorMessage())
+        clean = bool(reason.check(ConnectionDone))
+        handshake, self._handshake = self._handshake, None
+        if handshake is not None:  # lost during the TLS handshake
+            handshake.cancel()
+            peer = describe_address(self.transport.getPeer())
+            if clean:  # a port probe or a health check: nothing to read
+                log.debug("TLS client {peer} left before its handshake", peer=peer)
+            else:
+                log.info(
+                    "TLS handshake with {peer} failed: {why}",
+                    peer=peer,
+                    why=safe_text(describe_failure(reason)),
+                )
+        self._lost(clean, describe_failure(reason))
 
     def _pause(self) -> None:
         cast(IPushProducer, self.transport).pauseProducing()
@@ -260,6 +324,8 @@ class ChatServerFactory(_FactoryBase):
     """
 
     noisy = False
+    #: Seconds a TLS client has to finish its handshake (``ssl:`` ports).
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
 
     def __init__(
         self,

@@ -17,7 +17,7 @@ from twisted.internet.endpoints import (
     serverFromString,
 )
 from twisted.internet.task import deferLater
-from twisted.logger import formatEvent, globalLogPublisher
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from sockchat import ChatServerFactory, EchoResponder, connect
 from sockchat._limits import Admission
@@ -231,6 +231,59 @@ async def listen_tls(tmp_path, site: bool = False, timeout: float = 1.0):
         f"tls:localhost:{port.getHost().port}:trustRoots={files['ca'].parent}",
     )
     return factory, port, endpoint
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stalled_tls_handshake_is_closed_at_its_own_deadline(tmp_path, logged):
+    factory, port, endpoint = await listen_tls(tmp_path, timeout=1.0)
+    try:
+        stalled = Raw(port.getHost().port)  # connects, never says hello
+        await until(lambda: factory.admission.total == 1)
+        started = reactor.seconds()
+        await stalled.until_closed(timeout=5)
+        assert reactor.seconds() - started < 3
+        stalled.close()
+        await until(lambda: factory.admission.total == 0)
+        lines = [t for _, t in logged if "TLS handshake" in t]
+        assert len(lines) == 1
+        assert lines[0].startswith("TLS handshake with 127.0.0.1:")
+        assert lines[0].endswith("did not finish within 1s; closed")
+        assert not [t for _, t in logged if t.startswith("conversation")]
+        # An honest client's conversation starts once its handshake is done.
+        conversation = await connect(reactor, endpoint)
+        assert await conversation.say("secret") == "secret"
+        await conversation.quit()
+        await until(lambda: not factory.conversations)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_tls_handshake_is_one_readable_line_not_a_conversation(
+    tmp_path, logged
+):
+    factory, port, _ = await listen_tls(tmp_path)
+    try:
+        client = Raw(port.getHost().port)
+        mine = f"127.0.0.1:{client.sock.getsockname()[1]}"
+        client.send(b"GET / HTTP/1.0\r\n\r\n")  # plain text to a TLS port
+        await client.until_closed(timeout=5)
+        client.close()
+        await until(lambda: factory.admission.total == 0)
+        await sleep(0.05)
+        lines = [t for _, t in logged if "TLS handshake" in t]
+        assert len(lines) == 1, lines
+        line = lines[0]
+        assert line.startswith("TLS handshake with 127.0.0.1:")
+        assert " failed: " in line
+        assert "[(" not in line
+        assert "SSL routines" not in line
+        assert "\n" not in line
+        assert mine in line
+        assert [t for _, t in logged if mine in t] == [line]
+        assert [t for level, t in logged if level >= LogLevel.error] == []
+    finally:
+        await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
