@@ -41,7 +41,6 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IPushProducer,
-    IReactorTime,
     ITCPTransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
@@ -120,6 +119,10 @@ HEADERS_DEADLINE = 10.0
 #: away) after its refusal was written, so that closing it does not reset
 #: the refusal away before the client has read it.
 REFUSAL_LINGER = 1.0
+#: At most this many refused connections linger at once; past it, a refused
+#: connection is closed at once, so that refusals cannot hold file
+#: descriptors either.
+MAX_LINGERING = 16
 
 
 def _host_port(netloc: str, scheme: str) -> tuple[str, int] | None:
@@ -590,18 +593,24 @@ class _Refused(Protocol):
 
     What the client sent meanwhile is read and thrown away (for at most
     ``REFUSAL_LINGER`` seconds), so that the close does not reset the
-    response away before the client has read it.
+    response away before the client has read it; with ``MAX_LINGERING``
+    refusals lingering already, it is closed at once.
     """
 
-    def __init__(self, response: bytes, clock: IReactorTime) -> None:
+    def __init__(self, response: bytes, site: ChatSite) -> None:
         self._response = response
-        self._clock = clock
+        self._site = site
         self._linger: IDelayedCall | None = None
 
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(self._response)
-        self._linger = self._clock.callLater(REFUSAL_LINGER, self._close)
+        site = self._site
+        if site.lingering >= MAX_LINGERING:
+            self.transport.loseConnection()
+            return
+        site.lingering += 1
+        self._linger = site.clock.callLater(REFUSAL_LINGER, self._close)
 
     def dataReceived(self, data: bytes) -> None:
         self._close()
@@ -612,8 +621,10 @@ class _Refused(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         linger, self._linger = self._linger, None
-        if linger is not None and linger.active():
-            linger.cancel()
+        if linger is not None:
+            self._site.lingering -= 1
+            if linger.active():
+                linger.cancel()
 
 
 class ChatSite(Site):
@@ -631,6 +642,8 @@ class ChatSite(Site):
         super().__init__(resource, reactor=chat.clock)
         self.chat = chat
         self.clock = chat.clock
+        #: Refused connections lingering now (see ``_Refused``).
+        self.lingering = 0
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
         chat = self.chat
@@ -640,7 +653,7 @@ class ChatSite(Site):
                 code, reason = 403, "Forbidden"
             else:
                 code, reason = 503, "Service Unavailable"
-            return _Refused(plain_response(code, reason, refusal.text), self.clock)
+            return _Refused(plain_response(code, reason, refusal.text), self)
         channel = super().buildProtocol(addr)
         channel.admitted(getattr(addr, "host", None))
         return channel

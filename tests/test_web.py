@@ -522,7 +522,8 @@ def request(factory: ChatServerFactory, text: str, site=None):
         hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
     )
     channel.makeConnection(transport)
-    channel.dataReceived(text.encode("latin-1"))
+    if text:
+        channel.dataReceived(text.encode("latin-1"))
     return channel, transport
 
 
@@ -694,3 +695,27 @@ def test_web_connections_count_against_max_per_ip_from_their_accept():
         factory, "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n", site=site
     )
     assert transport.value().startswith(b"HTTP/1.1 200 ")
+
+
+def test_refused_connections_linger_briefly_and_only_a_few_at_once():
+    from sockchat._web import MAX_LINGERING, REFUSAL_LINGER
+
+    factory = make_factory(admission=Admission(max_clients=1))
+    site = chat_site(factory)
+    request(factory, "GE", site=site)  # holds the only slot
+    refused = [request(factory, "", site=site) for _ in range(MAX_LINGERING + 4)]
+    for _, transport in refused:
+        assert transport.value().startswith(b"HTTP/1.1 503 ")
+    # A few linger, reading what the client sends so that the close is not
+    # a reset; the rest are closed at once.
+    assert [t.disconnecting for _, t in refused] == [False] * MAX_LINGERING + [True] * 4
+    assert site.lingering == MAX_LINGERING
+    channel, transport = refused[0]
+    channel.dataReceived(b"GET / HTTP/1.1\r\n")
+    assert transport.disconnecting  # it spoke: closed now
+    factory.clock.advance(REFUSAL_LINGER)
+    assert all(t.disconnecting for _, t in refused)
+    for channel, _ in refused:
+        channel.connectionLost(Failure(ConnectionDone()))
+    assert site.lingering == 0
+    assert factory.admission.total == 1

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import resource
 import socket
+import time
 
 import pytest
 from wsproto import ConnectionType, WSConnection
@@ -138,3 +141,47 @@ def test_tcp_and_web_conversations_share_one_server():
             finally:
                 web.close()
         server.read_until(b"conversation 2 with 127.0.0.1")
+
+
+@pytest.mark.slow
+def test_trickling_web_requests_leave_room_for_honest_tcp_clients():
+    """The issue's scale model: a file limit of 256 (for 1,024), and 300
+    unfinished requests from one address, each trickling a byte every 0.5 s.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # twistd inherits it
+    try:
+        server = WebServer("--responder", "echo").__enter__()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    attackers: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", server.web_port), 10)
+            sock.setblocking(False)
+            attackers.append(sock)
+        for byte in b"GET /":
+            for sock in attackers:
+                with contextlib.suppress(OSError):  # refused and closed
+                    sock.send(bytes([byte]))
+            time.sleep(0.5)
+        # Honest clients, from another address, still get their welcome.
+        for _ in range(5):
+            with socket.create_connection(
+                ("127.0.0.1", server.port), 10, source_address=("127.0.0.2", 0)
+            ) as tcp:
+                (welcome,) = recv_lines(tcp, 1)
+                assert welcome.startswith(b"!info welcome: sockchat conversation ")
+        held = 0
+        for sock in attackers:
+            try:
+                sock.recv(4096)  # the 503, or the close
+            except BlockingIOError:
+                held += 1  # nothing from the server yet: still held
+            except OSError:
+                continue  # reset: closed
+        assert held <= 20
+    finally:
+        for sock in attackers:
+            sock.close()
+        server.__exit__()
