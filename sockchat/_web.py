@@ -291,8 +291,10 @@ class WebConversation(Door):
 
     def connectionLost(self, reason: Failure) -> None:
         # After the upgrade, the channel's own connectionLost is not called:
-        # Twisted routes the connection's end here instead.
-        self._channel.release()  # nothing: its slot was handed over
+        # Twisted routes the connection's end here instead.  The slot is
+        # the conversation's from negotiationFinished on; before it, still
+        # the channel's.
+        self._channel.release()
         if self.conversation_id:
             self._lost(bool(reason.check(ConnectionDone)), reason.getErrorMessage())
         self._socket = None
