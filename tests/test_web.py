@@ -677,7 +677,7 @@ def test_a_kept_alive_connection_has_a_deadline_for_each_request():
 
 
 def test_web_connections_count_against_max_per_ip_from_their_accept():
-    factory = make_factory(admission=Admission(max_per_ip=2))
+    factory = make_factory(admission=Admission(max_per_ip=2, cap_loopback=True))
     site = chat_site(factory)
     first, _ = request(factory, "GE", site=site)  # unfinished requests
     request(factory, "GE", site=site)

@@ -112,7 +112,9 @@ async def serve(deadline: float = 1.5, **kw):
 @pytest_twisted.ensureDeferred
 async def test_trickling_requests_from_one_address_are_capped_and_dropped():
     """The issue's attack: 300 requests, a byte every 0.5 s, from one address."""
-    factory, web, tcp = await serve(deadline=1.5, admission=Admission(max_per_ip=20))
+    factory, web, tcp = await serve(
+        deadline=1.5, admission=Admission(max_per_ip=20, cap_loopback=True)
+    )
     clients: list[Raw] = []
     try:
         for n in range(300):

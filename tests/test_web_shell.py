@@ -151,7 +151,9 @@ def test_trickling_web_requests_leave_room_for_honest_tcp_clients():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))  # twistd inherits it
     try:
-        server = WebServer("--responder", "echo").__enter__()
+        # Loopback is the operator's own machine, uncapped unless asked:
+        # --cap-loopback makes 127.0.0.1 stand for one remote address.
+        server = WebServer("--responder", "echo", "--cap-loopback").__enter__()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     attackers: list[socket.socket] = []
