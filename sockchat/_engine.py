@@ -500,10 +500,6 @@ class ServerConversation:
         """The responder's ``started`` hook failed: the service is unavailable."""
         self._bye(_UNAVAILABLE, now)
 
-    def refuse(self, notice: Notice, now: float) -> None:
-        """Refused at connect (a cap, the address rules): say why, close."""
-        self._bye(notice, now)
-
     # -- Input -------------------------------------------------------------
 
     def receive_data(self, data: bytes, now: float) -> None:

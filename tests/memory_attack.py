@@ -66,6 +66,14 @@ def attack(kind: str, port: int, web_port: int, result: dict[str, float]) -> Non
 
 
 def main(kind: str, max_output: int) -> None:
+    try:  # coverage's tracer allocates too: it is not the server's memory
+        import coverage
+
+        running = coverage.Coverage.current()
+        if running is not None:
+            running.stop()
+    except ImportError:
+        pass
     from twisted.internet import reactor
     from twisted.internet.endpoints import TCP4ServerEndpoint
 

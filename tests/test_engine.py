@@ -357,15 +357,6 @@ def test_a_hook_that_ends_it_gets_no_welcome():
     ]
 
 
-def test_a_refusal_says_why_and_closes_with_its_reason():
-    conversation = engine()
-    conversation.refuse(bye("busy", "too many."), 0.0)
-    assert drain(conversation) == [
-        Send(b"!bye busy: too many.\n"),
-        Close(Reason.BUSY, "busy"),
-    ]
-
-
 # Idle.
 
 
