@@ -6,6 +6,7 @@
  * its own CPU (getrusage) over the turn phase.
  *
  *   loadgen --port P --conns C --turns T [--host 127.0.0.1] [--size 32]
+ *           [--warmup 1]
  *           [--mode echo|pair] [--window 32] [--deadline 120] [--sync]
  *
  * Phases:
@@ -13,6 +14,9 @@
  *      their first line at a time (so a listen backlog of 50 never
  *      overflows).  Each must receive one greeting line first: "!info ..."
  *      (any first line that is not a notice is an error).
+ *   1b. warm-up: --warmup untimed turns per conversation (default 1), so
+ *      that what a server does once per conversation at its first line is
+ *      not counted as a turn's cost; then the turn counters start again.
  *   2. turns: each speaker sends a --size byte line (newline included) and
  *      checks that the answer is exactly that line, T times.  In pair mode,
  *      the server pairs clients; a client told "!info listen: ..." is a
@@ -69,9 +73,9 @@ struct conn {
 
 static struct {
     const char *host;
-    int port, conns, turns, size, window, sync, pair;
+    int port, conns, turns, size, window, sync, pair, warmup;
     double deadline;
-} opt = {"127.0.0.1", 0, 1, 1, 32, 32, 0, 0, 120.0};
+} opt = {"127.0.0.1", 0, 1, 1, 32, 32, 0, 0, 1, 120.0};
 
 static struct conn *conns;
 static int epfd;
@@ -315,6 +319,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--turns")) opt.turns = parse_int(a, v, 1);
         else if (!strcmp(a, "--size")) opt.size = parse_int(a, v, 17);
         else if (!strcmp(a, "--window")) opt.window = parse_int(a, v, 1);
+        else if (!strcmp(a, "--warmup")) opt.warmup = parse_int(a, v, 0);
         else if (!strcmp(a, "--deadline")) opt.deadline = parse_int(a, v, 1);
         else if (!strcmp(a, "--mode")) {
             if (!strcmp(v, "pair")) opt.pair = 1;
@@ -352,6 +357,31 @@ int main(int argc, char **argv) {
     if (!errors && greeted < opt.conns)
         error(NULL, "only %d of %d connections greeted before the deadline", greeted,
               opt.conns);
+
+    /* Phase 1b: --warmup untimed turns each (default 1), as the independent
+     * generator (shared/bench/turns.py) does: what a server does once per
+     * conversation at its first line, such as sockchat's "started" log line,
+     * is not counted as the cost of a turn. */
+    if (!errors && opt.warmup) {
+        int timed = opt.turns;
+        opt.turns = opt.warmup;
+        finished = 0;
+        for (int i = 0; i < opt.conns; i++) {
+            struct conn *c = &conns[i];
+            if (c->state == BROKEN) finished++;
+            else if (!c->listener) speak(c);
+        }
+        while (!errors && finished < opt.conns && !over_deadline()) poll_once(100);
+        if (!errors && finished < opt.conns)
+            error(NULL, "%d of %d warm-up turns unfinished at the deadline",
+                  opt.conns - finished, opt.conns);
+        opt.turns = timed;
+        for (int i = 0; i < opt.conns; i++) {
+            struct conn *c = &conns[i];
+            if (c->state != BROKEN) { c->state = READY; c->turns = 0; }
+        }
+        nlatency = 0;
+    }
     if (opt.sync) {
         printf("ready %.6f\n", connect_s);
         wait_stdin();
