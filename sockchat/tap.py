@@ -154,8 +154,9 @@ class Options(usage.Options):
             "max-output",
             None,
             str(DEFAULT_MAX_OUTPUT),
-            "Bytes of answers a client may leave unread before the server stops "
-            "reading its lines (1 or more).",
+            "Bytes of memory one client may make the server hold (lines held "
+            "back, output it has not read) before it is no longer read (1 or "
+            "more).",
         ],
         [
             "max-clients",
