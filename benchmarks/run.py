@@ -100,6 +100,11 @@ TRANSCRIPT = Variant(
     sockchat=("--responder", "echo", "--transcript", "{tmp}/transcript.jsonl"),
     against=ECHO.name,
 )
+METRICS = Variant(
+    "sockchat echo + metrics",
+    sockchat=("--responder", "echo", "--metrics", "tcp:0:interface=127.0.0.1"),
+    against=ECHO.name,
+)
 
 
 @dataclass
@@ -212,6 +217,13 @@ def sockchat_features() -> set[str]:
         found.add("pair")
     if "--transcript" in helped:
         found.add("transcript")
+    if "--metrics" in helped:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            found.add("metrics")
     return found
 
 
@@ -628,7 +640,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--variants",
         default="baseline,echo,pair,transcript",
-        help="comma-separated subset of baseline,echo,pair,transcript",
+        help="comma-separated subset of baseline,echo,pair,transcript,metrics "
+        "(metrics: not run unless asked for)",
     )
     parser.add_argument("--json", type=Path, help="write every run here")
     parser.add_argument("--deadline", type=int, default=180, help="seconds per run")
@@ -651,7 +664,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = set(args.variants.split(","))
     variants = [v for k, v in (("baseline", BASELINE), ("echo", ECHO)) if k in chosen]
     missing = []
-    for key, variant in (("pair", PAIR), ("transcript", TRANSCRIPT)):
+    for key, variant in (
+        ("pair", PAIR),
+        ("transcript", TRANSCRIPT),
+        ("metrics", METRICS),
+    ):
         if key in chosen:
             if key in features:
                 variants.append(variant)

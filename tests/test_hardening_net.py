@@ -42,6 +42,8 @@ class Flooder(Protocol):
     """Sends lines as fast as it can and never reads a byte."""
 
     def connectionMade(self):
+        # A small receive buffer: the kernel cannot take the answers for it.
+        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         self.transport.pauseProducing()  # never read
         self.transport.write(b"flood\n" * 500_000)  # 3 MB
 
@@ -49,6 +51,9 @@ class Flooder(Protocol):
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_never_reads_holds_little_and_delays_no_one():
     factory, port = await listen(max_output=64 * 1024)
+    # Accepted sockets inherit a small send buffer: the flood reaches the
+    # server's own buffers after kilobytes, not after megabytes of echoes.
+    port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
     number = port.getHost().port
     try:
         flooder = await TCP4ClientEndpoint(reactor, "127.0.0.1", number).connect(
