@@ -886,13 +886,17 @@ class ServerConversation:
             # A health check or a port probe says nothing: one debug event.
             "info" if self.lines or self.answers else "debug",
             "conversation {cid} with {peer} ended after {turns} turn(s) in "
-            "{duration:.1f}s, {refused} line(s) refused, {failures} answer(s) "
-            "failed: {why}",
+            "{duration:.1f}s{counted}: {why}",
             cid=self.id,
             peer=self.peer,
             turns=self.answers,
             refused=self._refused,
             failures=self._failures,
+            counted=(
+                f", {self._refused} line(s) refused, {self._failures} answer(s) failed"
+                if self._refused or self._failures
+                else ""
+            ),
             duration=now - self._started,
             why=self._why_ended(clean, why),
         )
