@@ -208,11 +208,13 @@ class Door:
 
     def _act(self, action: Action) -> None:
         if isinstance(action, Log):
-            log.emit(
-                LogLevel.lookupByName(action.level),
-                action.format,
-                **dict(action.fields),
-            )
+            fields = dict(action.fields)
+            if action.level == "debug":  # a conversation that said nothing
+                held_back = self.factory.quiet.admit("silent")
+                if held_back is None:
+                    return
+                fields["held_back"] = held_back
+            log.emit(LogLevel.lookupByName(action.level), action.format, **fields)
         elif isinstance(action, Record):
             transcript = self.factory.transcript
             if transcript is not None:

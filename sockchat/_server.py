@@ -235,6 +235,38 @@ class ChatServerProtocol(Door, Protocol):
         self.transport.abortConnection()
 
 
+#: Seconds over which events that any client can cause at will (a refused
+#: connection, a probe that says nothing) are logged once, then counted.
+LOG_WINDOW = 60.0
+
+
+class LogLimiter:
+    """At most one log line per kind of event per ``LOG_WINDOW``.
+
+    The first event of a kind is logged; the next ones in the window are
+    counted, and the first one after it is logged with that count.  So a
+    loop of refused connections, or of port probes, cannot grow the log
+    faster than a line a minute.
+    """
+
+    __slots__ = ("_clock", "_counts", "_since")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._since: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+
+    def admit(self, kind: str) -> int | None:
+        """None: say nothing; else log it, with this many held back before."""
+        now = self._clock.seconds()
+        since = self._since.get(kind)
+        if since is not None and now - since < LOG_WINDOW:
+            self._counts[kind] = self._counts.get(kind, 0) + 1
+            return None
+        self._since[kind] = now
+        return self._counts.pop(kind, 0)
+
+
 class _IdleWatch:
     """One timer for every conversation's idle deadline.
 
@@ -365,6 +397,8 @@ class ChatServerFactory(_FactoryBase):
         self.conversations: dict[int, Door] = {}
         self._ids = itertools.count(1)
         self._idle = _IdleWatch(clock, self.conversations)
+        #: Rate limits for the log lines any client can cause at will.
+        self.quiet = LogLimiter(clock)
         #: What ``--metrics`` reports.
         self.stats = ServerStats(
             live=lambda: (p.engine for p in self.conversations.values()),
@@ -395,13 +429,21 @@ class ChatServerFactory(_FactoryBase):
         if refusal is None:
             return None
         self.stats.refused_connection(refusal.notice.code)
-        log.info(
-            "refused a connection from {peer}: {code} ({why})",
-            peer=describe_address(addr) if addr is not None else "unknown",
-            code=refusal.notice.code,
-            why=refusal.why,
-            option=refusal.option,
-        )
+        held_back = self.quiet.admit("refused " + refusal.notice.code)
+        if held_back is not None:
+            log.info(
+                "refused a connection from {peer}: {code} ({why}){since}",
+                peer=describe_address(addr) if addr is not None else "unknown",
+                code=refusal.notice.code,
+                why=refusal.why,
+                option=refusal.option,
+                held_back=held_back,
+                since=(
+                    f"; {held_back} more refused since the last such line"
+                    if held_back
+                    else f"; more are counted, one line per {LOG_WINDOW:g} s"
+                ),
+            )
         return refusal.notice
 
     def buildProtocol(self, addr: Any) -> Protocol:

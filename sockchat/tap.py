@@ -440,8 +440,10 @@ def load_responder(reference: str) -> IResponder:
 
 def _whole(options: Options, name: str, minimum: int) -> int:
     text = options[name]
-    if not text.isdigit() or int(text) < minimum:
+    if not text.isdigit():
         raise fatal(f"--{name} {text} is not a whole number ({minimum} or more)")
+    if int(text) < minimum:
+        raise fatal(f"--{name} must be {minimum} or more, not {text}")
     return int(text)
 
 

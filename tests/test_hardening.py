@@ -442,3 +442,28 @@ def test_the_idle_watch_does_not_grow_with_connections_that_came_and_went():
     assert len(factory._idle._heap) < 200, "one entry per ended conversation"
     clock.advance(600)
     assert kept.engine.code == "idle-timeout"
+
+
+def test_refused_connections_and_silent_probes_log_a_line_a_minute():
+    from twisted.logger import capturedLogs
+
+    clock = Clock()
+    factory = ChatServerFactory(
+        EchoResponder(), admission=Admission(max_clients=1), clock=clock
+    )
+    with capturedLogs() as events:
+        keep, _ = connect(factory)
+        for _ in range(100):  # over the cap: refused
+            factory.buildProtocol(v4("127.0.0.1", 40001))
+        keep.connectionLost(Failure(ConnectionDone()))
+        for _ in range(100):  # probes that say nothing
+            proto, _ = connect(factory)
+            lose(proto)
+        clock.advance(61)
+        factory.buildProtocol(v4("127.0.0.1", 40002))
+        proto, _ = connect(factory)
+        proto, _ = connect(factory)  # refused again: the cap is 1
+    refused = [e for e in events if "refused a connection" in e["log_format"]]
+    silent = [e for e in events if e["log_level"].name == "debug"]
+    assert [e["held_back"] for e in refused] == [0, 99]  # then 99 counted
+    assert [e["held_back"] for e in silent] == [0]

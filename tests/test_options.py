@@ -57,9 +57,7 @@ def test_help_says_0_means_none_only_for_options_that_take_0():
 def test_options_that_refuse_0_say_so_in_their_help(name):
     with pytest.raises(SystemExit) as refused:
         parse(f"--{name}", "0")
-    assert str(refused.value) == (
-        f"sockchat: --{name} 0 is not a whole number (1 or more)"
-    )
+    assert str(refused.value) == (f"sockchat: --{name} must be 1 or more, not 0")
     assert "(1 or more)" in help_of(name)
     assert name not in said_to_take_zero()
 
