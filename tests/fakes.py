@@ -1,9 +1,16 @@
-"""Fakes shared by the tests: a responder that answers when told, and a
-transcript kept in memory."""
+"""Fakes shared by the tests: a responder that answers when told, a
+transcript kept in memory, and the helpers that open a conversation in
+memory and read what the server said."""
 
 from __future__ import annotations
 
+from typing import Any
+
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockchat import ConversationInfo, IResponder, ITranscript, TranscriptEntry
@@ -33,3 +40,36 @@ class Kept:
 
     def record(self, entry: TranscriptEntry) -> None:
         self.entries.append(entry)
+
+
+#: The peer of a conversation opened in memory, unless a test gives another.
+PEER = IPv4Address("TCP", "127.0.0.1", 50000)
+
+
+def open_conversation(factory: Any, addr: Any = None) -> tuple[Any, StringTransport]:
+    """A conversation of *factory* over a ``StringTransport``, connected."""
+    addr = addr or PEER
+    proto = factory.buildProtocol(addr)
+    transport = StringTransport(peerAddress=addr)
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+def said(transport: StringTransport) -> list[str]:
+    """The lines the server wrote since the last call (each ends in \\n)."""
+    lines = transport.value().decode().split("\n")
+    transport.clear()
+    assert lines[-1] == "", "every server line ends in a newline"
+    return lines[:-1]
+
+
+def sent(transport: StringTransport) -> bytes:
+    """The bytes the server wrote since the last call."""
+    data = transport.value()
+    transport.clear()
+    return data
+
+
+def lose(proto: Any) -> None:
+    """The client closed the connection."""
+    proto.connectionLost(Failure(ConnectionDone()))

@@ -24,7 +24,7 @@ from sockchat._limits import AccessRules, Admission, parse_networks
 from sockchat._server import TRANSPORT_BUFFER
 from sockchat._wire import Answer, Notice, parse_server_line
 
-from fakes import Later
+from fakes import Later, lose, open_conversation, said
 
 
 def v4(host: str, port: int = 40000) -> IPv4Address:
@@ -32,21 +32,10 @@ def v4(host: str, port: int = 40000) -> IPv4Address:
 
 
 def connect(factory: ChatServerFactory, addr=None):
-    addr = addr or v4("127.0.0.1")
-    proto = factory.buildProtocol(addr)
-    transport = StringTransport(peerAddress=addr)
-    proto.makeConnection(transport)
-    return proto, transport
+    return open_conversation(factory, addr or v4("127.0.0.1"))
 
 
-def lines(transport: StringTransport) -> list[str]:
-    out = transport.value().decode().split("\n")
-    transport.clear()
-    return out[:-1]
-
-
-def lose(proto) -> None:
-    proto.connectionLost(Failure(ConnectionDone()))
+lines = said
 
 
 # Idle timeout

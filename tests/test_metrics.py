@@ -10,7 +10,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.web.test.requesthelper import DummyRequest
 
 from sockchat import ChatServerFactory, EchoResponder
@@ -31,7 +30,7 @@ from sockchat._services import ChatServerService, MetricsService
 from sockchat.tap import Options
 
 from conftest import has_fired
-from fakes import Later
+from fakes import Later, open_conversation
 
 
 def samples(stats: ServerStats, health: Health | None = None) -> dict:
@@ -52,10 +51,7 @@ def peer(port: int = 40000) -> IPv4Address:
 
 
 def connect(factory: ChatServerFactory, port: int = 40000):
-    proto = factory.buildProtocol(peer(port))
-    transport = StringTransport(peerAddress=peer(port))
-    proto.makeConnection(transport)
-    return proto, transport
+    return open_conversation(factory, peer(port))
 
 
 def test_histogram_counts_a_bound_in_its_own_bucket():

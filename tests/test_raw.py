@@ -29,7 +29,7 @@ from sockchat._client import Conversation, _ChatClientProtocol
 from sockchat._limits import Admission
 
 from conftest import has_fired, result_of
-from fakes import Kept, Later
+from fakes import Kept, Later, open_conversation, sent
 
 RAW = RawFraming()
 PEER = IPv4Address("TCP", "127.0.0.1", 50000)
@@ -38,16 +38,7 @@ PEER = IPv4Address("TCP", "127.0.0.1", 50000)
 def connect(responder=None, **kw):
     kw.setdefault("clock", Clock())
     factory = ChatServerFactory(responder or EchoResponder(), framing=RAW, **kw)
-    proto = factory.buildProtocol(PEER)
-    transport = StringTransport(peerAddress=PEER)
-    proto.makeConnection(transport)
-    return proto, transport
-
-
-def sent(transport: StringTransport) -> bytes:
-    data = transport.value()
-    transport.clear()
-    return data
+    return open_conversation(factory, PEER)
 
 
 def test_no_greeting_and_answers_with_no_newline():

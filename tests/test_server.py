@@ -13,6 +13,8 @@ from zope.interface import implementer
 from sockchat import ChatServerFactory, ConversationInfo, EchoResponder, IResponder
 from sockchat._server import ChatServerProtocol, describe_address
 
+from fakes import open_conversation, said
+
 
 @implementer(IResponder)
 class Recorder:
@@ -35,17 +37,7 @@ class Recorder:
 
 def connect(responder, **kw) -> tuple[ChatServerProtocol, StringTransport]:
     factory = ChatServerFactory(responder, **kw)
-    proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
-    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
-    proto.makeConnection(transport)
-    return proto, transport
-
-
-def said(transport: StringTransport) -> list[str]:
-    lines = transport.value().decode().split("\n")
-    transport.clear()
-    assert lines[-1] == "", "every server line ends in a newline"
-    return lines[:-1]
+    return open_conversation(factory)
 
 
 def test_welcome_is_a_notice_that_says_who_speaks_first():
