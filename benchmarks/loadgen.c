@@ -285,6 +285,17 @@ static void wait_stdin(void) {
     waited += (now_ns() - t0) / 1e9;
 }
 
+/* Every speaker speaks, then each conversation takes opt.turns turns. */
+static void run_turns(void) {
+    finished = 0;
+    for (int i = 0; i < opt.conns; i++) {
+        struct conn *c = &conns[i];
+        if (c->state == BROKEN) finished++;
+        else if (!c->listener) speak(c);
+    }
+    while (!errors && finished < opt.conns && !over_deadline()) poll_once(100);
+}
+
 static int cmp64(const void *a, const void *b) {
     int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
     return (x > y) - (x < y);
@@ -365,13 +376,7 @@ int main(int argc, char **argv) {
     if (!errors && opt.warmup) {
         int timed = opt.turns;
         opt.turns = opt.warmup;
-        finished = 0;
-        for (int i = 0; i < opt.conns; i++) {
-            struct conn *c = &conns[i];
-            if (c->state == BROKEN) finished++;
-            else if (!c->listener) speak(c);
-        }
-        while (!errors && finished < opt.conns && !over_deadline()) poll_once(100);
+        run_turns();
         if (!errors && finished < opt.conns)
             error(NULL, "%d of %d warm-up turns unfinished at the deadline",
                   opt.conns - finished, opt.conns);
@@ -390,13 +395,7 @@ int main(int argc, char **argv) {
     /* Phase 2: the turns. */
     double cpu0 = cpu_seconds();
     int64_t t0 = now_ns();
-    finished = 0;
-    for (int i = 0; i < opt.conns; i++) {
-        struct conn *c = &conns[i];
-        if (c->state == BROKEN) finished++;
-        else if (!c->listener) speak(c);
-    }
-    while (!errors && finished < opt.conns && !over_deadline()) poll_once(100);
+    run_turns();
     int64_t t1 = now_ns();
     double cpu1 = cpu_seconds();
     if (!errors && finished < opt.conns)

@@ -14,7 +14,7 @@ from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred, TimeoutError
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -57,7 +57,7 @@ def as_deferred(reply: object) -> Deferred[Any] | None:
     return None
 
 
-@implementer(IConversation)
+@implementer(IConversation, IPushProducer)
 class Door:
     """One conversation's connection, whatever it is.
 
@@ -178,6 +178,22 @@ class Door:
         factory.admission.release(self.host)
         if self._closed is not None:
             self._closed.callback(None)
+
+    # IPushProducer: the door's connection says its output is full, or not
+    # (TCP: the transport; WebSocket: the TCP connection under it).
+
+    def pauseProducing(self) -> None:
+        now = self.factory.clock.seconds()
+        self.engine.output_full(now)
+        self._run(now)
+
+    def resumeProducing(self) -> None:
+        now = self.factory.clock.seconds()
+        self.engine.output_drained(now)
+        self._run(now)
+
+    def stopProducing(self) -> None:
+        pass  # connectionLost follows
 
     # Carrying out the engine's actions.
 

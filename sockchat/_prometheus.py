@@ -136,7 +136,8 @@ class StatsCollector:
         )
         yield GaugeMetricFamily(
             "sockchat_output_held_bytes",
-            "Bytes written to clients and not sent yet (they read slowly)",
+            "Bytes of memory held for clients that do not read, as counted "
+            "against --max-output",
             value=sum(s.output_held() for s in every),
         )
         latency = HistogramMetricFamily(

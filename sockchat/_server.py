@@ -119,7 +119,7 @@ def set_buffer_size(transport: object, size: int) -> None:
         transport = getattr(transport, "transport", None)
 
 
-@implementer(IHalfCloseableProtocol, IPushProducer, IHandshakeListener)
+@implementer(IHalfCloseableProtocol, IHandshakeListener)
 class ChatServerProtocol(Door, Protocol):
     """One conversation over a byte stream, from connect to close.
 
@@ -190,19 +190,6 @@ class ChatServerProtocol(Door, Protocol):
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()
-
-    def pauseProducing(self) -> None:  # IPushProducer: the client is not reading
-        now = self.factory.clock.seconds()
-        self.engine.output_full(now)
-        self._run(now)
-
-    def resumeProducing(self) -> None:
-        now = self.factory.clock.seconds()
-        self.engine.output_drained(now)
-        self._run(now)
-
-    def stopProducing(self) -> None:
-        pass  # connectionLost follows
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         clean = bool(reason.check(ConnectionDone))
@@ -408,10 +395,6 @@ class ChatServerFactory(_FactoryBase):
     @property
     def framing(self) -> Framing:
         return self.settings.framing
-
-    @property
-    def max_line(self) -> int:
-        return self.settings.max_line
 
     def forget(self, proto: Door) -> None:
         """*proto* has ended: the idle watch may drop it."""

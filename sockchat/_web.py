@@ -54,7 +54,6 @@ from twisted.web.websocket import WebSocketResource, WebSocketTransport
 from wsproto.connection import ConnectionType
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
-from zope.interface import implementer
 
 from ._door import Door
 from ._engine import Action, Close, Reason, SendMessage
@@ -240,7 +239,6 @@ def close_code(reason: Reason) -> int:
     return CLOSE_CODES.get(reason, 1000)
 
 
-@implementer(IPushProducer)
 class WebConversation(Door):
     """One conversation over a WebSocket.
 
@@ -315,21 +313,6 @@ class WebConversation(Door):
             now = self.factory.clock.seconds()
             engine.receive_binary(now)
             self._run(now)
-
-    # IPushProducer: the TCP connection under the socket is full, or not.
-
-    def pauseProducing(self) -> None:
-        now = self.factory.clock.seconds()
-        self.engine.output_full(now)
-        self._run(now)
-
-    def resumeProducing(self) -> None:
-        now = self.factory.clock.seconds()
-        self.engine.output_drained(now)
-        self._run(now)
-
-    def stopProducing(self) -> None:
-        pass  # connectionLost follows
 
     # The engine's actions.
 
