@@ -1,0 +1,119 @@
+"""What sockchat processes say to each other through the broker.
+
+The key names and the messages of broker protocol ``PROTOCOL``, with no
+I/O: every message is one JSON object with ``"v"`` (the protocol) and
+``"kind"``.  ``decode`` refuses anything else with a ``WireError`` whose
+text is one line for the log, so that an operator, worker or instance of
+another version is refused clearly rather than misunderstood.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from attrs import frozen
+
+__all__ = [
+    "CLAIM_AFTER",
+    "HEARTBEAT",
+    "HEARTBEAT_TTL",
+    "INBOX_TTL",
+    "PROTOCOL",
+    "Keys",
+    "WireError",
+    "decode",
+    "encode",
+]
+
+#: The broker protocol.  Raise it when a message changes meaning.
+PROTOCOL = 1
+
+#: Seconds between an instance's (and a consumer's) heartbeats.
+HEARTBEAT = 2.0
+#: Seconds after its last heartbeat that an instance counts as dead.
+HEARTBEAT_TTL = 10.0
+#: Seconds a line held by a consumer that stopped touching it (it died)
+#: waits before another consumer takes it.
+CLAIM_AFTER = 10.0
+#: Seconds an inbox nobody reads lives on after its last message.
+INBOX_TTL = 30.0
+
+#: The consumer groups, one per shared queue.
+OPERATORS = "operators"
+WORKERS = "workers"
+
+
+class WireError(ValueError):
+    """A message that this version cannot take; ``str()`` is one line."""
+
+
+@frozen
+class Keys:
+    """The broker's key names, all under one *prefix*."""
+
+    prefix: str = "sockchat"
+
+    @property
+    def protocol(self) -> str:
+        return f"{self.prefix}:protocol"
+
+    @property
+    def instance_counter(self) -> str:
+        return f"{self.prefix}:instance-counter"
+
+    @property
+    def instance_prefix(self) -> str:
+        return f"{self.prefix}:instance:"
+
+    def instance(self, name: str) -> str:
+        return f"{self.prefix}:instance:{name}"
+
+    @property
+    def instances(self) -> str:
+        return f"{self.prefix}:instances"
+
+    def clients(self, name: str) -> str:
+        return f"{self.prefix}:clients:{name}"
+
+    def inbox(self, name: str) -> str:
+        return f"{self.prefix}:inbox:{name}"
+
+    def operator_inbox(self, consumer: str) -> str:
+        return f"{self.prefix}:inbox:op:{consumer}"
+
+    def work(self, group: str) -> str:
+        return f"{self.prefix}:work:{group}"
+
+    @property
+    def pair_waiting(self) -> str:
+        return f"{self.prefix}:pair:waiting"
+
+
+def encode(kind: str, **fields: Any) -> bytes:
+    """One message of this protocol, as bytes for the broker."""
+    return json.dumps(
+        {"v": PROTOCOL, "kind": kind, **fields},
+        ensure_ascii=True,
+        separators=(",", ":"),
+    ).encode("ascii")
+
+
+def decode(data: bytes | str, *, sender: str = "a sender") -> dict[str, Any]:
+    """The message in *data*; ``WireError`` if it is not one of this
+    protocol's (*sender* names where it came from, for the error)."""
+    try:
+        message = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        raise WireError(f"{sender} sent something that is not JSON") from None
+    if not isinstance(message, dict):
+        raise WireError(f"{sender} sent a JSON {type(message).__name__}, not an object")
+    version = message.get("v")
+    if version != PROTOCOL:
+        raise WireError(
+            f"{sender} speaks broker protocol {version!r}; this sockchat speaks "
+            f"{PROTOCOL}: run the same sockchat version everywhere"
+        )
+    if not isinstance(message.get("kind"), str):
+        raise WireError(f"{sender} sent a message with no kind")
+    return message
