@@ -21,12 +21,14 @@ from ._limits import Admission
 from ._pair import PairResponder
 from ._render import safe_text
 from ._responder import (
+    AnswerFailed,
     ConversationInfo,
     EchoResponder,
     FunctionResponder,
     IConversation,
     ILifecycle,
     IResponder,
+    Unavailable,
     as_responder,
 )
 from ._server import ChatServerFactory
@@ -40,6 +42,7 @@ __all__ = [
     "DEFAULT_MAX_LINE",
     "QUIT",
     "Admission",
+    "AnswerFailed",
     "ChatServerFactory",
     "ConsoleResponder",
     "Conversation",
@@ -63,6 +66,7 @@ __all__ = [
     "SockchatError",
     "TranscriptEntry",
     "TranscriptFile",
+    "Unavailable",
     "__version__",
     "as_responder",
     "chat_site",

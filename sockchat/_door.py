@@ -31,7 +31,14 @@ from ._engine import (
     ServerConversation,
     TelnetReply,
 )
-from ._responder import ConversationInfo, IConversation, ILifecycle, Reply
+from ._responder import (
+    AnswerFailed,
+    ConversationInfo,
+    IConversation,
+    ILifecycle,
+    Reply,
+    Unavailable,
+)
 from ._wire import Notice, NoticeKind, make_notice
 
 if TYPE_CHECKING:
@@ -308,6 +315,12 @@ class Door:
         now = self.factory.clock.seconds()
         if failure.check(TimeoutError):
             self.engine.failed(now, timeout=True)
+            return
+        if failure.check(Unavailable):
+            self.engine.failed(now, unavailable=str(failure.value) or "unavailable")
+            return
+        if failure.check(AnswerFailed):
+            self.engine.failed(now, why=str(failure.value) or "it failed")
             return
         name = failure.type.__name__ if failure.type else "error"
         if self.engine.failed(now, raised=name):

@@ -718,17 +718,27 @@ class ServerConversation:
             self._finish_if_done(now)
 
     def failed(
-        self, now: float, *, raised: str = "", why: str = "", timeout: bool = False
+        self,
+        now: float,
+        *,
+        raised: str = "",
+        why: str = "",
+        timeout: bool = False,
+        unavailable: str = "",
     ) -> bool:
         """The responder could not answer: it raised an exception of the type
-        named *raised*, broke the contract (*why* says how), or did not
-        answer within ``answer_timeout`` (*timeout*).
+        named *raised*, broke the contract (*why* says how), did not answer
+        within ``answer_timeout`` (*timeout*), or cannot answer for now
+        (*unavailable* says why: the broker is unreachable).
 
         True if the door should log the failure's traceback: the first time
         in a conversation only, so one client cannot fill the log.
         """
         if self.phase is not _OPEN or self.turn is not _SERVER:
             return False  # the conversation ended first: no one left to tell
+        if unavailable:
+            self._fail(unavailable, "unavailable", now)
+            return False
         self._failures += 1
         first = self._failures == 1
         if timeout:

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface, implementer
 
 __all__ = [
+    "AnswerFailed",
     "ConversationInfo",
     "EchoResponder",
     "FunctionResponder",
@@ -25,11 +26,27 @@ __all__ = [
     "ILifecycle",
     "IResponder",
     "Reply",
+    "Unavailable",
     "as_responder",
 ]
 
 #: What ``IResponder.respond`` may return.
 Reply = str | Deferred[str] | Awaitable[str]
+
+
+class Unavailable(Exception):
+    """Raise it (or fail the answer's Deferred with it) when the line cannot be
+    answered now but may be later: the broker is unreachable, no worker runs.
+
+    The client gets ``!error unavailable`` with ``str()`` of it, and its turn
+    back; no traceback is logged.
+    """
+
+
+class AnswerFailed(Exception):
+    """The answer failed somewhere else, and ``str()`` says how in one line
+    (a worker's responder raised): the client gets ``!error
+    responder-failed`` with that text, and no traceback is logged here."""
 
 
 @frozen

@@ -290,3 +290,44 @@ def test_load_responder_errors_are_one_line(module_dir, reference, message):
     assert text.startswith(f"sockchat: --responder {reference}: ")
     assert message in text
     assert "\n" not in text
+
+
+def test_an_unavailable_responder_gives_the_turn_back_without_a_traceback(
+    logged_failures,
+):
+    from sockchat import Unavailable
+
+    @implementer(IResponder)
+    class Away:
+        def respond(self, conversation, text):
+            if text == "later":
+                return fail(Unavailable("the broker is unreachable"))
+            raise Unavailable("no worker is running")
+
+    server = MemoryServer(Away())
+    _, conversation = notices_of(server)
+    for text, why in (("now", "no worker is running"), ("later", "the broker is")):
+        with pytest.raises(LineRefused) as refused:
+            server.result(conversation.say(text))
+        assert refused.value.notice.code == "unavailable"
+        assert why in refused.value.notice.text
+        assert conversation.my_turn
+    assert logged_failures == []
+
+
+def test_an_answer_that_failed_elsewhere_says_how(logged_failures):
+    from sockchat import AnswerFailed
+
+    @implementer(IResponder)
+    class Remote:
+        def respond(self, conversation, text):
+            return fail(AnswerFailed("the worker's responder raised KeyError"))
+
+    server = MemoryServer(Remote())
+    _, conversation = notices_of(server)
+    with pytest.raises(LineRefused) as refused:
+        server.result(conversation.say("hi"))
+    assert refused.value.notice.code == "responder-failed"
+    assert "the worker's responder raised KeyError" in refused.value.notice.text
+    assert conversation.my_turn
+    assert logged_failures == []
