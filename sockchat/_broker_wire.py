@@ -82,6 +82,9 @@ class Keys:
     def operator_inbox(self, consumer: str) -> str:
         return f"{self.prefix}:inbox:op:{consumer}"
 
+    def consumers(self, group: str) -> str:
+        return f"{self.prefix}:consumers:{group}"
+
     def work(self, group: str) -> str:
         return f"{self.prefix}:work:{group}"
 
