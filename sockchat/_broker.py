@@ -191,7 +191,7 @@ class BrokerInstance:
         now = time.time()
         live = 0
         pairs = reply or []
-        for name, value in zip(pairs[::2], pairs[1::2]):
+        for name, value in zip(pairs[::2], pairs[1::2], strict=False):
             try:
                 until = float(json.loads(value).get("until", 0))
             except (ValueError, AttributeError, TypeError):

@@ -45,9 +45,12 @@ from ._version import __version__
 
 log = Logger(namespace="sockchat")
 
-RESPONDERS = ("console", "echo", "pair")
+RESPONDERS = ("console", "echo", "pair", "operators", "workers")
+#: The responders that need --broker, and those that may use it.
+BROKER_ONLY = ("operators", "workers")
+BROKER_USERS = ("operators", "workers", "pair")
 #: Responders that a person stands behind: no answer timeout by default.
-HUMAN_RESPONDERS = ("console", "pair")
+HUMAN_RESPONDERS = ("console", "pair", "operators")
 #: Seconds any other responder may take over an answer, by default.
 DEFAULT_ANSWER_TIMEOUT = 30.0
 
@@ -117,9 +120,19 @@ class Options(usage.Options):
             "r",
             None,
             "Who answers: console (you, at this terminal), echo, pair (clients "
-            "talk to each other, two by two), or your own responder as "
-            "package.module:name. Default: console when stdin is a terminal "
-            "(the console needs twistd -n).",
+            "talk to each other, two by two), operators or workers (through "
+            "--broker: python -m sockchat.operator / sockchat.worker, on any "
+            "machine), or your own responder as package.module:name. Default: "
+            "console when stdin is a terminal (the console needs twistd -n).",
+        ],
+        [
+            "broker",
+            None,
+            None,
+            "Redis URL of the broker that several instances share: "
+            "redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS, verified; "
+            "?ca=FILE for a private CA), or unix:///PATH. Needed by --responder "
+            "operators and workers; with pair, pairs span every instance.",
         ],
         [
             "transcript",
@@ -263,6 +276,7 @@ class Options(usage.Options):
             )
         if self["responder"] == "console":
             _check_console(self, chosen=responder is not None)
+        _check_broker(self)
         self["answer_timeout"] = _answer_timeout(self)
         try:
             self["framing_value"] = framing_named(self["framing"])
@@ -388,6 +402,30 @@ def _seconds(text: str, name: str) -> float:
     return value
 
 
+def _check_broker(options: Options) -> None:
+    """``--broker``: a URL that parses, and a responder that uses it."""
+    url, responder = options["broker"], options["responder"]
+    options["broker_address"] = None
+    if url is None:
+        if responder in BROKER_ONLY:
+            raise fatal(
+                f"--responder {responder} needs --broker URL (the Redis that the "
+                f"{responder} share), e.g. --broker redis://127.0.0.1:6379/0"
+            )
+        return
+    if responder not in BROKER_USERS:
+        raise fatal(
+            f"--broker is used by --responder operators, workers or pair; with "
+            f"{responder} it would do nothing"
+        )
+    from ._redis import parse_broker_url
+
+    try:
+        options["broker_address"] = parse_broker_url(url)
+    except ValueError as e:
+        raise fatal(str(e).removeprefix("sockchat: ")) from None
+
+
 def _answer_timeout(options: Options) -> float | None:
     text = options["answer-timeout"]
     if text is None:
@@ -510,7 +548,19 @@ def makeService(options: Options) -> IService:
     top = MultiService()
     responder: IResponder
     name = options["responder"]
-    if name == "console":
+    broker = None
+    if options["broker_address"] is not None:
+        broker = _broker_service(options)
+        broker.setServiceParent(top)
+    if broker is not None and name == "pair":
+        from ._pair_broker import BrokerPairResponder
+
+        responder = BrokerPairResponder(broker.instance)
+    elif broker is not None:
+        from ._broker import QueueResponder
+
+        responder = QueueResponder(broker.instance, name, lifecycle=name == "workers")
+    elif name == "console":
         console_service = OperatorConsoleService(reactor, ConsoleResponder)
         console_service.setServiceParent(top)
         responder = console_service.console
@@ -567,6 +617,25 @@ def makeService(options: Options) -> IService:
     if options["metrics_endpoint"] is not None:
         _metrics_service(reactor, options, factory, health, doors).setServiceParent(top)
     return top
+
+
+def _broker_service(options: Options) -> Any:
+    """``--broker``: register this instance (one line and exit 1 if the broker
+    cannot be used), then keep its connections."""
+    from twisted.internet import reactor
+
+    from ._broker import instance_about
+    from ._broker_service import BrokerService, register
+
+    address = options["broker_address"]
+    about = instance_about(options["where"])
+    name = register(address, about)
+    log.info(
+        "this instance is {name} at the broker {broker}",
+        name=name,
+        broker=address.display,
+    )
+    return BrokerService(reactor, address, name, about)
 
 
 def _metrics_service(
