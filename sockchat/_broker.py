@@ -107,6 +107,11 @@ class BrokerInstance:
 
     # -- Life ------------------------------------------------------------------
 
+    def __attrs_post_init__(self) -> None:
+        # Both clients say when they lose the broker and when it is back.
+        self.redis.on_state = self.state_changed  # type: ignore[attr-defined]
+        self.inbox.on_state = self.inbox_state_changed  # type: ignore[attr-defined]
+
     def start(self) -> None:
         """Begin the heartbeat and the inbox's reading."""
         self._running = True
@@ -144,7 +149,7 @@ class BrokerInstance:
         if not connected:
             log.warn(
                 "lost the broker at {broker}; new lines get 'unavailable' until "
-                "it is back",
+                "it returns",
                 broker=self.display,
             )
             return
@@ -188,7 +193,7 @@ class BrokerInstance:
             beat()
 
     def _count_consumers(self, reply: list[bytes] | None, group: str) -> None:
-        now = time.time()
+        now = self.clock.seconds()
         live = 0
         pairs = reply or []
         for name, value in zip(pairs[::2], pairs[1::2], strict=False):
@@ -206,12 +211,7 @@ class BrokerInstance:
 
     def _look_at_instances(self, members: list[bytes] | None) -> None:
         names = [m.decode() for m in members or []]
-        checks = [
-            self.redis.command("EXISTS", self.keys.instance(n)).addCallback(
-                lambda exists, n=n: (n, bool(exists))
-            )
-            for n in names
-        ]
+        checks = [self._exists(n) for n in names]
 
         def seen(results: list[tuple[bool, Any]]) -> None:
             alive = {self.name}
@@ -226,6 +226,12 @@ class BrokerInstance:
             self._alive = alive
 
         DeferredList(checks, consumeErrors=True).addCallback(seen)
+
+    def _exists(self, name: str) -> Deferred[tuple[str, bool]]:
+        def said(exists: int) -> tuple[str, bool]:
+            return name, bool(exists)
+
+        return self.redis.command("EXISTS", self.keys.instance(name)).addCallback(said)
 
     def watch_consumers(self, group: str) -> None:
         """Count the live consumers of *group* at every heartbeat."""
@@ -407,9 +413,15 @@ class QueueResponder:
         line.answer = answer
         self._lines[conversation.id] = line
         added = self._add_work(
-            "line", conversation, n=number, text=text, at=round(time.time(), 3)
+            "line",
+            conversation,
+            n=number,
+            text=text,
+            at=round(instance.clock.seconds(), 3),
         )
-        added.addCallbacks(self._added, self._not_added, (line,), None, (line,))
+        added.addCallbacks(
+            self._added, self._not_added, callbackArgs=(line,), errbackArgs=(line,)
+        )
         if (
             self.group == OPERATORS
             and online == 0

@@ -139,13 +139,8 @@ class BrokerService(Service):
         self, reactor: Any, address: BrokerAddress, name: str, about: dict[str, Any]
     ) -> None:
         self._reactor = reactor
-        holder: list[BrokerInstance] = []
-        self._redis = RedisClient(
-            reactor, address, on_state=lambda up: holder[0].state_changed(up)
-        )
-        self._inbox = RedisClient(
-            reactor, address, on_state=lambda up: holder[0].inbox_state_changed(up)
-        )
+        self._redis = RedisClient(reactor, address)
+        self._inbox = RedisClient(reactor, address)
         self.instance = BrokerInstance(
             self._redis,
             self._inbox,
@@ -154,7 +149,6 @@ class BrokerService(Service):
             address.display,
             about=about,
         )
-        holder.append(self.instance)
 
     def startService(self) -> None:
         super().startService()
