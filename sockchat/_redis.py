@@ -27,23 +27,56 @@ does.
 
 from __future__ import annotations
 
+import collections
+import os
+import random
+import socket
 import typing
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from attrs import frozen
-from twisted.internet.defer import Deferred
+from twisted.internet import defer, error
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    UNIXClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._resp import ErrorReply, ProtocolError, ReplyParser, encode_command
 
 __all__ = [
     "BrokerAddress",
     "BrokerUnavailable",
     "IRedis",
+    "RedisClient",
     "RedisError",
     "parse_broker_url",
 ]
 
+log = Logger(namespace="sockchat.redis")
+
 #: Redis's port when a URL gives none.
 DEFAULT_PORT = 6379
+#: Seconds a connection attempt (connect, TLS, AUTH, SELECT) may take.
+CONNECT_TIMEOUT = 5.0
+#: The first pause before reconnecting, doubled after each failed attempt
+#: up to RECONNECT_MAX, each with +-20% jitter.
+RECONNECT_FIRST = 0.2
+RECONNECT_MAX = 5.0
+#: TCP keepalive: probe after this many idle seconds, then every
+#: KEEPALIVE_INTERVAL, and give up after KEEPALIVE_COUNT unanswered probes,
+#: so that a broker whose host vanished is noticed within about 30 s even
+#: while a blocking command waits.
+KEEPALIVE_IDLE = 15
+KEEPALIVE_INTERVAL = 5
+KEEPALIVE_COUNT = 3
 
 
 class BrokerUnavailable(Exception):
@@ -253,3 +286,395 @@ def _tls_options(address: BrokerAddress) -> Any:
         )
         mine = PrivateCertificate.loadPEM(pem)  # type: ignore[no-untyped-call]  # Twisted's ssl is unannotated
     return optionsForClientTLS(address.host, trustRoot=trust, clientCertificate=mine)
+
+
+def broker_endpoint(
+    reactor: Any, address: BrokerAddress, timeout: float = CONNECT_TIMEOUT
+) -> IStreamClientEndpoint:
+    """The Twisted endpoint that reaches *address*."""
+    if address.scheme == "unix":
+        return UNIXClientEndpoint(reactor, address.path, timeout=timeout)
+    tcp = HostnameEndpoint(reactor, address.host, address.port, timeout=timeout)
+    if address.tls:
+        return wrapClientTLS(_tls_options(address), tcp)
+    return tcp
+
+
+def _why(failure: Failure, address: BrokerAddress, timeout: float) -> str:
+    """What went wrong, in a few words on one line."""
+    e = failure.value
+    text: str
+    if e is None:
+        text = "unknown"
+    elif isinstance(e, (defer.TimeoutError, error.TimeoutError)):
+        text = f"no answer within {timeout:g} s"
+    elif isinstance(e, error.ConnectionRefusedError):
+        text = "Connection refused"
+    elif isinstance(e, error.DNSLookupError):
+        text = f"cannot resolve {address.host}"
+    elif isinstance(e, error.ConnectionDone):
+        text = "the server closed the connection"
+    elif isinstance(e, error.ConnectionLost):
+        text = "the connection was lost"
+    elif isinstance(e, (RedisError, BrokerUnavailable)):
+        text = str(e)
+    elif isinstance(e, ProtocolError):
+        text = f"it does not speak Redis's protocol ({e})"
+    elif isinstance(e, error.ConnectError) and isinstance(e.osError, int):
+        text = os.strerror(e.osError)
+    elif type(e).__name__ == "VerificationError":  # service_identity's
+        text = f"TLS: the server's certificate is not for {address.host}"
+    elif type(e).__module__.startswith("OpenSSL"):
+        reasons = [str(r[-1]) for r in e.args[0]] if e.args and e.args[0] else []
+        text = "TLS: " + ("; ".join(reasons) or type(e).__name__)
+    else:
+        text = str(e).strip() or type(e).__name__
+    return " ".join(text.split())
+
+
+class _RedisProtocol(Protocol):
+    """One connection: commands out, replies matched in order to a FIFO of
+    Deferreds (so commands may be pipelined)."""
+
+    def __init__(self, keepalive: bool) -> None:
+        self._parser = ReplyParser()
+        self._pending: collections.deque[Deferred[Any]] = collections.deque()
+        self._keepalive = keepalive
+        self._broken: ProtocolError | None = None
+        self.open = False
+        #: Called with the reason when the connection is lost; until set,
+        #: the commands in flight fail with BrokerUnavailable(lost_message).
+        self.on_lost: Callable[[_RedisProtocol, Failure], None] | None = None
+        self.lost_message = "the connection was lost"
+        self.lost_reason: Failure | None = None
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.open = True
+        if self._keepalive:
+            _keep_alive(self.transport)
+
+    def send(self, args: tuple[str | bytes | int | float, ...]) -> Deferred[Any]:
+        data = encode_command(*args)
+        # Cancelling only stops waiting: the reply, when it comes, is dropped.
+        d: Deferred[Any] = Deferred(lambda _: None)
+        self._pending.append(d)
+        assert self.transport is not None
+        self.transport.write(data)
+        return d
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._broken is not None:
+            return
+        try:
+            replies = self._parser.feed(data)
+        except ProtocolError as e:
+            self._break(e)
+            return
+        for reply in replies:
+            if not self._pending:
+                self._break(ProtocolError("a reply to no command"))
+                return
+            d = self._pending.popleft()
+            if d.called:  # cancelled
+                continue
+            if isinstance(reply, ErrorReply):
+                d.errback(RedisError(reply.message))
+            else:
+                d.callback(reply)
+
+    def _break(self, problem: ProtocolError) -> None:
+        self._broken = problem
+        assert self.transport is not None
+        self.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport and TLS have it
+
+    def fail_pending(self, message: str) -> None:
+        pending, self._pending = self._pending, collections.deque()
+        for d in pending:
+            if not d.called:
+                d.errback(BrokerUnavailable(message))
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.open = False
+        self.lost_reason = Failure(self._broken) if self._broken else reason
+        if self.on_lost is not None:
+            self.on_lost(self, self.lost_reason)
+        self.fail_pending(self.lost_message)
+        self.closed.callback(None)
+
+
+def _keep_alive(transport: Any) -> None:
+    """TCP keepalive on the socket under *transport* (TLS wraps TCP)."""
+    for _ in range(3):
+        if transport is None:
+            return
+        handle = getattr(transport, "getHandle", lambda: None)()
+        if isinstance(handle, socket.socket) and handle.family in (
+            socket.AF_INET,
+            socket.AF_INET6,
+        ):
+            try:
+                handle.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for name, value in (
+                    ("TCP_KEEPIDLE", KEEPALIVE_IDLE),
+                    ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                    ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+                ):
+                    if hasattr(socket, name):
+                        handle.setsockopt(
+                            socket.IPPROTO_TCP, getattr(socket, name), value
+                        )
+            except OSError:
+                pass
+            return
+        transport = getattr(transport, "transport", None)
+
+
+class RedisClient:
+    """A connection to the broker that comes back by itself (an ``IRedis``).
+
+    ``start()`` makes the first connection, or fails with one line.  After
+    that, a lost connection fails what was in flight, makes ``command``
+    fail fast, and is retried with backoff (RECONNECT_FIRST doubling up to
+    RECONNECT_MAX, with jitter) until it is back; *on_state* is called with
+    ``False`` once when it is lost and ``True`` once when it is back (not at
+    the start: ``start()``'s Deferred says that).  The loss and the return
+    are logged once each.  ``stop()`` ends it.
+
+    *endpoint* and *rng* are for tests: by default the endpoint is built
+    from *address*, and the jitter is random.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        address: BrokerAddress,
+        *,
+        on_state: Callable[[bool], object] | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        endpoint: IStreamClientEndpoint | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.connected = False
+        self.address = address
+        self.display = address.display
+        self.on_state = on_state
+        self._reactor = reactor
+        self._timeout = connect_timeout
+        self._endpoint = endpoint or broker_endpoint(reactor, address, connect_timeout)
+        self._rng = rng or random.Random()
+        self._proto: _RedisProtocol | None = None
+        self._started = False
+        self._stopping = False
+        self._attempt_d: Deferred[_RedisProtocol] | None = None
+        self._retry: IDelayedCall | None = None
+        self._failures = 0
+        self._down_since: float | None = None
+        self._last_why = "not connected yet"
+
+    # -- IRedis ------------------------------------------------------------
+
+    def command(self, *args: str | bytes | int | float) -> Deferred[Any]:
+        """Send one command; its Deferred fires with the reply.
+
+        Fails with ``RedisError`` for an error reply, ``BrokerUnavailable``
+        when not connected or when the connection is lost first.
+        """
+        if self._proto is None or not self.connected:
+            return fail(
+                BrokerUnavailable(
+                    f"the broker at {self.display} is unavailable ({self._last_why})"
+                )
+            )
+        return self._proto.send(args)
+
+    # -- life ----------------------------------------------------------------
+
+    def start(self) -> Deferred[None]:
+        """Connect for the first time (and ``AUTH``, ``SELECT``).
+
+        Fails with ``BrokerUnavailable("cannot reach the broker at URL:
+        why")``; then the client does not retry.
+        """
+        if self._started:
+            raise RuntimeError("RedisClient.start() was called twice")
+        self._started = True
+        attempt = self._attempt_d = self._attempt()
+
+        def up(proto: _RedisProtocol) -> None:
+            self._attempt_d = None
+            self._up(proto)
+            log.info("connected to the broker at {broker}", broker=self.display)
+
+        def down(failure: Failure) -> Failure:
+            self._attempt_d = None
+            self._stopping = True
+            why = _why(failure, self.address, self._timeout)
+            if failure.check(defer.CancelledError):
+                why = "the client was stopped"
+            return Failure(
+                BrokerUnavailable(f"cannot reach the broker at {self.display}: {why}")
+            )
+
+        attempt.addCallbacks(up, down)
+        return attempt  # type: ignore[return-value]  # fires with None now
+
+    def stop(self) -> Deferred[None]:
+        """No more reconnecting; what is in flight fails with
+        ``BrokerUnavailable``.  Fires once the connection is closed."""
+        self._stopping = True
+        self.connected = False
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        if self._attempt_d is not None:
+            self._attempt_d.cancel()
+        proto = self._proto
+        if proto is None or not proto.open:
+            return succeed(None)
+        proto.fail_pending(f"the client of the broker at {self.display} was stopped")
+        assert proto.transport is not None
+        proto.transport.loseConnection()
+
+        # A peer that does not close its side in time is cut off.
+        def cut_off() -> None:
+            if proto.open:
+                assert proto.transport is not None
+                proto.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport and TLS have it
+
+        cut = self._reactor.callLater(self._timeout, cut_off)
+
+        def closed(_: None) -> None:
+            if cut.active():
+                cut.cancel()
+
+        return proto.closed.addCallback(closed)
+
+    # -- inside --------------------------------------------------------------
+
+    def _attempt(self) -> Deferred[_RedisProtocol]:
+        """Connect and say hello; the whole attempt has one timeout."""
+        keepalive = self.address.scheme != "unix"
+        factory = Factory.forProtocol(lambda: _RedisProtocol(keepalive))
+        d: Deferred[Any] = self._endpoint.connect(factory)
+        d.addCallback(self._hello)
+        d.addTimeout(self._timeout, self._reactor)
+        return d
+
+    def _hello(self, proto: _RedisProtocol) -> Deferred[_RedisProtocol]:
+        address = self.address
+        commands: list[tuple[str | int, ...]] = []
+        if address.password is not None:
+            if address.username:
+                commands.append(("AUTH", address.username, address.password))
+            else:
+                commands.append(("AUTH", address.password))
+        if address.db:
+            commands.append(("SELECT", address.db))
+        commands.append(("PING",))
+        said = gatherResults([proto.send(c) for c in commands], consumeErrors=True)
+
+        cancelled = []
+
+        def abort(_: Deferred[_RedisProtocol]) -> None:
+            cancelled.append(True)  # so that the Deferred fails with CancelledError
+            if proto.open:
+                assert proto.transport is not None
+                proto.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport and TLS have it
+
+        hello: Deferred[_RedisProtocol] = Deferred(abort)
+
+        def done(result: object) -> None:
+            if hello.called or cancelled:  # timed out, or the client stopped
+                return
+            if isinstance(result, Failure):
+                inner = result.value
+                if isinstance(inner, defer.FirstError):
+                    result = inner.subFailure
+                if result.check(BrokerUnavailable) and proto.lost_reason is not None:
+                    result = proto.lost_reason
+                if proto.open:
+                    assert proto.transport is not None
+                    proto.transport.loseConnection()
+                hello.errback(result)
+            else:
+                hello.callback(proto)
+
+        said.addBoth(done)
+        return hello
+
+    def _up(self, proto: _RedisProtocol) -> None:
+        if self._stopping:
+            proto.transport.loseConnection()  # type: ignore[union-attr]  # connected: it has one
+            return
+        self._proto = proto
+        proto.on_lost = self._lost
+        self.connected = True
+        self._failures = 0
+
+    def _lost(self, proto: _RedisProtocol, reason: Failure) -> None:
+        if proto is not self._proto:
+            return
+        self._proto = None
+        self.connected = False
+        if self._stopping:
+            return
+        why = _why(reason, self.address, self._timeout)
+        proto.lost_message = f"lost the broker at {self.display}: {why}"
+        self._last_why = why
+        self._down_since = self._reactor.seconds()
+        log.warn(
+            "lost the broker at {broker}: {why}; reconnecting",
+            broker=self.display,
+            why=why,
+        )
+        self._notify(False)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._stopping:
+            return
+        base = min(RECONNECT_MAX, RECONNECT_FIRST * 2 ** min(self._failures, 10))
+        delay = base * self._rng.uniform(0.8, 1.2)
+        self._retry = self._reactor.callLater(delay, self._reconnect)
+
+    def _reconnect(self) -> None:
+        self._retry = None
+        attempt = self._attempt_d = self._attempt()
+
+        def up(proto: _RedisProtocol) -> None:
+            self._attempt_d = None
+            self._up(proto)
+            if self._stopping:
+                return
+            down = self._reactor.seconds() - (self._down_since or 0.0)
+            self._down_since = None
+            log.info(
+                "the broker at {broker} is back after {down:.1f} s",
+                broker=self.display,
+                down=down,
+            )
+            self._notify(True)
+
+        def failed(failure: Failure) -> None:
+            self._attempt_d = None
+            if self._stopping:
+                return
+            self._failures += 1
+            self._last_why = _why(failure, self.address, self._timeout)
+            log.debug(
+                "the broker at {broker} is still unavailable: {why}",
+                broker=self.display,
+                why=self._last_why,
+            )
+            self._schedule()
+
+        attempt.addCallbacks(up, failed)
+
+    def _notify(self, state: bool) -> None:
+        if self.on_state is None:
+            return
+        try:
+            self.on_state(state)
+        except Exception:
+            log.failure("on_state({state}) raised", state=state)
