@@ -104,6 +104,7 @@ class BrokerInstance:
     _running: bool = field(default=False, init=False)
     _up_waiters: list[Deferred[None]] = field(factory=list, init=False)
     _refused: set[str] = field(factory=set, init=False)
+    _lost_at: float = field(default=0.0, init=False)
 
     # -- Life ------------------------------------------------------------------
 
@@ -147,13 +148,19 @@ class BrokerInstance:
             return
         self.up = connected
         if not connected:
+            self._lost_at = self.clock.seconds()
             log.warn(
-                "lost the broker at {broker}; new lines get 'unavailable' until "
-                "it returns",
+                "lost the broker at {broker} ({why}); new lines get "
+                "'unavailable' until it returns",
                 broker=self.display,
+                why=getattr(self.redis, "why", "unreachable"),
             )
             return
-        log.info("the broker at {broker} is back", broker=self.display)
+        log.info(
+            "the broker at {broker} is back after {down:.1f} s",
+            broker=self.display,
+            down=self.clock.seconds() - self._lost_at,
+        )
         self.beat()
         for back in list(self._back):
             back()

@@ -139,8 +139,9 @@ class BrokerService(Service):
         self, reactor: Any, address: BrokerAddress, name: str, about: dict[str, Any]
     ) -> None:
         self._reactor = reactor
-        self._redis = RedisClient(reactor, address)
-        self._inbox = RedisClient(reactor, address)
+        # The instance logs the broker's loss and return, once, for both.
+        self._redis = RedisClient(reactor, address, logged=False)
+        self._inbox = RedisClient(reactor, address, logged=False)
         self.instance = BrokerInstance(
             self._redis,
             self._inbox,

@@ -454,8 +454,12 @@ class RedisClient:
         connect_timeout: float = CONNECT_TIMEOUT,
         endpoint: IStreamClientEndpoint | None = None,
         rng: random.Random | None = None,
+        logged: bool = True,
     ) -> None:
         self.connected = False
+        #: Whether this client logs its loss and return itself (an owner
+        #: that says more of them turns it off).
+        self.logged = logged
         self.address = address
         self.display = address.display
         self.on_state = on_state
@@ -504,7 +508,8 @@ class RedisClient:
         def up(proto: _RedisProtocol) -> None:
             self._attempt_d = None
             self._up(proto)
-            log.info("connected to the broker at {broker}", broker=self.display)
+            if self.logged:
+                log.info("connected to the broker at {broker}", broker=self.display)
 
         def down(failure: Failure) -> Failure:
             self._attempt_d = None
@@ -623,7 +628,7 @@ class RedisClient:
         proto.lost_message = f"lost the broker at {self.display}: {why}"
         self._last_why = why
         self._down_since = self._reactor.seconds()
-        log.warn(
+        (log.warn if self.logged else log.debug)(
             "lost the broker at {broker}: {why}; reconnecting",
             broker=self.display,
             why=why,
@@ -649,7 +654,7 @@ class RedisClient:
                 return
             down = self._reactor.seconds() - (self._down_since or 0.0)
             self._down_since = None
-            log.info(
+            (log.info if self.logged else log.debug)(
                 "the broker at {broker} is back after {down:.1f} s",
                 broker=self.display,
                 down=down,
@@ -670,6 +675,11 @@ class RedisClient:
             self._schedule()
 
         attempt.addCallbacks(up, failed)
+
+    @property
+    def why(self) -> str:
+        """Why the broker was last unavailable, in a few words."""
+        return self._last_why
 
     def _notify(self, state: bool) -> None:
         if self.on_state is None:

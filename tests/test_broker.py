@@ -244,7 +244,7 @@ def test_broker_lost_new_lines_get_unavailable_then_it_comes_back(logged_events)
     c.desk.answer(c.desk.take_line(), "yes")
     c.advance(1)
     assert c.server.result(said) == "yes"
-    back = [e for e in logged_events if e["log_format"].endswith("is back")]
+    back = [e for e in logged_events if e["log_format"].startswith("the broker at")]
     assert len(back) == 1
 
 
