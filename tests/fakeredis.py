@@ -564,7 +564,9 @@ class FakeRedisServer:
                 raise RedisError(SYNTAX)
             count = _int(args[4])
         stream = self._stream(args[0])
-        if stream is None or (count is not None and count <= 0):
+        if count is not None and count <= 0:
+            return None
+        if stream is None:
             return []
         found = [s for s in stream.entries if _in_range(s, low, high)]
         if count is not None:
@@ -662,8 +664,8 @@ class FakeRedisServer:
         rest = args[i:]
         if not rest or len(rest) % 2:
             raise RedisError(
-                "ERR Unbalanced 'xreadgroup' list of streams: for each stream key "
-                "an ID or '>' must be specified."
+                "ERR Unbalanced XREAD list of streams: for each stream key an ID "
+                "or '$' must be specified."
             )
         half = len(rest) // 2
         keys, ids = rest[:half], rest[half:]
@@ -835,7 +837,7 @@ class FakeRedisServer:
                 continue
             created = False
             if force and pending is None:
-                pending = group.pel[sid] = _Pending(consumer, delivery, 0)
+                pending = group.pel[sid] = _Pending(consumer, delivery, 1)
                 created = True
             if pending is None:
                 continue
