@@ -16,8 +16,8 @@ at once with ``BrokerUnavailable``, new commands fail fast until the
 connection is back, the client reconnects by itself with backoff, and the
 loss and the return are each said once.  txredisapi, the Twisted-native
 library, is untyped (we check with ``mypy --strict``), its ``rediss``
-support does not verify the server's certificate by default, and its
-reconnection keeps commands waiting rather than failing them.  RESP2 is a
+support does not verify the server's certificate by default, and the
+behaviour above would be ours to bolt onto its own reconnection.  RESP2 is a
 small, stable protocol: the codec (``sockchat._resp``) is a sans-I/O parser
 of a few hundred lines with property tests, and this door is a thin
 Twisted protocol around it.  TLS is Twisted's own ``optionsForClientTLS``,
@@ -30,6 +30,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import re
 import socket
 import typing
 from collections.abc import Callable
@@ -134,7 +135,9 @@ class BrokerAddress:
 
 
 def _masked(text: str) -> str:
-    """*text* with any password in it replaced, for error messages."""
+    """*text* with any password in it (``:pw@`` or ``password=``) replaced,
+    for error messages."""
+    text = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", text)
     try:
         parts = urlsplit(text)
         if parts.password is None:

@@ -121,6 +121,9 @@ def test_a_bad_url_does_not_show_its_password() -> None:
     with pytest.raises(ValueError, match=r"--broker http://ann:\*\*\*@h") as e:
         parse_broker_url("http://ann:hunter2@h")
     assert "hunter2" not in str(e.value)
+    with pytest.raises(ValueError, match=r"password=\*\*\*&db=x: the db") as e:
+        parse_broker_url("unix:///s?password=hunter2&db=x")
+    assert "hunter2" not in str(e.value)
 
 
 # -- the client in memory ---------------------------------------------------------
@@ -460,3 +463,27 @@ def test_an_on_state_that_raises_is_logged_and_the_client_goes_on(
     assert len(logged_failures) == 1
     clock.advance(0.2)
     assert len(endpoint.attempts) == 2
+
+
+def test_an_owner_that_logs_for_itself_turns_the_clients_lines_to_debug(
+    log_events: list[dict[str, Any]],
+) -> None:
+    clock, endpoint = Clock(), Endpoint()
+    client = RedisClient(
+        clock,
+        ADDRESS,
+        endpoint=endpoint,
+        rng=NoJitter(),  # type: ignore[arg-type]
+        logged=False,
+    )
+    client.start()
+    _, transport = connect(client, endpoint)
+    transport.abortConnection()
+    assert client.why == "the connection was lost"
+    clock.advance(0.2)
+    connect(client, endpoint)
+    assert client.connected
+    levels = [
+        e["log_level"] for e in log_events if e.get("log_namespace") == "sockchat.redis"
+    ]
+    assert levels == [LogLevel.debug, LogLevel.debug]

@@ -13,6 +13,7 @@ with verification, and the one line when nothing listens.
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -541,6 +542,17 @@ async def wait_until(predicate: Callable[[], bool], timeout: float = 15.0) -> No
         await deferLater(reactor, 0.05, lambda: None)
 
 
+def keepalive(client: RedisClient) -> int:
+    """SO_KEEPALIVE on the client's socket (under TLS too)."""
+    proto = client._proto
+    assert proto is not None
+    transport: Any = proto.transport
+    handle = transport.getHandle()
+    if not isinstance(handle, socket.socket):  # TLS: the TCP transport is under it
+        handle = transport.transport.getHandle()
+    return int(handle.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE))
+
+
 @pytest_twisted.ensureDeferred
 async def test_reconnects_after_redis_server_restarts(
     redis_server: RedisServer,
@@ -593,6 +605,7 @@ async def test_select_a_database(redis_server: RedisServer) -> None:
         await one.command("SET", "where", "one")
         assert await zero.command("GET", "where") is None
         assert await one.command("GET", "where") == b"one"
+        assert keepalive(one) == 1
     finally:
         await one.stop()
         await zero.stop()
@@ -616,6 +629,7 @@ async def test_rediss_verifies_the_certificate_and_the_host_name(
     server = make_redis_server(tls=True)
     client = await started(server.tls_url())
     assert await client.command("PING") == "PONG"
+    assert keepalive(client) == 1
     await client.stop()
     mutual = await started(server.tls_url(client_cert=True))
     assert await mutual.command("PING") == "PONG"
