@@ -1095,7 +1095,11 @@ class FakeRedisClient:
     def start(self) -> Deferred[None]:
         """As ``RedisClient.start``: fails if the server is down."""
         if not self.connected:
-            return fail(BrokerUnavailable(f"cannot reach the broker at {self.display}"))
+            return fail(
+                BrokerUnavailable(
+                    f"cannot reach the broker at {self.display}: Connection refused"
+                )
+            )
         return succeed(None)
 
     def command(self, *args: str | bytes | int | float) -> Deferred[Any]:

@@ -5,7 +5,7 @@ a real ``redis-server`` through ``RedisClient``, and against
 ``tests/fakeredis.py`` with a Clock, and asserts the same replies.  Stream
 ids differ between the two (they are times), so each side's ids are named
 id1, id2, ... in the order they first appear; idle times and TTLs are
-compared in quarter seconds.  Then the client's own promises on real
+compared in half seconds.  Then the client's own promises on real
 sockets: reconnection after a restart, AUTH, SELECT, a unix socket, TLS
 with verification, and the one line when nothing listens.
 """
@@ -204,12 +204,12 @@ SEQUENCES: dict[str, list[Any]] = {
     ],
     "blocking pops": [
         Send("w", ("BLPOP", "q", "p", 5)),
-        Sleep(0.1),
+        Sleep(0.2),
         c("RPUSH", "p", "hello", on="b"),
         Wait("w"),
         c("LLEN", "p", on="b"),
         Send("x", ("BLPOP", "q", 5), on="a"),
-        Sleep(0.1),
+        Sleep(0.2),
         Send("y", ("PING",), on="a"),  # waits behind the BLPOP
         c("LPUSH", "q", "1", "2", on="b"),
         Wait("x"),
@@ -300,7 +300,7 @@ SEQUENCES: dict[str, list[Any]] = {
                 *("STREAMS", "s", ">"),
             ),
         ),
-        Sleep(0.1),
+        Sleep(0.2),
         c("XADD", "s", "*", "m", "late", on="b"),
         Wait("w"),
         c("XREADGROUP", "GROUP", "g", "c", "BLOCK", 200, "STREAMS", "s", ">"),
@@ -416,9 +416,9 @@ def normalise(reply: Any, names: Names, norm: str) -> Any:
     if norm == "sorted":
         return sorted(reply)
     if norm == "ttl" and isinstance(reply, int) and reply > 0:
-        return ("ttl/250", (reply + 249) // 250)
+        return ("ttl/500", (reply + 499) // 500)
     if norm == "idle" and isinstance(reply, list):
-        return [[i, who, ("idle/250", idle // 250), n] for i, who, idle, n in reply]
+        return [[i, who, ("idle/500", idle // 500), n] for i, who, idle, n in reply]
     return reply
 
 
@@ -530,6 +530,18 @@ async def test_the_fake_answers_as_redis_does(
         if want != got
     ]
     assert not differences, "\n".join(differences)
+
+
+def test_every_command_of_the_fake_is_compared() -> None:
+    from fakeredis import _COMMANDS
+
+    compared = {
+        str(step.args[0]).lower()
+        for steps in SEQUENCES.values()
+        for step in steps
+        if isinstance(step, (C, Send))
+    }
+    assert set(_COMMANDS) <= compared
 
 
 # -- the real client on real sockets -------------------------------------------------

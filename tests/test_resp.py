@@ -16,6 +16,7 @@ from sockchat._resp import (
     ErrorReply,
     ProtocolError,
     ReplyParser,
+    encode_arg,
     encode_command,
 )
 
@@ -152,3 +153,22 @@ def test_replies_split_anywhere_parse_the_same(
     for i in range(len(data)):
         one_at_a_time += byte_by_byte.feed(data[i : i + 1])
     assert one_at_a_time == sent
+
+
+arguments = st.one_of(
+    st.binary(max_size=30),
+    st.text(max_size=10),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+)
+
+
+@given(st.lists(arguments, min_size=1, max_size=8))
+def test_a_command_reads_back_as_its_arguments(args: list[Any]) -> None:
+    (parsed,) = ReplyParser().feed(encode_command(*args))
+    assert parsed == [encode_arg(a) for a in args]
+    for arg, data in zip(args, parsed, strict=True):
+        if isinstance(arg, float):
+            assert float(data) == arg
+        elif isinstance(arg, int):
+            assert int(data) == arg
