@@ -344,3 +344,29 @@ def test_run_script_falls_back_to_eval_only_on_noscript(
     server.log.clear()
     result_of(run_script(redis, POP_OR_WAIT, ["w"], [entry("i1", 2), "p:", "back"]))
     assert [args[0] for args in server.log][:1] == [b"EVALSHA"]
+
+
+def test_kill_fails_a_blocked_command_and_start_fails_while_the_server_is_down(
+    server: FakeRedisServer, clock: Clock
+) -> None:
+    c = server.client()
+    blocked = c.command(
+        "XREADGROUP", "GROUP", "g", "c", "BLOCK", 0, "STREAMS", "s", ">"
+    )
+    with pytest.raises(RedisError, match=r"^NOGROUP"):
+        result_of(blocked)
+    run(c, "XGROUP", "CREATE", "s", "g", "$", "MKSTREAM")
+    blocked = c.command(
+        "XREADGROUP", "GROUP", "g", "c", "BLOCK", 0, "STREAMS", "s", ">"
+    )
+    c.kill()
+    with pytest.raises(BrokerUnavailable, match="killed"):
+        result_of(blocked)
+    # Nothing is left waiting on the server for the killed command.
+    other = server.client()
+    run(other, "XADD", "s", "*", "m", "x")
+    clock.advance(c.reconnect_delay)
+    assert run(c, "XPENDING", "s", "g") == [0, None, None, None]
+    server.stop()
+    with pytest.raises(BrokerUnavailable, match="Connection refused"):
+        result_of(server.client().start())
