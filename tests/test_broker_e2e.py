@@ -14,7 +14,7 @@ import time
 import pytest
 
 from processes import Server, raw_connect, recv_lines, run_twistd
-from redis_server import free_port, make_redis_server, redis_server  # noqa: F401
+from redis_server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -35,7 +35,7 @@ def server(**admission):
 
 
 def test_nothing_is_said_before_the_header_and_the_real_address_is_used():
-    clock, chat, factory = server()
+    _clock, chat, factory = server()
     proto, transport = connect(factory)
     assert transport.value() == b""
     assert chat.conversations == {}
@@ -48,7 +48,7 @@ def test_nothing_is_said_before_the_header_and_the_real_address_is_used():
 
 
 def test_a_header_in_pieces_and_a_line_in_the_same_read():
-    clock, chat, factory = server()
+    _clock, _chat, factory = server()
     proto, transport = connect(factory)
     whole = header("198.51.100.2") + b"one\n"
     for i in range(len(whole)):
@@ -57,7 +57,7 @@ def test_a_header_in_pieces_and_a_line_in_the_same_read():
 
 
 def test_the_per_address_cap_counts_the_real_addresses():
-    clock, chat, factory = server(max_per_ip=1)
+    _clock, _chat, factory = server(max_per_ip=1)
     _, first = connect(factory, header("203.0.113.7", 50001))
     _, second = connect(factory, header("203.0.113.7", 50002))
     _, other = connect(factory, header("203.0.113.8", 50003))
@@ -68,7 +68,7 @@ def test_the_per_address_cap_counts_the_real_addresses():
 
 def test_a_connection_with_no_header_is_closed_after_the_deadline():
     clock, chat, factory = server()
-    proto, transport = connect(factory)
+    _proto, transport = connect(factory)
     clock.advance(HEADER_TIMEOUT - 0.1)
     assert not transport.disconnecting
     clock.advance(0.2)
@@ -77,8 +77,8 @@ def test_a_connection_with_no_header_is_closed_after_the_deadline():
 
 
 def test_something_that_is_not_a_proxy_header_is_closed():
-    clock, chat, factory = server()
-    proto, transport = connect(factory, b"hello there, no header\n")
+    _clock, chat, factory = server()
+    _proto, transport = connect(factory, b"hello there, no header\n")
     assert transport.disconnecting
     assert transport.value() == b""
     assert chat.conversations == {}
