@@ -378,6 +378,16 @@ def connect(
     answer.
     """
     factory = _ClientFactory(on_notice or _ignore, framing)
+    return _connect(reactor, endpoint, factory, greeting_timeout)
+
+
+def _connect(
+    reactor: IReactorTime,
+    endpoint: IStreamClientEndpoint,
+    factory: _ClientFactory,
+    greeting_timeout: float | None,
+) -> Deferred[Conversation]:
+    """``connect`` with *factory*'s protocol (teaching mode traces its own)."""
     connecting = endpoint.connect(factory)
 
     def greeted(proto: _ChatClientProtocol) -> Deferred[Conversation]:

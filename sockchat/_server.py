@@ -345,6 +345,9 @@ class ChatServerFactory(_FactoryBase):
     noisy = False
     #: Seconds a TLS client has to finish its handshake (``ssl:`` ports).
     handshake_timeout: float = HANDSHAKE_TIMEOUT
+    #: What the web door makes for each WebSocket, instead of its own
+    #: ``WebConversation`` (teaching mode's tracing factory sets it).
+    web_conversation: Any = None
 
     def __init__(
         self,

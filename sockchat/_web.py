@@ -350,7 +350,8 @@ class WebChatDoor:
         self.factory = factory
 
     def buildProtocol(self, request: Request) -> WebConversation:
-        return WebConversation(self.factory, request)
+        make = self.factory.web_conversation or WebConversation
+        return cast(WebConversation, make(self.factory, request))
 
 
 class _ChatSocketResource(WebSocketResource):
