@@ -217,6 +217,14 @@ class Options(usage.Options):
 
     optFlags: list[list[Any]] = [  # noqa: RUF012 (twisted's API)
         [
+            "trace",
+            None,
+            "Teaching mode: log what TCP does on each connection, in plain words "
+            "([tcp] lines: ports, the handshake, each read, TCP_INFO, the close "
+            "and TIME_WAIT, the turn); with --web, the page can show its own. "
+            "See docs/lessons.md.",
+        ],
+        [
             "cap-loopback",
             None,
             "Count loopback clients (127.0.0.0/8, ::1) against --max-per-ip too; "
@@ -595,7 +603,12 @@ def makeService(options: Options) -> IService:
         rules=options["rules"],
         cap_loopback=bool(options["cap-loopback"]),
     )
-    factory = ChatServerFactory(
+    factory_class = ChatServerFactory
+    if options["trace"]:
+        from ._tracing import TracingChatServerFactory
+
+        factory_class = TracingChatServerFactory
+    factory = factory_class(
         responder,
         max_line=options["max_line"],
         idle_timeout=options["idle_timeout"],

@@ -1,0 +1,664 @@
+"""Teaching mode (``--trace``): what TCP is doing, in plain words, with numbers.
+
+This module decides every fact and every word of the trace, with no I/O:
+the Twisted glue (``_tracing.py``) hands it addresses, the bytes of each
+read, the kernel's ``TCP_INFO`` bytes, the order of the FINs and the output
+of ``ss``, each with the time, and prints the lines it gets back.
+
+- ``parse_tcp_info`` reads Linux's ``struct tcp_info`` into a ``TcpInfo``.
+- ``describe_connection`` says what the two addresses and ports are
+  (loopback, the listened port, the kernel's ephemeral one), and that the
+  three-way handshake was done before ``accept``/``connect`` returned.
+- ``ReadTracker`` turns each read into a ``ReadFact``: its bytes, the lines
+  it ended, and whether a line began in an earlier read (split) or several
+  lines came at once (sticky); ``describe_read`` says so.
+- ``CloseTracker`` notes who sent FIN first; ``describe_close`` says which
+  side holds TIME_WAIT and for how long, and ``check_time_wait`` compares
+  that with what ``ss -tanoH state time-wait`` shows.
+- ``TraceBudget`` bounds the per-read lines: at most ``per_second`` a
+  second per conversation, and the rest are counted and said once.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import re
+import struct
+from collections.abc import Sequence
+
+from attrs import frozen
+
+__all__ = [
+    "READS_PER_SECOND",
+    "TCP_INFO_SIZE",
+    "TIME_WAIT_SECONDS",
+    "Address",
+    "CloseTracker",
+    "KernelCheck",
+    "ReadFact",
+    "ReadTracker",
+    "Side",
+    "SocketState",
+    "TcpInfo",
+    "TraceBudget",
+    "check_time_wait",
+    "describe_close",
+    "describe_connection",
+    "describe_read",
+    "describe_tcp_info",
+    "describe_turn",
+    "parse_ss",
+    "parse_tcp_info",
+    "ss_filter",
+    "tcp_info_unavailable",
+    "websocket_accept",
+]
+
+#: Bytes asked of ``getsockopt(IPPROTO_TCP, TCP_INFO)``; older kernels give
+#: fewer, and the fields they lack are None.
+TCP_INFO_SIZE = 232
+#: Linux keeps a socket in TIME_WAIT for a fixed minute (``TCP_TIMEWAIT_LEN``).
+TIME_WAIT_SECONDS = 60
+#: Per-read trace lines shown per conversation per second; the rest are counted.
+READS_PER_SECOND = 5
+#: How many bytes of a read are shown, as a Python bytes literal.
+EXCERPT = 32
+
+
+class Side(str, enum.Enum):
+    """Whose socket is traced."""
+
+    SERVER = "server"
+    CLIENT = "client"
+
+    @property
+    def other(self) -> Side:
+        return Side.CLIENT if self is Side.SERVER else Side.SERVER
+
+
+@frozen
+class Address:
+    """One end of a connection, as ``getHost``/``getPeer`` say it."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return (
+            f"[{self.host}]:{self.port}"
+            if ":" in self.host
+            else f"{self.host}:{self.port}"
+        )
+
+
+# -- TCP_INFO ----------------------------------------------------------------
+
+#: ``tcpi_state`` values (include/net/tcp_states.h).
+TCP_STATES = {
+    1: "ESTABLISHED",
+    2: "SYN_SENT",
+    3: "SYN_RECV",
+    4: "FIN_WAIT1",
+    5: "FIN_WAIT2",
+    6: "TIME_WAIT",
+    7: "CLOSE",
+    8: "CLOSE_WAIT",
+    9: "LAST_ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+}
+
+
+@frozen
+class TcpInfo:
+    """The fields of Linux's ``struct tcp_info`` that the trace shows.
+
+    Times are in microseconds, as the kernel gives them.  ``unacked`` is in
+    segments; ``unacked_bytes`` comes from elsewhere (``SIOCOUTQ`` less the
+    bytes not sent yet) and is None when that was not available.
+    """
+
+    state: str
+    retransmits: int  # retransmissions of the current unacked segment
+    rto_us: int
+    snd_mss: int
+    unacked: int
+    lost: int
+    retrans: int  # segments being retransmitted now
+    rtt_us: int
+    rttvar_us: int
+    snd_cwnd: int
+    total_retrans: int
+    bytes_acked: int | None = None
+    bytes_received: int | None = None
+    segs_out: int | None = None
+    segs_in: int | None = None
+    notsent_bytes: int | None = None
+    unacked_bytes: int | None = None
+
+
+_BASE = struct.Struct("=8B24I")  # up to tcpi_total_retrans: 104 bytes
+_COUNTERS = struct.Struct("=QQQQII")  # pacing, max pacing, acked, received, segs
+_NOTSENT = struct.Struct("=I")
+
+
+def parse_tcp_info(data: bytes, *, outq: int | None = None) -> TcpInfo | None:
+    """*data* from ``getsockopt(IPPROTO_TCP, TCP_INFO, TCP_INFO_SIZE)``.
+
+    None if it is too short to be a ``struct tcp_info`` at all.  *outq* is
+    the ``SIOCOUTQ`` count (bytes written and not yet acknowledged, sent or
+    not); with ``tcpi_notsent_bytes`` it gives the unacknowledged bytes.
+    """
+    if len(data) < _BASE.size:
+        return None
+    b = _BASE.unpack_from(data)
+    # 8 bytes: state, ca_state, retransmits, probes, backoff, options,
+    # wscales, flags; then u32s from tcpi_rto on.
+    u = b[8:]
+    fields: dict[str, int | None] = {}
+    if len(data) >= _BASE.size + _COUNTERS.size:
+        _, _, acked, received, segs_out, segs_in = _COUNTERS.unpack_from(
+            data, _BASE.size
+        )
+        fields.update(
+            bytes_acked=acked,
+            bytes_received=received,
+            segs_out=segs_out,
+            segs_in=segs_in,
+        )
+        notsent_at = _BASE.size + _COUNTERS.size
+        if len(data) >= notsent_at + _NOTSENT.size:
+            (notsent,) = _NOTSENT.unpack_from(data, notsent_at)
+            fields["notsent_bytes"] = notsent
+            if outq is not None:
+                fields["unacked_bytes"] = max(0, outq - notsent)
+    return TcpInfo(
+        state=TCP_STATES.get(b[0], f"state {b[0]}"),
+        retransmits=b[2],
+        rto_us=u[0],
+        snd_mss=u[2],
+        unacked=u[4],
+        lost=u[6],
+        retrans=u[7],
+        rtt_us=u[15],
+        rttvar_us=u[16],
+        snd_cwnd=u[18],
+        total_retrans=u[23],
+        **fields,  # the optional counters, by name
+    )
+
+
+def _ms(us: int) -> str:
+    return f"{us / 1000:.3g} ms"
+
+
+def describe_tcp_info(info: TcpInfo) -> str:
+    """The kernel's counters for this socket, in one line."""
+    parts = [
+        f"state {info.state}",
+        f"round trip {_ms(info.rtt_us)} (±{_ms(info.rttvar_us)})",
+    ]
+    if info.segs_out is not None and info.segs_in is not None:
+        parts.append(f"segments out {info.segs_out} / in {info.segs_in}")
+    parts.append(f"retransmitted {info.total_retrans}")
+    unacked = f"unacknowledged {info.unacked} segment{'s' if info.unacked != 1 else ''}"
+    if info.unacked_bytes is not None:
+        unacked += f" ({info.unacked_bytes} bytes)"
+    parts.append(unacked)
+    parts.append(f"congestion window {info.snd_cwnd} segments of {info.snd_mss} bytes")
+    return "kernel (TCP_INFO): " + ", ".join(parts)
+
+
+def tcp_info_unavailable(platform: str, why: str | None = None) -> str:
+    """What to say where the kernel's counters cannot be read."""
+    reason = why or f"TCP_INFO is Linux's, and this system is {platform}"
+    return (
+        f"kernel: no TCP_INFO here ({reason}): segments, retransmissions, "
+        "unacknowledged bytes, the congestion window and the kernel's round "
+        "trip time are not shown"
+    )
+
+
+# -- The connection ------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def describe_connection(
+    side: Side,
+    local: Address,
+    remote: Address,
+    *,
+    ephemeral: tuple[int, int] | None = None,
+    started: str = "",
+) -> list[str]:
+    """What the two ends of a new connection are, seen from *side*.
+
+    *ephemeral* is the range the kernel picks client ports from
+    (``/proc/sys/net/ipv4/ip_local_port_range``), if known.
+    """
+    server, client = (local, remote) if side is Side.SERVER else (remote, local)
+    mine = "this server's" if side is Side.SERVER else "this client's"
+    theirs = "the client's" if side is Side.SERVER else "the server's"
+    in_range = ""
+    if ephemeral is not None:
+        low, high = ephemeral
+        where = "in" if low <= client.port <= high else "outside"
+        in_range = f" ({where} this machine's ephemeral range {low}-{high})"
+    client_port = (
+        f"port {client.port} is the client's ephemeral port (临时端口): its kernel "
+        f"chose it for this one connection{in_range}"
+    )
+    server_port = (
+        f"port {server.port} is the port the server listens on (监听端口), the one "
+        "every client is told to use"
+    )
+    lines = [
+        f"connection: local {local} ({mine} end) <-> remote {remote} ({theirs} end)",
+        server_port,
+        client_port,
+    ]
+    if _is_loopback(local.host) and _is_loopback(remote.host):
+        lines.append(
+            f"{local.host} is loopback (回环地址, localhost): both ends are this "
+            "machine, and no byte leaves it"
+        )
+    if side is Side.SERVER:
+        lines.append(
+            f"accepted{started}: the kernel had already done the three-way "
+            "handshake (三次握手: SYN, SYN-ACK, ACK) before accept() returned "
+            "this connection; the server never sees it"
+        )
+    else:
+        lines.append(
+            f"connected{started}: connect() returned once the three-way handshake "
+            "(三次握手) was done: this end sent SYN, the server's kernel answered "
+            "SYN-ACK, and this end's ACK completed it"
+        )
+    return lines
+
+
+# -- Reads ---------------------------------------------------------------------
+
+
+@frozen
+class ReadFact:
+    """What one read brought."""
+
+    number: int  # reads so far on this connection, this one included
+    size: int
+    #: Lines this read ended (line framing), or 1 (raw framing: a message).
+    lines: int
+    #: Bytes of the first line that came in earlier reads (a split line).
+    carried: int
+    #: Reads the first line took, this one included (1: not split).
+    pieces: int
+    #: Bytes of an unfinished line at the end, waiting for the rest.
+    waiting: int
+    excerpt: bytes
+    raw: bool = False
+
+
+class ReadTracker:
+    """Turn each read into a ``ReadFact``: split and sticky lines, counted.
+
+    It counts newlines only; it keeps no bytes but the excerpt it returns.
+    """
+
+    __slots__ = ("_pieces", "_raw", "_unfinished", "reads")
+
+    def __init__(self, *, raw: bool = False) -> None:
+        self._raw = raw
+        self.reads = 0
+        self._unfinished = 0  # bytes of a line begun and not yet ended
+        self._pieces = 0  # reads that line has taken so far
+
+    def read(self, data: bytes) -> ReadFact:
+        self.reads += 1
+        excerpt = data[:EXCERPT]
+        if self._raw:
+            return ReadFact(self.reads, len(data), 1, 0, 1, 0, excerpt, raw=True)
+        lines = data.count(b"\n")
+        carried, pieces = self._unfinished, self._pieces + 1
+        if lines:
+            waiting = len(data) - data.rindex(b"\n") - 1
+            self._unfinished = waiting
+            self._pieces = 1 if waiting else 0
+        else:
+            waiting = self._unfinished + len(data)
+            self._unfinished = waiting
+            self._pieces = pieces
+        return ReadFact(self.reads, len(data), lines, carried, pieces, waiting, excerpt)
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 's'}"
+
+
+def describe_read(fact: ReadFact, sender: Side) -> str:
+    """One read, in plain words: the sticky packet (粘包) and the split one."""
+    shown = repr(fact.excerpt) + ("..." if fact.size > len(fact.excerpt) else "")
+    head = f"read {fact.number}: {_plural(fact.size, 'byte')} {shown}"
+    if fact.raw:
+        return (
+            f"{head}: raw framing takes one read as one message; if the {sender.value} "
+            "made several send() calls, they are stuck together here (粘包) and "
+            "nothing on the wire can tell them apart"
+        )
+    notes: list[str] = []
+    if fact.lines == 0:
+        notes.append(
+            f"no line ends here: a split line (拆包), {_plural(fact.waiting, 'byte')} "
+            "so far wait for the rest (read "
+            f"{fact.number - fact.pieces + 1} on)"
+        )
+        return f"{head}: " + "; ".join(notes)
+    notes.append(_plural(fact.lines, "line"))
+    if fact.lines > 1:
+        notes.append(
+            f"{fact.lines} lines in one read: a sticky packet (粘包): TCP is a stream "
+            "(TCP是流式协议) and kept no boundary between the sends; the newlines do"
+        )
+    if fact.pieces > 1:
+        notes.append(
+            f"the first line began {_plural(fact.carried, 'byte')} earlier: one line "
+            f"split over {fact.pieces} reads (拆包), put back together at its newline"
+        )
+    if fact.waiting:
+        notes.append(
+            f"{_plural(fact.waiting, 'byte')} of the next line wait for the rest"
+        )
+    return f"{head}: " + "; ".join(notes)
+
+
+class TraceBudget:
+    """At most *per_second* lines a second; the rest are counted.
+
+    ``admit(now)`` is None when the line is not to be shown, else the
+    number of lines held back since the last one shown.
+    """
+
+    __slots__ = ("_held", "_shown", "_window", "per_second", "total_held")
+
+    def __init__(self, per_second: int = READS_PER_SECOND) -> None:
+        self.per_second = per_second
+        self._window = -1.0
+        self._shown = 0
+        self._held = 0
+        self.total_held = 0
+
+    def admit(self, now: float) -> int | None:
+        if now - self._window >= 1.0:
+            self._window = now
+            self._shown = 0
+        if self._shown >= self.per_second:
+            self._held += 1
+            self.total_held += 1
+            return None
+        self._shown += 1
+        held, self._held = self._held, 0
+        return held
+
+
+# -- The turn ----------------------------------------------------------------
+
+
+def describe_turn(
+    side: Side,
+    *,
+    servers_turn: bool,
+    pending: int = 0,
+    refused: Sequence[str] = (),
+    raw: bool = False,
+) -> list[str]:
+    """Whose turn it is now, and what became of lines sent out of turn."""
+    lines: list[str] = []
+    for code in refused:
+        if code == "out-of-turn":
+            lines.append(
+                "a line came out of turn, while the server still owed an answer: "
+                "it was refused (!error out-of-turn) and not delivered. One end "
+                "sends, the other receives (一端send，另一端recv)"
+            )
+        else:
+            lines.append(f"a line was refused ({code}); the turn did not move")
+    if servers_turn:
+        owed = f" (it owes the answer to line {pending})" if pending else ""
+        extra = (
+            "; a message sent meanwhile waits its turn in the server's queue, as in "
+            "the tutorial server's receive buffer"
+            if raw
+            else ""
+        )
+        lines.append(f"turn: the server's{owed}; the client waits{extra}")
+    else:
+        lines.append("turn: the client's; the server waits for its next line")
+    return lines
+
+
+# -- The close -----------------------------------------------------------------
+
+
+class CloseTracker:
+    """Who sent FIN first, from what this side saw and did."""
+
+    __slots__ = ("aborted", "peer_fin", "we_closed")
+
+    def __init__(self) -> None:
+        self.peer_fin: float | None = None  # the other side's FIN arrived
+        self.we_closed: float | None = None  # this side asked for its close
+        self.aborted = False
+
+    def fin_received(self, now: float) -> None:
+        if self.peer_fin is None:
+            self.peer_fin = now
+
+    def closing(self, now: float) -> None:
+        if self.we_closed is None:
+            self.we_closed = now
+
+    def abort(self, now: float) -> None:
+        self.aborted = True
+        self.closing(now)
+
+    @property
+    def we_first(self) -> bool:
+        """This side sent FIN first: it did not see the other's before."""
+        if self.we_closed is None:
+            return False
+        return self.peer_fin is None or self.we_closed <= self.peer_fin
+
+
+def describe_close(
+    side: Side,
+    local: Address | None,
+    remote: Address | None,
+    tracker: CloseTracker,
+    *,
+    clean: bool,
+    why: str = "",
+) -> list[str]:
+    """The four-way close (四次挥手), and who holds TIME_WAIT, from *side*."""
+    me, them = side.value, side.other.value
+    here = f" ({local} <-> {remote})" if local is not None else ""
+    if tracker.aborted:
+        return [
+            f"close: the {me} aborted the connection: it sent RST, not FIN, so there "
+            "is no four-way close and no TIME_WAIT on either side"
+        ]
+    if not clean and tracker.we_closed is None:
+        return [
+            f"close: the connection was lost ({why or 'reset'}): no orderly FIN from "
+            f"the {them}, so no TIME_WAIT here"
+        ]
+    lines: list[str] = []
+    if tracker.we_first:
+        lines.append(
+            f"close: the {me} sent FIN first (四次挥手 1: FIN, 2: ACK); the {them} "
+            "answered with its own FIN (3), and this side's ACK (4) ended it"
+        )
+        lines.append(
+            f"TIME_WAIT (时间等待): the side that closes first keeps the connection "
+            f"in TIME_WAIT: the {me}'s side{here}, for {TIME_WAIT_SECONDS} s on Linux, "
+            "so that a late segment of it cannot be taken for a new connection's"
+        )
+        if side is Side.SERVER:
+            lines.append(
+                f"so a server that does not set SO_REUSEADDR (the tutorial's "
+                f"server.py) cannot bind port {local.port if local else 'this port'} "
+                "again until then: Address already in use"
+            )
+    else:
+        half = (
+            f" It was a half-close (半关闭): the {them} could send no more, but could "
+            f"still receive, and the {me} still sent what it owed before its own FIN."
+            if tracker.we_closed is not None and tracker.peer_fin is not None
+            else ""
+        )
+        lines.append(
+            f"close: the {them} sent FIN first (四次挥手 1); this side ACKed it (2), "
+            f"then sent its own FIN (3) and got the last ACK (4).{half}"
+        )
+        lines.append(
+            f"TIME_WAIT (时间等待) is on the {them}'s side, which closed first, for "
+            f"{TIME_WAIT_SECONDS} s; this side{here} is free at once"
+        )
+    return lines
+
+
+# -- ss ----------------------------------------------------------------------
+
+
+@frozen
+class SocketState:
+    """One line of ``ss -tanoH``: a TCP socket, its state and its timer."""
+
+    state: str  # as ss spells it: ESTAB, FIN-WAIT-2, TIME-WAIT, ...
+    local: str
+    peer: str
+    seconds_left: float | None  # of the TIME_WAIT timer, if shown
+
+
+_TIMER = re.compile(r"timewait,(?:(\d+)min)?(?:(\d+(?:\.\d+)?)(ms|sec))?")
+#: States in which a closing socket is on its way to TIME_WAIT or gone.
+_CLOSING = ("FIN-WAIT-1", "FIN-WAIT-2", "CLOSING", "LAST-ACK", "CLOSE-WAIT")
+
+
+def _seconds(match: re.Match[str]) -> float | None:
+    minutes, amount, unit = match.groups()
+    if minutes is None and amount is None:
+        return None
+    total = 60.0 * int(minutes or 0)
+    if amount is not None:
+        total += float(amount) / (1000.0 if unit == "ms" else 1.0)
+    return total
+
+
+def parse_ss(output: str) -> list[SocketState]:
+    """The sockets in the output of ``ss -tanoH`` (with or without a filter).
+
+    Each line is ``State Recv-Q Send-Q Local:Port Peer:Port [timer:(...)]``;
+    ``ss -tanoH state time-wait`` leaves the state out, and its lines are
+    read as TIME-WAIT.  Anything else is skipped.
+    """
+    found = []
+    for line in output.splitlines():
+        words = line.split()
+        if len(words) >= 4 and words[0].isdigit():
+            words = ["TIME-WAIT", *words]
+        if len(words) < 5 or not words[1].isdigit():
+            continue
+        timer = _TIMER.search(line)
+        found.append(
+            SocketState(
+                words[0], words[3], words[4], _seconds(timer) if timer else None
+            )
+        )
+    return found
+
+
+def _ss_form(address: Address) -> str:
+    host = address.host
+    if host.startswith("::ffff:") and "." in host:
+        host = host.removeprefix("::ffff:")  # ss shows v4-mapped ones as v4
+    return f"[{host}]:{address.port}" if ":" in host else f"{host}:{address.port}"
+
+
+def ss_filter(local: Address, remote: Address) -> list[str]:
+    """``ss`` arguments for the sockets of this connection, on both its ends."""
+    a, b = str(local.port), str(remote.port)
+    return ["(", "sport", "=", f":{a}", "and", "dport", "=", f":{b}", ")", "or",
+            "(", "sport", "=", f":{b}", "and", "dport", "=", f":{a}", ")"]  # fmt: skip
+
+
+@frozen
+class KernelCheck:
+    """What ``ss`` says about TIME_WAIT for one connection."""
+
+    line: str
+    #: Not settled yet (this side is still closing): ask again later.
+    again: bool = False
+
+
+def check_time_wait(
+    side: Side,
+    local: Address,
+    remote: Address,
+    entries: Sequence[SocketState],
+    *,
+    expected_here: bool,
+    last_try: bool = False,
+) -> KernelCheck:
+    """Does the kernel (``ss``) agree with the trace about TIME_WAIT?"""
+    mine, theirs = _ss_form(local), _ss_form(remote)
+    here = next((e for e in entries if e.local == mine and e.peer == theirs), None)
+    there = next((e for e in entries if e.local == theirs and e.peer == mine), None)
+    if here is not None and here.state in _CLOSING and not last_try:
+        return KernelCheck(
+            f"kernel check: ss shows this side in {here.state}: the close is not "
+            "over yet; asking again",
+            again=True,
+        )
+    if here is not None and here.state == "TIME-WAIT":
+        left = (
+            f", {here.seconds_left:g} s left" if here.seconds_left is not None else ""
+        )
+        seen = f"ss shows TIME-WAIT on this side ({mine} -> {theirs}{left})"
+    elif here is not None:
+        seen = f"ss shows this side in {here.state}, not TIME-WAIT"
+    elif there is not None and there.state == "TIME-WAIT":
+        seen = f"ss shows TIME-WAIT on the other side ({theirs} -> {mine}), not here"
+    else:
+        seen = (
+            f"ss shows no TIME-WAIT for {mine} <-> {theirs} on this machine (the "
+            "other end may be another machine)"
+        )
+    held_here = here is not None and here.state == "TIME-WAIT"
+    if held_here == expected_here:
+        return KernelCheck(f"kernel check: {seen}: the kernel agrees with the trace")
+    expected = "on this side" if expected_here else f"on the {side.other.value}'s side"
+    return KernelCheck(
+        f"kernel check: {seen}, but the trace expected it {expected}: the kernel "
+        "and the trace DISAGREE (both ends may have closed at once, a FIN may "
+        "have crossed this side's, or the connection was reset); the kernel is right"
+    )
+
+
+# -- WebSocket -------------------------------------------------------------------
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+def websocket_accept(key: str) -> str:
+    """The ``Sec-WebSocket-Accept`` a server answers *key* with (RFC 6455 4.2.2)."""
+    import base64
+    import hashlib
+
+    digest = hashlib.sha1(key.strip().encode("ascii", "replace") + _WS_GUID).digest()
+    return base64.b64encode(digest).decode("ascii")
