@@ -61,7 +61,7 @@ TCP_INFO_SIZE = 232
 #: Linux keeps a socket in TIME_WAIT for a fixed minute (``TCP_TIMEWAIT_LEN``).
 TIME_WAIT_SECONDS = 60
 #: Per-read trace lines shown per conversation per second; the rest are counted.
-READS_PER_SECOND = 5
+READS_PER_SECOND = 10
 #: How many bytes of a read are shown, as a Python bytes literal.
 EXCERPT = 32
 

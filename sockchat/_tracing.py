@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
 from twisted.internet.protocol import connectionDone
@@ -38,6 +38,7 @@ from ._framing import Framing
 from ._render import safe_text
 from ._server import ChatServerFactory, ChatServerProtocol
 from ._trace import (
+    READS_PER_SECOND,
     TCP_INFO_SIZE,
     Address,
     CloseTracker,
@@ -58,7 +59,7 @@ from ._trace import (
 )
 from ._turns import Turn as ClientTurn
 from ._web import WebConversation, close_code
-from ._wire import Notice
+from ._wire import QUIT, Notice
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
@@ -75,6 +76,10 @@ __all__ = [
 ]
 
 log = Logger(namespace="sockchat.trace")
+
+#: The client's own trace goes to its own terminal, not a shared log: a
+#: looser bound.
+CLIENT_READS_PER_SECOND = 50
 
 #: How the kernel is asked about a connection's sockets after its close
 #: (then a filter for its two ports): ``ss -tan state time-wait`` shows
@@ -194,6 +199,7 @@ class ConnectionTrace:
         probe: Probe | None = None,
         *,
         raw: bool = False,
+        per_second: int = READS_PER_SECOND,
     ) -> None:
         self.side = side
         self._emit = emit
@@ -201,12 +207,14 @@ class ConnectionTrace:
         self._probe = probe
         self.reads = ReadTracker(raw=raw)
         self.close = CloseTracker()
-        self.budget = TraceBudget()
+        self.budget = TraceBudget(per_second)
         self.raw = raw
         self.local: Address | None = None
         self.remote: Address | None = None
         self.sock: socket.socket | None = None
         self._turn: bool | None = None  # the server's turn, when last said
+        #: Fires once the close is traced, its kernel check included.
+        self.settled: Deferred[None] = Deferred()
 
     def say(self, line: str) -> None:
         self._emit(safe_text(line))
@@ -261,12 +269,7 @@ class ConnectionTrace:
         if self.budget.admit(self._clock.seconds()) is None:
             return
         self.say(f"sent {size} bytes: one send(); TCP may deliver them in any pieces")
-        if servers_turn != self._turn:
-            self._turn = servers_turn
-            for line in describe_turn(
-                self.side, servers_turn=servers_turn, raw=self.raw
-            ):
-                self.say(line)
+        self.turn(servers_turn=servers_turn)
 
     def fin_received(self) -> None:
         self.close.fin_received(self._clock.seconds())
@@ -312,12 +315,20 @@ class ConnectionTrace:
             and not self.close.aborted
         ) and (clean or self.close.we_closed is not None):
             self._clock.callLater(SS_DELAY, self._check, self.close.we_first, 1)
+        else:
+            self._settle()
+
+    def _settle(self) -> None:
+        if not self.settled.called:
+            self.settled.callback(None)
 
     def _check(self, expected_here: bool, attempt: int) -> None:
         if self._probe is None or self.local is None or self.remote is None:
+            self._settle()
             return
         asking = self._probe(ss_filter(self.local, self.remote))
         asking.addCallback(self._checked, expected_here, attempt)
+        asking.addErrback(lambda _: self._settle())
 
     def _checked(self, output: str | None, expected_here: bool, attempt: int) -> None:
         if output is None:
@@ -325,6 +336,7 @@ class ConnectionTrace:
                 "kernel check: ss (from iproute2) is not available here, so TIME_WAIT "
                 "cannot be checked against the kernel"
             )
+            self._settle()
             return
         assert self.local is not None
         assert self.remote is not None
@@ -342,6 +354,7 @@ class ConnectionTrace:
             self._clock.callLater(SS_AGAIN, self._check, expected_here, attempt + 1)
             return
         self.say(check.line)
+        self._settle()
 
 
 class _StatsTap:
@@ -565,9 +578,21 @@ class TracingClientProtocol(_ChatClientProtocol):
         if shown:
             self.trace.turn(servers_turn=self.turns.turn is not ClientTurn.CLIENT)
 
+    def _resolve(self, text: str) -> None:
+        # Before the answer is handed on: whoever waits may say the next line
+        # at once, in this same call.
+        self.trace.turn(servers_turn=False)
+        super()._resolve(text)
+
     def say(self, text: str) -> Deferred[str]:
         before = self.turns.turn
         sent = super().say(text)
+        if text == QUIT and self.turns.turn is ClientTurn.ENDED:
+            self.trace.say(
+                f"sent q ({len(self._framing.encode_message(text))} bytes): this "
+                "client quits; the server answers with its goodbye and closes"
+            )
+            return sent
         if self.turns.turn is not before or self._end is not None:
             size = len(self._framing.encode_message(text))
             self.trace.sent(size, servers_turn=True)
@@ -603,6 +628,13 @@ class TracingClientFactory(_ClientFactory):
         self._emit = emit
         self._clock = clock
         self._probe = probe or ss_probe(clock)
+        self.traces: list[ConnectionTrace] = []
+
+    def settled(self, timeout: float) -> Deferred[None]:
+        """Fire once every connection's close is traced, or after *timeout*."""
+        waiting = DeferredList([t.settled for t in self.traces], consumeErrors=True)
+        done: Deferred[None] = waiting.addCallback(lambda _: None)
+        return done.addTimeout(timeout, self._clock, lambda result, t: None)
 
     def buildProtocol(self, addr: Any) -> _ChatClientProtocol:
         proto = TracingClientProtocol(self._on_notice, self._framing)
@@ -612,6 +644,8 @@ class TracingClientFactory(_ClientFactory):
             self._clock,
             self._probe,
             raw=self._framing is not None and self._framing.name == "raw",
+            per_second=CLIENT_READS_PER_SECOND,
         )
+        self.traces.append(proto.trace)
         proto.factory = self
         return proto

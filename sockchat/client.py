@@ -45,6 +45,9 @@ from ._wire import QUIT, Notice, NoticeKind
 
 PROMPT = "client --> server:"
 ANSWER = "server --> client:"
+#: Seconds the client waits, at its end, for ``--trace`` to check the close
+#: with ``ss``.
+TRACE_SETTLE = 3.0
 #: Who answers, once pair mode has paired this client (``!info paired``).
 PARTNER = "partner"
 
@@ -97,6 +100,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--key", metavar="FILE", help="with --connect tls:...: its private key (PEM)"
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="teaching mode: show what TCP does on this client's socket, next to "
+        "the chat ([tcp] lines: ports, the handshake, each read, TCP_INFO, the "
+        "close and TIME_WAIT); on stderr when piped. See docs/lessons.md",
     )
     parser.add_argument(
         "--version", action="version", version=f"sockchat {__version__}"
@@ -232,6 +242,19 @@ class _Screen:
             self.say(line)
 
 
+def _tracer(screen: _Screen) -> Callable[[str], None]:
+    """Where ``--trace`` lines go: on the screen with the chat, in order, at
+    a terminal; on stderr when piped, so that stdout keeps only the answers."""
+
+    def trace(line: str) -> None:
+        if screen.interactive:
+            screen.say(f"[tcp] {line}")
+        else:
+            screen.err(f"[tcp] {line}")
+
+    return trace
+
+
 def _describe_target(args: argparse.Namespace) -> str:
     return args.connect or f"{args.host}:{args.port}"
 
@@ -265,12 +288,21 @@ def _connect_failure(target: str, failure: Failure) -> str:
 
 
 async def _chat(
-    reactor: Any, conversation: Conversation, stdin: _StdinLines, screen: _Screen
+    reactor: Any,
+    conversation: Conversation,
+    stdin: _StdinLines,
+    screen: _Screen,
+    trace: Callable[[str], None] | None = None,
 ) -> int:
     def typed_while_waiting(text: str) -> None:
         if text == QUIT:
             conversation.quit()
         else:
+            if trace is not None:
+                trace(
+                    "a line typed out of turn (the server's turn) was held by the "
+                    "client and not sent: no byte of it reached TCP"
+                )
             screen.say(
                 "[sockchat] still waiting for the answer to your last line; "
                 f'"{safe_text(text)}" was not sent. Type it again at the prompt.',
@@ -373,13 +405,27 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
     flushed: Deferred[None] = Deferred()
 
     try:
+        trace = _tracer(screen) if args.trace else None
+        traced: Any = None
         try:
-            conversation = await connect(
-                reactor,
-                endpoint,
-                on_notice=screen.notice,
-                framing=framing_named(args.framing),
-            )
+            if trace is not None:
+                from ._client import _connect
+                from ._tracing import TracingClientFactory
+
+                traced = TracingClientFactory(
+                    screen.notice,
+                    framing_named(args.framing),
+                    emit=trace,
+                    clock=reactor,
+                )
+                conversation = await _connect(reactor, endpoint, traced, 10.0)
+            else:
+                conversation = await connect(
+                    reactor,
+                    endpoint,
+                    on_notice=screen.notice,
+                    framing=framing_named(args.framing),
+                )
         except Exception:
             screen.err(_connect_failure(_describe_target(args), Failure()))
             return 1
@@ -391,7 +437,10 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
             return quitting.addTimeout(3.0, reactor, lambda result, timeout: None)
 
         reactor.addSystemEventTrigger("before", "shutdown", quit_and_flush)
-        return await _chat(reactor, conversation, stdin, screen)
+        status = await _chat(reactor, conversation, stdin, screen, trace)
+        if traced is not None:  # the close's trace, and its check with ss
+            await traced.settled(TRACE_SETTLE)
+        return status
     finally:
         # Let what is written reach stdout before the reactor stops.
         if not stdin.stdout_gone:
