@@ -446,22 +446,27 @@ def describe_turn(
 
 
 class CloseTracker:
-    """Who sent FIN first, from what this side saw and did."""
+    """Who sent FIN first, from what this side saw and did, in that order."""
 
-    __slots__ = ("aborted", "peer_fin", "we_closed")
+    __slots__ = ("_first", "aborted", "peer_fin", "we_closed")
 
     def __init__(self) -> None:
         self.peer_fin: float | None = None  # the other side's FIN arrived
         self.we_closed: float | None = None  # this side asked for its close
         self.aborted = False
+        self._first: bool | None = None  # True: this side's close came first
 
     def fin_received(self, now: float) -> None:
         if self.peer_fin is None:
             self.peer_fin = now
+            if self._first is None:
+                self._first = False
 
     def closing(self, now: float) -> None:
         if self.we_closed is None:
             self.we_closed = now
+            if self._first is None:
+                self._first = True
 
     def abort(self, now: float) -> None:
         self.aborted = True
@@ -469,10 +474,8 @@ class CloseTracker:
 
     @property
     def we_first(self) -> bool:
-        """This side sent FIN first: it did not see the other's before."""
-        if self.we_closed is None:
-            return False
-        return self.peer_fin is None or self.we_closed <= self.peer_fin
+        """This side sent FIN first: it had not seen the other's before."""
+        return bool(self._first)
 
 
 def describe_close(

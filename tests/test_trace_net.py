@@ -1,0 +1,286 @@
+"""Teaching mode against real loopback sockets: the trace's facts are the
+kernel's.  Sticky and split reads are made on purpose; who closed first and
+which side holds TIME_WAIT are checked with ``ss``."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import time
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor, threads
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
+from zope.interface import implementer
+
+from sockchat import EchoResponder, IResponder
+from sockchat._client import _connect
+from sockchat._tracing import TracingChatServerFactory, TracingClientFactory
+
+from processes import need_tool
+
+
+@implementer(IResponder)
+class Silent:
+    """Takes its time: the server's turn lasts until the client leaves."""
+
+    def respond(self, conversation, text):
+        return Deferred()
+
+
+@pytest.fixture
+def traced():
+    """The server's [tcp] lines, as logged."""
+    lines: list[str] = []
+
+    def observe(event):
+        if event.get("log_namespace") == "sockchat.trace":
+            lines.append(event["trace"])
+
+    globalLogPublisher.addObserver(observe)
+    yield lines
+    globalLogPublisher.removeObserver(observe)
+
+
+async def serve(responder=None, **kw):
+    factory = TracingChatServerFactory(responder or EchoResponder(), **kw)
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+    return factory, port
+
+
+async def until(lines: list[str], pattern: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in lines:
+            if re.search(pattern, line):
+                return line
+        assert time.monotonic() < deadline, f"no {pattern!r} in:\n" + "\n".join(lines)
+        await deferLater(reactor, 0.05)
+
+
+def ss_states(port: int) -> list[tuple[str, str, str]]:
+    """(state, local, peer) of every TCP socket to or from *port*, from ss."""
+    ss = need_tool("ss", "iproute2")
+    out = subprocess.run(
+        [
+            ss,
+            "-tanH",
+            "(",
+            "sport",
+            "=",
+            f":{port}",
+            "or",
+            "dport",
+            "=",
+            f":{port}",
+            ")",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=10,
+    ).stdout
+    return [(w[0], w[3], w[4]) for w in (line.split() for line in out.splitlines())]
+
+
+def talk(port: int, *steps: bytes | float, close: str = "read") -> tuple[int, bytes]:
+    """A blocking client (run in a thread): send each bytes step, sleep each
+    float; then half-close (``close="shutdown"``) or read until the server
+    closes.  Returns its own port and all it read."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    mine = sock.getsockname()[1]
+    heard = sock.recv(4096)  # the welcome
+    for step in steps:
+        if isinstance(step, float):
+            time.sleep(step)
+        else:
+            sock.sendall(step)
+    if close == "shutdown":
+        sock.shutdown(socket.SHUT_WR)
+    while chunk := sock.recv(4096):
+        heard += chunk
+    sock.close()
+    return mine, heard
+
+
+@pytest_twisted.ensureDeferred
+async def test_three_lines_sent_at_once_are_one_sticky_read(traced):
+    _, port = await serve()
+    try:
+        await threads.deferToThread(
+            talk, port.getHost().port, b"one\ntwo\nthree\n", 0.3, b"q\n"
+        )
+        line = await until(traced, r"^read 1: ")
+        assert line.startswith("read 1: 14 bytes b'one\\ntwo\\nthree\\n': 3 lines")
+        assert "sticky packet" in line
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_line_sent_in_two_pieces_is_a_split_read(traced):
+    _, port = await serve()
+    try:
+        await threads.deferToThread(
+            talk, port.getHost().port, b"hel", 0.3, b"lo\n", 0.3, b"q\n"
+        )
+        first = await until(traced, r"^read 1: ")
+        second = await until(traced, r"^read 2: ")
+        assert first.startswith("read 1: 3 bytes b'hel': no line ends here")
+        assert second.startswith("read 2: 3 bytes b'lo\\n': 1 line")
+        assert "one line split over 2 reads" in second
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_connection_is_described_with_its_real_ports(traced):
+    _, port = await serve()
+    server_port = port.getHost().port
+    try:
+        mine, _ = await threads.deferToThread(talk, server_port, b"q\n")
+        await until(traced, f"^kernel check: .*127.0.0.1:{mine}")
+        text = "\n".join(traced)
+        assert f"local 127.0.0.1:{server_port} (this server's end)" in text
+        assert f"remote 127.0.0.1:{mine} (the client's end)" in text
+        assert f"port {mine} is the client's ephemeral port" in text
+        assert "kernel (TCP_INFO): state ESTABLISHED, round trip" in text
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_q_makes_the_server_close_first_and_hold_time_wait_as_ss_says(traced):
+    _, port = await serve()
+    server_port = port.getHost().port
+    try:
+        mine, heard = await threads.deferToThread(talk, server_port, b"q\n")
+        assert heard.endswith(b"!bye quit: goodbye.\n")
+        close = await until(traced, "^close: ")
+        assert close.startswith("close: the server sent FIN first")
+        check = await until(traced, f"^kernel check: .*127.0.0.1:{mine}")
+        assert (
+            f"TIME-WAIT on this side (127.0.0.1:{server_port} -> 127.0.0.1:{mine}"
+            in check
+        )
+        assert check.endswith("the kernel agrees with the trace")
+        # And by ss itself: the TIME_WAIT socket is the server's end.
+        states = ss_states(server_port)
+        assert ("TIME-WAIT", f"127.0.0.1:{server_port}", f"127.0.0.1:{mine}") in states
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_half_close_from_the_client_puts_time_wait_on_its_side(traced):
+    _, port = await serve()
+    server_port = port.getHost().port
+    try:
+        mine, heard = await threads.deferToThread(
+            talk, server_port, b"hello\n", 0.3, close="shutdown"
+        )
+        assert b"!bye end-of-input" in heard
+        await until(traced, "^FIN from the client")
+        close = await until(traced, "^close: ")
+        assert close.startswith("close: the client sent FIN first")
+        assert "half-close" in close
+        check = await until(traced, f"^kernel check: .*127.0.0.1:{mine}")
+        assert "TIME-WAIT on the other side" in check
+        assert check.endswith("the kernel agrees with the trace")
+        states = ss_states(server_port)
+        assert ("TIME-WAIT", f"127.0.0.1:{mine}", f"127.0.0.1:{server_port}") in states
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_line_out_of_turn_is_traced_as_refused(traced):
+    _, port = await serve(Silent())
+    try:
+        sock = await threads.deferToThread(
+            socket.create_connection, ("127.0.0.1", port.getHost().port), 10
+        )
+        await threads.deferToThread(sock.recv, 4096)
+        sock.sendall(b"first\n")
+        await until(traced, "^turn: the server's")
+        sock.sendall(b"second\n")
+        refused = await until(traced, "out of turn")
+        assert "refused (!error out-of-turn) and not delivered" in refused
+        sock.close()
+        await until(traced, "^close: ")
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_reads_past_the_budget_are_counted_not_shown(traced):
+    _, port = await serve()
+    try:
+
+        def many() -> None:
+            sock = socket.create_connection(("127.0.0.1", port.getHost().port), 10)
+            sock.recv(4096)
+            for _ in range(15):
+                sock.sendall(b"x")
+                time.sleep(0.02)
+            sock.sendall(b"\nq\n")
+            while sock.recv(4096):
+                pass
+            sock.close()
+
+        await threads.deferToThread(many)
+        summary = await until(traced, r"reads in all; \d+ were not shown")
+        assert summary.startswith("16 reads in all") or summary.startswith("17 reads")
+        shown = [line for line in traced if line.startswith("read ")]
+        assert len(shown) == 10  # READS_PER_SECOND
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_client_traces_its_own_socket_and_checks_the_close_with_ss():
+    need_tool("ss", "iproute2")
+    _, port = await serve()
+    server_port = port.getHost().port
+    lines: list[str] = []
+    try:
+        factory = TracingClientFactory(
+            lambda notice: None, None, emit=lines.append, clock=reactor
+        )
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server_port)
+        conversation = await _connect(reactor, endpoint, factory, 10.0)
+        assert await conversation.say("hello") == "hello"
+        await conversation.quit()
+        await factory.settled(5.0)
+        text = "\n".join(lines)
+        assert f"remote 127.0.0.1:{server_port} (the server's end)" in text
+        assert "connect() returned once the three-way handshake" in text
+        assert "sent 6 bytes" in text
+        assert "read 2: 6 bytes b'hello\\n': 1 line" in text
+        assert "close: the server sent FIN first" in text
+        assert lines[-1].startswith(
+            "kernel check: ss shows TIME-WAIT on the other side"
+        )
+        assert lines[-1].endswith("the kernel agrees with the trace")
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_ss_the_trace_says_the_kernel_cannot_be_checked(traced):
+    def no_ss(where) -> Deferred[str | None]:
+        d: Deferred[str | None] = Deferred()
+        d.callback(None)
+        return d
+
+    _, port = await serve(probe=no_ss)
+    try:
+        await threads.deferToThread(talk, port.getHost().port, b"q\n")
+        line = await until(traced, "^kernel check: ss .from")
+        assert "ss (from iproute2) is not available" in line
+    finally:
+        await port.stopListening()
