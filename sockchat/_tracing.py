@@ -521,7 +521,9 @@ class TracingWebConversation(WebConversation):
         self.trace.say(
             f"close handshake: the server sends a Close frame, code {code} "
             f"({CLOSE_NAMES.get(code, 'see RFC 6455')}), for {_close_why(action)}; "
-            "the browser answers with its own Close, then TCP closes"
+            "Twisted closes TCP right after it, without waiting for the browser's "
+            "own Close frame: if that comes after the server's socket has closed, "
+            "the server's kernel answers it with RST, and no TIME_WAIT is left"
         )
         self._to_page = False
         self.trace.closing(_close_why(action))

@@ -21,6 +21,25 @@
   const quit = document.getElementById("quit");
   const reconnect = document.getElementById("reconnect");
   const why = document.getElementById("why");
+  const traceToggle = document.getElementById("trace-toggle");
+  const tracePanel = document.getElementById("trace");
+  const traceLog = document.getElementById("trace-log");
+  const traceClose = document.getElementById("trace-close");
+  // Lines kept in the trace panel: the oldest go first.
+  const TRACE_KEPT = 500;
+  const CLOSE_NAMES = {
+    1000: "normal closure",
+    1001: "going away",
+    1002: "protocol error",
+    1003: "unsupported data",
+    1005: "no code was sent",
+    1006: "closed with no Close frame",
+    1007: "invalid data",
+    1008: "policy violation",
+    1011: "server error",
+    1013: "try again later",
+  };
+  const encoder = new TextEncoder();
 
   let socket = null;
   let opened = false; // the current socket was opened at least once
@@ -73,6 +92,36 @@
     item.dataset.code = code;
   }
 
+  // The trace panel (twistd sockchat --web ... --trace): the server's
+  // "!info trace:" notices, and this page's own frames.  It opens once the
+  // server has sent a trace notice; without --trace it never shows.
+  function trace(who, text) {
+    const item = document.createElement("li");
+    item.className = "trace-" + who;
+    const tag = document.createElement("span");
+    tag.className = "who";
+    tag.textContent = who === "server" ? "server" : "page";
+    const said = document.createElement("span");
+    said.className = "text";
+    said.textContent = safeText(text);
+    item.append(tag, said);
+    traceLog.append(item);
+    while (traceLog.childElementCount > TRACE_KEPT) traceLog.firstElementChild.remove();
+    if (!tracePanel.hidden) item.scrollIntoView({ block: "end" });
+  }
+
+  function bytes(text) {
+    return encoder.encode(text).length;
+  }
+
+  function setTraceOpen(open) {
+    tracePanel.hidden = !open;
+    traceToggle.setAttribute("aria-expanded", open ? "true" : "false");
+    if (open && traceLog.lastElementChild) {
+      traceLog.lastElementChild.scrollIntoView({ block: "end" });
+    }
+  }
+
   // Why what the user did was not sent; it goes when they type again.
   function explain(text) {
     why.textContent = text;
@@ -106,6 +155,12 @@
   function received(event) {
     if (typeof event.data !== "string") return;
     const message = parse(event.data);
+    if (message.kind === "info" && message.code === "trace") {
+      traceToggle.hidden = false;
+      trace("server", message.text);
+      return;
+    }
+    trace("page", "frame in: a text frame of " + bytes(event.data) + " bytes");
     if (message.answer !== undefined) {
       if (message.answer === QUIT) {
         show("peer", QUIT, peer);
@@ -136,6 +191,14 @@
 
   function closed(event) {
     socket = null;
+    trace(
+      "page",
+      "close: code " + event.code + " (" + (CLOSE_NAMES[event.code] || "see RFC 6455") +
+        ")" + (event.reason ? ", reason " + event.reason : "") +
+        (event.wasClean
+          ? "; the close handshake was done: a Close frame each way, then TCP's FINs"
+          : "; not clean: the TCP connection ended without the close handshake"),
+    );
     if (state === "ended") return;
     if (!opened) {
       anew = false; // no new conversation began
@@ -156,6 +219,11 @@
     socket = new WebSocket(scheme + location.host + "/chat");
     socket.addEventListener("open", function () {
       opened = true;
+      trace(
+        "page",
+        "open: the server answered the page's HTTP GET /chat with 101 Switching " +
+          "Protocols; this TCP connection now carries WebSocket frames",
+      );
       if (anew) {
         anew = false;
         const rule = document.createElement("li");
@@ -172,6 +240,11 @@
   function say(text) {
     if (!socket || socket.readyState !== WebSocket.OPEN) return;
     socket.send(text);
+    trace(
+      "page",
+      "frame out: a text frame of " + bytes(text) + " bytes (masked, as every " +
+        "frame from a browser is)",
+    );
     show("self", text, "you");
     if (text === QUIT) {
       setState("ended", "You quit.");
@@ -203,6 +276,13 @@
   input.addEventListener("input", unexplain);
   quit.addEventListener("click", function () {
     if (state === "yours" || state === "waiting") say(QUIT);
+  });
+  traceToggle.addEventListener("click", function () {
+    setTraceOpen(tracePanel.hidden);
+  });
+  traceClose.addEventListener("click", function () {
+    setTraceOpen(false);
+    traceToggle.focus();
   });
   reconnect.addEventListener("click", function () {
     if (socket) return;
