@@ -105,6 +105,13 @@ METRICS = Variant(
     sockchat=("--responder", "echo", "--metrics", "tcp:0:interface=127.0.0.1"),
     against=ECHO.name,
 )
+#: Teaching mode: its [tcp] log lines are the point, so they are written
+#: (at most a few a second per conversation) and counted in the table.
+TRACE = Variant(
+    "sockchat echo + trace",
+    sockchat=("--responder", "echo", "--trace"),
+    against=ECHO.name,
+)
 
 
 @dataclass
@@ -217,6 +224,8 @@ def sockchat_features() -> set[str]:
         found.add("pair")
     if "--transcript" in helped:
         found.add("transcript")
+    if "--trace" in helped:
+        found.add("trace")
     if "--metrics" in helped:
         try:
             import prometheus_client  # noqa: F401
@@ -640,8 +649,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--variants",
         default="baseline,echo,pair,transcript",
-        help="comma-separated subset of baseline,echo,pair,transcript,metrics "
-        "(metrics: not run unless asked for)",
+        help="comma-separated subset of baseline,echo,pair,transcript,metrics,trace "
+        "(metrics and trace: not run unless asked for)",
     )
     parser.add_argument("--json", type=Path, help="write every run here")
     parser.add_argument("--deadline", type=int, default=180, help="seconds per run")
@@ -668,6 +677,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("pair", PAIR),
         ("transcript", TRANSCRIPT),
         ("metrics", METRICS),
+        ("trace", TRACE),
     ):
         if key in chosen:
             if key in features:
