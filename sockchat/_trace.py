@@ -416,8 +416,13 @@ def describe_turn(
     pending: int = 0,
     refused: Sequence[str] = (),
     raw: bool = False,
+    answered: int = 0,
 ) -> list[str]:
-    """Whose turn it is now, and what became of lines sent out of turn."""
+    """Whose turn it is now, and what became of lines sent out of turn.
+
+    *answered* is how many answers went out since the last read (the
+    server's side): each gave the turn back to the client.
+    """
     lines: list[str] = []
     for code in refused:
         if code == "out-of-turn":
@@ -428,6 +433,11 @@ def describe_turn(
             )
         else:
             lines.append(f"a line was refused ({code}); the turn did not move")
+    if answered:
+        lines.append(
+            f"{_plural(answered, 'line')} delivered and answered at once: each "
+            "answer gave the turn back to the client"
+        )
     if servers_turn:
         owed = f" (it owes the answer to line {pending})" if pending else ""
         extra = (

@@ -224,9 +224,10 @@ class ConnectionTrace:
         self.local = address_of(transport.getHost())
         self.remote = address_of(transport.getPeer())
         if self.local is None or self.remote is None:
+            self.sock = None  # no TCP_INFO either
             self.say(
-                "connection: not over TCP/IP (a UNIX socket?): no ports, handshake "
-                "or TIME_WAIT to show"
+                "connection: not over TCP/IP (a UNIX socket?): no ports, handshake, "
+                "TCP_INFO or TIME_WAIT to show; the reads are still traced"
             )
             return
         for line in describe_connection(
@@ -251,16 +252,23 @@ class ConnectionTrace:
         return True
 
     def turn(
-        self, *, servers_turn: bool | None, refused: list[str] | None = None
+        self,
+        *,
+        servers_turn: bool | None,
+        refused: list[str] | None = None,
+        answered: int = 0,
     ) -> None:
-        """Say whose turn it is, when it changed or a line was refused."""
-        if servers_turn is not None and (refused or servers_turn != self._turn):
+        """Say whose turn it is, when it moved or a line was refused."""
+        if servers_turn is None:
+            return
+        if refused or answered or servers_turn != self._turn:
             self._turn = servers_turn
             for line in describe_turn(
                 self.side,
                 servers_turn=servers_turn,
                 refused=refused or (),
                 raw=self.raw,
+                answered=answered,
             ):
                 self.say(line)
 
@@ -409,13 +417,15 @@ class TracingChatServerProtocol(ChatServerProtocol):
 
     def dataReceived(self, data: bytes) -> None:
         shown = self.trace.read(data)
-        super().dataReceived(data)
         engine = getattr(self, "engine", None)
+        answers = 0 if engine is None else engine.answers
+        super().dataReceived(data)
         refused, self._refused_codes[:] = list(self._refused_codes), []
-        if shown:
+        if shown and engine is not None:
             self.trace.turn(
-                servers_turn=None if engine is None else engine.turn is Turn.SERVER,
+                servers_turn=engine.turn is Turn.SERVER,
                 refused=refused,
+                answered=engine.answers - answers,
             )
 
     def readConnectionLost(self) -> None:

@@ -187,6 +187,27 @@ def test_the_budget_shows_so_many_lines_a_second_and_counts_the_rest():
     assert budget.total_held == 2
 
 
+def test_reads_held_back_are_said_with_the_next_one_shown():
+    from twisted.internet.task import Clock
+
+    from sockchat._tracing import ConnectionTrace
+
+    clock, lines = Clock(), []
+    trace = ConnectionTrace(Side.SERVER, lines.append, clock, per_second=2)
+    assert [trace.read(b"x") for _ in range(4)] == [True, True, False, False]
+    clock.advance(1.0)
+    assert trace.read(b"\n")
+    assert lines == [
+        "read 1: 1 byte b'x': no line ends here: a split line (拆包), 1 byte so "
+        "far wait for the rest (read 1 on)",
+        "read 2: 1 byte b'x': no line ends here: a split line (拆包), 2 bytes so "
+        "far wait for the rest (read 1 on)",
+        "(2 reads not shown: at most 2 a second)",
+        "read 5: 1 byte b'\\n': 1 line; the first line began 4 bytes earlier: one "
+        "line split over 5 reads (拆包), put back together at its newline",
+    ]
+
+
 def test_the_turn_and_an_out_of_turn_line():
     lines = describe_turn(Side.SERVER, servers_turn=True, refused=["out-of-turn"])
     assert "refused (!error out-of-turn) and not delivered" in lines[0]
@@ -197,6 +218,8 @@ def test_the_turn_and_an_out_of_turn_line():
     ]
     raw = describe_turn(Side.SERVER, servers_turn=True, raw=True)
     assert "waits its turn in the server's queue" in raw[-1]
+    answered = describe_turn(Side.SERVER, servers_turn=False, answered=2)
+    assert answered[0].startswith("2 lines delivered and answered at once")
 
 
 def test_the_side_that_sends_fin_first_holds_time_wait():
