@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._client import _ChatClientProtocol, _ClientFactory
-from ._engine import Close, Turn
+from ._engine import Close, Phase, Turn
 from ._framing import Framing
 from ._render import safe_text
 from ._server import ChatServerFactory, ChatServerProtocol
@@ -421,7 +421,7 @@ class TracingChatServerProtocol(ChatServerProtocol):
         answers = 0 if engine is None else engine.answers
         super().dataReceived(data)
         refused, self._refused_codes[:] = list(self._refused_codes), []
-        if shown and engine is not None:
+        if shown and engine is not None and engine.phase is Phase.OPEN:
             self.trace.turn(
                 servers_turn=engine.turn is Turn.SERVER,
                 refused=refused,
@@ -520,7 +520,7 @@ class TracingWebConversation(WebConversation):
         )
         if self.trace.sock is not None:
             self.trace.say(kernel_line(self.trace.sock))
-        if engine is not None:
+        if engine is not None and engine.phase is Phase.OPEN:
             for line in describe_turn(
                 Side.SERVER, servers_turn=engine.turn is Turn.SERVER
             ):
@@ -588,7 +588,9 @@ class TracingClientProtocol(_ChatClientProtocol):
         shown = self.trace.read(data)
         super().dataReceived(data)
         if shown:
-            self.trace.turn(servers_turn=self.turns.turn is not ClientTurn.CLIENT)
+            turn = self.turns.turn
+            if turn is not ClientTurn.ENDED:
+                self.trace.turn(servers_turn=turn is ClientTurn.SERVER)
 
     def _resolve(self, text: str) -> None:
         # Before the answer is handed on: whoever waits may say the next line
