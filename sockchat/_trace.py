@@ -412,7 +412,7 @@ class TraceBudget:
 def describe_turn(
     side: Side,
     *,
-    servers_turn: bool,
+    servers_turn: bool | None,
     pending: int = 0,
     refused: Sequence[str] = (),
     raw: bool = False,
@@ -421,7 +421,8 @@ def describe_turn(
     """Whose turn it is now, and what became of lines sent out of turn.
 
     *answered* is how many answers went out since the last read (the
-    server's side): each gave the turn back to the client.
+    server's side): each gave the turn back to the client.  *servers_turn*
+    is None once the conversation is over: no one's turn.
     """
     lines: list[str] = []
     for code in refused:
@@ -438,6 +439,8 @@ def describe_turn(
             f"{_plural(answered, 'line')} delivered and answered at once: each "
             "answer gave the turn back to the client"
         )
+    if servers_turn is None:
+        return lines
     if servers_turn:
         owed = f" (it owes the answer to line {pending})" if pending else ""
         extra = (

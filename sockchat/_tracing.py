@@ -259,8 +259,6 @@ class ConnectionTrace:
         answered: int = 0,
     ) -> None:
         """Say whose turn it is, when it moved or a line was refused."""
-        if servers_turn is None:
-            return
         if refused or answered or servers_turn != self._turn:
             self._turn = servers_turn
             for line in describe_turn(
@@ -421,9 +419,10 @@ class TracingChatServerProtocol(ChatServerProtocol):
         answers = 0 if engine is None else engine.answers
         super().dataReceived(data)
         refused, self._refused_codes[:] = list(self._refused_codes), []
-        if shown and engine is not None and engine.phase is Phase.OPEN:
+        if shown and engine is not None:
+            over = engine.phase is not Phase.OPEN
             self.trace.turn(
-                servers_turn=engine.turn is Turn.SERVER,
+                servers_turn=None if over else engine.turn is Turn.SERVER,
                 refused=refused,
                 answered=engine.answers - answers,
             )
@@ -627,7 +626,7 @@ class TracingClientProtocol(_ChatClientProtocol):
 
 
 class TracingClientFactory(_ClientFactory):
-    """Make ``TracingClientProtocol``s whose trace lines go to *emit*."""
+    """Make a ``TracingClientProtocol`` per connection; its lines go to *emit*."""
 
     def __init__(
         self,

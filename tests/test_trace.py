@@ -218,6 +218,9 @@ def test_the_turn_and_an_out_of_turn_line():
     ]
     raw = describe_turn(Side.SERVER, servers_turn=True, raw=True)
     assert "waits its turn in the server's queue" in raw[-1]
+    over = describe_turn(Side.SERVER, servers_turn=None, refused=["out-of-turn"])
+    assert len(over) == 1  # the refusal; the conversation is over: no turn
+    assert "out of turn" in over[0]
     answered = describe_turn(Side.SERVER, servers_turn=False, answered=2)
     assert answered[0].startswith("2 lines delivered and answered at once")
 
