@@ -236,7 +236,6 @@ def describe_connection(
     remote: Address,
     *,
     ephemeral: tuple[int, int] | None = None,
-    started: str = "",
 ) -> list[str]:
     """What the two ends of a new connection are, seen from *side*.
 
@@ -271,13 +270,13 @@ def describe_connection(
         )
     if side is Side.SERVER:
         lines.append(
-            f"accepted{started}: the kernel had already done the three-way "
+            "accepted: the kernel had already done the three-way "
             "handshake (三次握手: SYN, SYN-ACK, ACK) before accept() returned "
             "this connection; the server never sees it"
         )
     else:
         lines.append(
-            f"connected{started}: connect() returned once the three-way handshake "
+            "connected: connect() returned once the three-way handshake "
             "(三次握手) was done: this end sent SYN, the server's kernel answered "
             "SYN-ACK, and this end's ACK completed it"
         )

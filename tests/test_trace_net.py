@@ -289,3 +289,48 @@ async def test_without_ss_the_trace_says_the_kernel_cannot_be_checked(traced):
         assert "ss (from iproute2) is not available" in line
     finally:
         await port.stopListening()
+
+
+async def built(*argv: str):
+    """The factory and the listening services that ``twistd sockchat ARGV`` makes."""
+    from sockchat import tap
+    from sockchat._services import ChatServerService
+
+    options = tap.Options()
+    options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", *argv])
+    top = tap.makeService(options)
+    services = [s for s in top if isinstance(s, ChatServerService)]
+    return services[0].factory, services
+
+
+@pytest_twisted.ensureDeferred
+async def test_without_trace_the_server_uses_its_own_classes_unchanged():
+    from sockchat import ChatServerFactory
+    from sockchat._server import ChatServerProtocol
+
+    factory, services = await built("--responder", "echo")
+    try:
+        assert type(factory) is ChatServerFactory
+        assert factory.web_conversation is None
+        assert type(factory.conversation(None)) is ChatServerProtocol
+    finally:
+        for service in services:
+            await service.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_with_trace_the_server_uses_the_tracing_classes():
+    from sockchat._tracing import TracingChatServerProtocol, TracingWebConversation
+
+    factory, services = await built(
+        "--responder", "echo", "--trace", "--web", "tcp:0:interface=127.0.0.1"
+    )
+    try:
+        assert type(factory) is TracingChatServerFactory
+        assert factory.web_conversation is TracingWebConversation
+        assert type(factory.conversation(None)) is TracingChatServerProtocol
+        assert len(services) == 2  # the TCP door and the web door share it
+        assert services[1].factory is factory
+    finally:
+        for service in services:
+            await service.port.stopListening()

@@ -230,6 +230,7 @@
         rule.className = "rule";
         rule.textContent = "new conversation";
         log.append(rule);
+        trace("page", "a new conversation: a new TCP connection, a new upgrade");
       }
     });
     // The server's first line (welcome, listen, or busy) says whose turn it is.
