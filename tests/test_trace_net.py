@@ -334,3 +334,30 @@ async def test_with_trace_the_server_uses_the_tracing_classes():
     finally:
         for service in services:
             await service.port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_at_most_so_many_ss_run_at_once():
+    need_tool("ss", "iproute2")
+    from sockchat._tracing import ProbeBusy, ss_probe
+
+    probe = ss_probe(reactor, at_once=1)
+    where = ["sport", "=", ":1"]
+    first, second = probe(where), probe(where)
+    assert isinstance(await first, str)
+    with pytest.raises(ProbeBusy):
+        await second
+    assert isinstance(await probe(where), str)  # the slot is free again
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_check_past_the_limit_is_said_to_be_skipped(traced):
+    from sockchat._tracing import ss_probe
+
+    _, port = await serve(probe=ss_probe(reactor, at_once=0))
+    try:
+        await threads.deferToThread(talk, port.getHost().port, b"q\n")
+        line = await until(traced, "^kernel check: skipped")
+        assert "at most 4 ss run at a time" in line
+    finally:
+        await port.stopListening()
