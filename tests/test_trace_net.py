@@ -361,3 +361,37 @@ async def test_a_check_past_the_limit_is_said_to_be_skipped(traced):
         assert "at most 4 ss run at a time" in line
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_over_tls_both_sides_trace_the_tcp_underneath(tmp_path, traced):
+    from twisted.internet.endpoints import clientFromString
+
+    from certs import make_tls_files
+
+    files = make_tls_files(tmp_path)
+    factory = TracingChatServerFactory(EchoResponder())
+    port = await serverFromString(
+        reactor,
+        f"ssl:0:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}",
+    ).listen(factory)
+    lines: list[str] = []
+    try:
+        endpoint = clientFromString(
+            reactor,
+            f"tls:localhost:{port.getHost().port}:trustRoots={files['ca'].parent}",
+        )
+        client = TracingClientFactory(
+            lambda notice: None, None, emit=lines.append, clock=reactor
+        )
+        conversation = await _connect(reactor, endpoint, client, 10.0)
+        assert await conversation.say("secret") == "secret"
+        await conversation.quit()
+        await client.settled(5.0)
+        # The reads are the decrypted bytes; TCP_INFO is the TCP socket's.
+        assert "read 2: 7 bytes b'secret\\n': 1 line" in lines
+        assert any(line.startswith("kernel (TCP_INFO): state ESTAB") for line in lines)
+        await until(traced, r"^read 1: 7 bytes b'secret\\n'")
+        assert any(line.startswith("kernel (TCP_INFO): state") for line in traced)
+    finally:
+        await port.stopListening()
