@@ -495,6 +495,7 @@ class TracingWebConversation(WebConversation):
             Side.SERVER, self._emit, factory.clock, getattr(factory, "probe", None)
         )
         self._to_page = False
+        self._frame_size = 0  # bytes of a streamed message so far
 
     def _emit(self, line: str) -> None:
         log.info(
@@ -517,7 +518,8 @@ class TracingWebConversation(WebConversation):
         self.trace.say(
             f"HTTP upgrade: the page sent GET {request.path.decode('latin-1')} "
             f"HTTP/1.1 with Upgrade: websocket, Host {_header(request, b'host')}, "
-            f"Origin {_header(request, b'origin')}, Sec-WebSocket-Key {key}"
+            f"Origin {_header(request, b'origin') or '(none: not a browser)'}, "
+            f"Sec-WebSocket-Key {key}"
         )
         self.trace.say(
             "HTTP upgrade: the server answered 101 Switching Protocols with "
@@ -527,30 +529,38 @@ class TracingWebConversation(WebConversation):
         )
         self.trace.connected(self._tcp)
 
-    def _message(self, text: str, *, final: bool) -> None:
-        super()._message(text, final=final)
-        if not final or not text:
-            return  # a piece was traced with the message, or the empty rest
-        self._frame_in(text)
-
     def _piece(self, text: str) -> None:
+        # Streamed (see _web.stream_messages): the pieces come first, then
+        # the message's end, as an empty rest.
+        self._frame_size += len(text.encode("utf-8", "replace"))
         super()._piece(text)
-        self._frame_in(text)
 
-    def _frame_in(self, text: str) -> None:
+    def _message(self, text: str, *, final: bool) -> None:
+        if not final:  # a piece, from _piece
+            super()._message(text, final=final)
+            return
+        engine = getattr(self, "engine", None)
+        answers = 0 if engine is None else engine.answers
+        super()._message(text, final=final)
+        size, self._frame_size = self._frame_size, 0
+        self._frame_in(size + len(text.encode("utf-8", "replace")), answers)
+
+    def _frame_in(self, size: int, answers: int) -> None:
         engine = getattr(self, "engine", None)
         if self.trace.budget.admit(self.factory.clock.seconds()) is None:
             return
-        size = len(text.encode("utf-8", "replace"))
         self.trace.say(
-            f"frame in: a text frame of {size} bytes: one message, one line; "
+            f"frame in: a text message of {size} bytes: one message, one line; "
             "WebSocket keeps message boundaries, so there is no sticky packet here"
         )
         if self.trace.sock is not None:
             self.trace.say(kernel_line(self.trace.sock))
-        if engine is not None and engine.phase is Phase.OPEN:
+        if engine is not None:
+            over = engine.phase is not Phase.OPEN
             for line in describe_turn(
-                Side.SERVER, servers_turn=engine.turn is Turn.SERVER
+                Side.SERVER,
+                servers_turn=None if over else engine.turn is Turn.SERVER,
+                answered=engine.answers - answers,
             ):
                 self.trace.say(line)
 

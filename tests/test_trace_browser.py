@@ -52,7 +52,7 @@ def test_the_panel_tells_the_websockets_story_from_upgrade_to_close(page):  # no
         say(page, "你好")
         wait_for_trace(page, "frame out: a text frame of 6 bytes")
         wait_for_trace(page, "frame in: a text frame of 6 bytes")
-        wait_for_trace(page, "frame in: a text frame of 6 bytes: one message")
+        wait_for_trace(page, "frame in: a text message of 6 bytes: one message")
         say(page, "q")
         wait_for_trace(page, "close: code 1000 (normal closure)")
         text = "\n".join(trace_lines(page))

@@ -395,3 +395,85 @@ async def test_over_tls_both_sides_trace_the_tcp_underneath(tmp_path, traced):
         assert any(line.startswith("kernel (TCP_INFO): state") for line in traced)
     finally:
         await port.stopListening()
+
+
+class _Socket:
+    """A WebSocket client that keeps every text message it hears."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.closed: Deferred[object] = Deferred()
+        self.transport = None
+
+    def negotiationStarted(self, transport) -> None:
+        self.transport = transport
+
+    def negotiationFinished(self) -> None:
+        pass
+
+    def textMessageReceived(self, message: str) -> None:
+        self.messages.append(message)
+
+    def bytesMessageReceived(self, data) -> None:
+        pass
+
+    def pongReceived(self, payload: bytes) -> None:
+        pass
+
+    def connectionLost(self, reason) -> None:
+        self.closed.callback(None)
+
+
+class _Sockets:
+    def buildProtocol(self, url: str) -> _Socket:
+        return _Socket()
+
+
+async def heard(socket_: _Socket, text: str, timeout: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        for message in socket_.messages:
+            if text in message:
+                return message
+        assert time.monotonic() < deadline, f"no {text!r} in {socket_.messages}"
+        await deferLater(reactor, 0.02)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_websocket_hears_its_own_trace_as_info_notices(traced):
+    from twisted.web.websocket import WebSocketClientEndpoint
+
+    from sockchat._web import chat_site
+
+    factory = TracingChatServerFactory(EchoResponder())
+    port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
+        chat_site(factory)
+    )
+    web_port = port.getHost().port
+    try:
+        endpoint = WebSocketClientEndpoint.new(
+            reactor, f"ws://127.0.0.1:{web_port}/chat"
+        )
+        sock = await endpoint.connect(_Sockets())
+        welcome = await heard(sock, "!info welcome: ")
+        assert sock.messages[0] == welcome  # the trace comes after the welcome
+        upgrade = await heard(
+            sock, "!info trace: HTTP upgrade: the server answered 101"
+        )
+        assert "Sec-WebSocket-Accept" in upgrade
+        await heard(sock, f"!info trace: connection: local 127.0.0.1:{web_port}")
+        sock.transport.sendTextMessage("你好")
+        frame = await heard(sock, "!info trace: frame in: a text message of 6 bytes")
+        assert "no sticky packet here" in frame
+        await heard(sock, "!info trace: 1 line delivered and answered at once")
+        assert "你好" in sock.messages  # the echo, between the trace notices
+        sock.transport.sendTextMessage("q")
+        close = await heard(sock, "!info trace: close handshake")
+        assert "code 1000 (normal closure), for quit" in close
+        await heard(sock, "!bye quit: goodbye.")
+        await sock.closed
+        # After the close, the trace goes on in the log only.
+        await until(traced, "^close: the (server|client) sent FIN first")
+        assert not any(m.startswith("!info trace: close: ") for m in sock.messages)
+    finally:
+        await port.stopListening()
