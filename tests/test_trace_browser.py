@@ -20,11 +20,12 @@ def trace_lines(page) -> list[str]:  # noqa: F811
     return page.locator("#trace-log li").all_text_contents()
 
 
-def wait_for_trace(page, text: str) -> None:  # noqa: F811
+def wait_for_trace(page, text: str, who: str = "") -> None:  # noqa: F811
+    """Wait for a line of the panel (only the server's or the page's: *who*)."""
     page.wait_for_function(
-        "t => [...document.querySelectorAll('#trace-log li')]"
+        "([t, who]) => [...document.querySelectorAll('#trace-log li' + who)]"
         ".some(li => li.textContent.includes(t))",
-        arg=text,
+        arg=[text, f".trace-{who}" if who else ""],
     )
 
 
@@ -50,9 +51,9 @@ def test_the_panel_tells_the_websockets_story_from_upgrade_to_close(page):  # no
         # The page's own view: the frames.
         assert "open: the server answered" in text
         say(page, "你好")
-        wait_for_trace(page, "frame out: a text frame of 6 bytes")
-        wait_for_trace(page, "frame in: a text frame of 6 bytes")
-        wait_for_trace(page, "frame in: a text message of 6 bytes: one message")
+        wait_for_trace(page, "frame out: a text message of 6 bytes", "page")
+        wait_for_trace(page, "frame in: a text message of 6 bytes", "page")
+        wait_for_trace(page, "frame in: a text message of 6 bytes: one", "server")
         say(page, "q")
         wait_for_trace(page, "close: code 1000 (normal closure)")
         text = "\n".join(trace_lines(page))
@@ -65,6 +66,7 @@ def test_the_panel_tells_the_websockets_story_from_upgrade_to_close(page):  # no
         )
         page.click("#trace-close")
         assert page.is_hidden("#trace")
+        assert page.evaluate("document.body.classList.contains('tracing')") is False
 
 
 def test_the_panel_is_readable_at_phone_width(browser):  # noqa: F811
@@ -87,6 +89,10 @@ def test_the_panel_is_readable_at_phone_width(browser):  # noqa: F811
                 ".map(li => li.getBoundingClientRect().right))"
             )
             assert widest <= 360
+            # Its Close button stays in view, however far the lines scrolled.
+            close = phone.locator("#trace-close").bounding_box()
+            assert close is not None
+            assert 0 <= close["y"] <= 740 - close["height"]
             size = phone.evaluate(
                 "parseFloat(getComputedStyle(document.querySelector('#trace-log li'))"
                 ".fontSize)"

@@ -116,6 +116,7 @@
 
   function setTraceOpen(open) {
     tracePanel.hidden = !open;
+    body.classList.toggle("tracing", open);
     traceToggle.setAttribute("aria-expanded", open ? "true" : "false");
     if (open && traceLog.lastElementChild) {
       traceLog.lastElementChild.scrollIntoView({ block: "end" });
@@ -160,7 +161,7 @@
       trace("server", message.text);
       return;
     }
-    trace("page", "frame in: a text frame of " + bytes(event.data) + " bytes");
+    trace("page", "frame in: a text message of " + bytes(event.data) + " bytes");
     if (message.answer !== undefined) {
       if (message.answer === QUIT) {
         show("peer", QUIT, peer);
@@ -243,7 +244,7 @@
     socket.send(text);
     trace(
       "page",
-      "frame out: a text frame of " + bytes(text) + " bytes (masked, as every " +
+      "frame out: a text message of " + bytes(text) + " bytes (masked, as every " +
         "frame from a browser is)",
     );
     show("self", text, "you");
