@@ -1,0 +1,441 @@
+"""Pair mode across instances, in memory: two (or three) ``BrokerInstance``
+on one ``FakeRedisServer``, each serving its clients with a real
+``ChatServerFactory`` (``sockchat.testing.MemoryServer``) whose responder
+is a ``BrokerPairResponder``, all on one fake clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+
+from sockchat import Conversation, ConversationEnded, LineRefused, Notice
+from sockchat._broker import BrokerInstance
+from sockchat._broker_wire import Keys, encode
+from sockchat._pair_broker import PARTNER_LOST_WITHIN, BrokerPairResponder
+from sockchat.testing import MemoryServer, NoResultYet
+
+from fakeredis import FakeRedisServer
+
+
+class Cluster:
+    """Instances sharing one fake Redis and one clock."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.redis = FakeRedisServer(self.clock)
+        self.keys = Keys()
+        self.servers: dict[str, MemoryServer] = {}
+        self.instances: dict[str, BrokerInstance] = {}
+        self._clients: dict[str, list[Any]] = {}
+
+    def add(self, name: str) -> MemoryServer:
+        box: list[BrokerInstance] = []
+        command = self.redis.client(on_state=lambda up: box[0].state_changed(up))
+        inbox = self.redis.client(on_state=lambda up: box[0].inbox_state_changed(up))
+        instance = BrokerInstance(command, inbox, self.clock, name, self.redis.url)
+        box.append(instance)
+        instance.start()
+        server = MemoryServer(BrokerPairResponder(instance), clock=self.clock)
+        self.instances[name] = instance
+        self.servers[name] = server
+        self._clients[name] = [command, inbox]
+        return server
+
+    def crash(self, name: str) -> None:
+        """The instance is killed (``kill -9``): no more beats, no goodbye."""
+        instance = self.instances[name]
+        heart = instance._heart
+        assert heart is not None
+        heart.stop()
+        for client in self._clients[name]:
+            client.close()
+
+    def flush(self) -> None:
+        for _ in range(3):
+            for server in self.servers.values():
+                server.flush()
+
+    def advance(self, seconds: float) -> None:
+        self.flush()
+        self.clock.advance(seconds)
+        self.flush()
+
+    def result(self, d: Deferred[Any]) -> Any:
+        self.flush()
+        return next(iter(self.servers.values())).result(d)
+
+    def waiting_list(self) -> list[dict[str, Any]]:
+        entries = self.redis.run(
+            [b"LRANGE", self.keys.pair_waiting.encode(), b"0", b"-1"]
+        )
+        return [json.loads(e) for e in entries]
+
+
+class Client:
+    def __init__(self, cluster: Cluster, on: str) -> None:
+        self.notices: list[Notice] = []
+        self.cluster = cluster
+        self.conversation: Conversation = cluster.servers[on].connect(
+            on_notice=self.notices.append
+        )
+        cluster.flush()
+
+    def codes(self) -> list[str]:
+        return [n.code for n in self.notices]
+
+    def last(self) -> Notice:
+        return self.notices[-1]
+
+    def say(self, text: str) -> Deferred[str]:
+        d = self.conversation.say(text)
+        self.cluster.flush()
+        return d
+
+
+@pytest.fixture
+def cluster() -> Cluster:
+    c = Cluster()
+    c.add("i1")
+    c.add("i2")
+    return c
+
+
+def test_clients_of_any_instance_are_paired_in_order_of_arrival(cluster):
+    a = Client(cluster, "i1")
+    assert a.codes() == ["welcome", "waiting"]
+    assert a.conversation.my_turn  # it has its turn at once
+    b = Client(cluster, "i2")
+    assert b.codes() == ["welcome", "paired"]
+    assert "client i1/1 (127.0.0.1:50000)" in b.last().text
+    assert a.last().code == "paired"
+    assert "client i2/1 (127.0.0.1:50000)" in a.last().text
+    c = Client(cluster, "i2")
+    assert c.last().code == "waiting"
+    d = Client(cluster, "i1")  # the next one pairs with c, whatever instance
+    assert "client i2/2 " in d.last().text
+    assert "client i1/2 " in c.last().text
+    e = Client(cluster, "i1")
+    assert e.last().code == "waiting"
+    assert [w["label"] for w in cluster.waiting_list()] == [
+        "client i1/3 (127.0.0.1:50002)"
+    ]
+
+
+def test_the_first_to_speak_is_the_others_answer_and_turns_alternate(cluster):
+    a = Client(cluster, "i1")
+    b = Client(cluster, "i2")
+    # Both have the turn (the newcomer could not be told to listen before
+    # its partner was known): as with two that waited in one process.
+    assert "You may both speak now" in a.last().text
+    assert "You may both speak now" in b.last().text
+    a_waits = a.say("hello b")
+    with pytest.raises(NoResultYet):
+        cluster.result(a_waits)
+    b_waits = b.say("hi a")  # a's line came first: it is b's answer at once
+    assert cluster.result(b_waits) == "hello b"
+    assert cluster.result(a_waits) == "hi a"
+    b_waits = b.say("你好, how are you?")
+    with pytest.raises(NoResultYet):
+        cluster.result(b_waits)
+    a_waits = a.say("!fine")
+    assert cluster.result(b_waits) == "!fine"
+    assert cluster.result(a_waits) == "你好, how are you?"
+
+
+def test_then_each_line_is_the_partners_answer(cluster):
+    a = Client(cluster, "i1")
+    b = Client(cluster, "i2")
+    a_waits, b_waits = a.say("one"), b.say("two")
+    assert cluster.result(a_waits) == "two"
+    assert cluster.result(b_waits) == "one"
+    a_waits = a.say("three")
+    b_waits = b.say("four")
+    assert (cluster.result(a_waits), cluster.result(b_waits)) == ("four", "three")
+    # Now one speaks and the other answers, turn by turn.
+    a_waits = a.say("five")
+    with pytest.raises(NoResultYet):
+        cluster.result(a_waits)
+    b_waits = b.say("six")
+    assert cluster.result(b_waits) == "five"
+    assert cluster.result(a_waits) == "six"
+
+
+def test_a_first_line_said_while_waiting_is_kept_for_the_partner(cluster):
+    a = Client(cluster, "i1")
+    a_waits = a.say("anyone there?")
+    b = Client(cluster, "i2")
+    assert "They said a first line already" in b.last().text
+    assert "They will have your first line" in a.last().text
+    b_waits = b.say("yes, me")
+    assert cluster.result(b_waits) == "anyone there?"
+    assert cluster.result(a_waits) == "yes, me"
+
+
+def test_two_first_lines_cross(cluster):
+    a = Client(cluster, "i1")
+    a_waits = a.say("a here")
+    probe = Client(cluster, "i2")
+    b = Client(cluster, "i2")  # waits: a is paired with the probe
+    b_waits = b.say("b here")
+    assert b.last().code == "waiting"
+    probe.conversation.abort()
+    cluster.flush()
+    # a goes back to the head and takes b: each has the other's first line.
+    assert "their first line is your answer" in a.last().text
+    assert cluster.result(a_waits) == "b here"
+    assert cluster.result(b_waits) == "a here"
+
+
+def test_a_partner_that_leaves_untalked_puts_the_other_back_at_the_head(cluster):
+    a = Client(cluster, "i1")
+    for n in range(3):  # three health checks in a row, on the other instance
+        probe = Client(cluster, "i2")
+        assert "client i1/1 " in probe.last().text
+        probe.conversation.abort()
+        cluster.flush()
+        assert a.last().code == "waiting"
+        assert f"client i2/{n + 1} (127.0.0.1:" in a.last().text
+        assert "disconnected before you talked" in a.last().text
+        assert "You may say your first line now" in a.last().text
+        assert [w["label"] for w in cluster.waiting_list()] == [
+            "client i1/1 (127.0.0.1:50000)"
+        ]
+    assert a.conversation.my_turn
+    b = Client(cluster, "i1")
+    assert "client i1/1 " in b.last().text
+    a_waits = a.say("at last")
+    b_waits = b.say("hello a")
+    assert cluster.result(a_waits) == "hello a"
+    assert cluster.result(b_waits) == "at last"
+
+
+def test_the_one_put_back_takes_one_that_came_meanwhile(cluster):
+    a = Client(cluster, "i1")
+    probe = Client(cluster, "i2")
+    c = Client(cluster, "i2")  # came while a was paired with the probe
+    assert c.last().code == "waiting"
+    probe.conversation.abort()
+    cluster.flush()
+    assert "client i2/2 " in a.last().text
+    assert "client i1/1 " in c.last().text
+    assert cluster.waiting_list() == []
+
+
+def test_a_first_line_handed_to_a_partner_who_left_is_kept_for_the_next(cluster):
+    a = Client(cluster, "i1")
+    a_waits = a.say("anyone there?")
+    probe = Client(cluster, "i2")
+    probe.conversation.abort()
+    cluster.flush()
+    assert a.last().code == "waiting"
+    assert "They will have your first line" in a.last().text
+    b = Client(cluster, "i2")
+    b_waits = b.say("me")
+    assert cluster.result(b_waits) == "anyone there?"
+    assert cluster.result(a_waits) == "me"
+
+
+def test_once_a_line_has_passed_a_partner_leaving_ends_the_pair(cluster):
+    a = Client(cluster, "i1")
+    b = Client(cluster, "i2")
+    a_waits, b_waits = a.say("hello"), b.say("hi")
+    cluster.result(a_waits), cluster.result(b_waits)
+    b_waits = b.say("how are you?")
+    with capturedLogs() as events:
+        cluster.result(a.conversation.quit())
+    with pytest.raises(ConversationEnded) as ended:
+        cluster.result(b_waits)
+    assert ended.value.clean
+    assert ended.value.notice is not None
+    assert ended.value.notice.code == "partner-left"
+    assert ended.value.notice.text == (
+        "client i1/1 (127.0.0.1:50000) sent q. Connect again to talk with someone new."
+    )
+    (log,) = [e for e in events if e["log_namespace"] == "sockchat.pair"]
+    assert log["theirs"] == "client i1/1 (127.0.0.1:50000)"
+    for name in ("i1", "i2"):
+        assert cluster.servers[name].factory.conversations == {}
+        assert cluster.servers[name].factory.responder._parties == {}
+
+
+def test_a_partner_that_drops_while_the_other_waits_ends_it(cluster):
+    a = Client(cluster, "i1")
+    b = Client(cluster, "i2")
+    b_waits = b.say("hi")
+    a_waits = a.say("hello")
+    assert cluster.result(a_waits) == "hi"
+    assert cluster.result(b_waits) == "hello"
+    a_waits = a.say("still there?")
+    b.conversation.abort()
+    cluster.flush()
+    with pytest.raises(ConversationEnded) as ended:
+        cluster.result(a_waits)
+    assert ended.value.notice is not None
+    assert ended.value.notice.code == "partner-left"
+    assert "client i2/1 (127.0.0.1:50000) disconnected" in ended.value.notice.text
+
+
+def test_a_waiting_client_that_leaves_leaves_the_list(cluster):
+    a = Client(cluster, "i1")
+    assert len(cluster.waiting_list()) == 1
+    cluster.result(a.conversation.quit())
+    assert cluster.waiting_list() == []
+    b = Client(cluster, "i2")
+    assert b.codes() == ["welcome", "waiting"]
+
+
+def test_a_dead_partner_instance_ends_the_pair_within_the_documented_time():
+    # The worst case: i1 beats just before i2's heartbeat key expires, and
+    # sees it gone only at its next beat.
+    cluster = Cluster()
+    cluster.add("i1")
+    cluster.advance(0.1)
+    cluster.add("i2")
+    a = Client(cluster, "i1")
+    b = Client(cluster, "i2")
+    a_waits, b_waits = a.say("hello"), b.say("hi")
+    cluster.result(a_waits), cluster.result(b_waits)
+    a_waits = a.say("still there?")
+    cluster.advance(0.05)  # just after i2's beat
+    cluster.crash("i2")
+    waited = 0.0
+    while not a_waits.called and waited < 30:
+        cluster.advance(0.05)
+        waited += 0.05
+    assert 11 <= waited <= PARTNER_LOST_WITHIN
+    with pytest.raises(ConversationEnded) as ended:
+        cluster.result(a_waits)
+    assert ended.value.notice is not None
+    assert ended.value.notice.code == "partner-left"
+    assert ended.value.notice.text == (
+        "client i2/1 (127.0.0.1:50000) is gone: its server, i2, stopped "
+        "answering. Connect again to talk with someone new."
+    )
+    assert PARTNER_LOST_WITHIN == 12
+
+
+def test_a_dead_partner_instance_before_a_line_puts_the_other_back(cluster):
+    a = Client(cluster, "i1")
+    Client(cluster, "i2")
+    cluster.crash("i2")
+    cluster.advance(PARTNER_LOST_WITHIN)
+    assert a.last().code == "waiting"
+    assert "its server, i2, stopped answering before you talked" in a.last().text
+    assert [w["label"] for w in cluster.waiting_list()] == [
+        "client i1/1 (127.0.0.1:50000)"
+    ]
+
+
+def test_waiting_clients_of_a_dead_instance_are_skipped(cluster):
+    Client(cluster, "i2")
+    cluster.crash("i2")
+    cluster.advance(11)  # its heartbeat key has expired
+    a = Client(cluster, "i1")
+    assert a.codes() == ["welcome", "waiting"]
+    assert [w["instance"] for w in cluster.waiting_list()] == ["i1"]
+
+
+def test_lines_get_unavailable_while_the_broker_is_lost(cluster):
+    a = Client(cluster, "i1")
+    b = Client(cluster, "i2")
+    a_waits, b_waits = a.say("hello"), b.say("hi")
+    cluster.result(a_waits), cluster.result(b_waits)
+    cluster.redis.stop()
+    with pytest.raises(LineRefused) as refused:
+        cluster.result(a.say("are you there?"))
+    assert refused.value.notice.code == "unavailable"
+    assert "unreachable" in refused.value.notice.text
+    assert a.conversation.my_turn  # the turn is back
+    cluster.advance(1)
+    cluster.redis.start()
+    cluster.flush()
+    a_waits = a.say("are you there?")
+    b_waits = b.say("yes")
+    assert cluster.result(a_waits) == "yes"
+    assert cluster.result(b_waits) == "are you there?"
+
+
+def test_a_newcomer_while_the_broker_is_lost_waits_here_then_is_paired(cluster):
+    cluster.redis.stop()
+    a = Client(cluster, "i1")
+    assert a.codes() == ["welcome", "waiting"]
+    b = Client(cluster, "i1")  # not paired with a: it waits for the broker too
+    assert b.codes() == ["welcome", "waiting"]
+    cluster.redis.start(flush=True)
+    cluster.flush()
+    assert "client i1/2 " in a.last().text
+    assert "client i1/1 " in b.last().text
+    c = Client(cluster, "i2")
+    assert c.last().code == "waiting"
+
+
+def test_a_departure_while_the_broker_is_lost_is_told_when_it_is_back(cluster):
+    a = Client(cluster, "i1")
+    b = Client(cluster, "i2")
+    a_waits, b_waits = a.say("hello"), b.say("hi")
+    cluster.result(a_waits), cluster.result(b_waits)
+    b_waits = b.say("bye soon")
+    cluster.redis.stop()
+    cluster.result(a.conversation.quit())
+    with pytest.raises(NoResultYet):
+        cluster.result(b_waits)
+    cluster.redis.start()
+    cluster.flush()
+    with pytest.raises(ConversationEnded) as ended:
+        cluster.result(b_waits)
+    assert "client i1/1 (127.0.0.1:50000) sent q" in ended.value.why
+
+
+def test_waiting_clients_whose_entries_the_broker_lost_are_put_back(cluster):
+    a = Client(cluster, "i1")
+    cluster.redis.stop()
+    cluster.redis.start(flush=True)  # restarted without its data
+    cluster.flush()
+    assert [w["label"] for w in cluster.waiting_list()] == [
+        "client i1/1 (127.0.0.1:50000)"
+    ]
+    b = Client(cluster, "i2")
+    assert "client i1/1 " in b.last().text
+    assert a.last().code == "paired"
+
+
+def test_an_entry_of_another_protocol_is_refused_and_skipped(cluster):
+    key = cluster.keys.pair_waiting.encode()
+    other = json.dumps({"v": 2, "kind": "waiting", "instance": "i1", "conv": 9})
+    cluster.redis.run([b"RPUSH", key, other.encode()])
+    with capturedLogs() as events:
+        a = Client(cluster, "i2")
+    assert a.codes() == ["welcome", "waiting"]
+    (refused,) = [e for e in events if e.get("why")]
+    assert "speaks broker protocol 2" in refused["why"]
+
+
+def test_messages_from_one_that_is_not_the_partner_are_ignored(cluster):
+    a = Client(cluster, "i1")
+    b = Client(cluster, "i2")
+    a_waits = a.say("hello")
+    stranger = {"instance": "i2", "conv": 99, "label": "client i2/99"}
+    for kind, fields in (("line", {"text": "I am not b"}), ("left", {"why": "x"})):
+        cluster.instances["i2"].send(
+            "i1", encode(kind, conv=1, talked=True, **{"from": stranger}, **fields)
+        )
+    cluster.flush()
+    assert not a_waits.called
+    assert a.last().code == "paired"
+    b_waits = b.say("hi")
+    assert cluster.result(a_waits) == "hi"
+    assert cluster.result(b_waits) == "hello"
+
+
+def test_the_clients_hash_says_who_is_paired_with_whom(cluster):
+    Client(cluster, "i1")
+    Client(cluster, "i2")
+    hashed = cluster.redis.run([b"HGETALL", cluster.keys.clients("i1").encode()])
+    about = json.loads(hashed[1])
+    assert about["responder"] == "pair"
+    assert about["partner"] == "i2/1"
