@@ -241,7 +241,7 @@ class BrokerPairResponder:
                 )
             )
         if party.phase is _Phase.WAITING and redis.connected:
-            self.instance._quietly(redis.command("LREM", self._list, 1, party.entry))
+            self.instance._quietly(redis.command("LREM", self._list, 0, party.entry))
         partner, party.partner = party.partner, None
         if partner is not None:
             why = _LEFT.get(reason, f"left ({reason})")
@@ -553,9 +553,19 @@ class BrokerPairResponder:
         # broker (on_back), so that a return's grace counts.
         self.instance.clock.callLater(0, self._look_at_partners)
 
+    def _enqueue_local(self) -> None:
+        """The clients waiting here join the broker's list, first first."""
+        local, self._local = self._local, []
+        for party in local:
+            if not party.over:
+                self._enqueue(party, "back")
+
     def _look_at_partners(self) -> None:
         if not self._up:
             return
+        # Clients that came before the broker's first connection (at start)
+        # wait here until a heartbeat finds it up.
+        self._enqueue_local()
         now = self.instance.clock.seconds()
         if self._back_at is not None and now - self._back_at < HEARTBEAT_TTL:
             return
@@ -606,10 +616,7 @@ class BrokerPairResponder:
             self.instance.send(name, data).addErrback(self._not_sent, name, data)
         for party in self._parties.values():
             self._register(party)
-        local, self._local = self._local, []
-        for party in local:
-            if not party.over:
-                self._enqueue(party, "back")
+        self._enqueue_local()
         if any(p.phase is _Phase.WAITING for p in self._parties.values()):
             self.instance.redis.command("LRANGE", self._list, 0, -1).addCallbacks(
                 self._check_entries, self._not_looked

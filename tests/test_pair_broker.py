@@ -6,6 +6,11 @@ is a ``BrokerPairResponder``, all on one fake clock."""
 from __future__ import annotations
 
 import json
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +25,8 @@ from sockchat._pair_broker import PARTNER_LOST_WITHIN, BrokerPairResponder
 from sockchat.testing import MemoryServer, NoResultYet
 
 from fakeredis import FakeRedisServer
+from processes import Server
+from redis_server import RedisServer
 
 
 class Cluster:
@@ -33,18 +40,29 @@ class Cluster:
         self.instances: dict[str, BrokerInstance] = {}
         self._clients: dict[str, list[Any]] = {}
 
-    def add(self, name: str) -> MemoryServer:
+    def add(self, name: str, *, connected: bool = True) -> MemoryServer:
+        """Instance *name*, started; or, unless *connected*, with its broker
+        connections not up yet (``start`` them)."""
         box: list[BrokerInstance] = []
         command = self.redis.client(on_state=lambda up: box[0].state_changed(up))
         inbox = self.redis.client(on_state=lambda up: box[0].inbox_state_changed(up))
         instance = BrokerInstance(command, inbox, self.clock, name, self.redis.url)
         box.append(instance)
-        instance.start()
+        if connected:
+            instance.start()
+        else:
+            command.connected = inbox.connected = False
         server = MemoryServer(BrokerPairResponder(instance), clock=self.clock)
         self.instances[name] = instance
         self.servers[name] = server
         self._clients[name] = [command, inbox]
         return server
+
+    def start(self, name: str) -> None:
+        """The instance's broker connections are up: it starts."""
+        for client in self._clients[name]:
+            client.connected = True
+        self.instances[name].start()
 
     def crash(self, name: str) -> None:
         """The instance is killed (``kill -9``): no more beats, no goodbye."""
@@ -340,6 +358,23 @@ def test_waiting_clients_of_a_dead_instance_are_skipped(cluster):
     assert [w["instance"] for w in cluster.waiting_list()] == ["i1"]
 
 
+def test_a_client_that_comes_before_the_broker_connection_is_up_waits():
+    cluster = Cluster()
+    cluster.add("i1", connected=False)  # it listens before its connections are up
+    cluster.add("i2")
+    a = Client(cluster, "i1")
+    assert a.codes() == ["welcome", "waiting"]
+    assert cluster.waiting_list() == []
+    cluster.start("i1")
+    cluster.advance(0)
+    assert [w["label"] for w in cluster.waiting_list()] == [
+        "client i1/1 (127.0.0.1:50000)"
+    ]
+    b = Client(cluster, "i2")
+    assert "client i1/1 " in b.last().text
+    assert a.codes() == ["welcome", "waiting", "paired"]
+
+
 def test_lines_get_unavailable_while_the_broker_is_lost(cluster):
     a = Client(cluster, "i1")
     b = Client(cluster, "i2")
@@ -439,3 +474,85 @@ def test_the_clients_hash_says_who_is_paired_with_whom(cluster):
     about = json.loads(hashed[1])
     assert about["responder"] == "pair"
     assert about["partner"] == "i2/1"
+
+
+# -- Real processes: redis-server and two twistd instances ----------------------
+
+
+class LineClient:
+    """A raw TCP client reading the server's lines, with a deadline."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+
+    def line(self, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            assert left > 0, f"no line within {timeout} s; have {self.buffer!r}"
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                chunk = None
+            assert chunk is not None, f"no line in {timeout} s; have {self.buffer!r}"
+            assert chunk, f"closed; have {self.buffer!r}"
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+    def until(self, start: str) -> str:
+        """The first line that starts with *start*, skipping waiting notices."""
+        while not (line := self.line()).startswith(start):
+            assert line.startswith("!info waiting: "), line
+        return line
+
+    def send(self, text: str) -> None:
+        self.sock.sendall(text.encode() + b"\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server (skipped where there is none, failed under CI)."""
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.slow
+def test_two_instances_pair_their_clients_and_a_killed_one_is_noticed(redis):
+    args = ("--responder", "pair", "--broker", redis.url)
+    with Server(*args) as one, Server(*args) as two:
+        a = LineClient(one.port)
+        assert a.line().startswith("!info welcome:")
+        assert a.line().startswith("!info waiting: no partner yet")
+        b = LineClient(two.port)
+        assert b.line().startswith("!info welcome:")
+        # (told it waits first if it came before i2's broker connection was up)
+        paired = b.until("!info paired: ")
+        assert paired.startswith("!info paired: you are talking with client i1/1 (")
+        paired = a.until("!info paired: ")
+        assert paired.startswith("!info paired: you are talking with client i2/1 (")
+        a.send("hello from one")
+        b.send("hi from two")
+        assert b.line() == "hello from one"
+        assert a.line() == "hi from two"
+        a.send("how are you?")
+        b.send("fine")
+        assert b.line() == "how are you?"
+        assert a.line() == "fine"
+        a.send("still there?")
+        two.proc.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        two.proc.wait(10)
+        bye = a.line(timeout=PARTNER_LOST_WITHIN + 5)
+        took = time.monotonic() - killed
+        assert bye.startswith("!bye partner-left: client i2/1 (127.0.0.1:")
+        assert "is gone: its server, i2, stopped answering." in bye
+        assert took <= PARTNER_LOST_WITHIN + 1, took
+        a.close()
+        b.close()
