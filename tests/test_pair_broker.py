@@ -14,14 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 
 from sockchat import Conversation, ConversationEnded, LineRefused, Notice
 from sockchat._broker import BrokerInstance
 from sockchat._broker_wire import Keys, encode
-from sockchat._pair_broker import PARTNER_LOST_WITHIN, BrokerPairResponder
+from sockchat._client import connect
+from sockchat._pair_broker import PARTNER_LOST_WITHIN, BrokerPairResponder, _Phase
 from sockchat.testing import MemoryServer, NoResultYet
 
 from fakeredis import FakeRedisServer
@@ -474,6 +478,153 @@ def test_the_clients_hash_says_who_is_paired_with_whom(cluster):
     about = json.loads(hashed[1])
     assert about["responder"] == "pair"
     assert about["partner"] == "i2/1"
+
+
+# -- Any order of events, with replies that take time -----------------------------
+#
+# The fake answers every command at once; a real broker answers later, so
+# messages between instances cross.  Here each instance's replies come
+# after a delay of its own (each connection stays in order), and any order
+# of arrivals, lines and departures must leave every pair whole once the
+# messages have settled: each client paired both ways or waiting in the
+# list, at most one waiting, and nothing failed.
+
+
+class SlowRedis:
+    """An ``IRedis`` whose replies come *delay* seconds after the command
+    ran, in order."""
+
+    def __init__(self, inner: Any, clock: Clock, delay: float) -> None:
+        self.inner = inner
+        self.clock = clock
+        self.delay = delay
+
+    @property
+    def connected(self) -> bool:
+        return bool(self.inner.connected)
+
+    def command(self, *args: Any) -> Deferred[Any]:
+        later: Deferred[Any] = Deferred()
+
+        def reply(outcome: Any) -> None:
+            fire = later.errback if isinstance(outcome, Failure) else later.callback
+            self.clock.callLater(self.delay, fire, outcome)
+
+        self.inner.command(*args).addBoth(reply)
+        return later
+
+
+def slow_cluster(delays: tuple[float, ...]) -> Cluster:
+    cluster = Cluster()
+    for n, delay in enumerate(delays, 1):
+        box: list[BrokerInstance] = []
+        command = SlowRedis(
+            cluster.redis.client(on_state=lambda up, b=box: b[0].state_changed(up)),
+            cluster.clock,
+            delay,
+        )
+        inbox = SlowRedis(
+            cluster.redis.client(
+                on_state=lambda up, b=box: b[0].inbox_state_changed(up)
+            ),
+            cluster.clock,
+            delay / 2,
+        )
+        name = f"i{n}"
+        instance = BrokerInstance(command, inbox, cluster.clock, name, "fake")
+        box.append(instance)
+        instance.start()
+        cluster.instances[name] = instance
+        cluster.servers[name] = MemoryServer(
+            BrokerPairResponder(instance), clock=cluster.clock
+        )
+    return cluster
+
+
+def _check_pairs(cluster: Cluster) -> None:
+    parties = {
+        (name, cid): party
+        for name, server in cluster.servers.items()
+        for cid, party in server.factory.responder._parties.items()
+    }
+    for server in cluster.servers.values():
+        assert set(server.factory.responder._parties) == set(
+            server.factory.conversations
+        )
+    waiting = [(w["instance"], w["conv"]) for w in cluster.waiting_list()]
+    assert len(waiting) <= 1, waiting
+    for key, party in parties.items():
+        assert party.phase in (_Phase.WAITING, _Phase.PAIRED), party.phase
+        if party.phase is _Phase.WAITING:
+            assert party.partner is None
+            assert waiting == [key]
+            continue
+        assert key not in waiting
+        partner = party.partner
+        assert partner is not None
+        other = parties[partner.instance, partner.conv]
+        assert other.partner is not None
+        assert (other.partner.instance, other.partner.conv) == key
+        both_wait = party.waiting is not None and other.waiting is not None
+        assert not (both_wait and party.held is None and other.held is None)
+
+
+@settings(deadline=None)
+@given(
+    st.tuples(st.floats(0.001, 0.01), st.floats(0.001, 0.01)),
+    st.lists(
+        st.tuples(
+            st.sampled_from(["connect", "act", "abort", "pause"]),
+            st.integers(0, 7),
+        ),
+        max_size=30,
+    ),
+)
+@example(
+    (0.005, 0.001),
+    [("connect", 0), ("connect", 1), ("abort", 0), ("connect", 0), ("connect", 1)],
+)
+def test_any_arrivals_lines_and_departures_leave_the_pairs_whole(delays, steps):
+    cluster = slow_cluster(delays)
+    names = list(cluster.servers)
+    clients: list[tuple[Conversation, list[Deferred[str]], list[str]]] = []
+    with capturedLogs() as events:
+        for op, index in steps:
+            if op == "connect" or not clients:
+                notices: list[str] = []
+                conversation = cluster.result(
+                    connect(
+                        cluster.clock,
+                        cluster.servers[names[index % 2]].endpoint(),
+                        on_notice=lambda n, k=notices: k.append(n.code),
+                    )
+                )
+                clients.append((conversation, [], notices))
+            elif op == "pause":
+                cluster.advance(0.003 * index)
+            else:
+                conversation, pending, _ = clients[index % len(clients)]
+                if op == "abort":
+                    conversation.abort()
+                elif not pending or pending[-1].called:
+                    try:
+                        d = (
+                            conversation.say(f"line {len(pending)}")
+                            if conversation.my_turn
+                            else conversation.listen()
+                        )
+                    except Exception:
+                        continue
+                    d.addErrback(lambda _: None)
+                    pending.append(d)
+            cluster.flush()
+        for _ in range(20):  # let every message arrive
+            cluster.advance(0.05)
+    _check_pairs(cluster)
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert failures == []
+    for _, _, codes in clients:
+        assert "responder-failed" not in codes
 
 
 # -- Real processes: redis-server and two twistd instances ----------------------
