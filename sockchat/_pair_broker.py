@@ -168,6 +168,9 @@ class _Party:
     #: Whether it has been told it waits (``!info waiting``) since it was
     #: last paired.
     told: bool = False
+    #: Its entry was taken by one that could not pair (it left at once):
+    #: it must look again once its own ``POP_OR_WAIT`` has answered.
+    again: bool = False
     over: bool = False
 
     @property
@@ -201,6 +204,7 @@ class BrokerPairResponder:
         instance.on_kind("paired", self._on_paired)
         instance.on_kind("line", self._on_line)
         instance.on_kind("left", self._on_left)
+        instance.on_kind("again", self._on_again)
         instance.on_beat(self._beat)
         instance.on_back(self._broker_back)
 
@@ -329,37 +333,26 @@ class BrokerPairResponder:
             party.conversation.notify("waiting", _WAITING)
 
     def _answered(self, reply: bytes | None, party: _Party, where: str) -> None:
-        if party.over:
-            # It left while the broker answered: put back whoever it took,
-            # or take itself out.
-            redis = self.instance.redis
-            if reply is not None:
-                self.instance._quietly(redis.command("LPUSH", self._list, reply))
-            else:
+        again, party.again = party.again, False
+        taken = None if reply is None else self._entry(reply)
+        if party.over or party.phase is not _Phase.ASKING:
+            # It left while the broker answered, or was paired meanwhile
+            # (someone took a stale entry of its own): whoever it took must
+            # look again, and its own entry must go.
+            if taken is not None:
+                self._send(taken, "again")
+            elif reply is None and party.over and self.instance.redis.connected:
                 self.instance._quietly(
-                    redis.command("LREM", self._list, 1, party.entry)
-                )
-            return
-        if party.phase is not _Phase.ASKING:
-            # Paired meanwhile (a stale entry of its own was taken): put
-            # back whoever it took.
-            if reply is not None:
-                self.instance._quietly(
-                    self.instance.redis.command("LPUSH", self._list, reply)
+                    self.instance.redis.command("LREM", self._list, 0, party.entry)
                 )
             return
         if reply is None:
             party.phase = _Phase.WAITING
             self._tell_waiting(party)
-            return
-        try:
-            taken = _peer(decode(reply, sender="an entry in the pair waiting list"))
-        except WireError as e:
-            self._refuse(str(e))
-            self._enqueue(party, where)
+            if again:  # the one who took its entry meanwhile could not pair
+                self._enqueue(party, "front")
             return
         if taken is None:
-            self._refuse("an entry in the pair waiting list names no client")
             self._enqueue(party, where)
             return
         party.phase = _Phase.PAIRING
@@ -370,6 +363,17 @@ class BrokerPairResponder:
             stance=party.stance.value,
             partner=party.me.named(),
         )
+
+    def _entry(self, reply: bytes) -> _Peer | None:
+        """The client an entry of the waiting list names."""
+        try:
+            taken = _peer(decode(reply, sender="an entry in the pair waiting list"))
+        except WireError as e:
+            self._refuse(str(e))
+            return None
+        if taken is None:
+            self._refuse("an entry in the pair waiting list names no client")
+        return taken
 
     def _not_answered(self, failure: Failure, party: _Party) -> None:
         if party.over:
@@ -508,6 +512,18 @@ class BrokerPairResponder:
             why,
             talked=party.talked or bool(message.get("talked")),
         )
+
+    def _on_again(self, message: dict[str, Any]) -> None:
+        """The one who took this party's entry cannot pair with it after all
+        (it left at once): look again, unseen."""
+        conv = message.get("conv")
+        party = self._parties.get(conv) if type(conv) is int else None
+        if party is None or party.partner is not None:
+            return
+        if party.phase is _Phase.WAITING:
+            self._enqueue(party, "front")
+        elif party.phase is _Phase.ASKING:
+            party.again = True
 
     def _addressed(self, message: dict[str, Any]) -> _Party | None:
         """The party a message is for, if it comes from that party's partner."""

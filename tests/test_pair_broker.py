@@ -541,6 +541,15 @@ def slow_cluster(delays: tuple[float, ...]) -> Cluster:
     return cluster
 
 
+def settle(cluster: Cluster, seconds: float) -> None:
+    """Let *seconds* pass, from one delayed call to the next, so that
+    replies come in the order of their times."""
+    end = cluster.clock.seconds() + seconds
+    while (now := cluster.clock.seconds()) < end:
+        due = min((c.getTime() for c in cluster.clock.getDelayedCalls()), default=end)
+        cluster.advance(min(max(due, now), end) - now)
+
+
 def _check_pairs(cluster: Cluster) -> None:
     parties = {
         (name, cid): party
@@ -569,6 +578,11 @@ def _check_pairs(cluster: Cluster) -> None:
         assert not (both_wait and party.held is None and other.held is None)
 
 
+#: One client comes and goes, so that the script is loaded (the first
+#: EVALSHA is NOSCRIPT, then EVAL) and later replies have their own delays.
+_WARM = [("connect", 0), ("pause", 7), ("abort", 0), ("pause", 7)]
+
+
 @settings(deadline=None)
 @given(
     st.tuples(st.floats(0.001, 0.01), st.floats(0.001, 0.01)),
@@ -583,6 +597,22 @@ def _check_pairs(cluster: Cluster) -> None:
 @example(
     (0.005, 0.001),
     [("connect", 0), ("connect", 1), ("abort", 0), ("connect", 0), ("connect", 1)],
+)
+# One takes the first's entry and leaves before its broker answers: the
+# first must look again, and find the third.
+@example(
+    (0.0078125, 0.0078125),
+    [("connect", 0), ("connect", 0), ("connect", 0), ("abort", 1)],
+)
+# A pairing comes before the broker's answer to the one it pairs.
+@example(
+    (0.01, 0.001),
+    [*_WARM, ("connect", 0), ("connect", 1)],
+)
+# The same, and word of it comes before the first's own broker answer.
+@example(
+    (0.01, 0.001),
+    [*_WARM, ("connect", 0), ("connect", 1), ("abort", 2)],
 )
 def test_any_arrivals_lines_and_departures_leave_the_pairs_whole(delays, steps):
     cluster = slow_cluster(delays)
@@ -601,7 +631,7 @@ def test_any_arrivals_lines_and_departures_leave_the_pairs_whole(delays, steps):
                 )
                 clients.append((conversation, [], notices))
             elif op == "pause":
-                cluster.advance(0.003 * index)
+                settle(cluster, 0.003 * index)
             else:
                 conversation, pending, _ = clients[index % len(clients)]
                 if op == "abort":
@@ -618,8 +648,7 @@ def test_any_arrivals_lines_and_departures_leave_the_pairs_whole(delays, steps):
                     d.addErrback(lambda _: None)
                     pending.append(d)
             cluster.flush()
-        for _ in range(20):  # let every message arrive
-            cluster.advance(0.05)
+        settle(cluster, 0.3)  # every message arrives
     _check_pairs(cluster)
     failures = [e for e in events if e.get("log_failure") is not None]
     assert failures == []
