@@ -8,7 +8,7 @@ newcomer runs ``POP_OR_WAIT`` (``sockchat._scripts``): it takes the first
 waiting client whose instance is alive, or waits at the list's end.  Each
 pair's lines go from one instance's inbox to the other's.
 
-The messages (inbox kinds ``paired``, ``line`` and ``left``):
+The messages (inbox kinds ``paired``, ``line``, ``left`` and ``again``):
 
 - ``paired``: the one who took a waiting client's entry tells that
   client's instance who it is now paired with, and how it stands (it has
@@ -26,6 +26,11 @@ The messages (inbox kinds ``paired``, ``line`` and ``left``):
   between the two.  If one had, the partner's conversation ends too
   (``!bye partner-left``); if not, the partner goes back to the head of
   the waiting list and is told ``!info waiting`` again.
+- ``again``: one who took a waiting client's entry cannot pair with it
+  after all (it left before the broker's answer came): the waiting client
+  looks again (``POP_OR_WAIT`` at the head), unseen by its client.  (An
+  entry pushed back instead could wait beside another that came meanwhile,
+  and the two would never meet.)
 
 The one difference from one process: a newcomer always has the turn when
 it connects, since its partner is not known until the broker answers.  So

@@ -683,9 +683,10 @@ class LineClient:
         return line.decode()
 
     def until(self, start: str) -> str:
-        """The first line that starts with *start*, skipping waiting notices."""
+        """The first line that starts with *start*, skipping welcome and
+        waiting notices."""
         while not (line := self.line()).startswith(start):
-            assert line.startswith("!info waiting: "), line
+            assert line.startswith(("!info welcome: ", "!info waiting: ")), line
         return line
 
     def send(self, text: str) -> None:
@@ -734,5 +735,28 @@ def test_two_instances_pair_their_clients_and_a_killed_one_is_noticed(redis):
         assert bye.startswith("!bye partner-left: client i2/1 (127.0.0.1:")
         assert "is gone: its server, i2, stopped answering." in bye
         assert took <= PARTNER_LOST_WITHIN + 1, took
+        a.close()
+        b.close()
+
+
+@pytest.mark.slow
+def test_an_instance_that_stops_tells_the_partners_of_its_clients_at_once(redis):
+    args = ("--responder", "pair", "--broker", redis.url)
+    with Server(*args) as one, Server(*args) as two:
+        a = LineClient(one.port)
+        a.until("!info waiting: ")
+        b = LineClient(two.port)
+        b.until("!info paired: ")
+        a.until("!info paired: ")
+        a.send("hello")
+        b.send("hi")
+        assert (a.line(), b.line()) == ("hi", "hello")
+        a.send("are you staying?")
+        stopped = time.monotonic()
+        assert two.stop() == -signal.SIGTERM  # as twistd exits on SIGTERM
+        bye = a.line(timeout=5)
+        assert time.monotonic() - stopped < 5
+        assert bye.startswith("!bye partner-left: client i2/1 (127.0.0.1:")
+        assert "left: its server is shutting down." in bye
         a.close()
         b.close()
