@@ -353,6 +353,20 @@ def test_a_dead_partner_instance_before_a_line_puts_the_other_back(cluster):
     ]
 
 
+def test_one_who_took_the_entry_of_a_just_dead_instance_looks_again(cluster):
+    Client(cluster, "i2")
+    cluster.crash("i2")
+    a = Client(cluster, "i1")  # takes the entry: i2's heartbeat key still lives
+    assert a.codes() == ["welcome"]
+    cluster.advance(PARTNER_LOST_WITHIN)
+    assert a.codes() == ["welcome", "waiting"]
+    assert [w["label"] for w in cluster.waiting_list()] == [
+        "client i1/1 (127.0.0.1:50000)"
+    ]
+    b = Client(cluster, "i1")
+    assert "client i1/1 " in b.last().text
+
+
 def test_waiting_clients_of_a_dead_instance_are_skipped(cluster):
     Client(cluster, "i2")
     cluster.crash("i2")
