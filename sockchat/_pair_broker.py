@@ -77,7 +77,7 @@ from zope.interface import implementer
 from ._broker import BrokerInstance
 from ._broker_wire import HEARTBEAT, HEARTBEAT_TTL, WireError, decode, encode
 from ._pair import _LEFT_BECAUSE, _WHO_SPEAKS, _Stance
-from ._redis import BrokerUnavailable
+from ._redis import BrokerUnavailable, RedisError
 from ._responder import (
     ConversationInfo,
     IConversation,
@@ -205,7 +205,8 @@ class BrokerPairResponder:
         #: Messages that could not be sent: sent when the broker is back.
         self._unsent: list[tuple[str, bytes]] = []
         self._back_at: float | None = None
-        self._refused: set[str] = set()
+        #: Warnings already logged: each is logged once.
+        self._said: set[str] = set()
         instance.on_kind("paired", self._on_paired)
         instance.on_kind("line", self._on_line)
         instance.on_kind("left", self._on_left)
@@ -383,12 +384,16 @@ class BrokerPairResponder:
     def _not_answered(self, failure: Failure, party: _Party) -> None:
         if party.over:
             return
-        if not failure.check(BrokerUnavailable):
+        if failure.check(RedisError):
+            # Said once, not at every retry: the broker says no to all alike.
+            self._say_once(f"the broker would not pair clients: {failure.value}")
+        elif not failure.check(BrokerUnavailable):
             log.failure(
                 "the broker could not pair {label}", failure, label=party.me.label
             )
-        # Whatever the broker did, it is done again when the broker is back
-        # (an entry of its own that it pushed is dropped then).
+        # Whatever the broker did, it is asked again at the next heartbeat
+        # that finds it up (an entry of its own that it pushed is dropped
+        # then).
         self._wait_here(party)
 
     def _requeue(self, party: _Party, what: str) -> None:
@@ -699,6 +704,9 @@ class BrokerPairResponder:
         )
 
     def _refuse(self, why: str) -> None:
-        if why not in self._refused:
-            self._refused.add(why)
-            log.warn("refused: {why}", why=why)
+        self._say_once(f"refused: {why}")
+
+    def _say_once(self, what: str) -> None:
+        if what not in self._said:
+            self._said.add(what)
+            log.warn("{what}", what=what)

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 
 from sockchat import Conversation, ConversationEnded, LineRefused, Notice
 from sockchat._broker import BrokerInstance
-from sockchat._broker_wire import Keys, encode
+from sockchat._broker_wire import HEARTBEAT, Keys, encode
 from sockchat._client import connect
 from sockchat._pair_broker import PARTNER_LOST_WITHIN, BrokerPairResponder, _Phase
 from sockchat.testing import MemoryServer, NoResultYet
@@ -464,8 +464,27 @@ def test_an_entry_of_another_protocol_is_refused_and_skipped(cluster):
     with capturedLogs() as events:
         a = Client(cluster, "i2")
     assert a.codes() == ["welcome", "waiting"]
-    (refused,) = [e for e in events if e.get("why")]
-    assert "speaks broker protocol 2" in refused["why"]
+    (refused,) = [e for e in events if e.get("what")]
+    assert refused["what"].startswith("refused: ")
+    assert "speaks broker protocol 2" in refused["what"]
+
+
+def test_a_broker_that_says_no_is_logged_once_and_asked_again(cluster):
+    key = cluster.keys.pair_waiting.encode()
+    cluster.redis.run([b"SET", key, b"not a list"])
+    with capturedLogs() as events:
+        a = Client(cluster, "i1")
+        b = Client(cluster, "i2")
+        cluster.advance(3 * HEARTBEAT)
+    assert a.codes() == b.codes() == ["welcome", "waiting"]
+    said = [e["what"] for e in events if e.get("what")]
+    assert len(said) == 2  # once by each instance, not at each of its retries
+    assert said[0].startswith("the broker would not pair clients: WRONGTYPE")
+    assert [e for e in events if e.get("log_failure")] == []
+    cluster.redis.run([b"DEL", key])
+    cluster.advance(HEARTBEAT)
+    assert "client i1/1 " in b.last().text or "client i2/1 " in a.last().text
+    assert a.last().code == b.last().code == "paired"
 
 
 def test_messages_from_one_that_is_not_the_partner_are_ignored(cluster):
