@@ -9,8 +9,6 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,7 +28,6 @@ from sockchat.testing import MemoryServer, NoResultYet
 
 from fakeredis import FakeRedisServer
 from processes import Server
-from redis_server import RedisServer
 
 
 class Cluster:
@@ -729,17 +726,9 @@ class LineClient:
         self.sock.close()
 
 
-@pytest.fixture
-def redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A real redis-server (skipped where there is none, failed under CI)."""
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
-
-
 @pytest.mark.slow
-def test_two_instances_pair_their_clients_and_a_killed_one_is_noticed(redis):
-    args = ("--responder", "pair", "--broker", redis.url)
+def test_two_instances_pair_their_clients_and_a_killed_one_is_noticed(redis_server):
+    args = ("--responder", "pair", "--broker", redis_server.url)
     with Server(*args) as one, Server(*args) as two:
         a = LineClient(one.port)
         assert a.line().startswith("!info welcome:")
@@ -773,8 +762,10 @@ def test_two_instances_pair_their_clients_and_a_killed_one_is_noticed(redis):
 
 
 @pytest.mark.slow
-def test_an_instance_that_stops_tells_the_partners_of_its_clients_at_once(redis):
-    args = ("--responder", "pair", "--broker", redis.url)
+def test_an_instance_that_stops_tells_the_partners_of_its_clients_at_once(
+    redis_server,
+):
+    args = ("--responder", "pair", "--broker", redis_server.url)
     with Server(*args) as one, Server(*args) as two:
         a = LineClient(one.port)
         a.until("!info waiting: ")
