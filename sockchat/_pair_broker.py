@@ -145,7 +145,14 @@ def _peer(value: object) -> _Peer | None:
     instance, conv, label = value.get("instance"), value.get("conv"), value.get("label")
     if not isinstance(instance, str) or type(conv) is not int:
         return None
-    return _Peer(instance, conv, label if isinstance(label, str) else f"client {conv}")
+    if not isinstance(label, str) or not label:
+        label = f"client {instance}/{conv}"
+    return _Peer(_one_line(instance), conv, _one_line(label))
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    """*text* as a short line for a notice, whoever wrote it."""
+    return "".join(c if c.isprintable() else "?" for c in text[:limit])
 
 
 @define(eq=False)
@@ -515,7 +522,7 @@ class BrokerPairResponder:
         partner = party.partner
         assert partner is not None
         why = message.get("why")
-        why = why if isinstance(why, str) and why else "left"
+        why = _one_line(why) if isinstance(why, str) and why else "left"
         self._partner_gone(
             party,
             partner.label,

@@ -501,6 +501,38 @@ def test_messages_from_one_that_is_not_the_partner_are_ignored(cluster):
     assert cluster.result(b_waits) == "hello"
 
 
+def test_what_another_instance_says_reaches_a_client_as_one_line(cluster):
+    # Whatever is in the list or an inbox, a label or a reason is one short
+    # line when it reaches a client.
+    key = cluster.keys.pair_waiting.encode()
+    entry = encode("waiting", instance="i2", conv=7, label="client\nx\x1b[2J" * 50)
+    cluster.redis.run([b"RPUSH", key, entry])
+    cluster.instances["i2"].on_kind("paired", lambda _: None)  # i2 stays silent
+    Client(cluster, "i1")
+    party = cluster.servers["i1"].factory.responder._parties[1]
+    assert party.partner.label == ("client?x?[2J" * 17)[:200]
+    a = Client(cluster, "i1")  # i1/1 is still pairing: a waits, b pairs with it
+    b = Client(cluster, "i1")
+    a_waits, b_waits = a.say("hello"), b.say("hi")
+    cluster.result(a_waits), cluster.result(b_waits)
+    a_waits = a.say("and now?")
+    cluster.instances["i2"].send(
+        "i1",
+        encode(
+            "left",
+            conv=2,
+            why="left\r\n!bye kicked: you",
+            talked=True,
+            **{"from": {"instance": "i1", "conv": 3}},
+        ),
+    )
+    with pytest.raises(ConversationEnded) as ended:
+        cluster.result(a_waits)
+    assert ended.value.notice.text.startswith(
+        "client i1/3 (127.0.0.1:50002) left??!bye"
+    )
+
+
 def test_the_clients_hash_says_who_is_paired_with_whom(cluster):
     Client(cluster, "i1")
     Client(cluster, "i2")
