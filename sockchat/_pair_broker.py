@@ -119,6 +119,11 @@ class _Phase(enum.Enum):
     PAIRED = "paired"
 
 
+#: The phases in which another client may take a client's entry: its
+#: entry is in the list, or on its way there.
+_TAKEABLE = (_Phase.WAITING, _Phase.ASKING)
+
+
 @frozen
 class _Peer:
     """One client of one instance, as the broker's messages name it."""
@@ -469,15 +474,7 @@ class BrokerPairResponder:
             self._link(party, partner, their)
             return
         # Someone took this party's entry.
-        if (
-            party is None
-            or party.partner is not None
-            or party.phase
-            not in (
-                _Phase.WAITING,
-                _Phase.ASKING,
-            )
-        ):
+        if party is None or party.partner is not None or party.phase not in _TAKEABLE:
             # It left, or was paired meanwhile: the taker looks again.
             self._send(
                 partner,
