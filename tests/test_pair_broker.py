@@ -9,6 +9,7 @@ import json
 import signal
 import socket
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -758,14 +759,30 @@ class LineClient:
         self.sock.close()
 
 
+@pytest.fixture
+def line_client() -> Iterator[Callable[[int], LineClient]]:
+    """Make ``LineClient``s; each is closed after the test, pass or fail."""
+    made: list[LineClient] = []
+
+    def make(port: int) -> LineClient:
+        made.append(LineClient(port))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()
+
+
 @pytest.mark.slow
-def test_two_instances_pair_their_clients_and_a_killed_one_is_noticed(redis_server):
+def test_two_instances_pair_their_clients_and_a_killed_one_is_noticed(
+    redis_server, line_client
+):
     args = ("--responder", "pair", "--broker", redis_server.url)
     with Server(*args) as one, Server(*args) as two:
-        a = LineClient(one.port)
+        a = line_client(one.port)
         assert a.line().startswith("!info welcome:")
         assert a.line().startswith("!info waiting: no partner yet")
-        b = LineClient(two.port)
+        b = line_client(two.port)
         assert b.line().startswith("!info welcome:")
         # (told it waits first if it came before i2's broker connection was up)
         paired = b.until("!info paired: ")
@@ -789,19 +806,17 @@ def test_two_instances_pair_their_clients_and_a_killed_one_is_noticed(redis_serv
         assert bye.startswith("!bye partner-left: client i2/1 (127.0.0.1:")
         assert "is gone: its server, i2, stopped answering." in bye
         assert took <= PARTNER_LOST_WITHIN + 1, took
-        a.close()
-        b.close()
 
 
 @pytest.mark.slow
 def test_an_instance_that_stops_tells_the_partners_of_its_clients_at_once(
-    redis_server,
+    redis_server, line_client
 ):
     args = ("--responder", "pair", "--broker", redis_server.url)
     with Server(*args) as one, Server(*args) as two:
-        a = LineClient(one.port)
+        a = line_client(one.port)
         a.until("!info waiting: ")
-        b = LineClient(two.port)
+        b = line_client(two.port)
         b.until("!info paired: ")
         a.until("!info paired: ")
         a.send("hello")
@@ -814,5 +829,3 @@ def test_an_instance_that_stops_tells_the_partners_of_its_clients_at_once(
         assert time.monotonic() - stopped < 5
         assert bye.startswith("!bye partner-left: client i2/1 (127.0.0.1:")
         assert "left: its server is shutting down." in bye
-        a.close()
-        b.close()
