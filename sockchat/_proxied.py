@@ -14,7 +14,7 @@ closed; Twisted's wrapper parses the header itself.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import (
@@ -23,6 +23,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IReactorTime,
     IStreamServerEndpoint,
+    ITCPTransport,
 )
 from twisted.internet.protocol import Protocol
 
@@ -59,7 +60,7 @@ class _HeaderFirst(HAProxyProtocolWrapper):
     factory: _HeaderFirstFactory
 
     def __init__(self, factory: _HeaderFirstFactory) -> None:
-        super().__init__(factory, _Held())
+        super().__init__(cast(Any, factory), _Held())
         self._deadline: Any = None
         self._start = b""
 
@@ -71,7 +72,7 @@ class _HeaderFirst(HAProxyProtocolWrapper):
 
     def _no_header(self) -> None:
         self._deadline = None
-        self.transport.abortConnection()
+        cast(ITCPTransport, self.transport).abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         if not isinstance(self.wrappedProtocol, _Held):
@@ -93,7 +94,7 @@ class _HeaderFirst(HAProxyProtocolWrapper):
         self._deadline = None
         protocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())
         if protocol is None:
-            self.transport.loseConnection()
+            cast(ITCPTransport, self.transport).loseConnection()
             return
         self.wrappedProtocol = protocol
         protocol.makeConnection(self)
