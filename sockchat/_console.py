@@ -8,23 +8,35 @@ them): list the clients, answer one out of order, disconnect one.  All
 client text is shown through ``safe_text``, and a long line as an excerpt
 with its length.
 
-The operator types in the terminal's line mode, so the console sees a line
-only when Enter is pressed, never the keys before it.  It cannot tell when a
-line was begun, so it keeps one rule: a line goes to the client whose prompt
-was on screen, and if that client stops waiting without the operator's
-doing (it left, or its line timed out), the next line the operator enters
-is not sent to anyone.  The screen says so at once, with a prompt that names
-no client, and again when that line arrives.  Commands still run: they name
-their client.
+One rule keeps an answer from reaching the wrong client: a line begun at one
+client's prompt never goes to another client.  How exactly the console
+keeps it depends on what it can see:
 
-``ConsoleResponder`` writes through an injected ``write`` callable, takes
-the operator's lines through ``operator_says`` and schedules with an
-injected clock, so it runs without a terminal in tests;
-``OperatorInput`` connects it to stdin.
+- **Editing** (stdin and stdout are a terminal, read key by key; see
+  ``_lineedit`` and ``_screen``): the console sees the first key, so it
+  knows when a line was begun and for whom.  If that client stops waiting
+  without the operator's doing (it left, or its line timed out) while the
+  line is under way, or the line was begun when nobody was waiting and a
+  client speaks before Enter, the line is not sent to anyone.  The prompt
+  names nobody at once and says why; the typed text stays on it; at Enter
+  the console says it was not sent.  If nothing was typed yet, the prompt
+  simply names the next client.
+- **Line mode** (a pipe, or a terminal's own line editing): the console sees
+  a line only when Enter is pressed, so it cannot tell when the line was
+  begun.  It assumes a line was under way: if the client whose prompt was
+  on screen stops waiting by itself, the next line entered is not sent.
+
+Commands still run: they name their client.
+
+``ConsoleResponder`` writes through an injected ``write`` callable (through
+a ``Screen``), takes the operator's lines through ``operator_says`` (or keys
+through ``OperatorInput``) and schedules with an injected clock, so it runs
+without a terminal in tests; ``OperatorInput`` connects it to stdin.
 """
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -38,11 +50,13 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._codec import LineDecoder
+from ._lineedit import EndOfInput, Entered, LineEditor, LineEvent, NotUtf8, TooLong
 from ._render import safe_text
 from ._responder import ConversationInfo, IConversation, ILifecycle, IResponder
+from ._screen import REDRAW_DELAY, Screen
 from ._wire import QUIT
 
-__all__ = ["ConsoleResponder", "OperatorInput"]
+__all__ = ["REDRAW_DELAY", "ConsoleResponder", "OperatorInput", "Screen"]
 
 log = Logger(namespace="sockchat.console")
 
@@ -50,11 +64,8 @@ log = Logger(namespace="sockchat.console")
 #: cut there, with its length, so that one line cannot fill the screen.
 EXCERPT = 200
 
-
-#: Seconds between log lines and the prompt they pushed up coming back: a
-#: burst of lines gets one prompt, and a shutdown that a log line announces
-#: (SIGINT) begins first, so that no prompt follows it.
-REDRAW_DELAY = 0.1
+#: The prompt for a line begun when nobody is waiting (editing only).
+NOBODY = "server --> nobody: "
 
 
 def excerpt(text: str, *, quoted: bool = True, limit: int = EXCERPT) -> str:
@@ -79,16 +90,29 @@ class _Waiting:
         return f"client {self.conversation.id} ({self.conversation.peer})"
 
 
+class _Why(enum.Enum):
+    LEFT = enum.auto()  # the client left
+    TIMED_OUT = enum.auto()  # its line timed out (--answer-timeout)
+    EARLY = enum.auto()  # the line was begun before the client spoke
+
+
 @frozen
 class _Lost:
-    """The client whose prompt was on screen stopped waiting; why."""
+    """The line under way is not for the client that is answered next."""
 
     entry: _Waiting
-    left: bool  # it left; otherwise its line timed out
+    why: _Why
 
-    def why(self) -> str:
+    def reason(self) -> str:
         cid = self.entry.conversation.id
-        return f"client {cid} left" if self.left else f"client {cid}'s line timed out"
+        if self.why is _Why.LEFT:
+            return f"client {cid} left"
+        if self.why is _Why.TIMED_OUT:
+            return f"client {cid}'s line timed out"
+        return f"begun before client {cid} spoke"
+
+    def prompt(self) -> str:
+        return f"server --> nobody ({self.reason()}; Enter): "
 
 
 @frozen(eq=False)
@@ -117,24 +141,34 @@ class ConsoleResponder:
 
     *clock* schedules what waits for the current event to finish (saying
     why a line stopped waiting, redrawing the prompt after log lines); by
-    default, the global reactor.
+    default, the global reactor.  Everything is shown through ``screen``, a
+    ``Screen`` over *write*: in line mode by default; with *editing*, it
+    draws what the operator types, fed to it by ``OperatorInput`` (or
+    ``screen.keys``), and *columns* gives the terminal's width.
     """
 
     def __init__(
-        self, write: Callable[[str], None], clock: IReactorTime | None = None
+        self,
+        write: Callable[[str], None],
+        clock: IReactorTime | None = None,
+        *,
+        editing: bool = False,
+        columns: Callable[[], int] | None = None,
     ) -> None:
-        self._write = write
         self._clock = clock
+        self.screen = Screen(
+            write,
+            self._prompt_text,
+            clock,
+            editor=LineEditor() if editing else None,
+            columns=columns,
+        )
         self._queue: deque[_Waiting] = deque()
-        #: Whose prompt ends the screen (a _Lost: the prompt that names no
-        #: client), or None when the cursor is at the start of a line.
-        self._prompting: _Waiting | _Lost | None = None
-        #: Set when the client whose prompt the operator saw stopped waiting
-        #: by itself: the next line the operator enters is not sent.
+        #: Set when the line under way is not for the client answered next
+        #: (see the module's docstring): the next line entered is not sent.
         self._lost: _Lost | None = None
         #: Lines cancelled but not yet reported: left, or timed out?
         self._cancelled: dict[int, _Cancelled] = {}
-        self._redraw: IDelayedCall | None = None
         self._closing = False
         self._clients: dict[int, IConversation] = {}
         self._last: dict[int, str] = {}  # each client's last line
@@ -166,6 +200,9 @@ class ConsoleResponder:
         answer: Deferred[str] = Deferred(canceller=self._abandoned)
         entry = _Waiting(conversation, text, answer)
         self._last[conversation.id] = text
+        if not self._queue and self._lost is None and self.screen.typed:
+            # A line begun when nobody was waiting is for nobody.
+            self._lost = _Lost(entry, _Why.EARLY)
         self._queue.append(entry)
         ahead = len(self._queue) - 1
         note = f"  [{ahead} waiting before it]" if ahead else ""
@@ -176,7 +213,7 @@ class ConsoleResponder:
         """The operator typed *text*: a command, or the answer to the client
         whose prompt was on screen."""
         self._flush_cancelled()  # say first why a line stopped waiting
-        self._prompting = None
+        self.screen.entered()
         lost, self._lost = self._lost, None
         if text.startswith("/") and not text.startswith("//"):
             self._command(text)
@@ -202,26 +239,27 @@ class ConsoleResponder:
             then = f"type it again to answer client {head}, or /to ID TEXT."
         else:
             then = "nobody else is waiting; /to ID TEXT answers one when it is."
-        self._write(f"{lost.why()}; {excerpt(text)} was not sent: {then}\n")
+        self.screen.print(f"{lost.reason()}; {excerpt(text)} was not sent: {then}\n")
         self._next()
 
     def _next(self) -> None:
         """Show the line that is answered next, and its prompt."""
         if self._queue:
             head = self._queue[0]
-            self._write(f"next, {head.label()}: {excerpt(head.text, quoted=False)}\n")
-        self._prompt()
+            text = excerpt(head.text, quoted=False)
+            self.screen.print(f"next, {head.label()}: {text}\n")
+        self.screen.refresh()
 
     def _answer(self, entry: _Waiting, text: str) -> None:
         head = self._queue[0]
         self._queue.remove(entry)
         if text == QUIT:
-            self._write(f"(you ended the conversation with {entry.label()})\n")
+            self.screen.print(f"(you ended the conversation with {entry.label()})\n")
         entry.answer.callback(text)
         if self._queue and self._queue[0] is not head:
             self._next()
         else:
-            self._prompt()
+            self.screen.refresh()
 
     def _command(self, line: str) -> None:
         name, _, rest = line.partition(" ")
@@ -289,12 +327,18 @@ class ConsoleResponder:
     def operator_error(self, message: str) -> None:
         """Tell the operator something went wrong with what they typed."""
         self._flush_cancelled()
-        self._prompting = None
+        self.screen.entered()
         if self._lost is not None:  # that was the line begun for it
             self._lost = None
-            self._write(message + "\n")
+            self.screen.print(message + "\n")
             self._next()
             return
+        self._show(message)
+
+    def say(self, message: str) -> None:
+        """Show a line of the console's own above the prompt (the line
+        under way goes on)."""
+        self._flush_cancelled()
         self._show(message)
 
     def close(self) -> None:
@@ -309,40 +353,29 @@ class ConsoleResponder:
             if cancelled.call.active():
                 cancelled.call.cancel()
         self._cancelled.clear()
-        if self._redraw is not None and self._redraw.active():
-            self._redraw.cancel()
-        if self._prompting is not None:
-            self._write("\n")
-            self._prompting = None
+        typed = self.screen.typed
+        self.screen.close()
+        if typed:
+            self.screen.print(
+                f"you had typed {excerpt(typed)} without Enter; it was not sent.\n"
+            )
         if not self._queue:
             return
-        self._write(f"unanswered at shutdown ({len(self._queue)}):\n")
+        self.screen.print(f"unanswered at shutdown ({len(self._queue)}):\n")
         for entry in self._queue:
-            self._write(f"  {entry.label()}: {excerpt(entry.text, quoted=False)}\n")
+            text = excerpt(entry.text, quoted=False)
+            self.screen.print(f"  {entry.label()}: {text}\n")
 
     def interrupting(self) -> None:
-        """Something else (a log line) is about to be printed: end the
-        prompt's line first, so that it starts on a line of its own."""
-        if self._prompting is not None:
-            self._write("\n")
-            self._prompting = None
-            self._redraw_soon()
+        """Something else (a log line) is about to be printed: end or erase
+        the prompt's line first, so that it starts on a line of its own."""
+        self.screen.interrupting()
 
     def interrupted(self) -> None:
-        """Something else (a log line) was printed: show the prompt again,
-        once, after everything printed in the same moment."""
-        self._prompting = None  # pushed up, if interrupting() was not told
-        self._redraw_soon()
-
-    def _redraw_soon(self) -> None:
-        if self._closing or (self._redraw is not None and self._redraw.active()):
-            return
-        self._redraw = self._later(self._redrawn, REDRAW_DELAY)
-
-    def _redrawn(self) -> None:
-        self._redraw = None
-        if self._prompting is None:
-            self._prompt()
+        """Something else (a log line) was printed: show the prompt again
+        (with what is typed), once, after everything printed in the same
+        moment."""
+        self.screen.interrupted()
 
     def _abandoned(self, answer: Deferred[str]) -> None:
         """The server cancelled a waiting line: the client left, or the
@@ -357,8 +390,12 @@ class ConsoleResponder:
                 break
         else:
             return  # answered or kicked already
-        # Was its prompt the last one the operator saw?
-        shown = self._lost is None and self._queue[0] is entry
+        # Was a line under way for it?  Its prompt was the last one the
+        # operator saw, and (editing: known; line mode: assumed) something
+        # was typed there.
+        shown = (
+            self._lost is None and self._queue[0] is entry and self.screen.typed != ""
+        )
         self._queue.remove(entry)
         if self._closing:
             return  # already listed by close()
@@ -391,7 +428,7 @@ class ConsoleResponder:
             )
         if cancelled.shown:
             # The operator may be typing its answer: that line is not sent.
-            self._lost = _Lost(entry, left)
+            self._lost = _Lost(entry, _Why.LEFT if left else _Why.TIMED_OUT)
             line += (
                 f"\nA line you had begun for client {cid} will not be sent to "
                 "anyone: press Enter to go on."
@@ -400,41 +437,62 @@ class ConsoleResponder:
 
     def _show(self, line: str) -> None:
         """Print a line of its own, then the prompt again."""
-        if self._prompting is not None:
-            self._write("\n")
-        self._write(line + "\n")
-        self._prompting = None
-        self._prompt()
+        self.screen.print(line + "\n")
+        self.screen.refresh()
 
-    def _prompt(self) -> None:
+    def _prompt_text(self, typing: bool) -> str | None:
+        """The prompt now: whom the line under way goes to (*typing*: the
+        operator has typed something, as far as the screen knows)."""
         if self._closing:
-            return
+            return None
         if self._lost is not None:
-            if self._prompting is not self._lost:
-                self._write(f"server --> nobody ({self._lost.why()}; Enter): ")
-                self._prompting = self._lost
-            return
-        if not self._queue or self._prompting is self._queue[0]:
-            return
-        head = self._queue[0]
-        self._write(f"server --> client {head.conversation.id}: ")
-        self._prompting = head
+            return self._lost.prompt()
+        if self._queue:
+            return f"server --> client {self._queue[0].conversation.id}: "
+        return NOBODY if typing else None
 
 
 class OperatorInput(Protocol):
-    """Feed the operator's typed lines (stdin) to a ``ConsoleResponder``."""
+    """Feed what the operator types (stdin) to a ``ConsoleResponder``:
+    lines in line mode; keys, through its screen's editor, when it edits.
+
+    *on_close* is called once, at end of input (Ctrl-D on an empty line
+    when editing, or stdin closed).
+    """
 
     def __init__(self, console: ConsoleResponder, on_close: Callable[[], None]) -> None:
         self._console = console
         self._on_close = on_close
+        self._closed = False
         self._decoder = LineDecoder()
 
     def dataReceived(self, data: bytes) -> None:
+        if self._console.screen.editing:
+            self._console.screen.keys(data, self._event)
+            return
         for item in self._decoder.feed(data):
             if isinstance(item, str):
                 self._console.operator_says(item)
             else:
                 self._console.operator_error(f"your line was not sent: {item}.")
 
+    def _event(self, event: LineEvent) -> None:
+        if isinstance(event, Entered):
+            self._console.operator_says(event.text)
+        elif isinstance(event, TooLong):
+            self._console.operator_error(f"your line was not sent: {event.problem}.")
+        elif isinstance(event, NotUtf8):
+            self._console.say(
+                "the terminal sent bytes that are not UTF-8; they were dropped "
+                "(set it to UTF-8 to type such characters)."
+            )
+        elif isinstance(event, EndOfInput):
+            self._close()
+
+    def _close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_close()
+
     def connectionLost(self, reason: Failure | None = None) -> None:
-        self._on_close()
+        self._close()

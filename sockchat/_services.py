@@ -9,12 +9,15 @@
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import select
+import signal
 import sys
 from collections.abc import Callable
-from typing import Any, cast
+from types import FrameType
+from typing import Any, Protocol, cast
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
@@ -36,7 +39,7 @@ from ._console import ConsoleResponder, OperatorInput
 from ._metrics import Health
 from ._prometheus import healthz_resource
 from ._server import ChatServerFactory, describe_address
-from ._stdio import BlockingModes
+from ._stdio import PASTE_OFF, PASTE_ON, BlockingModes, TerminalMode
 from ._transcript_file import TranscriptFile
 from ._web import chat_site
 
@@ -271,8 +274,28 @@ class MetricsService(_ListeningService):
         return done.addCallback(lambda _: None)
 
 
+class ConsoleFactory(Protocol):
+    """What makes the console: ``ConsoleResponder`` itself, or the like."""
+
+    def __call__(
+        self,
+        write: Callable[[str], None],
+        clock: IReactorTime,
+        *,
+        editing: bool = ...,
+        columns: Callable[[], int] | None = ...,
+    ) -> ConsoleResponder: ...
+
+
 class OperatorConsoleService(Service):
     """Read the operator's answers from stdin; end of input stops the server.
+
+    When stdin and stdout are a terminal, the console reads it key by key
+    and edits the line itself (``TerminalMode.keys``, and bracketed paste
+    asked for), so that it can draw the prompt again with what the operator
+    had typed; the terminal's settings come back at stop, at exit (also
+    after a crash) and while the server is stopped by Ctrl-Z.  Otherwise (a
+    pipe) it reads lines, as they come.
 
     The console writes to the terminal at once, not through a buffer, so
     that its lines and twistd's log lines (also written at once) keep their
@@ -283,26 +306,62 @@ class OperatorConsoleService(Service):
     reactor begins to shut down, the console shows no more prompts.
     """
 
-    def __init__(
-        self,
-        reactor: Any,
-        console_factory: Callable[
-            [Callable[[str], None], IReactorTime], ConsoleResponder
-        ],
-    ) -> None:
+    def __init__(self, reactor: Any, console_factory: ConsoleFactory) -> None:
         self._reactor = reactor
         self._modes = BlockingModes.save(0, 1)
         self._stdio: Any = None
         self._out = sys.__stdout__.fileno() if sys.__stdout__ else 1
-        self.console = console_factory(self._write, reactor)
+        self._terminal = TerminalMode.save(0) if os.isatty(self._out) else None
+        self._keys = False  # the terminal is in TerminalMode.keys
+        self._tstp: Any = None  # SIGTSTP's handler before ours
+        self.console = console_factory(
+            self._write,
+            reactor,
+            editing=self._terminal is not None,
+            columns=self._columns,
+        )
         globalLogPublisher.addObserver(cast(ILogObserver, self._log_coming))
         self._shutdown_trigger: Any = None
 
     def _write(self, text: str) -> None:
         _write_all(self._out, text.encode("utf-8"))
 
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(self._out).columns
+        except OSError:
+            return 80
+
+    def _enter_keys(self) -> None:
+        if self._terminal is not None and not self._keys:
+            self._keys = True
+            self._terminal.keys()
+            self._write(PASTE_ON)
+
+    def _leave_keys(self, *, flush: bool = True) -> None:
+        if self._terminal is not None and self._keys:
+            self._keys = False
+            self._write(PASTE_OFF)
+            self._terminal.restore(flush=flush)
+
+    def _suspend(self, signum: int, frame: FrameType | None) -> None:
+        """Ctrl-Z: give the terminal back as it was, stop; on ``fg``, take
+        it again and draw the prompt."""
+        self.console.interrupting()
+        self._leave_keys(flush=False)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until SIGCONT
+        signal.signal(signal.SIGTSTP, self._suspend)
+        self._enter_keys()
+        self._reactor.callFromThread(self.console.interrupted)
+
     def startService(self) -> None:
         super().startService()
+        if self._terminal is not None:
+            atexit.register(self._leave_keys)
+            self._enter_keys()
+            if signal.getsignal(signal.SIGTSTP) == signal.SIG_DFL:
+                self._tstp = signal.signal(signal.SIGTSTP, self._suspend)
         proto = OperatorInput(self.console, self._input_closed)
         # StandardIO reads stdin; its writer gets /dev/null, so that it does
         # not make the terminal's output non-blocking on its own account.
@@ -346,6 +405,11 @@ class OperatorConsoleService(Service):
             self._shutdown_trigger = None
         for observer in (self._log_coming, self._log_printed):
             globalLogPublisher.removeObserver(cast(ILogObserver, observer))
+        if self._tstp is not None:
+            signal.signal(signal.SIGTSTP, self._tstp)
+            self._tstp = None
+        self._leave_keys()
+        atexit.unregister(self._leave_keys)
         self._modes.restore()
 
 

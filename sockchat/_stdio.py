@@ -6,6 +6,9 @@ that leaves the shell's next commands failing with EAGAIN.
 
 In the terminal's line mode a half-typed line is held by the terminal and
 cannot be read; ``take_typed`` leaves line mode for a moment to take it.
+
+``TerminalMode`` takes the terminal out of line mode for as long as a
+program edits the line itself (the operator console), and puts it back.
 """
 
 from __future__ import annotations
@@ -14,10 +17,22 @@ import contextlib
 import fcntl
 import os
 import termios
+from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 
-__all__ = ["BlockingModes", "discard_typed", "take_typed"]
+__all__ = [
+    "PASTE_OFF",
+    "PASTE_ON",
+    "BlockingModes",
+    "TerminalMode",
+    "discard_typed",
+    "take_typed",
+]
+
+#: Ask the terminal to mark what is pasted (bracketed paste), and stop.
+PASTE_ON = "\x1b[?2004h"
+PASTE_OFF = "\x1b[?2004l"
 
 
 @frozen
@@ -84,3 +99,44 @@ def discard_typed(fd: int) -> None:
     if os.isatty(fd):
         with contextlib.suppress(termios.error):
             termios.tcflush(fd, termios.TCIFLUSH)
+
+
+@frozen
+class TerminalMode:
+    """A terminal's settings, saved, to go key by key and come back.
+
+    ``keys`` turns off line mode (ICANON), echo (ECHO), the extended keys
+    (IEXTEN: Ctrl-V, Ctrl-O) and CR-to-NL (ICRNL), so that each key reaches
+    the program as it is pressed and Enter is a CR, told apart from the
+    pasted LF of a CR LF.  Signals stay (ISIG): Ctrl-C is still SIGINT,
+    Ctrl-Z still stops the program.  ``restore`` puts every setting back.
+    """
+
+    fd: int
+    saved: list[Any] = field(converter=list)
+
+    @classmethod
+    def save(cls, fd: int) -> TerminalMode | None:
+        """*fd*'s settings; None if it is not a terminal."""
+        try:
+            return cls(fd, termios.tcgetattr(fd))
+        except (termios.error, OSError):
+            return None
+
+    def keys(self) -> None:
+        now = list(self.saved)
+        now[0] &= ~termios.ICRNL
+        now[3] &= ~(termios.ICANON | termios.ECHO | termios.IEXTEN)
+        now[6] = list(self.saved[6])
+        now[6][termios.VMIN] = 1
+        now[6][termios.VTIME] = 0
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(self.fd, termios.TCSANOW, now)
+
+    def restore(self, *, flush: bool = False) -> None:
+        """Put the saved settings back; with *flush*, drop what was typed
+        and not read, so that the shell does not run it."""
+        with contextlib.suppress(termios.error, OSError):
+            termios.tcsetattr(self.fd, termios.TCSANOW, self.saved)
+            if flush:
+                termios.tcflush(self.fd, termios.TCIFLUSH)

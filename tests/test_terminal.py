@@ -119,6 +119,8 @@ def test_an_answer_timeout_is_not_reported_as_the_client_leaving(tmp_path):
         a = raw_connect(port)
         recv_lines(a, 1)
         said(a, b"are you there?")
+        term.until("server --> client 1: ")
+        term.type("typing slow")  # a line begun for client 1
         shown = term.until("the client has its turn back.")
         assert "client 1 (127.0.0.1:" in shown
         assert (
@@ -128,9 +130,11 @@ def test_an_answer_timeout_is_not_reported_as_the_client_leaving(tmp_path):
         assert "left" not in shown.split("are you there?", 1)[1]
         a.settimeout(10)
         assert recv_lines(a, 1)[0].startswith(b"!error responder-timeout:")
+        term.until("server --> nobody (client 1's line timed out; Enter): typing slow")
         said(a, b"second try")  # it has its turn back
         term.until("client 1 (127.0.0.1:")
-        term.until(re.compile(r"second try\n(.*\n)*server --> nobody"))
+        # The line begun for the line that timed out is still for nobody.
+        term.until(re.compile(r"second try\n(.*\n)*server --> nobody .*typing slow"))
     finally:
         if a is not None:
             a.close()
