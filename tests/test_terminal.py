@@ -4,6 +4,7 @@ uses them: half-typed lines, log lines, shutdown, the shell afterwards."""
 from __future__ import annotations
 
 import re
+import shlex
 import socket
 import subprocess
 
@@ -109,6 +110,133 @@ def test_log_lines_start_on_a_fresh_line_and_no_prompt_after_shutdown(tmp_path, 
         for sock in (a, c):
             if sock is not None:
                 sock.close()
+        term.close()
+
+
+def test_a_half_typed_line_comes_back_after_a_log_line_and_is_sent_whole(tmp_path):
+    term, port = console_in_tmux(tmp_path, "--max-clients", "1")
+    a = c = None
+    try:
+        a = raw_connect(port)
+        recv_lines(a, 1)
+        said(a, b"hello")
+        term.until("server --> client 1: ")
+        term.type("half typx")
+        term.key("BSpace")
+        term.key("Left")  # arrows are read and ignored, never inserted
+        term.until(re.compile(r"^server --> client 1: half typ$", re.M))
+        c = raw_connect(port)  # refused, and logged, while the line is open
+        assert recv_lines(c, 1)[0].startswith(b"!bye busy:")
+        # The log line on a line of its own, then the prompt with the typing.
+        shown = term.until(
+            re.compile(
+                r"^\d{4}-\d\d-\d\dT.*refused a connection from .*\n"
+                r"server --> client 1: half typ$",
+                re.M,
+            )
+        )
+        assert "half typ\n" not in shown.split("refused a connection", 1)[0]
+        term.type("ed, 你好")
+        term.enter()
+        a.settimeout(10)
+        assert recv_lines(a, 1) == ["half typed, 你好".encode()]
+        term.until(re.compile(r"^server --> client 1: half typed, 你好$", re.M))
+    finally:
+        for sock in (a, c):
+            if sock is not None:
+                sock.close()
+        term.close()
+
+
+#: Print the terminal's line mode, echo and CR-to-NL: on (``icanon``) or off
+#: (``-icanon``), on one line that ends in ``:STTY``.
+STTY = (
+    "stty -a | tr ' ;' '\\n\\n' | grep -xE -- '-?(icanon|echo|icrnl)' "
+    "| tr '\\n' ' '; echo :STTY"
+)
+AS_IT_WAS = ["icrnl", "icanon", "echo"]
+
+
+def settings_shown(term: Tmux) -> list[str]:
+    shown = term.until(re.compile(r"^(-?\w+ )+:STTY$", re.M))
+    return re.findall(r"^((?:-?\w+ )+):STTY$", shown, re.M)[-1].split()
+
+
+def terminal_settings(term: Tmux) -> list[str]:
+    """The shell's terminal settings (see ``STTY``)."""
+    term.type(STTY)
+    term.enter()
+    return settings_shown(term)
+
+
+@pytest.mark.parametrize("stop", ["C-c", "C-d"])
+def test_the_terminal_is_put_back_as_it_was_at_exit(tmp_path, stop):
+    # Under a shell without job control, which restores nothing itself.
+    script = (
+        f"trap : INT; {STTY}; cd {tmp_path} && {TWISTD} -n --pidfile= sockchat "
+        f"--port tcp:0:interface=127.0.0.1; {STTY}; sleep 60"
+    )
+    term = Tmux(f"bash --norc --noprofile -c {shlex.quote(script)}")
+    try:
+        assert settings_shown(term) == AS_IT_WAS
+        term.until("stops the server.")
+        term.type("typed")  # the console reads it, key by key
+        term.until(re.compile(r"^server --> nobody: typed$", re.M))
+        if stop == "C-d":
+            term.key("C-u")
+        term.key(stop)
+        term.until("Server Shut Down.")
+        shown = term.until(re.compile(r"Server Shut Down\.(.*\n)*.*:STTY", re.M))
+        after = shown.split("Server Shut Down.", 1)[1]
+        assert re.search(r"^icrnl icanon echo :STTY$", after, re.M), after
+    finally:
+        term.close()
+
+
+def test_ctrl_z_and_exit_give_the_shell_its_terminal_back(tmp_path):
+    # The console takes the terminal out of line mode: at Ctrl-Z and at
+    # exit, the shell gets it back as it was; after fg, the console takes it
+    # again and draws the prompt with what had been typed.
+    term = Tmux("env PS1='$ ' bash --norc --noprofile")
+    a = None
+    try:
+        term.until("$ ")
+        assert terminal_settings(term) == AS_IT_WAS
+        term.type(
+            f"cd {tmp_path} && {TWISTD} -n --pidfile= sockchat "
+            "--port tcp:0:interface=127.0.0.1"
+        )
+        term.enter()
+        match = LISTENING.search(term.until(LISTENING))
+        assert match is not None
+        term.until("stops the server.")
+        a = raw_connect(int(match.group(1)))
+        recv_lines(a, 1)
+        said(a, b"hello")
+        term.until("server --> client 1: ")
+        term.type("before Ctrl-Z")
+        term.until("server --> client 1: before Ctrl-Z")
+        term.key("C-z")
+        term.until("Stopped")
+        assert terminal_settings(term) == AS_IT_WAS
+        term.type("fg")
+        term.enter()
+        term.until(re.compile(r"^server --> client 1: before Ctrl-Z$", re.M))
+        # Key by key again: Backspace erases what was typed before Ctrl-Z
+        # (in line mode the terminal would have nothing to erase).
+        term.key("BSpace")
+        term.until(re.compile(r"^server --> client 1: before Ctrl-$", re.M))
+        term.type("Y, and after")
+        term.enter()
+        a.settimeout(10)
+        assert recv_lines(a, 1) == [b"before Ctrl-Y, and after"]
+        term.key("C-c")
+        term.until("Server Shut Down.")
+        term.until(re.compile(r"^\$ $", re.M))
+        assert terminal_settings(term) == AS_IT_WAS
+    finally:
+        if a is not None:
+            a.close()
         term.close()
 
 
