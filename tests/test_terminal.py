@@ -97,6 +97,8 @@ def test_log_lines_start_on_a_fresh_line_and_no_prompt_after_shutdown(tmp_path, 
             term.key("C-u")  # Ctrl-D ends the input only on an empty line
         term.key(stop)
         shown = term.until("unanswered at shutdown (1):")
+        if stop == "C-c":  # the log line erased the prompt: the console says
+            assert 'you had typed "half typ" without Enter; it was not sent.' in shown
         term.until("Server Shut Down.")
         # No prompt once shutdown has begun: after the line that says so.
         begun = (
@@ -143,6 +145,44 @@ def test_a_half_typed_line_comes_back_after_a_log_line_and_is_sent_whole(tmp_pat
         term.until(re.compile(r"^server --> client 1: half typed, 你好$", re.M))
     finally:
         for sock in (a, c):
+            if sock is not None:
+                sock.close()
+        term.close()
+
+
+def test_a_client_that_connects_and_speaks_while_the_operator_types(tmp_path):
+    term, port = console_in_tmux(tmp_path)
+    a = b = None
+    try:
+        a = raw_connect(port)
+        recv_lines(a, 1)
+        said(a, b"question from A")
+        term.until("server --> client 1: ")
+        term.type("an answer for A, half")
+        term.until("server --> client 1: an answer for A, half")
+        b = raw_connect(port)
+        recv_lines(b, 1)
+        said(b, b"question from B")
+        # The server's log line and the console's line for B, each on a
+        # line of its own, then A's prompt with the typing, once.
+        shown = term.until(
+            re.compile(
+                r"^.*conversation 2 started with .*\n"
+                r"client 2 \(127\.0\.0\.1:\d+\): question from B  "
+                r"\[1 waiting before it\]\n"
+                r"server --> client 1: an answer for A, half$",
+                re.M,
+            )
+        )
+        assert shown.count("server --> client 1: an answer for A, half") == 1
+        term.type(" done")
+        term.enter()
+        a.settimeout(10)
+        assert recv_lines(a, 1) == [b"an answer for A, half done"]
+        term.until(re.compile(r"^server --> client 2: $", re.M))
+        nothing_arrives(b, 0.3)
+    finally:
+        for sock in (a, b):
             if sock is not None:
                 sock.close()
         term.close()
