@@ -219,6 +219,8 @@ def test_peer_and_operator_text_is_drawn_safely():
     term.take()
     term.type("\u202eevil")  # a bidi override, pasted
     assert term.take() == ERASE + "server --> client 1: \\u202eevil"
+    term.type("\r")  # the line as entered stays on screen, escaped too
+    assert term.take().startswith(ERASE + "server --> client 1: \\u202eevil\n")
 
 
 def test_ctrl_d_on_an_empty_line_closes_once():
@@ -229,6 +231,30 @@ def test_ctrl_d_on_an_empty_line_closes_once():
     assert term.closed == [True]
     term.input.connectionLost(Failure(ConnectionDone()))
     assert term.closed == [True]
+
+
+def test_no_prompt_after_the_end_of_input():
+    term = Terminal()
+    term.type("\x04")
+    assert term.closed == [True]
+    term.says(ALICE, "hello")  # before the server has stopped
+    shown = term.take()
+    assert "client 1 (127.0.0.1:50001): hello" in shown
+    assert "server -->" not in shown
+
+
+def test_keys_after_the_screen_closed_are_dropped():
+    seen = []
+    screen = Screen(lambda text: None, lambda typing: "> ", editor=LineEditor())
+
+    def handle(event):
+        seen.append(event)
+        screen.close()  # as a console that stops on this line would
+
+    screen.keys(b"first\rsecond\r", handle)
+    assert [e.text for e in seen] == ["first"]
+    screen.keys(b"third\r", handle)
+    assert len(seen) == 1
 
 
 def test_a_line_too_long_is_not_sent_and_bad_bytes_are_said_and_dropped():
