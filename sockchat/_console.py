@@ -21,7 +21,7 @@ keeps it depends on what it can see:
   names nobody at once and says why; the typed text stays on it; at Enter
   the console says it was not sent.  If nothing was typed yet, the prompt
   simply names the next client.
-- **Line mode** (a pipe, or a terminal's own line editing): the console sees
+- **Line mode** (stdin a pipe, or stdout not a terminal): the console sees
   a line only when Enter is pressed, so it cannot tell when the line was
   begun.  It assumes a line was under way: if the client whose prompt was
   on screen stops waiting by itself, the next line entered is not sent.
