@@ -4,6 +4,8 @@ the prompt and what the operator types, in memory."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -12,6 +14,7 @@ from twisted.python.failure import Failure
 from sockchat import ConsoleResponder, ConversationInfo
 from sockchat._console import REDRAW_DELAY, OperatorInput
 from sockchat._lineedit import LineEditor
+from sockchat._render import safe_text
 from sockchat._screen import Screen, columns_of
 
 from conftest import result_of
@@ -314,3 +317,41 @@ def test_the_screen_alone_with_a_prompt_of_its_own():
         + ERASE + "you> hel" + ERASE + "them> hel"
     )  # fmt: skip
     assert screen.typed == "hel"
+
+
+#: Keys that mean something to the editor.
+SPECIAL = [b"\r", b"\x7f", b"\x15", b"\x17", b"\x04", b"\x1b[A", b"\x1b[200~"]
+SPECIAL += [b"\x1b[201~", "你好".encode(), b"e\xcc\x81", b"word "]
+#: Keys to type: any bytes, and the ones that mean something.
+KEY = st.one_of(st.binary(max_size=12), st.sampled_from(SPECIAL))
+KEYS = st.lists(KEY, max_size=25)
+
+
+@given(KEYS, st.integers(10, 120))
+def test_the_prompt_line_is_always_the_prompt_and_what_is_typed(chunks, columns):
+    written: list[str] = []
+    editor = LineEditor()
+    screen = Screen(
+        written.append,
+        lambda typing: "> ",
+        Clock(),
+        editor=editor,
+        columns=lambda: columns,
+    )
+    screen.refresh()
+    for chunk in chunks:
+        screen.keys(chunk, lambda event: None)
+        out = "".join(written)
+        # Nothing the operator types reaches the terminal as a control.
+        assert "\x1b" not in out.replace(ERASE, "")
+        assert "\r" not in out.replace(ERASE, "")
+        if editor.ended:
+            break
+        last = out.rsplit(ERASE, 1)[1]
+        typed = safe_text(editor.text)
+        if columns_of(typed) <= columns - 3:
+            assert last == "> " + typed
+        else:  # scrolled: the end of it, within the width
+            assert last.startswith("> <")
+            assert typed.endswith(last[3:])
+            assert columns_of(last) <= columns - 1

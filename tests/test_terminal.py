@@ -7,6 +7,7 @@ import re
 import shlex
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -228,6 +229,32 @@ def test_the_terminal_is_put_back_as_it_was_at_exit(tmp_path, stop):
         term.until("Server Shut Down.")
         shown = term.until(re.compile(r"Server Shut Down\.(.*\n)*.*:STTY", re.M))
         after = shown.split("Server Shut Down.", 1)[1]
+        assert re.search(r"^icrnl icanon echo :STTY$", after, re.M), after
+    finally:
+        term.close()
+
+
+CRASH = """
+import termios
+from twisted.internet import reactor
+from sockchat import ConsoleResponder
+from sockchat._services import OperatorConsoleService
+service = OperatorConsoleService(reactor, ConsoleResponder)
+service.startService()
+assert not termios.tcgetattr(0)[3] & termios.ICANON
+print("key by key now; crashing", flush=True)
+raise RuntimeError("a bug")
+"""
+
+
+def test_the_terminal_is_put_back_after_a_crash():
+    script = f"{STTY}; {sys.executable} -c {shlex.quote(CRASH)}; {STTY}; sleep 60"
+    term = Tmux(f"bash --norc --noprofile -c {shlex.quote(script)}")
+    try:
+        assert settings_shown(term) == AS_IT_WAS
+        shown = term.until(re.compile(r"RuntimeError: a bug\n(.*\n)*.*:STTY", re.M))
+        assert "key by key now; crashing" in shown
+        after = shown.split("RuntimeError: a bug", 1)[1]
         assert re.search(r"^icrnl icanon echo :STTY$", after, re.M), after
     finally:
         term.close()
