@@ -8,6 +8,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -198,16 +199,24 @@ STTY = (
 AS_IT_WAS = ["icrnl", "icanon", "echo"]
 
 
-def settings_shown(term: Tmux) -> list[str]:
-    shown = term.until(re.compile(r"^(-?\w+ )+:STTY$", re.M))
-    return re.findall(r"^((?:-?\w+ )+):STTY$", shown, re.M)[-1].split()
+SETTINGS = re.compile(r"^((?:-?\w+ )+):STTY$", re.M)
+
+
+def settings_shown(term: Tmux, seen: int = 0) -> list[str]:
+    """The settings ``STTY`` printed after the first *seen* times."""
+    deadline = time.monotonic() + 10
+    while len(found := SETTINGS.findall(term.screen())) <= seen:
+        assert time.monotonic() < deadline, f"no new {STTY!r} on:\n{term.screen()}"
+        time.sleep(0.05)
+    return found[seen].split()
 
 
 def terminal_settings(term: Tmux) -> list[str]:
-    """The shell's terminal settings (see ``STTY``)."""
+    """The shell's terminal settings (see ``STTY``), printed anew."""
+    seen = len(SETTINGS.findall(term.screen()))
     term.type(STTY)
     term.enter()
-    return settings_shown(term)
+    return settings_shown(term, seen)
 
 
 @pytest.mark.parametrize("stop", ["C-c", "C-d"])
