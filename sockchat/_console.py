@@ -158,7 +158,7 @@ class ConsoleResponder:
         self._clock = clock
         self.screen = Screen(
             write,
-            self._prompt_text,
+            self.prompt_text,
             clock,
             editor=LineEditor() if editing else None,
             columns=columns,
@@ -440,9 +440,11 @@ class ConsoleResponder:
         self.screen.print(line + "\n")
         self.screen.refresh()
 
-    def _prompt_text(self, typing: bool) -> str | None:
+    def prompt_text(self, typing: bool = False) -> str | None:
         """The prompt now: whom the line under way goes to (*typing*: the
-        operator has typed something, as far as the screen knows)."""
+        operator has typed something, as far as the screen knows); None:
+        no prompt.  The screen's prompt provider; a console elsewhere (a
+        remote one) may ask it too."""
         if self._closing:
             return None
         if self._lost is not None:

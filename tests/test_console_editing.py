@@ -195,6 +195,16 @@ def test_a_line_begun_when_nobody_waited_goes_to_nobody():
     assert result_of(answer) == "for alice"
 
 
+def test_the_prompt_can_be_asked_for():
+    console = ConsoleResponder(lambda text: None, Clock())
+    assert console.prompt_text() is None
+    assert console.prompt_text(typing=True) == "server --> nobody: "
+    console.respond(ALICE, "hello")
+    assert console.prompt_text() == "server --> client 1: "
+    console.close()
+    assert console.prompt_text(typing=True) is None
+
+
 def test_commands_typed_when_nobody_waits_run():
     term = Terminal()
     term.says(ALICE, "hello")
