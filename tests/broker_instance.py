@@ -1,0 +1,103 @@
+"""The instance side of broker protocol 1, as docs/broker.md says, for the
+consumer tests: a test double, not the real ``sockchat._broker``.
+
+It does what an instance does on the broker (a heartbeat key, its clients'
+hash, ``XADD`` of work items, reading its inbox, ``XDEL`` once a line is
+answered), through any ``IRedis``, so that operators and workers are
+tested against the protocol before (and besides) the real instance.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from sockchat._broker_wire import HEARTBEAT_TTL, PROTOCOL, Keys, decode
+
+
+def _now(d: Deferred[Any]) -> Any:
+    """The result of a Deferred the fake has fired already."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the fake did not answer at once"
+    if hasattr(out[0], "raiseException"):
+        out[0].raiseException()
+    return out[0]
+
+
+class FakeInstance:
+    """One instance's doings on the broker, run by hand from a test."""
+
+    def __init__(self, redis: Any, name: str = "i1", keys: Keys | None = None) -> None:
+        self.redis = redis
+        self.name = name
+        self.keys = keys or Keys()
+        self.beat()
+        _now(self.redis.command("SADD", self.keys.instances, name))
+
+    def run(self, *args: Any) -> Any:
+        return _now(self.redis.command(*args))
+
+    def beat(self) -> None:
+        record = {"v": PROTOCOL, "name": self.name, "pid": 1, "host": "test"}
+        ttl = int(HEARTBEAT_TTL * 1000)
+        self.run("SET", self.keys.instance(self.name), json.dumps(record), "PX", ttl)
+        self.run("PEXPIRE", self.keys.clients(self.name), ttl)
+
+    def die(self) -> None:
+        """kill -9: the heartbeat key goes (it would expire)."""
+        self.run("DEL", self.keys.instance(self.name))
+
+    def connect(self, conv: int, peer: str = "127.0.0.1:5000") -> None:
+        record = {"id": conv, "peer": peer, "since": 0, "waiting": None}
+        self.run("HSET", self.keys.clients(self.name), str(conv), json.dumps(record))
+
+    def leave(self, conv: int) -> None:
+        self.run("HDEL", self.keys.clients(self.name), str(conv))
+
+    def work(
+        self,
+        group: str,
+        conv: int,
+        text: str = "",
+        *,
+        kind: str = "line",
+        peer: str = "127.0.0.1:5000",
+        raw: dict[str, Any] | None = None,
+        **extra: Any,
+    ) -> str:
+        """XADD a work item; its entry id."""
+        message = raw or {
+            "v": PROTOCOL,
+            "kind": kind,
+            "instance": self.name,
+            "conv": conv,
+            "peer": peer,
+            "n": 1,
+            "text": text,
+            "at": 0,
+            **extra,
+        }
+        entry = self.run("XADD", self.keys.work(group), "*", "m", json.dumps(message))
+        return entry.decode()
+
+    def inbox(self) -> list[dict[str, Any]]:
+        """The messages in this instance's inbox (taken out)."""
+        key = self.keys.inbox(self.name)
+        items = self.run("LRANGE", key, 0, -1)
+        self.run("DEL", key)
+        return [decode(i) for i in items]
+
+    def done(self, group: str, entry: str) -> None:
+        """Answered, timed out, or the client left: XDEL the entry."""
+        self.run("XDEL", self.keys.work(group), entry)
+
+    def stream_length(self, group: str) -> int:
+        return int(self.run("XLEN", self.keys.work(group)))
+
+    def pending(self, group: str) -> list[tuple[str, str]]:
+        """(entry, consumer) of the lines held in *group*."""
+        reply = self.run("XPENDING", self.keys.work(group), group, "-", "+", 100)
+        return [(r[0].decode(), r[1].decode()) for r in reply]
