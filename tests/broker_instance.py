@@ -13,8 +13,11 @@ import json
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
-from sockchat._broker_wire import HEARTBEAT_TTL, PROTOCOL, Keys, decode
+from sockchat._broker_wire import HEARTBEAT, HEARTBEAT_TTL, PROTOCOL, Keys, decode
+from sockchat._consumer import Consumer
+from tests.fakeredis import FakeRedisServer
 
 
 def _now(d: Deferred[Any]) -> Any:
@@ -101,3 +104,46 @@ class FakeInstance:
         """(entry, consumer) of the lines held in *group*."""
         reply = self.run("XPENDING", self.keys.work(group), group, "-", "+", 100)
         return [(r[0].decode(), r[1].decode()) for r in reply]
+
+
+class World:
+    """A fake Redis, a clock, one instance, and consumers."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1000)
+        self.server = FakeRedisServer(self.clock)
+        self.instance = FakeInstance(self.server.client())
+        self.consumers: list[Consumer] = []
+
+    def consumer(
+        self, handler: Any, *, capacity: int = 1, group: str = "operators"
+    ) -> Consumer:
+        shared, blocking = self.server.client(), self.server.client()
+        c = Consumer(
+            clock=self.clock,
+            redis=shared,
+            blocking=blocking,
+            group=group,
+            handler=handler,
+            name=f"c{len(self.consumers) + 1}",
+            by=f"operator c{len(self.consumers) + 1}",
+            capacity=capacity,
+        )
+        c.clients = (shared, blocking)  # type: ignore[attr-defined]
+        _now(c.start())
+        self.consumers.append(c)
+        return c
+
+    def kill(self, consumer: Consumer) -> None:
+        """kill -9: its connections go, and nothing more comes from it."""
+        for client in consumer.clients:  # type: ignore[attr-defined]
+            client.close()
+
+    def run(self, seconds: float, step: float = 0.1) -> None:
+        """Let *seconds* pass, with the instance's heartbeat going on."""
+        for _ in range(round(seconds / step)):
+            self.clock.advance(step)
+            beat = round(self.clock.seconds() / step) % round(HEARTBEAT / step) == 0
+            if beat and self.instance.redis.connected:
+                self.instance.beat()

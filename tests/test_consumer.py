@@ -10,24 +10,20 @@ lost and back.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from sockchat._broker_wire import CLAIM_AFTER, HEARTBEAT, Keys
 from sockchat._consumer import (
-    Consumer,
     ConsumerError,
     Outcome,
     WorkItem,
     check_protocol,
 )
-from tests.broker_instance import FakeInstance
+from tests.broker_instance import World
 from tests.conftest import result_of
-from tests.fakeredis import FakeRedisServer
 
 GROUP = "operators"
 
@@ -60,49 +56,6 @@ class Desk:
     @property
     def texts(self) -> list[str]:
         return [i.text for i in self.items]
-
-
-class World:
-    """A fake Redis, a clock, one instance, and consumers."""
-
-    def __init__(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(1000)
-        self.server = FakeRedisServer(self.clock)
-        self.instance = FakeInstance(self.server.client())
-        self.consumers: list[Consumer] = []
-
-    def consumer(
-        self, handler: Any, *, capacity: int = 1, group: str = GROUP
-    ) -> Consumer:
-        shared, blocking = self.server.client(), self.server.client()
-        c = Consumer(
-            clock=self.clock,
-            redis=shared,
-            blocking=blocking,
-            group=group,
-            handler=handler,
-            name=f"c{len(self.consumers) + 1}",
-            by=f"operator c{len(self.consumers) + 1}",
-            capacity=capacity,
-        )
-        c.clients = (shared, blocking)  # type: ignore[attr-defined]
-        result_of(c.start())
-        self.consumers.append(c)
-        return c
-
-    def kill(self, consumer: Consumer) -> None:
-        """kill -9: its connections go, and nothing more comes from it."""
-        for client in consumer.clients:  # type: ignore[attr-defined]
-            client.close()
-
-    def run(self, seconds: float, step: float = 0.1) -> None:
-        """Let *seconds* pass, with the instance's heartbeat going on."""
-        for _ in range(round(seconds / step)):
-            self.clock.advance(step)
-            beat = round(self.clock.seconds() / step) % round(HEARTBEAT / step) == 0
-            if beat and self.instance.redis.connected:
-                self.instance.beat()
 
 
 @pytest.fixture
