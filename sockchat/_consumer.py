@@ -893,8 +893,11 @@ class OperatorDesk:
         clock: IReactorTime,
         send: Callable[..., None],
         keys: Keys | None = None,
+        *,
+        shown: Callable[[], None] | None = None,
     ) -> None:
         self.console = console
+        self._shown = shown
         self._redis = redis
         self._clock = clock
         self._send = send
@@ -1002,6 +1005,8 @@ class OperatorDesk:
             client.since = self._clock.seconds()
         client.holding.add(item.entry)
         answer = self.console.respond(client.conversation.info, item.text)
+        if self._shown is not None:
+            self._shown()
 
         def answered(text: str) -> Outcome:
             client.holding.discard(item.entry)
@@ -1033,3 +1038,57 @@ class OperatorDesk:
                 self._forget(where, "left")
 
         return Deferred.fromCoroutine(look())
+
+
+# -- what the shells share --------------------------------------------------
+
+
+@define(eq=False)
+class Broker:
+    """The two connections a consumer process uses, and where they go."""
+
+    display: str
+    #: For everything but the blocking read.
+    shared: Any
+    #: For the blocking read only.
+    blocking: Any
+
+    def stop(self) -> Deferred[None]:
+        async def both() -> None:
+            await self.blocking.stop()
+            await self.shared.stop()
+
+        return Deferred.fromCoroutine(both())
+
+
+async def open_broker(
+    reactor: Any,
+    url: str,
+    keys: Keys,
+    on_state: Callable[[bool], None],
+) -> Broker:
+    """Connect twice to the broker at *url* and check its protocol.
+
+    Every way this fails is a ``ConsumerError`` of one line: a bad URL, a
+    broker that cannot be reached, one of another protocol.
+    """
+    from ._redis import RedisClient, parse_broker_url
+
+    try:
+        address = parse_broker_url(url)
+    except ValueError as e:
+        raise ConsumerError(f"--broker: {e}") from None
+    shared = RedisClient(reactor, address, on_state=on_state)
+    blocking = RedisClient(reactor, address, on_state=on_state)
+    broker = Broker(address.display, shared, blocking)
+    try:
+        await shared.start()
+        await blocking.start()
+        await check_protocol(shared, keys, where=address.display)
+    except BrokerUnavailable as e:
+        await broker.stop()
+        raise ConsumerError(str(e)) from None
+    except ConsumerError:
+        await broker.stop()
+        raise
+    return broker

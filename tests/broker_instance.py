@@ -17,7 +17,8 @@ from twisted.internet.task import Clock
 
 from sockchat._broker_wire import HEARTBEAT, HEARTBEAT_TTL, PROTOCOL, Keys, decode
 from sockchat._consumer import Consumer
-from tests.fakeredis import FakeRedisServer
+
+from fakeredis import FakeRedisServer
 
 
 def _now(d: Deferred[Any]) -> Any:

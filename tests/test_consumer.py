@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from broker_instance import World
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
@@ -22,8 +23,8 @@ from sockchat._consumer import (
     WorkItem,
     check_protocol,
 )
-from tests.broker_instance import World
-from tests.conftest import result_of
+
+from conftest import result_of
 
 GROUP = "operators"
 

@@ -6,10 +6,10 @@ a client that leaves while its line is on screen."""
 from __future__ import annotations
 
 import pytest
+from broker_instance import FakeInstance, World
 
 from sockchat import ConsoleResponder
 from sockchat._consumer import Consumer, OperatorDesk
-from tests.broker_instance import FakeInstance, World
 
 GROUP = "operators"
 

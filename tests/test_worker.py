@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from broker_instance import FakeInstance, World
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -19,7 +20,6 @@ from sockchat import (
     as_responder,
 )
 from sockchat._consumer import Consumer, RemoteConversation, WorkerHandler
-from tests.broker_instance import FakeInstance, World
 
 GROUP = "workers"
 
@@ -30,7 +30,9 @@ def world() -> World:
 
 
 def worker(world: World, responder: Any, concurrency: int = 4) -> Consumer:
-    handler = WorkerHandler(as_responder(responder), lambda *a, **k: consumer.send(*a, **k))
+    handler = WorkerHandler(
+        as_responder(responder), lambda *a, **k: consumer.send(*a, **k)
+    )
     consumer = world.consumer(handler, capacity=concurrency, group=GROUP)
     return consumer
 
