@@ -222,15 +222,15 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         if not finished.called:
             finished.callback(None)
 
-    await consumer.start()
-    await desk.start()
-    reactor.addSystemEventTrigger("before", "shutdown", quit)
     screen.write(
         f"sockchat operator {safe_text(name)} on {broker.display}: client lines "
         "of every instance appear below. Type each answer at its prompt; q ends "
         "that conversation; /help lists the commands; end of input (Ctrl-D) "
         "quits and hands back the lines you hold.\n"
     )
+    await desk.start()  # the clients first, then their lines
+    await consumer.start()
+    reactor.addSystemEventTrigger("before", "shutdown", quit)
     reader = OperatorInput(console, piped=piped, on_end=quit)
     stdin.append(reader)
     devnull = os.open(os.devnull, os.O_WRONLY)

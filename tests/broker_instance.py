@@ -34,10 +34,20 @@ def _now(d: Deferred[Any]) -> Any:
 class FakeInstance:
     """One instance's doings on the broker, run by hand from a test."""
 
-    def __init__(self, redis: Any, name: str = "i1", keys: Keys | None = None) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        name: str = "i1",
+        keys: Keys | None = None,
+        *,
+        ttl: float = HEARTBEAT_TTL,
+    ) -> None:
         self.redis = redis
         self.name = name
         self.keys = keys or Keys()
+        #: How long its heartbeat lasts: a test with real processes that
+        #: does not beat every HEARTBEAT makes it longer.
+        self.ttl = ttl
         self.beat()
         _now(self.redis.command("SADD", self.keys.instances, name))
 
@@ -46,7 +56,7 @@ class FakeInstance:
 
     def beat(self) -> None:
         record = {"v": PROTOCOL, "name": self.name, "pid": 1, "host": "test"}
-        ttl = int(HEARTBEAT_TTL * 1000)
+        ttl = int(self.ttl * 1000)
         self.run("SET", self.keys.instance(self.name), json.dumps(record), "PX", ttl)
         self.run("PEXPIRE", self.keys.clients(self.name), ttl)
 
@@ -89,10 +99,8 @@ class FakeInstance:
 
     def inbox(self) -> list[dict[str, Any]]:
         """The messages in this instance's inbox (taken out)."""
-        key = self.keys.inbox(self.name)
-        items = self.run("LRANGE", key, 0, -1)
-        self.run("DEL", key)
-        return [decode(i) for i in items]
+        items = self.run("LPOP", self.keys.inbox(self.name), 1000)  # at once
+        return [decode(i) for i in items or []]
 
     def done(self, group: str, entry: str) -> None:
         """Answered, timed out, or the client left: XDEL the entry."""
