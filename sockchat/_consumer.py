@@ -432,17 +432,19 @@ class Consumer:
             return  # handed back or gone already
         held.finishing = True
         item = held.item
-        if outcome is None:  # nothing owed: the instance waits for nothing
-            commands = self._drop_commands(item.entry)
-        else:
+        commands = []
+        if outcome is not None:
             extra = {"text": outcome.text, "by": self.by}
             if outcome.kind != "answer":
                 extra = {"why": outcome.text}
             message = encode(outcome.kind, conv=item.conv, entry=item.entry, **extra)
-            commands = [
-                *self._inbox_commands(item.instance, message),
-                ("XACK", self._stream, self.group, item.entry),
-            ]
+            commands += self._inbox_commands(item.instance, message)
+        if outcome is None or item.kind != "line":
+            # Nothing waits for this entry's deletion (the instance deletes
+            # the lines it waits for, not lifecycle events): delete it.
+            commands += self._drop_commands(item.entry)
+        else:
+            commands.append(("XACK", self._stream, self.group, item.entry))
         self._queue(_Send(commands, lambda: self._release(held)))
 
     def _failed(self, failure: Failure, held: _Held) -> None:

@@ -93,7 +93,7 @@ def test_started_may_speak_first_and_its_conversation_notifies_and_ends(
     world.instance.work(GROUP, 5, kind="ended", reason="kicked")
     assert greeter.endings == [(1, "kicked")]
     assert world.instance.inbox() == []
-    assert world.instance.stream_length(GROUP) == 2  # the instance XDELs these
+    assert world.instance.stream_length(GROUP) == 1  # the line: the instance XDELs it
 
 
 def test_started_that_returns_nothing_owes_nothing(world: World) -> None:
