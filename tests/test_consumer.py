@@ -10,6 +10,7 @@ lost and back.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from broker_instance import World
@@ -18,6 +19,7 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from sockchat._broker_wire import CLAIM_AFTER, HEARTBEAT, Keys
 from sockchat._consumer import (
+    Consumer,
     ConsumerError,
     Outcome,
     WorkItem,
@@ -165,15 +167,49 @@ def test_a_clean_quit_hands_the_line_back_at_once(world: World) -> None:
     assert consumers[::2] == [b"c2"]  # the quitter said it is gone
 
 
+class Lagging:
+    """An IRedis whose replies come *lag* seconds late, as over a network."""
+
+    def __init__(self, inner: Any, clock: Any, lag: float = 0.05) -> None:
+        self._inner, self._clock, self._lag = inner, clock, lag
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._inner.connected)
+
+    def command(self, *args: Any) -> Deferred[Any]:
+        later: Deferred[Any] = Deferred()
+        reply = self._inner.command(*args)
+        self._clock.callLater(
+            self._lag,
+            lambda: reply.addBoth(later.callback),  # type: ignore[arg-type]
+        )
+        return later
+
+
 def test_an_answer_given_before_quitting_is_sent(world: World) -> None:
     desk = Desk()
-    consumer = world.consumer(desk)
-    entry = world.instance.work(GROUP, 1, "last one")
-    desk.answer(entry, "bye")
-    result_of_stop = consumer.stop()
-    world.run(1.5)
-    result_of(result_of_stop)
-    assert [m["text"] for m in world.instance.inbox()] == ["bye"]
+    consumer = Consumer(
+        clock=world.clock,
+        redis=Lagging(world.server.client(), world.clock),
+        blocking=world.server.client(),
+        group=GROUP,
+        handler=desk,
+        name="lagging",
+        capacity=2,
+    )
+    consumer.start()
+    world.run(0.5)
+    entries = [world.instance.work(GROUP, conv, "last one") for conv in (1, 2)]
+    world.run(0.5)
+    for entry in entries:
+        desk.answer(entry, "bye")  # on their way (one behind the other)
+    stopped = consumer.stop()
+    while not stopped.called:
+        world.clock.advance(0.01)
+    # Sent by the time it says it has stopped (the shell then disconnects).
+    assert [m["entry"] for m in world.instance.inbox()] == entries
+    assert world.instance.pending(GROUP) == []
 
 
 def test_consumers_say_they_are_online(world: World) -> None:

@@ -111,6 +111,7 @@ def test_a_client_that_leaves_while_its_line_is_shown(world: World) -> None:
     ann = Operator(world)
     world.instance.connect(4)
     world.run(1.5)
+    ann.desk.stop()  # no more looks at the clients: the deleted line tells
     entry = world.instance.work(GROUP, 4, "bye")
     world.instance.leave(4)
     world.instance.done(GROUP, entry)  # the instance gives up the line
@@ -154,3 +155,10 @@ def test_two_operators_share_one_queue_oldest_first(world: World) -> None:
     assert "line 3" in shown + first.shown()
     messages = world.instance.inbox()
     assert [(m["entry"], m["text"]) for m in messages] == [(entries[0], "one")]
+
+
+def test_what_the_broker_says_of_a_client_is_shown_safely(world: World) -> None:
+    ann = Operator(world)
+    world.instance.connect(1, "\x1b]0;owned\x07")
+    world.run(1.5)
+    assert "(i1/1, \\x1b]0;owned\\x07) their turn" in ann.says("/list")
