@@ -315,7 +315,10 @@ class Consumer:
             if self._quitting():  # read while stopping: hand it back too
                 self._held[entry] = _Held(_placeholder(entry))
                 continue
-            await self._take(entry, fields)
+            try:
+                await self._take(entry, fields)
+            except Exception:  # a bug: say so, and go on with the next line
+                log.failure("taking {entry} failed", entry=entry)
 
     def _quitting(self) -> bool:
         return not self._running
@@ -529,14 +532,27 @@ class Consumer:
             ("XCLAIM", self._stream, self.group, self.name, 0, h.item.entry, "JUSTID")
             for h in held
         ]
+        # Is each instance we hold lines of still alive?
+        instances = sorted({h.item.instance for h in held if h.item.instance})
+        commands += [("EXISTS", self.keys.instance(name)) for name in instances]
         try:
             replies = await self._pipeline(commands)
         except BrokerUnavailable:
             self._gone()
             return
         self._back()
-        for h, still in zip(held, replies[1:], strict=True):
-            if not still and not h.finishing:  # deleted (or the group is gone)
+        touched = replies[1 : 1 + len(held)]
+        dead = {
+            name
+            for name, alive in zip(instances, replies[1 + len(held) :], strict=True)
+            if alive == 0
+        }
+        for h, still in zip(held, touched, strict=True):
+            if h.item.instance in dead and not h.finishing:
+                # Nobody waits for it any more: drop it, as a new one would be.
+                self._queue(_Send(self._drop_commands(h.item.entry)))
+                self._vanished(h)
+            elif not still and not h.finishing:  # deleted (or the group is gone)
                 self._vanished(h)
 
     def _vanished(self, held: _Held) -> None:
