@@ -26,7 +26,7 @@ from sockchat._broker_wire import CLAIM_AFTER, Keys
 from sockchat._redis import RedisError
 from sockchat._resp import ErrorReply, ReplyParser, encode_command
 
-from processes import Reader
+from processes import Reader, Terminal
 from redis_server import (  # noqa: F401  # the fixtures
     RedisServer,
     make_redis_server,
@@ -249,6 +249,34 @@ def test_piped_answers_wait_for_the_lines_they_answer(
         zip(entries, ["first", "second"], strict=True)
     )
     assert ann.wait() == 0
+
+
+def test_an_operator_at_a_terminal_answers_and_ctrl_d_hands_back(
+    redis_server: RedisServer,  # noqa: F811
+    instance: FakeInstance,
+) -> None:
+    instance.connect(5, "127.0.0.1:5005")
+    terminal = Terminal(*OPERATOR, "--broker", redis_server.url, "--name", "tty")
+    try:
+        terminal.screen.until(b"sockchat operator tty")
+        online(instance, "operators", 1)
+        first = instance.work("operators", 5, "typed?")
+        terminal.screen.until(b"client 1 (i1/5, 127.0.0.1:5005): typed?")
+        terminal.screen.until(b"server --> client 1: ")
+        terminal.type("yes, typed\n")
+        assert [(m["entry"], m["text"]) for m in inbox(instance, 1)] == [
+            (first, "yes, typed")
+        ]
+        second = instance.work("operators", 5, "still there?")
+        terminal.screen.until(b"server --> client 1: ")
+        terminal.type("\x04")  # Ctrl-D
+        terminal.screen.until(b"handed back 1 line(s)")
+    finally:
+        if terminal.proc.poll() is None:
+            terminal.proc.send_signal(signal.SIGTERM)
+        code = terminal.close()
+    assert code == 0
+    assert instance.pending("operators")[0][0] == second
 
 
 SLOW_BOT = """\
