@@ -38,6 +38,7 @@ from twisted.python.failure import Failure
 from ._broker_wire import CLAIM_AFTER, OPERATORS, Keys
 from ._console import ConsoleResponder
 from ._consumer import Consumer, ConsumerError, OperatorDesk, open_broker
+from ._redis import BrokerUnavailable, RedisError
 from ._render import safe_text
 from ._stdio import BlockingModes
 from .worker import positive, start_logging
@@ -229,7 +230,13 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         "quits and hands back the lines you hold.\n"
     )
     await desk.start()  # the clients first, then their lines
-    await consumer.start()
+    try:
+        await consumer.start()
+    except (BrokerUnavailable, RedisError) as e:
+        await broker.stop()
+        raise SystemExit(
+            f"{PROG}: cannot join the queue at {broker.display}: {e}"
+        ) from None
     reactor.addSystemEventTrigger("before", "shutdown", quit)
     reader = OperatorInput(console, piped=piped, on_end=quit)
     stdin.append(reader)

@@ -41,6 +41,7 @@ from zope.interface import provider
 
 from ._broker_wire import WORKERS, Keys
 from ._consumer import Consumer, ConsumerError, WorkerHandler, open_broker
+from ._redis import BrokerUnavailable, RedisError
 
 __all__ = ["main", "positive", "start_logging"]
 
@@ -158,7 +159,13 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         await consumer.stop()
         await broker.stop()
 
-    await consumer.start()
+    try:
+        await consumer.start()
+    except (BrokerUnavailable, RedisError) as e:
+        await broker.stop()
+        raise SystemExit(
+            f"{PROG}: cannot join the queue at {broker.display}: {e}"
+        ) from None
     reactor.addSystemEventTrigger(
         "before", "shutdown", lambda: Deferred.fromCoroutine(quit())
     )
