@@ -234,6 +234,7 @@ class Consumer:
         self._beat: IDelayedCall | None = None
         self._lost = False
         self._refused: set[str] = set()  # senders already logged
+        self._refusal = ""  # the read error last logged
 
     # -- what the shell sees ------------------------------------------------
 
@@ -305,9 +306,12 @@ class Consumer:
                     except (BrokerUnavailable, RedisError):
                         await self._wait(RETRY)
                     continue
-                log.error("the broker refused a read: {error}", error=str(e))
+                if str(e) != self._refusal:  # once, not once a second
+                    self._refusal = str(e)
+                    log.error("the broker refused a read: {error}", error=str(e))
                 await self._wait(RETRY)
                 continue
+            self._refusal = ""
             self._back()
             if found is None:
                 continue

@@ -25,6 +25,7 @@ from sockchat._consumer import (
     WorkItem,
     check_protocol,
 )
+from sockchat._redis import RedisError
 
 from conftest import result_of
 
@@ -351,3 +352,46 @@ def test_the_broker_protocol_is_checked(world: World) -> None:
         "the broker at here speaks broker protocol 2; this sockchat speaks 1: "
         "run the same sockchat version everywhere"
     )
+
+
+def test_a_broker_that_restarts_empty_is_used_again(world: World) -> None:
+    desk = Desk()
+    world.consumer(desk)
+    held = world.instance.work(GROUP, 1, "lost with the broker")
+    world.server.stop()
+    world.run(3)
+    world.server.start(flush=True)  # no persistence: no stream, no group
+    world.instance.beat()
+    world.run(HEARTBEAT + 0.5)
+    assert desk.cancelled == [held]  # nobody waits for it any more
+    world.instance.work(GROUP, 2, "after the restart")
+    world.run(1.5)
+    assert desk.texts == ["lost with the broker", "after the restart"]
+
+
+def test_a_group_the_broker_refuses_fails_the_start(world: World) -> None:
+    world.instance.run("SET", Keys().work(GROUP), "not a stream")
+    consumer = Consumer(
+        clock=world.clock,
+        redis=world.server.client(),
+        blocking=world.server.client(),
+        group=GROUP,
+        handler=Desk(),
+        name="c9",
+    )
+    with pytest.raises(RedisError):
+        result_of(consumer.start())
+
+
+def test_a_read_the_broker_refuses_is_logged_once(
+    world: World, warnings: list[str]
+) -> None:
+    desk = Desk()
+    world.consumer(desk)
+    world.instance.run("DEL", Keys().work(GROUP))
+    world.instance.run("SET", Keys().work(GROUP), "not a stream")
+    world.run(5)
+    assert [w for w in warnings if "refused a read" in w] == [
+        "the broker refused a read: WRONGTYPE Operation against a key holding "
+        "the wrong kind of value"
+    ]
