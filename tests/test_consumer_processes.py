@@ -27,11 +27,7 @@ from sockchat._redis import RedisError
 from sockchat._resp import ErrorReply, ReplyParser, encode_command
 
 from processes import Reader, Terminal
-from redis_server import (  # noqa: F401  # the fixtures
-    RedisServer,
-    make_redis_server,
-    redis_server,
-)
+from redis_server import RedisServer  # the fixtures are conftest's
 
 pytestmark = pytest.mark.slow
 
@@ -127,7 +123,7 @@ def started():
 
 
 @pytest.fixture
-def instance(redis_server: RedisServer):  # noqa: F811  # the fixture
+def instance(redis_server: RedisServer):
     redis = SyncRedis(redis_server.port)
     yield FakeInstance(redis, ttl=120)  # alive for the whole test
     redis.close()
@@ -169,7 +165,7 @@ def operator(started: list[Process], server: RedisServer, name: str) -> Process:
 
 
 def test_an_operator_killed_holding_a_line_loses_nothing(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     instance: FakeInstance,
     started: list[Process],
 ) -> None:
@@ -210,7 +206,7 @@ def test_an_operator_killed_holding_a_line_loses_nothing(
 
 
 def test_an_operator_that_quits_hands_its_line_back_at_once(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     instance: FakeInstance,
     started: list[Process],
 ) -> None:
@@ -233,7 +229,7 @@ def test_an_operator_that_quits_hands_its_line_back_at_once(
 
 
 def test_piped_answers_wait_for_the_lines_they_answer(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     instance: FakeInstance,
     started: list[Process],
 ) -> None:
@@ -252,7 +248,7 @@ def test_piped_answers_wait_for_the_lines_they_answer(
 
 
 def test_an_operator_at_a_terminal_answers_and_ctrl_d_hands_back(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     instance: FakeInstance,
 ) -> None:
     instance.connect(5, "127.0.0.1:5005")
@@ -293,7 +289,7 @@ async def respond(conversation, text):
 
 
 def test_a_worker_killed_mid_answer_is_replaced_by_another(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     instance: FakeInstance,
     started: list[Process],
     tmp_path: Path,
@@ -317,7 +313,7 @@ def test_a_worker_killed_mid_answer_is_replaced_by_another(
 
 
 def test_a_worker_that_quits_hands_back_and_says_it_is_gone(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     instance: FakeInstance,
     started: list[Process],
     tmp_path: Path,
@@ -358,7 +354,7 @@ def test_an_unreachable_broker_is_one_line_and_exit_1(tmp_path: Path) -> None:
 
 
 def test_bad_input_is_one_line(
-    redis_server: RedisServer,  # noqa: F811
+    redis_server: RedisServer,
     instance: FakeInstance,
 ) -> None:
     def run(*args: str) -> tuple[int, str]:
