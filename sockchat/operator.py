@@ -129,20 +129,34 @@ class OperatorInput(Protocol):
         self._on_end = on_end
         self._max = max_line
         self._buffer = b""
+        self._skipping = False
         self.answers: deque[str] = deque()
         self.ended = False
 
     def dataReceived(self, data: bytes) -> None:
         self._buffer += data
         *lines, self._buffer = self._buffer.split(b"\n")
-        if len(self._buffer) > self._max:
-            self._buffer = b""
-            log.warn(
-                "your line was longer than {limit:,} bytes and was not sent",
-                limit=self._max,
-            )
         for line in lines:
+            self._complete(line)
+        if len(self._buffer) > self._max:  # too long, and not ended yet
+            self._buffer = b""
+            if not self._skipping:
+                self._too_long()
+            self._skipping = True  # until its end
+
+    def _complete(self, line: bytes) -> None:
+        if self._skipping:  # the end of a line that was too long
+            self._skipping = False
+        elif len(line) > self._max:
+            self._too_long()
+        else:
             self._line(line.rstrip(b"\r").decode("utf-8", "replace"))
+
+    def _too_long(self) -> None:
+        log.warn(
+            "your line was longer than {limit:,} bytes and was not sent",
+            limit=self._max,
+        )
 
     def _line(self, text: str) -> None:
         if not self._piped or (text.startswith("/") and not text.startswith("//")):
@@ -160,7 +174,7 @@ class OperatorInput(Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._buffer:
-            self._line(self._buffer.rstrip(b"\r").decode("utf-8", "replace"))
+            self._complete(self._buffer)
             self._buffer = b""
         self.ended = True
         self.pump()

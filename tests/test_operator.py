@@ -12,6 +12,7 @@ from broker_instance import FakeInstance, World
 
 from sockchat import ConsoleResponder
 from sockchat._consumer import Consumer, OperatorDesk
+from sockchat.operator import OperatorInput
 
 GROUP = "operators"
 #: How the console says that client 1 left (its wording may change).
@@ -183,3 +184,42 @@ def test_a_held_line_of_an_instance_that_dies_is_dropped(world: World) -> None:
     assert LEFT.search(ann.shown())
     assert world.instance.stream_length(GROUP) == 0
     assert ann.consumer.held == []
+
+
+class Said:
+    """A console stand-in that records what the operator said."""
+
+    def __init__(self) -> None:
+        self.said: list[str] = []
+        self.waiting = 0
+
+    def operator_says(self, text: str) -> None:
+        self.said.append(text)
+        self.waiting -= 1 if not text.startswith("/") else 0
+
+
+def test_piped_lines_wait_for_client_lines_and_commands_do_not() -> None:
+    console, ended = Said(), []
+    stdin = OperatorInput(console, piped=True, on_end=lambda: ended.append(1))
+    stdin.dataReceived(b"first\r\n/list\nsec")
+    assert console.said == ["/list"]
+    stdin.dataReceived(b"ond\n")
+    stdin.connectionLost()
+    assert ended == []  # two answers are still to be used
+    console.waiting = 1
+    stdin.pump()
+    assert console.said == ["/list", "first"]
+    assert ended == []
+    console.waiting = 1
+    stdin.pump()
+    assert console.said == ["/list", "first", "second"]
+    assert ended == [1]
+
+
+def test_typed_lines_go_at_once_and_a_long_one_is_dropped_whole() -> None:
+    console = Said()
+    stdin = OperatorInput(console, piped=False, on_end=lambda: None, max_line=10)
+    stdin.dataReceived(b"short\n" + b"x" * 11)
+    stdin.dataReceived(b"yy\nafter\n" + b"z" * 11 + b"\nlast")
+    stdin.connectionLost()
+    assert console.said == ["short", "after", "last"]
