@@ -627,17 +627,24 @@ class Consumer:
     # -- the broker coming and going -----------------------------------------
 
     def _gone(self) -> None:
-        if not self._lost:
+        """A command failed for want of the broker: say so once, if the
+        main connection is down (the blocking one follows it)."""
+        if not self._lost and not self._redis.connected:
             self._lost = True
             log.warn(
-                "lost the broker; holding {count} line(s), going on when it is back",
+                "lost the broker at {broker}; holding {count} line(s), going on "
+                "when it is back",
+                broker=getattr(self._redis, "display", "?"),
                 count=len(self._held),
             )
 
     def _back(self) -> None:
-        if self._lost:
+        if self._lost and self._redis.connected:
             self._lost = False
-            log.info("the broker is back")
+            log.info(
+                "the broker is back at {broker}",
+                broker=getattr(self._redis, "display", "?"),
+            )
             self._wakeup()
 
     # -- waiting ------------------------------------------------------------
@@ -1100,8 +1107,10 @@ async def open_broker(
         address = parse_broker_url(url)
     except ValueError as e:
         raise ConsumerError(f"--broker: {e}") from None
-    shared = RedisClient(reactor, address, on_state=on_state)
-    blocking = RedisClient(reactor, address, on_state=on_state)
+    # The consumer says once that the broker is lost, and once that it is
+    # back, for both connections.
+    shared = RedisClient(reactor, address, on_state=on_state, logged=False)
+    blocking = RedisClient(reactor, address, logged=False)
     broker = Broker(address.display, shared, blocking)
     try:
         await shared.start()

@@ -297,7 +297,8 @@ def test_the_broker_lost_and_back(world: World, warnings: list[str]) -> None:
     desk.answer(entry, "sent later")  # answered while the broker is away
     world.run(5)
     assert [w for w in warnings if "lost the broker" in w] == [
-        "lost the broker; holding 1 line(s), going on when it is back"
+        "lost the broker at redis://fake-redis:6379/0; holding 1 line(s), going on "
+        "when it is back"
     ]
     world.server.start()
     world.instance.beat()  # the instance is back too

@@ -334,6 +334,35 @@ def test_a_worker_that_quits_hands_back_and_says_it_is_gone(
     assert consumer.split("-")[-2] == str(worker.pid)
 
 
+def test_a_worker_goes_on_after_redis_restarts_empty(
+    redis_server: RedisServer,
+    started: list[Process],
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "slowbot.py").write_text(SLOW_BOT)
+    args = [*WORKER, "--broker", redis_server.url, "slowbot:respond"]
+    worker = Process(args, cwd=tmp_path, BOT_DELAY="0")
+    started.append(worker)
+    worker.err.until(b"up to 4 lines at once")
+    redis_server.stop()
+    worker.err.until(b"lost the broker")
+    redis_server.start()  # no persistence: no stream, no group, no keys
+    redis = SyncRedis(redis_server.port)
+    try:
+        instance = FakeInstance(redis, ttl=120)
+        online(instance, "workers", 1)  # it came back, and says so
+        entry = instance.work("workers", 1, "again")
+        [answer] = inbox(instance, 1)
+        assert (answer["entry"], answer["text"]) == (entry, f"{worker.pid} says again")
+    finally:
+        redis.close()
+    os.kill(worker.pid, signal.SIGTERM)
+    assert worker.wait() == 0
+    log = worker.err.rest().decode()
+    assert log.count("lost the broker") == 0, log  # (read above): once
+    assert log.count("the broker is back") == 1, log
+
+
 def test_an_unreachable_broker_is_one_line_and_exit_1(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
