@@ -10,7 +10,8 @@ one of them, oldest first.
 On a terminal each line typed goes to the console as it is entered.  With
 stdin not a terminal (a pipe, a file), each line of it answers the next
 client line that comes (commands run at once), and the end of input quits
-once they are all used.
+once they are all used, or once no client line has come for
+``QUIET_AT_END`` (5) seconds.
 
 Quitting (end of input, Ctrl-C, SIGTERM) hands the lines this operator
 holds back to the queue at once; an operator that is killed gives them
@@ -29,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.stdio import StandardIO
 from twisted.internet.task import react
@@ -48,6 +50,10 @@ __all__ = ["main"]
 PROG = "sockchat.operator"
 
 log = Logger(namespace=PROG)
+
+#: Seconds a piped operator waits, after the end of its input, for a client
+#: line that one of its remaining lines would answer.
+QUIET_AT_END = 5.0
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -108,17 +114,20 @@ class _Screen:
                 return  # nobody to show it to
 
 
-class OperatorInput(Protocol):
+class OperatorLines(Protocol):
     """The operator's lines (stdin) to the console.
 
     Typed (*piped* false): each line as it comes.  Piped: commands at once,
     and each other line kept until a client line waits for it, so that the
-    lines of a file answer the client lines in the order they come.
+    lines of a file answer the client lines in the order they come; after
+    the end of input, *on_end* once they are all used, or once no client
+    line has come for ``QUIET_AT_END`` seconds (the rest are not sent).
     """
 
     def __init__(
         self,
         console: ConsoleResponder,
+        clock: IReactorTime,
         *,
         piped: bool,
         on_end: Callable[[], object],
@@ -130,6 +139,8 @@ class OperatorInput(Protocol):
         self._max = max_line
         self._buffer = b""
         self._skipping = False
+        self._clock = clock
+        self._quiet: IDelayedCall | None = None
         self.answers: deque[str] = deque()
         self.ended = False
 
@@ -167,10 +178,33 @@ class OperatorInput(Protocol):
 
     def pump(self) -> None:
         """Give the kept lines to the client lines that wait."""
+        used = False
         while self.answers and self._console.waiting:
             self._console.operator_says(self.answers.popleft())
-        if self.ended and not self.answers:
-            self._on_end()
+            used = True
+        if not self.ended:
+            return
+        if not self.answers:
+            self._end()
+        elif used or self._quiet is None:  # wait for the next client line
+            if self._quiet is not None and self._quiet.active():
+                self._quiet.cancel()
+            self._quiet = self._clock.callLater(QUIET_AT_END, self._no_more)
+
+    def _no_more(self) -> None:
+        log.warn(
+            "no client line came for {quiet:g} s: {count} line(s) of input were "
+            "not sent",
+            quiet=QUIET_AT_END,
+            count=len(self.answers),
+        )
+        self.answers.clear()
+        self._end()
+
+    def _end(self) -> None:
+        if self._quiet is not None and self._quiet.active():
+            self._quiet.cancel()
+        self._on_end()
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self._buffer:
@@ -198,7 +232,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
     screen = _Screen(out)
     console = ConsoleResponder(screen.write, reactor)
     piped = not os.isatty(0)
-    stdin: list[OperatorInput] = []
+    stdin: list[OperatorLines] = []
 
     def send(*args: Any, **fields: Any) -> None:
         consumer.send(*args, **fields)
@@ -252,7 +286,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
             f"{PROG}: cannot join the queue at {broker.display}: {e}"
         ) from None
     reactor.addSystemEventTrigger("before", "shutdown", quit)
-    reader = OperatorInput(console, piped=piped, on_end=quit)
+    reader = OperatorLines(console, reactor, piped=piped, on_end=quit)
     stdin.append(reader)
     devnull = os.open(os.devnull, os.O_WRONLY)
     StandardIO(reader, stdout=devnull, reactor=reactor)  # type: ignore[call-arg,no-untyped-call]  # POSIX's takes stdout

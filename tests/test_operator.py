@@ -9,10 +9,11 @@ import re
 
 import pytest
 from broker_instance import FakeInstance, World
+from twisted.internet.task import Clock
 
 from sockchat import ConsoleResponder
 from sockchat._consumer import Consumer, OperatorDesk
-from sockchat.operator import OperatorInput
+from sockchat.operator import QUIET_AT_END, OperatorLines
 
 GROUP = "operators"
 #: How the console says that client 1 left (its wording may change).
@@ -199,16 +200,18 @@ class Said:
 
 
 def test_piped_lines_wait_for_client_lines_and_commands_do_not() -> None:
-    console, ended = Said(), []
-    stdin = OperatorInput(console, piped=True, on_end=lambda: ended.append(1))
+    console, ended, clock = Said(), [], Clock()
+    stdin = OperatorLines(console, clock, piped=True, on_end=lambda: ended.append(1))
     stdin.dataReceived(b"first\r\n/list\nsec")
     assert console.said == ["/list"]
     stdin.dataReceived(b"ond\n")
     stdin.connectionLost()
     assert ended == []  # two answers are still to be used
+    clock.advance(QUIET_AT_END - 1)
     console.waiting = 1
     stdin.pump()
     assert console.said == ["/list", "first"]
+    clock.advance(QUIET_AT_END - 1)  # a line came: the wait begins again
     assert ended == []
     console.waiting = 1
     stdin.pump()
@@ -218,8 +221,22 @@ def test_piped_lines_wait_for_client_lines_and_commands_do_not() -> None:
 
 def test_typed_lines_go_at_once_and_a_long_one_is_dropped_whole() -> None:
     console = Said()
-    stdin = OperatorInput(console, piped=False, on_end=lambda: None, max_line=10)
+    stdin = OperatorLines(
+        console, Clock(), piped=False, on_end=lambda: None, max_line=10
+    )
     stdin.dataReceived(b"short\n" + b"x" * 11)
     stdin.dataReceived(b"yy\nafter\n" + b"z" * 11 + b"\nlast")
     stdin.connectionLost()
     assert console.said == ["short", "after", "last"]
+
+
+def test_piped_lines_nobody_asks_for_end_it_after_a_quiet_time() -> None:
+    console, ended, clock = Said(), [], Clock()
+    stdin = OperatorLines(console, clock, piped=True, on_end=lambda: ended.append(1))
+    stdin.dataReceived(b"an answer nobody wants\n")
+    stdin.connectionLost()
+    clock.advance(QUIET_AT_END - 0.1)
+    assert ended == []
+    clock.advance(0.2)
+    assert ended == [1]
+    assert console.said == []
