@@ -1,0 +1,303 @@
+"""``python -m sockchat.operator --broker URL``: answer clients of every instance.
+
+The operator console of ``twistd sockchat --responder console``, for the
+instances that run ``--broker URL --responder operators``: client lines
+appear with a prompt that names their client, ``/list`` shows every client
+of every instance, ``/to``, ``/kick``, ``/help`` and ``//`` work as there.
+Any number of operators may run at once, on any machine; each line goes to
+one of them, oldest first.
+
+On a terminal each line typed goes to the console as it is entered.  With
+stdin not a terminal (a pipe, a file), each line of it answers the next
+client line that comes (commands run at once), and the end of input quits
+once they are all used, or once no client line has come for
+``QUIET_AT_END`` (5) seconds.
+
+Quitting (end of input, Ctrl-C, SIGTERM) hands the lines this operator
+holds back to the queue at once; an operator that is killed gives them
+back after ``CLAIM_AFTER`` seconds (docs/broker.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import select
+import sys
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.stdio import StandardIO
+from twisted.internet.task import react
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._broker_wire import CLAIM_AFTER, OPERATORS, Keys
+from ._console import ConsoleResponder
+from ._consumer import Consumer, ConsumerError, OperatorDesk, open_broker
+from ._redis import BrokerUnavailable, RedisError
+from ._render import safe_text
+from ._stdio import BlockingModes
+from .worker import positive, start_logging
+
+__all__ = ["main"]
+
+PROG = "sockchat.operator"
+
+log = Logger(namespace=PROG)
+
+#: Seconds a piped operator waits, after the end of its input, for a client
+#: line that one of its remaining lines would answer.
+QUIET_AT_END = 5.0
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {PROG}",
+        description=(
+            "Answer the clients of every sockchat instance that runs "
+            "--broker URL --responder operators."
+        ),
+        epilog=(
+            f"A line held by an operator that is killed goes to another after "
+            f"{CLAIM_AFTER:g} s; quitting (Ctrl-D, Ctrl-C) hands it back at once."
+        ),
+    )
+    parser.add_argument(
+        "--broker",
+        required=True,
+        metavar="URL",
+        help="the broker: redis://[:password@]host[:port][/db], rediss://..., "
+        "unix:///path/to/redis.sock",
+    )
+    parser.add_argument(
+        "--name",
+        default="",
+        help="the name clients' answers are signed with (default: your login name)",
+    )
+    parser.add_argument(
+        "--hold",
+        type=positive("--hold"),
+        default=1,
+        metavar="N",
+        help="lines this operator holds at once, waiting for its answers (default 1)",
+    )
+    return parser.parse_args(argv)
+
+
+def _login() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name (a container): say so plainly
+        return "operator"
+
+
+class _Screen:
+    """Write the console's text to stdout at once, whatever its mode."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def write(self, text: str) -> None:
+        view = memoryview(text.encode("utf-8"))
+        while view:
+            try:
+                view = view[os.write(self._fd, view) :]
+            except BlockingIOError:  # stdin's non-blocking mode is shared
+                select.select([], [self._fd], [], 1.0)
+            except OSError:
+                return  # nobody to show it to
+
+
+class OperatorLines(Protocol):
+    """The operator's lines (stdin) to the console.
+
+    Typed (*piped* false): each line as it comes.  Piped: commands at once,
+    and each other line kept until a client line waits for it, so that the
+    lines of a file answer the client lines in the order they come; after
+    the end of input, *on_end* once they are all used, or once no client
+    line has come for ``QUIET_AT_END`` seconds (the rest are not sent).
+    """
+
+    def __init__(
+        self,
+        console: ConsoleResponder,
+        clock: IReactorTime,
+        *,
+        piped: bool,
+        on_end: Callable[[], object],
+        max_line: int = 64 * 1024,
+    ) -> None:
+        self._console = console
+        self._piped = piped
+        self._on_end = on_end
+        self._max = max_line
+        self._buffer = b""
+        self._skipping = False
+        self._clock = clock
+        self._quiet: IDelayedCall | None = None
+        self.answers: deque[str] = deque()
+        self.ended = False
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._complete(line)
+        if len(self._buffer) > self._max:  # too long, and not ended yet
+            self._buffer = b""
+            if not self._skipping:
+                self._too_long()
+            self._skipping = True  # until its end
+
+    def _complete(self, line: bytes) -> None:
+        if self._skipping:  # the end of a line that was too long
+            self._skipping = False
+        elif len(line) > self._max:
+            self._too_long()
+        else:
+            self._line(line.rstrip(b"\r").decode("utf-8", "replace"))
+
+    def _too_long(self) -> None:
+        log.warn(
+            "your line was longer than {limit:,} bytes and was not sent",
+            limit=self._max,
+        )
+
+    def _line(self, text: str) -> None:
+        if not self._piped or (text.startswith("/") and not text.startswith("//")):
+            self._console.operator_says(text)
+            return
+        self.answers.append(text)
+        self.pump()
+
+    def pump(self) -> None:
+        """Give the kept lines to the client lines that wait."""
+        used = False
+        while self.answers and self._console.waiting:
+            self._console.operator_says(self.answers.popleft())
+            used = True
+        if not self.ended:
+            return
+        if not self.answers:
+            self._end()
+        elif used or self._quiet is None:  # wait for the next client line
+            if self._quiet is not None and self._quiet.active():
+                self._quiet.cancel()
+            self._quiet = self._clock.callLater(QUIET_AT_END, self._no_more)
+
+    def _no_more(self) -> None:
+        log.warn(
+            "no client line came for {quiet:g} s: {count} line(s) of input were "
+            "not sent",
+            quiet=QUIET_AT_END,
+            count=len(self.answers),
+        )
+        self.answers.clear()
+        self._end()
+
+    def _end(self) -> None:
+        if self._quiet is not None and self._quiet.active():
+            self._quiet.cancel()
+        self._on_end()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self._buffer:
+            self._complete(self._buffer)
+            self._buffer = b""
+        self.ended = True
+        self.pump()
+
+
+async def run(reactor: Any, options: argparse.Namespace) -> None:
+    keys = Keys()
+    name = options.name or _login()
+    holder: list[Consumer] = []
+
+    def state(up: bool) -> None:
+        if holder:
+            holder[0].broker_state(up)
+
+    try:
+        broker = await open_broker(reactor, options.broker, keys, state)
+    except ConsumerError as e:
+        raise SystemExit(f"{PROG}: {e}") from None
+    out = sys.__stdout__.fileno() if sys.__stdout__ else 1
+    modes = BlockingModes.save(0, out)
+    screen = _Screen(out)
+    console = ConsoleResponder(screen.write, reactor)
+    piped = not os.isatty(0)
+    stdin: list[OperatorLines] = []
+
+    def send(*args: Any, **fields: Any) -> None:
+        consumer.send(*args, **fields)
+
+    def shown() -> None:
+        if stdin:
+            reactor.callLater(0, stdin[0].pump)
+
+    desk = OperatorDesk(console, broker.shared, reactor, send, keys, shown=shown)
+    consumer = Consumer(
+        clock=reactor,
+        redis=broker.shared,
+        blocking=broker.blocking,
+        group=OPERATORS,
+        handler=desk,
+        display=name,
+        by=f"operator {name}",
+        capacity=options.hold,
+        keys=keys,
+    )
+    holder.append(consumer)
+    finished: Deferred[None] = Deferred()
+    quitting: list[Deferred[None]] = []
+
+    def quit() -> Deferred[None]:
+        if not quitting:
+            quitting.append(Deferred.fromCoroutine(_quit()))
+        return quitting[0]
+
+    async def _quit() -> None:
+        console.close()
+        desk.stop()
+        await consumer.stop()
+        await broker.stop()
+        modes.restore()
+        if not finished.called:
+            finished.callback(None)
+
+    screen.write(
+        f"sockchat operator {safe_text(name)} on {broker.display}: client lines "
+        "of every instance appear below. Type each answer at its prompt; q ends "
+        "that conversation; /help lists the commands; end of input (Ctrl-D) "
+        "quits and hands back the lines you hold.\n"
+    )
+    await desk.start()  # the clients first, then their lines
+    try:
+        await consumer.start()
+    except (BrokerUnavailable, RedisError) as e:
+        await broker.stop()
+        raise SystemExit(
+            f"{PROG}: cannot join the queue at {broker.display}: {e}"
+        ) from None
+    reactor.addSystemEventTrigger("before", "shutdown", quit)
+    reader = OperatorLines(console, reactor, piped=piped, on_end=quit)
+    stdin.append(reader)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    StandardIO(reader, stdout=devnull, reactor=reactor)  # type: ignore[call-arg,no-untyped-call]  # POSIX's takes stdout
+    await finished
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    options = parse(argv)
+    start_logging(PROG)
+    react(lambda reactor: Deferred.fromCoroutine(run(reactor, options)))
+
+
+if __name__ == "__main__":
+    main()
