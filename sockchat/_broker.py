@@ -97,6 +97,7 @@ class BrokerInstance:
     _back: list[Callable[[], None]] = field(factory=list, init=False)
     _beats: list[Callable[[], None]] = field(factory=list, init=False)
     _consumers: dict[str, int] = field(factory=dict, init=False)
+    _greeting: dict[str, bool] = field(factory=dict, init=False)
     _groups: set[str] = field(factory=set, init=False)
     _alive: set[str] = field(factory=set, init=False)
     _heart: LoopingCall | None = field(default=None, init=False)
@@ -105,6 +106,7 @@ class BrokerInstance:
     _up_waiters: list[Deferred[None]] = field(factory=list, init=False)
     _refused: set[str] = field(factory=set, init=False)
     _lost_at: float = field(default=0.0, init=False)
+    _starting: list[Deferred[None]] = field(factory=list, init=False)
 
     # -- Life ------------------------------------------------------------------
 
@@ -113,9 +115,21 @@ class BrokerInstance:
         self.redis.on_state = self.state_changed  # type: ignore[attr-defined]
         self.inbox.on_state = self.inbox_state_changed  # type: ignore[attr-defined]
 
+    def ready(self) -> Deferred[None] | None:
+        """None once started; before, a Deferred that fires when it is (the
+        first connections are being made: a line then waits for them)."""
+        if self._running:
+            return None
+        waiter: Deferred[None] = Deferred()
+        self._starting.append(waiter)
+        return waiter
+
     def start(self) -> None:
         """Begin the heartbeat and the inbox's reading."""
         self._running = True
+        starting, self._starting = self._starting, []
+        for waiter in starting:
+            waiter.callback(None)
         self._alive.add(self.name)
         heart = LoopingCall(self.beat)
         heart.clock = self.clock
@@ -202,19 +216,23 @@ class BrokerInstance:
     def _count_consumers(self, reply: list[bytes] | None, group: str) -> None:
         now = self.clock.seconds()
         live = 0
+        greeting = False
         pairs = reply or []
         for name, value in zip(pairs[::2], pairs[1::2], strict=False):
             try:
-                until = float(json.loads(value).get("until", 0))
+                about = json.loads(value)
+                until = float(about.get("until", 0))
             except (ValueError, AttributeError, TypeError):
-                until = 0
+                about, until = {}, 0
             if until > now:
                 live += 1
+                greeting = greeting or about.get("greets") is True
             else:
                 self._quietly(
                     self.redis.command("HDEL", self.keys.consumers(group), name)
                 )
         self._consumers[group] = live
+        self._greeting[group] = greeting
 
     def _look_at_instances(self, members: list[bytes] | None) -> None:
         names = [m.decode() for m in members or []]
@@ -248,6 +266,11 @@ class BrokerInstance:
         """How many consumers of *group* were alive at the last heartbeat
         (None before the first look)."""
         return self._consumers.get(group)
+
+    def greeting(self, group: str) -> bool:
+        """Whether a live consumer of *group* said its conversations begin
+        with the server's line (a worker whose responder has hooks)."""
+        return self._greeting.get(group, False)
 
     def alive(self, name: str) -> bool:
         """Whether instance *name* was alive at the last heartbeat."""
@@ -378,14 +401,19 @@ class QueueResponder:
 
     # -- ILifecycle ------------------------------------------------------------
 
-    def started(self, conversation: IConversation) -> None:
+    def started(self, conversation: IConversation) -> Deferred[str] | None:
         info: ConversationInfo = conversation.info
         self._conversations[info.id] = conversation
         self.instance.route(info.id, lambda message: self._message(info.id, message))
         self._register(info, waiting=None)
-        if self.lifecycle:
+        if not self.lifecycle:
+            return None
+        if not (self.instance.up and self.instance.greeting(self.group)):
             self._add_work("started", info)
-        return None
+            return None
+        # The workers' responder has hooks: its started hook speaks first,
+        # and its line is the answer to this entry.
+        return self._send_away(info, 0, "", "started", opening=True)
 
     def ended(self, conversation: IConversation, reason: str) -> None:
         info: ConversationInfo = conversation.info
@@ -406,6 +434,9 @@ class QueueResponder:
 
     def respond(self, conversation: ConversationInfo, text: str) -> Deferred[str]:
         instance = self.instance
+        ready = instance.ready()
+        if ready is not None:  # the first connections are under way
+            return ready.addCallback(lambda _: self.respond(conversation, text))
         if not instance.up or not instance.redis.connected:
             raise Unavailable(
                 f"the broker at {instance.display} is unreachable; send it again soon"
@@ -415,19 +446,14 @@ class QueueResponder:
             raise Unavailable("no worker is running")
         number = self._counts.get(conversation.id, 0) + 1
         self._counts[conversation.id] = number
-        line = _Line(conversation, number, text)
-        answer: Deferred[str] = Deferred(lambda _: self._cancelled(line))
-        line.answer = answer
-        self._lines[conversation.id] = line
-        added = self._add_work(
-            "line",
+        answer = self._send_away(
             conversation,
+            number,
+            text,
+            "line",
             n=number,
             text=text,
             at=round(instance.clock.seconds(), 3),
-        )
-        added.addCallbacks(
-            self._added, self._not_added, callbackArgs=(line,), errbackArgs=(line,)
         )
         if (
             self.group == OPERATORS
@@ -443,6 +469,25 @@ class QueueResponder:
                 )
         return answer
 
+    def _send_away(
+        self,
+        conversation: ConversationInfo,
+        number: int,
+        said: str,
+        kind: str,
+        **fields: Any,
+    ) -> Deferred[str]:
+        """Put a work item on the queue; the Deferred fires with its answer."""
+        line = _Line(conversation, number, said)
+        answer: Deferred[str] = Deferred(lambda _: self._cancelled(line))
+        line.answer = answer
+        self._lines[conversation.id] = line
+        added = self._add_work(kind, conversation, **fields)
+        added.addCallbacks(
+            self._added, self._not_added, callbackArgs=(line,), errbackArgs=(line,)
+        )
+        return answer
+
     def _add_work(
         self, kind: str, info: ConversationInfo, **fields: Any
     ) -> Deferred[Any]:
@@ -454,7 +499,7 @@ class QueueResponder:
             **fields,
         )
         added = self.instance.redis.command("XADD", self._stream, "*", "m", data)
-        if kind != "line":
+        if kind != "line" and not fields.get("opening"):
             self.instance._quietly(added)
         return added
 

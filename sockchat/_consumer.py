@@ -525,6 +525,7 @@ class Consumer:
                 "v": PROTOCOL,
                 "name": self.display,
                 "until": self._clock.seconds() + HEARTBEAT_TTL,
+                "greets": bool(getattr(self._handler, "greets", False)),
             },
             ensure_ascii=True,
         )
@@ -810,6 +811,9 @@ class WorkerHandler:
 
     def __init__(self, responder: IResponder, send: Callable[..., None]) -> None:
         self.responder = responder
+        #: Whether the conversations it serves begin with a line of the
+        #: server's: its responder has lifecycle hooks (said at the heartbeat).
+        self.greets = ILifecycle.providedBy(responder)
         self._send = send
         self._conversations: OrderedDict[tuple[str, int], RemoteConversation] = (
             OrderedDict()
@@ -846,10 +850,26 @@ class WorkerHandler:
             return succeed(None)
         try:
             if item.kind == "started":
+                opening = bool(item.message.get("opening"))
                 if not lifecycle:
+                    if opening:
+                        return succeed(
+                            Outcome(
+                                "failed", "this worker's responder has no started hook"
+                            )
+                        )
                     return succeed(None)
                 reply = hooks.started(conversation)
                 if reply is None:
+                    if opening:
+                        return succeed(
+                            Outcome(
+                                "failed",
+                                "the responder's started hook gave no first line "
+                                "(under --responder workers, a responder with "
+                                "hooks speaks first)",
+                            )
+                        )
                     return succeed(None)
             else:
                 reply = self.responder.respond(conversation.info, item.text)

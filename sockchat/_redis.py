@@ -631,11 +631,12 @@ class RedisClient:
         proto.lost_message = f"lost the broker at {self.display}: {why}"
         self._last_why = why
         self._down_since = self._reactor.seconds()
-        (log.warn if self.logged else log.debug)(
-            "lost the broker at {broker}: {why}; reconnecting",
-            broker=self.display,
-            why=why,
-        )
+        if self.logged:
+            log.warn(
+                "lost the broker at {broker}: {why}; reconnecting",
+                broker=self.display,
+                why=why,
+            )
         self._notify(False)
         self._schedule()
 
@@ -657,11 +658,12 @@ class RedisClient:
                 return
             down = self._reactor.seconds() - (self._down_since or 0.0)
             self._down_since = None
-            (log.info if self.logged else log.debug)(
-                "the broker at {broker} is back after {down:.1f} s",
-                broker=self.display,
-                down=down,
-            )
+            if self.logged:
+                log.info(
+                    "the broker at {broker} is back after {down:.1f} s",
+                    broker=self.display,
+                    down=down,
+                )
             self._notify(True)
 
         def failed(failure: Failure) -> None:

@@ -59,14 +59,12 @@ class Desk:
         )
         made.addErrback(lambda f: f.trap(RedisError))  # BUSYGROUP: made already
 
-    def online(self, ttl: float = 1e6) -> None:
+    def online(self, ttl: float = 1e6, *, greets: bool = False) -> None:
         until = self.clock.seconds() + ttl
+        about = {"v": 1, "name": self.name, "until": until, "greets": greets}
         now(
             self.redis.command(
-                "HSET",
-                KEYS.consumers(self.group),
-                self.name,
-                json.dumps({"v": 1, "name": self.name, "until": until}),
+                "HSET", KEYS.consumers(self.group), self.name, json.dumps(about)
             )
         )
 
@@ -91,11 +89,11 @@ class Desk:
         assert fields[0] == b"m"
         return entry.decode(), decode(fields[1])
 
-    def take_line(self) -> tuple[str, dict[str, Any]]:
+    def take_line(self, kind: str = "line") -> tuple[str, dict[str, Any]]:
         while True:
             taken = self.take()
-            assert taken is not None, "no line was waiting"
-            if taken[1]["kind"] == "line":
+            assert taken is not None, f"no {kind} was waiting"
+            if taken[1]["kind"] == kind:
                 return taken
 
     def send(self, instance: str, kind: str, **fields: Any) -> None:
@@ -109,7 +107,9 @@ class Desk:
         now(self.redis.command("XACK", self.stream, self.group, entry))
 
     def length(self) -> int:
-        return int(now(self.redis.command("XLEN", self.stream)))
+        """How many lines (not lifecycle items) are on the stream."""
+        entries = now(self.redis.command("XRANGE", self.stream, "-", "+"))
+        return sum(decode(fields[1])["kind"] == "line" for _, fields in entries)
 
 
 class Cluster:
@@ -127,7 +127,9 @@ class Cluster:
         )
         self.desk = Desk(self.broker, self.clock, group)
         self.desk.online()
-        self.responder = QueueResponder(self.instance, group)
+        self.responder = QueueResponder(
+            self.instance, group, lifecycle=group == "workers"
+        )
         self.instance.start()
         self.server = MemoryServer(self.responder, clock=self.clock, **options)
 
@@ -355,3 +357,50 @@ def test_a_dead_instance_is_seen_at_the_next_heartbeat():
     other._heart.stop()  # killed: it beats no more
     c.advance(HEARTBEAT_TTL + HEARTBEAT)
     assert not c.instance.alive("i2")
+
+
+def test_workers_whose_responder_has_hooks_speak_first():
+    c = Cluster()
+    c.desk.online(greets=True)
+    c.advance(HEARTBEAT)
+    notices = []
+    talk = c.server.connect(on_notice=notices.append)
+    assert notices[0].code == "listen"
+    entry, message = c.desk.take_line("started")
+    assert message["opening"] is True
+    c.desk.answer((entry, message), "hello, I am the bot")
+    c.advance(1)
+    assert c.server.result(talk.listen()) == "hello, I am the bot"
+    said = talk.say("and now?")
+    c.advance()
+    c.desk.answer(c.desk.take_line(), "now you")
+    c.advance(1)
+    assert c.server.result(said) == "now you"
+
+
+def test_workers_without_hooks_let_the_client_speak_first():
+    c = Cluster()
+    notices = []
+    talk = c.server.connect(on_notice=notices.append)
+    assert notices[0].code == "welcome"
+    assert talk.my_turn
+    _, started = c.desk.take_line("started")
+    assert "opening" not in started
+
+
+def test_a_line_said_while_the_first_connections_are_made_waits_for_them():
+    clock = Clock()
+    broker = FakeRedisServer(clock)
+    instance = BrokerInstance(broker.client(), broker.client(), clock, "i1", "fake")
+    desk = Desk(broker, clock, "operators")
+    desk.online()
+    server = MemoryServer(QueueResponder(instance, "operators"), clock=clock)
+    talk = server.connect()
+    said = talk.say("early")
+    server.advance(1)
+    assert desk.length() == 0
+    instance.start()
+    server.advance(1)
+    desk.answer(desk.take_line(), "not too early")
+    server.advance(1)
+    assert server.result(said) == "not too early"

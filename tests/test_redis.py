@@ -465,7 +465,7 @@ def test_an_on_state_that_raises_is_logged_and_the_client_goes_on(
     assert len(endpoint.attempts) == 2
 
 
-def test_an_owner_that_logs_for_itself_turns_the_clients_lines_to_debug(
+def test_an_owner_that_logs_for_itself_silences_the_clients_lines(
     log_events: list[dict[str, Any]],
 ) -> None:
     clock, endpoint = Clock(), Endpoint()
@@ -486,4 +486,4 @@ def test_an_owner_that_logs_for_itself_turns_the_clients_lines_to_debug(
     levels = [
         e["log_level"] for e in log_events if e.get("log_namespace") == "sockchat.redis"
     ]
-    assert levels == [LogLevel.debug, LogLevel.debug]
+    assert levels == []

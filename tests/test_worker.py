@@ -226,3 +226,37 @@ def test_the_remote_conversation_provides_iconversation() -> None:
     )
     assert verifyObject(IConversation, conversation)
     assert conversation.key == "i1/3"
+
+
+def test_a_worker_says_at_its_heartbeat_whether_its_responder_speaks_first(
+    world: World,
+) -> None:
+    import json
+
+    worker(world, Greeter())
+    worker(world, lambda conversation, text: text)
+    world.run(0.5)
+    seen = world.instance.run("HGETALL", world.instance.keys.consumers(GROUP))
+    greets = sorted(json.loads(v)["greets"] for v in seen[1::2])
+    assert greets == [False, True]
+
+
+def test_an_opening_asked_for_but_not_given_is_said_to_have_failed(
+    world: World,
+) -> None:
+    @implementer(IResponder, ILifecycle)
+    class Quiet:
+        def started(self, conversation: IConversation) -> None:
+            return None
+
+        def ended(self, conversation: IConversation, reason: str) -> None:
+            pass
+
+        def respond(self, conversation: ConversationInfo, text: str) -> str:
+            return text
+
+    worker(world, Quiet())
+    started = world.instance.work(GROUP, 1, kind="started", opening=True)
+    [message] = world.instance.inbox()
+    assert (message["kind"], message["entry"]) == ("failed", started)
+    assert "gave no first line" in message["why"]
