@@ -247,9 +247,14 @@ class PairResponder:
             for party, other in ((first, second), (second, first))
             if party.opening is not None and other.waiting is not None
         ]
+        if len(handing) == 2:
+            # The first lines cross: a line has passed each way, so they
+            # have talked (a check that says nothing never gets here).
+            first.talked = second.talked = True
         for party, other in handing:
             opening, party.opening = party.opening, None
-            party.handed = opening
+            if len(handing) == 1:
+                party.handed = opening
             waiting, other.waiting = other.waiting, None
             assert waiting is not None
             assert opening is not None

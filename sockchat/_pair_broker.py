@@ -503,7 +503,9 @@ class BrokerPairResponder:
         if not isinstance(text, str):
             self._refuse("a line message has no text")
             return
-        if not message.get("first"):
+        if not message.get("first") or party.handed is not None:
+            # A line said while paired; or the first lines crossed (each had
+            # said one while waiting): either way a line passed each way.
             party.talked = True
             party.handed = None
         waiting, party.waiting = party.waiting, None

@@ -209,6 +209,10 @@ def test_two_first_lines_cross(cluster):
     assert "their first line is your answer" in a.last().text
     assert cluster.result(a_waits) == "b here"
     assert cluster.result(b_waits) == "a here"
+    # A line passed each way: they talked, so a's leaving ends b's too.
+    a.conversation.abort()
+    cluster.flush()
+    assert b.last().code == "partner-left"
 
 
 def test_a_partner_that_leaves_untalked_puts_the_other_back_at_the_head(cluster):
