@@ -1,0 +1,462 @@
+#!/usr/bin/env python3
+"""A sockchat cluster on one machine, for trying: one command starts it all.
+
+    python examples/cluster/run.py --responder workers     # FaqBot in 2 workers
+    python examples/cluster/run.py --responder operators   # you are the operators
+    python examples/cluster/run.py --responder pair        # clients talk in pairs
+
+It starts, each on a free loopback port (or the ones given):
+
+- one ``redis-server`` with no persistence, in a temporary folder;
+- two sockchat instances (``twistd -n sockchat --broker ... --port
+  haproxy:tcp:0:interface=127.0.0.1``), which see each client's real
+  address through the PROXY protocol;
+- one ``haproxy`` in front of both (``haproxy.cfg`` beside this file, with
+  ``send-proxy`` and health checks);
+- with ``--responder workers``, two ``python -m sockchat.worker`` processes
+  running ``examples.bot:FaqBot`` (``--bot`` to run another responder).
+
+It prints what runs where, with its pid and log, and the commands to run
+clients (and, with ``--responder operators``, the operator consoles) in
+other terminals.  Ctrl-C (or SIGTERM) stops every process it started, by
+pid, instances first so that each client gets its ``!bye shutdown``, and
+removes the temporary folder (``--dir`` keeps the logs in a folder of your
+choice instead).  Run it from the repository's top folder or anywhere: it
+finds ``examples`` itself.  Needs ``redis-server`` (7.0 or later) and
+``haproxy`` (``apt-get install redis-server haproxy``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+PYTHON = sys.executable
+TWISTD = str(Path(PYTHON).parent / "twistd")
+LISTENING = re.compile(r"sockchat listening on 127\.0\.0\.1:(\d+)")
+RESPONDERS = ("operators", "workers", "pair")
+#: Seconds a process may take to be ready, and to stop.
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 20.0
+
+
+class ClusterError(Exception):
+    """Something did not start; the message is one line for the user."""
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on loopback *port*, read from the kernel
+    (``/proc/net/tcp``) so that no connection is made to find out."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as rows:
+                next(rows)
+                for row in rows:
+                    fields = row.split()
+                    local, state = fields[1], fields[3]
+                    if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+                        return True
+        except OSError:
+            continue
+    return False
+
+
+def _die_with_parent() -> None:
+    """In the child: start a session of its own (Ctrl-C reaches only this
+    script, which stops the children in order), and on Linux get SIGTERM if
+    this script dies without stopping it."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class Process:
+    """One child process, its output in *log*, stopped by its pid."""
+
+    def __init__(self, name: str, command: Sequence[str], log: Path) -> None:
+        self.name = name
+        self.command = list(command)
+        self.log = log
+        self.what = ""
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.command,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": _pythonpath()},
+                preexec_fn=_die_with_parent,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for(
+        self, ready: Callable[[], object], what: str, timeout: float = START_TIMEOUT
+    ) -> None:
+        """Poll *ready()* until it is true; fail if the process ends first."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.proc.poll() is not None:
+                raise ClusterError(
+                    f"{self.name} exited with status {self.proc.returncode} before "
+                    f"{what}; its log ({self.log}) ends: {self.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"{self.name} did not {what} within {timeout:g} s; its log "
+                    f"({self.log}) ends: {self.tail()}"
+                )
+            time.sleep(0.05)
+
+    def ready(self) -> None:
+        """Wait until it serves; set ``what`` (one line about it)."""
+
+    def tail(self) -> str:
+        lines = self.output().strip().splitlines()
+        return " | ".join(lines[-3:]) or "(nothing)"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Signal it by pid and wait; SIGKILL if it does not end in time."""
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                self.proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _pythonpath() -> str:
+    """The repository's top folder first, so ``examples.bot`` imports."""
+    rest = os.environ.get("PYTHONPATH")
+    return f"{ROOT}{os.pathsep}{rest}" if rest else str(ROOT)
+
+
+def need(tool: str, package: str) -> str:
+    path = shutil.which(tool)
+    if path is None:
+        raise ClusterError(f"{tool} is not installed (apt-get install {package})")
+    return path
+
+
+P = TypeVar("P", bound=Process)
+
+
+class Redis(Process):
+    """``redis-server`` on loopback *port*, no persistence, in *where*."""
+
+    def __init__(self, where: Path, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+        super().__init__(
+            "redis-server",
+            [
+                need("redis-server", "redis-server"),
+                *("--port", str(port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(where)),
+                *("--daemonize", "no", "--protected-mode", "yes"),
+            ],
+            where / "redis.log",
+        )
+
+    def ready(self) -> None:
+        self.wait_for(self._pong, f"answer PING on port {self.port}")
+        self.what = f"{self.url} (no persistence)"
+
+    def _pong(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+
+class Instance(Process):
+    """``twistd -n sockchat`` behind haproxy (PROXY protocol), on a free
+    loopback port, with *options* (the responder, the broker...)."""
+
+    def __init__(self, name: str, where: Path, options: Sequence[str]) -> None:
+        super().__init__(
+            f"instance {name}",
+            [
+                *(TWISTD, "-n", "--pidfile=", "sockchat"),
+                *("--port", "haproxy:tcp:0:interface=127.0.0.1"),
+                *options,
+            ],
+            where / f"{name}.log",
+        )
+        self.port = 0
+
+    def ready(self) -> None:
+        self.wait_for(lambda: LISTENING.search(self.output()), "listen")
+        match = LISTENING.search(self.output())
+        assert match is not None
+        self.port = int(match.group(1))
+        known = re.search(r"this instance is (\S+) at the broker", self.output())
+        self.what = f"127.0.0.1:{self.port}, PROXY protocol only" + (
+            f", broker name {known.group(1)}" if known else ""
+        )
+
+
+class HAProxy(Process):
+    """haproxy on loopback *port*, in front of *backends* (one or two
+    instance ports), from the template ``haproxy.cfg``."""
+
+    def __init__(self, where: Path, port: int, backends: Sequence[int]) -> None:
+        if not 1 <= len(backends) <= 2:
+            raise ValueError("haproxy.cfg names one or two instances")
+        text = string.Template((HERE / "haproxy.cfg").read_text()).substitute(
+            front=port, one=backends[0], two=backends[-1]
+        )
+        if len(backends) == 1:
+            text = "".join(
+                line
+                for line in text.splitlines(keepends=True)
+                if not line.strip().startswith("server two ")
+            )
+        config = where / "haproxy.cfg"
+        config.write_text(text)
+        self.port = port
+        super().__init__(
+            "haproxy",
+            [need("haproxy", "haproxy"), "-db", "-f", str(config)],
+            where / "haproxy.log",
+        )
+        self.backends = len(backends)
+
+    def ready(self) -> None:
+        self.wait_for(lambda: listening(self.port), f"listen on port {self.port}")
+        names = " and ".join(("one", "two")[: self.backends])
+        self.what = f"127.0.0.1:{self.port} -> {names} (send-proxy, health checks)"
+
+
+class Worker(Process):
+    """``python -m sockchat.worker --broker URL RESPONDER``."""
+
+    def __init__(self, name: str, where: Path, broker: str, responder: str) -> None:
+        super().__init__(
+            name,
+            [PYTHON, "-m", "sockchat.worker", "--broker", broker, responder],
+            where / f"{name.replace(' ', '-')}.log",
+        )
+        self.what = responder
+
+    def ready(self, settle: float = 1.0) -> None:
+        """A worker says nothing when it is ready: fail only if it exits."""
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ClusterError(
+                    f"{self.name} exited with status {self.proc.returncode}; its "
+                    f"log ({self.log}) ends: {self.tail()}"
+                )
+            time.sleep(0.05)
+
+
+class Cluster:
+    """Everything ``run.py`` starts, in the order it starts them."""
+
+    def __init__(self, where: Path) -> None:
+        self.where = where
+        self.processes: list[Process] = []
+
+    def add(self, process: P) -> P:
+        """Keep *process* (so that it is stopped), then wait until it is ready."""
+        self.processes.append(process)
+        process.ready()
+        return process
+
+    def stop(self) -> None:
+        """Instances first (their clients get their bye, their held lines go
+        back), then workers, haproxy and Redis last: each by its pid."""
+        order = sorted(
+            self.processes,
+            key=lambda p: (
+                0
+                if isinstance(p, Instance)
+                else 1
+                if isinstance(p, Worker)
+                else 2
+                if isinstance(p, HAProxy)
+                else 3
+            ),
+        )
+        for process in order:
+            process.stop()
+
+    def dead(self) -> Process | None:
+        """A process that ended by itself, if any."""
+        return next((p for p in self.processes if p.proc.poll() is not None), None)
+
+
+def start(
+    cluster: Cluster,
+    responder: str,
+    *,
+    port: int,
+    redis_port: int,
+    bot: str,
+    workers: int,
+    instance_options: Sequence[str] = (),
+) -> dict[str, str]:
+    """Start it all in *cluster*; return the commands to show the user."""
+    where = cluster.where
+    need("redis-server", "redis-server")
+    need("haproxy", "haproxy")
+    redis = cluster.add(Redis(where, redis_port))
+    options = ["--responder", responder, "--broker", redis.url, *instance_options]
+    instances = [cluster.add(Instance(n, where, options)) for n in ("one", "two")]
+    cluster.add(HAProxy(where, port, [i.port for i in instances]))
+    if responder == "workers":
+        for n in range(1, workers + 1):
+            cluster.add(Worker(f"worker {n}", where, redis.url, bot))
+    client = [PYTHON, "-m", "sockchat.client", "--connect", f"tcp:127.0.0.1:{port}"]
+    commands = {"client": shlex.join(client)}
+    if responder == "operators":
+        for name in ("ann", "bob"):
+            commands[f"operator {name}"] = shlex.join(
+                [
+                    *(PYTHON, "-m", "sockchat.operator"),
+                    *("--broker", redis.url, "--name", name),
+                ]
+            )
+    return commands
+
+
+def describe(cluster: Cluster, responder: str, commands: dict[str, str]) -> str:
+    lines = [f"sockchat cluster (--responder {responder}) in {cluster.where}:"]
+    for p in cluster.processes:
+        lines.append(f"  {p.name:<14} pid {p.pid:<8} {p.what}  log {p.log.name}")
+    lines.append("")
+    if responder == "operators":
+        lines.append("Operators, one terminal each (they share one queue):")
+        for key, command in commands.items():
+            if key.startswith("operator "):
+                lines.append(f"  {key}: {command}")
+    what = {
+        "workers": "the FAQ bot answers; try help, port, tcp",
+        "operators": "an operator answers",
+        "pair": "two clients are paired, whichever instance each reached",
+    }[responder]
+    lines.append(f"Clients, one terminal each ({what}):")
+    lines.append(f"  client: {commands['client']}")
+    lines.append("Ctrl-C stops every process listed above.")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Start a sockchat cluster on this machine: Redis, two "
+        "instances behind haproxy, and workers; Ctrl-C stops it all."
+    )
+    parser.add_argument("--responder", choices=RESPONDERS, required=True)
+    parser.add_argument(
+        "--port", type=int, default=0, help="haproxy's port for clients (free one)"
+    )
+    parser.add_argument(
+        "--redis-port", type=int, default=0, help="redis-server's port (free one)"
+    )
+    parser.add_argument(
+        "--bot",
+        default="examples.bot:FaqBot",
+        help="the workers' responder (default examples.bot:FaqBot)",
+    )
+    parser.add_argument("--workers", type=int, default=2, help="default 2")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="keep the logs and haproxy.cfg in this folder (default: a "
+        "temporary one, removed at the end)",
+    )
+    args = parser.parse_args(argv)
+    for name in ("port", "redis_port"):
+        value = getattr(args, name)
+        if not 0 <= value <= 65535:
+            parser.error(f"--{name.replace('_', '-')} {value} is not a port number")
+    if args.workers < 1:
+        parser.error("--workers needs 1 or more")
+
+    if args.dir is not None:
+        args.dir.mkdir(parents=True, exist_ok=True)
+        where = args.dir.resolve()
+    else:
+        where = Path(tempfile.mkdtemp(prefix="sockchat-cluster-"))
+    cluster = Cluster(where)
+    stopping: list[int] = []
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    status = 0
+    try:
+        commands = start(
+            cluster,
+            args.responder,
+            port=args.port or free_port(),
+            redis_port=args.redis_port or free_port(),
+            bot=args.bot,
+            workers=args.workers,
+        )
+        print(describe(cluster, args.responder, commands), flush=True)
+        while (dead := cluster.dead()) is None:
+            time.sleep(0.2)
+        print(
+            f"run.py: {dead.name} exited with status {dead.proc.returncode}; "
+            f"stopping the rest. Its log ends: {dead.tail()}",
+            file=sys.stderr,
+        )
+        status = 1
+    except KeyboardInterrupt:
+        pass
+    except ClusterError as e:
+        print(f"run.py: {e}", file=sys.stderr)
+        status = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # one Ctrl-C is enough
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("stopping: " + ", ".join(p.name for p in cluster.processes), flush=True)
+        cluster.stop()
+        if args.dir is None:
+            shutil.rmtree(where, ignore_errors=True)
+        print("stopped.", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

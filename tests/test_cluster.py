@@ -1,0 +1,245 @@
+"""examples/cluster/ runs as README's "Scaling out" says (issue 13, item 6).
+
+Each test starts ``python examples/cluster/run.py --responder ...`` (a real
+redis-server, two real twistd instances behind a real haproxy with
+send-proxy, and real workers), runs the real client through haproxy with
+the command run.py prints, stops run.py with Ctrl-C (SIGINT) and checks
+that every process it listed is gone.
+
+Each client connects from an address of its own in 127.0.0.0/8
+(``bindAddress=127.0.0.N``), while haproxy connects to the instances from
+127.0.0.1: so an instance's log naming 127.0.0.N proves that it saw the
+client's real address through the PROXY protocol.  haproxy balances round
+robin, so two clients that connect one after the other reach the two
+instances; the logs say which reached which, and the tests check it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from processes import Reader, need_tool
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+RUN = ROOT / "examples" / "cluster" / "run.py"
+LISTED = re.compile(r"^  (\S+(?: \S+)?)\s+pid (\d+)\s+(.*?)  log (\S+)$", re.M)
+FOLDER = re.compile(r"^sockchat cluster \(--responder \w+\) in (.+):$", re.M)
+COMMAND = re.compile(r"^  ([\w ]+): (.+)$", re.M)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has ended; only its parent has not reaped it yet.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Cluster:
+    """``examples/cluster/run.py`` as a person runs it, stopped with Ctrl-C."""
+
+    def __init__(self, responder: str, *extra: str) -> None:
+        need_tool("redis-server", "redis-server")
+        need_tool("haproxy", "haproxy")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(RUN), "--responder", responder, *extra],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.reader = Reader(self.proc.stdout)
+        self.summary = self.reader.until(b"Ctrl-C stops", timeout=90).decode()
+        self.folder = Path(FOLDER.search(self.summary).group(1))
+        self.pids = {name: int(pid) for name, pid, _, _ in LISTED.findall(self.summary)}
+        self.logs = {
+            name: self.folder / log for name, _, _, log in LISTED.findall(self.summary)
+        }
+        self.commands = {
+            name: shlex.split(command)
+            for name, command in COMMAND.findall(self.summary)
+            if name == "client" or name.startswith("operator ")
+        }
+
+    def log(self, name: str) -> str:
+        return self.logs[name].read_text(errors="replace")
+
+    def stop(self) -> str:
+        """Ctrl-C; what run.py printed from then on."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        finally:
+            left = [pid for pid in self.pids.values() if alive(pid)]
+            for pid in left:  # never leave them behind, even when failing
+                os.kill(pid, signal.SIGKILL)
+        rest = self.reader.rest().decode(errors="replace")
+        self.proc.stdout.close()
+        assert left == [], f"left running: {left}; run.py said: {rest}"
+        return rest
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.stop()
+
+
+def client(cluster: Cluster, address: str, stdin: bytes) -> subprocess.Popen[bytes]:
+    """The client command run.py printed, from *address*, piped."""
+    command = list(cluster.commands["client"])
+    at = command.index("--connect") + 1
+    command[at] += f":bindAddress={address}"
+    proc = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(stdin)
+    proc.stdin.flush()
+    return proc
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
+    """Its answers (stdout), then its notices (stderr); it must exit 0."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, (proc.returncode, out, err)
+    return (out + b"\n" + err).decode(errors="replace")
+
+
+def instance_of(cluster: Cluster, address: str, timeout: float = 15.0) -> str:
+    """Which instance logged a conversation with *address* (its real one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [
+            name
+            for name in ("instance one", "instance two")
+            if re.search(rf"\b{re.escape(address)}:\d+", cluster.log(name))
+        ]
+        if found:
+            assert len(found) == 1, f"{address} logged by both instances"
+            return found[0]
+        assert time.monotonic() < deadline, (
+            f"no instance logged {address}: "
+            f"{cluster.log('instance one')!r} {cluster.log('instance two')!r}"
+        )
+        time.sleep(0.1)
+
+
+def test_workers_answer_clients_of_both_instances_and_everything_stops():
+    with Cluster("workers") as cluster:
+        assert set(cluster.pids) == {
+            "redis-server",
+            "instance one",
+            "instance two",
+            "haproxy",
+            "worker 1",
+            "worker 2",
+        }
+        # One after the other, so that round robin sends them to both.
+        first = finish(client(cluster, "127.0.0.2", b"port\nq\n"))
+        second = finish(client(cluster, "127.0.0.3", b"tcp\nq\n"))
+        # The bot, in a worker, greeted each with its real address and
+        # answered; its answers went back to the instance holding the client.
+        assert "hello, 127.0.0.2:" in first, first
+        assert "sockchat listens on 127.0.0.1:9527" in first, first
+        assert "hello, 127.0.0.3:" in second, second
+        assert "TCP gives an ordered byte stream" in second, second
+        one, two = instance_of(cluster, "127.0.0.2"), instance_of(cluster, "127.0.0.3")
+        assert {one, two} == {"instance one", "instance two"}
+        folder = cluster.folder
+        assert folder.is_dir()
+        said = cluster.stop()
+    assert "stopped." in said
+    assert not folder.exists(), "the temporary folder was left behind"
+
+
+def test_two_piped_operators_answer_clients_of_both_instances(tmp_path):
+    logs = tmp_path / "cluster"
+    with Cluster("operators", "--dir", str(logs)) as cluster:
+        assert set(cluster.commands) == {"client", "operator ann", "operator bob"}
+        operators = {}
+        for name in ("ann", "bob"):
+            operators[name] = subprocess.Popen(
+                cluster.commands[f"operator {name}"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            # One answer per line it takes; more than it can be given.
+            operators[name].stdin.write(
+                b"".join(f"{name} answers {n}\n".encode() for n in range(1, 4))
+            )
+            operators[name].stdin.flush()
+        try:
+            first = finish(client(cluster, "127.0.0.2", b"hello\nq\n"))
+            second = finish(client(cluster, "127.0.0.3", b"hi again\nq\n"))
+            answer = re.compile(r"^(ann|bob) answers \d$", re.M)
+            assert answer.search(first), first
+            assert answer.search(second), second
+            one, two = (
+                instance_of(cluster, "127.0.0.2"),
+                instance_of(cluster, "127.0.0.3"),
+            )
+            assert {one, two} == {"instance one", "instance two"}
+        finally:
+            for proc in operators.values():
+                proc.stdin.close()  # end of input: a clean quit
+            for proc in operators.values():
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(15)
+                proc.stdout.close()
+        cluster.stop()
+    # --dir keeps the logs, with the instances' and haproxy's own.
+    assert {p.name for p in logs.iterdir()} >= {
+        "one.log",
+        "two.log",
+        "haproxy.log",
+        "haproxy.cfg",
+        "redis.log",
+    }
+
+
+def test_a_pair_spans_the_two_instances():
+    with Cluster("pair") as cluster:
+        assert "worker 1" not in cluster.pids
+        alice = client(cluster, "127.0.0.2", b"hello from alice\nq\n")
+        try:
+            instance_of(cluster, "127.0.0.2", timeout=20)  # she is in and waits
+        except AssertionError:
+            alice.kill()
+            raise
+        bob = client(cluster, "127.0.0.3", b"hello from bob\n")
+        try:
+            to_alice = finish(alice)
+            to_bob = finish(bob)
+        finally:
+            for proc in (alice, bob):
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        assert "hello from bob" in to_alice, to_alice
+        assert "hello from alice" in to_bob, to_bob
+        assert "partner-left" in to_bob, to_bob
+        one, two = instance_of(cluster, "127.0.0.2"), instance_of(cluster, "127.0.0.3")
+        assert {one, two} == {"instance one", "instance two"}
+        cluster.stop()
