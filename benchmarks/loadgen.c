@@ -6,8 +6,12 @@
  * its own CPU (getrusage) over the turn phase.
  *
  *   loadgen --port P --conns C --turns T [--host 127.0.0.1] [--size 32]
+ *           [--port2 P2]
  *           [--warmup 1]
  *           [--mode echo|pair] [--window 32] [--deadline 120] [--sync]
+ *
+ * With --port2, every other connection (the 2nd, 4th, ...) goes to port P2:
+ * two servers (two sockchat instances sharing a broker) share the load.
  *
  * Phases:
  *   1. connect: at most --window connections are connecting or waiting for
@@ -73,9 +77,9 @@ struct conn {
 
 static struct {
     const char *host;
-    int port, conns, turns, size, window, sync, pair, warmup;
+    int port, port2, conns, turns, size, window, sync, pair, warmup;
     double deadline;
-} opt = {"127.0.0.1", 0, 1, 1, 32, 32, 0, 0, 1, 120.0};
+} opt = {"127.0.0.1", 0, 0, 1, 1, 32, 32, 0, 0, 1, 120.0};
 
 static struct conn *conns;
 static int epfd;
@@ -148,7 +152,7 @@ static int open_one(int index) {
     struct conn *c = &conns[index];
     struct sockaddr_in addr = {0};
     addr.sin_family = AF_INET;
-    addr.sin_port = htons(opt.port);
+    addr.sin_port = htons(opt.port2 && index % 2 ? opt.port2 : opt.port);
     if (inet_pton(AF_INET, opt.host, &addr.sin_addr) != 1) {
         fprintf(stderr, "loadgen: --host must be an IPv4 address\n");
         exit(2);
@@ -326,6 +330,7 @@ int main(int argc, char **argv) {
         i++;
         if (!strcmp(a, "--host")) opt.host = v;
         else if (!strcmp(a, "--port")) opt.port = parse_int(a, v, 1);
+        else if (!strcmp(a, "--port2")) opt.port2 = parse_int(a, v, 1);
         else if (!strcmp(a, "--conns")) opt.conns = parse_int(a, v, 1);
         else if (!strcmp(a, "--turns")) opt.turns = parse_int(a, v, 1);
         else if (!strcmp(a, "--size")) opt.size = parse_int(a, v, 17);

@@ -24,6 +24,7 @@ loopback only, and free ports chosen by the kernel.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -40,7 +41,7 @@ import venv
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -88,6 +89,9 @@ class Variant:
     sockchat: tuple[str, ...] | None = None
     #: What it is compared with in the ratio table (a variant name).
     against: str = "baseline"
+    #: Several processes on the server's side (``broker.py``): workers,
+    #: broker-pair, haproxy or cluster; None: one server process.
+    rig: str | None = None
 
 
 BASELINE = Variant("baseline")
@@ -112,6 +116,45 @@ TRACE = Variant(
     sockchat=("--responder", "echo", "--trace"),
     against=ECHO.name,
 )
+# The broker's (issue 13): see broker.py for what each rig starts.
+WORKERS = Variant(
+    "sockchat workers (Redis + 1 echo worker)",
+    sockchat=("--responder", "workers"),
+    against=ECHO.name,
+    rig="workers",
+)
+BROKER_PAIR = Variant(
+    "sockchat pair across 2 instances (Redis)",
+    mode="pair",
+    sockchat=("--responder", "pair"),
+    against=PAIR.name,
+    rig="broker-pair",
+)
+HAPROXY = Variant(
+    "haproxy + 1 echo instance",
+    sockchat=("--responder", "echo"),
+    against=ECHO.name,
+    rig="haproxy",
+)
+CLUSTER = Variant(
+    "haproxy + 2 echo instances",
+    sockchat=("--responder", "echo"),
+    against=ECHO.name,
+    rig="cluster",
+)
+#: --variants keys, in the order they run.
+VARIANTS = {
+    "baseline": BASELINE,
+    "echo": ECHO,
+    "pair": PAIR,
+    "transcript": TRANSCRIPT,
+    "metrics": METRICS,
+    "trace": TRACE,
+    "workers": WORKERS,
+    "broker-pair": BROKER_PAIR,
+    "haproxy": HAPROXY,
+    "cluster": CLUSTER,
+}
 
 
 @dataclass
@@ -138,6 +181,8 @@ class Run:
     log_lines_total: int  # from start to stop, listening line included
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     notes: list[str] = field(default_factory=list)
+    #: Server CPU over the turn phase per process (rigs of several).
+    cpu_parts: dict[str, float] = field(default_factory=dict)
 
     @property
     def cpu_us_per_message(self) -> float:
@@ -233,6 +278,23 @@ def sockchat_features() -> set[str]:
             pass
         else:
             found.add("metrics")
+    # The broker's rigs: --broker, the worker, and the tools they start.
+    from broker import missing_tools
+
+    broker = "--broker" in helped
+    has_worker = importlib.util.find_spec("sockchat.worker") is not None
+    for key, needs_broker in (
+        ("workers", True),
+        ("broker-pair", True),
+        ("haproxy", False),
+        ("cluster", False),
+    ):
+        if needs_broker and not broker:
+            continue
+        if key == "workers" and not has_worker:
+            continue
+        if not missing_tools(key):
+            found.add(key)
     return found
 
 
@@ -315,6 +377,21 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
+    port2: int | None = None
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def parts(self) -> dict[str, float]:
+        return {}
+
+    def rss(self) -> int:
+        return rss_kb(self.pid)
+
+    def ended(self) -> int:
+        pattern = re.compile(rb"conversation \d+ with .* ended after")
+        return len(pattern.findall(self.log_path.read_bytes()))
+
     def log_lines(self) -> int:
         with self.log_path.open("rb") as f:
             return sum(
@@ -351,11 +428,11 @@ def run_once(
 ) -> Run:
     with tempfile.TemporaryDirectory(prefix="i7-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        server = Server(variant, config, tmp)
+        server = make_server(variant, config, tmp)
         notes: list[str] = []
         try:
             time.sleep(0.2)  # let the server settle after start-up
-            rss_idle = rss_kb(server.pid)
+            rss_idle = server.rss()
             command = [
                 str(loadgen),
                 "--port",
@@ -370,6 +447,8 @@ def run_once(
                 str(deadline_s),
                 "--sync",
             ]
+            if server.port2 is not None:
+                command += ["--port2", str(server.port2)]
             deadline = time.monotonic() + deadline_s + 30
             gen = subprocess.Popen(
                 command,
@@ -383,12 +462,14 @@ def run_once(
             try:
                 _read_line(gen.stdout, deadline, "ready")
                 lines_before = server.log_lines()
-                cpu_before = cpu_seconds(server.pid)
+                parts_before = server.parts()
+                cpu_before = server.cpu()
                 gen.stdin.write("go\n")
                 gen.stdin.flush()
                 done = _read_line(gen.stdout, deadline, "done")
-                cpu_after = cpu_seconds(server.pid)
-                rss_held = rss_kb(server.pid)
+                cpu_after = server.cpu()
+                parts_after = server.parts()
+                rss_held = server.rss()
                 lines_during = server.log_lines() - lines_before
                 gen.stdin.write("close\n")
                 gen.stdin.close()
@@ -429,15 +510,32 @@ def run_once(
             log_lines_total=server.log_lines(),
             load=load_average(),
             notes=notes,
+            cpu_parts={k: parts_after[k] - v for k, v in parts_before.items()},
         )
 
 
-def _wait_for_ends(server: Server, conns: int, timeout: float = 30.0) -> None:
+def make_server(variant: Variant, config: Config, tmp: Path) -> Server | Any:
+    """One server process, or the rig of several that *variant* names."""
+    if variant.rig is None:
+        return Server(variant, config, tmp)
+    from broker import Rig
+
+    cap = str(config.conns + 10)
+    return Rig(
+        variant.rig,
+        variant.sockchat or (),
+        ("--max-clients", cap, "--max-per-ip", cap),
+        tmp,
+        cpu_seconds,
+        rss_kb,
+    )
+
+
+def _wait_for_ends(server: Server | Any, conns: int, timeout: float = 30.0) -> None:
     """Give sockchat time to log each conversation's end before it stops."""
     deadline = time.monotonic() + timeout
-    pattern = re.compile(rb"conversation \d+ with .* ended after")
     while time.monotonic() < deadline:
-        if len(pattern.findall(server.log_path.read_bytes())) >= conns:
+        if server.ended() >= conns:
             return
         time.sleep(0.1)
 
@@ -588,16 +686,81 @@ def report(
     if missing:
         lines.append(
             f"**Not measured:** {', '.join(missing)} (this sockchat's twistd "
-            "plugin does not offer it).  "
+            "plugin does not offer it, or a tool it starts is not installed: "
+            "redis-server, haproxy).  "
         )
     lines += ["", table(runs, configs, variants), "", logging_summary(runs, variants)]
+    if any(v.rig for v in variants):
+        lines += ["", cpu_split(runs, configs, variants)]
+    return "\n".join(lines)
+
+
+#: How cpu_split groups a rig's processes (by the start of their names).
+GROUPS = (
+    ("instance", "server or instances"),
+    ("redis-server", "redis-server"),
+    ("worker", "workers"),
+    ("haproxy", "haproxy"),
+)
+
+
+def _group_us(run: Run, group: str) -> float | None:
+    if not run.cpu_parts:  # one server process
+        return run.cpu_us_per_message if group == GROUPS[0][1] else None
+    seconds = [
+        v
+        for k, v in run.cpu_parts.items()
+        for p, g in GROUPS
+        if g == group and k.startswith(p)
+    ]
+    if not seconds or not run.messages:
+        return None
+    return sum(seconds) / run.messages * 1e6
+
+
+def cpu_split(
+    runs: Sequence[Run], configs: Sequence[str], variants: Sequence[Variant]
+) -> str:
+    """Where the CPU of a turn went, per kind of process, and the load
+    generator's share of all the CPU the run used (medians across rounds)."""
+    groups = [g for _, g in GROUPS]
+    lines = [
+        "Where the CPU went (µs per turn, or per relayed message; medians), and "
+        "the load generator's share of all the CPU used in the turn phase:",
+        "",
+        "| configuration | server | "
+        + " | ".join(groups)
+        + " | all servers | loadgen | loadgen share |",
+        "|---|---|" + "---:|" * (len(groups) + 3),
+    ]
+    for config in configs:
+        for variant in variants:
+            mine = [r for r in runs if r.config == config and r.variant == variant.name]
+            if not mine:
+                continue
+            cells = []
+            for group in groups:
+                values = [v for r in mine if (v := _group_us(r, group)) is not None]
+                cells.append(fmt(values) if values else "—")
+            shares = [
+                100 * r.client_cpu_s / (r.client_cpu_s + r.server_cpu_s)
+                for r in mine
+                if r.client_cpu_s + r.server_cpu_s > 0
+            ]
+            lines.append(
+                f"| {config} | {variant.name} | "
+                + " | ".join(cells)
+                + f" | {fmt([r.cpu_us_per_message for r in mine])}"
+                f" | {fmt([r.client_us_per_message for r in mine])}"
+                f" | {fmt(shares, 0)}% |"
+            )
     return "\n".join(lines)
 
 
 def from_json(path: Path) -> str:
     """The report again, from the runs that ``--json`` kept."""
     saved = json.loads(path.read_text())
-    known = {v.name: v for v in (BASELINE, ECHO, PAIR, TRANSCRIPT)}
+    known = {v.name: v for v in VARIANTS.values()}
     fields = {f for f in Run.__dataclass_fields__}
     runs = [
         Run(**{k: v for k, v in r.items() if k in fields} | {"load": tuple(r["load"])})
@@ -649,8 +812,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--variants",
         default="baseline,echo,pair,transcript",
-        help="comma-separated subset of baseline,echo,pair,transcript,metrics,trace "
-        "(metrics and trace: not run unless asked for)",
+        help="comma-separated subset of " + ",".join(VARIANTS) + " (metrics, trace and "
+        "the broker's, workers to cluster, run only when asked for; those need "
+        "redis-server or haproxy)",
     )
     parser.add_argument("--json", type=Path, help="write every run here")
     parser.add_argument("--deadline", type=int, default=180, help="seconds per run")
@@ -671,16 +835,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     loadgen = build_loadgen()
     features = sockchat_features()
     chosen = set(args.variants.split(","))
-    variants = [v for k, v in (("baseline", BASELINE), ("echo", ECHO)) if k in chosen]
+    unknown = sorted(chosen - set(VARIANTS))
+    if unknown:
+        raise SystemExit(
+            f"benchmarks: unknown --variants {','.join(unknown)}; choose from "
+            + ",".join(VARIANTS)
+        )
+    variants = []
     missing = []
-    for key, variant in (
-        ("pair", PAIR),
-        ("transcript", TRANSCRIPT),
-        ("metrics", METRICS),
-        ("trace", TRACE),
-    ):
+    for key, variant in VARIANTS.items():
         if key in chosen:
-            if key in features:
+            if key in ("baseline", "echo") or key in features:
                 variants.append(variant)
             else:
                 missing.append(key)
@@ -701,7 +866,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for round_ in range(rounds):
             order = variants if round_ % 2 == 0 else variants[::-1]
             for variant in order:
-                if variant.mode == "pair" and config.held:
+                if (variant.mode == "pair" or variant.rig) and config.held:
                     continue
                 pair_config = config
                 if variant.mode == "pair" and config.conns % 2:

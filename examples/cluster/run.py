@@ -209,14 +209,17 @@ class Instance(Process):
     """``twistd -n sockchat`` behind haproxy (PROXY protocol), on a free
     loopback port, with *options* (the responder, the broker...)."""
 
-    def __init__(self, name: str, where: Path, options: Sequence[str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        where: Path,
+        options: Sequence[str],
+        listen: str = "haproxy:tcp:0:interface=127.0.0.1",
+    ) -> None:
+        self.proxied = listen.startswith("haproxy:")
         super().__init__(
             f"instance {name}",
-            [
-                *(TWISTD, "-n", "--pidfile=", "sockchat"),
-                *("--port", "haproxy:tcp:0:interface=127.0.0.1"),
-                *options,
-            ],
+            [*(TWISTD, "-n", "--pidfile=", "sockchat"), "--port", listen, *options],
             where / f"{name}.log",
         )
         self.port = 0
@@ -227,7 +230,8 @@ class Instance(Process):
         assert match is not None
         self.port = int(match.group(1))
         known = re.search(r"this instance is (\S+) at the broker", self.output())
-        self.what = f"127.0.0.1:{self.port}, PROXY protocol only" + (
+        proxied = ", PROXY protocol only" if self.proxied else ""
+        self.what = f"127.0.0.1:{self.port}{proxied}" + (
             f", broker name {known.group(1)}" if known else ""
         )
 
