@@ -243,3 +243,23 @@ def test_a_pair_spans_the_two_instances():
         one, two = instance_of(cluster, "127.0.0.2"), instance_of(cluster, "127.0.0.3")
         assert {one, two} == {"instance one", "instance two"}
         cluster.stop()
+
+
+def test_run_py_says_in_one_line_which_tool_is_missing(tmp_path):
+    """Without redis-server on PATH: one line, exit 1, nothing started."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("haproxy",):  # haproxy is there; redis-server is not
+        (bin_dir / tool).symlink_to("/bin/true")
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--responder", "pair", "--dir", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": str(bin_dir)},
+    )
+    assert done.returncode == 1, done
+    assert done.stderr.strip().splitlines() == [
+        "run.py: redis-server is not installed (apt-get install redis-server)"
+    ]
+    assert list((tmp_path / "c").iterdir()) == []
