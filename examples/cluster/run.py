@@ -55,6 +55,8 @@ RESPONDERS = ("operators", "workers", "pair")
 #: Seconds a process may take to be ready, and to stop.
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
+#: Seconds between an instance's looks at the broker (sockchat's HEARTBEAT).
+HEARTBEAT = 2.0
 
 
 class ClusterError(Exception):
@@ -198,11 +200,34 @@ class Redis(Process):
 
     def _pong(self) -> bool:
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
+            return self.ask("PING") == b"+PONG"
         except OSError:
             return False
+
+    def ask(self, *words: str) -> bytes:
+        """One inline command (words without spaces); its reply's first line."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
+            s.sendall(" ".join(words).encode() + b"\r\n")
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        return reply.split(b"\r\n", 1)[0]
+
+    def wait_for_workers(self, count: int, timeout: float = START_TIMEOUT) -> None:
+        """Until *count* workers say they are online (the broker's
+        ``sockchat:consumers:workers`` hash), and one heartbeat more, after
+        which every instance knows it: before that, a line would get
+        ``!error unavailable: no worker is running``."""
+
+        def online() -> bool:
+            reply = self.ask("HLEN", "sockchat:consumers:workers")
+            return reply.startswith(b":") and int(reply[1:]) >= count
+
+        self.wait_for(online, f"see {count} worker(s) online", timeout)
+        time.sleep(HEARTBEAT + 0.5)
 
 
 class Instance(Process):
@@ -348,6 +373,7 @@ def start(
     if responder == "workers":
         for n in range(1, workers + 1):
             cluster.add(Worker(f"worker {n}", where, redis.url, bot))
+        redis.wait_for_workers(workers)
     client = [PYTHON, "-m", "sockchat.client", "--connect", f"tcp:127.0.0.1:{port}"]
     commands = {"client": shlex.join(client)}
     if responder == "operators":
