@@ -9,8 +9,8 @@ It starts, each on a free loopback port (or the ones given):
 
 - one ``redis-server`` with no persistence, in a temporary folder;
 - two sockchat instances (``twistd -n sockchat --broker ... --port
-  haproxy:tcp:0:interface=127.0.0.1``), which see each client's real
-  address through the PROXY protocol;
+  haproxy:tcp:0:interface=127.0.0.1``), which take only connections
+  that start with a PROXY protocol header;
 - one ``haproxy`` in front of both (``haproxy.cfg`` beside this file, with
   ``send-proxy`` and health checks);
 - with ``--responder workers``, two ``python -m sockchat.worker`` processes
