@@ -245,6 +245,9 @@ def pair_across(cluster: Cluster) -> tuple[str, str, dict[str, str]]:
         before = starts(cluster)
         bob = client(cluster, "127.0.0.3", b"hello from bob\n")
         to_alice = finish(alice)
+        # Bob's input stays open (its end would send q): his partner's leaving
+        # ends his conversation.
+        bob.wait(30)
         to_bob = finish(bob)
         bob_at, bob_peer = new_start(cluster, before)
     finally:
