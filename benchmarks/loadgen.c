@@ -25,7 +25,9 @@
  *      checks that the answer is exactly that line, T times.  In pair mode,
  *      the server pairs clients; a client told "!info listen: ..." is a
  *      listener: it receives its partner's line and sends it back unchanged,
- *      so the speaker still gets its own line back and checks it.  Other
+ *      so the speaker still gets its own line back and checks it.  (Paired
+ *      through a broker, both are told they may speak: the one whose port
+ *      is the higher listens; see partner_port.)  Other
  *      "!info" notices are status, not answers, and are skipped; any other
  *      notice ("!error", "!bye") is an error.
  *   3. hold: the connections stay open until the end (with --sync, until a
@@ -68,6 +70,7 @@ struct conn {
     int index;
     enum state state;
     int listener;  /* pair mode: told to listen; relays its partner's lines */
+    int port;      /* its local port, which the server names it by */
     int turns;     /* answers received (speaker) or lines relayed (listener) */
     int64_t sent_at;
     int inlen;
@@ -173,8 +176,28 @@ static int open_one(int index) {
         error(c, "connect: %s", strerror(errno));
         return -1;
     }
+    struct sockaddr_in local;
+    socklen_t size = sizeof local;
+    if (getsockname(c->fd, (struct sockaddr *)&local, &size) == 0)
+        c->port = ntohs(local.sin_port);
     struct epoll_event ev = {.events = EPOLLIN, .data.u32 = index};
     epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
+    return 0;
+}
+
+/* Pair mode through a broker: both partners are told they may speak now
+ * ("!info paired: you are talking with client i2/7 (127.0.0.1:PORT). You may
+ * both speak now: ..."), since neither instance knew of the other when it
+ * welcomed its client.  So that one speaks and the other relays, as in a
+ * local pair, the client whose port is the higher of the two listens.  The
+ * partner's port is the last ":PORT)" in the notice. */
+static int partner_port(const char *line, int len) {
+    for (int i = len - 1; i > 0; i--) {
+        if (line[i] != ')') continue;
+        int j = i;
+        while (j > 0 && line[j - 1] >= '0' && line[j - 1] <= '9') j--;
+        if (j < i && j > 0 && line[j - 1] == ':') return atoi(line + j);
+    }
     return 0;
 }
 
@@ -206,6 +229,19 @@ static void on_line(struct conn *c, const char *line, int len) {
         if (starts(line, len, "!info listen:") && c->state == READY && !c->listener) {
             c->listener = 1; /* a listen notice after a plain welcome */
             listeners++;
+            return;
+        }
+        if (opt.pair && starts(line, len, "!info paired:") && c->state == READY &&
+            !c->listener && memmem(line, len, "may both speak", 14)) {
+            int theirs = partner_port(line, len);
+            if (!theirs) {
+                error(c, "no partner's port in: %.*s", len, line);
+                return;
+            }
+            if (c->port > theirs) {
+                c->listener = 1;
+                listeners++;
+            }
             return;
         }
         if (starts(line, len, "!info "))
