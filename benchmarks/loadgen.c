@@ -26,8 +26,8 @@
  *      the server pairs clients; a client told "!info listen: ..." is a
  *      listener: it receives its partner's line and sends it back unchanged,
  *      so the speaker still gets its own line back and checks it.  (Paired
- *      through a broker, both are told they may speak: the one whose port
- *      is the higher listens; see partner_port.)  Other
+ *      through a broker, both are told they may speak, and their lines
+ *      cross: each checks it gets its partner's; see partner_port.)  Other
  *      "!info" notices are status, not answers, and are skipped; any other
  *      notice ("!error", "!bye") is an error.
  *   3. hold: the connections stay open until the end (with --sync, until a
@@ -71,6 +71,8 @@ struct conn {
     enum state state;
     int listener;  /* pair mode: told to listen; relays its partner's lines */
     int port;      /* its local port, which the server names it by */
+    int partner;   /* crossing pairs (see partner_port): the partner's index */
+    int crossing;  /* both speak each turn; each answer is the partner's line */
     int turns;     /* answers received (speaker) or lines relayed (listener) */
     int64_t sent_at;
     int inlen;
@@ -89,7 +91,7 @@ static int epfd;
 static int64_t *latency;
 static long nlatency;
 static long errors;
-static int finished, greeted, listeners, opened;
+static int finished, greeted, listeners, opened, crossing;
 static int64_t started_ns;
 static double waited; /* seconds spent waiting on stdin, not on the deadline */
 
@@ -188,9 +190,11 @@ static int open_one(int index) {
 /* Pair mode through a broker: both partners are told they may speak now
  * ("!info paired: you are talking with client i2/7 (127.0.0.1:PORT). You may
  * both speak now: ..."), since neither instance knew of the other when it
- * welcomed its client.  So that one speaks and the other relays, as in a
- * local pair, the client whose port is the higher of the two listens.  The
- * partner's port is the last ":PORT)" in the notice. */
+ * welcomed its client.  Their lines cross: each turn, both send a line and
+ * each gets the other's as its answer, which it checks.  The partner is
+ * found by its port, the last ":PORT)" in the notice; the one of the two
+ * with the higher port counts as the pair's listener, so that phase 1 waits
+ * for every pair. */
 static int partner_port(const char *line, int len) {
     for (int i = len - 1; i > 0; i--) {
         if (line[i] != ')') continue;
@@ -238,10 +242,16 @@ static void on_line(struct conn *c, const char *line, int len) {
                 error(c, "no partner's port in: %.*s", len, line);
                 return;
             }
-            if (c->port > theirs) {
-                c->listener = 1;
-                listeners++;
+            c->partner = -1;
+            for (int i = 0; i < opened; i++)
+                if (conns[i].port == theirs && &conns[i] != c) c->partner = i;
+            if (c->partner < 0) {
+                error(c, "paired with a port it did not open: %.*s", len, line);
+                return;
             }
+            c->crossing = 1;
+            crossing = 1;
+            if (c->port > theirs) listeners++;
             return;
         }
         if (starts(line, len, "!info "))
@@ -271,7 +281,16 @@ static void on_line(struct conn *c, const char *line, int len) {
         error(c, "a line arrived while none was owed: %.*s", len, line);
         return;
     }
-    if (len != opt.size - 1 || memcmp(line, c->out, len) != 0) {
+    const char *expected = c->out;
+    char theirs[MAX_SIZE];
+    if (c->crossing) { /* the partner's line for this turn */
+        struct conn *p = &conns[c->partner];
+        int n = snprintf(theirs, MAX_SIZE, "c%06d t%06d ", p->index, c->turns);
+        if (n > opt.size - 1) n = opt.size - 1;
+        memset(theirs + n, 'x', opt.size - 1 - n);
+        expected = theirs;
+    }
+    if (len != opt.size - 1 || memcmp(line, expected, len) != 0) {
         error(c, "wrong answer to turn %d: %.*s", c->turns, len, line);
         return;
     }
@@ -445,7 +464,9 @@ int main(int argc, char **argv) {
 
     qsort(latency, nlatency, sizeof *latency, cmp64);
     double wall = (t1 - t0) / 1e9;
-    long relayed = opt.pair ? 2 * nlatency : nlatency;
+    /* Pair mode: each answer a speaker checks took two relays, except when
+     * lines cross, where each answer is one relayed line. */
+    long relayed = opt.pair && !crossing ? 2 * nlatency : nlatency;
     printf("%s{\"conns\": %d, \"turns\": %ld, \"messages\": %ld, \"errors\": %ld, "
            "\"connect_s\": %.6f, \"wall_s\": %.6f, \"turns_per_s\": %.1f, "
            "\"p50_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f, "
