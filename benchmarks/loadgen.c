@@ -91,7 +91,7 @@ static int epfd;
 static int64_t *latency;
 static long nlatency;
 static long errors;
-static int finished, greeted, listeners, opened, crossing;
+static int finished, greeted, listeners, opened, crossing, crossers;
 static int64_t started_ns;
 static double waited; /* seconds spent waiting on stdin, not on the deadline */
 
@@ -192,9 +192,8 @@ static int open_one(int index) {
  * both speak now: ..."), since neither instance knew of the other when it
  * welcomed its client.  Their lines cross: each turn, both send a line and
  * each gets the other's as its answer, which it checks.  The partner is
- * found by its port, the last ":PORT)" in the notice; the one of the two
- * with the higher port counts as the pair's listener, so that phase 1 waits
- * for every pair. */
+ * found by its port, the last ":PORT)" in the notice.  Phase 1 waits until
+ * both of every such pair have been told. */
 static int partner_port(const char *line, int len) {
     for (int i = len - 1; i > 0; i--) {
         if (line[i] != ')') continue;
@@ -251,7 +250,7 @@ static void on_line(struct conn *c, const char *line, int len) {
             }
             c->crossing = 1;
             crossing = 1;
-            if (c->port > theirs) listeners++;
+            crossers++;
             return;
         }
         if (starts(line, len, "!info "))
@@ -414,7 +413,8 @@ int main(int argc, char **argv) {
 
     /* Phase 1: connect, a window at a time; each must be greeted. */
     int want_listeners = opt.pair ? opt.conns / 2 : 0;
-    while ((greeted + errors < opt.conns || listeners < want_listeners) &&
+    while ((greeted + errors < opt.conns ||
+            listeners + crossers / 2 < want_listeners) &&
            !over_deadline()) {
         while (opened < opt.conns && opened - greeted - errors < opt.window)
             open_one(opened++);
@@ -422,9 +422,10 @@ int main(int argc, char **argv) {
         poll_once(100);
     }
     double connect_s = (now_ns() - started_ns) / 1e9;
-    if (!errors && listeners != want_listeners)
-        error(NULL, "%d of %d clients were told to listen; expected %d", listeners,
-              opt.conns, want_listeners);
+    if (!errors && listeners + crossers / 2 != want_listeners)
+        error(NULL, "%d of %d clients were told to listen (and %d to cross their "
+              "lines); expected %d pairs", listeners, opt.conns, crossers,
+              want_listeners);
     if (!errors && greeted < opt.conns)
         error(NULL, "only %d of %d connections greeted before the deadline", greeted,
               opt.conns);
