@@ -33,7 +33,10 @@ pytestmark = [
 def tiny_run(tmp_path: Path, variants: str) -> tuple[str, list[dict]]:
     raw = tmp_path / "runs.json"
     done = subprocess.run(
-        [sys.executable, str(RUN), "--tiny", "--variants", variants, "--json", raw],
+        [
+            *(sys.executable, str(RUN), "--tiny", "--deadline", "60"),
+            *("--variants", variants, "--json", str(raw)),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
