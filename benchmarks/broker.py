@@ -108,6 +108,7 @@ class Rig:
                         "worker 1", where, redis.url, "sockchat:EchoResponder"
                     )
                 )
+                redis.wait_for_workers(1)  # and the instance knows it
             if kind in ("haproxy", "cluster"):
                 proxy = self.cluster.add(
                     cluster_run.HAProxy(
