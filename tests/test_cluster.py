@@ -8,11 +8,11 @@ that every process it listed is gone.
 
 Each client connects from an address of its own in 127.0.0.0/8
 (``bindAddress=127.0.0.N``), while haproxy connects to the instances from
-127.0.0.1: so an instance's log naming 127.0.0.N would prove that it saw
-the client's real address through the PROXY protocol (it does not yet: see
-the xfail below).  haproxy balances round robin, so two clients that connect
-one after the other reach the two instances; the instances' logs say which
-reached which, and the tests check it.
+127.0.0.1: so an instance's log naming 127.0.0.N proves that it saw the
+client's real address through the PROXY protocol.  haproxy balances round
+robin, so two clients that connect one after the other reach the two
+instances; the instances' logs say which reached which, and the tests
+check it.
 """
 
 from __future__ import annotations
@@ -269,11 +269,6 @@ def test_a_pair_spans_the_two_instances():
         cluster.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sockchat takes the peer address when the TCP connection opens, "
-    "before the PROXY header names the client (reported, not fixed here)",
-)
 def test_each_instance_sees_the_clients_real_address():
     """haproxy connects from 127.0.0.1; the clients from 127.0.0.2 and .3."""
     with Cluster("pair") as cluster:
