@@ -43,7 +43,12 @@ def tiny_run(tmp_path: Path, variants: str) -> tuple[str, list[dict]]:
         timeout=300,
         cwd=tmp_path,
     )
-    assert done.returncode == 0, done.stderr + done.stdout
+    notes = (
+        [r["notes"] for r in json.loads(raw.read_text())["runs"] if r["errors"]]
+        if raw.exists()
+        else []
+    )
+    assert done.returncode == 0, (notes, done.stderr + done.stdout)
     assert "Not measured" not in done.stdout, done.stdout
     return done.stdout, json.loads(raw.read_text())["runs"]
 
