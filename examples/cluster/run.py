@@ -452,6 +452,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stopping.append(signum)
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell starts a background job with SIGINT ignored, and
+    # then Python would not turn it into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     status = 0
     try:
