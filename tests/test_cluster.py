@@ -22,6 +22,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -251,8 +252,8 @@ def test_two_piped_operators_answer_clients_of_both_instances(tmp_path):
 
 
 def pair_across(cluster: Cluster) -> tuple[str, str, dict[str, str]]:
-    """Alice (from 127.0.0.2), then Bob (127.0.0.3) talk as a pair; return
-    what each saw and, per instance, the peer it logged."""
+    """Alice (from 127.0.0.2), then Bob (127.0.0.3) talk as a pair, and
+    each quits; return what each saw and, per instance, the peer it logged."""
     before = starts(cluster)
     alice = client(cluster, "127.0.0.2", b"hello from alice\nq\n")
     bob = None
@@ -262,39 +263,86 @@ def pair_across(cluster: Cluster) -> tuple[str, str, dict[str, str]]:
         before = starts(cluster)
         bob = client(cluster, "127.0.0.3", b"hello from bob\n")
         to_alice = finish(alice)
-        # Bob's input stays open (its end would send q): his partner's leaving
-        # ends his conversation.
-        bob.wait(30)
-        to_bob = finish(bob)
+        to_bob = finish(bob)  # his end of input sends q, if he still talks
         bob_at, bob_peer = new_start(cluster, before)
     finally:
         for proc in (alice, bob):
             if proc is not None and proc.poll() is None:
                 proc.kill()
-                proc.wait()
+                proc.communicate()
     return to_alice, to_bob, {alice_at: alice_peer, bob_at: bob_peer}
 
 
-def test_a_pair_spans_the_two_instances():
+def test_a_pair_spans_the_two_instances_which_see_the_real_addresses():
     with Cluster("pair") as cluster:
         assert "worker 1" not in cluster.pids
         to_alice, to_bob, peers = pair_across(cluster)
-        assert set(peers) == {"instance one", "instance two"}
-        assert "hello from bob" in to_alice, to_alice
-        assert "hello from alice" in to_bob, to_bob
-        assert "sent q. Connect again to talk with someone new." in to_bob, to_bob
         cluster.stop()
-
-
-def test_each_instance_sees_the_clients_real_address():
-    """haproxy connects from 127.0.0.1; the clients from 127.0.0.2 and .3."""
-    with Cluster("pair") as cluster:
-        _, _, peers = pair_across(cluster)
-        cluster.stop()
+    assert set(peers) == {"instance one", "instance two"}
+    assert "hello from bob" in to_alice, to_alice
+    assert "hello from alice" in to_bob, to_bob
+    # haproxy connects from 127.0.0.1; the clients from 127.0.0.2 and .3.
+    assert (
+        peers["instance one"].rsplit(":", 1)[0]
+        != peers["instance two"].rsplit(":", 1)[0]
+    )
     assert sorted(peer.rsplit(":", 1)[0] for peer in peers.values()) == [
         "127.0.0.2",
         "127.0.0.3",
     ]
+
+
+class Raw:
+    """A raw line connection through haproxy, from *address*."""
+
+    def __init__(self, port: int, address: str) -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=10, source_address=(address, 0)
+        )
+        self.sock.setblocking(False)
+        self.reader = Reader(self.sock.makefile("rb", buffering=0))
+
+    def say(self, text: str) -> None:
+        self.sock.sendall(text.encode() + b"\n")
+
+    def until(self, text: bytes, timeout: float = 15.0) -> bytes:
+        return self.reader.until(text, timeout)
+
+    def close(self) -> None:
+        self.reader.stream.close()
+        self.sock.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="pair across instances: when the first lines cross (each partner "
+    "said one before the pairing), a partner's q is taken as 'before you "
+    "talked' and the other goes back to the queue instead of !bye partner-left",
+)
+def test_a_partner_leaving_after_the_first_lines_crossed_ends_the_pair():
+    with Cluster("pair") as cluster:
+        port = int(cluster.commands["client"][-1].rsplit(":", 1)[1])
+        alice = Raw(port, "127.0.0.2")
+        bob = None
+        try:
+            alice.until(b"!info waiting: ")
+            alice.say("hello from alice")  # kept for her partner
+            bob = Raw(port, "127.0.0.3")
+            bob.say("hello from bob")  # a newcomer has the turn at once
+            paired = bob.until(b"!info paired: ")
+            paired += bob.until(b"\n")
+            assert b"their first line is your answer" in paired, paired
+            bob.until(b"hello from alice\n")
+            alice.until(b"hello from bob\n")
+            alice.say("q")
+            alice.until(b"!bye quit: ")
+            seen = bob.until(b"!bye ", timeout=15) + bob.until(b"\n")
+            assert b"!bye partner-left: " in seen, seen
+        finally:
+            alice.close()
+            if bob is not None:
+                bob.close()
+        cluster.stop()
 
 
 def test_run_py_says_in_one_line_which_tool_is_missing(tmp_path):
