@@ -195,6 +195,9 @@ def test_workers_answer_clients_of_both_instances_and_everything_stops():
         # instance that holds the client.
         assert "sockchat listens on 127.0.0.1:9527" in first, first
         assert "TCP gives an ordered byte stream" in second, second
+        # Its started hook, in a worker, greeted each with its real address.
+        assert "hello, 127.0.0.2:" in first, first
+        assert "hello, 127.0.0.3:" in second, second
         folder = cluster.folder
         assert folder.is_dir()
         said = cluster.stop()
