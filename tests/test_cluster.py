@@ -316,12 +316,6 @@ class Raw:
         self.sock.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pair across instances: when the first lines cross (each partner "
-    "said one before the pairing), a partner's q is taken as 'before you "
-    "talked' and the other goes back to the queue instead of !bye partner-left",
-)
 def test_a_partner_leaving_after_the_first_lines_crossed_ends_the_pair():
     with Cluster("pair") as cluster:
         port = int(cluster.commands["client"][-1].rsplit(":", 1)[1])
