@@ -17,7 +17,6 @@ check it.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shlex
@@ -41,21 +40,6 @@ FOLDER = re.compile(r"^sockchat cluster \(--responder \w+\) in (.+):$", re.M)
 COMMAND = re.compile(r"^  ([\w ]+): (.+)$", re.M)
 
 
-#: What each responder needs of sockchat, and the part of issue 13 that
-#: brings it: until that part is merged, its tests skip and say so.
-NEEDS = {
-    "workers": ("sockchat.worker", "the workers and operators"),
-    "operators": ("sockchat.operator", "the workers and operators"),
-    "pair": ("sockchat._pair_broker", "pair mode across instances"),
-}
-
-
-def need_part(responder: str) -> None:
-    module, part = NEEDS[responder]
-    if importlib.util.find_spec(module) is None:
-        pytest.skip(f"{module} is not in this tree yet (it comes with {part})")
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -75,7 +59,6 @@ class Cluster:
     def __init__(self, responder: str, *extra: str) -> None:
         need_tool("redis-server", "redis-server")
         need_tool("haproxy", "haproxy")
-        need_part(responder)
         self.proc = subprocess.Popen(
             [sys.executable, str(RUN), "--responder", responder, *extra],
             stdin=subprocess.DEVNULL,

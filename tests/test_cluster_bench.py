@@ -5,7 +5,6 @@ checked and stopped, and that the report says where the CPU went."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -80,9 +79,6 @@ def test_two_instances_behind_haproxy_against_one(tmp_path):
 
 def test_workers_and_pairs_through_redis_against_local_ones(tmp_path):
     need_tool("redis-server", "redis-server")
-    for module in ("sockchat.worker", "sockchat._pair_broker"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not in this tree yet (issue 13's other parts)")
     out, runs = tiny_run(tmp_path, "echo,pair,workers,broker-pair")
     check_runs(
         runs,
