@@ -211,17 +211,7 @@ class PairResponder:
             # Its first line went unanswered: it is for the next partner.
             party.opening = handed
         stance = party.stance
-        if stance is _Stance.LISTENS:
-            then = "They will speak first."
-        elif stance is _Stance.SAID:
-            then = "They will have your first line."
-        else:
-            then = "You may say your first line now."
-        party.conversation.notify(
-            "waiting",
-            f"{what}; no partner yet: you will talk with the next client to "
-            f"connect. {then} Send {QUIT} to quit.",
-        )
+        party.conversation.notify("waiting", waiting_again(what, stance))
         head = self._queue[0] if self._queue else None
         if head is None or (stance is _Stance.LISTENS and head.stance is stance):
             # Two that both wait for the other's first line cannot take
@@ -259,6 +249,21 @@ class PairResponder:
             assert waiting is not None
             assert opening is not None
             waiting.callback(opening)
+
+
+def waiting_again(what: str, stance: _Stance) -> str:
+    """The ``waiting`` notice of a party whose partner left untalked (*what*
+    says who and how), by where it stands in its own turn-taking."""
+    if stance is _Stance.LISTENS:
+        then = "They will speak first."
+    elif stance is _Stance.SAID:
+        then = "They will have your first line."
+    else:
+        then = "You may say your first line now."
+    return (
+        f"{what}; no partner yet: you will talk with the next client to "
+        f"connect. {then} Send {QUIT} to quit."
+    )
 
 
 #: What a party is told when paired with another that was waiting too, by

@@ -76,7 +76,7 @@ from zope.interface import implementer
 
 from ._broker import BrokerInstance
 from ._broker_wire import HEARTBEAT, HEARTBEAT_TTL, WireError, decode, encode
-from ._pair import _LEFT_BECAUSE, _WHO_SPEAKS, _Stance
+from ._pair import _LEFT_BECAUSE, _WHO_SPEAKS, _Stance, waiting_again
 from ._redis import BrokerUnavailable, RedisError
 from ._responder import (
     ConversationInfo,
@@ -417,18 +417,8 @@ class BrokerPairResponder:
             # Its first line went unanswered: it is for the next partner.
             party.opening = handed
         stance = party.stance
-        if stance is _Stance.LISTENS:
-            then = "They will speak first."
-        elif stance is _Stance.SAID:
-            then = "They will have your first line."
-        else:
-            then = "You may say your first line now."
         party.told = True
-        party.conversation.notify(
-            "waiting",
-            f"{what}; no partner yet: you will talk with the next client to "
-            f"connect. {then} Send {QUIT} to quit.",
-        )
+        party.conversation.notify("waiting", waiting_again(what, stance))
         self._register(party)
         self._enqueue(party, "front")
 
