@@ -4,7 +4,15 @@ The public API is what ``__all__`` lists; every module whose name starts with
 an underscore may change without notice.
 """
 
-from ._client import (
+from sockchat._console.responder import ConsoleResponder
+from sockchat._core.codec import DEFAULT_MAX_LINE
+from sockchat._core.engine import Reason
+from sockchat._core.framing import LineFraming, RawFraming
+from sockchat._core.limits import Admission
+from sockchat._core.render import safe_text
+from sockchat._core.transcript import ITranscript, TranscriptEntry
+from sockchat._core.wire import QUIT, Notice, NoticeKind
+from sockchat._doors.client import (
     Conversation,
     ConversationEnded,
     LineRefused,
@@ -13,14 +21,10 @@ from ._client import (
     SockchatError,
     connect,
 )
-from ._codec import DEFAULT_MAX_LINE
-from ._console import ConsoleResponder
-from ._engine import Reason
-from ._framing import LineFraming, RawFraming
-from ._limits import Admission
-from ._pair import PairResponder
-from ._render import safe_text
-from ._responder import (
+from sockchat._doors.tcp import ChatServerFactory
+from sockchat._doors.web import chat_site
+from sockchat._operations.transcript_file import TranscriptFile
+from sockchat._responders.contract import (
     AnswerFailed,
     ConversationInfo,
     EchoResponder,
@@ -31,12 +35,8 @@ from ._responder import (
     Unavailable,
     as_responder,
 )
-from ._server import ChatServerFactory
-from ._transcript import ITranscript, TranscriptEntry
-from ._transcript_file import TranscriptFile
-from ._version import __version__
-from ._web import chat_site
-from ._wire import QUIT, Notice, NoticeKind
+from sockchat._responders.pair import PairResponder
+from sockchat._version import __version__
 
 __all__ = [
     "DEFAULT_MAX_LINE",

@@ -27,7 +27,12 @@ from twisted.internet.task import react
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._client import (
+from sockchat._console.stdio import BlockingModes, discard_typed, take_typed
+from sockchat._core.codec import Decoded, LineDecoder
+from sockchat._core.framing import FRAMINGS, framing_named
+from sockchat._core.render import safe_text
+from sockchat._core.wire import QUIT, Notice, NoticeKind
+from sockchat._doors.client import (
     CLIENT_MAX_LINE,
     Conversation,
     ConversationEnded,
@@ -35,13 +40,8 @@ from ._client import (
     NotYourTurn,
     connect,
 )
-from ._codec import Decoded, LineDecoder
-from ._endpoints import client_endpoint
-from ._framing import FRAMINGS, framing_named
-from ._render import safe_text
-from ._stdio import BlockingModes, discard_typed, take_typed
-from ._version import __version__
-from ._wire import QUIT, Notice, NoticeKind
+from sockchat._doors.endpoints import client_endpoint
+from sockchat._version import __version__
 
 PROMPT = "client --> server:"
 ANSWER = "server --> client:"
@@ -409,8 +409,8 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
         traced: Any = None
         try:
             if trace is not None:
-                from ._client import _connect
-                from ._tracing import TracingClientFactory
+                from sockchat._doors.client import _connect
+                from sockchat._teaching.tracing import TracingClientFactory
 
                 traced = TracingClientFactory(
                     screen.notice,

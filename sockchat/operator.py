@@ -37,13 +37,13 @@ from twisted.internet.task import react
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from ._broker_wire import CLAIM_AFTER, OPERATORS, Keys
-from ._console import ConsoleResponder
-from ._consumer import Consumer, ConsumerError, OperatorDesk, open_broker
-from ._redis import BrokerUnavailable, RedisError
-from ._render import safe_text
-from ._stdio import BlockingModes
-from .worker import positive, start_logging
+from sockchat._broker.consumer import Consumer, ConsumerError, OperatorDesk, open_broker
+from sockchat._broker.redis import BrokerUnavailable, RedisError
+from sockchat._broker.wire import CLAIM_AFTER, OPERATORS, Keys
+from sockchat._console.responder import ConsoleResponder
+from sockchat._console.stdio import BlockingModes
+from sockchat._core.render import safe_text
+from sockchat.worker import positive, start_logging
 
 __all__ = ["main"]
 

@@ -21,16 +21,20 @@ from twisted.internet.ssl import Certificate, CertificateOptions
 from twisted.logger import Logger
 from twisted.python import usage
 
-from ._codec import DEFAULT_MAX_LINE
-from ._console import ConsoleResponder
-from ._framing import FRAMINGS, framing_named
-from ._limits import AccessRules, Admission, parse_networks
-from ._metrics import Health
-from ._pair import PairResponder
-from ._prometheus import EXTRA_MISSING, metrics_available
-from ._responder import EchoResponder, IResponder, as_responder
-from ._server import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_OUTPUT, ChatServerFactory
-from ._services import (
+from sockchat._console.responder import ConsoleResponder
+from sockchat._core.codec import DEFAULT_MAX_LINE
+from sockchat._core.framing import FRAMINGS, framing_named
+from sockchat._core.limits import AccessRules, Admission, parse_networks
+from sockchat._core.stats import Health
+from sockchat._doors.systemd import systemd_endpoint
+from sockchat._doors.tcp import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_OUTPUT,
+    ChatServerFactory,
+)
+from sockchat._doors.tlsfiles import TLSFileError, check_certificate, check_pair
+from sockchat._operations.prometheus import EXTRA_MISSING, metrics_available
+from sockchat._operations.services import (
     ChatServerService,
     MetricsService,
     OperatorConsoleService,
@@ -38,10 +42,10 @@ from ._services import (
     WebChatService,
     fatal,
 )
-from ._systemd import systemd_endpoint
-from ._tlsfiles import TLSFileError, check_certificate, check_pair
-from ._transcript_file import TranscriptFile
-from ._version import __version__
+from sockchat._operations.transcript_file import TranscriptFile
+from sockchat._responders.contract import EchoResponder, IResponder, as_responder
+from sockchat._responders.pair import PairResponder
+from sockchat._version import __version__
 
 log = Logger(namespace="sockchat")
 
@@ -426,7 +430,7 @@ def _check_broker(options: Options) -> None:
             f"--broker is used by --responder operators, workers or pair; with "
             f"{responder} it would do nothing"
         )
-    from ._redis import parse_broker_url
+    from sockchat._broker.redis import parse_broker_url
 
     try:
         options["broker_address"] = parse_broker_url(url)
@@ -533,7 +537,7 @@ def _server_endpoint(
     if description.startswith("haproxy:"):
         # Not Twisted's wrapper: the client is admitted and named by the
         # address in the PROXY header, not the load balancer's (_proxied).
-        from ._proxied import ProxiedEndpoint
+        from sockchat._doors.proxied import ProxiedEndpoint
 
         inner = description.removeprefix("haproxy:")
         return ProxiedEndpoint(_server_endpoint(reactor, inner, option, given), reactor)
@@ -568,11 +572,11 @@ def makeService(options: Options) -> IService:
         broker = _broker_service(options)
         broker.setServiceParent(top)
     if broker is not None and name == "pair":
-        from ._pair_broker import BrokerPairResponder
+        from sockchat._broker.pairs import BrokerPairResponder
 
         responder = BrokerPairResponder(broker.instance)
     elif broker is not None:
-        from ._broker import QueueResponder
+        from sockchat._broker.instance import QueueResponder
 
         responder = QueueResponder(broker.instance, name, lifecycle=name == "workers")
     elif name == "console":
@@ -605,7 +609,7 @@ def makeService(options: Options) -> IService:
     )
     factory_class = ChatServerFactory
     if options["trace"]:
-        from ._tracing import TracingChatServerFactory
+        from sockchat._teaching.tracing import TracingChatServerFactory
 
         factory_class = TracingChatServerFactory
     factory = factory_class(
@@ -644,8 +648,8 @@ def _broker_service(options: Options) -> Any:
     cannot be used), then keep its connections."""
     from twisted.internet import reactor
 
-    from ._broker import instance_about
-    from ._broker_service import BrokerService, register
+    from sockchat._broker.instance import instance_about
+    from sockchat._broker.service import BrokerService, register
 
     address = options["broker_address"]
     about = instance_about(options["where"])
@@ -666,7 +670,7 @@ def _metrics_service(
     doors: list[ChatServerService],
 ) -> IService:
     """``--metrics``: ``/metrics`` and ``/healthz``, until the doors have closed."""
-    from ._prometheus import metrics_site
+    from sockchat._operations.prometheus import metrics_site
 
     description = options["metrics_endpoint"]
     endpoint = _server_endpoint(reactor, description, "--metrics", options["metrics"])

@@ -35,10 +35,10 @@ from twisted.python.failure import Failure
 from twisted.test import iosim
 from zope.interface import implementer
 
-from ._client import Conversation, connect
-from ._responder import ConversationInfo, IConversation, IResponder
-from ._server import ChatServerFactory
-from ._wire import Notice, NoticeKind, make_notice
+from sockchat._core.wire import Notice, NoticeKind, make_notice
+from sockchat._doors.client import Conversation, connect
+from sockchat._doors.tcp import ChatServerFactory
+from sockchat._responders.contract import ConversationInfo, IConversation, IResponder
 
 __all__ = ["MemoryServer", "NoResultYet", "RecordingConversation"]
 

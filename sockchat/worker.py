@@ -39,9 +39,14 @@ from twisted.logger import (
 )
 from zope.interface import provider
 
-from ._broker_wire import WORKERS, Keys
-from ._consumer import Consumer, ConsumerError, WorkerHandler, open_broker
-from ._redis import BrokerUnavailable, RedisError
+from sockchat._broker.consumer import (
+    Consumer,
+    ConsumerError,
+    WorkerHandler,
+    open_broker,
+)
+from sockchat._broker.redis import BrokerUnavailable, RedisError
+from sockchat._broker.wire import WORKERS, Keys
 
 __all__ = ["main", "positive", "start_logging"]
 
@@ -116,7 +121,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def load(reference: str) -> Any:
     """The responder, or exit with the loader's one line, said as ours."""
-    from .tap import load_responder
+    from sockchat.tap import load_responder
 
     try:
         return load_responder(reference)

@@ -1,5 +1,5 @@
 """The instance side of broker protocol 1, as docs/broker.md says, for the
-consumer tests: a test double, not the real ``sockchat._broker``.
+consumer tests: a test double, not the real ``sockchat._broker.instance``.
 
 It does what an instance does on the broker (a heartbeat key, its clients'
 hash, ``XADD`` of work items, reading its inbox, ``XDEL`` once a line is
@@ -15,8 +15,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from sockchat._broker_wire import HEARTBEAT, HEARTBEAT_TTL, PROTOCOL, Keys, decode
-from sockchat._consumer import Consumer
+from sockchat._broker.consumer import Consumer
+from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, PROTOCOL, Keys, decode
 
 from fakeredis import FakeRedisServer
 

@@ -8,7 +8,7 @@ start), ``command(*args)``, ``start()`` and ``stop()``.
 Replies are Redis 7's, as ``RedisClient`` delivers them (``int``,
 ``bytes``, ``None``, nested ``list``, ``str`` for a status), and errors are
 ``RedisError`` with Redis's text where that was cheap to match;
-tests/test_redis_real.py runs the same command sequences against a real
+tests/broker/test_redis_real.py runs the same command sequences against a real
 ``redis-server`` and compares.  The commands:
 
     PING GET SET(NX XX EX PX KEEPTTL) DEL EXISTS INCR PEXPIRE PTTL
@@ -26,7 +26,7 @@ server's time is ``epoch + clock.seconds()``, so that a ``Clock`` that
 starts at 0 still gives stream ids and idle times like a real server's.
 
 ``EVAL``/``EVALSHA`` run the Python twin of each script in
-``sockchat._scripts`` (``TWINS`` below); ``EVALSHA`` of a script the server
+``sockchat._broker.scripts`` (``TWINS`` below); ``EVALSHA`` of a script the server
 has not seen since it (re)started is ``NOSCRIPT``, as on a real server.
 
 Faults:
@@ -54,9 +54,9 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
-from sockchat._redis import BrokerUnavailable, RedisError
-from sockchat._resp import encode_arg
-from sockchat._scripts import POP_OR_WAIT, SCRIPTS, Script
+from sockchat._broker.redis import BrokerUnavailable, RedisError
+from sockchat._broker.resp import encode_arg
+from sockchat._broker.scripts import POP_OR_WAIT, SCRIPTS, Script
 
 __all__ = ["TWINS", "FakeRedisClient", "FakeRedisServer"]
 

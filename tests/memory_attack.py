@@ -5,7 +5,7 @@
 Runs a sockchat echo server (TCP and web doors) on loopback in this
 process, attacks it from a thread with a blocking socket that never reads,
 and prints one line of JSON: the bytes sent and how much the server's
-Python memory grew while the attacker held on.  ``tests/test_memory.py``
+Python memory grew while the attacker held on.  ``tests/e2e/test_memory.py``
 runs it once per attack, each in a fresh process.
 """
 
@@ -78,7 +78,7 @@ def main(kind: str, max_output: int) -> None:
     from twisted.internet.endpoints import TCP4ServerEndpoint
 
     from sockchat import ChatServerFactory, EchoResponder, chat_site
-    from sockchat._limits import Admission
+    from sockchat._core.limits import Admission
 
     factory = ChatServerFactory(
         EchoResponder(), max_output=max_output, admission=Admission()

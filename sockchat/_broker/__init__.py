@@ -1,0 +1,1 @@
+"""The broker: instances, operators, workers and pairs across processes."""

@@ -1,0 +1,1 @@
+"""The operator's console: the responder, the line editor, the screen, stdio."""

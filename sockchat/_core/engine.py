@@ -1,0 +1,1182 @@
+"""The conversation engine: every decision the server makes about one
+conversation, with no I/O.
+
+``ServerConversation`` is fed what happened (bytes or WebSocket messages
+arrived, the responder answered or failed, the output filled or drained, a
+timer ticked, the connection was lost), each with the time ``now``.  The
+door that owns the connection then pulls what to do next with
+``next_action()``, one typed value at a time, until it returns ``None``:
+deliver a line to the responder, send bytes or a message, pause or resume
+reading, close with a ``Reason``, record a transcript entry, write a log
+event.  A responder that answers at once is fed back in with ``answered``
+and the door's loop goes on: nothing recurses, and nothing needs a guard
+against re-entry.
+
+State is three small enums: the ``Phase`` (starting, open, closing,
+closed), whose ``Turn`` it is, and the ``Flow`` of output (flowing;
+holding lines back because the client is not reading; stopped reading
+because what is held back has reached its bound).  Every move of the phase
+and the turn goes through ``MOVES``, one table.
+
+Memory is bounded by what it costs: each line held back counts its real
+size in memory plus a fixed overhead per item, and so does each piece of
+output written while the client is not reading (answers, notices, telnet
+replies, and what the door reports it wrote, such as WebSocket pongs).
+Past ``max_output`` the engine asks the door to stop reading.
+
+No Twisted here, and no reactor: the clock is the ``now`` passed in.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from typing import Any, NamedTuple
+
+from attrs import field, frozen
+
+from sockchat._core.codec import DEFAULT_MAX_LINE, Decoded, LineDecoder, LineTooLong
+from sockchat._core.framing import Decoder, Framing, LineFraming
+from sockchat._core.render import safe_text
+from sockchat._core.telnet import TelnetFilter, telnet_notice
+from sockchat._core.transcript import TranscriptEntry
+from sockchat._core.turns import OUT_OF_TURN, _excerpt, welcome
+from sockchat._core.wire import QUIT, Notice, NoticeKind
+
+__all__ = [
+    "CLOSE_GRACE",
+    "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_OUTPUT",
+    "ITEM_OVERHEAD",
+    "MOVES",
+    "Close",
+    "Deliver",
+    "Event",
+    "Flow",
+    "Log",
+    "PauseReading",
+    "Phase",
+    "Reason",
+    "Record",
+    "ResumeReading",
+    "Send",
+    "SendMessage",
+    "ServerConversation",
+    "Settings",
+    "TelnetReply",
+    "Turn",
+]
+
+#: Seconds a client may take over its turn, by default.
+DEFAULT_IDLE_TIMEOUT = 600.0
+#: Bytes of memory one client may make the server hold for it, by default.
+DEFAULT_MAX_OUTPUT = 256 * 1024
+#: Seconds a closing connection gets to take its last notice.
+CLOSE_GRACE = 3.0
+
+#: What one held item costs beyond its own size: its slot in the list that
+#: holds it, and the allocator's rounding.  Measured with tracemalloc for
+#: queued ``bytes`` (33 bytes of header, 8 of list slot, rounded to 16).
+ITEM_OVERHEAD = 24
+
+
+# -- Values --------------------------------------------------------------
+
+
+class Reason(str, enum.Enum):
+    """Why a conversation ended.
+
+    The value is the code of the bye notice (or, for the three that send
+    none of their own, what ``ILifecycle.ended`` and the log say).  A
+    responder's own ``end(code, ...)`` ends it with ``RESPONDER`` and its
+    code.
+    """
+
+    #: The client sent ``q``.
+    QUIT = "quit"
+    #: The responder answered ``q``.
+    ANSWERED_QUIT = "answered-quit"
+    #: The client closed its side, and nothing more was owed.
+    END_OF_INPUT = "end-of-input"
+    #: No line within ``idle_timeout``.
+    IDLE_TIMEOUT = "idle-timeout"
+    #: The server is shutting down.
+    SHUTDOWN = "shutdown"
+    #: The responder's ``started`` hook failed.
+    UNAVAILABLE = "unavailable"
+    #: Refused at connect by the address rules.
+    DENIED = "denied"
+    #: Refused at connect by a connection cap.
+    BUSY = "busy"
+    #: The responder ended it, with a code of its own (``partner-left``...).
+    RESPONDER = "responder"
+    #: A WebSocket message that was binary.
+    BINARY_MESSAGE = "binary-message"
+    #: A WebSocket message with a newline in it.
+    NEWLINE_IN_MESSAGE = "newline-in-message"
+    #: The connection went away with no bye.
+    CONNECTION_LOST = "connection-lost"
+
+
+#: Why the log says a conversation ended, for reasons with a fixed text.
+_ENDED_BECAUSE = {
+    Reason.QUIT: "the client sent q",
+    Reason.ANSWERED_QUIT: "the responder answered q",
+    Reason.END_OF_INPUT: "the client closed its side, and nothing more was owed",
+}
+
+#: The bye notices that carry a ``Reason`` of their own.
+_REASON_OF_CODE = {
+    r.value: r
+    for r in (
+        Reason.QUIT,
+        Reason.END_OF_INPUT,
+        Reason.IDLE_TIMEOUT,
+        Reason.SHUTDOWN,
+        Reason.UNAVAILABLE,
+        Reason.DENIED,
+        Reason.BUSY,
+    )
+}
+
+
+def _validate_positive(name: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{name} must be positive, not {value}")
+
+
+@frozen
+class Settings:
+    """Everything a conversation needs to know, validated once."""
+
+    max_line: int = DEFAULT_MAX_LINE
+    idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT
+    max_output: int = DEFAULT_MAX_OUTPUT
+    answer_timeout: float | None = None
+    #: Record transcript entries (``Record`` actions).
+    transcript: bool = False
+    framing: Framing = field(factory=LineFraming)
+    #: Seconds a closing connection gets to flush before it is aborted.
+    close_grace: float = CLOSE_GRACE
+
+    def __attrs_post_init__(self) -> None:
+        for name, value in [
+            ("max_line", self.max_line),
+            ("max_output", self.max_output),
+        ]:
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1 byte, not {value}")
+        _validate_positive("idle_timeout", self.idle_timeout)
+        _validate_positive("answer_timeout", self.answer_timeout)
+        _validate_positive("close_grace", self.close_grace)
+
+
+class Phase(enum.IntEnum):
+    STARTING = 0  # connected; the welcome is not sent yet
+    OPEN = 1
+    CLOSING = 2  # the close is asked for; the connection is not lost yet
+    CLOSED = 3
+
+
+class Turn(enum.IntEnum):
+    CLIENT = 0  # the client may send a line
+    SERVER = 1  # the server owes an answer
+
+
+class Flow(enum.IntEnum):
+    """Whether lines are handled and the client is read."""
+
+    FLOWING = 0
+    #: Raw framing: the messages waiting their turn reached the bound, so
+    #: reading is paused; they are still handled, each in its turn.
+    BACKLOGGED = 1
+    #: The client is not reading its output: lines are held back.
+    HOLDING = 2
+    #: Holding, and what is held reached the bound: reading is paused too.
+    STOPPED = 3
+
+
+class Event(enum.IntEnum):
+    """What moves the phase or the turn (the rows of ``MOVES``)."""
+
+    START = 0  # the welcome: the client speaks first
+    START_LISTEN = 1  # the welcome: the server speaks first
+    LINE = 2  # a line in turn, delivered
+    ANSWER = 3  # the answer to the line delivered
+    FAIL = 4  # no answer: the turn goes back
+    BYE = 5  # the conversation ends (quit, answered q, idle, end...)
+    LOST = 6  # the connection is gone
+
+
+# Module-level names for the members: in Python 3.11 an enum member
+# looked up on its class costs about 150 ns, a global about 20.
+_STARTING, _OPEN, _CLOSING, _CLOSED = Phase
+_CLIENT, _SERVER = Turn
+_FLOWING, _BACKLOGGED, _HOLDING, _STOPPED = Flow
+_E_START, _E_START_LISTEN, _E_LINE, _E_ANSWER, _E_FAIL, _E_BYE, _E_LOST = Event
+
+_S, _O, _C, _X = _STARTING, _OPEN, _CLOSING, _CLOSED
+_TC, _TS = _CLIENT, _SERVER
+
+#: The legal moves: (phase, turn, event) -> (phase, turn).  A pair missing
+#: here is ignored: the input came too late (an answer after the close) or
+#: cannot happen; ``tests/test_engine.py`` checks every pair.
+MOVES: dict[tuple[Phase, Turn, Event], tuple[Phase, Turn]] = {
+    (_S, _TC, _E_START): (_O, _TC),
+    (_S, _TC, _E_START_LISTEN): (_O, _TS),
+    (_S, _TC, _E_BYE): (_C, _TC),
+    (_S, _TC, _E_LOST): (_X, _TC),
+    (_O, _TC, _E_LINE): (_O, _TS),
+    (_O, _TS, _E_ANSWER): (_O, _TC),
+    (_O, _TS, _E_FAIL): (_O, _TC),
+    (_O, _TC, _E_BYE): (_C, _TC),
+    (_O, _TS, _E_BYE): (_C, _TS),
+    (_O, _TC, _E_LOST): (_X, _TC),
+    (_O, _TS, _E_LOST): (_X, _TS),
+    (_C, _TC, _E_LOST): (_X, _TC),
+    (_C, _TS, _E_LOST): (_X, _TS),
+}
+
+
+#: The two moves of every turn, looked up in the table once.
+_AFTER_LINE = MOVES[_OPEN, _CLIENT, _E_LINE]
+_AFTER_ANSWER = MOVES[_OPEN, _SERVER, _E_ANSWER]
+
+
+# -- Actions -------------------------------------------------------------
+#
+# Named tuples: frozen, slotted, and the cheapest value Python makes (one
+# or two are made per turn).  Equality also compares the type.
+
+
+def _eq(self: tuple[object, ...], other: object) -> bool:
+    return type(self) is type(other) and tuple.__eq__(self, other)
+
+
+def _ne(self: tuple[object, ...], other: object) -> bool:
+    return not _eq(self, other)
+
+
+def _hash(self: tuple[object, ...]) -> int:
+    return hash((type(self), tuple(self)))
+
+
+class Deliver(NamedTuple):
+    """Hand this line to the responder; its answer is owed (``answered``)."""
+
+    seq: int
+    text: str
+
+
+class Send(NamedTuple):
+    """Write these bytes to the stream."""
+
+    data: bytes
+
+
+class SendMessage(NamedTuple):
+    """Send this text as one WebSocket message."""
+
+    text: str
+
+
+class TelnetReply(NamedTuple):
+    """Write telnet's option refusals, before anything else is said."""
+
+    data: bytes
+
+
+class PauseReading(NamedTuple):
+    """Stop reading the client until ``ResumeReading``."""
+
+
+class ResumeReading(NamedTuple):
+    """Read the client again."""
+
+
+class Close(NamedTuple):
+    """Close once the output is flushed; abort after ``close_grace``."""
+
+    reason: Reason
+    #: The code of the bye sent, or the reason's own value.
+    code: str
+
+
+class Record(NamedTuple):
+    """Keep this transcript entry."""
+
+    entry: TranscriptEntry
+
+
+class Log(NamedTuple):
+    """Write this structured log event (``twisted.logger`` format)."""
+
+    level: str  # debug, info, warn
+    format: str
+    fields: tuple[tuple[str, object], ...]
+
+
+# Equality that includes the type, for all of them.
+for _cls in (
+    Deliver,
+    Send,
+    SendMessage,
+    TelnetReply,
+    PauseReading,
+    ResumeReading,
+    Close,
+    Record,
+    Log,
+):
+    _cls.__eq__ = _eq  # type: ignore[method-assign]  # compare the type too
+    _cls.__ne__ = _ne  # type: ignore[assignment,method-assign]
+    _cls.__hash__ = _hash  # type: ignore[method-assign]  # hash the type too
+
+Action = (
+    Deliver
+    | Send
+    | SendMessage
+    | TelnetReply
+    | PauseReading
+    | ResumeReading
+    | Close
+    | Record
+    | Log
+)
+
+#: Makes a named tuple without its Python-level ``__new__`` (about 150 ns
+#: less): ``_new(Send, (data,))`` is ``Send(data)``.
+_new = tuple.__new__
+
+_PAUSE = PauseReading()
+
+#: Log events said once per conversation, as bits (a set would cost 216
+#: bytes per conversation).
+_ONCE = {"started": 1, "slow": 2, "early": 4}
+
+#: No items waiting, no message under way: shared, so an idle
+#: conversation holds no list of its own (never appended to).
+_NO_ITEMS: list[Decoded] = []
+_NO_PARTS: list[str] = []
+_RESUME = ResumeReading()
+
+_END_OF_INPUT = Notice(
+    NoticeKind.BYE, "end-of-input", "you closed your side of the connection; goodbye."
+)
+_UNAVAILABLE = Notice(
+    NoticeKind.BYE,
+    "unavailable",
+    "the service could not start this conversation; try again later.",
+)
+_QUIT = Notice(NoticeKind.BYE, "quit", "goodbye.")
+
+
+def _cost(item: object) -> int:
+    """What holding *item* costs in memory, in bytes."""
+    return sys.getsizeof(item) + ITEM_OVERHEAD
+
+
+# -- The engine ----------------------------------------------------------
+
+
+class ServerConversation:
+    """The server's side of one conversation, from connect to close.
+
+    *messages*: the door is a WebSocket (whole or partial text messages in,
+    one message per line out) instead of a byte stream.
+    """
+
+    __slots__ = (
+        "_decoder",
+        "_failures",
+        "_held_notices",
+        "_input_ended",
+        "_items",
+        "_items_cost",
+        "_last",
+        "_lines",
+        "_messages",
+        "_out",
+        "_part_size",
+        "_parts",
+        "_pending",
+        "_refused",
+        "_skipping",
+        "_started",
+        "_telnet",
+        "_told",
+        "_transcript",
+        "_unsent",
+        "answers",
+        "bytes_in",
+        "bytes_out",
+        "code",
+        "flow",
+        "id",
+        "lines",
+        "peer",
+        "phase",
+        "reason",
+        "settings",
+        "stats",
+        "turn",
+    )
+
+    def __init__(
+        self,
+        settings: Settings,
+        conversation_id: int,
+        peer: str,
+        now: float,
+        *,
+        messages: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.id = conversation_id
+        self.peer = peer
+        self.phase = _STARTING
+        self.turn = _CLIENT
+        self.flow = _FLOWING
+        #: Why it ended (or will), once it is closing.
+        self.reason = Reason.CONNECTION_LOST
+        #: The code of the bye notice sent (or the reason's own value).
+        self.code = Reason.CONNECTION_LOST.value
+        self.lines = 0  # lines received, refused ones included
+        self.answers = 0  # answers sent
+        self.bytes_in = 0  # read from the client (for --metrics)
+        self.bytes_out = 0  # written to it: counted by the door as it writes
+        self._pending = 0  # number of the line being answered
+        self._messages = messages
+        self._transcript = settings.transcript
+        #: Line framing over a stream: answers are encoded inline.
+        self._lines = not messages and settings.framing.name == "line"
+        framing = settings.framing
+        self._decoder: Decoder | None = (
+            None if messages else framing.decoder(settings.max_line)
+        )
+        self._telnet = TelnetFilter() if framing.takes_telnet and not messages else None
+        self._items: list[Decoded] = _NO_ITEMS  # decoded, not handled yet
+        self._out: list[Action] = []
+        #: What the lines waiting here cost, counted once they began to
+        #: wait (None: they are handled as they come).
+        self._items_cost: int | None = None
+        #: What the output written since the client stopped reading costs.
+        self._unsent = 0
+        self._refused = 0  # lines refused; the first is logged
+        self._failures = 0  # answers that failed; the first is logged
+        #: Where refused lines are counted by code (``--metrics``), if set.
+        self.stats: Any = None  # a sockchat._core.stats.ServerStats
+        self._held_notices: list[Notice] | None = None
+        self._started = now
+        self._last = now  # the client's idle time counts from here
+        self._input_ended = False
+        self._told = 0  # the log events said once, as bits of _ONCE
+        self._parts: list[str] = _NO_PARTS  # a WebSocket message under way
+        self._part_size = 0
+        self._skipping = False
+
+    # -- Lifecycle ---------------------------------------------------------
+
+    def hold_notices(self) -> None:
+        """The responder's ``started`` hook runs: its notices wait for the
+        welcome."""
+        if self.phase is _STARTING:
+            self._held_notices = []
+
+    def start(self, now: float, *, listen: bool = False) -> None:
+        """Send the welcome; with *listen*, the server speaks first."""
+        if self.phase is not _STARTING:
+            return  # the hook ended the conversation
+        if listen:
+            self._move(_E_START_LISTEN)
+            self._pending = 0
+        else:
+            self._move(_E_START)
+        self._last = now
+        self._notice(welcome(self.id, listen=listen), now)
+        self._flush_held(now)
+
+    def start_failed(self, now: float) -> None:
+        """The responder's ``started`` hook failed: the service is unavailable."""
+        self._bye(_UNAVAILABLE, now)
+
+    # -- Input -------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> None:
+        """Bytes arrived on the stream."""
+        self.bytes_in += len(data)
+        if self.phase > _OPEN:
+            return
+        telnet = self._telnet
+        if telnet is not None and (0xFF in data or telnet.held):
+            data, heard = telnet.feed(data)
+            if heard is not None:
+                if heard.reply:
+                    self._emit(TelnetReply(heard.reply), len(heard.reply))
+                notice = telnet_notice(heard)
+                if notice is not None:
+                    self._notice(notice, now)
+        items = self._decoder.feed(data)  # type: ignore[union-attr]  # a stream
+        if items:
+            self._last = now  # lines came
+            if not self._items and self.lines:  # the usual case
+                self._items = items
+            else:
+                self._take(items)
+
+    def take_line(self, data: bytes, now: float) -> str | None:
+        """The usual turn's first half, in one call.
+
+        If *data* is exactly one good line, in turn, with nothing else
+        waiting or to do, the line is delivered: its text is returned, and
+        its answer is owed, as if ``receive_data`` and ``next_action`` had
+        given a ``Deliver``.  Otherwise None, and nothing has changed: feed
+        *data* with ``receive_data``.
+        """
+        if (
+            self.phase is not _OPEN
+            or self.turn is not _CLIENT
+            or self.flow is not _FLOWING
+            or self._items
+            or self._out
+            or self._transcript
+            or not self._lines
+            or not self.lines  # the first line is announced in the log
+            or self._input_ended
+        ):
+            return None
+        telnet = self._telnet
+        if telnet is not None and (0xFF in data or telnet.held):
+            return None
+        decoder: LineDecoder = self._decoder  # type: ignore[assignment]  # _lines: it is
+        text = decoder.whole_line(data)
+        if text is None or text == QUIT:
+            return None
+        self._last = now
+        self.bytes_in += len(data)
+        self.lines = seq = self.lines + 1
+        self.phase, self.turn = _AFTER_LINE
+        self._pending = seq
+        return text
+
+    def answer_now(self, reply: object, now: float) -> bytes | None:
+        """The usual turn's second half: the bytes to write for *reply*.
+
+        If the answer is an ordinary one (a line, not ``q``, with nothing
+        else to say first), its bytes are returned for the door to write at
+        once, as if ``answered`` and ``next_action`` had given a ``Send``.
+        Otherwise None, and nothing has changed: pass it to ``answered``.
+        """
+        if (
+            type(reply) is not str
+            or self.phase is not _OPEN
+            or self.turn is not _SERVER
+            or self.flow is not _FLOWING
+            or self._out
+            or self._transcript
+            or not self._lines
+            or not self.answers  # the first answer is announced in the log
+            or self._input_ended
+            or reply == QUIT
+            or "\n" in reply
+        ):
+            return None
+        try:
+            data = (("!" + reply) if reply[:1] == "!" else reply).encode() + b"\n"
+        except UnicodeEncodeError:
+            return None
+        self._last = now
+        self.phase, self.turn = _AFTER_ANSWER
+        self.answers += 1
+        return data
+
+    def receive_message(self, text: str, now: float, *, final: bool = True) -> None:
+        """A WebSocket text message, or a piece of one, arrived."""
+        self.bytes_in += len(text)  # characters: near enough, and no encoding
+        if self.phase > _OPEN:
+            return
+        if "\n" in text:
+            self._close(Reason.NEWLINE_IN_MESSAGE, Reason.NEWLINE_IN_MESSAGE.value)
+            self._log(
+                "info",
+                "WebSocket from {peer}: a message is one line: it cannot contain "
+                "a newline; closing it",
+                peer=self.peer,
+            )
+            return
+        limit = self.settings.max_line
+        if not self._skipping and text:
+            self._part_size += len(text.encode("utf-8"))
+            if self._part_size > limit:
+                self._skipping = True
+                self._parts = _NO_PARTS
+            elif self._parts is _NO_PARTS:
+                self._parts = [text]
+            else:
+                self._parts.append(text)
+        elif text:
+            self._part_size += len(text.encode("utf-8"))
+        if not final:
+            return
+        item: Decoded
+        if self._skipping:
+            item = LineTooLong(self._part_size, limit)
+        else:
+            item = "".join(self._parts)
+        self._parts = _NO_PARTS
+        self._part_size = 0
+        self._skipping = False
+        self._last = now
+        self._take([item])
+
+    def receive_binary(self, now: float) -> None:
+        """A binary WebSocket message: not a line."""
+        if self.phase > _OPEN:
+            return
+        self._log(
+            "info",
+            "WebSocket from {peer}: binary messages are not accepted: send text; "
+            "closing it",
+            peer=self.peer,
+        )
+        self._close(Reason.BINARY_MESSAGE, Reason.BINARY_MESSAGE.value)
+
+    def end_of_input(self, now: float) -> None:
+        """The client closed its side; it may still be owed an answer."""
+        # An unfinished last line is not delivered: a killed client closes
+        # its side too.  ``lost`` logs its size.
+        self._input_ended = True
+        self._finish_if_done(now)
+
+    def _take(self, items: list[Decoded]) -> None:
+        if not self.lines:
+            self._announce()
+        if self._items:
+            self._items = self._items + items
+        else:
+            self._items = items
+        if self._items_cost is not None:  # counted since lines began to wait
+            self._items_cost += sum(map(_cost, items))
+            self._check_bound()
+
+    # -- The responder -----------------------------------------------------
+
+    def answered(self, reply: object, now: float) -> None:
+        """The responder's answer to the delivered line (or the opening)."""
+        if self.phase is not _OPEN or self.turn is not _SERVER:
+            return  # it ended while the responder worked
+        data = self.answer_now(reply, now)  # the usual answer, in fewer steps
+        if data is not None:
+            self._out.append(_new(Send, (data,)))
+            return
+        if not isinstance(reply, str):
+            self._refuse_answer(
+                f"the responder's result was {type(reply).__name__}, expected str",
+                now,
+            )
+            return
+        text = reply
+        try:
+            if self._lines:  # line framing, inline: the usual case
+                if "\n" in text:
+                    raise ValueError("the answer has a newline in it")
+                data = (("!" + text) if text[:1] == "!" else text).encode() + b"\n"
+                out: Action = _new(Send, (data,))
+                size = len(data)
+            elif self._messages:
+                if "\n" in text:
+                    raise ValueError("the answer has a newline in it")
+                text.encode("utf-8")
+                out = SendMessage("!" + text if text[:1] == "!" else text)
+                size = len(text)
+            else:
+                data = self.settings.framing.encode_answer(text)
+                out = _new(Send, (data,))
+                size = len(data)
+        except UnicodeEncodeError:
+            self._refuse_answer("the answer is not encodable as UTF-8", now)
+            return
+        except ValueError as e:
+            self._refuse_answer(str(e), now)
+            return
+        self._last = now  # the client's turn
+        if self.flow is _FLOWING:
+            self._out.append(out)
+        else:
+            self._emit(out, size)
+        if self._transcript:
+            self._record(now, "out", "answer", text)
+        if text == QUIT:
+            self._move(_E_BYE)
+            self._close(Reason.ANSWERED_QUIT, Reason.ANSWERED_QUIT.value)
+            return
+        self._move(_E_ANSWER)
+        if not self.answers:
+            self._announce()
+        self.answers += 1
+        if self._input_ended:
+            self._finish_if_done(now)
+
+    def failed(
+        self,
+        now: float,
+        *,
+        raised: str = "",
+        why: str = "",
+        timeout: bool = False,
+        unavailable: str = "",
+    ) -> bool:
+        """The responder could not answer: it raised an exception of the type
+        named *raised*, broke the contract (*why* says how), did not answer
+        within ``answer_timeout`` (*timeout*), or cannot answer for now
+        (*unavailable* says why: the broker is unreachable).
+
+        True if the door should log the failure's traceback: the first time
+        in a conversation only, so one client cannot fill the log.
+        """
+        if self.phase is not _OPEN or self.turn is not _SERVER:
+            return False  # the conversation ended first: no one left to tell
+        if unavailable:
+            self._fail(unavailable, "unavailable", now)
+            return False
+        self._failures += 1
+        first = self._failures == 1
+        if timeout:
+            seconds = self.settings.answer_timeout
+            if first:
+                self._log(
+                    "warn",
+                    "the responder did not answer conversation {cid} within "
+                    "{seconds}s; later failures are counted in its last log line",
+                    cid=self.id,
+                    seconds=seconds,
+                )
+            self._fail(
+                f"no answer within {seconds:g} seconds", "responder-timeout", now
+            )
+        else:
+            self._fail(
+                why or f"the responder raised {raised or 'error'}",
+                "responder-failed",
+                now,
+            )
+        return first and not timeout
+
+    def _refuse_answer(self, why: str, now: float) -> None:
+        self._failures += 1
+        if self._failures == 1:
+            self._log(
+                "error",
+                "responder failed to answer in conversation {cid}: {why}",
+                cid=self.id,
+                why=why,
+            )
+        self._fail(why, "responder-failed", now)
+
+    def _fail(self, why: str, code: str, now: float) -> None:
+        self._move(_E_FAIL)
+        if not self._pending:
+            text = f"the first line could not be given ({why}). It is your turn now."
+        else:
+            text = (
+                f"line {self._pending} could not be answered ({why}). It is your "
+                "turn again."
+            )
+        self._notice(Notice(NoticeKind.ERROR, code, safe_text(text)), now)
+        self._last = now  # the client's turn
+        if self._input_ended:
+            self._finish_if_done(now)
+
+    # -- From the responder's lifecycle hooks ------------------------------
+
+    def notify(self, notice: Notice, now: float) -> None:
+        """An info notice from the responder; the turn does not change."""
+        if self.phase > _OPEN:
+            return
+        if self._held_notices is not None:  # still starting: after the welcome
+            self._held_notices.append(notice)
+            return
+        self._notice(notice, now)
+
+    def end(self, notice: Notice, now: float) -> None:
+        """End from the server's side with this bye notice."""
+        self._bye(notice, now)
+
+    # -- Output and time -----------------------------------------------------
+
+    def output_full(self, now: float) -> None:
+        """The transport holds all it should: the client is not reading."""
+        if self.flow >= _HOLDING or self.phase > _OPEN:
+            return
+        self.flow = _STOPPED if self.flow is _BACKLOGGED else _HOLDING
+        self._unsent = 0
+        self._count_items()
+        if self.answers and self._once("slow"):  # not for a TLS handshake
+            self._log(
+                "info",
+                "conversation {cid}: the client is not reading its answers; "
+                "holding its lines back",
+                cid=self.id,
+            )
+        if self._messages:  # a socket's pongs are written where we cannot count
+            self._stop_reading()
+        else:
+            self._check_bound()
+
+    def bytes_written(self, size: int) -> None:
+        """The door wrote *size* bytes of its own (a pong, say)."""
+        if self.flow >= _HOLDING:
+            self._unsent += size + ITEM_OVERHEAD
+            self._check_bound()
+
+    def output_drained(self, now: float) -> None:
+        """The transport sent what it held: handle what was held back."""
+        if self.flow < _HOLDING:
+            return
+        stopped = self.flow is _STOPPED
+        self.flow = _FLOWING
+        self._unsent = 0
+        if stopped:
+            if self._over_bound():  # raw messages still wait for their turn
+                self.flow = _BACKLOGGED
+            elif self.phase <= _OPEN:
+                self._out.append(_RESUME)
+        self._finish_if_done(now)
+
+    @property
+    def deadline(self) -> float | None:
+        """When the client's idle time runs out (``tick`` then); None: never."""
+        idle = self.settings.idle_timeout
+        if idle is None or self.phase > _OPEN:
+            return None
+        return self._last + idle
+
+    def tick(self, now: float) -> None:
+        """The time is *now*: end an idle client."""
+        idle = self.settings.idle_timeout
+        if idle is None or self.phase > _OPEN:
+            return
+        if self.turn is _SERVER:  # waiting for us is not idling
+            self._last = now
+            return
+        if now < self._last + idle:
+            return
+        self._log(
+            "info",
+            "conversation {cid} with {peer}: idle for {seconds}s; closing it",
+            cid=self.id,
+            peer=self.peer,
+            seconds=idle,
+        )
+        self._bye(
+            Notice(
+                NoticeKind.BYE,
+                Reason.IDLE_TIMEOUT.value,
+                f"no line from you for {idle:g} seconds; goodbye.",
+            ),
+            now,
+        )
+
+    def lost(self, now: float, *, clean: bool, why: str) -> None:
+        """The connection is gone (*clean*: closed without an error)."""
+        if self.phase is _CLOSED:
+            return
+        self._move(_E_LOST)
+        self._items = _NO_ITEMS
+        unfinished = self._decoder.unfinished if self._decoder is not None else 0
+        if unfinished:
+            self._log(
+                "info",
+                "conversation {cid} closed in the middle of a line; its "
+                "{count} bytes were not delivered",
+                cid=self.id,
+                count=unfinished,
+            )
+        self._log(
+            # A health check or a port probe says nothing: one debug event.
+            "info" if self.lines or self.answers else "debug",
+            "conversation {cid} with {peer} ended after {turns} turn(s) in "
+            "{duration:.1f}s{counted}: {why}",
+            cid=self.id,
+            peer=self.peer,
+            turns=self.answers,
+            refused=self._refused,
+            failures=self._failures,
+            counted=(
+                f", {self._refused} line(s) refused, {self._failures} answer(s) failed"
+                if self._refused or self._failures
+                else ""
+            ),
+            duration=now - self._started,
+            why=self._why_ended(clean, why),
+        )
+
+    def _why_ended(self, clean: bool, why: str) -> str:
+        fixed = _ENDED_BECAUSE.get(self.reason)
+        if fixed is not None:
+            return fixed
+        if self.reason is not Reason.CONNECTION_LOST:
+            return f"the server ended it ({self.code})"
+        if clean:
+            return "the client closed the connection without a q"
+        return safe_text(why)
+
+    # -- The actions ---------------------------------------------------------
+
+    def next_action(self) -> Action | None:
+        """What to do next, or None: wait for the next input."""
+        out = self._out
+        if out:
+            return out.pop(0)
+        items = self._items
+        if items and self.flow < _HOLDING and self.phase is _OPEN:
+            # The usual turn: one line, in turn, nothing else to do.  The
+            # same as _step and _handle would do, with fewer calls.
+            if (
+                len(items) == 1
+                and self.turn is _CLIENT
+                and not self._transcript
+                and self._items_cost is None
+            ):
+                item = items[0]
+                if type(item) is str and item != QUIT:
+                    self._items = _NO_ITEMS
+                    self.lines = seq = self.lines + 1
+                    self.phase, self.turn = _AFTER_LINE
+                    self._pending = seq
+                    return _new(Deliver, (seq, item))
+            self._step()
+            if out:
+                return out.pop(0)
+        return None
+
+    def _step(self) -> None:
+        """Handle waiting lines until one makes an action, or one must wait."""
+        items = self._items
+        raw = self.settings.framing.queues_out_of_turn
+        out = self._out
+        while items and not out and self.phase is _OPEN and self.flow < _HOLDING:
+            item = items[0]
+            if raw and self.turn is _SERVER and item != QUIT:
+                if QUIT in items:  # q is always allowed, even while waiting
+                    self._handle(QUIT)
+                    return
+                if self._once("early"):  # once: a flood is not a log flood
+                    self._log(
+                        "info",
+                        "conversation {cid}: a message arrived before the answer "
+                        "to the last one; it waits its turn (raw framing)",
+                        cid=self.id,
+                    )
+                self._count_items()
+                self._check_bound()
+                return
+            del items[0]
+            if self._items_cost is not None:
+                self._items_cost -= _cost(item)
+            self._handle(item)
+        if not items:
+            self._items_cost = None
+            if self.flow is _BACKLOGGED:
+                self.flow = _FLOWING
+                if self.phase is _OPEN:
+                    out.append(_RESUME)
+            if self._input_ended:
+                self._finish_if_done(None)
+
+    def _handle(self, item: Decoded) -> None:
+        self.lines += 1
+        seq = self.lines
+        transcript = self._transcript
+        if type(item) is str:
+            if transcript:
+                self._record(self._last, "in", "line", item)
+            if item == QUIT:
+                self._bye(_QUIT, self._last)
+                return
+            if self.turn is _CLIENT:
+                self._move(_E_LINE)
+                self._pending = seq
+                self._out.append(_new(Deliver, (seq, item)))
+                return
+            before = (
+                f"the answer to line {self._pending}"
+                if self._pending
+                else "the other side's first line"
+            )
+            notice = Notice(
+                NoticeKind.ERROR,
+                OUT_OF_TURN,
+                f"line {seq} {_excerpt(item)} arrived before {before}; it was not "
+                "delivered. Wait for each answer before you send the next line.",
+            )
+        else:
+            if transcript:
+                self._record(self._last, "in", "invalid", str(item))
+            code = "line-too-long" if isinstance(item, LineTooLong) else "invalid-utf8"
+            skipped = "skipped" if isinstance(item, LineTooLong) else "refused"
+            notice = Notice(
+                NoticeKind.ERROR,
+                code,
+                f"line {seq} was {skipped}, not delivered: {item}."
+                + self._whose_turn(),
+            )
+        self._refused += 1
+        if self.stats is not None:
+            self.stats.refused_line(notice.code)
+        if self._refused == 1:  # one client cannot fill the log: the end line counts
+            self._log(
+                "info",
+                "conversation {cid}: a line was refused ({code}); later refusals "
+                "are counted in its last log line",
+                cid=self.id,
+                code=notice.code,
+            )
+        self._notice(notice, self._last)
+
+    def _whose_turn(self) -> str:
+        if self.turn is _SERVER:
+            if not self._pending:
+                return " Wait for the other side's first line."
+            return f" Line {self._pending} is still being answered."
+        return " It is your turn again."
+
+    def _finish_if_done(self, now: float | None) -> bool:
+        """After the client closed its side: bye once nothing is owed."""
+        if (
+            self._input_ended
+            and self.phase is _OPEN
+            and self.turn is _CLIENT
+            and not self._items
+        ):
+            self._bye(_END_OF_INPUT, self._last if now is None else now)
+            return True
+        return False
+
+    # -- Helpers -------------------------------------------------------------
+
+    def _move(self, event: Event) -> None:
+        self.phase, self.turn = MOVES[self.phase, self.turn, event]
+
+    def _bye(self, notice: Notice, now: float) -> None:
+        if self.phase > _OPEN:
+            return
+        self._items = _NO_ITEMS
+        self._move(_E_BYE)
+        self._flush_held(now)
+        self._notice(notice, now)
+        reason = _REASON_OF_CODE.get(notice.code, Reason.RESPONDER)
+        self._close(reason, notice.code)
+
+    def _close(self, reason: Reason, code: str) -> None:
+        if self.phase < _CLOSING:
+            self._move(_E_BYE)
+        self._items = _NO_ITEMS
+        self.reason = reason
+        self.code = code
+        self._out.append(Close(reason, code))
+
+    def _flush_held(self, now: float) -> None:
+        held, self._held_notices = self._held_notices, None
+        for notice in held or ():
+            self._notice(notice, now)
+
+    def _notice(self, notice: Notice, now: float) -> None:
+        if self._messages:
+            text = f"!{notice.kind.value} {notice.code}: {notice.text}"
+            self._emit(SendMessage(text), len(text))
+        else:
+            data = self.settings.framing.encode_notice(notice)
+            if not data:
+                return
+            self._emit(Send(data), len(data))
+        if self._transcript:
+            self._record(
+                now, "out", "notice", notice.text, notice.kind.value, notice.code
+            )
+
+    def _emit(self, action: Action, size: int) -> None:
+        self._out.append(action)
+        if self.flow >= _HOLDING:
+            self._unsent += size + ITEM_OVERHEAD
+            self._check_bound()
+
+    def _record(
+        self,
+        now: float,
+        direction: str,
+        kind: str,
+        text: str,
+        notice: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        entry = TranscriptEntry(
+            now, self.id, self.peer, direction, kind, text, notice, code
+        )
+        self._out.append(Record(entry))
+
+    def _log(self, level: str, format: str, **fields: object) -> None:
+        self._out.append(Log(level, format, tuple(fields.items())))
+
+    def _announce(self) -> None:
+        # Said when the first line comes (or the server speaks first), not
+        # at connect: a port probe or a health check logs one debug event.
+        if self._once("started"):
+            self._log(
+                "info",
+                "conversation {cid} started with {peer}",
+                cid=self.id,
+                peer=self.peer,
+            )
+
+    def _once(self, what: str) -> bool:
+        bit = _ONCE[what]
+        if self._told & bit:
+            return False
+        self._told |= bit
+        return True
+
+    def _count_items(self) -> None:
+        if self._items_cost is None:
+            self._items_cost = sum(map(_cost, self._items))
+
+    def _over_bound(self) -> bool:
+        return (self._items_cost or 0) + self._unsent > self.settings.max_output
+
+    def _check_bound(self) -> None:
+        if self.flow in (_FLOWING, _HOLDING) and self._over_bound():
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self.phase > _OPEN:
+            return
+        if self.flow is _FLOWING:
+            self.flow = _BACKLOGGED
+        elif self.flow is _HOLDING:
+            self.flow = _STOPPED
+        else:
+            return
+        self._out.append(_PAUSE)
+
+    @property
+    def held(self) -> int:
+        """Bytes of memory counted as held for this client now: lines
+        waiting, and output written since the client stopped reading."""
+        items = self._items_cost
+        if items is None:
+            items = sum(map(_cost, self._items))
+        return items + self._unsent
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a line under way that the decoder holds."""
+        if self._decoder is not None:
+            return self._decoder.buffered
+        return 0 if self._skipping else self._part_size
+
+    @property
+    def unfinished(self) -> int:
+        """Bytes of a line under way that the decoder holds or skips."""
+        if self._decoder is not None:
+            return self._decoder.unfinished
+        return self._part_size

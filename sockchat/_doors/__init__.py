@@ -1,0 +1,1 @@
+"""The doors: Twisted protocols and factories that carry bytes to and from the core."""

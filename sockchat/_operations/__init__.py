@@ -1,0 +1,1 @@
+"""Running sockchat: services, metrics, transcript files."""

@@ -1,0 +1,444 @@
+"""Services that run sockchat in a Twisted application (used by twistd).
+
+``ChatServerService`` listens and says goodbye to every client at stop
+(``WebChatService`` is its web door); ``MetricsService`` serves
+``/metrics`` and ``/healthz`` (``--metrics``) until they have all stopped;
+``OperatorConsoleService`` puts the operator's terminal behind a
+``ConsoleResponder``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import os
+import select
+import signal
+import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, Protocol, cast
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocolFactory,
+    IReactorCore,
+    IReactorTime,
+    IStreamServerEndpoint,
+)
+from twisted.internet.stdio import StandardIO
+from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+
+from sockchat._console.responder import ConsoleResponder, OperatorInput
+from sockchat._console.stdio import PASTE_OFF, PASTE_ON, BlockingModes, TerminalMode
+from sockchat._core.stats import Health
+from sockchat._doors.tcp import ChatServerFactory, describe_address
+from sockchat._doors.web import chat_site
+from sockchat._operations.prometheus import healthz_resource
+from sockchat._operations.transcript_file import TranscriptFile
+
+__all__ = [
+    "ChatServerService",
+    "MetricsService",
+    "OperatorConsoleService",
+    "TranscriptService",
+    "WebChatService",
+    "fatal",
+]
+
+log = Logger(namespace="sockchat")
+
+
+def fatal(message: str) -> SystemExit:
+    """A one-line error for twistd to print before it exits with status 1.
+
+    twistd answers a ``UsageError`` with its whole usage text; these errors
+    are about a value, so one line that names the fix is clearer.
+    """
+    return SystemExit(f"sockchat: {message}")
+
+
+class _ListeningService(Service):
+    """Listen on an endpoint, binding at once when asked to (``listen``)."""
+
+    #: The option that chose the endpoint, for error messages.
+    option = "--port"
+    #: Whether stopping says goodbye to the factory's conversations.
+    says_goodbye = True
+
+    def __init__(
+        self, reactor: Any, endpoint: IStreamServerEndpoint, description: str
+    ) -> None:
+        self._reactor = reactor
+        self._endpoint = endpoint
+        self._description = description
+        self.port: IListeningPort | None = None
+
+    def listen(self) -> None:
+        """Bind the port now; a port that cannot be had ends the program.
+
+        ``makeService`` calls this so that twistd reports a busy port in one
+        line, before it starts logging or writes its pidfile.  Services used
+        without twistd bind in ``privilegedStartService`` as usual.
+        """
+        if self.port is not None:
+            return
+        outcome: list[Any] = []
+        self._endpoint.listen(self._door()).addBoth(outcome.append)
+        if not outcome:
+            raise fatal(
+                f"{self._description} did not start listening at once; use a "
+                "tcp, tcp6, unix or ssl endpoint"
+            )
+        result = outcome[0]
+        if isinstance(result, Failure):
+            raise SystemExit(self._cannot_listen(result))
+        self.port = result
+        self._listening(result.getHost())
+
+    def _door(self) -> IProtocolFactory:
+        """What listens."""
+        raise NotImplementedError
+
+    def _listening(self, host: IAddress) -> None:
+        """Say where it listens."""
+
+    def _stop_listening(self) -> Deferred[Any]:
+        port, self.port = self.port, None
+        return maybeDeferred(port.stopListening) if port else succeed(None)
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.listen()
+
+    def _cannot_listen(self, failure: Failure) -> str:
+        error = failure.value
+        where = f"sockchat: cannot listen on {self._description}"
+        if isinstance(error, CannotListenError):
+            cause = error.socketError
+            if getattr(cause, "errno", None) == errno.EADDRINUSE:
+                return (
+                    f"{where}: the address is already in use (is another "
+                    f"server running? choose another {self.option})"
+                )
+            if getattr(cause, "errno", None) == errno.EACCES:
+                return (
+                    f"{where}: permission denied (ports below 1024 need "
+                    "privileges; choose one above 1024)"
+                )
+            return f"{where}: {cause}"
+        return f"{where}: {failure.getErrorMessage()}"
+
+
+class ChatServerService(_ListeningService):
+    """Listen on an endpoint; at stop, say goodbye to every client.
+
+    *health*, when given, says "not accepting" from the moment it stops
+    (``/healthz`` answers 503).  ``stopped`` fires once every conversation
+    has closed.
+    """
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        factory: ChatServerFactory,
+        label: str = "",
+        *,
+        health: Health | None = None,
+    ) -> None:
+        super().__init__(reactor, endpoint, description)
+        self._label = label or type(factory.responder).__name__
+        self.factory = factory
+        self.health = health
+        self.stopped: Deferred[None] = Deferred()
+
+    def _door(self) -> IProtocolFactory:
+        """What listens: the chat factory itself, for the TCP door."""
+        return self.factory
+
+    def _listening(self, host: IAddress) -> None:
+        log.info(
+            "sockchat listening on {address} ({responder} answers)",
+            address=describe_address(host),
+            responder=self._label,
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self.health is not None:
+            self.health.shutting_down()
+        stopping = self._stop_listening()
+        # Each conversation gets its bye, and is aborted if it cannot take
+        # it within the factory's close grace.
+        closing = self.factory.close_all() if self.says_goodbye else succeed(None)
+        done: Deferred[list[Any]] = gatherResults([stopping, closing])
+
+        def tell(result: object) -> None:
+            if not self.stopped.called:
+                self.stopped.callback(None)
+            if isinstance(result, Failure):
+                result.raiseException()
+
+        return done.addBoth(tell)
+
+
+class WebChatService(ChatServerService):
+    """Serve the chat page and its WebSocket (``--web``).
+
+    Browser conversations come from *factory*, which the TCP door shares:
+    one responder, one set of limits and caps, one count of conversations.
+    At stop, the TCP door's service says goodbye to all of them, once.
+    """
+
+    option = "--web"
+    says_goodbye = False
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        factory: ChatServerFactory,
+        label: str = "",
+        *,
+        secure: bool = False,
+        health: Health | None = None,
+    ) -> None:
+        super().__init__(reactor, endpoint, description, factory, label, health=health)
+        self._site = chat_site(factory)
+        if health is not None:
+            # /healthz beside the page, for a load balancer in front of it.
+            self._site.resource.putChild(b"healthz", healthz_resource(health))
+        self._scheme = "https" if secure else "http"
+
+    def _door(self) -> IProtocolFactory:
+        return self._site
+
+    def _listening(self, host: IAddress) -> None:
+        address = describe_address(host)
+        log.info(
+            "sockchat web page at {url} ({responder} answers)",
+            url=f"{self._scheme}://{address}/",
+            responder=self._label,
+        )
+
+
+class MetricsService(_ListeningService):
+    """Serve ``/metrics`` and ``/healthz`` (``--metrics``).
+
+    At stop it says "not accepting" at once, and goes on answering (503)
+    until every service in *draining* has stopped, so that a load balancer
+    sees the server leave before its port closes.
+    """
+
+    option = "--metrics"
+
+    def __init__(
+        self,
+        reactor: Any,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        site: Site,
+        health: Health,
+        draining: list[ChatServerService],
+    ) -> None:
+        super().__init__(reactor, endpoint, description)
+        self._site = site
+        self._health = health
+        self._draining = draining
+
+    def _door(self) -> IProtocolFactory:
+        return self._site
+
+    def _listening(self, host: IAddress) -> None:
+        log.info(
+            "sockchat metrics at {url}",
+            url=f"http://{describe_address(host)}/metrics",
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._health.shutting_down()
+        drained: Deferred[list[None]] = gatherResults(
+            [service.stopped for service in self._draining]
+        )
+        done = drained.addBoth(lambda _: self._stop_listening())
+        return done.addCallback(lambda _: None)
+
+
+class ConsoleFactory(Protocol):
+    """What makes the console: ``ConsoleResponder`` itself, or the like."""
+
+    def __call__(
+        self,
+        write: Callable[[str], None],
+        clock: IReactorTime,
+        *,
+        editing: bool = ...,
+        columns: Callable[[], int] | None = ...,
+    ) -> ConsoleResponder: ...
+
+
+class OperatorConsoleService(Service):
+    """Read the operator's answers from stdin; end of input stops the server.
+
+    When stdin and stdout are a terminal, the console reads it key by key
+    and edits the line itself (``TerminalMode.keys``, and bracketed paste
+    asked for), so that it can draw the prompt again with what the operator
+    had typed; the terminal's settings come back at stop, at exit (also
+    after a crash) and while the server is stopped by Ctrl-Z.  Otherwise (a
+    pipe) it reads lines, as they come.
+
+    The console writes to the terminal at once, not through a buffer, so
+    that its lines and twistd's log lines (also written at once) keep their
+    order on the screen.  A log line starts on a line of its own, and the
+    prompt it pushed up is shown again once after it: the service watches
+    the log both before twistd prints an event (it is made before twistd
+    starts logging, so its first observer comes first) and after.  Once the
+    reactor begins to shut down, the console shows no more prompts.
+    """
+
+    def __init__(self, reactor: Any, console_factory: ConsoleFactory) -> None:
+        self._reactor = reactor
+        self._modes = BlockingModes.save(0, 1)
+        self._stdio: Any = None
+        self._out = sys.__stdout__.fileno() if sys.__stdout__ else 1
+        self._terminal = TerminalMode.save(0) if os.isatty(self._out) else None
+        self._keys = False  # the terminal is in TerminalMode.keys
+        self._tstp: Any = None  # SIGTSTP's handler before ours
+        self.console = console_factory(
+            self._write,
+            reactor,
+            editing=self._terminal is not None,
+            columns=self._columns,
+        )
+        globalLogPublisher.addObserver(cast(ILogObserver, self._log_coming))
+        self._shutdown_trigger: Any = None
+
+    def _write(self, text: str) -> None:
+        _write_all(self._out, text.encode("utf-8"))
+
+    def _columns(self) -> int:
+        try:
+            return os.get_terminal_size(self._out).columns
+        except OSError:
+            return 80
+
+    def _enter_keys(self) -> None:
+        if self._terminal is not None and not self._keys:
+            self._keys = True
+            self._terminal.keys()
+            self._write(PASTE_ON)
+
+    def _leave_keys(self, *, flush: bool = True) -> None:
+        if self._terminal is not None and self._keys:
+            self._keys = False
+            self._write(PASTE_OFF)
+            self._terminal.restore(flush=flush)
+
+    def _suspend(self, signum: int, frame: FrameType | None) -> None:
+        """Ctrl-Z: give the terminal back as it was, stop; on ``fg``, take
+        it again and draw the prompt."""
+        self.console.interrupting()
+        self._leave_keys(flush=False)
+        signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTSTP)  # stopped here until SIGCONT
+        signal.signal(signal.SIGTSTP, self._suspend)
+        self._enter_keys()
+        self._reactor.callFromThread(self.console.interrupted)
+
+    def startService(self) -> None:
+        super().startService()
+        if self._terminal is not None:
+            atexit.register(self._leave_keys)
+            self._enter_keys()
+            if signal.getsignal(signal.SIGTSTP) == signal.SIG_DFL:
+                self._tstp = signal.signal(signal.SIGTSTP, self._suspend)
+        proto = OperatorInput(self.console, self._input_closed)
+        # StandardIO reads stdin; its writer gets /dev/null, so that it does
+        # not make the terminal's output non-blocking on its own account.
+        self._devnull = os.open(os.devnull, os.O_WRONLY)
+        self._stdio = StandardIO(  # type: ignore[call-arg]  # POSIX's takes stdout
+            proto, stdout=self._devnull, reactor=self._reactor
+        )
+        globalLogPublisher.addObserver(cast(ILogObserver, self._log_printed))
+        self._shutdown_trigger = IReactorCore(self._reactor).addSystemEventTrigger(
+            "before", "shutdown", self.console.close
+        )
+        self._write(
+            "sockchat operator console: client lines appear below. Type each "
+            "answer at its prompt; q ends that conversation; /help lists the "
+            "commands; end of input (Ctrl-D) stops the server.\n"
+        )
+
+    @staticmethod
+    def _printed(event: LogEvent) -> bool:
+        level = event.get("log_level")
+        return level is not None and level >= LogLevel.info
+
+    def _log_coming(self, event: LogEvent) -> None:
+        if self.running and self._printed(event):
+            self.console.interrupting()  # twistd prints this line next
+
+    def _log_printed(self, event: LogEvent) -> None:
+        if self._printed(event):
+            self.console.interrupted()  # twistd has just printed it
+
+    def _input_closed(self) -> None:
+        if self.running:
+            log.info("operator console closed (end of input); stopping the server")
+            IReactorCore(self._reactor).stop()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.console.close()
+        if self._shutdown_trigger is not None:
+            IReactorCore(self._reactor).removeSystemEventTrigger(self._shutdown_trigger)
+            self._shutdown_trigger = None
+        for observer in (self._log_coming, self._log_printed):
+            globalLogPublisher.removeObserver(cast(ILogObserver, observer))
+        if self._tstp is not None:
+            signal.signal(signal.SIGTSTP, self._tstp)
+            self._tstp = None
+        self._leave_keys()
+        atexit.unregister(self._leave_keys)
+        self._modes.restore()
+
+
+class TranscriptService(Service):
+    """Close the transcript file when the application stops."""
+
+    def __init__(self, transcript: TranscriptFile) -> None:
+        self.transcript = transcript
+
+    def startService(self) -> None:
+        super().startService()
+        log.info("transcript: appending to {path}", path=self.transcript.path)
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.transcript.close()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write all of *data*, waiting (briefly) if the terminal is busy.
+
+    On a terminal, stdin and stdout share one open file, and Twisted makes
+    stdin non-blocking, so writes to stdout can say EAGAIN.
+    """
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view) :]
+        except BlockingIOError:
+            select.select([], [fd], [], 1.0)
+        except OSError:
+            return  # the terminal is gone: nothing to show it on

@@ -1,0 +1,1 @@
+"""The responder contract, and the responders that ship (echo, pair)."""

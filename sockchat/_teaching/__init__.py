@@ -1,0 +1,1 @@
+"""Teaching mode (``--trace``): what TCP did, in the tutorial's words."""

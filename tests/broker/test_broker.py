@@ -1,0 +1,406 @@
+"""The instance side of the broker, in memory: a FakeRedisServer, a Clock,
+and the consumer side played by the test through the same commands (the
+broker protocol of docs/broker.md; sockchat.operator and sockchat.worker
+have tests of their own)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+
+from sockchat import LineRefused
+from sockchat._broker.instance import BrokerInstance, QueueResponder
+from sockchat._broker.redis import RedisError
+from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, Keys, decode, encode
+from sockchat.testing import MemoryServer, NoResultYet
+
+from fakeredis import FakeRedisServer
+
+KEYS = Keys()
+
+
+@pytest.fixture
+def logged_events():
+    """Every event logged while the test runs."""
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+def now(d: Deferred[Any]) -> Any:
+    """What a fake command's Deferred fired with (it answers at once)."""
+    out: list[Any] = []
+    d.addBoth(out.append)
+    assert out, "the fake broker did not answer at once"
+    if isinstance(out[0], Failure):
+        out[0].raiseException()
+    return out[0]
+
+
+class Desk:
+    """The consumer side of one queue, played by the test: an operator or a
+    worker, as the broker protocol has them take and answer lines."""
+
+    def __init__(self, server: FakeRedisServer, clock: Clock, group: str) -> None:
+        self.redis = server.client()
+        self.clock = clock
+        self.group = group
+        self.stream = KEYS.work(group)
+        self.name = f"{group}-desk"
+        made = self.redis.command(
+            "XGROUP", "CREATE", self.stream, group, "$", "MKSTREAM"
+        )
+        made.addErrback(lambda f: f.trap(RedisError))  # BUSYGROUP: made already
+
+    def online(self, ttl: float = 1e6, *, greets: bool = False) -> None:
+        until = self.clock.seconds() + ttl
+        about = {"v": 1, "name": self.name, "until": until, "greets": greets}
+        now(
+            self.redis.command(
+                "HSET", KEYS.consumers(self.group), self.name, json.dumps(about)
+            )
+        )
+
+    def take(self) -> tuple[str, dict[str, Any]] | None:
+        reply = now(
+            self.redis.command(
+                "XREADGROUP",
+                "GROUP",
+                self.group,
+                self.name,
+                "COUNT",
+                1,
+                "STREAMS",
+                self.stream,
+                ">",
+            )
+        )
+        if not reply:
+            return None
+        [[_, entries]] = reply
+        [[entry, fields]] = entries
+        assert fields[0] == b"m"
+        return entry.decode(), decode(fields[1])
+
+    def take_line(self, kind: str = "line") -> tuple[str, dict[str, Any]]:
+        while True:
+            taken = self.take()
+            assert taken is not None, f"no {kind} was waiting"
+            if taken[1]["kind"] == kind:
+                return taken
+
+    def send(self, instance: str, kind: str, **fields: Any) -> None:
+        now(self.redis.command("RPUSH", KEYS.inbox(instance), encode(kind, **fields)))
+
+    def answer(self, taken: tuple[str, dict[str, Any]], text: str) -> None:
+        entry, message = taken
+        self.send(
+            message["instance"], "answer", conv=message["conv"], entry=entry, text=text
+        )
+        now(self.redis.command("XACK", self.stream, self.group, entry))
+
+    def length(self) -> int:
+        """How many lines (not lifecycle items) are on the stream."""
+        entries = now(self.redis.command("XRANGE", self.stream, "-", "+"))
+        return sum(decode(fields[1])["kind"] == "line" for _, fields in entries)
+
+
+class Cluster:
+    """One instance ("i1") on a fake broker, and a MemoryServer in front."""
+
+    def __init__(self, group: str = "workers", **options: Any) -> None:
+        self.clock = Clock()
+        self.broker = FakeRedisServer(self.clock)
+        self.instance = BrokerInstance(
+            self.broker.client(),
+            self.broker.client(),
+            self.clock,
+            "i1",
+            "redis://fake:6379/0",
+        )
+        self.desk = Desk(self.broker, self.clock, group)
+        self.desk.online()
+        self.responder = QueueResponder(
+            self.instance, group, lifecycle=group == "workers"
+        )
+        self.instance.start()
+        self.server = MemoryServer(self.responder, clock=self.clock, **options)
+
+    def advance(self, seconds: float = 0) -> None:
+        self.server.advance(seconds)
+
+
+def test_a_line_goes_to_the_queue_and_its_answer_comes_back():
+    c = Cluster()
+    talk = c.server.connect()
+    said = talk.say("hello")
+    c.advance()
+    entry, message = c.desk.take_line()
+    assert message["instance"] == "i1"
+    assert message["text"] == "hello"
+    assert message["n"] == 1
+    assert message["peer"].startswith("127.0.0.1:")
+    c.desk.answer((entry, message), "hi there")
+    c.advance(1)
+    assert c.server.result(said) == "hi there"
+    assert c.desk.length() == 0, "an answered line's entry is deleted"
+
+
+def test_a_line_is_never_answered_twice_and_a_late_answer_is_ignored():
+    c = Cluster(answer_timeout=30)
+    talk = c.server.connect()
+    first = talk.say("one")
+    c.advance()
+    taken = c.desk.take_line()
+    c.desk.answer(taken, "first answer")
+    c.desk.answer(taken, "second answer")  # a reclaimed copy, say
+    c.advance(1)
+    assert c.server.result(first) == "first answer"
+    second = talk.say("two")
+    c.advance()
+    late = c.desk.take_line()
+    c.advance(31)  # the answer timeout passes
+    with pytest.raises(LineRefused) as refused:
+        c.server.result(second)
+    assert refused.value.notice.code == "responder-timeout"
+    assert c.desk.length() == 0, "a timed-out line's entry is deleted"
+    c.desk.answer(late, "too late")
+    c.advance(1)
+    third = talk.say("three")
+    c.advance()
+    c.desk.answer(c.desk.take_line(), "answer to three")
+    c.advance(1)
+    assert c.server.result(third) == "answer to three"
+
+
+def test_a_client_that_leaves_takes_its_waiting_line_off_the_queue():
+    c = Cluster()
+    talk = c.server.connect()
+    talk.say("anyone?")
+    c.advance()
+    assert c.desk.length() == 1
+    talk.abort()
+    c.advance()
+    assert c.desk.length() == 0
+
+
+def test_no_worker_running_is_said_at_once():
+    c = Cluster()
+    now(c.desk.redis.command("DEL", KEYS.consumers("workers")))
+    c.advance(HEARTBEAT)
+    talk = c.server.connect()
+    with pytest.raises(LineRefused) as refused:
+        c.server.say(talk, "hello?")
+    assert refused.value.notice.code == "unavailable"
+    assert "no worker is running" in refused.value.notice.text
+    assert talk.my_turn
+
+
+def test_a_worker_whose_heartbeat_stopped_does_not_count():
+    c = Cluster()
+    c.desk.online(ttl=HEARTBEAT_TTL)
+    c.advance(HEARTBEAT_TTL + HEARTBEAT)  # the desk never beat again
+    talk = c.server.connect()
+    with pytest.raises(LineRefused, match="no worker is running"):
+        c.server.say(talk, "hello?")
+
+
+def test_with_no_operator_online_the_client_is_told_its_line_waits():
+    c = Cluster("operators")
+    now(c.desk.redis.command("DEL", KEYS.consumers("operators")))
+    c.advance(HEARTBEAT)
+    notices = []
+    talk = c.server.connect(on_notice=notices.append)
+    said = talk.say("help!")
+    c.advance(600)  # no answer timeout for people, and no idle timeout
+    assert [n.code for n in notices][-1] == "queued"
+    with pytest.raises(NoResultYet):
+        c.server.result(said)
+    c.desk.answer(c.desk.take_line(), "sorry for the wait")
+    c.advance(1)
+    assert c.server.result(said) == "sorry for the wait"
+
+
+def test_broker_lost_new_lines_get_unavailable_then_it_comes_back(logged_events):
+    c = Cluster()
+    talk = c.server.connect()
+    c.broker.stop()
+    for _ in range(3):
+        with pytest.raises(LineRefused) as refused:
+            c.server.say(talk, "are you there?")
+        assert refused.value.notice.code == "unavailable"
+        assert "unreachable" in refused.value.notice.text
+    lost = [e for e in logged_events if "lost the broker" in e["log_format"]]
+    assert len(lost) == 1, "the loss is logged once, not once per line"
+    c.broker.start()
+    c.advance(HEARTBEAT)
+    said = talk.say("now?")
+    c.advance()
+    c.desk.answer(c.desk.take_line(), "yes")
+    c.advance(1)
+    assert c.server.result(said) == "yes"
+    back = [e for e in logged_events if e["log_format"].startswith("the broker at")]
+    assert len(back) == 1
+
+
+def test_a_queued_line_the_broker_lost_gets_unavailable():
+    c = Cluster("operators")
+    talk = c.server.connect()
+    said = talk.say("will you lose me?")
+    c.advance()
+    c.broker.stop()
+    c.broker.start(flush=True)  # restarted without its data
+    c.advance(HEARTBEAT)
+    with pytest.raises(LineRefused) as refused:
+        c.server.result(said)
+    assert refused.value.notice.code == "unavailable"
+    assert "lost this line" in refused.value.notice.text
+    assert talk.my_turn
+
+
+def test_a_queued_line_the_broker_kept_is_still_answered():
+    c = Cluster("operators")
+    talk = c.server.connect()
+    said = talk.say("still there?")
+    c.advance()
+    c.broker.stop()
+    c.broker.start()
+    c.advance(HEARTBEAT)
+    c.desk.answer(c.desk.take_line(), "kept")
+    c.advance(1)
+    assert c.server.result(said) == "kept"
+
+
+def test_notices_and_kicks_from_the_consumer_side_reach_the_client():
+    c = Cluster("operators")
+    notices = []
+    talk = c.server.connect(on_notice=notices.append)
+    c.desk.send("i1", "notify", conv=1, code="hold-on", text="an operator is reading")
+    c.advance(1)
+    assert ("hold-on", "an operator is reading") in [(n.code, n.text) for n in notices]
+    c.desk.send("i1", "end", conv=1, code="kicked", text="by the operator")
+    c.advance(1)
+    assert notices[-1].code == "kicked"
+    assert c.server.result(talk.when_ended()).notice.code == "kicked"
+
+
+def test_a_message_of_another_protocol_is_refused_and_logged_once(logged_events):
+    c = Cluster()
+    talk = c.server.connect()
+    for _ in range(3):
+        now(
+            c.desk.redis.command(
+                "RPUSH",
+                KEYS.inbox("i1"),
+                json.dumps({"v": 2, "kind": "answer", "conv": 1}),
+            )
+        )
+    c.advance(1)
+    refused = [e for e in logged_events if "broker protocol 2" in e.get("why", "")]
+    assert len(refused) == 1
+    assert talk.my_turn
+
+
+def test_a_failed_answer_gives_the_client_its_turn_back():
+    c = Cluster()
+    talk = c.server.connect()
+    said = talk.say("divide by zero")
+    c.advance()
+    entry, message = c.desk.take_line()
+    c.desk.send(
+        "i1",
+        "failed",
+        conv=message["conv"],
+        entry=entry,
+        why="the responder raised ZeroDivisionError",
+    )
+    c.advance(1)
+    with pytest.raises(LineRefused) as refused:
+        c.server.result(said)
+    assert refused.value.notice.code == "responder-failed"
+    assert "ZeroDivisionError" in refused.value.notice.text
+
+
+def test_the_heartbeat_and_the_clients_hash():
+    c = Cluster("operators")
+    redis = c.desk.redis
+    assert now(redis.command("EXISTS", KEYS.instance("i1"))) == 1
+    assert 0 < now(redis.command("PTTL", KEYS.instance("i1"))) <= HEARTBEAT_TTL * 1000
+    talk = c.server.connect()
+    talk.say("listed?")
+    c.advance()
+    [raw] = now(redis.command("HGETALL", KEYS.clients("i1")))[1::2]
+    listed = json.loads(raw)
+    assert listed["id"] == 1
+    assert listed["text"] == "listed?"
+    assert listed["waiting"] is not None
+    c.advance(HEARTBEAT_TTL * 3)  # it beats all along
+    assert now(redis.command("EXISTS", KEYS.instance("i1"))) == 1
+    now(c.instance.stop())
+    assert now(redis.command("EXISTS", KEYS.instance("i1"))) == 0
+    assert now(redis.command("EXISTS", KEYS.clients("i1"))) == 0
+
+
+def test_a_dead_instance_is_seen_at_the_next_heartbeat():
+    c = Cluster()
+    other = BrokerInstance(c.broker.client(), c.broker.client(), c.clock, "i2", "fake")
+    other.start()
+    c.advance(HEARTBEAT)
+    assert c.instance.alive("i2")
+    other._heart.stop()  # killed: it beats no more
+    c.advance(HEARTBEAT_TTL + HEARTBEAT)
+    assert not c.instance.alive("i2")
+
+
+def test_workers_whose_responder_has_hooks_speak_first():
+    c = Cluster()
+    c.desk.online(greets=True)
+    c.advance(HEARTBEAT)
+    notices = []
+    talk = c.server.connect(on_notice=notices.append)
+    assert notices[0].code == "listen"
+    entry, message = c.desk.take_line("started")
+    assert message["opening"] is True
+    c.desk.answer((entry, message), "hello, I am the bot")
+    c.advance(1)
+    assert c.server.result(talk.listen()) == "hello, I am the bot"
+    said = talk.say("and now?")
+    c.advance()
+    c.desk.answer(c.desk.take_line(), "now you")
+    c.advance(1)
+    assert c.server.result(said) == "now you"
+
+
+def test_workers_without_hooks_let_the_client_speak_first():
+    c = Cluster()
+    notices = []
+    talk = c.server.connect(on_notice=notices.append)
+    assert notices[0].code == "welcome"
+    assert talk.my_turn
+    _, started = c.desk.take_line("started")
+    assert "opening" not in started
+
+
+def test_a_line_said_while_the_first_connections_are_made_waits_for_them():
+    clock = Clock()
+    broker = FakeRedisServer(clock)
+    instance = BrokerInstance(broker.client(), broker.client(), clock, "i1", "fake")
+    desk = Desk(broker, clock, "operators")
+    desk.online()
+    server = MemoryServer(QueueResponder(instance, "operators"), clock=clock)
+    talk = server.connect()
+    said = talk.say("early")
+    server.advance(1)
+    assert desk.length() == 0
+    instance.start()
+    server.advance(1)
+    desk.answer(desk.take_line(), "not too early")
+    server.advance(1)
+    assert server.result(said) == "not too early"

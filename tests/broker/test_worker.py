@@ -1,0 +1,262 @@
+"""Workers (sockchat._broker.consumer.WorkerHandler), in memory: any responder that
+``--responder`` takes answers through the broker, with its lifecycle hooks
+and an ``IConversation`` whose notify/end reach the instance."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from broker_instance import FakeInstance, World
+from twisted.internet.defer import Deferred
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from sockchat import (
+    ConversationInfo,
+    IConversation,
+    ILifecycle,
+    IResponder,
+    as_responder,
+)
+from sockchat._broker.consumer import Consumer, RemoteConversation, WorkerHandler
+
+GROUP = "workers"
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def worker(world: World, responder: Any, concurrency: int = 4) -> Consumer:
+    handler = WorkerHandler(
+        as_responder(responder), lambda *a, **k: consumer.send(*a, **k)
+    )
+    consumer = world.consumer(handler, capacity=concurrency, group=GROUP)
+    return consumer
+
+
+@implementer(IResponder, ILifecycle)
+class Greeter:
+    def __init__(self) -> None:
+        self.talking: dict[int, IConversation] = {}
+        self.endings: list[tuple[int, str]] = []
+
+    def started(self, conversation: IConversation) -> str:
+        self.talking[conversation.info.id] = conversation
+        conversation.notify("welcome", "you are talking to a worker")
+        return f"hello, {conversation.info.peer}"
+
+    def ended(self, conversation: IConversation, reason: str) -> None:
+        del self.talking[conversation.info.id]
+        self.endings.append((conversation.info.id, reason))
+
+    def respond(self, conversation: ConversationInfo, text: str) -> str:
+        if text == "kick me":
+            self.talking[conversation.id].end("kicked", "as you wished")
+        return f"{conversation.id}: {text.upper()}"
+
+
+def test_a_line_is_answered_by_the_responder(world: World) -> None:
+    worker(world, lambda conversation, text: text[::-1])
+    entry = world.instance.work(GROUP, 3, "olleh")
+    assert world.instance.inbox() == [
+        {
+            "v": 1,
+            "kind": "answer",
+            "conv": 3,
+            "entry": entry,
+            "text": "hello",
+            "by": "operator c1",
+        }
+    ]
+
+
+def test_started_may_speak_first_and_its_conversation_notifies_and_ends(
+    world: World,
+) -> None:
+    greeter = Greeter()
+    worker(world, greeter)
+    started = world.instance.work(GROUP, 5, kind="started", peer="10.0.0.1:99")
+    line = world.instance.work(GROUP, 5, "kick me")
+    messages = world.instance.inbox()
+    assert [(m["kind"], m.get("entry"), m.get("text")) for m in messages] == [
+        ("notify", None, "you are talking to a worker"),
+        ("answer", started, "hello, 10.0.0.1:99"),
+        ("end", None, "as you wished"),
+        ("answer", line, "1: KICK ME"),
+    ]
+    assert messages[0]["code"] == "welcome"
+    assert messages[2]["code"] == "kicked"
+    assert {m["conv"] for m in messages} == {5}
+    world.instance.work(GROUP, 5, kind="ended", reason="kicked")
+    assert greeter.endings == [(1, "kicked")]
+    assert world.instance.inbox() == []
+    assert world.instance.stream_length(GROUP) == 1  # the line: the instance XDELs it
+
+
+def test_started_that_returns_nothing_owes_nothing(world: World) -> None:
+    @implementer(IResponder, ILifecycle)
+    class Quiet:
+        def started(self, conversation: IConversation) -> None:
+            return None
+
+        def ended(self, conversation: IConversation, reason: str) -> None:
+            pass
+
+        def respond(self, conversation: ConversationInfo, text: str) -> str:
+            return text
+
+    worker(world, Quiet())
+    world.instance.work(GROUP, 1, kind="started")
+    assert world.instance.inbox() == []
+    assert world.instance.stream_length(GROUP) == 0
+    assert world.instance.pending(GROUP) == []
+
+
+def test_conversations_of_two_instances_get_ids_of_their_own(world: World) -> None:
+    seen: list[ConversationInfo] = []
+
+    def respond(conversation: ConversationInfo, text: str) -> str:
+        seen.append(conversation)
+        return "ok"
+
+    worker(world, respond)
+    other = FakeInstance(world.server.client(), name="i2")
+    world.instance.work(GROUP, 1, "a", peer="1.1.1.1:1")
+    other.work(GROUP, 1, "b", peer="2.2.2.2:2")
+    world.instance.work(GROUP, 1, "c", peer="1.1.1.1:1")
+    assert seen == [
+        ConversationInfo(1, "1.1.1.1:1"),
+        ConversationInfo(2, "2.2.2.2:2"),
+        ConversationInfo(1, "1.1.1.1:1"),
+    ]
+    assert [m["text"] for m in other.inbox()] == ["ok"]
+
+
+def test_a_responder_that_raises_sends_failed(world: World) -> None:
+    def respond(conversation: ConversationInfo, text: str) -> str:
+        raise ValueError("no")
+
+    worker(world, respond)
+    entry = world.instance.work(GROUP, 2, "x")
+    assert world.instance.inbox() == [
+        {
+            "v": 1,
+            "kind": "failed",
+            "conv": 2,
+            "entry": entry,
+            "why": "the responder raised ValueError",
+        }
+    ]
+
+
+def test_an_answer_that_is_not_a_str_is_failed(world: World) -> None:
+    worker(world, lambda conversation, text: 42)
+    world.instance.work(GROUP, 2, "x")
+    assert [(m["kind"], m["why"]) for m in world.instance.inbox()] == [
+        ("failed", "the responder answered with int")
+    ]
+
+
+def test_async_and_deferred_answers(world: World) -> None:
+    async def think(conversation: ConversationInfo, text: str) -> str:
+        await later
+        return f"thought about {text}"
+
+    later: Deferred[None] = Deferred()
+    worker(world, think)
+    world.instance.work(GROUP, 1, "it")
+    assert world.instance.inbox() == []
+    later.callback(None)
+    assert [m["text"] for m in world.instance.inbox()] == ["thought about it"]
+
+
+def test_concurrency_lines_are_answered_at_once(world: World) -> None:
+    waiting: list[Deferred[str]] = []
+
+    def respond(conversation: ConversationInfo, text: str) -> Deferred[str]:
+        d: Deferred[str] = Deferred()
+        waiting.append(d)
+        return d
+
+    worker(world, respond, concurrency=3)
+    for conv in range(1, 6):
+        world.instance.work(GROUP, conv, "x")
+    world.run(0.5)
+    assert len(waiting) == 3
+    waiting[0].callback("one")
+    world.run(0.5)
+    assert len(waiting) == 4
+
+
+def test_a_line_that_stops_being_wanted_cancels_the_answer(world: World) -> None:
+    cancelled: list[str] = []
+
+    def respond(conversation: ConversationInfo, text: str) -> Deferred[str]:
+        return Deferred(lambda _: cancelled.append(text))
+
+    worker(world, respond)
+    entry = world.instance.work(GROUP, 1, "slow")
+    world.instance.done(GROUP, entry)  # the client left
+    world.run(2.5)
+    assert cancelled == ["slow"]
+    assert world.instance.inbox() == []
+
+
+def test_a_worker_killed_mid_answer_is_replaced_by_another(world: World) -> None:
+    def never(conversation: ConversationInfo, text: str) -> Deferred[str]:
+        return Deferred()
+
+    doomed = worker(world, never)
+    worker(world, lambda conversation, text: f"second worker: {text}")
+    entry = world.instance.work(GROUP, 1, "are you there")
+    assert world.instance.pending(GROUP) == [(entry, "c1")]
+    world.kill(doomed)
+    world.run(12)
+    assert [(m["entry"], m["text"]) for m in world.instance.inbox()] == [
+        (entry, "second worker: are you there")
+    ]
+
+
+def test_the_remote_conversation_provides_iconversation() -> None:
+    conversation = RemoteConversation(
+        ConversationInfo(1, "x"), "i1", 3, lambda *a, **k: None
+    )
+    assert verifyObject(IConversation, conversation)
+    assert conversation.key == "i1/3"
+
+
+def test_a_worker_says_at_its_heartbeat_whether_its_responder_speaks_first(
+    world: World,
+) -> None:
+    import json
+
+    worker(world, Greeter())
+    worker(world, lambda conversation, text: text)
+    world.run(0.5)
+    seen = world.instance.run("HGETALL", world.instance.keys.consumers(GROUP))
+    greets = sorted(json.loads(v)["greets"] for v in seen[1::2])
+    assert greets == [False, True]
+
+
+def test_an_opening_asked_for_but_not_given_is_said_to_have_failed(
+    world: World,
+) -> None:
+    @implementer(IResponder, ILifecycle)
+    class Quiet:
+        def started(self, conversation: IConversation) -> None:
+            return None
+
+        def ended(self, conversation: IConversation, reason: str) -> None:
+            pass
+
+        def respond(self, conversation: ConversationInfo, text: str) -> str:
+            return text
+
+    worker(world, Quiet())
+    started = world.instance.work(GROUP, 1, kind="started", opening=True)
+    [message] = world.instance.inbox()
+    assert (message["kind"], message["entry"]) == ("failed", started)
+    assert "gave no first line" in message["why"]

@@ -1,0 +1,345 @@
+"""examples/cluster/ runs as README's "Scaling out" says (issue 13, item 6).
+
+Each test starts ``python examples/cluster/run.py --responder ...`` (a real
+redis-server, two real twistd instances behind a real haproxy with
+send-proxy, and real workers), runs the real client through haproxy with
+the command run.py prints, stops run.py with Ctrl-C (SIGINT) and checks
+that every process it listed is gone.
+
+Each client connects from an address of its own in 127.0.0.0/8
+(``bindAddress=127.0.0.N``), while haproxy connects to the instances from
+127.0.0.1: so an instance's log naming 127.0.0.N proves that it saw the
+client's real address through the PROXY protocol.  haproxy balances round
+robin, so two clients that connect one after the other reach the two
+instances; the instances' logs say which reached which, and the tests
+check it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from processes import Reader, need_tool
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+RUN = ROOT / "examples" / "cluster" / "run.py"
+LISTED = re.compile(r"^  (\S+(?: \S+)?)\s+pid (\d+)\s+(.*?)  log (\S+)$", re.M)
+FOLDER = re.compile(r"^sockchat cluster \(--responder \w+\) in (.+):$", re.M)
+COMMAND = re.compile(r"^  ([\w ]+): (.+)$", re.M)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has ended; only its parent has not reaped it yet.
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+class Cluster:
+    """``examples/cluster/run.py`` as a person runs it, stopped with Ctrl-C."""
+
+    def __init__(self, responder: str, *extra: str) -> None:
+        need_tool("redis-server", "redis-server")
+        need_tool("haproxy", "haproxy")
+        self.proc = subprocess.Popen(
+            [sys.executable, str(RUN), "--responder", responder, *extra],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        self.reader = Reader(self.proc.stdout)
+        self.summary = self.reader.until(b"Ctrl-C stops", timeout=90).decode()
+        self.folder = Path(FOLDER.search(self.summary).group(1))
+        self.pids = {name: int(pid) for name, pid, _, _ in LISTED.findall(self.summary)}
+        self.logs = {
+            name: self.folder / log for name, _, _, log in LISTED.findall(self.summary)
+        }
+        self.commands = {
+            name: shlex.split(command)
+            for name, command in COMMAND.findall(self.summary)
+            if name == "client" or name.startswith("operator ")
+        }
+
+    def log(self, name: str) -> str:
+        return self.logs[name].read_text(errors="replace")
+
+    def stop(self) -> str:
+        """Ctrl-C; what run.py printed from then on."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        finally:
+            left = [pid for pid in self.pids.values() if alive(pid)]
+            for pid in left:  # never leave them behind, even when failing
+                os.kill(pid, signal.SIGKILL)
+        rest = self.reader.rest().decode(errors="replace")
+        self.proc.stdout.close()
+        assert left == [], f"left running: {left}; run.py said: {rest}"
+        return rest
+
+    def __enter__(self) -> Cluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.stop()
+
+
+def client(cluster: Cluster, address: str, stdin: bytes) -> subprocess.Popen[bytes]:
+    """The client command run.py printed, from *address*, piped."""
+    command = list(cluster.commands["client"])
+    at = command.index("--connect") + 1
+    command[at] += f":bindAddress={address}"
+    proc = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(stdin)
+    proc.stdin.flush()
+    return proc
+
+
+def finish(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> str:
+    """Its answers (stdout), then its notices (stderr); it must exit 0."""
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, (proc.returncode, out, err)
+    return (out + b"\n" + err).decode(errors="replace")
+
+
+STARTED = re.compile(r"\bconversation \d+ started with (\S+)")
+
+
+def starts(cluster: Cluster) -> dict[str, list[str]]:
+    """The peers each instance has logged a conversation's start with (at a
+    conversation's first line: a health check, which says nothing, is not
+    one)."""
+    return {
+        name: STARTED.findall(cluster.log(name))
+        for name in ("instance one", "instance two")
+    }
+
+
+def new_start(
+    cluster: Cluster, before: dict[str, list[str]], timeout: float = 15.0
+) -> tuple[str, str]:
+    """The one instance that logged one more start since *before*, and the
+    peer it logged."""
+    deadline = time.monotonic() + timeout
+    while True:
+        now = starts(cluster)
+        grown = [name for name in now if len(now[name]) > len(before[name])]
+        if grown:
+            assert len(grown) == 1, f"both instances started one: {now}"
+            (name,) = grown
+            assert len(now[name]) == len(before[name]) + 1, now
+            return name, now[name][-1]
+        assert time.monotonic() < deadline, f"no instance logged a start: {now}"
+        time.sleep(0.1)
+
+
+def test_workers_answer_clients_of_both_instances_and_everything_stops():
+    with Cluster("workers") as cluster:
+        assert set(cluster.pids) == {
+            "redis-server",
+            "instance one",
+            "instance two",
+            "haproxy",
+            "worker 1",
+            "worker 2",
+        }
+        # One after the other, so that round robin sends them to both.
+        before = starts(cluster)
+        first = finish(client(cluster, "127.0.0.2", b"port\nq\n"))
+        one, _ = new_start(cluster, before)
+        before = starts(cluster)
+        second = finish(client(cluster, "127.0.0.3", b"tcp\nq\n"))
+        two, _ = new_start(cluster, before)
+        assert {one, two} == {"instance one", "instance two"}
+        # The bot, in a worker, answered each; its answers went back to the
+        # instance that holds the client.
+        assert "sockchat listens on 127.0.0.1:9527" in first, first
+        assert "TCP gives an ordered byte stream" in second, second
+        # Its started hook, in a worker, greeted each with its real address.
+        assert "hello, 127.0.0.2:" in first, first
+        assert "hello, 127.0.0.3:" in second, second
+        folder = cluster.folder
+        assert folder.is_dir()
+        said = cluster.stop()
+    assert "stopped." in said
+    assert not folder.exists(), "the temporary folder was left behind"
+
+
+def test_two_piped_operators_answer_clients_of_both_instances(tmp_path):
+    logs = tmp_path / "cluster"
+    with Cluster("operators", "--dir", str(logs)) as cluster:
+        assert set(cluster.commands) == {"client", "operator ann", "operator bob"}
+        operators = {}
+        for name in ("ann", "bob"):
+            operators[name] = subprocess.Popen(
+                cluster.commands[f"operator {name}"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            # One answer per line it takes; more than it can be given.
+            operators[name].stdin.write(
+                b"".join(f"{name} answers {n}\n".encode() for n in range(1, 4))
+            )
+            operators[name].stdin.flush()
+        try:
+            before = starts(cluster)
+            first = finish(client(cluster, "127.0.0.2", b"hello\nq\n"))
+            one, _ = new_start(cluster, before)
+            before = starts(cluster)
+            second = finish(client(cluster, "127.0.0.3", b"hi again\nq\n"))
+            two, _ = new_start(cluster, before)
+            assert {one, two} == {"instance one", "instance two"}
+            answer = re.compile(r"^(ann|bob) answers \d$", re.M)
+            assert answer.search(first), first
+            assert answer.search(second), second
+        finally:
+            for proc in operators.values():
+                proc.stdin.close()  # end of input: a clean quit
+            for proc in operators.values():
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGTERM)
+                    proc.wait(15)
+                proc.stdout.close()
+        cluster.stop()
+    # --dir keeps the logs, with the instances' and haproxy's own.
+    assert {p.name for p in logs.iterdir()} >= {
+        "one.log",
+        "two.log",
+        "haproxy.log",
+        "haproxy.cfg",
+        "redis.log",
+    }
+
+
+def pair_across(cluster: Cluster) -> tuple[str, str, dict[str, str]]:
+    """Alice (from 127.0.0.2), then Bob (127.0.0.3) talk as a pair, and
+    each quits; return what each saw and, per instance, the peer it logged."""
+    before = starts(cluster)
+    alice = client(cluster, "127.0.0.2", b"hello from alice\nq\n")
+    bob = None
+    try:
+        # She says her line while she waits: that logs her start.
+        alice_at, alice_peer = new_start(cluster, before, timeout=20)
+        before = starts(cluster)
+        bob = client(cluster, "127.0.0.3", b"hello from bob\n")
+        to_alice = finish(alice)
+        to_bob = finish(bob)  # his end of input sends q, if he still talks
+        bob_at, bob_peer = new_start(cluster, before)
+    finally:
+        for proc in (alice, bob):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return to_alice, to_bob, {alice_at: alice_peer, bob_at: bob_peer}
+
+
+def test_a_pair_spans_the_two_instances_which_see_the_real_addresses():
+    with Cluster("pair") as cluster:
+        assert "worker 1" not in cluster.pids
+        to_alice, to_bob, peers = pair_across(cluster)
+        cluster.stop()
+    assert set(peers) == {"instance one", "instance two"}
+    assert "hello from bob" in to_alice, to_alice
+    assert "hello from alice" in to_bob, to_bob
+    # haproxy connects from 127.0.0.1; the clients from 127.0.0.2 and .3.
+    assert (
+        peers["instance one"].rsplit(":", 1)[0]
+        != peers["instance two"].rsplit(":", 1)[0]
+    )
+    assert sorted(peer.rsplit(":", 1)[0] for peer in peers.values()) == [
+        "127.0.0.2",
+        "127.0.0.3",
+    ]
+
+
+class Raw:
+    """A raw line connection through haproxy, from *address*."""
+
+    def __init__(self, port: int, address: str) -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=10, source_address=(address, 0)
+        )
+        self.sock.setblocking(False)
+        self.reader = Reader(self.sock.makefile("rb", buffering=0))
+
+    def say(self, text: str) -> None:
+        self.sock.sendall(text.encode() + b"\n")
+
+    def until(self, text: bytes, timeout: float = 15.0) -> bytes:
+        return self.reader.until(text, timeout)
+
+    def close(self) -> None:
+        self.reader.stream.close()
+        self.sock.close()
+
+
+def test_a_partner_leaving_after_the_first_lines_crossed_ends_the_pair():
+    with Cluster("pair") as cluster:
+        port = int(cluster.commands["client"][-1].rsplit(":", 1)[1])
+        alice = Raw(port, "127.0.0.2")
+        bob = None
+        try:
+            alice.until(b"!info waiting: ")
+            alice.say("hello from alice")  # kept for her partner
+            bob = Raw(port, "127.0.0.3")
+            bob.say("hello from bob")  # a newcomer has the turn at once
+            paired = bob.until(b"!info paired: ")
+            paired += bob.until(b"\n")
+            assert b"their first line is your answer" in paired, paired
+            bob.until(b"hello from alice\n")
+            alice.until(b"hello from bob\n")
+            alice.say("q")
+            alice.until(b"!bye quit: ")
+            seen = bob.until(b"!bye ", timeout=15) + bob.until(b"\n")
+            assert b"!bye partner-left: " in seen, seen
+        finally:
+            alice.close()
+            if bob is not None:
+                bob.close()
+        cluster.stop()
+
+
+def test_run_py_says_in_one_line_which_tool_is_missing(tmp_path):
+    """Without redis-server on PATH: one line, exit 1, nothing started."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("haproxy",):  # haproxy is there; redis-server is not
+        (bin_dir / tool).symlink_to("/bin/true")
+    done = subprocess.run(
+        [sys.executable, str(RUN), "--responder", "pair", "--dir", str(tmp_path / "c")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PATH": str(bin_dir)},
+    )
+    assert done.returncode == 1, done
+    assert done.stderr.strip().splitlines() == [
+        "run.py: redis-server is not installed (apt-get install redis-server)"
+    ]
+    assert list((tmp_path / "c").iterdir()) == []
