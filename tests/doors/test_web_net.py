@@ -68,6 +68,10 @@ class Raw:
         try:
             self.sock.sendall(data)
         except OSError:
+            # The server closed, and our send met its reset: what it wrote
+            # before closing is still queued here (Linux purges only the
+            # send queue on a reset), so read it before calling this ended.
+            self.poll()
             self.ended = True
 
     def poll(self) -> None:
@@ -76,7 +80,7 @@ class Raw:
                 data = self.sock.recv(65536)
             except BlockingIOError:
                 return
-            except OSError:  # reset
+            except OSError:  # reset, after any data queued before it
                 self.ended = True
                 return
             if not data:
