@@ -1,5 +1,8 @@
 """Teaching mode (``--trace``): what TCP is doing, in plain words, with numbers.
 
+Every statement is an observation that names its source (a read's bytes,
+``TCP_INFO``, ``ss``, a captured packet) or is worded as an inference.
+
 This module decides every fact and every word of the trace, with no I/O:
 the Twisted glue (``_tracing.py``) hands it addresses, the bytes of each
 read, the kernel's ``TCP_INFO`` bytes, the order of the FINs and the output
@@ -11,10 +14,18 @@ of ``ss``, each with the time, and prints the lines it gets back.
   three-way handshake was done before ``accept``/``connect`` returned.
 - ``ReadTracker`` turns each read into a ``ReadFact``: its bytes, the lines
   it ended, and whether a line began in an earlier read (split) or several
-  lines came at once (sticky); ``describe_read`` says so.
+  lines came in one read (粘包); ``describe_read`` says so, about the read
+  and its lines only: TCP keeps no trace of the sender's ``send()`` calls,
+  so they are spoken of only where captured packets show the segments.
 - ``CloseTracker`` notes who sent FIN first; ``describe_close`` says which
-  side holds TIME_WAIT and for how long, and ``check_time_wait`` compares
-  that with what ``ss -tanoH state time-wait`` shows.
+  side holds TIME_WAIT and for how long, states only what this side saw
+  (the other side's FIN, a ``Reset`` and where it was seen, what showed a
+  half-close), and words the rest as what it would be; ``describe_reset``
+  and ``describe_fin`` say a reset and a FIN as they are seen.
+- ``check_time_wait`` compares the trace with what ``ss -tanoH`` shows, and
+  says "agrees" only about what ``ss`` could see: an end that is not on
+  this machine is "not checked"; with both ends here and no TIME_WAIT at
+  either, the close did not end in order (most likely an RST).
 - ``TraceBudget`` bounds the per-read lines: at most ``per_second`` a
   second per conversation, and the rest are counted and said once.
 """
@@ -31,6 +42,7 @@ from attrs import frozen
 
 __all__ = [
     "READS_PER_SECOND",
+    "RST_MEANS",
     "TCP_INFO_SIZE",
     "TIME_WAIT_SECONDS",
     "Address",
@@ -38,14 +50,19 @@ __all__ = [
     "KernelCheck",
     "ReadFact",
     "ReadTracker",
+    "Reset",
     "Side",
     "SocketState",
     "TcpInfo",
     "TraceBudget",
+    "Verdict",
+    "both_ends_here",
     "check_time_wait",
     "describe_close",
     "describe_connection",
+    "describe_fin",
     "describe_read",
+    "describe_reset",
     "describe_tcp_info",
     "describe_turn",
     "parse_ss",
@@ -340,15 +357,26 @@ def _plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 's'}"
 
 
-def describe_read(fact: ReadFact, sender: Side) -> str:
-    """One read, in plain words: the sticky packet (粘包) and the split one."""
+def describe_read(fact: ReadFact, sender: Side, *, segments: int | None = None) -> str:
+    """One read, in plain words: several lines in one read (粘包), one line
+    over several reads (拆包).
+
+    What is said is about this read and its lines: TCP keeps no trace of the
+    *sender*'s ``send()`` calls, so nothing is said about them.  *segments*
+    is how many TCP segments brought this read's bytes, where captured
+    packets show it (None: no packets).
+    """
     shown = repr(fact.excerpt) + ("..." if fact.size > len(fact.excerpt) else "")
     head = f"read {fact.number}: {_plural(fact.size, 'byte')} {shown}"
+    brought = ""
+    if segments is not None:
+        brought = f"; the capture shows they came in {_plural(segments, 'TCP segment')}"
     if fact.raw:
         return (
-            f"{head}: raw framing takes one read as one message; if the {sender.value} "
-            "made several send() calls, they are stuck together here (粘包) and "
-            "nothing on the wire can tell them apart"
+            f"{head}: raw framing takes one read as one message, whatever the "
+            f"{sender.value} sent: TCP delivers a byte stream (TCP是流式协议), so "
+            "one read may hold several send()s stuck together (粘包) or part of "
+            f"one (拆包), and nothing in the bytes tells which{brought}"
         )
     notes: list[str] = []
     if fact.lines == 0:
@@ -357,12 +385,15 @@ def describe_read(fact: ReadFact, sender: Side) -> str:
             "so far wait for the rest (read "
             f"{fact.number - fact.pieces + 1} on)"
         )
-        return f"{head}: " + "; ".join(notes)
-    notes.append(_plural(fact.lines, "line"))
-    if fact.lines > 1:
+        return f"{head}: " + "; ".join(notes) + brought
+    if fact.lines == 1:
+        notes.append("1 line")
+    else:
         notes.append(
-            f"{fact.lines} lines in one read: a sticky packet (粘包): TCP is a stream "
-            "(TCP是流式协议) and kept no boundary between the sends; the newlines do"
+            f"this read carried {fact.lines} lines: TCP delivers a byte stream "
+            "(TCP是流式协议), so one read can hold several lines (粘包, the "
+            f'"sticky packet"), whether the {sender.value} sent them in one send() '
+            "or in several; the newlines mark where each ends"
         )
     if fact.pieces > 1:
         notes.append(
@@ -373,7 +404,7 @@ def describe_read(fact: ReadFact, sender: Side) -> str:
         notes.append(
             f"{_plural(fact.waiting, 'byte')} of the next line wait for the rest"
         )
-    return f"{head}: " + "; ".join(notes)
+    return f"{head}: " + "; ".join(notes) + brought
 
 
 class TraceBudget:
@@ -435,8 +466,8 @@ def describe_turn(
             lines.append(f"a line was refused ({code}); the turn did not move")
     if answered:
         lines.append(
-            f"{_plural(answered, 'line')} delivered and answered at once: each "
-            "answer gave the turn back to the client"
+            f"{_plural(answered, 'message' if raw else 'line')} delivered and "
+            "answered at once: each answer gave the turn back to the client"
         )
     if servers_turn is None:
         return lines
@@ -490,6 +521,44 @@ class CloseTracker:
         return bool(self._first)
 
 
+#: What an RST means, said wherever one is seen or inferred.
+RST_MEANS = (
+    "a kernel sends RST (reset) instead of FIN when its program closes a socket "
+    "with data still unread in it, when data comes for a socket already closed, "
+    "or when a segment comes to a port where nothing listens"
+)
+
+
+@frozen
+class Reset:
+    """A reset (RST) that was seen: whose kernel sent it, and where it was seen
+    (``"recv() failed with ECONNRESET"``, ``"a captured packet"``,
+    ``"TCP_INFO"``, ``"SO_ERROR"``)."""
+
+    by: Side
+    source: str
+
+
+def describe_reset(side: Side, reset: Reset) -> str:
+    """One line for a reset as it is seen, with what an RST means."""
+    who = "this side's" if reset.by is side else f"the {reset.by.value}'s"
+    return (
+        f"RST: {who} kernel reset the connection (seen: {reset.source}): it ends "
+        f"at once, with no four-way close and no TIME_WAIT; {RST_MEANS}"
+    )
+
+
+def describe_fin(side: Side) -> str:
+    """The other side's FIN, as this side reads it (its end of file)."""
+    them = side.other.value
+    return (
+        f"FIN from the {them}: this side read its end of file, so the {them} will "
+        "send nothing more; whether it can still receive (a half-close, 半关闭, as "
+        "after shutdown(SHUT_WR)) or has closed its socket entirely is not seen "
+        "from here"
+    )
+
+
 def describe_close(
     side: Side,
     local: Address | None,
@@ -498,30 +567,66 @@ def describe_close(
     *,
     clean: bool,
     why: str = "",
+    reset: Reset | None = None,
+    peer_received: str | None = None,
 ) -> list[str]:
-    """The four-way close (四次挥手), and who holds TIME_WAIT, from *side*."""
+    """The four-way close (四次挥手), and who holds TIME_WAIT, from *side*.
+
+    Only what this side saw is stated; the rest is worded as what it would
+    be.  *reset* is an RST that was seen (an ECONNRESET, TCP_INFO, SO_ERROR,
+    a captured packet).  *peer_received* names what showed that the other
+    side, after sending FIN first, still took what this side sent (a
+    captured ACK of it; ``ss`` finding its TIME_WAIT): only then is the
+    close called a half-close.
+    """
     me, them = side.value, side.other.value
     here = f" ({local} <-> {remote})" if local is not None else ""
     if tracker.aborted:
         return [
-            f"close: the {me} aborted the connection: it sent RST, not FIN, so there "
-            "is no four-way close and no TIME_WAIT on either side"
+            f"close: the {me} aborted the connection: its kernel sent RST, not FIN, "
+            "so there is no four-way close and no TIME_WAIT on either side"
+        ]
+    if reset is not None:
+        by = "this side's" if reset.by is side else f"the {reset.by.value}'s"
+        if tracker.we_first and reset.by is not side:
+            head = (
+                f"close: the {me} sent FIN first (四次挥手 1), and {by} kernel "
+                f"answered with RST (seen: {reset.source}), not with its own FIN"
+            )
+        else:
+            head = f"close: {by} kernel sent RST (seen: {reset.source})"
+        return [
+            f"{head}: the connection ended at once, with no four-way close and no "
+            "TIME_WAIT on either side",
+            f"why an RST: {RST_MEANS}",
         ]
     if not clean and tracker.we_closed is None:
         return [
-            f"close: the connection was lost ({why or 'reset'}): no orderly FIN from "
-            f"the {them}, so no TIME_WAIT here"
+            f"close: the connection was lost ({why or 'no reason given'}): no "
+            f"orderly FIN from the {them} was seen, so there is no four-way close "
+            "and no TIME_WAIT here"
         ]
     lines: list[str] = []
     if tracker.we_first:
-        lines.append(
-            f"close: the {me} sent FIN first (四次挥手 1: FIN, 2: ACK); the {them} "
-            "answered with its own FIN (3), and this side's ACK (4) ended it"
-        )
+        if tracker.peer_fin is not None:
+            after = (
+                f"; the {them}'s own FIN (3) came after it (this side read its end "
+                "of file), and this side's kernel ACKs it (4)"
+            )
+        else:
+            after = (
+                f". What the {them} did next is not seen from this socket, which "
+                f"this program has closed: in an orderly close the {them}'s kernel "
+                "ACKs (2) and sends its own FIN (3), and this side's kernel ACKs it "
+                f"(4); had the {them} closed with data unread, its kernel sent RST "
+                "instead (the kernel check below tells which)"
+            )
+        lines.append(f"close: the {me} sent FIN first (四次挥手 1: FIN, 2: ACK){after}")
         lines.append(
             f"TIME_WAIT (时间等待): the side that closes first keeps the connection "
             f"in TIME_WAIT: the {me}'s side{here}, for {TIME_WAIT_SECONDS} s on Linux, "
-            "so that a late segment of it cannot be taken for a new connection's"
+            "so that a late segment of it cannot be taken for a new connection's "
+            "(if the close ends in order: a reset leaves none)"
         )
         if side is Side.SERVER:
             lines.append(
@@ -529,21 +634,31 @@ def describe_close(
                 f"server.py) cannot bind port {local.port if local else 'this port'} "
                 "again until then: Address already in use"
             )
+        return lines
+    if peer_received is not None:
+        half = (
+            f" It was a half-close (半关闭): the {them} could send no more, but "
+            f"still received what this side sent after its FIN (seen: "
+            f"{peer_received})."
+        )
     else:
         half = (
-            f" It was a half-close (半关闭): the {them} could send no more, but could "
-            f"still receive, and the {me} still sent what it owed before its own FIN."
-            if tracker.we_closed is not None and tracker.peer_fin is not None
-            else ""
+            f" Whether the {them} could still receive after its FIN (a half-close, "
+            "半关闭, as after shutdown(SHUT_WR)) or had closed its socket entirely "
+            "is not seen from this socket: had it closed, what this side sent "
+            "after the FIN was answered with RST."
         )
-        lines.append(
-            f"close: the {them} sent FIN first (四次挥手 1); this side ACKed it (2), "
-            f"then sent its own FIN (3) and got the last ACK (4).{half}"
-        )
-        lines.append(
-            f"TIME_WAIT (时间等待) is on the {them}'s side, which closed first, for "
-            f"{TIME_WAIT_SECONDS} s; this side{here} is free at once"
-        )
+    lines.append(
+        f"close: the {them} sent FIN first (四次挥手 1); this side's kernel ACKed "
+        "it (2); this program then closed its socket, which has its kernel send "
+        f"FIN (3) after what it still had to send, and the {them}'s last ACK (4) "
+        f"is for this side's kernel, not seen by this program.{half}"
+    )
+    lines.append(
+        f"TIME_WAIT (时间等待) is on the {them}'s side, which closed first, for "
+        f"{TIME_WAIT_SECONDS} s if its close ends in order; this side{here} is "
+        "free at once"
+    )
     return lines
 
 
@@ -612,6 +727,15 @@ def ss_filter(local: Address, remote: Address) -> list[str]:
             "(", "sport", "=", f":{b}", "and", "dport", "=", f":{a}", ")"]  # fmt: skip
 
 
+class Verdict(enum.Enum):
+    """What the kernel check found, against what the trace expected."""
+
+    AGREES = "agrees"
+    DISAGREES = "disagrees"
+    NOT_CHECKED = "not checked"
+    NOT_SETTLED = "not settled"
+
+
 @frozen
 class KernelCheck:
     """What ``ss`` says about TIME_WAIT for one connection."""
@@ -619,6 +743,15 @@ class KernelCheck:
     line: str
     #: Not settled yet (this side is still closing): ask again later.
     again: bool = False
+    verdict: Verdict = Verdict.NOT_CHECKED
+
+
+def both_ends_here(local: Address, remote: Address) -> bool | None:
+    """Whether both ends of a connection are on this machine: True for
+    loopback, else not known from the addresses alone (None)."""
+    if _is_loopback(local.host) and _is_loopback(remote.host):
+        return True
+    return None
 
 
 def check_time_wait(
@@ -629,8 +762,20 @@ def check_time_wait(
     *,
     expected_here: bool,
     last_try: bool = False,
+    peer_here: bool | None = None,
+    reset: bool = False,
 ) -> KernelCheck:
-    """Does the kernel (``ss``) agree with the trace about TIME_WAIT?"""
+    """Does the kernel (``ss``) agree with the trace about TIME_WAIT?
+
+    *expected_here*: the trace said this side closed first.  *reset*: a
+    reset was seen, so no TIME_WAIT is expected at either end.  *peer_here*:
+    the other end is on this machine too, so ``ss`` shows its socket as
+    well (None: not known; loopback addresses count as known).  The check
+    says "agrees" only about what ``ss`` could see: about an end not on
+    this machine, it says "not checked".
+    """
+    if peer_here is None:
+        peer_here = both_ends_here(local, remote)
     mine, theirs = _ss_form(local), _ss_form(remote)
     here = next((e for e in entries if e.local == mine and e.peer == theirs), None)
     there = next((e for e in entries if e.local == theirs and e.peer == mine), None)
@@ -639,29 +784,71 @@ def check_time_wait(
             f"kernel check: ss shows this side in {here.state}: the close is not "
             "over yet; asking again",
             again=True,
+            verdict=Verdict.NOT_SETTLED,
         )
-    if here is not None and here.state == "TIME-WAIT":
+    held_here = here is not None and here.state == "TIME-WAIT"
+    held_there = there is not None and there.state == "TIME-WAIT"
+    other = side.other.value
+    if held_here:
         left = (
-            f", {here.seconds_left:g} s left" if here.seconds_left is not None else ""
+            f", {here.seconds_left:g} s left"
+            if here is not None and here.seconds_left is not None
+            else ""
         )
         seen = f"ss shows TIME-WAIT on this side ({mine} -> {theirs}{left})"
     elif here is not None:
         seen = f"ss shows this side in {here.state}, not TIME-WAIT"
-    elif there is not None and there.state == "TIME-WAIT":
+    elif held_there:
         seen = f"ss shows TIME-WAIT on the other side ({theirs} -> {mine}), not here"
-    else:
+    elif peer_here:
         seen = (
-            f"ss shows no TIME-WAIT for {mine} <-> {theirs} on this machine (the "
-            "other end may be another machine)"
+            f"ss shows no TIME-WAIT for {mine} <-> {theirs} at either end, and both "
+            "ends are on this machine"
         )
-    held_here = here is not None and here.state == "TIME-WAIT"
-    if held_here == expected_here:
-        return KernelCheck(f"kernel check: {seen}: the kernel agrees with the trace")
-    expected = "on this side" if expected_here else f"on the {side.other.value}'s side"
+    else:
+        seen = f"ss shows no TIME-WAIT on this side ({mine} -> {theirs})"
+    if reset:
+        expected = "no TIME_WAIT at either end, after a reset"
+        if not (held_here or held_there):
+            if peer_here:
+                return _agrees(seen + ", as after a reset")
+            return _not_checked(f"{seen}, as after a reset", other)
+    elif expected_here:
+        expected = "TIME_WAIT on this side"
+        if held_here:
+            return _agrees(seen)
+    else:
+        expected = f"TIME_WAIT on the {other}'s side"
+        if held_there:
+            return _agrees(seen)
+        if not held_here and not peer_here:
+            return _not_checked(f"{seen}, as expected", other)
+    guess = ""
+    if not (held_here or held_there) and peer_here:
+        guess = (
+            ": with no TIME_WAIT at either end, the close did not end in order; "
+            f"most likely a reset (RST) ended it ({RST_MEANS})"
+        )
     return KernelCheck(
-        f"kernel check: {seen}, but the trace expected it {expected}: the kernel "
+        f"kernel check: {seen}{guess}; the trace expected {expected}: the kernel "
         "and the trace DISAGREE (both ends may have closed at once, a FIN may "
-        "have crossed this side's, or the connection was reset); the kernel is right"
+        "have crossed this side's, or the connection was reset); the kernel is right",
+        verdict=Verdict.DISAGREES,
+    )
+
+
+def _agrees(seen: str) -> KernelCheck:
+    return KernelCheck(
+        f"kernel check: {seen}: the kernel agrees with the trace",
+        verdict=Verdict.AGREES,
+    )
+
+
+def _not_checked(seen: str, other: str) -> KernelCheck:
+    return KernelCheck(
+        f"kernel check: {seen}; the {other}'s end is not known to be on this "
+        "machine, so ss cannot see it: not checked there",
+        verdict=Verdict.NOT_CHECKED,
     )
 
 

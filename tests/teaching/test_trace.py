@@ -8,17 +8,22 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sockchat._teaching.trace import (
+    RST_MEANS,
     TCP_INFO_SIZE,
     Address,
     CloseTracker,
     ReadTracker,
+    Reset,
     Side,
     SocketState,
     TraceBudget,
+    Verdict,
     check_time_wait,
     describe_close,
     describe_connection,
+    describe_fin,
     describe_read,
+    describe_reset,
     describe_tcp_info,
     describe_turn,
     parse_ss,
@@ -123,12 +128,22 @@ def test_the_connection_names_the_listened_port_the_ephemeral_one_and_loopback()
     assert not any("loopback" in line for line in far)
 
 
-def test_three_lines_in_one_read_are_a_sticky_packet():
+def test_three_lines_in_one_read_are_said_of_the_read_not_of_the_sends():
     fact = ReadTracker().read(b"one\ntwo\nthree\n")
     assert (fact.size, fact.lines, fact.pieces, fact.waiting) == (14, 3, 1, 0)
     line = describe_read(fact, Side.CLIENT)
-    assert line.startswith("read 1: 14 bytes b'one\\ntwo\\nthree\\n': 3 lines")
-    assert "sticky packet (粘包)" in line
+    assert line.startswith(
+        "read 1: 14 bytes b'one\\ntwo\\nthree\\n': this read carried 3 lines: "
+        "TCP delivers a byte stream"
+    )
+    assert "粘包" in line
+    assert "whether the client sent them in one send() or in several" in line
+    assert "between the sends" not in line
+    assert "capture" not in line  # no packets: nothing said of segments
+    seen = describe_read(fact, Side.CLIENT, segments=1)
+    assert seen.endswith("; the capture shows they came in 1 TCP segment")
+    two = describe_read(ReadTracker().read(b"a\nb\n"), Side.SERVER, segments=2)
+    assert two.endswith("they came in 2 TCP segments")
 
 
 def test_one_line_over_three_reads_is_split_and_put_back_together():
@@ -170,8 +185,9 @@ def test_raw_framing_says_one_read_is_one_message_whatever_was_sent():
     fact = ReadTracker(raw=True).read(b"helloworld")
     line = describe_read(fact, Side.CLIENT)
     assert "10 bytes b'helloworld'" in line
-    assert "raw framing takes one read as one message" in line
+    assert "raw framing takes one read as one message, whatever the client sent" in line
     assert "粘包" in line
+    assert "nothing in the bytes tells which" in line
 
 
 def test_a_long_read_is_shown_cut():
@@ -223,29 +239,57 @@ def test_the_turn_and_an_out_of_turn_line():
     assert "out of turn" in over[0]
     answered = describe_turn(Side.SERVER, servers_turn=False, answered=2)
     assert answered[0].startswith("2 lines delivered and answered at once")
+    raw = describe_turn(Side.SERVER, servers_turn=False, answered=1, raw=True)
+    assert raw[0].startswith("1 message delivered")
 
 
 def test_the_side_that_sends_fin_first_holds_time_wait():
     closes = CloseTracker()
     closes.closing(1.0)
-    closes.fin_received(1.1)
-    assert closes.we_first
     text = "\n".join(describe_close(Side.SERVER, SERVER, CLIENT, closes, clean=True))
     assert "the server sent FIN first" in text
     assert "the server's side (127.0.0.1:9527 <-> 127.0.0.1:51234), for 60 s" in text
     assert "Address already in use" in text
+    # The client's FIN was not seen (this program had closed its socket): the
+    # trace does not say it came; it says what it would be, and the RST case.
+    assert "What the client did next is not seen from this socket" in text
+    assert "answered with its own FIN" not in text
+    assert "its kernel sent RST instead" in text
+    closes.fin_received(1.1)  # read after this side's FIN: now it was seen
+    seen = "\n".join(describe_close(Side.CLIENT, CLIENT, SERVER, closes, clean=True))
+    assert "the server's own FIN (3) came after it" in seen
 
 
-def test_a_fin_from_the_client_first_is_a_half_close_and_time_wait_is_theirs():
+def test_a_fin_from_the_client_first_is_called_a_half_close_only_when_seen():
     closes = CloseTracker()
     closes.fin_received(1.0)
     closes.closing(1.0)  # the server's goodbye, then its own FIN
     assert not closes.we_first
     text = "\n".join(describe_close(Side.SERVER, SERVER, CLIENT, closes, clean=True))
     assert "the client sent FIN first" in text
-    assert "half-close (半关闭)" in text
+    assert "It was a half-close" not in text
+    assert "Whether the client could still receive after its FIN" in text
     assert "TIME_WAIT (时间等待) is on the client's side" in text
     assert "Address already in use" not in text
+    seen = "\n".join(
+        describe_close(
+            Side.SERVER,
+            SERVER,
+            CLIENT,
+            closes,
+            clean=True,
+            peer_received="a captured ACK of the goodbye",
+        )
+    )
+    assert (
+        "It was a half-close (半关闭): the client could send no more, but still "
+        "received what this side sent after its FIN (seen: a captured ACK of the "
+        "goodbye)"
+    ) in seen
+    assert "FIN from the client: this side read its end of file" in describe_fin(
+        Side.SERVER
+    )
+    assert "is not seen from here" in describe_fin(Side.SERVER)
 
 
 def test_an_abort_is_a_reset_with_no_time_wait():
@@ -254,6 +298,37 @@ def test_an_abort_is_a_reset_with_no_time_wait():
     (line,) = describe_close(Side.SERVER, SERVER, CLIENT, closes, clean=False)
     assert "RST" in line
     assert "no TIME_WAIT" in line
+
+
+def test_an_rst_seen_is_told_apart_from_a_fin_and_explained():
+    closes = CloseTracker()
+    closes.closing(1.0)  # the server said goodbye and sent FIN
+    reset = Reset(Side.CLIENT, "a captured packet")
+    lines = describe_close(Side.SERVER, SERVER, CLIENT, closes, clean=True, reset=reset)
+    assert lines == [
+        "close: the server sent FIN first (四次挥手 1), and the client's kernel "
+        "answered with RST (seen: a captured packet), not with its own FIN: the "
+        "connection ended at once, with no four-way close and no TIME_WAIT on "
+        "either side",
+        f"why an RST: {RST_MEANS}",
+    ]
+    assert "closes a socket with data still unread" in RST_MEANS
+    assert "a port where nothing listens" in RST_MEANS
+    lost = describe_close(
+        Side.CLIENT,
+        CLIENT,
+        SERVER,
+        CloseTracker(),
+        clean=False,
+        reset=Reset(Side.SERVER, "recv() failed with ECONNRESET"),
+    )
+    assert lost[0].startswith(
+        "close: the server's kernel sent RST (seen: recv() failed with ECONNRESET)"
+    )
+    line = describe_reset(Side.SERVER, reset)
+    assert line.startswith("RST: the client's kernel reset the connection (seen: a ")
+    assert RST_MEANS in line
+    assert "this side's kernel" in describe_reset(Side.CLIENT, reset)
 
 
 SS_ALL = """\
@@ -284,6 +359,7 @@ def test_the_kernel_check_agrees_or_says_it_disagrees():
     assert "TIME-WAIT on this side" in here.line
     assert "59 s left" in here.line
     assert "agrees" in here.line
+    assert here.verdict is Verdict.AGREES
     wrong = check_time_wait(Side.SERVER, SERVER, CLIENT, entries, expected_here=False)
     assert "DISAGREE" in wrong.line
     there = check_time_wait(Side.CLIENT, CLIENT, SERVER, entries, expected_here=False)
@@ -291,6 +367,81 @@ def test_the_kernel_check_agrees_or_says_it_disagrees():
     assert "agrees" in there.line
     none = check_time_wait(Side.SERVER, SERVER, CLIENT, [], expected_here=True)
     assert "DISAGREE" in none.line
+
+
+def test_no_time_wait_at_either_loopback_end_is_never_agreement():
+    # Lesson 5 as the issue found it: both ends on this machine, TIME_WAIT
+    # expected on the client's, and ss shows none for the pair.
+    check = check_time_wait(Side.SERVER, SERVER, CLIENT, [], expected_here=False)
+    assert check.verdict is Verdict.DISAGREES
+    assert "agrees" not in check.line
+    assert "at either end, and both ends are on this machine" in check.line
+    assert "most likely a reset (RST) ended it" in check.line
+    after_reset = check_time_wait(
+        Side.SERVER, SERVER, CLIENT, [], expected_here=False, reset=True
+    )
+    assert after_reset.verdict is Verdict.AGREES
+    assert "as after a reset" in after_reset.line
+
+
+def test_an_end_on_another_machine_is_not_checked():
+    far = Address("192.0.2.7", 51234)
+    check = check_time_wait(Side.SERVER, SERVER, far, [], expected_here=False)
+    assert check.verdict is Verdict.NOT_CHECKED
+    assert "agrees" not in check.line
+    assert "not checked" in check.line
+    assert "the client's end is not known to be on this machine" in check.line
+    told = check_time_wait(
+        Side.SERVER, SERVER, far, [], expected_here=False, peer_here=True
+    )
+    assert told.verdict is Verdict.DISAGREES  # told it is here: then it would show
+
+
+states = st.sampled_from([None, "TIME-WAIT", "ESTAB", "CLOSE-WAIT", "FIN-WAIT-2"])
+
+
+@given(
+    here=states,
+    there=states,
+    expected_here=st.booleans(),
+    reset=st.booleans(),
+    peer_here=st.sampled_from([None, True, False]),
+    far=st.booleans(),
+)
+def test_the_check_says_agrees_only_about_what_ss_showed(
+    here, there, expected_here, reset, peer_here, far
+):
+    remote = Address("192.0.2.7", 51234) if far else CLIENT
+    entries = []
+    if here is not None:
+        entries.append(SocketState(here, str(SERVER), str(remote), None))
+    if there is not None:
+        entries.append(SocketState(there, str(remote), str(SERVER), None))
+    check = check_time_wait(
+        Side.SERVER,
+        SERVER,
+        remote,
+        entries,
+        expected_here=expected_here,
+        last_try=True,
+        peer_here=peer_here,
+        reset=reset,
+    )
+    held_here, held_there = here == "TIME-WAIT", there == "TIME-WAIT"
+    sees_both = peer_here or (peer_here is None and not far)
+    if "agrees" in check.line:
+        assert check.verdict is Verdict.AGREES
+        if reset:
+            assert not held_here
+            assert not held_there
+            assert sees_both
+        elif expected_here:
+            assert held_here
+        else:
+            assert held_there
+    else:
+        assert check.verdict is not Verdict.AGREES
+    assert "\n" not in check.line
 
 
 def test_a_side_still_closing_is_asked_again_until_the_last_try():

@@ -108,15 +108,18 @@ def talk(port: int, *steps: bytes | float, close: str = "read") -> tuple[int, by
 
 
 @pytest_twisted.ensureDeferred
-async def test_three_lines_sent_at_once_are_one_sticky_read(traced):
+async def test_three_lines_sent_at_once_are_said_to_come_in_one_read(traced):
     _, port = await serve()
     try:
         await threads.deferToThread(
             talk, port.getHost().port, b"one\ntwo\nthree\n", 0.3, b"q\n"
         )
         line = await until(traced, r"^read 1: ")
-        assert line.startswith("read 1: 14 bytes b'one\\ntwo\\nthree\\n': 3 lines")
-        assert "sticky packet" in line
+        assert line.startswith(
+            "read 1: 14 bytes b'one\\ntwo\\nthree\\n': this read carried 3 lines"
+        )
+        assert "粘包" in line
+        assert "between the sends" not in line
         answered = await until(traced, "delivered and answered at once")
         assert answered.startswith("3 lines delivered")
     finally:
