@@ -75,6 +75,30 @@ def test_the_core_imports_no_twisted_no_io_and_no_other_subsystem():
     assert found == []
 
 
+#: Teaching mode's modules that, like the core, do no I/O: its words, the
+#: packet parser, the kernel filter, the pcap format, the ladder, the layers.
+TEACHING_SANS_IO = {
+    f"sockchat._teaching.{name}"
+    for name in ("trace", "packets", "bpf", "pcap", "ladder", "layers")
+}
+
+
+def test_teachings_sans_io_modules_import_no_twisted_and_no_io():
+    names = modules()
+    assert sorted(TEACHING_SANS_IO - set(names)) == []
+    found = []
+    for name in sorted(TEACHING_SANS_IO):
+        for module, _, line in imports(name, names[name]):
+            top = module.split(".")[0]
+            if top in NO_IO or top in ("twisted", "ctypes", "fcntl"):
+                found.append(f"{name}:{line} imports {module}")
+            elif top == "sockchat" and not (
+                module in TEACHING_SANS_IO or module.startswith("sockchat._core.")
+            ):
+                found.append(f"{name}:{line} imports {module}, which may do I/O")
+    assert found == []
+
+
 def _stdlib(top: str) -> bool:
     import sys
 
