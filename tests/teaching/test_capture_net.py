@@ -5,7 +5,6 @@ writes reads back with ``tcpdump -r``; and without CAP_NET_RAW, one line."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from sockchat._teaching.packets import Connection, TcpFlags, Tracked
 from sockchat._teaching.pcap import PcapWriter
 from sockchat._teaching.trace import Address, Side
 
+from processes import need_tool
 from tcpdump_witness import (
     Witness,
     counts_of_dump,
@@ -155,9 +155,7 @@ def _all(capture: Capture) -> list[Tracked]:
 
 def test_without_cap_net_raw_the_capture_says_so_in_one_line_and_goes_on():
     can_capture()  # root here: the capability is dropped for the child only
-    setpriv = shutil.which("setpriv")
-    if setpriv is None:
-        pytest.skip("setpriv (util-linux) is not installed")
+    setpriv = need_tool("setpriv", "util-linux")
     code = (
         "from twisted.internet.task import Clock\n"
         "from twisted.internet.testing import MemoryReactor\n"
