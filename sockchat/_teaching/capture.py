@@ -91,9 +91,9 @@ BATCH = 64
 class Limits:
     """How much the capture keeps (see the module's docstring)."""
 
-    per_conversation: int = 256
-    conversations: int = 64
-    payload: int = 256
+    per_conversation: int = 128
+    conversations: int = 32
+    payload: int = 64
 
 
 @frozen

@@ -351,8 +351,8 @@ def _ipv4(link: Ethernet, data: bytes, cut: bool) -> Segment | Undecoded:
             f"total length {total}, but {len(data)} bytes came",
         )
     ip = IPv4(
-        source=str(ipaddress.IPv4Address(src)),
-        destination=str(ipaddress.IPv4Address(dst)),
+        source="%d.%d.%d.%d" % tuple(src),  # noqa: UP031 (the fastest way)
+        destination="%d.%d.%d.%d" % tuple(dst),  # noqa: UP031
         header_length=ihl,
         total_length=total,
         ttl=ttl,
