@@ -83,6 +83,9 @@ SO_ATTACH_FILTER = 26
 SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("=qq")
 SIOCGIFADDR = 0x8915
+SOL_PACKET = 263
+PACKET_STATISTICS = 6
+_STATS = struct.Struct("=II")  # struct tpacket_stats: packets, drops
 #: Packets read in one turn of the reactor, at most.
 BATCH = 64
 
@@ -350,6 +353,15 @@ class Capture:
 
     def forget(self, connection: Connection) -> None:
         self.store.forget(connection)
+
+    def kernel_drops(self) -> int | None:
+        """Packets the kernel dropped since the last call, its queue full
+        (``PACKET_STATISTICS``); None where it cannot say."""
+        try:
+            raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _STATS.size)
+        except (OSError, ValueError):
+            return None
+        return int(_STATS.unpack(raw)[1])
 
     # -- IReadDescriptor ------------------------------------------------------
 

@@ -231,6 +231,7 @@ def test_observers_get_what_was_kept_then_each_packet_as_it_comes():
         assert capture.last_undecoded is not None
         assert frames == [(1.0, len(syn)), (2.0, len(ack)), (3.0, len(ack)), (4.0, 20)]
         assert len(capture.kept(Connection(CLIENT, SERVER)).packets) == 3
+        assert capture.kernel_drops() is None  # not a packet socket: cannot say
     finally:
         capture.stop()
         other.close()

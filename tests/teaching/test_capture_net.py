@@ -83,6 +83,7 @@ async def test_the_capture_sees_what_tcpdump_sees_and_numbers_it_alike(tmp_path)
             )
             ours = await _until(capture, connection, _reset_seen)
             witness.wait_for(_reset_seen)
+            assert capture.kernel_drops() == 0
         finally:
             capture.stop()
             out.close()
