@@ -84,6 +84,14 @@ def frames(draw):
             payload=draw(st.binary(max_size=8)),
         )
     )
+    if frame[12:14] == b"\x08\x00":  # the IPv4 fields the filter reads
+        fields = st.sampled_from([(14, 0x45), (14, 0x46), (14, 0x40), (23, 17)])
+        fields |= st.tuples(st.sampled_from([20, 21]), st.integers(0, 255))
+    else:  # IPv6's next header
+        fields = st.tuples(st.just(20), st.sampled_from([6, 0, 17, 44]))
+    fields |= st.tuples(st.just(12), st.sampled_from([0x08, 0x86, 0x81]))
+    for at, value in draw(st.lists(fields, max_size=3)):
+        frame[at] = value
     for at, value in draw(st.lists(st.tuples(st.integers(0, 70), st.integers(0, 255)))):
         if at < len(frame):
             frame[at] = value
