@@ -150,6 +150,10 @@ class PacketStore:
         self._kept.pop(connection, None)
         self._dropped.pop(connection, None)
 
+    def connections(self) -> list[Connection]:
+        """The connections kept, least recently active first."""
+        return list(self._kept)
+
     def __len__(self) -> int:
         return sum(len(packets) for packets in self._kept.values())
 

@@ -171,6 +171,7 @@ def test_the_store_forgets_the_least_recent_connection_past_its_limit():
     assert store.forgotten == 1
     assert store.forgotten_packets == 1
     assert store.kept(Connection(clients[0], SERVER)).packets == ()
+    assert store.connections() == [Connection(c, SERVER) for c in clients[1:]]
     assert len(store) == 2
     store.forget(Connection(clients[2], SERVER))
     assert len(store) == 1

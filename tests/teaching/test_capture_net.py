@@ -151,7 +151,7 @@ async def test_the_capture_keeps_to_its_port(tmp_path):
 
 
 def _all(capture: Capture) -> list[Tracked]:
-    return [p for c in list(capture.store._kept) for p in capture.kept(c).packets]
+    return [p for c in capture.store.connections() for p in capture.kept(c).packets]
 
 
 def test_without_cap_net_raw_the_capture_says_so_in_one_line_and_goes_on():
