@@ -58,6 +58,24 @@ def test_the_file_never_passes_its_bound_and_says_what_it_left_out(packets, boun
     assert len(read_pcap(out.getvalue()).records) == written
 
 
+@given(st.binary(max_size=300), st.sampled_from(["<", ">"]))
+def test_any_bytes_after_a_header_read_as_records_or_trailing(rest, order):
+    header = struct.pack(order + "IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    read = read_pcap(header + rest)
+    used = sum(16 + len(r.data) for r in read.records)
+    assert used + read.trailing == len(rest)
+
+
+@given(st.binary(max_size=40))
+def test_anything_else_is_refused_or_read_never_another_error(data):
+    error = None
+    try:
+        read_pcap(data)
+    except PcapError as e:
+        error = str(e)
+    assert error is None or "\n" not in error
+
+
 def test_a_snap_length_keeps_the_start_and_the_true_length():
     out = io.BytesIO()
     writer = PcapWriter(out, snap_length=10)
