@@ -140,6 +140,25 @@ class Situation:
         return ours
 
 
+def time_wait_agrees(it: Situation, entries, *, on: Side) -> None:
+    """ss shows TIME-WAIT on the end *on*, and the server's kernel check,
+    expecting it there, agrees."""
+    ends = [it.server_address, it.client_address]
+    if on is Side.CLIENT:
+        ends.reverse()
+    states = {(e.state, e.local, e.peer) for e in entries}
+    assert ("TIME-WAIT", str(ends[0]), str(ends[1])) in states
+    check = check_time_wait(
+        Side.SERVER,
+        it.server_address,
+        it.client_address,
+        entries,
+        expected_here=on is Side.SERVER,
+        last_try=True,
+    )
+    assert check.verdict is Verdict.AGREES, check.line
+
+
 def from_client(packets: list[Tracked], flag: TcpFlags) -> list[Tracked]:
     return [p for p in packets if p.sender is Side.CLIENT and flag in p.flags]
 
@@ -204,23 +223,13 @@ def test_a_clean_quit_is_fin_both_ways_and_time_wait_where_ss_sees_it(tmp_path):
     assert ladder.time_wait is not None
     assert ladder.time_wait.side is Side.SERVER
     # ss: the TIME-WAIT socket is the server's end, as the ladder and trace say.
-    states = {(e.state, e.local, e.peer) for e in entries}
-    assert ("TIME-WAIT", str(it.server_address), str(it.client_address)) in states
+    time_wait_agrees(it, entries, on=Side.SERVER)
     tracker = CloseTracker()
     tracker.closing(1.0)
     words = describe_close(
         Side.SERVER, it.server_address, it.client_address, tracker, clean=True
     )
     assert words[0].startswith("close: the server sent FIN first")
-    check = check_time_wait(
-        Side.SERVER,
-        it.server_address,
-        it.client_address,
-        entries,
-        expected_here=True,
-        last_try=True,
-    )
-    assert check.verdict is Verdict.AGREES, check.line
 
 
 def test_a_half_close_that_still_receives(tmp_path):
@@ -260,17 +269,7 @@ def test_a_half_close_that_still_receives(tmp_path):
         )
     )
     assert "It was a half-close (半关闭)" in words
-    states = {(e.state, e.local, e.peer) for e in entries}
-    assert ("TIME-WAIT", str(it.client_address), str(it.server_address)) in states
-    check = check_time_wait(
-        Side.SERVER,
-        it.server_address,
-        it.client_address,
-        entries,
-        expected_here=False,
-        last_try=True,
-    )
-    assert check.verdict is Verdict.AGREES, check.line
+    time_wait_agrees(it, entries, on=Side.CLIENT)
 
 
 def test_one_write_of_three_lines_is_one_segment_and_one_read(tmp_path):
