@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import importlib
 import os
 import re
 import stat
@@ -33,6 +31,7 @@ from sockchat._doors.tcp import (
     ChatServerFactory,
 )
 from sockchat._doors.tlsfiles import TLSFileError, check_certificate, check_pair
+from sockchat._operations.loading import ResponderNotLoaded, load_responder
 from sockchat._operations.prometheus import EXTRA_MISSING, metrics_available
 from sockchat._operations.services import (
     ChatServerService,
@@ -43,7 +42,7 @@ from sockchat._operations.services import (
     fatal,
 )
 from sockchat._operations.transcript_file import TranscriptFile
-from sockchat._responders.contract import EchoResponder, IResponder, as_responder
+from sockchat._responders.contract import EchoResponder, IResponder
 from sockchat._responders.pair import PairResponder
 from sockchat._version import __version__
 
@@ -447,47 +446,6 @@ def _answer_timeout(options: Options) -> float | None:
     return _seconds(text, "answer-timeout") or None
 
 
-def load_responder(reference: str) -> IResponder:
-    """Import ``package.module:name`` and make a responder of it.
-
-    The module is looked up on ``sys.path`` and in the current directory,
-    as ``python -m`` would.  Every way this can fail is one line.
-    """
-    module_name, _, attribute = reference.partition(":")
-    where = f"--responder {reference}"
-    if not module_name or not attribute:
-        raise fatal(f"{where}: give it as package.module:name")
-    here = os.getcwd()
-    if here not in sys.path:
-        sys.path.append(here)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        missing = e.name or module_name
-        if module_name == missing or module_name.startswith(missing + "."):
-            raise fatal(
-                f"{where}: there is no module named {missing!r} (is it installed, "
-                "or in the current directory?)"
-            ) from None
-        raise fatal(f"{where}: importing {module_name} failed: {e}") from None
-    except Exception as e:
-        raise fatal(
-            f"{where}: importing {module_name} failed: {type(e).__name__}: {e}"
-        ) from None
-    try:
-        thing = functools.reduce(getattr, attribute.split("."), module)
-    except AttributeError:
-        raise fatal(f"{where}: module {module_name} has no {attribute!r}") from None
-    try:
-        return as_responder(thing)
-    except TypeError as e:
-        raise fatal(f"{where}: {e}") from None
-    except Exception as e:  # the factory failed
-        raise fatal(
-            f"{where}: making the responder failed: {type(e).__name__}: {e}"
-        ) from None
-
-
 def _whole(options: Options, name: str, minimum: int) -> int:
     text = options[name]
     if not text.isdigit():
@@ -588,7 +546,10 @@ def makeService(options: Options) -> IService:
     elif name == "pair":
         responder = PairResponder()
     else:
-        responder = load_responder(name)
+        try:
+            responder = load_responder(name)
+        except ResponderNotLoaded as e:
+            raise fatal(f"--responder {e}") from None
     transcript = None
     if options["transcript"] is not None:
         try:

@@ -47,6 +47,8 @@ from sockchat._broker.consumer import (
 )
 from sockchat._broker.redis import BrokerUnavailable, RedisError
 from sockchat._broker.wire import WORKERS, Keys
+from sockchat._operations.loading import ResponderNotLoaded, load_responder
+from sockchat._responders.contract import IResponder
 
 __all__ = ["main", "positive", "start_logging"]
 
@@ -119,15 +121,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def load(reference: str) -> Any:
+def load(reference: str) -> IResponder:
     """The responder, or exit with the loader's one line, said as ours."""
-    from sockchat.tap import load_responder
-
     try:
         return load_responder(reference)
-    except SystemExit as e:
-        text = str(e.code).removeprefix("sockchat: ").removeprefix("--responder ")
-        raise SystemExit(f"{PROG}: {text}") from None
+    except ResponderNotLoaded as e:
+        raise SystemExit(f"{PROG}: {e}") from None
 
 
 async def run(reactor: Any, options: argparse.Namespace) -> None:

@@ -23,7 +23,7 @@ from sockchat import (
     NotYourTurn,
     as_responder,
 )
-from sockchat.tap import load_responder
+from sockchat._operations.loading import ResponderNotLoaded, load_responder
 from sockchat.testing import MemoryServer, NoResultYet, RecordingConversation
 
 
@@ -284,11 +284,12 @@ def test_load_responder_from_the_current_directory(module_dir):
     ],
 )
 def test_load_responder_errors_are_one_line(module_dir, reference, message):
-    with pytest.raises(SystemExit) as exited:
+    with pytest.raises(ResponderNotLoaded) as refused:
         load_responder(reference)
-    text = str(exited.value)
-    assert text.startswith(f"sockchat: --responder {reference}: ")
-    assert message in text
+    text = str(refused.value)
+    assert text.startswith(f"{reference}: ")
+    assert message in refused.value.problem
+    assert refused.value.reference == reference
     assert "\n" not in text
 
 
