@@ -4,16 +4,20 @@
 
 The chat listens on 127.0.0.1:9527 (echo answers) and a small web page on
 127.0.0.1:8081/status says how many conversations are open, as JSON.  Set
-SOCKCHAT_PORT and STATUS_PORT to use other ports.
+SOCKCHAT_PORT and STATUS_PORT to use other ports.  At stop (Ctrl-C,
+SIGTERM), ChatService tells every client `!bye shutdown` before the
+process goes.
 """
 
 import json
 import os
 
 from twisted.application import service, strports
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
 from twisted.web import resource, server
 
-from sockchat import ChatServerFactory, EchoResponder
+from sockchat import ChatServerFactory, ChatService, EchoResponder
 
 chat = ChatServerFactory(EchoResponder())
 
@@ -26,26 +30,17 @@ class Status(resource.Resource):
         return json.dumps({"conversations": len(chat.conversations)}).encode()
 
 
-class Goodbyes(service.Service):
-    """At shutdown, tell every client before the process goes."""
-
-    def stopService(self):
-        super().stopService()
-        return chat.close_all()
-
-
 root = resource.Resource()
 root.putChild(b"status", Status())
 
 application = service.Application("sockchat with a status page")
 services = service.MultiService()
 services.setServiceParent(application)
-chat_port = os.environ.get("SOCKCHAT_PORT", "9527")
+chat_where = f"tcp:{os.environ.get('SOCKCHAT_PORT', '9527')}:interface=127.0.0.1"
+ChatService(
+    serverFromString(reactor, chat_where), chat, description=chat_where
+).setServiceParent(services)
 status_port = os.environ.get("STATUS_PORT", "8081")
-strports.service(f"tcp:{chat_port}:interface=127.0.0.1", chat).setServiceParent(
-    services
-)
 strports.service(
     f"tcp:{status_port}:interface=127.0.0.1", server.Site(root)
 ).setServiceParent(services)
-Goodbyes().setServiceParent(services)

@@ -5,7 +5,7 @@ an underscore may change without notice.
 """
 
 from sockchat._console.responder import ConsoleResponder
-from sockchat._core.codec import DEFAULT_MAX_LINE
+from sockchat._core.defaults import DEFAULT_MAX_LINE
 from sockchat._core.engine import Reason
 from sockchat._core.framing import LineFraming, RawFraming
 from sockchat._core.limits import Admission
@@ -23,6 +23,7 @@ from sockchat._doors.client import (
 )
 from sockchat._doors.tcp import ChatServerFactory
 from sockchat._doors.web import chat_site
+from sockchat._operations.services import ChatService
 from sockchat._operations.transcript_file import TranscriptFile
 from sockchat._responders.contract import (
     AnswerFailed,
@@ -44,6 +45,7 @@ __all__ = [
     "Admission",
     "AnswerFailed",
     "ChatServerFactory",
+    "ChatService",
     "ConsoleResponder",
     "Conversation",
     "ConversationEnded",

@@ -20,23 +20,28 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from sockchat._console.responder import ConsoleResponder
-from sockchat._core.codec import DEFAULT_MAX_LINE
+from sockchat._core.defaults import (
+    DEFAULT_ANSWER_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_LINE,
+    DEFAULT_MAX_OUTPUT,
+    DEFAULT_MAX_PER_IP,
+    AnswerTimeout,
+)
 from sockchat._core.framing import FRAMINGS, framing_named
 from sockchat._core.limits import AccessRules, Admission, parse_networks
 from sockchat._core.stats import Health
 from sockchat._doors.systemd import systemd_endpoint
-from sockchat._doors.tcp import (
-    DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_OUTPUT,
-    ChatServerFactory,
-)
+from sockchat._doors.tcp import ChatServerFactory
 from sockchat._doors.tlsfiles import TLSFileError, check_certificate, check_pair
 from sockchat._operations.loading import ResponderNotLoaded, load_responder
 from sockchat._operations.prometheus import EXTRA_MISSING, metrics_available
 from sockchat._operations.services import (
-    ChatServerService,
+    ChatService,
     MetricsService,
     OperatorConsoleService,
+    PortChatService,
     TranscriptService,
     WebChatService,
     fatal,
@@ -52,14 +57,6 @@ RESPONDERS = ("console", "echo", "pair", "operators", "workers")
 #: The responders that need --broker, and those that may use it.
 BROKER_ONLY = ("operators", "workers")
 BROKER_USERS = ("operators", "workers", "pair")
-#: Responders that a person stands behind: no answer timeout by default.
-HUMAN_RESPONDERS = ("console", "pair", "operators")
-#: Seconds any other responder may take over an answer, by default.
-DEFAULT_ANSWER_TIMEOUT = 30.0
-
-#: Default caps on connections: generous for a chat line, but finite.
-DEFAULT_MAX_CLIENTS = 1000
-DEFAULT_MAX_PER_IP = 20
 #: Connections the kernel may hold before the server accepts them, for a
 #: bare port number.  Twisted's default of 50 is easily overrun by a burst
 #: of clients; as the server speaks first, a client whose handshake was
@@ -150,7 +147,7 @@ class Options(usage.Options):
             None,
             "Seconds the responder may take over an answer before the client is "
             f"told it failed (0: never). Default: {DEFAULT_ANSWER_TIMEOUT:g}, or "
-            "never for console and pair, where a person answers.",
+            "never for console, pair and operators, where people answer.",
         ],
         [
             "max-line",
@@ -437,12 +434,10 @@ def _check_broker(options: Options) -> None:
         raise fatal(str(e).removeprefix("sockchat: ")) from None
 
 
-def _answer_timeout(options: Options) -> float | None:
+def _answer_timeout(options: Options) -> float | AnswerTimeout | None:
     text = options["answer-timeout"]
     if text is None:
-        if options["responder"] in HUMAN_RESPONDERS:
-            return None
-        return DEFAULT_ANSWER_TIMEOUT
+        return AnswerTimeout.DEFAULT  # the factory's, for its responder
     return _seconds(text, "answer-timeout") or None
 
 
@@ -584,17 +579,12 @@ def makeService(options: Options) -> IService:
         framing=options["framing_value"],
     )
     health = Health()
-    server = ChatServerService(
-        reactor,
-        endpoint,
-        options["where"],
-        factory,
-        options["responder"],
-        health=health,
+    server = PortChatService(
+        endpoint, factory, description=options["where"], label=options["responder"]
     )
     server.listen()
     server.setServiceParent(top)
-    doors = [server]
+    doors: list[ChatService] = [server]
     if options["web_endpoint"] is not None:
         web = _web_service(reactor, options, factory, health)
         web.setServiceParent(top)
@@ -628,7 +618,7 @@ def _metrics_service(
     options: Options,
     factory: ChatServerFactory,
     health: Health,
-    doors: list[ChatServerService],
+    doors: list[ChatService],
 ) -> IService:
     """``--metrics``: ``/metrics`` and ``/healthz``, until the doors have closed."""
     from sockchat._operations.prometheus import metrics_site
@@ -636,7 +626,6 @@ def _metrics_service(
     description = options["metrics_endpoint"]
     endpoint = _server_endpoint(reactor, description, "--metrics", options["metrics"])
     service = MetricsService(
-        reactor,
         endpoint,
         _as_given(description),
         metrics_site([factory.stats], health, reactor),
@@ -649,12 +638,11 @@ def _metrics_service(
 
 def _web_service(
     reactor: Any, options: Options, factory: ChatServerFactory, health: Health
-) -> ChatServerService:
+) -> ChatService:
     """The web door (``--web``): its conversations share the TCP door's factory."""
     description = options["web_endpoint"]
     endpoint = _server_endpoint(reactor, description, "--web", options["web"])
     web = WebChatService(
-        reactor,
         endpoint,
         _as_given(description),
         factory,

@@ -39,7 +39,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import alsoProvides, implementer
 
 from sockchat._broker.redis import BrokerUnavailable, IRedis
 from sockchat._broker.wire import (
@@ -56,6 +56,7 @@ from sockchat._broker.wire import (
 from sockchat._responders.contract import (
     AnswerFailed,
     ConversationInfo,
+    IAnsweredByPeople,
     IConversation,
     ILifecycle,
     IResponder,
@@ -385,6 +386,8 @@ class QueueResponder:
             raise ValueError(f"no such queue: {group!r}")
         self.instance = instance
         self.group = group
+        if group == OPERATORS:  # people answer: no answer timeout by default
+            alsoProvides(self, IAnsweredByPeople)
         #: Whether workers hear of starts and ends (their responder has hooks).
         self.lifecycle = lifecycle
         self._stream = instance.keys.work(group)

@@ -81,6 +81,7 @@ from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, WireError, decode, e
 from sockchat._core.wire import QUIT
 from sockchat._responders.contract import (
     ConversationInfo,
+    IAnsweredByPeople,
     IConversation,
     ILifecycle,
     IResponder,
@@ -204,7 +205,7 @@ def _stance(value: object) -> _Stance:
         return _Stance.SPEAKS
 
 
-@implementer(IResponder, ILifecycle)
+@implementer(IResponder, ILifecycle, IAnsweredByPeople)
 class BrokerPairResponder:
     """Pair the clients of every instance on the broker, in order of
     arrival, and relay each pair's lines through it."""

@@ -34,7 +34,8 @@ from collections import deque
 
 from attrs import frozen
 
-from sockchat._core.codec import DEFAULT_MAX_LINE, LineTooLong
+from sockchat._core.codec import LineTooLong
+from sockchat._core.defaults import DEFAULT_MAX_LINE
 
 __all__ = [
     "EndOfInput",

@@ -63,6 +63,7 @@ from sockchat._core.render import safe_text
 from sockchat._core.wire import QUIT
 from sockchat._responders.contract import (
     ConversationInfo,
+    IAnsweredByPeople,
     IConversation,
     ILifecycle,
     IResponder,
@@ -147,7 +148,7 @@ commands (anything else answers the oldest waiting line):
 """
 
 
-@implementer(IResponder, ILifecycle)
+@implementer(IResponder, ILifecycle, IAnsweredByPeople)
 class ConsoleResponder:
     """Answers come from a person; lines wait their turn, oldest first.
 

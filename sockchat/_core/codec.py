@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from attrs import frozen
 
+from sockchat._core.defaults import DEFAULT_MAX_LINE
+
 __all__ = [
-    "DEFAULT_MAX_LINE",
     "Decoded",
     "InvalidUtf8",
     "LineDecoder",
@@ -19,9 +20,6 @@ __all__ = [
     "check_message",
     "encode_line",
 ]
-
-#: The default limit for one line, in bytes, newline not counted.
-DEFAULT_MAX_LINE = 64 * 1024
 
 
 @frozen

@@ -35,7 +35,12 @@ from typing import Any, NamedTuple
 
 from attrs import field, frozen
 
-from sockchat._core.codec import DEFAULT_MAX_LINE, Decoded, LineDecoder, LineTooLong
+from sockchat._core.codec import Decoded, LineDecoder, LineTooLong
+from sockchat._core.defaults import (
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LINE,
+    DEFAULT_MAX_OUTPUT,
+)
 from sockchat._core.framing import Decoder, Framing, LineFraming
 from sockchat._core.render import safe_text
 from sockchat._core.telnet import TelnetFilter, telnet_notice
@@ -67,10 +72,6 @@ __all__ = [
     "Turn",
 ]
 
-#: Seconds a client may take over its turn, by default.
-DEFAULT_IDLE_TIMEOUT = 600.0
-#: Bytes of memory one client may make the server hold for it, by default.
-DEFAULT_MAX_OUTPUT = 256 * 1024
 #: Seconds a closing connection gets to take its last notice.
 CLOSE_GRACE = 3.0
 

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 
 from attrs import define, field, frozen
 
+from sockchat._core.defaults import DEFAULT_MAX_CLIENTS, DEFAULT_MAX_PER_IP
 from sockchat._core.wire import Notice, NoticeKind
 
 __all__ = ["AccessRules", "Admission", "Refusal", "parse_networks"]
@@ -98,12 +99,13 @@ class Refusal:
 class Admission:
     """Caps on connections, in total and per address, and the access rules.
 
-    With *cap_loopback* false (the default), loopback peers do not count
-    against *max_per_ip*.
+    The caps are those of ``twistd sockchat`` unless given (1000 clients,
+    20 from one address); ``None`` means no cap.  With *cap_loopback*
+    false (the default), loopback peers do not count against *max_per_ip*.
     """
 
-    max_clients: int | None = None
-    max_per_ip: int | None = None
+    max_clients: int | None = DEFAULT_MAX_CLIENTS
+    max_per_ip: int | None = DEFAULT_MAX_PER_IP
     rules: AccessRules = AccessRules()
     cap_loopback: bool = False
     #: Connections admitted and not yet closed.

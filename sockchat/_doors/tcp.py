@@ -31,14 +31,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockchat._core.codec import DEFAULT_MAX_LINE
-from sockchat._core.engine import (
-    CLOSE_GRACE,
+from sockchat._core.defaults import (
+    DEFAULT_ANSWER_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_LINE,
     DEFAULT_MAX_OUTPUT,
-    Close,
-    Settings,
+    AnswerTimeout,
 )
+from sockchat._core.engine import CLOSE_GRACE, Close, Settings
 from sockchat._core.framing import Framing, LineFraming
 from sockchat._core.limits import Admission
 from sockchat._core.render import safe_text
@@ -47,12 +47,10 @@ from sockchat._core.transcript import ITranscript
 from sockchat._core.turns import shutting_down
 from sockchat._core.wire import Notice
 from sockchat._doors.runner import Door
-from sockchat._responders.contract import IResponder
+from sockchat._responders.contract import IAnsweredByPeople, IResponder
 
 __all__ = [
     "CLOSE_GRACE",
-    "DEFAULT_IDLE_TIMEOUT",
-    "DEFAULT_MAX_OUTPUT",
     "HANDSHAKE_TIMEOUT",
     "ChatServerFactory",
     "ChatServerProtocol",
@@ -322,20 +320,25 @@ else:  # Factory is generic only from Twisted 26 on
 class ChatServerFactory(_FactoryBase):
     """Serve turn-taking conversations answered by *responder*.
 
-    Embed it like any factory: ``endpoint.listen(ChatServerFactory(r))``.
+    Embed it like any factory: ``endpoint.listen(ChatServerFactory(r))``,
+    or run it with ``ChatService``.  Every default is the command line's
+    (``twistd sockchat``).
 
-    - *max_line*: longest client line, in bytes; longer ones are refused.
+    - *max_line*: longest client line, in bytes (64 KiB); longer ones are
+      refused.
     - *idle_timeout*: seconds a client may take over its turn before it is
-      told goodbye and closed (``None``: never).  Waiting for an answer is
-      not idling.
+      told goodbye and closed (600; ``None``: never).  Waiting for an
+      answer is not idling.
     - *max_output*: bytes of memory that one client may make the server
       hold for it (lines held back and output it has not read) before its
-      input is paused until it reads.
-    - *admission*: caps and address rules (default: none).
+      input is paused until it reads (256 KiB).
+    - *admission*: caps and address rules (default: ``Admission()``, at
+      most 1000 clients and 20 from one address).
     - *answer_timeout*: seconds the responder may take over an answer; past
       it the client gets an ``!error responder-timeout`` notice and its turn
       back, and the responder's ``Deferred`` is cancelled (``None``: wait
-      for ever).
+      for ever).  Not given, it is 30, or ``None`` for the responders that
+      people answer (``ConsoleResponder``, ``PairResponder``).
     - *transcript*: where every line, answer and notice is recorded.
     - *framing*: ``LineFraming()`` (the default) or ``RawFraming()``, the
       tutorial's bare messages (see docs/protocol.md).
@@ -357,7 +360,7 @@ class ChatServerFactory(_FactoryBase):
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         max_output: int = DEFAULT_MAX_OUTPUT,
         admission: Admission | None = None,
-        answer_timeout: float | None = None,
+        answer_timeout: float | AnswerTimeout | None = AnswerTimeout.DEFAULT,
         transcript: ITranscript | None = None,
         clock: IReactorTime | None = None,
         framing: Framing | None = None,
@@ -367,6 +370,9 @@ class ChatServerFactory(_FactoryBase):
                 f"{responder!r} does not provide IResponder (it needs a "
                 "respond(conversation, text) method and @implementer(IResponder))"
             )
+        if answer_timeout is AnswerTimeout.DEFAULT:
+            people = IAnsweredByPeople.providedBy(responder)
+            answer_timeout = None if people else DEFAULT_ANSWER_TIMEOUT
         #: What every conversation is told, validated once.
         self.settings = Settings(
             max_line=max_line,

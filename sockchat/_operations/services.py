@@ -1,8 +1,10 @@
 """Services that run sockchat in a Twisted application (used by twistd).
 
-``ChatServerService`` listens and says goodbye to every client at stop
-(``WebChatService`` is its web door); ``MetricsService`` serves
-``/metrics`` and ``/healthz`` (``--metrics``) until they have all stopped;
+``ChatService`` (public: ``sockchat.ChatService``) listens and says
+goodbye to every client at stop; ``PortChatService`` and ``WebChatService``
+are ``twistd sockchat``'s doors (``--port``, ``--web``); ``MetricsService``
+serves ``/metrics`` and ``/healthz`` (``--metrics``) until they have all
+stopped;
 ``OperatorConsoleService`` puts the operator's terminal behind a
 ``ConsoleResponder``.
 """
@@ -44,9 +46,10 @@ from sockchat._operations.prometheus import healthz_resource
 from sockchat._operations.transcript_file import TranscriptFile
 
 __all__ = [
-    "ChatServerService",
+    "ChatService",
     "MetricsService",
     "OperatorConsoleService",
+    "PortChatService",
     "TranscriptService",
     "WebChatService",
     "fatal",
@@ -67,25 +70,24 @@ def fatal(message: str) -> SystemExit:
 class _ListeningService(Service):
     """Listen on an endpoint, binding at once when asked to (``listen``)."""
 
-    #: The option that chose the endpoint, for error messages.
-    option = "--port"
-    #: Whether stopping says goodbye to the factory's conversations.
-    says_goodbye = True
+    #: The command-line option that chose the endpoint, for error messages.
+    option: str | None = None
 
     def __init__(
-        self, reactor: Any, endpoint: IStreamServerEndpoint, description: str
+        self, endpoint: IStreamServerEndpoint, description: str | None
     ) -> None:
-        self._reactor = reactor
         self._endpoint = endpoint
         self._description = description
+        #: The listening port, from start (or ``listen``) to stop.
         self.port: IListeningPort | None = None
 
     def listen(self) -> None:
-        """Bind the port now; a port that cannot be had ends the program.
+        """Bind the port now; a port that cannot be had raises ``SystemExit``
+        with one line that says why (twistd prints it and exits 1).
 
-        ``makeService`` calls this so that twistd reports a busy port in one
-        line, before it starts logging or writes its pidfile.  Services used
-        without twistd bind in ``privilegedStartService`` as usual.
+        Starting the service does this; ``twistd sockchat`` calls it while
+        it builds the service, to say so before it starts logging or writes
+        its pidfile.
         """
         if self.port is not None:
             return
@@ -93,14 +95,18 @@ class _ListeningService(Service):
         self._endpoint.listen(self._door()).addBoth(outcome.append)
         if not outcome:
             raise fatal(
-                f"{self._description} did not start listening at once; use a "
-                "tcp, tcp6, unix or ssl endpoint"
+                f"{self._where} did not start listening at once; use a tcp, "
+                "tcp6, unix or ssl endpoint"
             )
         result = outcome[0]
         if isinstance(result, Failure):
             raise SystemExit(self._cannot_listen(result))
         self.port = result
         self._listening(result.getHost())
+
+    @property
+    def _where(self) -> str:
+        return self._description or "the endpoint"
 
     def _door(self) -> IProtocolFactory:
         """What listens."""
@@ -119,13 +125,13 @@ class _ListeningService(Service):
 
     def _cannot_listen(self, failure: Failure) -> str:
         error = failure.value
-        where = f"sockchat: cannot listen on {self._description}"
+        where = f"sockchat: cannot listen on {self._where}"
         if isinstance(error, CannotListenError):
             cause = error.socketError
             if getattr(cause, "errno", None) == errno.EADDRINUSE:
                 return (
                     f"{where}: the address is already in use (is another "
-                    f"server running? choose another {self.option})"
+                    f"server running? choose another {self.option or 'port'})"
                 )
             if getattr(cause, "errno", None) == errno.EACCES:
                 return (
@@ -136,28 +142,38 @@ class _ListeningService(Service):
         return f"{where}: {failure.getErrorMessage()}"
 
 
-class ChatServerService(_ListeningService):
-    """Listen on an endpoint; at stop, say goodbye to every client.
+class ChatService(_ListeningService):
+    """Serve *factory*'s conversations on *endpoint*, in a Twisted
+    application; at stop, say goodbye to every client.
 
-    *health*, when given, says "not accepting" from the moment it stops
-    (``/healthz`` answers 503).  ``stopped`` fires once every conversation
-    has closed.
+    Starting listens; a port that cannot be had raises ``SystemExit`` with
+    one line that says why, which twistd prints before it exits 1.
+    Stopping stops listening, sends every conversation ``!bye shutdown``,
+    and fires once each has closed: a client that does not take its
+    goodbye is cut off after a grace of 3 s.
+
+    - *description*: the endpoint as a person would write it, for messages
+      (``tcp:9527``).
+    - *label*: who answers, for the log line that says where it listens
+      (default: the responder's class name).
     """
+
+    #: Whether stopping says goodbye to the factory's conversations.
+    _says_goodbye = True
 
     def __init__(
         self,
-        reactor: Any,
         endpoint: IStreamServerEndpoint,
-        description: str,
         factory: ChatServerFactory,
-        label: str = "",
         *,
-        health: Health | None = None,
+        description: str | None = None,
+        label: str | None = None,
     ) -> None:
-        super().__init__(reactor, endpoint, description)
+        super().__init__(endpoint, description)
         self._label = label or type(factory.responder).__name__
+        #: The factory whose conversations this serves.
         self.factory = factory
-        self.health = health
+        #: Fires once the service has stopped and every conversation closed.
         self.stopped: Deferred[None] = Deferred()
 
     def _door(self) -> IProtocolFactory:
@@ -172,13 +188,13 @@ class ChatServerService(_ListeningService):
         )
 
     def stopService(self) -> Deferred[None]:
+        """Stop listening and say goodbye to every conversation; fire once
+        each has closed."""
         super().stopService()
-        if self.health is not None:
-            self.health.shutting_down()
         stopping = self._stop_listening()
         # Each conversation gets its bye, and is aborted if it cannot take
         # it within the factory's close grace.
-        closing = self.factory.close_all() if self.says_goodbye else succeed(None)
+        closing = self.factory.close_all() if self._says_goodbye else succeed(None)
         done: Deferred[list[Any]] = gatherResults([stopping, closing])
 
         def tell(result: object) -> None:
@@ -190,30 +206,38 @@ class ChatServerService(_ListeningService):
         return done.addBoth(tell)
 
 
-class WebChatService(ChatServerService):
+class PortChatService(ChatService):
+    """``twistd sockchat``'s TCP door: a ``ChatService`` for ``--port``."""
+
+    option = "--port"
+
+
+class WebChatService(ChatService):
     """Serve the chat page and its WebSocket (``--web``).
 
     Browser conversations come from *factory*, which the TCP door shares:
     one responder, one set of limits and caps, one count of conversations.
     At stop, the TCP door's service says goodbye to all of them, once.
+    *health*, when given, is served at ``/healthz`` beside the page, and
+    says "not accepting" (503) from the moment the service stops.
     """
 
     option = "--web"
-    says_goodbye = False
+    _says_goodbye = False
 
     def __init__(
         self,
-        reactor: Any,
         endpoint: IStreamServerEndpoint,
         description: str,
         factory: ChatServerFactory,
-        label: str = "",
+        label: str | None = None,
         *,
         secure: bool = False,
         health: Health | None = None,
     ) -> None:
-        super().__init__(reactor, endpoint, description, factory, label, health=health)
+        super().__init__(endpoint, factory, description=description, label=label)
         self._site = chat_site(factory)
+        self._health = health
         if health is not None:
             # /healthz beside the page, for a load balancer in front of it.
             self._site.resource.putChild(b"healthz", healthz_resource(health))
@@ -230,6 +254,11 @@ class WebChatService(ChatServerService):
             responder=self._label,
         )
 
+    def stopService(self) -> Deferred[None]:
+        if self._health is not None:
+            self._health.shutting_down()
+        return super().stopService()
+
 
 class MetricsService(_ListeningService):
     """Serve ``/metrics`` and ``/healthz`` (``--metrics``).
@@ -243,14 +272,13 @@ class MetricsService(_ListeningService):
 
     def __init__(
         self,
-        reactor: Any,
         endpoint: IStreamServerEndpoint,
         description: str,
         site: Site,
         health: Health,
-        draining: list[ChatServerService],
+        draining: list[ChatService],
     ) -> None:
-        super().__init__(reactor, endpoint, description)
+        super().__init__(endpoint, description)
         self._site = site
         self._health = health
         self._draining = draining

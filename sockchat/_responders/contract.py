@@ -22,6 +22,7 @@ __all__ = [
     "ConversationInfo",
     "EchoResponder",
     "FunctionResponder",
+    "IAnsweredByPeople",
     "IConversation",
     "ILifecycle",
     "IResponder",
@@ -71,6 +72,12 @@ class IResponder(Interface):
         this raises or the result fails, the client gets an error notice and
         may send another line; the server keeps serving.
         """
+
+
+class IAnsweredByPeople(Interface):
+    """A mark on a responder whose answers come from people (the console,
+    pair mode, the operators): unless told otherwise, the server waits for
+    its answers as long as they take, with no answer timeout."""
 
 
 class IConversation(Interface):

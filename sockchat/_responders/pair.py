@@ -31,6 +31,7 @@ from zope.interface import implementer
 from sockchat._core.wire import QUIT
 from sockchat._responders.contract import (
     ConversationInfo,
+    IAnsweredByPeople,
     IConversation,
     ILifecycle,
     IResponder,
@@ -87,7 +88,7 @@ class _Party:
         return _Stance.SPEAKS if self.waiting is None else _Stance.LISTENS
 
 
-@implementer(IResponder, ILifecycle)
+@implementer(IResponder, ILifecycle, IAnsweredByPeople)
 class PairResponder:
     """Relay lines between the two clients of each pair."""
 

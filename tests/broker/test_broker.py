@@ -404,3 +404,9 @@ def test_a_line_said_while_the_first_connections_are_made_waits_for_them():
     desk.answer(desk.take_line(), "not too early")
     server.advance(1)
     assert server.result(said) == "not too early"
+
+
+def test_operators_take_their_time_and_workers_have_the_answer_timeout():
+    operators, workers = Cluster("operators"), Cluster("workers")
+    assert operators.server.factory.settings.answer_timeout is None
+    assert workers.server.factory.settings.answer_timeout == 30

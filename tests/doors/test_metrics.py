@@ -26,7 +26,7 @@ from sockchat._operations.prometheus import (
     StatsCollector,
     metrics_site,
 )
-from sockchat._operations.services import ChatServerService, MetricsService
+from sockchat._operations.services import MetricsService, PortChatService
 from sockchat.tap import Options
 
 from conftest import has_fired
@@ -169,8 +169,8 @@ def test_metrics_stay_up_503_until_the_chat_door_has_closed():
     clock = Clock()
     health = Health()
     factory = ChatServerFactory(Later(), clock=clock)
-    door = ChatServerService(clock, None, "test", factory, health=health)  # type: ignore[arg-type]
-    metrics = MetricsService(clock, None, "test", None, health, [door])  # type: ignore[arg-type]
+    door = PortChatService(None, factory)  # type: ignore[arg-type]
+    metrics = MetricsService(None, "test", None, health, [door])  # type: ignore[arg-type]
     metrics.port = port = _Port()  # type: ignore[assignment]
     proto, _ = connect(factory)
     proto.dataReceived(b"waiting\n")

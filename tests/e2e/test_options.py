@@ -14,7 +14,7 @@ from twisted.internet.defer import succeed
 
 from sockchat import EchoResponder
 from sockchat._doors.tcp import ChatServerFactory
-from sockchat._operations.services import ChatServerService, WebChatService
+from sockchat._operations.services import PortChatService, WebChatService
 from sockchat.tap import Options, endpoint_description
 
 from processes import TWISTD
@@ -113,8 +113,8 @@ def test_stopping_both_doors_says_goodbye_once():
         return succeed(None)
 
     factory.close_all = close_all
-    tcp = ChatServerService(None, None, "tcp:0", factory)
-    web = WebChatService(None, None, "tcp:0", factory)
+    tcp = PortChatService(None, factory)
+    web = WebChatService(None, "tcp:0", factory)
     for service in (tcp, web):
         service.startService()
     for service in (web, tcp):  # as a MultiService stops them

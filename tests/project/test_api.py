@@ -25,6 +25,7 @@ def test_public_names_are_exactly_these():
             "Admission",
             "AnswerFailed",
             "ChatServerFactory",
+            "ChatService",
             "ConsoleResponder",
             "Conversation",
             "ConversationEnded",

@@ -296,13 +296,12 @@ async def test_without_ss_the_trace_says_the_kernel_cannot_be_checked(traced):
 
 async def built(*argv: str):
     """The factory and the listening services that ``twistd sockchat ARGV`` makes."""
-    from sockchat import tap
-    from sockchat._operations.services import ChatServerService
+    from sockchat import ChatService, tap
 
     options = tap.Options()
     options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", *argv])
     top = tap.makeService(options)
-    services = [s for s in top if isinstance(s, ChatServerService)]
+    services = [s for s in top if isinstance(s, ChatService)]
     return services[0].factory, services
 
 
