@@ -6,8 +6,23 @@
 
 Needs the dev extras (``pip install -e '.[dev]'``).  Any pydoctor warning
 (a broken cross-reference, a docstring that does not parse) fails the
-build, and so does a public name without a docstring: the names in
-``sockchat.__all__`` and ``sockchat.testing.__all__``.
+build, and so does a public name without a docstring: the names in the
+``__all__`` of each public module.
+
+Only the public modules are shown (``PUBLIC_MODULES``):
+
+- ``sockchat``: everything a program embeds (``__all__``);
+- ``sockchat.testing``: the fakes for testing responders and clients;
+- ``sockchat.jsonlog``: its ``observer`` is named by its Python path on
+  twistd's command line (``--logger sockchat.jsonlog.observer``), so
+  that path is a promise too.
+
+The private packages (``sockchat._core`` and the others) are hidden, and
+so are the modules whose interface is a command line, documented in
+README.md rather than here: ``sockchat.tap`` (``twistd sockchat``), and
+``sockchat.client``, ``sockchat.operator`` and ``sockchat.worker``
+(``python -m ...``).  Their names stay importable; their insides may
+change like any private module's.
 
 The names that ``sockchat/__init__.py`` re-exports are documented as
 ``sockchat.NAME``, where users import them from, not under the private
@@ -25,7 +40,14 @@ from pydoctor import driver, model
 from pydoctor.options import Options
 
 ROOT = Path(__file__).resolve().parent.parent
-PUBLIC_MODULES = ("sockchat", "sockchat.testing")
+PUBLIC_MODULES = ("sockchat", "sockchat.testing", "sockchat.jsonlog")
+#: Modules that are not part of the API: their interface is a command line.
+COMMAND_LINES = (
+    "sockchat.tap",
+    "sockchat.client",
+    "sockchat.operator",
+    "sockchat.worker",
+)
 
 
 class SockchatSystem(model.System):
@@ -70,6 +92,17 @@ def undocumented(system: model.System) -> list[str]:
     return missing
 
 
+def _hidden() -> list[str]:
+    """pydoctor's options that hide all but the public modules, and every
+    private name (``_x``, not ``__init__``) at any depth: in its patterns,
+    ``**`` spans dots and ``*`` does not.  What a hidden package holds is
+    hidden with it."""
+    patterns = ["**._[!_]*"]
+    for name in COMMAND_LINES:
+        patterns += [name, f"{name}.*"]
+    return [f"--privacy=HIDDEN:{pattern}" for pattern in patterns]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Build the API reference.")
     parser.add_argument("--out", type=Path, default=ROOT / "build" / "apidocs")
@@ -85,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
             "--docformat=restructuredtext",
             "--warnings-as-errors",
             "--quiet",
+            *_hidden(),
             str(ROOT / "sockchat"),
         ]
     )

@@ -1,14 +1,16 @@
 """Fakes shared by the tests: a responder that answers when told, a
-transcript kept in memory, and the helpers that open a conversation in
-memory and read what the server said."""
+transcript kept in memory, an endpoint that listens in memory, and the
+helpers that open a conversation in memory and read what the server
+said."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -40,6 +42,33 @@ class Kept:
 
     def record(self, entry: TranscriptEntry) -> None:
         self.entries.append(entry)
+
+
+class ListeningPort:
+    """What ``ListeningEndpoint`` listens on: it says whether it still does."""
+
+    def __init__(self) -> None:
+        self.listening = True
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", 9527)
+
+    def stopListening(self) -> Deferred[None]:
+        self.listening = False
+        return succeed(None)
+
+
+@implementer(IStreamServerEndpoint)
+class ListeningEndpoint:
+    """A server endpoint that listens at once, in memory."""
+
+    def __init__(self) -> None:
+        self.factory: Any = None
+        self.port = ListeningPort()
+
+    def listen(self, factory: Any) -> Deferred[ListeningPort]:
+        self.factory = factory
+        return succeed(self.port)
 
 
 #: The peer of a conversation opened in memory, unless a test gives another.

@@ -67,32 +67,32 @@ def fatal(message: str) -> SystemExit:
     return SystemExit(f"sockchat: {message}")
 
 
-class _ListeningService(Service):
-    """Listen on an endpoint, binding at once when asked to (``listen``)."""
+class _Listener:
+    """One endpoint, listened on at once when asked, with what to say if
+    the port cannot be had.
 
-    #: The command-line option that chose the endpoint, for error messages.
-    option: str | None = None
+    *description* is the endpoint as a person would write it, and *option*
+    the command-line option that chose it, for that message.
+    """
 
     def __init__(
-        self, endpoint: IStreamServerEndpoint, description: str | None
+        self,
+        endpoint: IStreamServerEndpoint,
+        description: str | None,
+        option: str | None,
     ) -> None:
         self._endpoint = endpoint
-        self._description = description
-        #: The listening port, from start (or ``listen``) to stop.
+        self._where = description or "the endpoint"
+        self._option = option
         self.port: IListeningPort | None = None
 
-    def listen(self) -> None:
-        """Bind the port now; a port that cannot be had raises ``SystemExit``
-        with one line that says why (twistd prints it and exits 1).
-
-        Starting the service does this; ``twistd sockchat`` calls it while
-        it builds the service, to say so before it starts logging or writes
-        its pidfile.
-        """
+    def listen(self, door: IProtocolFactory) -> IAddress | None:
+        """Bind now, and say where; ``None`` if bound already.  A port that
+        cannot be had raises ``SystemExit`` with one line that says why."""
         if self.port is not None:
-            return
+            return None
         outcome: list[Any] = []
-        self._endpoint.listen(self._door()).addBoth(outcome.append)
+        self._endpoint.listen(door).addBoth(outcome.append)
         if not outcome:
             raise fatal(
                 f"{self._where} did not start listening at once; use a tcp, "
@@ -101,27 +101,12 @@ class _ListeningService(Service):
         result = outcome[0]
         if isinstance(result, Failure):
             raise SystemExit(self._cannot_listen(result))
-        self.port = result
-        self._listening(result.getHost())
+        self.port = port = cast(IListeningPort, result)
+        return port.getHost()
 
-    @property
-    def _where(self) -> str:
-        return self._description or "the endpoint"
-
-    def _door(self) -> IProtocolFactory:
-        """What listens."""
-        raise NotImplementedError
-
-    def _listening(self, host: IAddress) -> None:
-        """Say where it listens."""
-
-    def _stop_listening(self) -> Deferred[Any]:
+    def stop(self) -> Deferred[Any]:
         port, self.port = self.port, None
         return maybeDeferred(port.stopListening) if port else succeed(None)
-
-    def privilegedStartService(self) -> None:
-        super().privilegedStartService()
-        self.listen()
 
     def _cannot_listen(self, failure: Failure) -> str:
         error = failure.value
@@ -131,7 +116,7 @@ class _ListeningService(Service):
             if getattr(cause, "errno", None) == errno.EADDRINUSE:
                 return (
                     f"{where}: the address is already in use (is another "
-                    f"server running? choose another {self.option or 'port'})"
+                    f"server running? choose another {self._option or 'port'})"
                 )
             if getattr(cause, "errno", None) == errno.EACCES:
                 return (
@@ -142,7 +127,7 @@ class _ListeningService(Service):
         return f"{where}: {failure.getErrorMessage()}"
 
 
-class ChatService(_ListeningService):
+class ChatService(Service):
     """Serve *factory*'s conversations on *endpoint*, in a Twisted
     application; at stop, say goodbye to every client.
 
@@ -158,6 +143,8 @@ class ChatService(_ListeningService):
       (default: the responder's class name).
     """
 
+    #: The command-line option that chose the endpoint, for messages.
+    _option: str | None = None
     #: Whether stopping says goodbye to the factory's conversations.
     _says_goodbye = True
 
@@ -169,29 +156,44 @@ class ChatService(_ListeningService):
         description: str | None = None,
         label: str | None = None,
     ) -> None:
-        super().__init__(endpoint, description)
+        self._listener = _Listener(endpoint, description, self._option)
         self._label = label or type(factory.responder).__name__
         #: The factory whose conversations this serves.
         self.factory = factory
         #: Fires once the service has stopped and every conversation closed.
         self.stopped: Deferred[None] = Deferred()
 
-    def _door(self) -> IProtocolFactory:
-        """What listens: the chat factory itself, for the TCP door."""
-        return self.factory
+    @property
+    def port(self) -> IListeningPort | None:
+        """The listening port, from the start (or ``listen``) to the stop."""
+        return self._listener.port
 
-    def _listening(self, host: IAddress) -> None:
-        log.info(
-            "sockchat listening on {address} ({responder} answers)",
-            address=describe_address(host),
-            responder=self._label,
-        )
+    def listen(self) -> None:
+        """Bind the port now, if it is not bound yet.
+
+        Starting the service does this; ``twistd sockchat`` calls it while
+        it builds the service, to report a port that cannot be had before
+        it starts logging or writes its pidfile.
+        """
+        host = self._listener.listen(self.factory)
+        if host is not None:
+            log.info(
+                "sockchat listening on {address} ({responder} answers)",
+                address=describe_address(host),
+                responder=self._label,
+            )
+
+    def privilegedStartService(self) -> None:
+        """Listen: twistd starts this before it gives up root, so a port
+        below 1024 works."""
+        super().privilegedStartService()
+        self.listen()
 
     def stopService(self) -> Deferred[None]:
         """Stop listening and say goodbye to every conversation; fire once
         each has closed."""
         super().stopService()
-        stopping = self._stop_listening()
+        stopping = self._listener.stop()
         # Each conversation gets its bye, and is aborted if it cannot take
         # it within the factory's close grace.
         closing = self.factory.close_all() if self._says_goodbye else succeed(None)
@@ -209,7 +211,7 @@ class ChatService(_ListeningService):
 class PortChatService(ChatService):
     """``twistd sockchat``'s TCP door: a ``ChatService`` for ``--port``."""
 
-    option = "--port"
+    _option = "--port"
 
 
 class WebChatService(ChatService):
@@ -222,7 +224,7 @@ class WebChatService(ChatService):
     says "not accepting" (503) from the moment the service stops.
     """
 
-    option = "--web"
+    _option = "--web"
     _says_goodbye = False
 
     def __init__(
@@ -243,16 +245,14 @@ class WebChatService(ChatService):
             self._site.resource.putChild(b"healthz", healthz_resource(health))
         self._scheme = "https" if secure else "http"
 
-    def _door(self) -> IProtocolFactory:
-        return self._site
-
-    def _listening(self, host: IAddress) -> None:
-        address = describe_address(host)
-        log.info(
-            "sockchat web page at {url} ({responder} answers)",
-            url=f"{self._scheme}://{address}/",
-            responder=self._label,
-        )
+    def listen(self) -> None:
+        host = self._listener.listen(self._site)
+        if host is not None:
+            log.info(
+                "sockchat web page at {url} ({responder} answers)",
+                url=f"{self._scheme}://{describe_address(host)}/",
+                responder=self._label,
+            )
 
     def stopService(self) -> Deferred[None]:
         if self._health is not None:
@@ -260,15 +260,13 @@ class WebChatService(ChatService):
         return super().stopService()
 
 
-class MetricsService(_ListeningService):
+class MetricsService(Service):
     """Serve ``/metrics`` and ``/healthz`` (``--metrics``).
 
     At stop it says "not accepting" at once, and goes on answering (503)
     until every service in *draining* has stopped, so that a load balancer
     sees the server leave before its port closes.
     """
-
-    option = "--metrics"
 
     def __init__(
         self,
@@ -278,19 +276,23 @@ class MetricsService(_ListeningService):
         health: Health,
         draining: list[ChatService],
     ) -> None:
-        super().__init__(endpoint, description)
+        self._listener = _Listener(endpoint, description, "--metrics")
         self._site = site
         self._health = health
         self._draining = draining
 
-    def _door(self) -> IProtocolFactory:
-        return self._site
+    def listen(self) -> None:
+        """Bind the port now, if it is not bound yet."""
+        host = self._listener.listen(self._site)
+        if host is not None:
+            log.info(
+                "sockchat metrics at {url}",
+                url=f"http://{describe_address(host)}/metrics",
+            )
 
-    def _listening(self, host: IAddress) -> None:
-        log.info(
-            "sockchat metrics at {url}",
-            url=f"http://{describe_address(host)}/metrics",
-        )
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.listen()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -298,7 +300,7 @@ class MetricsService(_ListeningService):
         drained: Deferred[list[None]] = gatherResults(
             [service.stopped for service in self._draining]
         )
-        done = drained.addBoth(lambda _: self._stop_listening())
+        done = drained.addBoth(lambda _: self._listener.stop())
         return done.addCallback(lambda _: None)
 
 

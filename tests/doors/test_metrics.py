@@ -8,7 +8,6 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
@@ -30,7 +29,7 @@ from sockchat._operations.services import MetricsService, PortChatService
 from sockchat.tap import Options
 
 from conftest import has_fired
-from fakes import Later, open_conversation
+from fakes import Later, ListeningEndpoint, open_conversation
 
 
 def samples(stats: ServerStats, health: Health | None = None) -> dict:
@@ -156,22 +155,14 @@ def test_the_metrics_site_serves_both_pages_and_logs_no_request():
     assert site.log(DummyRequest([b"healthz"])) is None  # and writes nothing
 
 
-class _Port:
-    def __init__(self) -> None:
-        self.stopped: Deferred[None] | None = None
-
-    def stopListening(self) -> Deferred[None]:
-        self.stopped = succeed(None)
-        return self.stopped
-
-
 def test_metrics_stay_up_503_until_the_chat_door_has_closed():
     clock = Clock()
     health = Health()
     factory = ChatServerFactory(Later(), clock=clock)
-    door = PortChatService(None, factory)  # type: ignore[arg-type]
-    metrics = MetricsService(None, "test", None, health, [door])  # type: ignore[arg-type]
-    metrics.port = port = _Port()  # type: ignore[assignment]
+    door = PortChatService(ListeningEndpoint(), factory)
+    endpoint = ListeningEndpoint()
+    metrics = MetricsService(endpoint, "test", None, health, [door])  # type: ignore[arg-type]
+    metrics.listen()
     proto, _ = connect(factory)
     proto.dataReceived(b"waiting\n")
     door.startService()
@@ -179,11 +170,11 @@ def test_metrics_stay_up_503_until_the_chat_door_has_closed():
     stopping = metrics.stopService()
     door_stopping = door.stopService()
     assert not health.accepting
-    assert port.stopped is None, "still answering /healthz while the door drains"
+    assert endpoint.port.listening, "still answering /healthz while the door drains"
     assert not has_fired(stopping)
     proto.connectionLost()  # the last client has gone
     assert has_fired(door_stopping)
-    assert port.stopped is not None
+    assert not endpoint.port.listening
     assert has_fired(stopping)
 
 

@@ -4,56 +4,26 @@ application, that says goodbye to every client when it stops."""
 from __future__ import annotations
 
 import socket
-from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.application.service import MultiService
-from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
 from twisted.internet.error import ConnectionRefusedError
-from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.internet.task import Clock
-from zope.interface import implementer
 
 from sockchat import ChatServerFactory, ChatService, ConversationEnded, connect
 from sockchat._core.stats import Health
 from sockchat._operations.services import WebChatService
 
 from conftest import has_fired
-from fakes import Later, lose, open_conversation, said
+from fakes import Later, ListeningEndpoint, lose, open_conversation, said
 
 SHUTDOWN = "!bye shutdown: the server is shutting down."
 
 
-class _Port:
-    def __init__(self) -> None:
-        self.listening = True
-
-    def getHost(self) -> IPv4Address:
-        return IPv4Address("TCP", "127.0.0.1", 9527)
-
-    def stopListening(self) -> Deferred[None]:
-        self.listening = False
-        return succeed(None)
-
-
-@implementer(IStreamServerEndpoint)
-class _Endpoint:
-    """Listens at once, in memory."""
-
-    def __init__(self) -> None:
-        self.factory: Any = None
-        self.port = _Port()
-
-    def listen(self, factory: Any) -> Deferred[_Port]:
-        self.factory = factory
-        return succeed(self.port)
-
-
 def test_starting_listens_with_the_factory_and_stopping_says_goodbye_first():
-    endpoint = _Endpoint()
+    endpoint = ListeningEndpoint()
     factory = ChatServerFactory(Later(), clock=Clock())
     application = MultiService()
     ChatService(endpoint, factory).setServiceParent(application)
@@ -80,7 +50,7 @@ def test_starting_listens_with_the_factory_and_stopping_says_goodbye_first():
 def test_a_web_door_says_not_accepting_from_its_stop():
     health = Health()
     factory = ChatServerFactory(Later(), clock=Clock())
-    web = WebChatService(_Endpoint(), "tcp:8080", factory, health=health)
+    web = WebChatService(ListeningEndpoint(), "tcp:8080", factory, health=health)
     web.privilegedStartService()
     web.startService()
     assert health.accepting
