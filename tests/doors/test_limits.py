@@ -9,8 +9,6 @@ from sockchat import EchoResponder
 from sockchat._core.limits import AccessRules, Admission, parse_networks
 from sockchat.testing import MemoryServer
 
-from processes import Server, raw_connect, recv_lines
-
 LOOPBACK = ["127.0.0.1", "127.3.4.5", "::1", "::ffff:127.0.0.1"]
 
 
@@ -77,27 +75,3 @@ def test_fifty_local_clients_at_once_are_all_welcome_in_memory():
     assert [server.say(c, f"hi {i}") for i, c in enumerate(conversations)] == [
         f"hi {i}" for i in range(50)
     ]
-
-
-@pytest.mark.slow
-def test_a_loopback_port_welcomes_more_local_clients_than_max_per_ip():
-    with Server("--responder", "echo", "--max-per-ip", "2") as server:
-        socks = [raw_connect(server.port) for _ in range(5)]
-        try:
-            firsts = [recv_lines(sock, 1)[0] for sock in socks]
-        finally:
-            for sock in socks:
-                sock.close()
-    assert all(line.startswith(b"!info welcome: ") for line in firsts), firsts
-
-
-@pytest.mark.slow
-def test_cap_loopback_caps_local_clients_and_the_log_names_the_option():
-    options = ("--responder", "echo", "--max-per-ip", "1", "--cap-loopback")
-    with Server(*options) as server, raw_connect(server.port) as first:
-        assert recv_lines(first, 1)[0].startswith(b"!info welcome: ")
-        with raw_connect(server.port) as second:
-            (line,) = recv_lines(second, 1)
-        assert line.startswith(b"!bye busy: your address already has 1 ")
-        logged = server.read_until(b"(0: no limit)")
-    assert b"raise --max-per-ip" in logged

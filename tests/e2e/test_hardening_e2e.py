@@ -264,3 +264,25 @@ def test_openssl_s_client_holds_a_conversation(tls):
     lines = done.stdout.decode().splitlines()
     assert lines[0].startswith("!info welcome:")
     assert lines[1:] == ["hello over TLS", "!bye quit: goodbye."]
+
+
+def test_a_loopback_port_welcomes_more_local_clients_than_max_per_ip():
+    with Server("--responder", "echo", "--max-per-ip", "2") as server:
+        socks = [raw_connect(server.port) for _ in range(5)]
+        try:
+            firsts = [recv_lines(sock, 1)[0] for sock in socks]
+        finally:
+            for sock in socks:
+                sock.close()
+    assert all(line.startswith(b"!info welcome: ") for line in firsts), firsts
+
+
+def test_cap_loopback_caps_local_clients_and_the_log_names_the_option():
+    options = ("--responder", "echo", "--max-per-ip", "1", "--cap-loopback")
+    with Server(*options) as server, raw_connect(server.port) as first:
+        assert recv_lines(first, 1)[0].startswith(b"!info welcome: ")
+        with raw_connect(server.port) as second:
+            (line,) = recv_lines(second, 1)
+        assert line.startswith(b"!bye busy: your address already has 1 ")
+        logged = server.read_until(b"(0: no limit)")
+    assert b"raise --max-per-ip" in logged
