@@ -489,13 +489,13 @@ def _server_endpoint(
     """Parse *description* (made from *given*); a bad one ends in one line."""
     if description.startswith("haproxy:"):
         # Not Twisted's wrapper: the client is admitted and named by the
-        # address in the PROXY header, not the load balancer's (_proxied).
+        # address in the PROXY header, not the load balancer's (_doors/proxied.py).
         from sockchat._doors.proxied import ProxiedEndpoint
 
         inner = description.removeprefix("haproxy:")
         return ProxiedEndpoint(_server_endpoint(reactor, inner, option, given), reactor)
     if description.startswith("systemd:"):
-        # Not Twisted's parser: from twistd it finds no socket (see _systemd).
+        # Not Twisted's parser: from twistd it finds no socket (_doors/systemd.py).
         try:
             return systemd_endpoint(reactor, description)
         except ValueError as e:

@@ -13,7 +13,7 @@ client's prompt never goes to another client.  How exactly the console
 keeps it depends on what it can see:
 
 - **Editing** (stdin and stdout are a terminal, read key by key; see
-  ``_lineedit`` and ``_screen``): the console sees the first key, so it
+  ``lineedit.py`` and ``screen.py``, beside it): the console sees the first key, so it
   knows when a line was begun and for whom.  If that client stops waiting
   without the operator's doing (it left, or its line timed out) while the
   line is under way, or the line was begun when nobody was waiting and a

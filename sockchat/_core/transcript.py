@@ -2,8 +2,8 @@
 
 The server hands one ``TranscriptEntry`` per message or notice to an ``ITranscript``;
 ``encode_entry`` turns it into one line of JSON.  The format is in
-``docs/transcripts.md``.  No I/O here: ``TranscriptFile`` in
-``_transcript_file`` writes the lines.
+``docs/transcripts.md``.  No I/O here: ``TranscriptFile`` (in
+``sockchat/_operations/transcript_file.py``) writes the lines.
 """
 
 from __future__ import annotations

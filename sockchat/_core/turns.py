@@ -3,7 +3,7 @@
 The client speaks first.  After each line the speaker waits for exactly one
 answer.  A line that is exactly ``q`` ends the conversation from either side.
 ``ClientTurns`` is the client's view of one conversation; the server's is
-the conversation engine (``_engine.ServerConversation``).  Both turn what
+the conversation engine (``ServerConversation``, in ``engine.py``).  Both turn what
 arrives into values that say what to do next, and the Twisted protocols
 only carry those out.
 """

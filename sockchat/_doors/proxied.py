@@ -29,7 +29,7 @@ from twisted.internet.protocol import Protocol
 
 # Twisted makes only proxyEndpoint public; its wrapper, whose header parsing
 # this reuses, lives in a private module (setup.cfg pins Twisted below 27,
-# and tests/test_proxied.py covers it).
+# and tests/doors/test_proxied.py covers it).
 from twisted.protocols.haproxy._wrapper import (
     HAProxyProtocolWrapper,
     HAProxyWrappingFactory,

@@ -4,7 +4,7 @@ Every statement is an observation that names its source (a read's bytes,
 ``TCP_INFO``, ``ss``, a captured packet) or is worded as an inference.
 
 This module decides every fact and every word of the trace, with no I/O:
-the Twisted glue (``_tracing.py``) hands it addresses, the bytes of each
+the Twisted glue (``tracing.py``, beside it) hands it addresses, the bytes of each
 read, the kernel's ``TCP_INFO`` bytes, the order of the FINs and the output
 of ``ss``, each with the time, and prints the lines it gets back.
 

@@ -8,7 +8,7 @@
   const QUIT = "q";
   const NOTICE = /^!(info|error|bye) ([a-z0-9-]+): ([\s\S]*)$/;
   // C0 and C1 controls, DEL, line and paragraph separators, bidi controls:
-  // the same set as sockchat/_render.py.
+  // the same set as sockchat/_core/render.py.
   const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g;
   const NAMED = { "\t": "\\t", "\n": "\\n", "\r": "\\r", "\u001b": "\\x1b" };
 

@@ -129,3 +129,19 @@ def test_readme_testing_example_runs(monkeypatch):
     ]
     monkeypatch.syspath_prepend(str(ROOT))
     exec(compile(block, "README.md", "exec"), {})  # its asserts are the test
+
+
+def test_readme_service_example_builds_an_application():
+    from twisted.application.service import IService
+
+    readme = (ROOT / "README.md").read_text()
+    (block,) = [
+        b
+        for b in re.findall(r"```python\n(.*?)```", readme, re.DOTALL)
+        if "ChatService(" in b
+    ]
+    namespace: dict[str, object] = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    (chat,) = list(IService(namespace["application"]))
+    assert isinstance(chat, sockchat.ChatService)
+    assert chat.port is None, "it listens only when the application starts"
