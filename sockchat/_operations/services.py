@@ -25,7 +25,6 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred, succeed
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import (
-    IAddress,
     IListeningPort,
     IProtocolFactory,
     IReactorCore,
@@ -86,9 +85,10 @@ class _Listener:
         self._option = option
         self.port: IListeningPort | None = None
 
-    def listen(self, door: IProtocolFactory) -> IAddress | None:
-        """Bind now, and say where; ``None`` if bound already.  A port that
-        cannot be had raises ``SystemExit`` with one line that says why."""
+    def listen(self, door: IProtocolFactory) -> str | None:
+        """Bind now, and say where (``host:port``); ``None`` if bound
+        already.  A port that cannot be had raises ``SystemExit`` with one
+        line that says why."""
         if self.port is not None:
             return None
         outcome: list[Any] = []
@@ -102,7 +102,7 @@ class _Listener:
         if isinstance(result, Failure):
             raise SystemExit(self._cannot_listen(result))
         self.port = port = cast(IListeningPort, result)
-        return port.getHost()
+        return describe_address(port.getHost())
 
     def stop(self) -> Deferred[Any]:
         port, self.port = self.port, None
@@ -175,11 +175,11 @@ class ChatService(Service):
         it builds the service, to report a port that cannot be had before
         it starts logging or writes its pidfile.
         """
-        host = self._listener.listen(self.factory)
-        if host is not None:
+        address = self._listener.listen(self.factory)
+        if address is not None:
             log.info(
                 "sockchat listening on {address} ({responder} answers)",
-                address=describe_address(host),
+                address=address,
                 responder=self._label,
             )
 
@@ -246,11 +246,12 @@ class WebChatService(ChatService):
         self._scheme = "https" if secure else "http"
 
     def listen(self) -> None:
-        host = self._listener.listen(self._site)
-        if host is not None:
+        address = self._listener.listen(self._site)
+        if address is not None:
+            url = f"{self._scheme}://{address}/"
             log.info(
                 "sockchat web page at {url} ({responder} answers)",
-                url=f"{self._scheme}://{describe_address(host)}/",
+                url=url,
                 responder=self._label,
             )
 
@@ -283,12 +284,9 @@ class MetricsService(Service):
 
     def listen(self) -> None:
         """Bind the port now, if it is not bound yet."""
-        host = self._listener.listen(self._site)
-        if host is not None:
-            log.info(
-                "sockchat metrics at {url}",
-                url=f"http://{describe_address(host)}/metrics",
-            )
+        address = self._listener.listen(self._site)
+        if address is not None:
+            log.info("sockchat metrics at {url}", url=f"http://{address}/metrics")
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
