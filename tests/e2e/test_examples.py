@@ -66,6 +66,7 @@ def test_the_bot_runs_behind_twistd_with_the_real_client():
     assert answer == ANSWERS["port"]
 
 
+@pytest.mark.slow
 def test_a_bad_responder_reference_is_one_line_at_startup():
     done = run_twistd("--responder", "examples.bot:NoSuchBot", cwd=ROOT)
     assert done.returncode == 1
