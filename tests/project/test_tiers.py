@@ -1,6 +1,6 @@
 """The tests by tier: each test file is in a tier's folder, and the fast
-tiers (core, doors) start no sockchat process, so that ``pytest
-tests/core`` and ``pytest tests/doors`` stay fast and need no twistd."""
+tiers (core, doors, teaching) start no sockchat process, so that ``pytest
+tests/core`` and the like stay fast and need no twistd."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
-TIERS = ("core", "doors", "broker", "e2e", "project")
+TIERS = ("core", "doors", "teaching", "broker", "e2e", "project")
+FAST_TIERS = ("core", "doors", "teaching")
 #: What the fast tiers may take from tests/processes.py: nothing that
 #: starts twistd or the client.
 FAST_MAY_TAKE = {"need_tool"}
@@ -25,7 +26,7 @@ def test_every_test_file_is_in_a_tier():
 
 def test_the_fast_tiers_start_no_sockchat_process():
     found = []
-    for tier in ("core", "doors"):
+    for tier in FAST_TIERS:
         for path in sorted((TESTS / tier).glob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ImportFrom) and node.module == "processes":
