@@ -1,0 +1,11 @@
+"""The desk: operators answer clients from a browser (issue 25).
+
+- ``accounts``: the accounts file and its scrypt hashes;
+- ``sessions``: who is logged in, and for how long;
+- ``throttle``: how fast wrong passwords may be tried;
+- ``queue``: what the desk needs from the operators' queue (``IDeskQueue``),
+  and ``memory``, that queue in one process;
+- ``model``: what each operator sees, holds and may do, with no I/O;
+- ``canned``: canned answers, chosen with a short keyword;
+- ``door``: the desk's web door (pages, API, WebSocket), thin over the rest.
+"""
