@@ -299,12 +299,14 @@ class DeskModel:
         ]
 
     def holding(self, name: str) -> int:
-        held = sum(
-            1
-            for c in self._conversations.values()
+        """Conversations *name* holds, or is taking a line of."""
+        keys = {
+            key
+            for key, c in self._conversations.items()
             if c.holder is not None and c.holder.name == name
-        )
-        return held + sum(1 for who, _ in self._taking.values() if who == name)
+        }
+        keys.update(key for who, key in self._taking.values() if who == name)
+        return len(keys)
 
     def _label(self, key: str) -> str:
         conversation = self._conversations.get(key)
