@@ -30,6 +30,7 @@ a request with a body is refused with 413 before the body is read.
 from __future__ import annotations
 
 import ipaddress
+import typing
 from collections.abc import Callable
 from contextlib import suppress
 from importlib import resources
@@ -41,6 +42,7 @@ from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IPushProducer,
+    IReactorTime,
     ITCPTransport,
 )
 from twisted.internet.protocol import Protocol, connectionDone
@@ -56,7 +58,9 @@ from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from sockchat._core.engine import Action, Close, Reason, SendMessage
+from sockchat._core.limits import Admission
 from sockchat._core.render import safe_text
+from sockchat._core.wire import Notice
 from sockchat._doors.runner import Door
 from sockchat._doors.tcp import (
     TRANSPORT_BUFFER,
@@ -69,12 +73,25 @@ __all__ = [
     "CLOSE_CODES",
     "CONTENT_SECURITY_POLICY",
     "HEADERS_DEADLINE",
+    "SECURITY_HEADERS",
+    "ChatChannel",
+    "ChatSite",
+    "Gate",
+    "StaticFile",
     "WebChatDoor",
     "WebConversation",
     "chat_site",
     "close_code",
+    "handshake_problem",
+    "header_text",
+    "log_cross_origin",
     "names_this_host",
+    "not_a_handshake",
+    "origin_problem",
+    "plain_response",
+    "read_asset",
     "same_origin",
+    "stream_messages",
 ]
 
 log = Logger(namespace="sockchat.web")
@@ -98,7 +115,8 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
     "frame-ancestors 'none'"
 )
-_HEADERS = {
+#: Every page's headers: the policy above, and no sniffing, referrer or framing.
+SECURITY_HEADERS = {
     b"content-security-policy": CONTENT_SECURITY_POLICY.encode(),
     b"x-content-type-options": b"nosniff",
     b"referrer-policy": b"no-referrer",
@@ -184,7 +202,8 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _header(request: Request, name: bytes) -> str | None:
+def header_text(request: Request, name: bytes) -> str | None:
+    """A request header as text (latin-1, as HTTP has it), or None."""
     value = request.getHeader(name)
     if value is None:
         return None
@@ -354,30 +373,52 @@ class WebChatDoor:
         return cast(WebConversation, make(self.factory, request))
 
 
+def origin_problem(request: Request, *, required: bool = False) -> str | None:
+    """Why *request* does not come from a page of this server, or None.
+
+    Its ``Host`` must be a name the listening address may have
+    (``names_this_host``) and its ``Origin`` the page's own
+    (``same_origin``); with *required*, a request with no ``Origin`` (not
+    from a browser's page) is refused too.
+    """
+    origin = header_text(request, b"origin")
+    host = header_text(request, b"host")
+    local = getattr(request.getHost(), "host", "")
+    if not names_this_host(host, local):
+        return "a loopback server reached by another name (DNS rebinding?)"
+    if origin is None and required:
+        return "no Origin header (not a page of this server)"
+    if not same_origin(origin, host, request.isSecure()):
+        return "a page from another origin"
+    return None
+
+
+def log_cross_origin(
+    logger: Logger, request: Request, why: str, what: str = "WebSocket"
+) -> None:
+    """One log line for a request refused by ``origin_problem``."""
+    logger.info(
+        "refused a cross-origin {what} from {peer}: origin {origin}, host {host}: "
+        "{why}",
+        what=what,
+        peer=describe_address(request.getClientAddress()),
+        origin=safe_text(header_text(request, b"origin") or ""),
+        host=safe_text(header_text(request, b"host") or ""),
+        why=why,
+    )
+
+
 class _ChatSocketResource(WebSocketResource):
     """The WebSocket endpoint: same-origin handshakes only."""
 
     def render_GET(self, request: Request) -> bytes | int:
-        origin = _header(request, b"origin")
-        host = _header(request, b"host")
-        local = getattr(request.getHost(), "host", "")
-        if not names_this_host(host, local):
-            why = "a loopback server reached by another name (DNS rebinding?)"
-        elif not same_origin(origin, host, request.isSecure()):
-            why = "a page from another origin"
-        else:
-            problem = _handshake_problem(request)
+        why = origin_problem(request)
+        if why is None:
+            problem = handshake_problem(request)
             if problem is None:
                 return super().render_GET(request)
-            return _not_a_handshake(request, problem)
-        log.info(
-            "refused a cross-origin WebSocket from {peer}: origin {origin}, "
-            "host {host}: {why}",
-            peer=describe_address(request.getClientAddress()),
-            origin=safe_text(origin or ""),
-            host=safe_text(host or ""),
-            why=why,
-        )
+            return not_a_handshake(request, problem)
+        log_cross_origin(log, request, why)
         request.setResponseCode(403)
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return (
@@ -386,7 +427,7 @@ class _ChatSocketResource(WebSocketResource):
         )
 
 
-def _handshake_problem(request: Request) -> str | None:
+def handshake_problem(request: Request) -> str | None:
     """What makes *request* not a WebSocket handshake, or None.
 
     ``WebSocketResource`` would say so itself, but at error level and with
@@ -403,9 +444,20 @@ def _handshake_problem(request: Request) -> str | None:
     return None
 
 
-def _not_a_handshake(request: Request, problem: str) -> bytes:
-    """426 for a plain GET of the socket's path, 400 for a broken handshake."""
-    upgrade = (_header(request, b"upgrade") or "").strip().lower()
+#: What a plain GET of the chat page's socket is told to do instead.
+CHAT_SOCKET_INSTEAD = (
+    b"/chat is the chat page's WebSocket; open / in a browser instead."
+)
+
+
+def not_a_handshake(
+    request: Request,
+    problem: str,
+    instead: bytes = CHAT_SOCKET_INSTEAD,
+) -> bytes:
+    """426 for a plain GET of the socket's path, 400 for a broken handshake;
+    the 426 says what to do *instead*."""
+    upgrade = (header_text(request, b"upgrade") or "").strip().lower()
     log.info(
         "refused a request for the WebSocket from {peer}: {why}",
         peer=describe_address(request.getClientAddress()),
@@ -416,10 +468,7 @@ def _not_a_handshake(request: Request, problem: str) -> bytes:
         request.setResponseCode(426)
         request.setHeader(b"upgrade", b"websocket")
         request.setHeader(b"connection", b"Upgrade")
-        return (
-            b"sockchat: /chat is the chat page's WebSocket; open / in a "
-            b"browser instead.\n"
-        )
+        return b"sockchat: " + instead + b"\n"
     request.setResponseCode(400)
     return f"sockchat: not a WebSocket handshake ({safe_text(problem)}).\n".encode()
 
@@ -431,8 +480,8 @@ class _Root(Resource):
         return notFound()
 
 
-class _Asset(Resource):
-    """One file of the page, with its type and the security headers."""
+class StaticFile(Resource):
+    """One file of a page, with its type and the security headers."""
 
     isLeaf = True
 
@@ -443,7 +492,7 @@ class _Asset(Resource):
 
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", self._type)
-        for name, value in _HEADERS.items():
+        for name, value in SECURITY_HEADERS.items():
             request.setHeader(name, value)
         return self._body
 
@@ -459,8 +508,16 @@ ASSETS = {
 SOCKET_PATH = b"chat"
 
 
+def read_asset(*path: str) -> bytes:
+    """A file of the pages shipped in ``sockchat/web``, e.g. ``("desk", "desk.js")``."""
+    where = resources.files("sockchat") / "web"
+    for part in path:
+        where = where / part
+    return where.read_bytes()
+
+
 def _read_asset(name: str) -> bytes:
-    return (resources.files("sockchat") / "web" / name).read_bytes()
+    return read_asset(name)
 
 
 def plain_response(code: int, reason: str, text: str) -> bytes:
@@ -474,14 +531,28 @@ def plain_response(code: int, reason: str, text: str) -> bytes:
     ).encode() + body
 
 
+class Gate(typing.Protocol):
+    """Who may connect to a site: a ``ChatServerFactory``, or the like.
+
+    ``refusal`` admits a connection (None) or says why not (and logs it);
+    an admitted one gives its slot back with ``admission.release``.
+    """
+
+    clock: IReactorTime
+    admission: Admission
+
+    def refusal(self, addr: Any) -> Notice | None: ...
+
+
 class ChatChannel(HTTPChannel):
     """An HTTP connection to the chat site, admitted at its accept.
 
-    It holds a slot of the factory's caps until the connection closes, or
+    It holds a slot of the gate's caps until the connection closes, or
     until it becomes a WebSocket, whose ``WebConversation`` takes the slot
     over (``hand_over``) and releases it when the conversation ends.  Each
-    request must send all its headers within the site's
-    ``headers_deadline``, and may not have a body.
+    request must send all its headers (and its body, where the site takes
+    one) within the site's ``headers_deadline``, and may not have a body
+    of more than the site's ``max_body`` bytes (none, for the chat page).
     """
 
     site: ChatSite
@@ -503,7 +574,7 @@ class ChatChannel(HTTPChannel):
         """Give the connection's slot back, if it still holds it."""
         if self._admitted:
             self._admitted = False
-            self.site.chat.admission.release(self._host)
+            self.site.gate.admission.release(self._host)
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -535,22 +606,31 @@ class ChatChannel(HTTPChannel):
         self._tcp.abortConnection()
 
     def allHeadersReceived(self) -> None:
-        self._stop_deadline()
-        if self.length != 0:  # Content-Length over 0, or None: chunked
+        length = self.length  # None: chunked, of a length not known
+        if length != 0 and (length is None or length > self.site.max_body):
+            self._stop_deadline()
             self._refuse_body()
             return
         super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._stop_deadline()
+        super().allContentReceived()
 
     def _refuse_body(self) -> None:
         log.info(
             "refused a web request with a body from {peer}",
             peer=describe_address(self._tcp.getPeer()),
         )
+        most = self.site.max_body
         self._tcp.write(
             plain_response(
                 413,
                 "Content Too Large",
-                "this server takes no request bodies; the chat page needs none.",
+                f"this server takes request bodies of at most {most} bytes, "
+                "with a Content-Length."
+                if most
+                else "this server takes no request bodies; the chat page needs none.",
             )
         )
         # Read nothing more: the body is neither stored nor parsed.
@@ -614,9 +694,11 @@ class _Refused(Protocol):
 
 
 class ChatSite(Site):
-    """The chat page's site: every connection is admitted by *chat*'s caps.
+    """A site whose every connection is admitted by *gate*'s caps (the chat
+    page's: its ``ChatServerFactory``; the desk's: its own).
 
-    It leaves out the access log: one log line per conversation.
+    It leaves out the access log: one log line per conversation.  Requests
+    may have a body of up to *max_body* bytes (none, by default).
     """
 
     noisy = False
@@ -624,16 +706,16 @@ class ChatSite(Site):
     #: Seconds each request has to send all its headers.
     headers_deadline = HEADERS_DEADLINE
 
-    def __init__(self, resource: IResource, chat: ChatServerFactory) -> None:
-        super().__init__(resource, reactor=chat.clock)
-        self.chat = chat
-        self.clock = chat.clock
+    def __init__(self, resource: IResource, gate: Gate, *, max_body: int = 0) -> None:
+        super().__init__(resource, reactor=gate.clock)
+        self.gate = gate
+        self.clock = gate.clock
+        self.max_body = max_body
         #: Refused connections lingering now (see ``_Refused``).
         self.lingering = 0
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
-        chat = self.chat
-        refusal = chat.refusal(addr)
+        refusal = self.gate.refusal(addr)
         if refusal is not None:
             if refusal.code == Reason.DENIED.value:
                 code, reason = 403, "Forbidden"
@@ -663,7 +745,7 @@ def chat_site(factory: ChatServerFactory) -> Site:
         )
     root = _Root()
     for path, (name, content_type) in ASSETS.items():
-        root.putChild(path, _Asset(_read_asset(name), content_type))
+        root.putChild(path, StaticFile(_read_asset(name), content_type))
     door = WebChatDoor(factory)
     root.putChild(SOCKET_PATH, _ChatSocketResource(door))
     return ChatSite(root, factory)
