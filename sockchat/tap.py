@@ -32,6 +32,9 @@ from sockchat._core.defaults import (
 from sockchat._core.framing import FRAMINGS, framing_named
 from sockchat._core.limits import AccessRules, Admission, parse_networks
 from sockchat._core.stats import Health
+from sockchat._desk.accounts import AccountsError, AccountsFile
+from sockchat._desk.canned import CannedError, load_canned
+from sockchat._desk.model import DEFAULT_HOLD
 from sockchat._doors.systemd import systemd_endpoint
 from sockchat._doors.tcp import ChatServerFactory
 from sockchat._doors.tlsfiles import TLSFileError, check_certificate, check_pair
@@ -39,6 +42,7 @@ from sockchat._operations.loading import ResponderNotLoaded, load_responder
 from sockchat._operations.prometheus import EXTRA_MISSING, metrics_available
 from sockchat._operations.services import (
     ChatService,
+    DeskService,
     MetricsService,
     OperatorConsoleService,
     PortChatService,
@@ -207,6 +211,36 @@ class Options(usage.Options):
             "description. Needs: pip install 'sockchat[metrics]'.",
         ],
         [
+            "desk",
+            None,
+            None,
+            "Serve the operators' desk here: a web page where operators log in "
+            "and answer clients (a port number, on 127.0.0.1, or a server "
+            "endpoint description such as ssl:8443:privateKey=key.pem:"
+            "certKey=cert.pem). Needs --accounts; implies --responder operators.",
+        ],
+        [
+            "accounts",
+            None,
+            None,
+            "The desk's accounts file, made with: python -m sockchat.desk "
+            "passwd FILE NAME.",
+        ],
+        [
+            "canned",
+            None,
+            None,
+            "The desk's canned answers: a file of KEYWORD TEXT lines, chosen "
+            "at the desk with /KEYWORD (see docs/desk.md).",
+        ],
+        [
+            "hold",
+            None,
+            None,
+            "Conversations each desk operator may hold at once "
+            f"(default {DEFAULT_HOLD}).",
+        ],
+        [
             "tls-client-ca",
             None,
             None,
@@ -267,6 +301,11 @@ class Options(usage.Options):
         self["metrics_endpoint"] = (
             endpoint_description(metrics, "--metrics") if metrics else None
         )
+        desk = self["desk"]
+        if desk is not None and not desk.strip():
+            raise fatal("--desk needs a port number or an endpoint; it was empty")
+        if desk is not None and self["responder"] is None:
+            self["responder"] = "operators"  # the desk's operators answer
         responder = self["responder"]
         if responder is None:
             if not sys.stdin.isatty():
@@ -285,6 +324,7 @@ class Options(usage.Options):
         if self["responder"] == "console":
             _check_console(self, chosen=responder is not None)
         _check_broker(self)
+        _check_desk(self)
         self["answer_timeout"] = _answer_timeout(self)
         try:
             self["framing_value"] = framing_named(self["framing"])
@@ -311,6 +351,8 @@ class Options(usage.Options):
             check_tls_files(self["endpoint"], "--port")
             if self["web_endpoint"] is not None:
                 check_tls_files(self["web_endpoint"], "--web")
+            if self["desk_endpoint"] is not None:
+                check_tls_files(self["desk_endpoint"], "--desk")
             if ca is not None:
                 check_certificate(f"--tls-client-ca {ca}", ca)
         except TLSFileError as e:
@@ -415,6 +457,8 @@ def _check_broker(options: Options) -> None:
     url, responder = options["broker"], options["responder"]
     options["broker_address"] = None
     if url is None:
+        if responder == "operators" and options["desk"] is not None:
+            return  # the desk's operators, in this process
         if responder in BROKER_ONLY:
             raise fatal(
                 f"--responder {responder} needs --broker URL (the Redis that the "
@@ -432,6 +476,59 @@ def _check_broker(options: Options) -> None:
         options["broker_address"] = parse_broker_url(url)
     except ValueError as e:
         raise fatal(str(e).removeprefix("sockchat: ")) from None
+
+
+#: How to make the accounts the desk needs.
+MAKE_ACCOUNTS = "python -m sockchat.desk passwd FILE NAME"
+
+
+def _check_desk(options: Options) -> None:
+    """``--desk``: an endpoint, accounts that can be read, the operators as
+    the responder, and no broker (yet)."""
+    desk = options["desk"]
+    options["desk_endpoint"] = None
+    if desk is None:
+        for name in ("accounts", "canned", "hold"):
+            if options[name] is not None:
+                raise fatal(f"--{name} is for the operators' desk: add --desk PORT")
+        return
+    responder = options["responder"]
+    if responder != "operators":
+        raise fatal(
+            "--desk is where operators answer clients, so it needs --responder "
+            f"operators (the default with --desk), not {responder}"
+        )
+    if options["broker"] is not None:
+        raise fatal(
+            "--desk with --broker is not there yet (issue 25, part 2): serve the "
+            "desk from one instance without --broker, or answer with python -m "
+            "sockchat.operator"
+        )
+    if options["accounts"] is None:
+        raise fatal(
+            f"--desk needs --accounts FILE, the operators' accounts; make one with: "
+            f"{MAKE_ACCOUNTS}"
+        )
+    accounts = AccountsFile(options["accounts"])
+    try:
+        accounts.load()
+    except AccountsError as e:
+        raise fatal(f"{e}; make accounts with: {MAKE_ACCOUNTS}") from None
+    options["accounts_file"] = accounts
+    options["canned_answers"] = ()
+    if options["canned"] is not None:
+        try:
+            options["canned_answers"] = load_canned(options["canned"])
+        except CannedError as e:
+            raise fatal(str(e)) from None
+    hold = options["hold"]
+    if hold is None:
+        options["hold_count"] = DEFAULT_HOLD
+    elif not hold.isdigit() or int(hold) < 1:
+        raise fatal(f"--hold {hold} is not a whole number (1 or more)")
+    else:
+        options["hold_count"] = int(hold)
+    options["desk_endpoint"] = endpoint_description(desk, "--desk")
 
 
 def _answer_timeout(options: Options) -> float | AnswerTimeout | None:
@@ -521,6 +618,7 @@ def makeService(options: Options) -> IService:
     responder: IResponder
     name = options["responder"]
     broker = None
+    queue = None  # the desk's, with --desk
     if options["broker_address"] is not None:
         broker = _broker_service(options)
         broker.setServiceParent(top)
@@ -532,6 +630,11 @@ def makeService(options: Options) -> IService:
         from sockchat._broker.instance import QueueResponder
 
         responder = QueueResponder(broker.instance, name, lifecycle=name == "workers")
+    elif name == "operators":  # the desk's, in this process
+        from sockchat._desk.memory import DeskResponder, MemoryQueue
+
+        queue = MemoryQueue(reactor)
+        responder = DeskResponder(queue)
     elif name == "console":
         console_service = OperatorConsoleService(reactor, ConsoleResponder)
         console_service.setServiceParent(top)
@@ -589,9 +692,48 @@ def makeService(options: Options) -> IService:
         web = _web_service(reactor, options, factory, health)
         web.setServiceParent(top)
         doors.append(web)
+    if options["desk_endpoint"] is not None:
+        _desk_service(reactor, options, queue).setServiceParent(top)
     if options["metrics_endpoint"] is not None:
         _metrics_service(reactor, options, factory, health, doors).setServiceParent(top)
     return top
+
+
+def _desk_service(reactor: Any, options: Options, queue: Any) -> IService:
+    """``--desk``: the operators' desk over the queue of this process.
+
+    Its connections have caps of their own (``DeskSettings``), so that a
+    server full of clients still lets its operators in; ``--allow`` and
+    ``--deny`` apply to them as to clients.
+    """
+    from sockchat._desk.door import DeskDoor, DeskSettings
+
+    description = options["desk_endpoint"]
+    endpoint = _server_endpoint(reactor, description, "--desk", options["desk"])
+    settings = DeskSettings(
+        hold=options["hold_count"],
+        max_answer=options["max_line"],
+        cap_loopback=bool(options["cap-loopback"]),
+    )
+    admission = Admission(
+        max_clients=settings.max_connections,
+        max_per_ip=settings.max_per_ip,
+        rules=options["rules"],
+        cap_loopback=settings.cap_loopback,
+    )
+    door = DeskDoor(
+        queue,
+        options["accounts_file"],
+        reactor,
+        settings=settings,
+        canned=options["canned_answers"],
+        admission=admission,
+    )
+    service = DeskService(
+        endpoint, _as_given(description), door, secure=description.startswith("ssl:")
+    )
+    service.listen()
+    return service
 
 
 def _broker_service(options: Options) -> Any:

@@ -144,6 +144,11 @@ class Desk:
             self._pages.pop(operator.name, None)
         self._run(self.model.leave(operator, self.clock.seconds(), at_once=at_once))
 
+    def gone(self, operator: Operator) -> None:
+        """*operator* logged out of their last session, with no page open:
+        what they hold goes back now."""
+        self._run(self.model.gone(operator, self.clock.seconds()))
+
     def pages(self, name: str) -> list[IPage]:
         return list(self._pages.get(name, ()))
 

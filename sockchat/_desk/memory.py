@@ -51,6 +51,7 @@ from sockchat._desk.queue import (
 )
 from sockchat._responders.contract import (
     ConversationInfo,
+    IAnsweredByPeople,
     IConversation,
     ILifecycle,
     IResponder,
@@ -253,7 +254,7 @@ class MemoryQueue:
             observer(event)
 
 
-@implementer(IResponder, ILifecycle)
+@implementer(IResponder, ILifecycle, IAnsweredByPeople)
 class DeskResponder:
     """Clients' lines wait in *queue* for an operator at the desk."""
 

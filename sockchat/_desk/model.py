@@ -519,6 +519,15 @@ class DeskModel:
         here.left = now - GRACE if at_once else now
         return self.due(now)
 
+    def gone(self, operator: Operator, now: float) -> list[Output]:
+        """*operator* logged out of their last session: if no page of theirs
+        is open, what they hold goes back now, not after ``GRACE``."""
+        here = self._here.get(operator.name)
+        if here is None or here.pages:
+            return []
+        here.left = now - GRACE
+        return self.due(now)
+
     def next_due(self) -> float | None:
         """When ``due`` has something to do next (None: nothing waits)."""
         times = [h.left + GRACE for h in self._here.values() if h.left is not None]

@@ -2,7 +2,8 @@
 
 ``ChatService`` (public: ``sockchat.ChatService``) listens and says
 goodbye to every client at stop; ``PortChatService`` and ``WebChatService``
-are ``twistd sockchat``'s doors (``--port``, ``--web``); ``MetricsService``
+are ``twistd sockchat``'s doors (``--port``, ``--web``); ``DeskService``
+serves the operators' desk (``--desk``); ``MetricsService``
 serves ``/metrics`` and ``/healthz`` (``--metrics``) until they have all
 stopped;
 ``OperatorConsoleService`` puts the operator's terminal behind a
@@ -39,6 +40,7 @@ from twisted.web.server import Site
 from sockchat._console.responder import ConsoleResponder, OperatorInput
 from sockchat._console.stdio import PASTE_OFF, PASTE_ON, BlockingModes, TerminalMode
 from sockchat._core.stats import Health
+from sockchat._desk.door import DeskDoor, desk_site
 from sockchat._doors.tcp import ChatServerFactory, describe_address
 from sockchat._doors.web import chat_site
 from sockchat._operations.prometheus import healthz_resource
@@ -46,6 +48,7 @@ from sockchat._operations.transcript_file import TranscriptFile
 
 __all__ = [
     "ChatService",
+    "DeskService",
     "MetricsService",
     "OperatorConsoleService",
     "PortChatService",
@@ -259,6 +262,50 @@ class WebChatService(ChatService):
         if self._health is not None:
             self._health.shutting_down()
         return super().stopService()
+
+
+class DeskService(Service):
+    """Serve the operators' desk (``--desk``): its pages and its socket.
+
+    At start the desk loads what the queue holds; at stop every desk page
+    is told the server is going away (1001), and the port closes.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamServerEndpoint,
+        description: str,
+        door: DeskDoor,
+        *,
+        secure: bool = False,
+    ) -> None:
+        self._listener = _Listener(endpoint, description, "--desk")
+        self.door = door
+        self._site = desk_site(door)
+        self._scheme = "https" if secure else "http"
+
+    def listen(self) -> None:
+        """Bind the port now, if it is not bound yet."""
+        address = self._listener.listen(self._site)
+        if address is not None:
+            log.info(
+                "sockchat desk at {url} ({hold} conversations at once per operator)",
+                url=f"{self._scheme}://{address}/",
+                hold=self.door.desk.hold,
+            )
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self.listen()
+
+    def startService(self) -> None:
+        super().startService()
+        self.door.start()
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()
+        self.door.stop()
+        return self._listener.stop()
 
 
 class MetricsService(Service):
