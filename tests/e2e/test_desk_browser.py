@@ -1,0 +1,331 @@
+"""The operators' desk in a real browser: headless Chromium, real twistd.
+
+As ``test_browser.py``: Playwright drives Debian's chromium, and without
+chromium or playwright these tests skip and say why (in CI they fail).
+Accounts are made by the real ``python -m sockchat.desk passwd``, at the
+real scrypt cost; clients speak over plain TCP, as ``nc`` does.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from test_browser import browser, other_origin  # noqa: F401 (fixtures)
+
+from processes import Server, raw_connect
+
+pytestmark = pytest.mark.slow
+
+TIMEOUT_MS = 15_000
+DESK = re.compile(rb"sockchat desk at (http://127\.0\.0\.1:(\d+)/)")
+PASSWORDS = {"alice": "amber harbour lantern 42", "bob": "quiet copper meadow 17"}
+
+
+@pytest.fixture(scope="module")
+def accounts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An accounts file made by the real command, piped."""
+    path = tmp_path_factory.mktemp("desk") / "accounts"
+    for name, password in PASSWORDS.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "sockchat.desk", "passwd", str(path), name],
+            input=(password + "\n").encode(),
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    canned = path.parent / "canned"
+    canned.write_text("# the desk's canned answers\nhours We are open from 9 to 5.\n")
+    return path
+
+
+class DeskServer(Server):
+    """twistd with the desk; ``url`` is the desk's address."""
+
+    def __init__(self, accounts: Path, *args: str) -> None:
+        super().__init__(
+            "--desk",
+            "tcp:0:interface=127.0.0.1",
+            "--accounts",
+            str(accounts),
+            "--canned",
+            str(accounts.parent / "canned"),
+            *args,
+        )
+
+    def __enter__(self) -> DeskServer:
+        super().__enter__()
+        match = DESK.search(self.output + self.read_until(DESK))
+        assert match is not None
+        self.url = match.group(1).decode()
+        self.desk_port = int(match.group(2))
+        return self
+
+
+@contextmanager
+def desk_page(browser, width: int = 1000, height: int = 760) -> Iterator[object]:  # noqa: F811
+    """A page in a context of its own (its own cookies): one operator."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    try:
+        yield page
+    finally:
+        context.close()
+    assert errors == [], f"the desk's script failed: {errors}"
+
+
+def log_in(page, server: DeskServer, name: str = "alice") -> None:
+    page.goto(server.url)
+    page.wait_for_url(re.compile(r"/login$"))
+    page.fill("#name", name)
+    page.fill("#password", PASSWORDS[name])
+    page.click("#submit")
+    page.wait_for_selector("body.desk[data-state=ready]")
+
+
+class Client:
+    """A client that speaks over plain TCP, as nc does."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = raw_connect(port)
+        self.buffer = b""
+        self.welcome = self.line()
+
+    def line(self) -> str:
+        deadline = time.monotonic() + 15
+        while b"\n" not in self.buffer:
+            assert time.monotonic() < deadline, f"no line; saw {self.buffer!r}"
+            chunk = self.sock.recv(4096)
+            assert chunk, f"closed; saw {self.buffer!r}"
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode()
+
+    def say(self, text: str) -> None:
+        self.sock.sendall(text.encode() + b"\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_an_operator_logs_in_and_answers_a_client_once_per_line(browser, accounts):  # noqa: F811
+    with DeskServer(accounts) as server, desk_page(browser) as page:
+        client = Client(server.port)
+        client.say("where is my parcel? <b>now</b>")
+        assert client.line().startswith("!info queued: no operator is online yet")
+        log_in(page, server)
+        assert page.locator("#me").text_content() == "alice"
+        line = page.locator("#queue .line").first
+        assert line.locator(".text").text_content() == "where is my parcel? <b>now</b>"
+        assert page.locator("#queue .line b").count() == 0  # text, not HTML
+        # The wait is live: it grows while the page is open.
+        first = line.locator(".wait").text_content()
+        assert re.fullmatch(r"waiting \d+ s", first)
+        page.wait_for_function(
+            "w => document.querySelector('#queue .wait').textContent !== w", arg=first
+        )
+        line.locator("button.take").click()
+        conversation = page.locator(".conversation").first
+        conversation.locator(".history .said.client").first.wait_for()
+        assert conversation.locator(
+            ".history .said.client .text"
+        ).first.text_content() == ("where is my parcel? <b>now</b>")
+        assert page.locator("#queue .line .holder").first.text_content() == "yours"
+        # A canned answer: /hours and Tab, read over, then sent.
+        answer = conversation.locator(".answer")
+        answer.fill("/hours")
+        answer.press("Tab")
+        assert answer.input_value() == "We are open from 9 to 5."
+        answer.press("Enter")
+        assert client.line() == "We are open from 9 to 5."
+        # One answer per line: the page cannot send a second.
+        assert conversation.locator(".send").is_disabled()
+        assert conversation.locator(".state").text_content() == (
+            "Answered. Waiting for the client."
+        )
+        answer.fill("a second answer")
+        answer.press("Enter")
+        assert answer.input_value() == "a second answer"  # not sent
+        client.say("thanks, and the hours on Sunday?")
+        page.wait_for_selector(".conversation.yours")
+        answer.fill("Closed on Sunday.")
+        answer.press("Enter")
+        assert client.line() == "Closed on Sunday."  # the first thing since
+        assert [
+            t.strip() for t in conversation.locator(".said .text").all_text_contents()
+        ] == [
+            "where is my parcel? <b>now</b>",
+            "alice took it",
+            "We are open from 9 to 5.",
+            "thanks, and the hours on Sunday?",
+            "Closed on Sunday.",
+        ]
+        conversation.locator("button.end").click()
+        assert client.line() == "!bye kicked: the operator ended this conversation."
+        conversation.locator(".state").filter(has_text="over").wait_for()
+        client.close()
+
+
+def test_a_reload_keeps_the_session_and_logout_ends_it(browser, accounts):  # noqa: F811
+    with DeskServer(accounts) as server, desk_page(browser) as page:
+        log_in(page, server)
+        cookies = page.context.cookies()
+        (session,) = [c for c in cookies if c["name"] == "sockchat-desk"]
+        assert session["httpOnly"] is True
+        assert session["sameSite"] == "Strict"
+        assert page.evaluate("document.cookie") == ""  # out of the script's reach
+        page.reload()
+        page.wait_for_selector("body.desk[data-state=ready]")
+        assert page.url == server.url
+        page.click("#logout")
+        page.wait_for_url(re.compile(r"/login$"))
+        assert page.locator("#ended").text_content() == "You logged out."
+        # The session is over on the server: its cookie, replayed, is refused.
+        replay = page.context.request
+        page.context.add_cookies([session])
+        assert replay.get(server.url + "api/me").status == 401
+        page.goto(server.url)
+        page.wait_for_url(re.compile(r"/login$"))
+
+
+def test_without_a_session_the_page_api_and_socket_refuse(browser, accounts):  # noqa: F811
+    with DeskServer(accounts) as server, desk_page(browser) as page:
+        page.goto(server.url)
+        page.wait_for_url(re.compile(r"/login$"))  # the desk page sent us here
+        outcome = page.evaluate(
+            """async url => {
+                const api = await fetch("/api/desk");
+                const socket = await new Promise(done => {
+                    const s = new WebSocket(url);
+                    s.onopen = () => done("opened");
+                    s.onclose = event => done("closed " + event.code);
+                });
+                return [api.status, socket];
+            }""",
+            f"ws://127.0.0.1:{server.desk_port}/socket",
+        )
+        assert outcome == [401, "closed 1006"]  # the handshake was refused
+
+
+def test_another_origin_cannot_use_the_session(browser, accounts, other_origin):  # noqa: F811
+    with DeskServer(accounts) as server, desk_page(browser) as page:
+        log_in(page, server)
+        # Another site on this host (another port: the same site for
+        # SameSite, so the cookie goes along): only Origin stops it.
+        page.goto(other_origin)
+        outcome = page.evaluate(
+            """async ([url, logout]) => {
+                await fetch(
+                    logout, {method: "POST", mode: "no-cors", credentials: "include"}
+                );
+                return await new Promise(done => {
+                    const s = new WebSocket(url);
+                    s.onopen = () => done("opened");
+                    s.onclose = event => done("closed " + event.code);
+                });
+            }""",
+            [f"ws://127.0.0.1:{server.desk_port}/socket", server.url + "logout"],
+        )
+        assert outcome == "closed 1006"
+        server.read_until(b"refused a cross-origin desk logout from 127.0.0.1:")
+        server.read_until(b"refused a cross-origin desk WebSocket from 127.0.0.1:")
+        # The session lives on: the desk is still open to its operator.
+        page.goto(server.url)
+        page.wait_for_selector("body.desk[data-state=ready]")
+
+
+def test_twenty_wrong_passwords_are_slowed_and_the_right_one_works(browser, accounts):  # noqa: F811
+    with DeskServer(accounts) as server, desk_page(browser) as page:
+        page.goto(server.url + "login")
+        said = []
+        for n in range(20):
+            page.fill("#name", "alice")
+            page.fill("#password", f"a wrong guess, number {n}")
+            page.click("#submit")
+            page.wait_for_selector("#error:not([hidden])")
+            said.append(page.locator("#error").text_content())
+            page.evaluate("document.getElementById('error').hidden = true")
+        assert said[:5] == ["wrong name or password"] * 5
+        waits = [s for s in said if s.startswith("too many failed logins")]
+        assert len(waits) >= 10
+        output = server.read_until(b"failed login as alice from 127.0.0.1:")
+        assert b"a wrong guess" not in server.output + output
+        # The right one: refused while the wait lasts, then let in.
+        page.fill("#password", PASSWORDS["alice"])
+        deadline = time.monotonic() + 40
+        while True:
+            page.click("#submit")
+            page.wait_for_function(
+                "() => location.pathname === '/' "
+                "|| !document.getElementById('error').hidden"
+            )
+            if page.url == server.url:
+                break
+            message = page.locator("#error").text_content()
+            wait = int(re.search(r"try again in (\d+) s", message).group(1))
+            assert wait <= 8
+            assert time.monotonic() + wait < deadline
+            page.evaluate("document.getElementById('error').hidden = true")
+            time.sleep(wait)
+        page.wait_for_selector("body.desk[data-state=ready]")
+        assert PASSWORDS["alice"].encode() not in server.output
+
+
+def test_the_desk_works_at_phone_width(browser, accounts):  # noqa: F811
+    with DeskServer(accounts) as server, desk_page(browser, 360, 740) as page:
+        client = Client(server.port)
+        client.say("hello from a phone's point of view")
+        client.line()  # queued
+        log_in(page, server)
+        overflow = "document.scrollingElement.scrollWidth - window.innerWidth"
+        assert page.evaluate(overflow) <= 0
+        page.locator("#queue button.take").first.click()
+        answer = page.locator(".conversation .answer")
+        answer.wait_for()
+        assert page.locator(".conversation .send").is_visible()
+        box = page.locator(".conversation").bounding_box()
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= 360
+        answer.fill("Hello! How can I help?")
+        answer.press("Enter")
+        assert client.line() == "Hello! How can I help?"
+        assert page.evaluate(overflow) <= 0
+        client.close()
+
+
+def test_the_accounts_file_holds_no_password_in_clear(accounts):
+    raw = accounts.read_bytes()
+    assert accounts.stat().st_mode & 0o077 == 0
+    for password in PASSWORDS.values():
+        for part in (password, *password.split()):
+            if len(part) > 3:
+                assert part.encode() not in raw
+    assert raw.count(b":$scrypt$ln=15,r=8,p=1$") == 2
+
+
+def test_no_accounts_file_refuses_to_start_in_one_line(tmp_path):
+    from processes import run_twistd
+
+    done = run_twistd("--desk", "0")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "sockchat: --desk needs --accounts FILE, the operators' accounts; make one "
+        "with: python -m sockchat.desk passwd FILE NAME"
+    )
+    missing = tmp_path / "none"
+    done = run_twistd("--desk", "0", "--accounts", str(missing))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"sockchat: --accounts {missing}: no such file; make accounts with: "
+        "python -m sockchat.desk passwd FILE NAME"
+    )
