@@ -1,17 +1,21 @@
-"""The operators' desk in a real browser: headless Chromium, real twistd.
+"""The operators' desk end to end: real twistd, and a real browser.
 
-As ``test_browser.py``: Playwright drives Debian's chromium, and without
-chromium or playwright these tests skip and say why (in CI they fail).
-Accounts are made by the real ``python -m sockchat.desk passwd``, at the
-real scrypt cost; clients speak over plain TCP, as ``nc`` does.
+As ``test_browser.py``: Playwright drives Debian's headless chromium, and
+without chromium or playwright the browser tests skip and say why (in CI
+they fail).  Accounts are made by the real ``python -m sockchat.desk
+passwd``, at the real scrypt cost; clients speak over plain TCP, as ``nc``
+does, or from the chat page.
 """
 
 from __future__ import annotations
 
+import http.client
 import re
+import ssl
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,12 +23,13 @@ from pathlib import Path
 import pytest
 from test_browser import browser, other_origin  # noqa: F401 (fixtures)
 
-from processes import Server, raw_connect
+from certs import make_tls_files
+from processes import WEB, Server, raw_connect, run_twistd
 
 pytestmark = pytest.mark.slow
 
 TIMEOUT_MS = 15_000
-DESK = re.compile(rb"sockchat desk at (http://127\.0\.0\.1:(\d+)/)")
+DESK = re.compile(rb"sockchat desk at (https?://127\.0\.0\.1:(\d+)/)")
 PASSWORDS = {"alice": "amber harbour lantern 42", "bob": "quiet copper meadow 17"}
 
 
@@ -49,10 +54,12 @@ def accounts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class DeskServer(Server):
     """twistd with the desk; ``url`` is the desk's address."""
 
-    def __init__(self, accounts: Path, *args: str) -> None:
+    def __init__(
+        self, accounts: Path, *args: str, desk: str = "tcp:0:interface=127.0.0.1"
+    ) -> None:
         super().__init__(
             "--desk",
-            "tcp:0:interface=127.0.0.1",
+            desk,
             "--accounts",
             str(accounts),
             "--canned",
@@ -66,6 +73,8 @@ class DeskServer(Server):
         assert match is not None
         self.url = match.group(1).decode()
         self.desk_port = int(match.group(2))
+        web = WEB.search(self.output)
+        self.web_url = web.group(1).decode() if web else None
         return self
 
 
@@ -314,8 +323,6 @@ def test_the_accounts_file_holds_no_password_in_clear(accounts):
 
 
 def test_no_accounts_file_refuses_to_start_in_one_line(tmp_path):
-    from processes import run_twistd
-
     done = run_twistd("--desk", "0")
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
@@ -329,3 +336,72 @@ def test_no_accounts_file_refuses_to_start_in_one_line(tmp_path):
         f"sockchat: --accounts {missing}: no such file; make accounts with: "
         "python -m sockchat.desk passwd FILE NAME"
     )
+
+
+def test_a_browser_client_is_answered_from_the_desk(browser, accounts):  # noqa: F811
+    with (
+        DeskServer(accounts, "--web", "tcp:0:interface=127.0.0.1") as server,
+        desk_page(browser) as desk,
+        desk_page(browser, 400, 700) as chat,
+    ):
+        chat.goto(server.web_url)
+        chat.wait_for_selector("body[data-state=yours]")
+        chat.fill("#line", "我的包裹在哪里？")
+        chat.press("#line", "Enter")
+        log_in(desk, server)
+        desk.locator("#queue button.take").first.click()
+        answer = desk.locator(".conversation .answer")
+        answer.wait_for()
+        desk.wait_for_selector(".conversation.yours")
+        answer.fill("今天已经寄出了。")
+        answer.press("Enter")
+        chat.wait_for_selector("#log li.peer")
+        assert (
+            chat.locator("#log li.peer .text").last.text_content() == "今天已经寄出了。"
+        )
+
+
+def test_the_desk_over_tls_sets_a_secure_host_only_cookie(tmp_path, accounts):
+    files = make_tls_files(tmp_path)
+    desk = (
+        f"ssl:0:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}"
+    )
+    with DeskServer(accounts, desk=desk) as server:
+        assert server.url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(files["ca"]))
+        connection = http.client.HTTPSConnection(
+            "localhost", server.desk_port, context=context, timeout=30
+        )
+        body = urllib.parse.urlencode({"name": "bob", "password": PASSWORDS["bob"]})
+        connection.request(
+            "POST",
+            "/login",
+            body,
+            {
+                "Origin": f"https://localhost:{server.desk_port}",
+                "Content-Type": "application/x-www-form-urlencoded",
+            },
+        )
+        response = connection.getresponse()
+        assert response.status == 200, response.read()
+        cookies = response.headers.get_all("Set-Cookie")
+        assert re.fullmatch(
+            r"__Host-sockchat-desk=[\w-]{43}; Path=/; Secure; HttpOnly; "
+            r"SameSite=strict",
+            cookies[0],
+        )
+        connection.close()
+
+
+def test_a_bad_desk_tls_file_is_one_line(tmp_path, accounts):
+    missing = tmp_path / "missing.pem"
+    done = run_twistd(
+        "--desk",
+        f"ssl:0:privateKey={missing}:certKey={missing}",
+        "--accounts",
+        str(accounts),
+    )
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()[-1:]
+    assert line.startswith("sockchat: --desk ")
+    assert str(missing) in line
