@@ -48,7 +48,7 @@ from wsproto.utilities import LocalProtocolError
 from sockchat._core.limits import Admission
 from sockchat._core.render import safe_text
 from sockchat._core.wire import Notice
-from sockchat._desk.accounts import MAX_PASSWORD, Account, AccountsFile
+from sockchat._desk.accounts import MAX_PASSWORD, Account, Accounts, AccountsFile
 from sockchat._desk.canned import Canned
 from sockchat._desk.control import Desk, PageMessage
 from sockchat._desk.queue import IDeskQueue, Operator
@@ -197,6 +197,7 @@ class DeskDoor:
         #: Open desk sockets, by session key.
         self.sockets: dict[str, list[DeskSocket]] = {}
         self._sweep: IDelayedCall | None = None
+        self._problem: str | None = None
 
     def start(self) -> Deferred[None]:
         self._sweep = self.clock.callLater(SWEEP, self.sweep)
@@ -211,6 +212,20 @@ class DeskDoor:
                 socket.close(1001, "the server is shutting down")
         self.desk.stop()
 
+    def _accounts(self) -> Accounts:
+        """The accounts now; a file that became broken is said once."""
+        accounts = self.accounts.current()
+        problem = self.accounts.problem
+        if problem != self._problem:
+            self._problem = problem
+            if problem is not None:
+                log.warn(
+                    "desk: the accounts file changed but cannot be used ({why}); "
+                    "the accounts read before it stay",
+                    why=problem,
+                )
+        return accounts
+
     # Sessions.
 
     def session(self, request: Request) -> Session | None:
@@ -220,7 +235,7 @@ class DeskDoor:
         session = self.sessions.find(text, self.clock.seconds())
         if session is None:
             return None
-        account = self.accounts.current().get(session.account)
+        account = self._accounts().get(session.account)
         if account is None or account.stamp != session.stamp:
             self._ended(session, "your account changed; log in again")
             return None
@@ -247,7 +262,7 @@ class DeskDoor:
             self.sessions.touch(key, now)
         for session in self.sessions.expire(now):
             self._ended(session, "your session expired; log in again")
-        accounts = self.accounts.current()
+        accounts = self._accounts()
 
         def stamp(name: str) -> str | None:
             account = accounts.get(name)
@@ -267,7 +282,7 @@ class DeskDoor:
         password = fields.get("password", "")
         if not name or not password or len(password) > MAX_PASSWORD:
             return _json(request, 400, error="give a name and a password")
-        accounts = self.accounts.current()
+        accounts = self._accounts()
         known = name if accounts.get(name) is not None else None
         device_cookie = request.getCookie(_device_name(request).encode())
         device = (

@@ -709,3 +709,16 @@ def test_a_refused_upgrade_is_said_and_does_not_open_a_page(desk):
     )
     assert transport.value().startswith(b"HTTP/1.1 426 ")
     assert desk.door.desk.pages("alice") == []
+
+
+def test_an_accounts_file_that_breaks_is_said_once_and_the_old_accounts_stay(
+    desk, logged
+):
+    browser = Browser(desk)
+    browser.login()
+    desk.accounts_path.write_text("alice:plaintext:Alice\n")
+    assert browser.get("/api/me").status == 200
+    assert browser.get("/api/me").status == 200
+    said = [line for line in logged if "cannot be used" in line]
+    assert len(said) == 1
+    assert "line 1: the hash is not $scrypt$" in said[0]
