@@ -90,6 +90,7 @@ class Desk:
         self._timer: IDelayedCall | None = None
         self._stop: Any = None
         self._early: list[DeskEvent] | None = None
+        self._stopped = False
 
     @property
     def hold(self) -> int:
@@ -108,6 +109,9 @@ class Desk:
             self._event(event)
 
     def stop(self) -> None:
+        """Hear the queue no more, and keep no timer (pages that close
+        after this still leave the desk)."""
+        self._stopped = True
         if self._stop is not None:
             self._stop()
             self._stop = None
@@ -223,6 +227,8 @@ class Desk:
         d.addErrback(failed)
 
     def _schedule(self) -> None:
+        if self._stopped:
+            return
         due = self.model.next_due()
         if self._timer is not None and self._timer.active():
             if due is not None and self._timer.getTime() == due:
