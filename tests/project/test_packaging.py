@@ -56,6 +56,10 @@ def test_wheel_ships_the_plugin_and_no_twisted_package_files(wheel: Path):
     # The chat page of --web is package data.
     for asset in ("index.html", "app.js", "style.css", "favicon.svg"):
         assert f"sockchat/web/{asset}" in names
+    # And the desk's (--desk), with its package.
+    for asset in ("login.html", "desk.html", "login.js", "desk.js", "desk.css"):
+        assert f"sockchat/web/desk/{asset}" in names
+    assert "sockchat/_desk/door.py" in names
     assert not any(name.startswith("tests/") for name in names)
 
 

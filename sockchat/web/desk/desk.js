@@ -33,6 +33,7 @@
   let canned = new Map();
   let retry = 1000;
   let problemTimer = null;
+  let leaving = false; // going to the login page: a socket closing is no news
   // Conversations shown here, by key: {element, entry, over}.
   const shown = new Map();
 
@@ -303,6 +304,8 @@
   }
 
   function toLogin(why) {
+    if (leaving) return;
+    leaving = true;
     sessionStorage.setItem("desk-ended", why);
     location.replace("/login");
   }
@@ -314,6 +317,7 @@
     socket.addEventListener("message", received);
     socket.addEventListener("close", async (event) => {
       socket = null;
+      if (leaving) return;
       if (event.code === SESSION_ENDED) {
         toLogin(event.reason ? event.reason.charAt(0).toUpperCase() + event.reason.slice(1) + "." : "Your session is over.");
         return;
@@ -333,6 +337,7 @@
     });
   }
 
+  addEventListener("pagehide", () => { leaving = true; });
   document.getElementById("logout").addEventListener("click", async () => {
     try {
       await fetch("/logout", { method: "POST", credentials: "same-origin" });
