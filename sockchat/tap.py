@@ -126,8 +126,9 @@ class Options(usage.Options):
             "Who answers: console (you, at this terminal), echo, pair (clients "
             "talk to each other, two by two), operators or workers (through "
             "--broker: python -m sockchat.operator / sockchat.worker, on any "
-            "machine), or your own responder as package.module:name. Default: "
-            "console when stdin is a terminal (the console needs twistd -n).",
+            "machine; operators also at the --desk), or your own responder as "
+            "package.module:name. Default: operators with --desk, else console "
+            "when stdin is a terminal (the console needs twistd -n).",
         ],
         [
             "broker",

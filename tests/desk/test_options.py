@@ -1,0 +1,75 @@
+"""twistd sockchat's desk options: each mistake is one line, made at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from sockchat._desk.accounts import Account, Cost, hash_password
+from sockchat.tap import Options
+
+FAST = Cost(ln=10, r=8, p=1)
+
+
+@pytest.fixture
+def accounts(tmp_path):
+    path = tmp_path / "accounts"
+    path.write_text(Account("alice", hash_password("a password", FAST), "A").line())
+    return str(path)
+
+
+def refusal(*args: str) -> str:
+    with pytest.raises(SystemExit) as caught:
+        Options().parseOptions(list(args))
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_the_desk_answers_with_its_operators_by_default(accounts):
+    options = Options()
+    options.parseOptions(["--desk", "8081", "--accounts", accounts])
+    assert options["responder"] == "operators"
+    assert options["desk_endpoint"] == "tcp:8081:interface=127.0.0.1:backlog=1024"
+    assert options["hold_count"] == 3
+    assert options["answer_timeout"] is None  # a person answers
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--desk", "8081"], "--desk needs --accounts FILE"),
+        (["--desk", " "], "--desk needs a port number or an endpoint"),
+        (["--desk", "8081", "--accounts", "/nonexistent"], "no such file; make"),
+        (["--responder", "echo", "--accounts", "ACCOUNTS"], "--accounts is for the"),
+        (["--responder", "echo", "--hold", "2"], "--hold is for the operators' desk"),
+        (
+            ["--desk", "8081", "--accounts", "ACCOUNTS", "--responder", "echo"],
+            "it needs --responder operators",
+        ),
+        (
+            ["--desk", "8081", "--accounts", "ACCOUNTS", "--hold", "0"],
+            "--hold 0 is not a whole number (1 or more)",
+        ),
+        (
+            ["--desk", "8081", "--accounts", "ACCOUNTS", "--canned", "/nonexistent"],
+            "--canned /nonexistent: no such file",
+        ),
+        (
+            [
+                "--desk",
+                "8081",
+                "--accounts",
+                "ACCOUNTS",
+                "--broker",
+                "redis://127.0.0.1:6379/0",
+            ],
+            "--desk with --broker is not there yet",
+        ),
+        (["--desk", "99999", "--accounts", "ACCOUNTS"], "--desk 99999 is not a port"),
+        (["--responder", "operators"], "--responder operators needs --broker URL"),
+    ],
+)
+def test_desk_option_mistakes_are_one_line(accounts, args, says):
+    message = refusal(*[accounts if a == "ACCOUNTS" else a for a in args])
+    assert message.startswith("sockchat: ")
+    assert says in message
