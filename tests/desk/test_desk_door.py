@@ -722,3 +722,28 @@ def test_an_accounts_file_that_breaks_is_said_once_and_the_old_accounts_stay(
     said = [line for line in logged if "cannot be used" in line]
     assert len(said) == 1
     assert "line 1: the hash is not $scrypt$" in said[0]
+
+
+def test_hand_back_and_the_hold_limit_over_the_socket(tmp_path):
+    desk = Desk(tmp_path, hold=1)
+    browser = Browser(desk)
+    browser.login()
+    socket = browser.socket()
+    desk.client("first client")
+    desk.client("second client")
+    lines = of(socket.pump(), "desk")[-1]["lines"]
+    first, second = (line["entry"] for line in lines)
+    socket.send(type="take", entry=first)
+    (problem,) = of(socket.send(type="take", entry=second), "problem")
+    assert problem["why"] == (
+        "you hold 1 conversation, the most you may; hand one back or end one first"
+    )
+    messages = socket.send(type="handback", conversation="1")
+    assert of(messages, "released") == [
+        {"type": "released", "conversation": "1", "why": "handed back to the queue"}
+    ]
+    view = of(messages, "desk")[-1]
+    assert [line["holder"] for line in view["lines"]] == [None, None]
+    # The hold is free again: the second client's line may be taken.
+    (conversation,) = of(socket.send(type="take", entry=second), "conversation")
+    assert conversation["history"][0]["text"] == "second client"
