@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import stat
-import subprocess
-import sys
 
 import pytest
 from hypothesis import given
@@ -31,8 +28,6 @@ from sockchat._desk.accounts import (
     verify,
     write_account,
 )
-
-from processes import Terminal
 
 FAST = Cost(ln=10, r=8, p=1)
 PASSWORD = "correct horse battery"
@@ -318,35 +313,3 @@ def test_write_account_replaces_the_file_atomically(tmp_path, monkeypatch):
         write_account(path, Account("bob", hash_password(PASSWORD, FAST), "Bob"))
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["accounts"]  # no leftovers
-
-
-@pytest.mark.slow
-def test_passwd_at_a_terminal_asks_twice_without_echo(tmp_path):
-    path = tmp_path / "accounts"
-    terminal = Terminal(
-        sys.executable, "-m", "sockchat.desk", "passwd", str(path), "alice"
-    )
-    terminal.screen.until(b"Display name [alice]: ")
-    terminal.type("Alice Martin\r")
-    terminal.screen.until(b"Password: ")
-    terminal.type("a secret typed here\r")
-    terminal.screen.until(b"Again: ")
-    terminal.type("a secret typed here\r")
-    seen = terminal.screen.until(b"added alice (Alice Martin)", timeout=20)
-    assert terminal.close() == 0
-    assert b"a secret" not in seen  # not echoed
-    assert AccountsFile(path).load().check("alice", "a secret typed here")
-
-
-@pytest.mark.slow
-def test_passwd_piped_reads_the_first_line(tmp_path):
-    path = tmp_path / "accounts"
-    done = subprocess.run(
-        [sys.executable, "-m", "sockchat.desk", "passwd", str(path), "bob"],
-        input=b"piped password\nignored\n",
-        capture_output=True,
-        timeout=30,
-    )
-    assert done.returncode == 0, done.stderr
-    assert AccountsFile(path).load().check("bob", "piped password")
-    assert os.stat(path).st_mode & 0o077 == 0

@@ -11,7 +11,7 @@ import pytest
 from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
-from sockchat import ConversationEnded
+from sockchat import ChatServerFactory, ConversationEnded
 from sockchat._desk.memory import NOBODY_ONLINE, DeskResponder, MemoryQueue
 from sockchat._desk.queue import (
     HISTORY_CHARS,
@@ -66,6 +66,11 @@ def failure_of(d):
 
 def test_the_memory_queue_provides_the_desks_interface():
     assert verifyObject(IDeskQueue, MemoryQueue(Clock()))
+
+
+def test_a_person_answers_so_no_answer_timeout_by_default():
+    factory = ChatServerFactory(DeskResponder(MemoryQueue(Clock())), clock=Clock())
+    assert factory.settings.answer_timeout is None
 
 
 def test_a_line_is_queued_taken_and_answered_once():

@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 from test_browser import browser, other_origin  # noqa: F401 (fixtures)
 
+from sockchat._desk.accounts import AccountsFile
+
 from certs import make_tls_files
-from processes import WEB, Server, raw_connect, run_twistd
+from processes import WEB, Server, Terminal, raw_connect, run_twistd
 
 pytestmark = pytest.mark.slow
 
@@ -413,3 +415,33 @@ def test_a_bad_desk_tls_file_is_one_line(tmp_path, accounts):
     (line,) = done.stderr.strip().splitlines()[-1:]
     assert line.startswith("sockchat: --desk ")
     assert str(missing) in line
+
+
+def test_passwd_at_a_terminal_asks_twice_without_echo(tmp_path):
+    path = tmp_path / "accounts"
+    terminal = Terminal(
+        sys.executable, "-m", "sockchat.desk", "passwd", str(path), "alice"
+    )
+    terminal.screen.until(b"Display name [alice]: ")
+    terminal.type("Alice Martin\r")
+    terminal.screen.until(b"Password: ")
+    terminal.type("a secret typed here\r")
+    terminal.screen.until(b"Again: ")
+    terminal.type("a secret typed here\r")
+    seen = terminal.screen.until(b"added alice (Alice Martin)", timeout=20)
+    assert terminal.close() == 0
+    assert b"a secret" not in seen  # not echoed
+    assert AccountsFile(path).load().check("alice", "a secret typed here")
+
+
+def test_passwd_piped_reads_the_first_line(tmp_path):
+    path = tmp_path / "accounts"
+    done = subprocess.run(
+        [sys.executable, "-m", "sockchat.desk", "passwd", str(path), "bob"],
+        input=b"piped password\nignored\n",
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert AccountsFile(path).load().check("bob", "piped password")
+    assert path.stat().st_mode & 0o077 == 0

@@ -1,5 +1,5 @@
 """The tests by tier: each test file is in a tier's folder, and the fast
-tiers (core, doors, teaching) start no sockchat process, so that ``pytest
+tiers (core, doors, teaching, desk) start no sockchat process, so that ``pytest
 tests/core`` and the like stay fast and need no twistd."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import ast
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
-TIERS = ("core", "doors", "teaching", "broker", "e2e", "project")
-FAST_TIERS = ("core", "doors", "teaching")
+TIERS = ("core", "doors", "teaching", "desk", "broker", "e2e", "project")
+FAST_TIERS = ("core", "doors", "teaching", "desk")
 #: What the fast tiers may take from tests/processes.py: nothing that
 #: starts twistd or the client.
 FAST_MAY_TAKE = {"need_tool"}
