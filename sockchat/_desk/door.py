@@ -50,7 +50,7 @@ from sockchat._core.render import safe_text
 from sockchat._core.wire import Notice
 from sockchat._desk.accounts import MAX_PASSWORD, Account, Accounts, AccountsFile
 from sockchat._desk.canned import Canned
-from sockchat._desk.control import Desk, PageMessage
+from sockchat._desk.control import Desk, PageMessage, Problem
 from sockchat._desk.queue import IDeskQueue, Operator
 from sockchat._desk.sessions import Session, SessionPolicy, SessionStore
 from sockchat._desk.throttle import DeviceCookies, LoginThrottle, ThrottlePolicy
@@ -413,7 +413,7 @@ class DeskDoor:
             return
         command = decode(text)
         if isinstance(command, str):
-            socket.send_json({"type": "problem", "why": command})
+            socket.send(Problem(command))
             return
         self.desk.command(socket.operator, socket, command)
 
@@ -511,15 +511,9 @@ class DeskSocket:
         pass
 
     def send(self, message: PageMessage) -> None:
-        self._send_text(encode(message))
-
-    def send_json(self, fields: dict[str, Any]) -> None:
-        self._send_text(json.dumps(fields, ensure_ascii=False))
-
-    def _send_text(self, text: str) -> None:
         if self._socket is not None:
             with suppress(LocalProtocolError):  # closing
-                self._socket.sendTextMessage(text)
+                self._socket.sendTextMessage(encode(message))
 
     def close(self, code: int, why: str) -> None:
         socket = self._socket
