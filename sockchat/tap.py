@@ -50,6 +50,7 @@ from sockchat._operations.services import (
     WebChatService,
     fatal,
 )
+from sockchat._operations.signals import StopSignals
 from sockchat._operations.transcript_file import TranscriptFile
 from sockchat._responders.contract import EchoResponder, IResponder
 from sockchat._responders.pair import PairResponder
@@ -613,6 +614,10 @@ def _server_endpoint(
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
+    if not reactor.running:
+        # twistd: from here on, Ctrl-C stops the server cleanly, even
+        # before the reactor runs (sockchat._operations.signals).
+        StopSignals(reactor).install()
     endpoint = _server_endpoint(reactor, options["endpoint"], "--port", options["port"])
 
     top = MultiService()
