@@ -18,12 +18,15 @@ It starts, each on a free loopback port (or the ones given):
 
 It prints what runs where, with its pid and log, and the commands to run
 clients (and, with ``--responder operators``, the operator consoles) in
-other terminals.  Ctrl-C (or SIGTERM) stops every process it started, by
-pid, instances first so that each client gets its ``!bye shutdown``, and
-removes the temporary folder (``--dir`` keeps the logs in a folder of your
-choice instead).  Run it from the repository's top folder or anywhere: it
-finds ``examples`` itself.  Needs ``redis-server`` (7.0 or later) and
-``haproxy`` (``apt-get install redis-server haproxy``).
+other terminals.  A part that dies (``kill -9 PID``, say) is reported and
+started again, with the same command on the same port, while the rest goes
+on; ``--no-restart`` leaves it down instead.  Ctrl-C (or SIGTERM) stops
+every process it started, by pid, instances first so that each client gets
+its ``!bye shutdown``.  The logs stay in their folder (a new temporary one,
+or ``--dir``) until you remove it; run.py says where.  Run it from the
+repository's top folder or anywhere, with the Python that has sockchat
+installed: it finds ``examples`` itself.  Needs ``redis-server`` (7.0 or
+later) and ``haproxy`` (``apt-get install redis-server haproxy``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib.util
 import os
 import re
 import shlex
@@ -57,6 +61,10 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 20.0
 #: Seconds between an instance's looks at the broker (sockchat's HEARTBEAT).
 HEARTBEAT = 2.0
+#: A part that dies this many times within RESTART_WINDOW seconds is left
+#: down: it would only die again.
+RESTARTS = 5
+RESTART_WINDOW = 60.0
 
 
 class ClusterError(Exception):
@@ -99,14 +107,25 @@ def _die_with_parent() -> None:
 
 
 class Process:
-    """One child process, its output in *log*, stopped by its pid."""
+    """One child process, its output in *log*, stopped by its pid.
+
+    ``restart`` runs the same command again, appending to the same log;
+    ``output`` is what the current run has written.
+    """
 
     def __init__(self, name: str, command: Sequence[str], log: Path) -> None:
         self.name = name
         self.command = list(command)
         self.log = log
         self.what = ""
-        with log.open("wb") as out:
+        self.deaths: list[float] = []  # when it died by itself
+        self._start = 0  # where the current run's output begins in the log
+        log.write_bytes(b"")
+        self._spawn()
+
+    def _spawn(self) -> None:
+        self._start = self.log.stat().st_size
+        with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.command,
                 stdin=subprocess.DEVNULL,
@@ -117,12 +136,22 @@ class Process:
                 preexec_fn=_die_with_parent,
             )
 
+    def restart(self) -> None:
+        """Run it again (it has ended), after a line in its log; then wait
+        until it is ready."""
+        with self.log.open("a") as out:
+            out.write(f"--- run.py: started again at {time.strftime('%X')} ---\n")
+        self._spawn()
+        self.ready()
+
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     def output(self) -> str:
-        return self.log.read_text(errors="replace")
+        with self.log.open("rb") as log:
+            log.seek(self._start)
+            return log.read().decode(errors="replace")
 
     def wait_for(
         self, ready: Callable[[], object], what: str, timeout: float = START_TIMEOUT
@@ -232,7 +261,8 @@ class Redis(Process):
 
 class Instance(Process):
     """``twistd -n sockchat`` behind haproxy (PROXY protocol), on a free
-    loopback port, with *options* (the responder, the broker...)."""
+    loopback port, with *options* (the responder, the broker...).  Started
+    again, it listens on the same port, where haproxy looks for it."""
 
     def __init__(
         self,
@@ -248,6 +278,13 @@ class Instance(Process):
             where / f"{name}.log",
         )
         self.port = 0
+
+    def restart(self) -> None:
+        at = self.command.index("--port") + 1
+        self.command[at] = re.sub(
+            r"(tcp:)0(:)", rf"\g<1>{self.port}\2", self.command[at], count=1
+        )
+        super().restart()
 
     def ready(self) -> None:
         self.wait_for(lambda: LISTENING.search(self.output()), "listen")
@@ -322,6 +359,7 @@ class Cluster:
     def __init__(self, where: Path) -> None:
         self.where = where
         self.processes: list[Process] = []
+        self.down: list[Process] = []  # died, and left so
 
     def add(self, process: P) -> P:
         """Keep *process* (so that it is stopped), then wait until it is ready."""
@@ -349,7 +387,75 @@ class Cluster:
 
     def dead(self) -> Process | None:
         """A process that ended by itself, if any."""
-        return next((p for p in self.processes if p.proc.poll() is not None), None)
+        return next((p for p in self.running() if p.proc.poll() is not None), None)
+
+    def running(self) -> list[Process]:
+        """The processes not left down."""
+        return [p for p in self.processes if p not in self.down]
+
+    def watch(self, *, restart: bool, report: Callable[[str], None]) -> None:
+        """Until every process is down: report each one that dies, and start
+        it again (unless not *restart*, or it keeps dying); the rest go on."""
+        while self.running():
+            dead = self.dead()
+            if dead is None:
+                time.sleep(0.2)
+                continue
+            now = time.monotonic()
+            dead.deaths = [t for t in dead.deaths if now - t < RESTART_WINDOW]
+            dead.deaths.append(now)
+            what = (
+                f"{dead.name} (pid {dead.pid}) {exit_status(dead.proc.returncode)}; "
+                f"its log ({dead.log}) ends: {dead.tail()}"
+            )
+            if not restart:
+                report(f"{what}. Left down (--no-restart); the rest goes on.")
+                self.down.append(dead)
+                continue
+            if len(dead.deaths) >= RESTARTS:
+                report(
+                    f"{what}. It died {len(dead.deaths)} times in "
+                    f"{RESTART_WINDOW:g} s: left down; the rest goes on."
+                )
+                self.down.append(dead)
+                continue
+            report(f"{what}. Starting it again.")
+            try:
+                dead.restart()
+            except ClusterError as e:
+                report(f"{e}. Left down; the rest goes on.")
+                self.down.append(dead)
+                continue
+            report(f"{dead.name} started again: pid {dead.pid}, {dead.what}")
+        report("every process is down; stopping.")
+
+
+def exit_status(code: int) -> str:
+    """How a process ended, in words: ``exited with status 1``, ``was
+    killed by SIGKILL``."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"exited with status {code}"
+
+
+def missing_sockchat() -> str | None:
+    """Why this Python cannot start the cluster, if it cannot: it needs
+    sockchat installed, and twistd beside it."""
+    if importlib.util.find_spec("sockchat") and Path(TWISTD).exists():
+        return None
+    venv = ROOT / ".venv" / "bin" / "python"
+    if venv.exists() and Path(sys.prefix).resolve() != venv.parent.parent.resolve():
+        use = f"run it with the one that has: {venv} {Path(__file__)}"
+    else:
+        use = (
+            f"install it first (in {ROOT}: python3 -m venv .venv && "
+            f".venv/bin/pip install .), then run .venv/bin/python {Path(__file__)}"
+        )
+    return f"this Python ({PYTHON}) has no sockchat installed; {use}"
 
 
 def start(
@@ -404,7 +510,10 @@ def describe(cluster: Cluster, responder: str, commands: dict[str, str]) -> str:
     }[responder]
     lines.append(f"Clients, one terminal each ({what}):")
     lines.append(f"  client: {commands['client']}")
-    lines.append("Ctrl-C stops every process listed above.")
+    lines.append(
+        "A process that dies is started again (not with --no-restart). "
+        "Ctrl-C stops every process listed above."
+    )
     return "\n".join(lines)
 
 
@@ -429,8 +538,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--dir",
         type=Path,
-        help="keep the logs and haproxy.cfg in this folder (default: a "
-        "temporary one, removed at the end)",
+        help="put the logs and haproxy.cfg in this folder (default: a new "
+        "temporary one); they stay there until you remove them",
+    )
+    parser.add_argument(
+        "--no-restart",
+        action="store_true",
+        help="leave a part that dies down (by default it is started again)",
     )
     args = parser.parse_args(argv)
     for name in ("port", "redis_port"):
@@ -439,6 +553,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{name.replace('_', '-')} {value} is not a port number")
     if args.workers < 1:
         parser.error("--workers needs 1 or more")
+    if (why := missing_sockchat()) is not None:
+        print(f"run.py: {why}", file=sys.stderr)
+        return 1
 
     if args.dir is not None:
         args.dir.mkdir(parents=True, exist_ok=True)
@@ -467,13 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=args.workers,
         )
         print(describe(cluster, args.responder, commands), flush=True)
-        while (dead := cluster.dead()) is None:
-            time.sleep(0.2)
-        print(
-            f"run.py: {dead.name} exited with status {dead.proc.returncode}; "
-            f"stopping the rest. Its log ends: {dead.tail()}",
-            file=sys.stderr,
-        )
+        cluster.watch(restart=not args.no_restart, report=say)
         status = 1
     except KeyboardInterrupt:
         pass
@@ -485,10 +596,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print("stopping: " + ", ".join(p.name for p in cluster.processes), flush=True)
         cluster.stop()
-        if args.dir is None:
-            shutil.rmtree(where, ignore_errors=True)
-        print("stopped.", flush=True)
+        print(f"stopped. The logs are in {where} (rm -r it when done).", flush=True)
     return status
+
+
+def say(text: str) -> None:
+    print(f"run.py: {text}", flush=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -68,6 +69,7 @@ class Cluster:
         )
         self.reader = Reader(self.proc.stdout)
         self.summary = self.reader.until(b"Ctrl-C stops", timeout=90).decode()
+        self.seen = ""  # what run.py printed after its summary, read so far
         self.folder = Path(FOLDER.search(self.summary).group(1))
         self.pids = {name: int(pid) for name, pid, _, _ in LISTED.findall(self.summary)}
         self.logs = {
@@ -78,6 +80,12 @@ class Cluster:
             for name, command in COMMAND.findall(self.summary)
             if name == "client" or name.startswith("operator ")
         }
+
+    def until(self, pattern: bytes | re.Pattern[bytes], timeout: float) -> str:
+        """Read run.py's output up to *pattern*; ``seen`` keeps it all."""
+        more = self.reader.until(pattern, timeout).decode(errors="replace")
+        self.seen += more
+        return more
 
     def log(self, name: str) -> str:
         return self.logs[name].read_text(errors="replace")
@@ -184,8 +192,87 @@ def test_workers_answer_clients_of_both_instances_and_everything_stops():
         folder = cluster.folder
         assert folder.is_dir()
         said = cluster.stop()
+    try:
+        # The logs stay until the user removes them, and run.py says where.
+        assert f"stopped. The logs are in {folder} (rm -r it when done)." in said
+        assert (folder / "one.log").read_text().count("sockchat listening on") == 1
+    finally:
+        shutil.rmtree(folder)
+
+
+def restarted(cluster: Cluster, name: str, timeout: float = 60.0) -> int:
+    """Wait for run.py to say that *name* started again; its new pid (which
+    the cluster's stop must end too)."""
+    said = cluster.until(
+        re.compile(rf"{name} started again: pid \d+".encode()), timeout
+    )
+    pid = int(re.findall(rf"{name} started again: pid (\d+)", said)[-1])
+    cluster.pids[f"{name} (again)"] = pid
+    return pid
+
+
+def test_a_worker_killed_by_9_is_reported_started_again_and_the_rest_goes_on(tmp_path):
+    with Cluster("workers", "--dir", str(tmp_path)) as cluster:
+        old = cluster.pids["worker 1"]
+        os.kill(old, signal.SIGKILL)
+        new = restarted(cluster, "worker 1")
+        assert new != old
+        # Said what died, how, and where its log is; nothing else stopped.
+        report = (
+            f"run.py: worker 1 (pid {old}) was killed by SIGKILL; its log "
+            f"({tmp_path / 'worker-1.log'}) ends: "
+        )
+        assert report in cluster.seen, cluster.seen
+        assert "Starting it again." in cluster.seen
+        assert "stopping" not in cluster.seen
+        for name, pid in cluster.pids.items():
+            if name != "worker 1":
+                assert alive(pid), f"{name} ({pid}) is gone"
+        # Clients are answered, by the other worker or the new one.
+        answered = finish(client(cluster, "127.0.0.2", b"port\nq\n"))
+        assert "sockchat listens on 127.0.0.1:9527" in answered, answered
+        cluster.stop()
+    log = (tmp_path / "worker-1.log").read_text()
+    assert "--- run.py: started again at " in log, log
+
+
+def test_with_no_restart_a_killed_worker_is_left_down_and_the_rest_goes_on(tmp_path):
+    with Cluster("workers", "--dir", str(tmp_path), "--no-restart") as cluster:
+        os.kill(cluster.pids["worker 2"], signal.SIGKILL)
+        cluster.until(b"Left down (--no-restart); the rest goes on.", 30)
+        assert "was killed by SIGKILL" in cluster.seen
+        answered = finish(client(cluster, "127.0.0.2", b"tcp\nq\n"))
+        assert "TCP gives an ordered byte stream" in answered, answered
+        assert alive(cluster.pids["worker 1"])
+        assert not alive(cluster.pids["worker 2"])
+        said = cluster.stop()
     assert "stopped." in said
-    assert not folder.exists(), "the temporary folder was left behind"
+
+
+def test_run_py_with_a_python_without_sockchat_says_which_python_to_use(tmp_path):
+    """A bare Python (a venv with nothing installed): one line, exit 1."""
+    bare = tmp_path / "bare"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True
+    )
+    done = subprocess.run(
+        [str(bare / "bin" / "python"), str(RUN), "--responder", "pair"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1, done
+    assert done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(
+        f"run.py: this Python ({bare / 'bin' / 'python'}) has no sockchat installed; "
+    ), line
+    venv = ROOT / ".venv" / "bin" / "python"
+    if venv.exists():
+        assert f"run it with the one that has: {venv} {RUN}" in line, line
+    else:
+        assert ".venv/bin/pip install ." in line, line
 
 
 def test_two_piped_operators_answer_clients_of_both_instances(tmp_path):
