@@ -22,6 +22,7 @@ from service_identity import VerificationError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
+    INegotiated,
     IReactorTime,
     IStreamClientEndpoint,
     ITCPTransport,
@@ -54,6 +55,34 @@ __all__ = [
 
 #: Answers longer than this (bytes) are refused by the client.
 CLIENT_MAX_LINE = 1024 * 1024
+
+#: A TLS record starts with its content type (change_cipher_spec, alert,
+#: handshake, application_data), then the major version 3, then a minor
+#: version of 0 (SSL 3) to 4.  A sockchat server's first byte is ``!``.
+_TLS_CONTENT_TYPES = (20, 21, 22, 23)
+_TLS_HEADER = 3
+
+#: What a plain client says when the port turns out to speak TLS.
+TLS_SPOKEN = (
+    "the server answered in TLS (its first bytes are a TLS record): that port "
+    "speaks TLS; connect with --connect tls:HOST:PORT."
+)
+CLOSED_UNSPOKEN = (
+    "the server closed the connection before sending a single byte, as a TLS "
+    "server does when the client does not speak TLS: if that port speaks TLS, "
+    "connect with --connect tls:HOST:PORT."
+)
+
+
+def _may_start_tls(data: bytes) -> bool:
+    """Whether *data* (the first bytes heard, maybe only some) could begin a
+    TLS record."""
+    return (
+        data[:1] != b""
+        and data[0] in _TLS_CONTENT_TYPES
+        and (len(data) < 2 or data[1] == 3)
+        and (len(data) < 3 or data[2] <= 4)
+    )
 
 
 class SockchatError(Exception):
@@ -109,6 +138,9 @@ class _ChatClientProtocol(Protocol):
         #: connection is lost before it.
         self.greeted: Deferred[None] = Deferred()
         self._heard_anything = False
+        #: The first bytes, until there are enough to tell whether they
+        #: begin a TLS record (then None).
+        self._first: bytes | None = b""
 
     def connectionMade(self) -> None:
         if not self._framing.greets:  # no welcome is coming: it is our turn
@@ -151,6 +183,16 @@ class _ChatClientProtocol(Protocol):
         return self._waiting
 
     def dataReceived(self, data: bytes) -> None:
+        if self._first is not None:
+            data = self._first + data
+            if len(data) < _TLS_HEADER and _may_start_tls(data):
+                self._first = data  # too soon to tell
+                return
+            self._first = None
+            if _may_start_tls(data) and not self._over_tls():
+                self._end = _End(False, TLS_SPOKEN, None)
+                self.transport.loseConnection()
+                return
         items = self._decoder.feed(data)
         if items and not self._heard_anything:
             self._heard_anything = True
@@ -229,11 +271,17 @@ class _ChatClientProtocol(Protocol):
         if waiting is not None:
             waiting.errback(error)
 
+    def _over_tls(self) -> bool:
+        return INegotiated.providedBy(self.transport)
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         end = self._end
         if end is None:
             self.turns.turn = Turn.ENDED
-            end = _End(False, _describe_loss(reason), None)
+            silent = self._first is not None and not self._over_tls()
+            end = _End(
+                False, CLOSED_UNSPOKEN if silent else _describe_loss(reason), None
+            )
         self.lost = ConversationEnded(end.why, clean=end.clean, notice=end.notice)
         self._reject(self.lost)
         if not self.greeted.called:
@@ -411,9 +459,10 @@ def _connect(
             return Failure(
                 NoGreeting(
                     f"the server said nothing for {timeout:g} seconds after the "
-                    "connection was made: is it a sockchat server? (For a server "
-                    "started with --framing raw, or the tutorial's, use --framing "
-                    "raw; for a TLS port, tls:.)"
+                    "connection was made (a sockchat server says welcome at "
+                    "once): if that port speaks TLS, connect with --connect "
+                    "tls:HOST:PORT; if it is a raw server (--framing raw, or the "
+                    "tutorial's), use --framing raw."
                 )
             )
 

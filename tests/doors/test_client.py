@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+import tempfile
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from twisted.test import iosim
 
 from sockchat import (
@@ -186,6 +193,84 @@ def test_connect_fails_clearly_when_the_server_says_nothing():
     assert failure.check(NoGreeting)
     assert "said nothing for 5 seconds" in failure.getErrorMessage()
     assert transport.disconnecting
+
+
+def tls_alert() -> bytes:
+    """What a real TLS server (OpenSSL) sends first when a handshake record
+    makes no sense: an alert record."""
+    from OpenSSL import SSL
+
+    from certs import make_tls_files
+
+    with tempfile.TemporaryDirectory() as where:
+        files = make_tls_files(Path(where))
+        context = SSL.Context(SSL.TLS_METHOD)
+        context.use_privatekey_file(str(files["key"]))
+        context.use_certificate_file(str(files["cert"]))
+    server = SSL.Connection(context, None)
+    server.set_accept_state()
+    server.bio_write(b"\x16\x03\x01\x00\x04\x01\x00\x00\x00")
+    with pytest.raises(SSL.Error):
+        server.do_handshake()
+    return server.bio_read(4096)
+
+
+TLS_ALERT = tls_alert()
+
+
+def cut(data: bytes, cuts: list[int]) -> list[bytes]:
+    """*data* in pieces, cut at *cuts* (positions, any order)."""
+    at = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(at) if b > a]
+
+
+@given(st.lists(st.integers(min_value=0), max_size=4))
+def test_a_plain_client_told_in_tls_ends_at_once_with_a_hint(cuts):
+    from sockchat._doors.client import TLS_SPOKEN
+
+    assert TLS_ALERT[:1] == b"\x15"  # an alert, from OpenSSL itself
+    proto = _ClientFactory(lambda notice: None).buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    for piece in cut(TLS_ALERT, cuts):
+        proto.dataReceived(piece)
+    assert transport.disconnecting
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert proto.lost is not None
+    assert proto.lost.why == TLS_SPOKEN
+    assert not proto.lost.clean
+
+
+@given(st.lists(st.integers(min_value=0), max_size=4))
+def test_a_welcome_in_pieces_is_not_taken_for_tls(cuts):
+    notices = []
+    proto = _ClientFactory(notices.append).buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    welcome = b"!info welcome: sockchat conversation 1. You speak first.\n"
+    for piece in cut(welcome, cuts):
+        proto.dataReceived(piece)
+    assert [n.code for n in notices] == ["welcome"]
+    assert not transport.disconnecting
+
+
+def test_a_silent_close_on_a_plain_connection_suggests_tls():
+    from sockchat._doors.client import CLOSED_UNSPOKEN
+
+    proto = _ClientFactory(lambda notice: None).buildProtocol(None)
+    proto.makeConnection(StringTransport())
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert proto.lost is not None
+    assert proto.lost.why == CLOSED_UNSPOKEN
+
+
+def test_a_close_after_the_welcome_says_nothing_of_tls():
+    proto = _ClientFactory(lambda notice: None).buildProtocol(None)
+    proto.makeConnection(StringTransport())
+    proto.dataReceived(b"!info welcome: hi\n")
+    proto.connectionLost(Failure(ConnectionDone()))
+    assert proto.lost is not None
+    assert proto.lost.why == "the server closed the connection without a goodbye."
 
 
 def test_listen_when_it_is_your_turn_is_an_error():

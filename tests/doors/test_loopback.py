@@ -181,3 +181,23 @@ async def _until(condition, timeout: float = 5.0) -> None:
         assert waited < timeout, "condition not met in time"
         await deferLater(reactor, 0.01, lambda: None)
         waited += 0.01
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_plain_client_on_a_tls_port_is_told_to_use_tls(tmp_path):
+    """A real TLS server closes the connection of a client that does not
+    speak TLS, without a byte (here when its handshake deadline passes):
+    the client says that the port may speak TLS, and how to connect."""
+    from sockchat._doors.client import CLOSED_UNSPOKEN
+
+    factory, port, _ = await listen_tls(tmp_path)
+    factory.handshake_timeout = 0.2
+    try:
+        plain = TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port)
+        conversation = await connect(reactor, plain, greeting_timeout=30)
+        end = await conversation.when_ended()
+        assert not end.clean
+        assert end.why == CLOSED_UNSPOKEN
+        assert "--connect tls:HOST:PORT" in end.why
+    finally:
+        await port.stopListening()

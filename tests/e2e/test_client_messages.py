@@ -139,6 +139,14 @@ def test_the_client_says_what_to_do_after_tls_mistakes(tmp_path):
         no_cert = client(
             "--connect", f"tls:localhost:{mutual.port}", "--ca", str(tls["ca"])
         )
+        # Raw framing speaks first: the TLS server closes at once.
+        plain = client("--port", str(mutual.port), "--framing", "raw")
+    assert plain.returncode == 1
+    assert plain.stderr.splitlines() == [
+        "sockchat: the server closed the connection before sending a single "
+        "byte, as a TLS server does when the client does not speak TLS: if that "
+        "port speaks TLS, connect with --connect tls:HOST:PORT."
+    ]
     assert wrong.returncode == no_cert.returncode == incomplete.returncode == 1
     (line,) = wrong.stderr.splitlines()
     assert line.endswith(
