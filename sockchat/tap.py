@@ -666,12 +666,7 @@ def makeService(options: Options) -> IService:
         TranscriptService(transcript).setServiceParent(top)
     if options["tls-client-ca"] is not None:
         endpoint = _require_client_certificates(endpoint, options["tls-client-ca"])
-    admission = Admission(
-        max_clients=options["max_clients"],
-        max_per_ip=options["max_per_ip"],
-        rules=options["rules"],
-        cap_loopback=bool(options["cap-loopback"]),
-    )
+    admission = _admission(options)
     factory_class = ChatServerFactory
     if options["trace"]:
         from sockchat._teaching.tracing import TracingChatServerFactory
@@ -742,6 +737,16 @@ def _desk_service(reactor: Any, options: Options, queue: Any) -> IService:
     return service
 
 
+def _admission(options: Options) -> Admission:
+    """The caps and address rules that the options give, counting nothing yet."""
+    return Admission(
+        max_clients=options["max_clients"],
+        max_per_ip=options["max_per_ip"],
+        rules=options["rules"],
+        cap_loopback=bool(options["cap-loopback"]),
+    )
+
+
 def _broker_service(options: Options) -> Any:
     """``--broker``: register this instance (one line and exit 1 if the broker
     cannot be used), then keep its connections."""
@@ -773,10 +778,13 @@ def _metrics_service(
 
     description = options["metrics_endpoint"]
     endpoint = _server_endpoint(reactor, description, "--metrics", options["metrics"])
+    # The same caps and rules as the chat's, counted apart: a full server
+    # can still be scraped and health-checked.
+    admission = _admission(options)
     service = MetricsService(
         endpoint,
         _as_given(description),
-        metrics_site([factory.stats], health, reactor),
+        metrics_site([factory.stats], health, reactor, admission=admission),
         health,
         doors,
     )

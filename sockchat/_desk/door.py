@@ -47,7 +47,6 @@ from wsproto.utilities import LocalProtocolError
 
 from sockchat._core.limits import Admission
 from sockchat._core.render import safe_text
-from sockchat._core.wire import Notice
 from sockchat._desk.accounts import MAX_PASSWORD, Account, Accounts, AccountsFile
 from sockchat._desk.canned import Canned
 from sockchat._desk.control import Desk, PageMessage, Problem
@@ -58,6 +57,7 @@ from sockchat._desk.wire import decode, encode
 from sockchat._doors.tcp import LogLimiter, describe_address
 from sockchat._doors.web import (
     SECURITY_HEADERS,
+    AdmissionGate,
     ChatChannel,
     ChatSite,
     StaticFile,
@@ -123,25 +123,17 @@ class DeskSettings:
     cap_loopback: bool = False
 
 
-class DeskGate:
+class DeskGate(AdmissionGate):
     """Who may connect to the desk: its own caps, the server's address rules."""
 
     def __init__(self, clock: IReactorTime, admission: Admission) -> None:
-        self.clock = clock
-        self.admission = admission
-        self._quiet = LogLimiter(clock)
-
-    def refusal(self, addr: Any) -> Notice | None:
-        refusal = self.admission.consider(getattr(addr, "host", None))
-        if refusal is None:
-            return None
-        if self._quiet.admit(refusal.notice.code) is not None:
-            log.info(
-                "desk: refused a connection from {peer}: {why} (one line a minute)",
-                peer=describe_address(addr) if addr is not None else "unknown",
-                why=refusal.why.replace("--max-", "the desk's max-"),
-            )
-        return refusal.notice
+        super().__init__(
+            clock,
+            admission,
+            "desk",
+            logger=log,
+            words=lambda why: why.replace("--max-", "the desk's max-"),
+        )
 
 
 def _threads(work: Callable[[], _T]) -> Deferred[_T]:

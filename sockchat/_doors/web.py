@@ -65,6 +65,7 @@ from sockchat._doors.runner import Door
 from sockchat._doors.tcp import (
     TRANSPORT_BUFFER,
     ChatServerFactory,
+    LogLimiter,
     describe_address,
     set_buffer_size,
 )
@@ -74,6 +75,7 @@ __all__ = [
     "CONTENT_SECURITY_POLICY",
     "HEADERS_DEADLINE",
     "SECURITY_HEADERS",
+    "AdmissionGate",
     "ChatChannel",
     "ChatSite",
     "Gate",
@@ -465,7 +467,7 @@ def not_a_handshake(
     )
     request.setHeader(b"content-type", b"text/plain; charset=utf-8")
     if upgrade != "websocket":
-        request.setResponseCode(426)
+        request.setResponseCode(426, b"Upgrade Required")
         request.setHeader(b"upgrade", b"websocket")
         request.setHeader(b"connection", b"Upgrade")
         return b"sockchat: " + instead + b"\n"
@@ -544,6 +546,42 @@ class Gate(typing.Protocol):
     def refusal(self, addr: Any) -> Notice | None: ...
 
 
+class AdmissionGate:
+    """A ``Gate`` with caps of its own (*admission*), for a site that is not
+    the chat page's (the desk, ``--metrics``).  Each refusal is logged on
+    *logger*, at most one line a minute per kind, as ``WHAT: refused a
+    connection from PEER: WHY``; *words* may reword the why."""
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        admission: Admission,
+        what: str,
+        *,
+        logger: Logger = log,
+        words: Callable[[str], str] = lambda why: why,
+    ) -> None:
+        self.clock = clock
+        self.admission = admission
+        self._what = what
+        self._log = logger
+        self._words = words
+        self._quiet = LogLimiter(clock)
+
+    def refusal(self, addr: Any) -> Notice | None:
+        refusal = self.admission.consider(getattr(addr, "host", None))
+        if refusal is None:
+            return None
+        if self._quiet.admit(refusal.notice.code) is not None:
+            self._log.info(
+                "{what}: refused a connection from {peer}: {why} (one line a minute)",
+                what=self._what,
+                peer=describe_address(addr) if addr is not None else "unknown",
+                why=self._words(refusal.why),
+            )
+        return refusal.notice
+
+
 class ChatChannel(HTTPChannel):
     """An HTTP connection to the chat site, admitted at its accept.
 
@@ -559,6 +597,9 @@ class ChatChannel(HTTPChannel):
     _admitted = False
     _host: str | None = None
     _deadline: IDelayedCall | None = None
+    #: The current request's head so far: bytes and lines.
+    _head_bytes = 0
+    _head_lines = 0
 
     def admitted(self, host: str | None) -> None:
         """This connection holds a slot of the caps, for *host*."""
@@ -582,6 +623,7 @@ class ChatChannel(HTTPChannel):
 
     def _await_headers(self) -> None:
         self._stop_deadline()
+        self._head_bytes = self._head_lines = 0
         self._deadline = self.site.clock.callLater(
             self.site.headers_deadline, self._too_slow
         )
@@ -605,6 +647,41 @@ class ChatChannel(HTTPChannel):
         )
         self._tcp.abortConnection()
 
+    def lineReceived(self, line: bytes) -> None:
+        if self._deadline is not None and self._head_lines >= 0:  # in a head
+            self._head_bytes += len(line)
+            self._head_lines += 1
+            if not line:
+                self._head_lines = -1  # the head is over: the body is not counted
+            # Twisted's own bounds, but answered 431 (or 414), not a bare 400.
+            elif (
+                self._head_bytes > self.totalHeadersSize
+                or self._head_lines > self.maxHeaders + 1
+            ):
+                self._too_large(request_line=self._head_lines == 1)
+                return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # One line over the bound (Twisted would close without a word): the
+        # request line if it is the first.
+        self._too_large(request_line=self._head_lines == 0)
+
+    def _too_large(self, *, request_line: bool) -> None:
+        self._stop_deadline()
+        code, reason, what = (
+            (414, "URI Too Long", "request line")
+            if request_line
+            else (431, "Request Header Fields Too Large", "headers")
+        )
+        self._refuse(
+            code,
+            reason,
+            f"its {what} are too large",
+            f"a request's line and headers may have {self.totalHeadersSize} bytes "
+            f"and {self.maxHeaders} headers at most; send a smaller request.",
+        )
+
     def allHeadersReceived(self) -> None:
         length = self.length  # None: chunked, of a length not known
         if length != 0 and (length is None or length > self.site.max_body):
@@ -618,22 +695,27 @@ class ChatChannel(HTTPChannel):
         super().allContentReceived()
 
     def _refuse_body(self) -> None:
-        log.info(
-            "refused a web request with a body from {peer}",
-            peer=describe_address(self._tcp.getPeer()),
-        )
         most = self.site.max_body
-        self._tcp.write(
-            plain_response(
-                413,
-                "Content Too Large",
-                f"this server takes request bodies of at most {most} bytes, "
-                "with a Content-Length."
-                if most
-                else "this server takes no request bodies; the chat page needs none.",
-            )
+        self._refuse(
+            413,
+            "Content Too Large",
+            "it has a body",
+            f"this server takes request bodies of at most {most} bytes, "
+            "with a Content-Length."
+            if most
+            else "this server takes no request bodies; the chat page needs none.",
         )
-        # Read nothing more: the body is neither stored nor parsed.
+
+    def _refuse(self, code: int, reason: str, why: str, text: str) -> None:
+        """Answer *code* at once, read nothing more, and close."""
+        log.info(
+            "refused a web request from {peer}: {code} ({why})",
+            peer=describe_address(self._tcp.getPeer()),
+            code=code,
+            why=why,
+        )
+        self._tcp.write(plain_response(code, reason, text))
+        # Read nothing more: what is left is neither stored nor parsed.
         self.persistent = False
         for name in ("dataReceived", "lineReceived", "rawDataReceived"):
             setattr(self, name, _ignore)

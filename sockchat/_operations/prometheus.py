@@ -10,7 +10,9 @@ rendered in the reactor's thread (not in a thread pool, as
 counters between two events, never in the middle of one.
 
 Neither resource logs a request or starts a conversation: a health check
-every second is no log line and no entry in the conversation counts.
+every second is no log line and no entry in the conversation counts.  The
+site is a ``ChatSite``, as the chat page's and the desk's are: each request has the
+headers deadline, none may have a body, and connections are capped.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from twisted.web.resource import Resource
+from twisted.web.pages import notFound
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from sockchat._core.limits import Admission
 from sockchat._core.stats import Health, ServerStats
+from sockchat._doors.web import AdmissionGate, ChatSite
 from sockchat._version import __version__
 
 if TYPE_CHECKING:
@@ -223,28 +228,30 @@ def healthz_resource(health: Health) -> Resource:
     return HealthResource(health)
 
 
-class MetricsSite(Site):
-    """A site that logs no request: scrapes and health checks are no news."""
-
-    noisy = False
-
-    def log(self, request: Any) -> None:
-        pass
-
-
 class _Root(Resource):
+    def getChild(self, path: bytes, request: Any) -> IResource:
+        # "/" is this page; anything else is not found (Twisted's default
+        # page for that is deprecated).
+        return self if path == b"" else notFound()
+
     def render_GET(self, request: Any) -> bytes:
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
         return b"sockchat: see /metrics and /healthz\n"
 
 
 def metrics_site(
-    stats: Sequence[ServerStats], health: Health, reactor: Any = None
+    stats: Sequence[ServerStats],
+    health: Health,
+    reactor: Any = None,
+    *,
+    admission: Admission | None = None,
 ) -> Site:
     """``/metrics`` (the stats of *stats*) and ``/healthz`` (*health*).
 
     The registry holds only sockchat's collector: no process or platform
     metrics, whose names another exporter on the host may already use.
+    Connections are admitted by *admission* (default: no caps), counted
+    apart from the chat's, so that a full server can still be watched.
     Needs ``prometheus-client``.
     """
     from prometheus_client import CollectorRegistry
@@ -254,4 +261,6 @@ def metrics_site(
     root = _Root()
     root.putChild(b"metrics", _MetricsPage(registry))
     root.putChild(b"healthz", healthz_resource(health))
-    return MetricsSite(root, reactor=reactor)
+    if reactor is None:
+        from twisted.internet import reactor
+    return ChatSite(root, AdmissionGate(reactor, admission or Admission(), "metrics"))

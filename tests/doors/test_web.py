@@ -574,7 +574,7 @@ def test_a_plain_get_of_the_socket_gets_426_and_one_info_line(logged):
         factory, "GET /chat HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"
     )
     response = transport.value()
-    assert response.startswith(b"HTTP/1.1 426 ")
+    assert response.startswith(b"HTTP/1.1 426 Upgrade Required\r\n")
     got = headers(response)
     assert got["upgrade"] == "websocket"
     assert response.endswith(
