@@ -50,6 +50,9 @@ ANSWER = "server --> client:"
 TRACE_SETTLE = 3.0
 #: Who answers, once pair mode has paired this client (``!info paired``).
 PARTNER = "partner"
+#: Where the client connects without --connect.
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9527
 
 __all__ = ["main", "run"]
 
@@ -68,11 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--host",
-        default="127.0.0.1",
         type=lambda host: host.strip("[]"),  # [::1] as well as ::1
-        help="default: 127.0.0.1",
+        help=f"default: {DEFAULT_HOST}",
     )
-    parser.add_argument("--port", type=_port_number, default=9527, help="default: 9527")
+    parser.add_argument("--port", type=_port_number, help=f"default: {DEFAULT_PORT}")
     parser.add_argument(
         "--connect",
         metavar="ENDPOINT",
@@ -256,7 +258,32 @@ def _tracer(screen: _Screen) -> Callable[[str], None]:
 
 
 def _describe_target(args: argparse.Namespace) -> str:
-    return args.connect or f"{args.host}:{args.port}"
+    """Where the client connects, as a person writes it: ``[::1]:9527``."""
+    if args.connect:
+        return str(args.connect)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    return f"{host}:{args.port}"
+
+
+def _settle_target(args: argparse.Namespace, warn: Callable[[str], None]) -> None:
+    """Fill in the defaults; with --connect, --host and --port are not used,
+    and the user is told so rather than left to wonder."""
+    if args.connect:
+        ignored = [
+            f"--{name} {value}"
+            for name, value in (("host", args.host), ("port", args.port))
+            if value is not None
+        ]
+        if ignored:
+            warn(
+                f"sockchat: {' and '.join(ignored)} ignored: --connect "
+                f"{args.connect} says where to connect (put the host and port "
+                "in it, e.g. tcp:HOST:PORT)"
+            )
+    if args.host is None:
+        args.host = DEFAULT_HOST
+    if args.port is None:
+        args.port = DEFAULT_PORT
 
 
 def _endpoint(reactor: Any, args: argparse.Namespace) -> IStreamClientEndpoint:
@@ -396,6 +423,7 @@ def _say_end(screen: _Screen, end: ConversationEnded) -> int:
 async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
     """Run the client; return the exit status."""
     args = _parser().parse_args(argv)
+    _settle_target(args, lambda line: print(line, file=sys.stderr, flush=True))
     interactive = sys.stdin.isatty()
     endpoint = _endpoint(reactor, args)
     stdin = _StdinLines()

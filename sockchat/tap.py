@@ -6,6 +6,7 @@ import os
 import re
 import stat
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -39,7 +40,7 @@ from sockchat._doors.systemd import systemd_endpoint
 from sockchat._doors.tcp import ChatServerFactory
 from sockchat._doors.tlsfiles import TLSFileError, check_certificate, check_pair
 from sockchat._operations.loading import ResponderNotLoaded, load_responder
-from sockchat._operations.prometheus import EXTRA_MISSING, metrics_available
+from sockchat._operations.prometheus import extra_missing, metrics_available
 from sockchat._operations.services import (
     ChatService,
     DeskService,
@@ -210,7 +211,8 @@ class Options(usage.Options):
             None,
             "Serve Prometheus metrics at /metrics, and /healthz for load "
             "balancers, here: a port number (on 127.0.0.1) or a server endpoint "
-            "description. Needs: pip install 'sockchat[metrics]'.",
+            "description. Needs: pip install 'sockchat[metrics]' (from a clone: "
+            "pip install -e '.[metrics]').",
         ],
         [
             "desk",
@@ -273,6 +275,8 @@ class Options(usage.Options):
         super().__init__()
         self["allow"] = []
         self["deny"] = []
+        #: Every --allow and --deny range, in the order written.
+        self._ranges: list[str] = []
 
     def opt_version(self) -> None:
         """Print sockchat's version and exit."""
@@ -282,31 +286,164 @@ class Options(usage.Options):
     def opt_allow(self, cidr: str) -> None:
         """Admit only addresses in this range (repeatable), e.g. 10.0.0.0/8."""
         self["allow"].append(cidr)
+        self._ranges.append(cidr)
 
     def opt_deny(self, cidr: str) -> None:
         """Refuse addresses in this range (repeatable), e.g. 2001:db8::/32."""
         self["deny"].append(cidr)
+        self._ranges.append(cidr)
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        # Kept so that errors are reported in the order the options were
+        # written (postOptions).
+        self._written = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
+
+    def _first_written(self, names: Sequence[str]) -> float:
+        """Where the first of the options *names* was written (infinity: it
+        was not): ``--name``, ``--name=VALUE``, an abbreviation, or ``-x``."""
+        shorts = {p[0]: p[1] for p in self.optParameters if p[1]}
+        for at, word in enumerate(getattr(self, "_written", [])):
+            if word == "--":
+                break
+            given = word[2:].split("=", 1)[0] if word.startswith("--") else ""
+            for name in names:
+                short = shorts.get(name)
+                if (given and name.startswith(given)) or (
+                    short and not given and word.startswith(f"-{short}")
+                ):
+                    return at
+        return float("inf")
 
     def postOptions(self) -> None:
+        # Each option's own value first, in the order they were written (a
+        # bad --port before a --max-line typed after it, and both before
+        # what no option said, such as a missing --responder); then what
+        # depends on several options.
+        checks: list[tuple[tuple[str, ...], Callable[[], None]]] = [
+            (("port",), self._check_port),
+            (("web",), self._check_web),
+            (("metrics",), self._check_metrics),
+            (("desk",), self._check_desk_option),
+            (("responder",), self._check_responder_name),
+            (("broker",), self._check_broker_url),
+            (("answer-timeout",), self._check_answer_timeout),
+            (("framing",), self._check_framing),
+            (("max-line",), lambda: self._check_whole("max-line", 1)),
+            (("max-output",), lambda: self._check_whole("max-output", 1)),
+            (("max-clients",), lambda: self._check_whole("max-clients", 0)),
+            (("max-per-ip",), lambda: self._check_whole("max-per-ip", 0)),
+            (("idle-timeout",), self._check_idle_timeout),
+            (("allow", "deny"), self._check_rules),
+            (("tls-client-ca",), self._check_client_ca),
+        ]
+        for _, check in sorted(checks, key=lambda c: self._first_written(c[0])):
+            check()
+        self._check_together()
+
+    def _check_port(self) -> None:
         self["endpoint"] = endpoint_description(self["port"])
         # What to call it in messages: no need to show the backlog added.
         self["where"] = _as_given(self["endpoint"])
+        _check_endpoint(self["endpoint"], "--port", self["port"])
+
+    def _check_web(self) -> None:
         web = self["web"]
         if web is not None and not web.strip():
             raise fatal("--web needs a port number or an endpoint; it was empty")
         self["web_endpoint"] = endpoint_description(web, "--web") if web else None
+        if self["web_endpoint"] is not None:
+            _check_endpoint(self["web_endpoint"], "--web", web)
+
+    def _check_metrics(self) -> None:
         metrics = self["metrics"]
         if metrics is not None and not metrics.strip():
             raise fatal("--metrics needs a port number or an endpoint; it was empty")
         if metrics is not None and not metrics_available():
-            raise fatal(EXTRA_MISSING)
+            raise fatal(extra_missing())
         self["metrics_endpoint"] = (
             endpoint_description(metrics, "--metrics") if metrics else None
         )
+        if self["metrics_endpoint"] is not None:
+            _check_endpoint(self["metrics_endpoint"], "--metrics", metrics)
+
+    def _check_desk_option(self) -> None:
         desk = self["desk"]
         if desk is not None and not desk.strip():
             raise fatal("--desk needs a port number or an endpoint; it was empty")
-        if desk is not None and self["responder"] is None:
+        self["desk_endpoint"] = endpoint_description(desk, "--desk") if desk else None
+        if self["desk_endpoint"] is not None:
+            _check_endpoint(self["desk_endpoint"], "--desk", desk)
+
+    def _check_responder_name(self) -> None:
+        responder = self["responder"]
+        if (
+            responder is not None
+            and responder not in RESPONDERS
+            and ":" not in responder
+        ):
+            raise fatal(
+                f"unknown --responder {responder!r}; choose one of: "
+                + ", ".join(RESPONDERS)
+                + ", or give your own as package.module:name"
+            )
+
+    def _check_broker_url(self) -> None:
+        url = self["broker"]
+        self["broker_address"] = None
+        if url is None:
+            return
+        from sockchat._broker.redis import parse_broker_url
+
+        try:
+            self["broker_address"] = parse_broker_url(url)
+        except ValueError as e:
+            raise fatal(str(e).removeprefix("sockchat: ")) from None
+
+    def _check_answer_timeout(self) -> None:
+        text = self["answer-timeout"]
+        self["answer_timeout"] = (
+            None if text is None else _seconds(text, "answer-timeout") or None
+        )
+
+    def _check_framing(self) -> None:
+        try:
+            self["framing_value"] = framing_named(self["framing"])
+        except ValueError:
+            raise fatal(
+                f"unknown --framing {self['framing']!r}; choose one of: "
+                + ", ".join(FRAMINGS)
+            ) from None
+
+    def _check_whole(self, name: str, minimum: int) -> None:
+        value = _whole(self, name, minimum)
+        self[name.replace("-", "_")] = value if minimum else value or None
+
+    def _check_idle_timeout(self) -> None:
+        self["idle_timeout"] = _seconds(self["idle-timeout"], "idle-timeout") or None
+
+    def _check_rules(self) -> None:
+        try:
+            parse_networks(self._ranges)  # the first mistake written, if any
+            self["rules"] = AccessRules(
+                allow=parse_networks(self["allow"]), deny=parse_networks(self["deny"])
+            )
+        except ValueError as e:
+            raise fatal(f"--allow/--deny: {e}") from None
+
+    def _check_client_ca(self) -> None:
+        ca = self["tls-client-ca"]
+        if ca is not None:
+            if not endpoint_description(self["port"]).startswith("ssl:"):
+                raise fatal("--tls-client-ca needs a TLS listener: --port ssl:...")
+            try:
+                check_certificate(f"--tls-client-ca {ca}", ca)
+            except TLSFileError as e:
+                raise fatal(str(e)) from None
+
+    def _check_together(self) -> None:
+        """What depends on several options, or on none (the defaults)."""
+        if self["desk"] is not None and self["responder"] is None:
             self["responder"] = "operators"  # the desk's operators answer
         responder = self["responder"]
         if responder is None:
@@ -317,49 +454,13 @@ class Options(usage.Options):
                     "package.module:name"
                 )
             self["responder"] = "console"
-        elif responder not in RESPONDERS and ":" not in responder:
-            raise fatal(
-                f"unknown --responder {responder!r}; choose one of: "
-                + ", ".join(RESPONDERS)
-                + ", or give your own as package.module:name"
-            )
         if self["responder"] == "console":
             _check_console(self, chosen=responder is not None)
         _check_broker(self)
         _check_desk(self)
-        self["answer_timeout"] = _answer_timeout(self)
-        try:
-            self["framing_value"] = framing_named(self["framing"])
-        except ValueError:
-            raise fatal(
-                f"unknown --framing {self['framing']!r}; choose one of: "
-                + ", ".join(FRAMINGS)
-            ) from None
-        self["max_line"] = _whole(self, "max-line", minimum=1)
-        self["max_output"] = _whole(self, "max-output", minimum=1)
-        self["max_clients"] = _whole(self, "max-clients", minimum=0) or None
-        self["max_per_ip"] = _whole(self, "max-per-ip", minimum=0) or None
-        self["idle_timeout"] = _seconds(self["idle-timeout"], "idle-timeout") or None
-        try:
-            self["rules"] = AccessRules(
-                allow=parse_networks(self["allow"]), deny=parse_networks(self["deny"])
-            )
-        except ValueError as e:
-            raise fatal(f"--allow/--deny: {e}") from None
-        ca = self["tls-client-ca"]
-        if ca is not None and not self["endpoint"].startswith("ssl:"):
-            raise fatal("--tls-client-ca needs a TLS listener: --port ssl:...")
-        try:
-            check_tls_files(self["endpoint"], "--port")
-            if self["web_endpoint"] is not None:
-                check_tls_files(self["web_endpoint"], "--web")
-            if self["desk_endpoint"] is not None:
-                check_tls_files(self["desk_endpoint"], "--desk")
-            if ca is not None:
-                check_certificate(f"--tls-client-ca {ca}", ca)
-        except TLSFileError as e:
-            raise fatal(str(e)) from None
-        if web and self["framing_value"].name != "line":
+        if self["answer-timeout"] is None:
+            self["answer_timeout"] = AnswerTimeout.DEFAULT  # the factory's
+        if self["web"] and self["framing_value"].name != "line":
             raise fatal(
                 "--web needs --framing line: the page sends and shows lines; "
                 "serve raw framing and the page from two servers"
@@ -448,16 +549,17 @@ def _seconds(text: str, name: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
-    if not value >= 0 or value == float("inf"):
+        value = float("nan")
+    if value != value or value in (float("inf"), float("-inf")):  # nan, inf
         raise fatal(f"--{name} {text} is not a number of seconds")
+    if value < 0:
+        raise fatal(f"--{name} must be 0 (never) or more seconds, not {text}")
     return value
 
 
 def _check_broker(options: Options) -> None:
-    """``--broker``: a URL that parses, and a responder that uses it."""
+    """``--broker`` and the responder: one that needs it, or uses it."""
     url, responder = options["broker"], options["responder"]
-    options["broker_address"] = None
     if url is None:
         if responder == "operators" and options["desk"] is not None:
             return  # the desk's operators, in this process
@@ -472,12 +574,6 @@ def _check_broker(options: Options) -> None:
             f"--broker is used by --responder operators, workers or pair; with "
             f"{responder} it would do nothing"
         )
-    from sockchat._broker.redis import parse_broker_url
-
-    try:
-        options["broker_address"] = parse_broker_url(url)
-    except ValueError as e:
-        raise fatal(str(e).removeprefix("sockchat: ")) from None
 
 
 #: How to make the accounts the desk needs.
@@ -533,13 +629,6 @@ def _check_desk(options: Options) -> None:
     options["desk_endpoint"] = endpoint_description(desk, "--desk")
 
 
-def _answer_timeout(options: Options) -> float | AnswerTimeout | None:
-    text = options["answer-timeout"]
-    if text is None:
-        return AnswerTimeout.DEFAULT  # the factory's, for its responder
-    return _seconds(text, "answer-timeout") or None
-
-
 def _whole(options: Options, name: str, minimum: int) -> int:
     text = options[name]
     if not text.isdigit():
@@ -580,6 +669,22 @@ def _as_given(description: str) -> str:
     return description.replace(f":backlog={LISTEN_BACKLOG}", "").removesuffix(
         f":mode={UNIX_SOCKET_MODE}"
     )
+
+
+def _check_endpoint(description: str, option: str, given: str) -> None:
+    """A description that cannot be parsed ends in one line now, in the
+    order of the options, rather than when the server is made.  Its key
+    and certificate files are checked first (``check_tls_files``).  A
+    ``systemd:`` socket is looked for only when the server is made."""
+    try:
+        check_tls_files(description, option)
+    except TLSFileError as e:
+        raise fatal(str(e)) from None
+    if description.removeprefix("haproxy:").startswith("systemd:"):
+        return
+    from twisted.internet import reactor
+
+    _server_endpoint(reactor, description, option, given)
 
 
 def _server_endpoint(

@@ -18,6 +18,7 @@ headers deadline, none may have a body, and connections are capped.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from twisted.web.pages import notFound
@@ -36,6 +37,7 @@ __all__ = [
     "EXTRA_MISSING",
     "HealthResource",
     "StatsCollector",
+    "extra_missing",
     "healthz_resource",
     "metrics_available",
     "metrics_site",
@@ -46,6 +48,21 @@ EXTRA_MISSING = (
     "--metrics needs prometheus-client, which is not installed; "
     "install it with: pip install 'sockchat[metrics]'"
 )
+
+
+def extra_missing(package: Path | None = None) -> str:
+    """``EXTRA_MISSING``, or, when sockchat runs from a source tree (a
+    clone, installed with ``pip install -e .`` or not), the command that
+    works there: PyPI's name would install another sockchat beside it.
+    *package* is the ``sockchat`` folder (default: this one's)."""
+    root = (package or Path(__file__).resolve().parent.parent).parent
+    if not ((root / "setup.cfg").is_file() and (root / "pyproject.toml").is_file()):
+        return EXTRA_MISSING
+    return (
+        "--metrics needs prometheus-client, which is not installed; this "
+        f"sockchat runs from its source folder {root}: install it there with: "
+        "pip install -e '.[metrics]'"
+    )
 
 
 def metrics_available() -> bool:

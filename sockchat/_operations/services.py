@@ -15,6 +15,7 @@ from __future__ import annotations
 import atexit
 import errno
 import os
+import re
 import select
 import signal
 import sys
@@ -114,6 +115,11 @@ class _Listener:
     def _cannot_listen(self, failure: Failure) -> str:
         error = failure.value
         where = f"sockchat: cannot listen on {self._where}"
+        path = unix_socket_path(self._where)
+        if path is not None and error is not None:
+            why = _unix_socket_problem(path, error)
+            if why is not None:
+                return f"{where}: {why}"
         if isinstance(error, CannotListenError):
             cause = error.socketError
             if getattr(cause, "errno", None) == errno.EADDRINUSE:
@@ -128,6 +134,57 @@ class _Listener:
                 )
             return f"{where}: {cause}"
         return f"{where}: {failure.getErrorMessage()}"
+
+
+def unix_socket_path(description: str) -> str | None:
+    """The path of a ``unix:`` description (``haproxy:`` around it or not),
+    or None for any other kind."""
+    inner = description.removeprefix("haproxy:")
+    if not inner.startswith("unix:"):
+        return None
+    # Parameters are split at colons that are not escaped with a backslash.
+    for parameter in re.split(r"(?<!\\):", inner)[1:]:
+        name, equals, value = parameter.partition("=")
+        if not equals:
+            return parameter.replace("\\:", ":")
+        if name == "address":
+            return value.replace("\\:", ":")
+    return None
+
+
+def _unix_socket_problem(path: str, error: BaseException) -> str | None:
+    """What went wrong making the socket *path*, in words, with what to do;
+    None if the error is not about its folder or its lock.
+
+    Twisted makes ``PATH.lock`` first (a symbolic link to its pid), so a
+    missing folder shows as a failed ``symlink('PID', 'PATH.lock')``.
+    """
+    if isinstance(error, CannotListenError):
+        cause = error.socketError
+        if cause == "Cannot acquire lock":
+            return (
+                f"another process holds its lock ({path}.lock): is another "
+                "server running? choose another path"
+            )
+        error = cause if isinstance(cause, OSError) else error
+    if not isinstance(error, OSError):
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if error.errno in (errno.ENOENT, errno.ENOTDIR) and not os.path.isdir(folder):
+        return f"the folder {folder} does not exist; create it, or choose another path"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"permission denied to make a socket in {folder}; choose a folder "
+            "you may write to"
+        )
+    if error.errno == errno.EROFS:
+        return f"{folder} is on a read-only file system; choose another path"
+    if error.errno == errno.ENAMETOOLONG or "too long" in str(error):
+        return "the path is too long for a UNIX socket; choose a shorter one"
+    return (
+        f"cannot make the socket or its lock ({path}.lock) in {folder}: "
+        f"{error.strerror or error}; choose another path"
+    )
 
 
 class ChatService(Service):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -11,6 +12,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.web.test.requesthelper import DummyRequest
 
+import sockchat
 from sockchat import ChatServerFactory, EchoResponder
 from sockchat._core.limits import Admission
 from sockchat._core.stats import (
@@ -23,6 +25,7 @@ from sockchat._operations.prometheus import (
     EXTRA_MISSING,
     HealthResource,
     StatsCollector,
+    extra_missing,
     metrics_site,
 )
 from sockchat._operations.services import MetricsService, PortChatService
@@ -183,8 +186,19 @@ def test_metrics_option_without_the_extra_names_it(monkeypatch: pytest.MonkeyPat
     options = Options()
     with pytest.raises(SystemExit) as raised:
         options.parseOptions(["--responder", "echo", "--metrics", "9100"])
-    assert str(raised.value) == f"sockchat: {EXTRA_MISSING}"
-    assert "pip install 'sockchat[metrics]'" in str(raised.value)
+    # This sockchat runs from its clone: PyPI's name would not do.
+    root = Path(sockchat.__file__).resolve().parent.parent
+    assert str(raised.value) == (
+        "sockchat: --metrics needs prometheus-client, which is not installed; "
+        f"this sockchat runs from its source folder {root}: install it there "
+        "with: pip install -e '.[metrics]'"
+    )
+
+
+def test_installed_from_a_wheel_the_hint_names_the_package(tmp_path):
+    (tmp_path / "sockchat").mkdir()  # site-packages: no setup.cfg beside it
+    assert extra_missing(tmp_path / "sockchat") == EXTRA_MISSING
+    assert EXTRA_MISSING.endswith("install it with: pip install 'sockchat[metrics]'")
 
 
 def test_metrics_bare_port_listens_on_loopback_only():

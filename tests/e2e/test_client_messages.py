@@ -3,6 +3,7 @@ end, and one-line advice for endpoint and TLS mistakes."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import subprocess
 
@@ -14,7 +15,13 @@ from twisted.python.failure import Failure
 from sockchat._core.wire import Notice, NoticeKind
 from sockchat._doors.client import ConversationEnded, _describe_loss
 from sockchat._doors.endpoints import client_endpoint
-from sockchat.client import _report_end, _Screen
+from sockchat.client import (
+    _describe_target,
+    _parser,
+    _report_end,
+    _Screen,
+    _settle_target,
+)
 
 from certs import make_tls_files
 from processes import CLIENT, Server
@@ -182,3 +189,66 @@ def test_the_documented_ways_to_reach_ipv6_work():
         ):
             done = client(*args)
             assert (done.returncode, done.stdout, done.stderr) == (0, "hi\n", ""), args
+
+
+def settled(*argv: str) -> tuple[argparse.Namespace, list[str]]:
+    warned: list[str] = []
+    args = _parser().parse_args(argv)
+    _settle_target(args, warned.append)
+    return args, warned
+
+
+def test_port_and_host_with_connect_are_said_to_be_ignored():
+    _, warned = settled("--connect", "tcp:127.0.0.1:9000", "--port", "9001")
+    assert warned == [
+        "sockchat: --port 9001 ignored: --connect tcp:127.0.0.1:9000 says where "
+        "to connect (put the host and port in it, e.g. tcp:HOST:PORT)"
+    ]
+    _, warned = settled("--host", "::1", "--port", "1", "--connect", "unix:path=x")
+    assert warned[0].startswith("sockchat: --host ::1 and --port 1 ignored: ")
+    _, warned = settled("--connect", "tcp:127.0.0.1:9000")
+    assert warned == []
+    args, warned = settled("--port", "9001")
+    assert (args.host, args.port, warned) == ("127.0.0.1", 9001, [])
+
+
+@pytest.mark.parametrize(
+    ("argv", "shown"),
+    [
+        (["--host", "::1", "--port", "19599"], "[::1]:19599"),
+        (["--host", "[::1]", "--port", "19599"], "[::1]:19599"),
+        (["--host", "fe80::1%eth0"], "[fe80::1%eth0]:9527"),
+        (["--port", "19599"], "127.0.0.1:19599"),
+        (["--host", "example.org"], "example.org:9527"),
+    ],
+)
+def test_an_ipv6_target_is_written_in_brackets(argv, shown):
+    args, _ = settled(*argv)
+    assert _describe_target(args) == shown
+
+
+@pytest.mark.slow
+def test_the_client_warns_of_an_ignored_port_and_still_connects():
+    with Server("--responder", "echo") as server:
+        done = client("--connect", f"tcp:127.0.0.1:{server.port}", "--port", "1")
+    assert (done.returncode, done.stdout) == (0, "hi\n")
+    assert done.stderr.splitlines() == [
+        f"sockchat: --port 1 ignored: --connect tcp:127.0.0.1:{server.port} says "
+        "where to connect (put the host and port in it, e.g. tcp:HOST:PORT)"
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+def test_a_refused_ipv6_connection_names_the_peer_in_brackets():
+    import socket
+
+    with socket.socket(socket.AF_INET6) as probe:
+        probe.bind(("::1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: refused
+        done = client("--host", "::1", "--port", str(port))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"sockchat: cannot connect to [::1]:{port}: connection refused (is the "
+        "server running, on this port?)"
+    ]
