@@ -564,6 +564,7 @@ class RedisClient:
         """Connect and say hello; the whole attempt has one timeout."""
         keepalive = self.address.scheme != "unix"
         factory = Factory.forProtocol(lambda: _RedisProtocol(keepalive))
+        factory.noisy = False  # no "Starting factory <...>" line per connection
         d: Deferred[Any] = self._endpoint.connect(factory)
         d.addCallback(self._hello)
         d.addTimeout(self._timeout, self._reactor)

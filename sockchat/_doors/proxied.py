@@ -10,6 +10,12 @@ factory for a protocol with the client's real address, so ``--max-per-ip``,
 A connection whose header does not come within ``HEADER_TIMEOUT`` seconds
 (a port probe that connects and stays silent), or is not a PROXY header, is
 closed; Twisted's wrapper parses the header itself.
+
+A version 2 header with the LOCAL command is the load balancer's own health
+check ("established on purpose by the proxy without being relayed", says
+the PROXY protocol's specification; haproxy sends it with
+``send-proxy-v2`` and ``check-send-proxy``): it gets no conversation, so no
+number, no welcome and no log line, and is closed at once.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from twisted.internet.interfaces import (
     ITCPTransport,
 )
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 
 # Twisted makes only proxyEndpoint public; its wrapper, whose header parsing
 # this reuses, lives in a private module (setup.cfg pins Twisted below 27,
@@ -37,10 +44,21 @@ from twisted.protocols.haproxy._wrapper import (
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["HEADER_TIMEOUT", "ProxiedEndpoint"]
+__all__ = ["HEADER_TIMEOUT", "ProxiedEndpoint", "is_health_check"]
+
+log = Logger(namespace="sockchat.server")
 
 #: Seconds a connection from the load balancer may take to send its header.
 HEADER_TIMEOUT = 10.0
+#: The first 12 bytes of a version 2 header; the 13th holds the version
+#: (high 4 bits) and the command (low 4 bits: 0 LOCAL, 1 PROXY).
+_V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def is_health_check(header: bytes) -> bool:
+    """Whether the PROXY *header* is a version 2 LOCAL one: the proxy's own
+    connection (a health check), not a client's."""
+    return header[:12] == _V2_SIGNATURE and len(header) > 12 and header[12] & 0x0F == 0
 
 
 class _Held(Protocol):
@@ -92,6 +110,10 @@ class _HeaderFirst(HAProxyProtocolWrapper):
         if self._deadline is not None and self._deadline.active():
             self._deadline.cancel()
         self._deadline = None
+        if is_health_check(self._proxyInfo.header):
+            log.debug("a health check from {peer}", peer=str(self.getPeer()))
+            cast(ITCPTransport, self.transport).loseConnection()
+            return
         protocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())
         if protocol is None:
             cast(ITCPTransport, self.transport).loseConnection()
@@ -110,6 +132,7 @@ class _HeaderFirst(HAProxyProtocolWrapper):
 
 class _HeaderFirstFactory(HAProxyWrappingFactory):
     protocol = _HeaderFirst  # type: ignore[assignment]
+    noisy = False  # no "Starting factory <...>" line: the door's own says it
 
     def __init__(self, wrapped: IProtocolFactory, clock: IReactorTime) -> None:
         super().__init__(wrapped)

@@ -3,6 +3,10 @@ admitted, capped and named by the address in it, not the load balancer's."""
 
 from __future__ import annotations
 
+import itertools
+
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -82,3 +86,55 @@ def test_something_that_is_not_a_proxy_header_is_closed():
     assert transport.disconnecting
     assert transport.value() == b""
     assert chat.conversations == {}
+
+
+# Health checks announced as such (issue 24, item 7).
+
+V2 = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def v2_local() -> bytes:
+    """What haproxy's check sends with send-proxy-v2 and check-send-proxy."""
+    return V2 + b"\x20\x00\x00\x00"
+
+
+def v2_proxy(source: str, port: int = 50000) -> bytes:
+    import socket
+    import struct
+
+    body = socket.inet_aton(source) + socket.inet_aton("127.0.0.1")
+    body += struct.pack("!HH", port, 9527)
+    return V2 + b"\x21\x11" + struct.pack("!H", len(body)) + body
+
+
+@given(st.lists(st.integers(min_value=1, max_value=15), max_size=4))
+def test_a_v2_local_header_is_a_health_check_and_takes_no_number(cuts):
+    _clock, chat, factory = server()
+    proto, transport = connect(factory)
+    data = v2_local()
+    at = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    for a, b in itertools.pairwise(at):
+        proto.dataReceived(data[a:b])
+    assert transport.value() == b""  # no welcome
+    assert transport.disconnecting
+    assert chat.conversations == {}
+    # The next client, through the same proxy, is conversation 1.
+    _, client = connect(factory, v2_proxy("203.0.113.9"))
+    assert client.value().startswith(b"!info welcome: sockchat conversation 1. ")
+
+
+def test_a_v2_proxy_header_is_a_client():
+    _clock, chat, factory = server()
+    _, transport = connect(factory, v2_proxy("203.0.113.7") + b"hello\n")
+    assert transport.value().decode().splitlines()[-1] == "hello"
+    [conversation] = chat.conversations.values()
+    assert conversation.info.peer == "203.0.113.7:50000"
+
+
+def test_is_health_check_reads_only_the_v2_command():
+    from sockchat._doors.proxied import is_health_check
+
+    assert is_health_check(v2_local())
+    assert not is_health_check(v2_proxy("203.0.113.7"))
+    assert not is_health_check(b"PROXY UNKNOWN\r\n")  # may be a relayed client
+    assert not is_health_check(header("203.0.113.7"))

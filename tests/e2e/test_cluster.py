@@ -174,6 +174,9 @@ def test_workers_answer_clients_of_both_instances_and_everything_stops():
             "worker 1",
             "worker 2",
         }
+        # haproxy has health-checked each instance by now (every 2 s, with a
+        # PROXY v2 LOCAL header): the checks take no conversation number.
+        time.sleep(2.5)
         # One after the other, so that round robin sends them to both.
         before = starts(cluster)
         first = finish(client(cluster, "127.0.0.2", b"port\nq\n"))
@@ -189,6 +192,15 @@ def test_workers_answer_clients_of_both_instances_and_everything_stops():
         # Its started hook, in a worker, greeted each with its real address.
         assert "hello, 127.0.0.2:" in first, first
         assert "hello, 127.0.0.3:" in second, second
+        for name in ("instance one", "instance two"):
+            log = cluster.log(name)
+            assert re.search(r"\bconversation 1 started with 127\.0\.0\.[23]:", log), (
+                log
+            )
+            # No "Starting factory <...>" noise, in the instances or the workers.
+            assert "Starting factory" not in log, log
+        for name in ("worker 1", "worker 2"):
+            assert "Starting factory" not in cluster.log(name), cluster.log(name)
         folder = cluster.folder
         assert folder.is_dir()
         said = cluster.stop()
