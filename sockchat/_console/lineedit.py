@@ -11,8 +11,11 @@ the same chunk (a paste of several lines) is not yet part of it.
 The keys it knows:
 
 - printable characters, in UTF-8 (Chinese, emoji, accents), and Tab;
-- Backspace and DEL erase the last character (with its combining marks),
-  Ctrl-U the whole line, Ctrl-W the last word;
+- Backspace and DEL erase the last grapheme cluster: what shows as one
+  character, whatever its code points (a letter with its accents, 👍🏽 with
+  its skin tone, a family joined by zero-width joiners, a flag), by the
+  rules of Unicode's UAX #29 as the ``wcwidth`` library applies them;
+  Ctrl-U erases the whole line, Ctrl-W the last word;
 - Enter (CR, LF, or CR LF as one) ends the line; Ctrl-D on an empty line
   ends the input, as it does in line mode;
 - escape sequences (arrows, function keys, Alt-keys) are consumed and
@@ -29,10 +32,10 @@ Bytes that are not UTF-8 are dropped, with one ``NotUtf8`` per line.
 from __future__ import annotations
 
 import enum
-import unicodedata
 from collections import deque
 
 from attrs import frozen
+from wcwidth import grapheme_boundary_before
 
 from sockchat._core.codec import LineTooLong
 from sockchat._core.defaults import DEFAULT_MAX_LINE
@@ -44,7 +47,6 @@ __all__ = [
     "LineEvent",
     "NotUtf8",
     "TooLong",
-    "zero_width",
 ]
 
 
@@ -90,16 +92,6 @@ CTRL_D, CTRL_U, CTRL_W = 0x04, 0x15, 0x17
 PASTE_START, PASTE_END = b"200", b"201"
 #: Parameter bytes kept of one CSI sequence (enough for 200 and 201).
 CSI_KEPT = 16
-
-
-def zero_width(char: str) -> bool:
-    """Whether *char* takes no column of its own (a combining mark, a
-    format character such as the zero-width joiner)."""
-    return unicodedata.combining(char) != 0 or unicodedata.category(char) in (
-        "Mn",
-        "Me",
-        "Cf",
-    )
 
 
 def _utf8_length(lead: int) -> int:
@@ -274,10 +266,14 @@ class LineEditor:
         return char
 
     def _rub_out(self) -> None:
-        # A character and the combining marks after it go together.
-        while self._chars:
-            if not zero_width(self._pop()):
-                break
+        # The whole last grapheme cluster goes: where it begins depends on
+        # what comes before it (a flag is a pair of regional indicators,
+        # counted from the start of their run), so the whole line is asked.
+        chars = self._chars
+        if chars:
+            start = grapheme_boundary_before("".join(chars), len(chars))
+            while len(chars) > start:
+                self._pop()
 
     def _rub_out_word(self) -> None:
         while self._chars and self._chars[-1].isspace():

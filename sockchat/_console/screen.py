@@ -27,18 +27,17 @@ there is no prompt.
 
 from __future__ import annotations
 
-import unicodedata
 from collections.abc import Callable
 from typing import cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from wcwidth import iter_graphemes_reverse, width
 
 from sockchat._console.lineedit import (
     Entered,
     LineEditor,
     LineEvent,
     TooLong,
-    zero_width,
 )
 from sockchat._core.render import safe_text
 
@@ -54,27 +53,25 @@ ERASE_LINE = "\r\x1b[K"
 
 
 def columns_of(text: str) -> int:
-    """Terminal columns that *text* (already safe) takes: East Asian wide
-    and full-width characters two, combining marks none."""
-    width = 0
-    for char in text:
-        if zero_width(char):
-            continue
-        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
-    return width
+    """Terminal columns that *text* (already safe: no control characters)
+    takes, as terminals draw it, from the ``wcwidth`` library: East Asian
+    wide characters two, combining marks none, and an emoji sequence (❤️
+    with its variation selector, 👍🏽, a family joined by zero-width
+    joiners, a flag) two, however many code points it has."""
+    return width(text)
 
 
 def _tail(text: str, columns: int) -> str:
-    """The end of *text* that fits in *columns*."""
+    """The end of *text* that fits in *columns*, whole grapheme clusters
+    only (an emoji is never cut in half)."""
     used = 0
     start = len(text)
-    while start > 0:
-        char = text[start - 1]
-        width = columns_of(char)
-        if used + width > columns:
+    for cluster in iter_graphemes_reverse(text):
+        taken = width(cluster)
+        if used + taken > columns:
             break
-        used += width
-        start -= 1
+        used += taken
+        start -= len(cluster)
     return text[start:]
 
 

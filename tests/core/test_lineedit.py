@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -190,3 +192,42 @@ def test_any_bytes_in_any_reads_give_the_same_events_and_a_safe_line(data, cuts)
 def test_backspacing_what_was_typed_leaves_nothing(text, extra):
     keys = text + "\x7f" * (len(text) + extra)
     assert typed(keys)[1] == ""
+
+
+# Grapheme clusters (issue 24, item 9): Backspace erases what shows as one.
+
+THUMB = "👍🏽"  # thumbs up, then a skin tone modifier
+FAMILY = "👨\u200d👩\u200d👧\u200d👦"  # four people, joined by ZWJ
+HEART = "❤️"  # a heart, then VS16 (emoji presentation)
+FLAG = "🇫🇷"  # two regional indicators
+CLUSTERS = [THUMB, FAMILY, HEART, FLAG, "e\u0301", "你", "a", "👋", "\t"]
+
+
+@pytest.mark.parametrize("cluster", [THUMB, FAMILY, HEART, FLAG])
+def test_backspace_erases_a_whole_emoji_sequence(cluster):
+    assert typed("ok" + cluster + "\x7f")[1] == "ok"
+    assert typed(cluster + cluster + "\x7f")[1] == cluster
+
+
+def test_flags_are_erased_a_pair_at_a_time_counted_from_their_start():
+    # Three regional indicators: a flag, then a lone one; then the flag.
+    three = FLAG + "🇫"
+    assert typed("x" + three + "\x7f")[1] == "x" + FLAG
+    assert typed("x" + three + "\x7f\x7f")[1] == "x"
+
+
+@given(
+    st.lists(st.sampled_from(CLUSTERS), max_size=12),
+    st.lists(st.integers(min_value=1, max_value=40), max_size=5),
+    st.integers(0, 12),
+)
+def test_each_backspace_erases_one_cluster_however_the_bytes_arrive(
+    clusters, cuts, erased
+):
+    # No two regional indicators meet across clusters: FLAG is a pair.
+    data = ("".join(clusters) + "\x7f" * erased).encode()
+    at = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    editor = LineEditor()
+    for a, b in itertools.pairwise(at):
+        editor.events(data[a:b])
+    assert editor.text == "".join(clusters[: max(len(clusters) - erased, 0)])

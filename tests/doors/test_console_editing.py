@@ -226,6 +226,33 @@ def test_a_wide_line_scrolls_sideways_and_wide_characters_count_twice():
     assert columns_of("e\u0301") == 1
 
 
+@pytest.mark.parametrize(
+    ("text", "columns"),
+    [
+        ("❤️", 2),  # with VS16, terminals draw the emoji: two columns
+        ("👨\u200d👩\u200d👧\u200d👦", 2),  # one family, not four people
+        ("👍🏽", 2),
+        ("🇫🇷", 2),
+        ("❤", 1),  # without VS16: text presentation
+        ("ok👍🏽你", 6),
+    ],
+)
+def test_emoji_sequences_take_the_columns_terminals_give_them(text, columns):
+    assert columns_of(text) == columns
+
+
+def test_a_scrolled_line_never_cuts_an_emoji_sequence_in_half():
+    family = "👨\u200d👩\u200d👧\u200d👦"
+    term = Terminal(columns=40)
+    term.says(ALICE, "hello")
+    term.take()
+    term.type(family * 20)
+    drawn = term.take().removeprefix(ERASE)
+    shown = drawn.split("<", 1)[1]
+    assert shown == family * 8  # 16 of the 17 columns left after the "<"
+    assert columns_of(drawn) <= 39
+
+
 def test_peer_and_operator_text_is_drawn_safely():
     term = Terminal()
     term.says(ALICE, "hello")
