@@ -115,6 +115,8 @@ class Reason(str, enum.Enum):
     BINARY_MESSAGE = "binary-message"
     #: A WebSocket message with a newline in it.
     NEWLINE_IN_MESSAGE = "newline-in-message"
+    #: A WebSocket text message that was not UTF-8.
+    INVALID_UTF8_MESSAGE = "invalid-utf8-message"
     #: The connection went away with no bye.
     CONNECTION_LOST = "connection-lost"
 
@@ -632,15 +634,23 @@ class ServerConversation:
 
     def receive_binary(self, now: float) -> None:
         """A binary WebSocket message: not a line."""
+        self._refuse_message(
+            Reason.BINARY_MESSAGE, "binary messages are not accepted: send text"
+        )
+
+    def receive_invalid_utf8(self, now: float) -> None:
+        """A WebSocket text message that is not UTF-8: not a line."""
+        self._refuse_message(
+            Reason.INVALID_UTF8_MESSAGE, "a text message was not valid UTF-8"
+        )
+
+    def _refuse_message(self, reason: Reason, why: str) -> None:
         if self.phase > _OPEN:
             return
         self._log(
-            "info",
-            "WebSocket from {peer}: binary messages are not accepted: send text; "
-            "closing it",
-            peer=self.peer,
+            "info", "WebSocket from {peer}: {why}; closing it", peer=self.peer, why=why
         )
-        self._close(Reason.BINARY_MESSAGE, Reason.BINARY_MESSAGE.value)
+        self._close(reason, reason.value)
 
     def end_of_input(self, now: float) -> None:
         """The client closed its side; it may still be owed an answer."""

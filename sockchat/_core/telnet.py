@@ -8,10 +8,18 @@ server says until the server answers the timing mark.
 
 Byte 0xFF never occurs in UTF-8, so taking these commands out can never
 change a line of text.  ``TelnetFilter`` removes them, answers a timing
-mark (so telnet shows the server's output again), refuses every option the
-client offers or asks for, and reports the commands a person caused, so the
-server can say what it did with them.  It never removes a newline: a line
-always ends where a ``\\n`` is.
+mark (so telnet shows the server's output again), and reports the commands
+a person caused, so the server can say what it did with them.  It never
+removes a newline: a line always ends where a ``\\n`` is.
+
+Option negotiation follows RFC 854 (and RFC 1143's rules against loops),
+for a server that enables no option: ``DO X`` is refused with ``WONT X``,
+``WILL X`` with ``DONT X``; ``DONT X`` and ``WONT X`` ask for what is
+already so, and get no answer.  Each of the four takes the byte after it
+as the option's code, as the RFC says, whatever that byte is (except a
+newline); so each is reported too, the first time it names an option, in
+the ``!info telnet`` notice: a client that sent ``0xFF 0xFE`` as something
+else (a UTF-16 byte-order mark, say) is told which of its bytes went.
 """
 
 from __future__ import annotations
@@ -57,6 +65,24 @@ _MEANING = {
 }
 
 
+#: Option names, for the notice (RFC 857, 858, 859, 860, 1091, 1073, 1079,
+#: 1372, 1184, 1096, 1572).
+_OPTIONS = {
+    1: "ECHO",
+    3: "SUPPRESS-GO-AHEAD",
+    5: "STATUS",
+    6: "TIMING-MARK",
+    24: "TERMINAL-TYPE",
+    31: "NAWS",
+    32: "TERMINAL-SPEED",
+    33: "TOGGLE-FLOW-CONTROL",
+    34: "LINEMODE",
+    35: "X-DISPLAY-LOCATION",
+    39: "NEW-ENVIRON",
+}
+_VERBS = {DO: "DO", DONT: "DONT", WILL: "WILL", WONT: "WONT"}
+
+
 @frozen
 class TelnetHeard:
     """What one chunk held in telnet commands."""
@@ -65,6 +91,8 @@ class TelnetHeard:
     commands: tuple[str, ...]
     #: Bytes to send back: refusals of the options the client negotiated.
     reply: bytes
+    #: Negotiations not reported before: (verb, option code), in order.
+    negotiations: tuple[tuple[str, int], ...] = ()
 
 
 class TelnetFilter:
@@ -76,7 +104,7 @@ class TelnetFilter:
     telnet's timing mark goes out before anything said about them.
     """
 
-    __slots__ = ("_commands", "_held", "_reply", "held")
+    __slots__ = ("_commands", "_held", "_negotiations", "_reply", "_reported", "held")
 
     def __init__(self) -> None:
         self._held = b""  # IAC, or IAC and a negotiation verb
@@ -86,6 +114,10 @@ class TelnetFilter:
         # conversations never send one, and each costs 56 bytes).
         self._commands: list[str] | None = None
         self._reply: bytearray | None = None
+        self._negotiations: list[tuple[str, int]] = []
+        #: One bit per (verb, option) reported already: 128 bytes at most,
+        #: made at the first negotiation.
+        self._reported: bytearray | None = None
 
     def feed(self, data: bytes) -> tuple[bytes, TelnetHeard | None]:
         """Return the chunk without its commands, and what they were."""
@@ -128,6 +160,8 @@ class TelnetFilter:
                     reply += bytes([IAC, WONT, option])
                 elif verb == WILL:
                     reply += bytes([IAC, DONT, option])
+                if option != TIMING_MARK:  # Ctrl-C's own: said as the interrupt
+                    self._note(verb, option)
                 i = at + 3
             elif verb in _COMMANDS:
                 name = _COMMANDS[verb]
@@ -138,21 +172,54 @@ class TelnetFilter:
                 out += data[at : at + 2]
                 i = at + 2
         self.held = len(self._held)
-        if self._held or not (commands or reply):
+        if self._held or not (commands or reply or self._negotiations):
             return bytes(out), None
-        heard = TelnetHeard(tuple(commands), bytes(reply))
+        heard = TelnetHeard(tuple(commands), bytes(reply), tuple(self._negotiations))
         self._commands, self._reply = [], bytearray()
+        self._negotiations = []
         return bytes(out), heard
+
+    def _note(self, verb: int, option: int) -> None:
+        """Report (*verb*, *option*) once per conversation: a flood of the
+        same negotiation is not a flood of notices."""
+        if self._reported is None:
+            self._reported = bytearray(128)
+        bit = (verb - WILL) * 256 + option
+        if self._reported[bit >> 3] & (1 << (bit & 7)):
+            return
+        self._reported[bit >> 3] |= 1 << (bit & 7)
+        self._negotiations.append((_VERBS[verb], option))
+
+
+def _option(code: int) -> str:
+    name = _OPTIONS.get(code)
+    if name is not None:
+        return f"option {code} ({name})"
+    if 0x21 <= code < 0x7F:  # if it was meant as text, say which byte went
+        return f"option {code} (the byte {chr(code)!r}, if it was meant as text)"
+    return f"option {code}"
+
+
+def _negotiation(verb: str, option: int) -> str:
+    what = _option(option)
+    if verb == "DO":
+        return f"DO {what}, refused (WONT)"
+    if verb == "WILL":
+        return f"WILL {what}, refused (DONT)"
+    return f"{verb} {what}, which was off already"
 
 
 def telnet_notice(heard: TelnetHeard) -> Notice | None:
     """The notice that tells a telnet user what became of their keys."""
-    if not heard.commands:
+    if not heard.commands and not heard.negotiations:
         return None
-    if set(heard.commands) == {"AYT"}:
+    if set(heard.commands) == {"AYT"} and not heard.negotiations:
         return Notice(NoticeKind.INFO, "telnet", "yes, sockchat is here.")
     names = sorted(set(heard.commands), key=heard.commands.index)
-    said = ", ".join(_MEANING.get(name, f"the command {name}") for name in names)
+    said = ", ".join(
+        [_MEANING.get(name, f"the command {name}") for name in names]
+        + [_negotiation(verb, option) for verb, option in heard.negotiations]
+    )
     return Notice(
         NoticeKind.INFO,
         "telnet",

@@ -53,7 +53,8 @@ from twisted.web.pages import notFound
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request, Site
 from twisted.web.websocket import WebSocketResource, WebSocketTransport
-from wsproto.connection import ConnectionType
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import CloseConnection
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
@@ -72,6 +73,7 @@ from sockchat._doors.tcp import (
 
 __all__ = [
     "CLOSE_CODES",
+    "CLOSE_REASONS",
     "CONTENT_SECURITY_POLICY",
     "HEADERS_DEADLINE",
     "SECURITY_HEADERS",
@@ -109,6 +111,16 @@ CLOSE_CODES = {
     Reason.BUSY: 1013,  # try again later
     Reason.BINARY_MESSAGE: 1003,  # unsupported data
     Reason.NEWLINE_IN_MESSAGE: 1007,  # inconsistent data
+    Reason.INVALID_UTF8_MESSAGE: 1007,
+}
+#: wsproto's close code for a text frame that is not UTF-8.
+INVALID_UTF8 = 1007
+#: The close frame's reason, for the closes that a message caused: ours,
+#: not wsproto's Python exception text.
+CLOSE_REASONS = {
+    Reason.BINARY_MESSAGE: "binary messages are not accepted: send text",
+    Reason.NEWLINE_IN_MESSAGE: "a message is one line: it cannot contain a newline",
+    Reason.INVALID_UTF8_MESSAGE: "a text message was not valid UTF-8",
 }
 
 #: Everything comes from the page's own origin; nothing inline, no frames.
@@ -238,20 +250,47 @@ def stream_messages(
     socket: WebSocketTransport,
     text: Callable[[str], None],
     binary: Callable[[bytes], None],
+    invalid: Callable[[], None] = lambda: None,
 ) -> bool:
-    """Have *socket* hand each piece of a message over as it comes.
+    """Have *socket* hand each piece of a message over as it comes, and
+    tell *invalid* of a text message that is not UTF-8.
 
-    Twisted (26.10) has no public way to do this; it keeps each message's
-    pieces in ``_textBuffer`` and ``_bytesBuffer`` until the message ends.
-    This is the one place that reaches in, and ``tests/test_web.py`` fails
-    if it stops working.  False: the socket has no such buffers, and whole
+    Twisted (26.10) has no public way to do either.  It keeps each
+    message's pieces in ``_textBuffer`` and ``_bytesBuffer`` until the
+    message ends; and when wsproto finds a text frame that is not UTF-8, it
+    makes a close event (1007) whose reason is the Python exception's text,
+    which Twisted sends back as is, and then the conversation would seem to
+    have been closed by the client.  Here wsproto's events (``_wsconn``)
+    pass through a filter that takes that one away and calls *invalid*, so
+    that the conversation closes itself, with a reason of ours.  This is
+    the one place that reaches in, and ``tests/doors/test_web.py`` fails if
+    it stops working.  False: the socket has no such buffers, and whole
     messages arrive (still bounded by the engine once they do).
     """
     if not hasattr(socket, "_textBuffer"):
         return False
-    buffers = cast(Any, socket)
-    buffers._textBuffer = _Stream(text, "")
-    buffers._bytesBuffer = _Stream(binary, b"")
+    inside = cast(Any, socket)
+    inside._textBuffer = _Stream(text, "")
+    inside._bytesBuffer = _Stream(binary, b"")
+    connection = getattr(inside, "_wsconn", None)
+    if connection is not None:
+        events = connection.events
+
+        def checked() -> Any:
+            for event in events():
+                # A close that wsproto made itself, on a frame it could not
+                # decode: the connection is still open (a close frame from
+                # the client would have moved it on).
+                if (
+                    isinstance(event, CloseConnection)
+                    and event.code == INVALID_UTF8
+                    and connection.state is ConnectionState.OPEN
+                ):
+                    invalid()
+                    return
+                yield event
+
+        connection.events = checked
     return True
 
 
@@ -284,7 +323,7 @@ class WebConversation(Door):
 
     def negotiationStarted(self, transport: WebSocketTransport) -> None:
         self._socket = transport
-        stream_messages(transport, self._piece, self._binary)
+        stream_messages(transport, self._piece, self._binary, self._invalid)
 
     def negotiationFinished(self) -> None:
         set_buffer_size(self._tcp, TRANSPORT_BUFFER)
@@ -335,6 +374,13 @@ class WebConversation(Door):
             engine.receive_binary(now)
             self._run(now)
 
+    def _invalid(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            now = self.factory.clock.seconds()
+            engine.receive_invalid_utf8(now)
+            self._run(now)
+
     # The engine's actions.
 
     def _send(self, action: Action) -> None:
@@ -356,7 +402,11 @@ class WebConversation(Door):
         if self._request.producer is not None:
             self._request.unregisterProducer()
         try:
-            socket.loseConnection(close_code(action.reason))
+            # The interface takes a code only; Twisted's transport (26.10)
+            # also takes the reason, which says why in the close frame.
+            cast(Any, socket).loseConnection(
+                close_code(action.reason), CLOSE_REASONS.get(action.reason, "")
+            )
         except LocalProtocolError:  # the browser closed first
             self._tcp.loseConnection()
 

@@ -28,7 +28,10 @@ def test_offers_are_refused_and_refusals_need_no_answer():
     f = TelnetFilter()
     data, heard = f.feed(b"\xff\xfb\x01\xff\xfc\x03\xff\xfe\x05x")
     assert data == b"x"
-    assert heard == TelnetHeard((), b"\xff\xfe\x01")  # WILL ECHO -> DONT ECHO
+    # WILL ECHO -> DONT ECHO; WONT and DONT ask for what is so: no answer.
+    assert heard == TelnetHeard(
+        (), b"\xff\xfe\x01", (("WILL", 1), ("WONT", 3), ("DONT", 5))
+    )
 
 
 def test_an_escaped_ff_stays_a_byte_and_a_newline_is_never_taken():
@@ -111,3 +114,72 @@ def test_other_bytes_that_are_not_utf8_are_still_refused():
     transport.clear()
     proto.dataReceived(b"\xff\xff\xfe\n\xff\n")
     assert transport.value().count(b"!error invalid-utf8: ") == 2
+
+
+# IAC DONT and any byte (issue 24, item 10): per RFC 854, and never silently.
+
+
+@given(
+    st.integers(0, 255).filter(lambda b: b != 0x0A),
+    st.lists(st.integers(1, 4), max_size=6),
+)
+def test_dont_and_any_byte_is_a_command_that_is_reported(option, cuts):
+    stream = b"x\xff\xfe" + bytes([option]) + b"y\n"
+    f = TelnetFilter()
+    data, negotiations, reply = b"", [], b""
+    start = 0
+    for size in [*cuts, len(stream)]:
+        part, heard = f.feed(stream[start : start + size])
+        start += size
+        data += part
+        if heard is not None:
+            negotiations += heard.negotiations
+            reply += heard.reply
+    assert data == b"xy\n"
+    assert reply == b""  # RFC 854: DONT for what is off already gets no answer
+    if option == 6:  # TIMING-MARK: part of Ctrl-C, said with the interrupt
+        assert negotiations == []
+    else:
+        assert negotiations == [("DONT", option)]
+        notice = telnet_notice(TelnetHeard((), b"", tuple(negotiations)))
+        assert notice is not None
+        assert f"DONT option {option}" in notice.text
+
+
+def test_a_utf16_byte_order_mark_is_said_to_have_taken_a_byte():
+    # printf '\xff\xfehello\n' | nc ...: the h went as an option.
+    data, heard = TelnetFilter().feed(b"\xff\xfehello\n")
+    assert data == b"ello\n"
+    assert heard is not None
+    notice = telnet_notice(heard)
+    assert notice is not None
+    assert "DONT option 104 (the byte 'h', if it was meant as text)" in notice.text
+
+
+def test_each_negotiation_is_reported_once_and_still_refused_each_time():
+    f = TelnetFilter()
+    _, first = f.feed(b"\xff\xfd\x18" * 3)
+    _, again = f.feed(b"\xff\xfd\x18")
+    assert first == TelnetHeard((), b"\xff\xfc\x18" * 3, (("DO", 24),))
+    assert again == TelnetHeard((), b"\xff\xfc\x18")
+    assert telnet_notice(again) is None
+    notice = telnet_notice(first)
+    assert notice is not None
+    assert "DO option 24 (TERMINAL-TYPE), refused (WONT)" in notice.text
+
+
+def test_the_server_says_which_byte_a_telnet_command_took():
+    from twisted.internet.task import Clock
+    from twisted.internet.testing import StringTransport
+
+    from sockchat import ChatServerFactory, EchoResponder
+
+    factory = ChatServerFactory(EchoResponder(), clock=Clock())
+    proto = factory.buildProtocol(None)
+    transport = StringTransport()
+    proto.makeConnection(transport)
+    transport.clear()
+    proto.dataReceived(b"\xff\xfehello\n")
+    lines = transport.value().decode().splitlines()
+    assert lines[0].startswith("!info telnet: telnet sent DONT option 104 (the byte")
+    assert lines[1] == "ello"

@@ -8,7 +8,11 @@ section or a row of docs/security.md.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -349,17 +353,42 @@ def test_a_newline_inside_a_message_closes_with_1007_and_nothing_is_delivered():
     assert client.close.code == 1007
 
 
-def test_invalid_utf8_closes_with_1007():
-    client = welcomed(make_factory())
-    # A masked text frame whose payload is not UTF-8, built by hand: wsproto
-    # will not send one.
-    payload = b"\xff\xfe"
+def not_utf8_frame(payload: bytes = b"ok \xff\xfe") -> bytes:
+    """A masked text frame whose payload is not UTF-8, built by hand:
+    wsproto will not send one."""
     mask = b"\x01\x02\x03\x04"
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    client.channel.dataReceived(b"\x81\x82" + mask + masked)
-    client.pump()
-    assert client.close is not None
-    assert client.close.code == 1007
+    return bytes([0x81, 0x80 | len(payload)]) + mask + masked
+
+
+@given(st.lists(st.integers(min_value=1, max_value=12), max_size=4))
+def test_invalid_utf8_closes_with_1007_and_a_reason_of_ours(cuts):
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    factory = make_factory()
+    client = welcomed(factory)
+    said: list[str] = []
+
+    def observe(event):
+        said.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        data = not_utf8_frame()
+        at = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+        for a, b in itertools.pairwise(at):
+            client.channel.dataReceived(data[a:b])
+        client.pump()
+        assert client.close is not None
+        assert client.close.code == 1007
+        # Ours, not wsproto's "'utf-8' codec can't decode byte 0xff ...".
+        assert client.close.reason == "a text message was not valid UTF-8"
+        client.lost()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    (ended,) = [line for line in said if " ended after " in line]
+    assert ended.endswith(": the server ended it (invalid-utf8-message)"), ended
+    assert factory.conversations == {}
 
 
 def test_broken_framing_closes_with_1002():
