@@ -101,8 +101,9 @@ def _private_unix_socket(description: str) -> str:
 class Options(usage.Options):
     synopsis = (
         "[--port PORT|ENDPOINT] [--web PORT|ENDPOINT] [--metrics PORT|ENDPOINT] "
-        "[--responder console|echo|pair|MODULE:NAME] [--framing line|raw] "
-        "[--transcript FILE] [limits...]"
+        "[--desk PORT|ENDPOINT --accounts FILE] "
+        "[--responder console|echo|pair|operators|workers|MODULE:NAME] "
+        "[--broker URL] [--framing line|raw] [--transcript FILE] [limits...]"
     )
     longdesc = (
         "A turn-taking chat server: each client speaks one line, then waits "

@@ -322,3 +322,32 @@ def test_the_socket_path_is_read_from_the_description(description, path):
     from sockchat._operations.services import unix_socket_path
 
     assert unix_socket_path(description) == path
+
+
+# The synopses name every responder and --broker (issue 24, item 11).
+
+
+def readme_synopsis() -> str:
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = readme.index("```\ntwistd -n sockchat ")
+    return readme[start : readme.index("```", start + 3)]
+
+
+def test_the_synopses_name_every_responder_and_the_broker():
+    from sockchat.tap import RESPONDERS
+
+    for synopsis in (readme_synopsis(), Options.synopsis):
+        assert "--broker" in synopsis
+        choices = re.search(r"--responder ([\w.|:]+)", synopsis)
+        assert choices is not None
+        assert set(RESPONDERS) <= set(choices.group(1).split("|")), synopsis
+
+
+def test_the_readme_synopsis_names_every_option():
+    synopsis = readme_synopsis()
+    names = [p[0] for p in Options.optParameters] + [f[0] for f in Options.optFlags]
+    names += ["allow", "deny", "version"]
+    missing = [name for name in names if f"--{name}" not in synopsis]
+    assert missing == []
