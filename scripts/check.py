@@ -9,8 +9,10 @@ reports coverage, but does not hold it to the threshold: only the whole
 suite can meet that.
 
 Needs only Python 3.10+: it makes .venv beside this folder (or reuses it),
-installs sockchat there in editable mode with its dev extras, and prints
-each command before it runs it.  Exit status 0 means every step passed.
+installs sockchat there in editable mode with its dev extras, at the
+versions pinned in constraints.txt (``scripts/constraints.py`` refreshes
+them, on purpose), and prints each command before it runs it.  Exit status
+0 means every step passed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 
+
+#: The pinned versions of every dependency (scripts/constraints.py).
+CONSTRAINTS = "constraints.txt"
 
 #: pytest options that run only some of the tests.
 SELECTING = ("-k", "-m", "--lf", "--last-failed", "--sw", "--stepwise", "--deselect")
@@ -47,6 +52,11 @@ def coverage_report(coverage: list[str], pytest_args: list[str]) -> list[str]:
     return [*coverage, "report"]
 
 
+def install_command(pip: list[str]) -> list[str]:
+    """sockchat, editable, with its dev extras, at the pinned versions."""
+    return [*pip, "install", "-q", "-c", CONSTRAINTS, "-e", ".[dev]"]
+
+
 def run(*command: str, step: str, failures: list[str]) -> bool:
     print(f"\n==> {step}: {' '.join(command)}", flush=True)
     ok = subprocess.run(command, cwd=ROOT).returncode == 0
@@ -64,9 +74,7 @@ def main(pytest_args: list[str]) -> int:
     python = str(BIN / "python")
     failures: list[str] = []
     pip = [python, "-m", "pip", "--disable-pip-version-check"]
-    if not run(
-        *pip, "install", "-q", "-e", ".[dev]", step="install", failures=failures
-    ):
+    if not run(*install_command(pip), step="install", failures=failures):
         return 1
     run(python, "-m", "ruff", "check", ".", step="ruff check", failures=failures)
     run(
