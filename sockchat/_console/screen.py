@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import cast
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from wcwidth import iter_graphemes_reverse, width
+from wcwidth import iter_graphemes_reverse
 
 from sockchat._console.lineedit import (
     Entered,
@@ -39,7 +39,7 @@ from sockchat._console.lineedit import (
     LineEvent,
     TooLong,
 )
-from sockchat._core.render import safe_text
+from sockchat._core.render import columns_of, safe_text
 
 __all__ = ["REDRAW_DELAY", "Screen", "columns_of"]
 
@@ -52,22 +52,13 @@ REDRAW_DELAY = 0.1
 ERASE_LINE = "\r\x1b[K"
 
 
-def columns_of(text: str) -> int:
-    """Terminal columns that *text* (already safe: no control characters)
-    takes, as terminals draw it, from the ``wcwidth`` library: East Asian
-    wide characters two, combining marks none, and an emoji sequence (❤️
-    with its variation selector, 👍🏽, a family joined by zero-width
-    joiners, a flag) two, however many code points it has."""
-    return width(text)
-
-
 def _tail(text: str, columns: int) -> str:
     """The end of *text* that fits in *columns*, whole grapheme clusters
     only (an emoji is never cut in half)."""
     used = 0
     start = len(text)
     for cluster in iter_graphemes_reverse(text):
-        taken = width(cluster)
+        taken = columns_of(cluster)
         if used + taken > columns:
             break
         used += taken

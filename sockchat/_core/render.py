@@ -4,14 +4,17 @@ Peer text is data, never terminal input: an ESC could recolour or clear the
 operator's screen, a CR could overwrite what is already shown, and a bidi
 override could make one message read as another.  ``safe_text`` replaces
 every such character with a visible escape and leaves everything else
-(Chinese, emoji, accents) untouched.
+(Chinese, emoji, accents) untouched.  ``columns_of`` says how many
+terminal columns such text takes, as terminals draw it.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["UNSAFE", "safe_text"]
+from wcwidth import width
+
+__all__ = ["UNSAFE", "columns_of", "safe_text"]
 
 # What safe_text escapes (and the transcript too, as JSON escapes): C0
 # controls (tab, CR and LF included), DEL, C1 controls, the line and
@@ -42,3 +45,12 @@ def safe_text(text: str) -> str:
     if UNSAFE.search(text) is None:
         return text
     return UNSAFE.sub(_escape, text)
+
+
+def columns_of(text: str) -> int:
+    """Terminal columns that *text* (already safe: no control characters)
+    takes, as terminals draw it, from the ``wcwidth`` library: East Asian
+    wide characters two, combining marks none, and an emoji sequence (❤️
+    with its variation selector, 👍🏽, a family joined by zero-width
+    joiners, a flag) two, however many code points it has."""
+    return int(width(text))

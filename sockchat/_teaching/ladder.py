@@ -33,12 +33,11 @@ from __future__ import annotations
 import enum
 import html
 import re
-import unicodedata
 from collections.abc import Sequence
 
 from attrs import frozen
 
-from sockchat._core.render import safe_text
+from sockchat._core.render import columns_of, safe_text
 from sockchat._teaching.packets import TcpFlags, Tracked, flag_names
 from sockchat._teaching.trace import (
     TIME_WAIT_SECONDS,
@@ -394,15 +393,8 @@ class SocketLadder:
 
 
 def _columns(text: str) -> int:
-    """Terminal columns *text* takes: wide characters two, combining none."""
-    return sum(
-        0
-        if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf")
-        else 2
-        if unicodedata.east_asian_width(c) in ("W", "F")
-        else 1
-        for c in text
-    )
+    """Terminal columns *text* takes, as the console measures them."""
+    return columns_of(text)
 
 
 def _fit(text: str, columns: int) -> str:
