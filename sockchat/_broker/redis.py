@@ -50,7 +50,12 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sockchat._broker.resp import ErrorReply, ProtocolError, ReplyParser, encode_command
+from sockchat._broker.resp import (
+    ErrorReply,
+    ProtocolError,
+    encode_command,
+    new_reply_parser,
+)
 
 __all__ = [
     "BrokerAddress",
@@ -337,11 +342,22 @@ def _why(failure: Failure, address: BrokerAddress, timeout: float) -> str:
 
 class _RedisProtocol(Protocol):
     """One connection: commands out, replies matched in order to a FIFO of
-    Deferreds (so commands may be pipelined)."""
+    Deferreds.
 
-    def __init__(self, keepalive: bool) -> None:
-        self._parser = ReplyParser()
+    Commands are pipelined by themselves: those sent in one turn of the
+    reactor are written together, in one ``transport.write``, when the turn
+    is over (a ``callLater(0)``, which runs before the reactor next waits,
+    so nothing waits longer for it than Twisted's own write buffering
+    would make it wait).
+    """
+
+    def __init__(self, reactor: Any, keepalive: bool) -> None:
+        self._reactor = reactor
+        self._parser = new_reply_parser()
         self._pending: collections.deque[Deferred[Any]] = collections.deque()
+        #: Commands of this turn not written yet, and the call that will.
+        self._unsent: list[bytes] = []
+        self._flush: IDelayedCall | None = None
         self._keepalive = keepalive
         self._broken: ProtocolError | None = None
         self.open = False
@@ -362,9 +378,24 @@ class _RedisProtocol(Protocol):
         # Cancelling only stops waiting: the reply, when it comes, is dropped.
         d: Deferred[Any] = Deferred(lambda _: None)
         self._pending.append(d)
-        assert self.transport is not None
-        self.transport.write(data)
+        self._unsent.append(data)
+        if self._flush is None:
+            self._flush = self._reactor.callLater(0, self._write)
         return d
+
+    def _write(self) -> None:
+        """Write this turn's commands, all in one."""
+        self._flush = None
+        unsent, self._unsent = self._unsent, []
+        if unsent and self.open:
+            assert self.transport is not None
+            self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
+
+    def _drop_unsent(self) -> None:
+        self._unsent = []
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
 
     def dataReceived(self, data: bytes) -> None:
         if self._broken is not None:
@@ -392,6 +423,7 @@ class _RedisProtocol(Protocol):
         self.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport and TLS have it
 
     def fail_pending(self, message: str) -> None:
+        self._drop_unsent()
         pending, self._pending = self._pending, collections.deque()
         for d in pending:
             if not d.called:
@@ -399,6 +431,7 @@ class _RedisProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.open = False
+        self._drop_unsent()
         self.lost_reason = Failure(self._broken) if self._broken else reason
         if self.on_lost is not None:
             self.on_lost(self, self.lost_reason)
@@ -563,7 +596,8 @@ class RedisClient:
     def _attempt(self) -> Deferred[_RedisProtocol]:
         """Connect and say hello; the whole attempt has one timeout."""
         keepalive = self.address.scheme != "unix"
-        factory = Factory.forProtocol(lambda: _RedisProtocol(keepalive))
+        reactor = self._reactor
+        factory = Factory.forProtocol(lambda: _RedisProtocol(reactor, keepalive))
         d: Deferred[Any] = self._endpoint.connect(factory)
         d.addCallback(self._hello)
         d.addTimeout(self._timeout, self._reactor)

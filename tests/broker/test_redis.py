@@ -130,11 +130,17 @@ def test_a_bad_url_does_not_show_its_password() -> None:
 
 
 class Transport(StringTransport):
-    """A StringTransport whose closing tells the protocol, once."""
+    """A StringTransport whose closing tells the protocol, once, and that
+    counts its writes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.closed = False
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+        super().write(data)
 
     def _close(self, why: Exception) -> None:
         if not self.closed:
@@ -213,7 +219,9 @@ def connect(
 ) -> tuple[_RedisProtocol, Transport]:
     """Accept the latest attempt and answer its AUTH and PING."""
     proto, transport = endpoint.accept()
+    client._reactor.advance(0)  # the turn ends: the hello is written
     transport.clear()
+    transport.writes.clear()
     proto.dataReceived(hello)
     return proto, transport
 
@@ -231,11 +239,12 @@ def test_the_client_is_an_iredis_and_says_hello_with_auth_and_select() -> None:
     redis: IRedis = client
     started = client.start()
     proto, transport = endpoint.accept()
-    assert transport.value() == (
+    client._reactor.advance(0)
+    assert transport.writes == [
         encode_command("AUTH", "ann", "pw")
         + encode_command("SELECT", 4)
         + encode_command("PING")
-    )
+    ]
     assert not fired(started)
     assert not redis.connected
     proto.dataReceived(b"+OK\r\n+OK\r\n+PO")
@@ -245,20 +254,24 @@ def test_the_client_is_an_iredis_and_says_hello_with_auth_and_select() -> None:
     assert redis.connected
 
 
-def test_replies_come_back_in_order_to_pipelined_commands() -> None:
-    client, endpoint, _, _ = make_client()
+def test_commands_of_one_turn_leave_in_one_write_and_replies_come_back_in_order() -> (
+    None
+):
+    client, endpoint, clock, _ = make_client()
     client.start()
     proto, transport = connect(client, endpoint)
     first = client.command("SET", "k", 1)
     second = client.command("GET", "nope")
     third = client.command("INCR", "k")
     fourth = client.command("LRANGE", "l", 0, -1)
-    assert transport.value() == (
+    assert transport.writes == []  # not before the turn is over
+    clock.advance(0)
+    assert transport.writes == [
         encode_command("SET", "k", 1)
         + encode_command("GET", "nope")
         + encode_command("INCR", "k")
         + encode_command("LRANGE", "l", 0, -1)
-    )
+    ]
     proto.dataReceived(
         b"+OK\r\n$-1\r\n-ERR value is not an integer\r\n*1\r\n$1\r\na\r\n"
     )
@@ -267,6 +280,42 @@ def test_replies_come_back_in_order_to_pipelined_commands() -> None:
     with pytest.raises(RedisError, match=r"^ERR value is not an integer$"):
         result_of(third)
     assert result_of(fourth) == [b"a"]
+
+
+def test_each_turn_is_one_write_and_commands_sent_from_replies_share_one() -> None:
+    client, endpoint, clock, _ = make_client()
+    client.start()
+    proto, transport = connect(client, endpoint)
+    client.command("PING")
+    clock.advance(0)
+    client.command("PING")
+    clock.advance(0)
+    clock.advance(0)  # a turn that sent nothing writes nothing
+    assert transport.writes == [encode_command("PING")] * 2
+    # Commands that the replies' callbacks send, in one read, go together.
+    for _ in range(2):
+        proto_reply = client.command("GET", "k")
+        proto_reply.addCallback(lambda v: client.command("SET", "k2", v))
+    clock.advance(0)
+    transport.writes.clear()
+    proto.dataReceived(b"+PONG\r\n+PONG\r\n$1\r\na\r\n$1\r\nb\r\n")
+    clock.advance(0)
+    assert transport.writes == [
+        encode_command("SET", "k2", b"a") + encode_command("SET", "k2", b"b")
+    ]
+
+
+def test_commands_not_written_when_the_client_stops_are_never_written() -> None:
+    client, endpoint, clock, _ = make_client()
+    client.start()
+    _, transport = connect(client, endpoint)
+    waiting = client.command("SET", "k", 1)
+    client.stop()
+    clock.advance(0)
+    assert transport.writes == []
+    with pytest.raises(BrokerUnavailable, match="was stopped"):
+        result_of(waiting)
+    assert clock.getDelayedCalls() == []
 
 
 def test_a_cancelled_command_drops_its_reply_and_the_next_gets_its_own() -> None:
