@@ -94,7 +94,7 @@ def test_a_rediss_url_checks_its_files_and_names_them(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("http://h", "the scheme must be redis://, rediss:// or unix://"),
+        ("http://h", r"the scheme must be redis://, rediss://, unix://, redis\+sentinel://"),
         ("h:6379", "the scheme must be"),
         ("redis://", "give the host"),
         ("redis://h:99999", "not a URL"),
