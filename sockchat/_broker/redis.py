@@ -51,6 +51,12 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sockchat._broker.resp import (
+    ErrorReply,
+    ProtocolError,
+    encode_command,
+    new_reply_parser,
+)
 from sockchat._broker.sentinel import (
     DEFAULT_SENTINEL_PORT,
     SWITCH_MASTER,
@@ -62,12 +68,6 @@ from sockchat._broker.sentinel import (
     is_readonly,
     switched_to,
     where_is_master,
-)
-from sockchat._broker.resp import (
-    ErrorReply,
-    ProtocolError,
-    encode_command,
-    new_reply_parser,
 )
 
 __all__ = [
@@ -691,6 +691,7 @@ class RedisClient:
             self._endpoint = self._endpoint_for(address, connect_timeout)
         self._sentinels = SentinelList(address.sentinels)
         self._watch: Deferred[None] | None = None
+        self._watching: _RedisProtocol | None = None
         self._rng = rng or random.Random()
         self._proto: _RedisProtocol | None = None
         self._started = False
@@ -786,6 +787,8 @@ class RedisClient:
         self._retry = None
         if self._attempt_d is not None:
             self._attempt_d.cancel()
+        if self._watching is not None:
+            _let_go(self._watching)  # the watch ends with it
         if self._watch is not None:
             self._watch.cancel()
         proto = self._proto
@@ -915,12 +918,13 @@ class RedisClient:
                 asked.addTimeout(SENTINEL_TIMEOUT, self._reactor)
                 reply = await asked
             except (defer.TimeoutError, RedisError, BrokerUnavailable) as e:
+                _let_go(proto)
                 problems.append(f"{sentinel}: {self._why_sentinel(e)}")
                 continue
-            finally:
-                if proto.open:
-                    assert proto.transport is not None
-                    proto.transport.loseConnection()
+            except defer.CancelledError:
+                _let_go(proto)
+                raise
+            _let_go(proto)
             self._sentinels.answered(sentinel)
             try:
                 return where_is_master(reply, master)
@@ -950,10 +954,8 @@ class RedisClient:
             auth.addTimeout(SENTINEL_TIMEOUT, reactor)
             try:
                 await auth
-            except BaseException:
-                if proto.open:
-                    assert proto.transport is not None
-                    proto.transport.loseConnection()
+            except Exception:
+                _let_go(proto)
                 raise
         return proto
 
@@ -968,18 +970,19 @@ class RedisClient:
                         proto = await self._sentinel_connection(sentinel)
                     except (defer.TimeoutError, error.ConnectError, RedisError):
                         continue
+                    self._watching = proto
+                    proto.on_push = self._pushed
+                    subscribed = proto.send(("SUBSCRIBE", SWITCH_MASTER))
+                    subscribed.addTimeout(SENTINEL_TIMEOUT, self._reactor)
                     try:
-                        proto.on_push = self._pushed
-                        subscribed = proto.send(("SUBSCRIBE", SWITCH_MASTER))
-                        subscribed.addTimeout(SENTINEL_TIMEOUT, self._reactor)
                         await subscribed
-                        await proto.closed
                     except (defer.TimeoutError, RedisError, BrokerUnavailable):
-                        pass
-                    finally:
-                        if proto.open:
-                            assert proto.transport is not None
-                            proto.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport and TLS have it
+                        _let_go(proto)
+                        continue
+                    except defer.CancelledError:
+                        _let_go(proto)
+                        raise
+                    await proto.closed  # until it is lost, or stop() ends it
                     if self._ended():
                         return
                 await deferLater(self._reactor, WATCH_RETRY, lambda: None)
@@ -1109,3 +1112,10 @@ def _followed(display: str, master: str, where: Where) -> None:
             where=str(where),
             before=str(before),
         )
+
+
+def _let_go(proto: _RedisProtocol) -> None:
+    """Close *proto*'s connection at once, if it is open."""
+    if proto.open:
+        assert proto.transport is not None
+        proto.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport and TLS have it
