@@ -910,7 +910,9 @@ class RedisClient:
         for sentinel in self._sentinels:
             try:
                 proto = await self._sentinel_connection(sentinel)
-            except (defer.TimeoutError, error.ConnectError, RedisError) as e:
+            except defer.CancelledError:
+                raise
+            except Exception as e:  # refused, timed out, not resolved, AUTH...
                 problems.append(f"{sentinel}: {self._why_sentinel(e)}")
                 continue
             try:
@@ -968,7 +970,9 @@ class RedisClient:
                 for sentinel in self._sentinels:
                     try:
                         proto = await self._sentinel_connection(sentinel)
-                    except (defer.TimeoutError, error.ConnectError, RedisError):
+                    except defer.CancelledError:
+                        raise
+                    except Exception:  # refused, timed out, not resolved...
                         continue
                     self._watching = proto
                     proto.on_push = self._pushed
@@ -987,8 +991,12 @@ class RedisClient:
                         return
                 await deferLater(self._reactor, WATCH_RETRY, lambda: None)
 
+        def ended(failure: Failure) -> None:
+            if not self._ended():
+                log.failure("listening to the sentinels failed", failure)
+
         self._watch = Deferred.fromCoroutine(watch())
-        self._watch.addErrback(lambda f: f.trap(defer.CancelledError))
+        self._watch.addErrback(ended)
 
     def _ended(self) -> bool:
         return self._stopping

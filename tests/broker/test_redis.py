@@ -680,6 +680,14 @@ class Network:
 SENTINELS = "redis+sentinel://127.0.0.1:26379,127.0.0.1:26380/m/0"
 
 
+@pytest.fixture(autouse=True)
+def fresh_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test a process of its own: no master followed yet."""
+    import sockchat._broker.redis
+
+    monkeypatch.setattr(sockchat._broker.redis, "_MASTERS", {})
+
+
 def sentinel_client(
     url: str = SENTINELS,
 ) -> tuple[RedisClient, Network, Clock, list[bool]]:
