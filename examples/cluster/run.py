@@ -225,7 +225,10 @@ class Redis(Process):
                 *("--save", "", "--appendonly", "no", "--dir", str(where)),
                 *("--daemonize", "no", "--protected-mode", "yes", *replica),
             ],
-            where / f"{name.replace(' ', '-')}.log",
+            where
+            / ("redis.log" if name == "redis-server" else f"{name}.log").replace(
+                " ", "-"
+            ),
         )
 
     def ready(self) -> None:
