@@ -512,6 +512,11 @@ class _RedisProtocol(Protocol):
         #: Commands of this turn not written yet, and the call that will.
         self._unsent: list[bytes] = []
         self._flush: IDelayedCall | None = None
+        #: The command to send after all of this turn's (``send_last``),
+        #: and who waits for its reply.
+        self._last: tuple[tuple[str | bytes | int | float, ...], list[Deferred[Any]]] | (
+            None
+        ) = None
         self._keepalive = keepalive
         self._broken: ProtocolError | SentinelError | None = None
         self.open = False
@@ -544,19 +549,41 @@ class _RedisProtocol(Protocol):
             self._flush = self._reactor.callLater(0, self._write)
         return d
 
+    def send_last(self, args: tuple[str | bytes | int | float, ...]) -> Deferred[Any]:
+        """Send *args* once, after every other command of this turn, however
+        often it is asked for in the turn; each asker gets the reply."""
+        d: Deferred[Any] = Deferred(lambda _: None)
+        if self._last is None:
+            self._last = (args, [])
+            if self._flush is None:
+                self._flush = self._reactor.callLater(0, self._write)
+        self._last[1].append(d)
+        return d
+
     def _write(self) -> None:
         """Write this turn's commands, all in one."""
         self._flush = None
+        if self._last is not None:
+            args, askers = self._last
+            self._last = None
+            last: Deferred[Any] = Deferred(lambda _: None)
+            last.addBoth(_tell, askers)
+            self._pending.append(last)
+            self._unsent.append(encode_command(*args))
         unsent, self._unsent = self._unsent, []
         if unsent and self.open:
             assert self.transport is not None
             self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
 
-    def _drop_unsent(self) -> None:
+    def _drop_unsent(self, message: str) -> None:
         self._unsent = []
         if self._flush is not None and self._flush.active():
             self._flush.cancel()
         self._flush = None
+        if self._last is not None:
+            askers = self._last[1]
+            self._last = None
+            _tell(Failure(BrokerUnavailable(message)), askers)
 
     def dataReceived(self, data: bytes) -> None:
         if self._broken is not None:
@@ -597,7 +624,7 @@ class _RedisProtocol(Protocol):
         self.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport and TLS have it
 
     def fail_pending(self, message: str) -> None:
-        self._drop_unsent()
+        self._drop_unsent(message)
         pending, self._pending = self._pending, collections.deque()
         for d in pending:
             if not d.called:
@@ -605,12 +632,22 @@ class _RedisProtocol(Protocol):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self.open = False
-        self._drop_unsent()
         self.lost_reason = Failure(self._broken) if self._broken else reason
         if self.on_lost is not None:
             self.on_lost(self, self.lost_reason)
         self.fail_pending(self.lost_message)
         self.closed.callback(None)
+
+
+def _tell(result: object, askers: list[Deferred[Any]]) -> None:
+    """Give *result* (a reply or a Failure) to each of *askers*."""
+    for d in askers:
+        if d.called:  # cancelled
+            continue
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
 
 
 def _keep_alive(transport: Any) -> None:
@@ -720,15 +757,16 @@ class RedisClient:
 
     def replicated(self) -> Deferred[None]:
         """With ``?wait=N`` on the URL: fires once N replicas have every
-        write sent so far on this connection (Redis's ``WAIT``), or fails
-        with ``BrokerUnavailable`` when they have not within ``wait_ms``.
-        Without it, fires at once.
+        write sent on this connection up to the end of this turn (Redis's
+        ``WAIT``), or fails with ``BrokerUnavailable`` when they have not
+        within ``wait_ms``.  Without it, fires at once.
 
         Call it in the same turn as the write it is for (``XADD``, say), on
         the same client: ``WAIT`` counts the writes of its own connection.
-        It costs one command (in the same write and round trip as the
-        write) and the replicas' delay, during which the commands after it
-        on this connection wait too.
+        All the calls of one turn share one ``WAIT``, sent after the turn's
+        other commands, in the same write: it costs one command and one
+        round trip between the master and its replicas per turn, during
+        which the commands after it on this connection wait too.
         """
         wait = self.address.wait
         if wait is None:
@@ -743,7 +781,10 @@ class RedisClient:
                     f"({replicas} did)"
                 )
 
-        return self.command("WAIT", wait.replicas, ms).addCallback(enough)
+        if self._proto is None or not self.connected:
+            return self.command("WAIT")  # fails, saying why
+        said = self._proto.send_last(("WAIT", wait.replicas, ms))
+        return said.addCallback(enough)
 
     # -- life ----------------------------------------------------------------
 

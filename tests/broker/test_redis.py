@@ -883,3 +883,28 @@ def test_replicated_asks_wait_and_fails_as_unavailable_when_too_few_have_it() ->
     )
     plain, _, _, _ = make_client()
     assert result_of(plain.replicated()) is None  # no ?wait=: nothing to ask
+
+
+def test_the_replicated_calls_of_one_turn_share_one_wait_sent_last() -> None:
+    client, endpoint, clock, _ = make_client(parse_broker_url("redis://h?wait=1"))
+    client.start()
+    proto, transport = connect(client, endpoint, b"+PONG\r\n")
+    first = client.replicated()
+    client.command("XADD", "s", "*", "m", "a")
+    second = client.replicated()
+    client.command("XADD", "s", "*", "m", "b")
+    clock.advance(0)
+    assert transport.writes == [
+        encode_command("XADD", "s", "*", "m", "a")
+        + encode_command("XADD", "s", "*", "m", "b")
+        + encode_command("WAIT", 1, 1000)
+    ]
+    proto.dataReceived(b"$3\r\n1-1\r\n$3\r\n1-2\r\n:1\r\n")
+    assert result_of(first) is None
+    assert result_of(second) is None
+    # Lost before it was sent: each asker hears it.
+    third = client.replicated()
+    proto.transport.abortConnection()  # type: ignore[union-attr]
+    with pytest.raises(BrokerUnavailable, match="lost the broker"):
+        result_of(third)
+    assert transport.writes[1:] == []
