@@ -10,7 +10,10 @@ sockchat's (``RedisClient`` on the ``redis+sentinel://`` URL) writes
 lines as an instance enqueues them, ``XADD`` to a stream, ten in each
 reactor turn (with ``replicated()`` after each in the WAIT mode); a line
 counts as *accepted* when its ``XADD`` (and ``WAIT``) succeeded.  One
-second in, the master gets ``kill -9``; the client follows the promotion
+second in, the master gets ``kill -9``; with ``--lag S``, half of the
+rounds first stop the replica (``SIGSTOP``) for S seconds before the kill
+and let it go on (``SIGCONT``) right after, as a replica that falls
+behind (a pause, a slow network) would.  The client follows the promotion
 the old master comes back as its replica, the client writes on for a
 second more; then the stream is read from the new master, and every
 accepted line missing from it is *lost*.
@@ -25,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
@@ -34,10 +39,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from redis_sentinels import SentinelSet, call, info  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 
-from redis_sentinels import SentinelSet, call, info  # noqa: E402
 from sockchat._broker.redis import (  # noqa: E402
     BrokerUnavailable,
     RedisClient,
@@ -58,8 +63,9 @@ class Writer:
     """Writes numbered lines to *key* until stopped; knows which were
     accepted."""
 
-    def __init__(self, reactor: Any, client: RedisClient, key: str) -> None:
+    def __init__(self, reactor: Any, client: RedisClient, key: str, size: int) -> None:
         self.reactor = reactor
+        self.pad = b"x" * max(0, size - 8)
         self.client = client
         self.key = key
         self.accepted: set[int] = set()
@@ -73,7 +79,9 @@ class Writer:
         while self.running:
             said = []
             for value in range(n, n + BATCH):
-                added = self.client.command("XADD", self.key, "*", "m", value)
+                added = self.client.command(
+                    "XADD", self.key, "*", "m", value, "t", self.pad
+                )
                 safe = self.client.replicated()
                 said.append(defer.gatherResults([added, safe], consumeErrors=True))
             results = await defer.DeferredList(said, consumeErrors=True)
@@ -92,17 +100,23 @@ async def present(client: RedisClient, key: str) -> set[int]:
     while True:
         try:
             entries = await client.command("XRANGE", key, "-", "+")
-            return {int(fields[1]) for _, fields in entries}
+            return {int(fields[1]) for _, fields in entries}  # "m" first
         except (BrokerUnavailable, RedisError):
             await sleep(client._reactor, 0.1)
 
 
 async def one_round(
-    reactor: Any, ha: SentinelSet, client: RedisClient, key: str
+    reactor: Any, ha: SentinelSet, client: RedisClient, key: str, lag: float, size: int
 ) -> dict[str, Any]:
-    writer = Writer(reactor, client, key)
+    writer = Writer(reactor, client, key, size)
     await sleep(reactor, 1.0)
+    replica = ha.servers[ha.replica_port()]
+    if lag:
+        os.kill(replica.pid, signal.SIGSTOP)
+        await sleep(reactor, lag)
     old = ha.kill_master()
+    if lag:
+        os.kill(replica.pid, signal.SIGCONT)
     killed = time.monotonic()
     new = await deferToThread(ha.wait_for_promotion, old)
     promoted = time.monotonic()
@@ -117,6 +131,7 @@ async def one_round(
     there = await present(client, key)
     lost = sorted(writer.accepted - there)
     return {
+        "lag_s": lag,
         "accepted": len(writer.accepted),
         "refused": writer.refused,
         "lost": len(lost),
@@ -152,10 +167,10 @@ async def cost(reactor: Any, ha: SentinelSet, url: str, lines: int) -> dict[str,
     }
 
 
-async def main(reactor: Any, kills: int) -> dict[str, Any]:
+async def main(reactor: Any, kills: int, lag: float, size: int) -> dict[str, Any]:
     where = Path(tempfile.mkdtemp(prefix="sockchat-failover-"))
     ha = await deferToThread(lambda: SentinelSet(where).start())
-    results: dict[str, Any] = {"kills": kills, "modes": {}, "cost": {}}
+    results: dict[str, Any] = {"kills": kills, "bytes": size, "modes": {}, "cost": {}}
     try:
         for mode, query in MODES.items():
             results["cost"][mode] = await cost(reactor, ha, ha.url(query), 1000)
@@ -164,7 +179,9 @@ async def main(reactor: Any, kills: int) -> dict[str, Any]:
             await client.start()
             rounds = []
             for k in range(kills):
-                rounds.append(await one_round(reactor, ha, client, f"loss:{mode}:{k}"))
+                behind = lag if lag and k % 2 else 0.0
+                key = f"loss:{mode}:{k}"
+                rounds.append(await one_round(reactor, ha, client, key, behind, size))
                 print(mode, k, rounds[-1], flush=True)
             await client.stop()
             results["modes"][mode] = rounds
@@ -175,19 +192,23 @@ async def main(reactor: Any, kills: int) -> dict[str, Any]:
 
 def report(results: dict[str, Any]) -> str:
     lines = [
-        f"{results['kills']} kill -9 of the master per mode:",
-        "| mode | lines accepted | accepted, then lost | refused (unavailable) "
-        "| promotion after the kill (s) |",
-        "|---|---:|---:|---:|---|",
+        f"{results['kills']} kill -9 of the master per mode, lines of "
+        f"{results['bytes']} bytes:",
+        "| mode | replica | kills | lines accepted | accepted, then lost "
+        "| refused (unavailable) | promotion after the kill (s) |",
+        "|---|---|---:|---:|---:|---:|---|",
     ]
-    for mode, rounds in results["modes"].items():
-        promotions = sorted(r["promotion_s"] for r in rounds)
-        lines.append(
-            f"| {mode} | {sum(r['accepted'] for r in rounds)} "
-            f"| {sum(r['lost'] for r in rounds)} "
-            f"| {sum(r['refused'] for r in rounds)} "
-            f"| {promotions[0]}-{promotions[-1]} |"
-        )
+    for mode, every in results["modes"].items():
+        for lag in sorted({r["lag_s"] for r in every}):
+            rounds = [r for r in every if r["lag_s"] == lag]
+            promotions = sorted(r["promotion_s"] for r in rounds)
+            lines.append(
+                f"| {mode} | {f'stopped {lag:g} s before' if lag else 'in step'} "
+                f"| {len(rounds)} | {sum(r['accepted'] for r in rounds)} "
+                f"| {sum(r['lost'] for r in rounds)} "
+                f"| {sum(r['refused'] for r in rounds)} "
+                f"| {promotions[0]}-{promotions[-1]} |"
+            )
     lines += ["", "Per line, as the master counted (INFO commandstats):"]
     for mode, c in results["cost"].items():
         lines.append(
@@ -199,13 +220,19 @@ def report(results: dict[str, Any]) -> str:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--kills", type=int, default=5)
+    parser.add_argument("--kills", type=int, default=6)
+    parser.add_argument(
+        "--lag", type=float, default=0.5, help="replica stopped this long (0: never)"
+    )
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--bytes", type=int, default=200, help="each line's size (default 200)"
+    )
     args = parser.parse_args()
 
     def run(reactor: Any) -> defer.Deferred[None]:
         async def go() -> None:
-            results = await main(reactor, args.kills)
+            results = await main(reactor, args.kills, args.lag, args.bytes)
             print(report(results))
             if args.json:
                 args.json.write_text(json.dumps(results, indent=2))
