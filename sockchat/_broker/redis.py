@@ -494,6 +494,10 @@ def _why(failure: Failure, address: BrokerAddress, timeout: float) -> str:
     return " ".join(text.split())
 
 
+#: A command's words.
+_Args = tuple[str | bytes | int | float, ...]
+
+
 class _RedisProtocol(Protocol):
     """One connection: commands out, replies matched in order to a FIFO of
     Deferreds.
@@ -514,9 +518,7 @@ class _RedisProtocol(Protocol):
         self._flush: IDelayedCall | None = None
         #: The command to send after all of this turn's (``send_last``),
         #: and who waits for its reply.
-        self._last: tuple[tuple[str | bytes | int | float, ...], list[Deferred[Any]]] | (
-            None
-        ) = None
+        self._last: tuple[_Args, list[Deferred[Any]]] | None = None
         self._keepalive = keepalive
         self._broken: ProtocolError | SentinelError | None = None
         self.open = False
