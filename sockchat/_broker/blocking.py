@@ -20,10 +20,10 @@ from sockchat._broker.resp import ErrorReply, ReplyParser, encode_command
 from sockchat._broker.sentinel import (
     SentinelError,
     SentinelList,
+    Survey,
     Where,
     checked_role,
     get_master_command,
-    where_is_master,
 )
 
 __all__ = ["BlockingError", "BlockingRedis", "BlockingRefused", "connect"]
@@ -104,32 +104,26 @@ def _hello(redis: BlockingRedis, address: BrokerAddress) -> None:
 
 def _locate(address: BrokerAddress) -> BrokerAddress:
     """The master's address, from the first sentinel that can say."""
-    problems: list[str] = []
-    unknown = False
+    survey = Survey(address.master)
     for sentinel in SentinelList(address.sentinels):
         there = address.sentinel_at(sentinel.host, sentinel.port)
         try:
             redis = BlockingRedis(_open(there, SENTINEL_TIMEOUT))
         except (OSError, ssl.SSLError) as e:
-            problems.append(f"{sentinel}: {_why(e)}")
+            survey.failed(sentinel, _why(e))
             continue
         try:
             _hello(redis, there)
             reply = redis.call(*get_master_command(address.master))
-            where = where_is_master(reply, address.master)
-        except SentinelError as e:
-            unknown = True
-            problems.append(f"{sentinel}: {e}")
-            continue
         except (BlockingRefused, OSError, ConnectionError) as e:
-            problems.append(f"{sentinel}: {_why(e)}")
+            survey.failed(sentinel, _why(e))
             continue
         finally:
             redis.close()
-        return address.at(where.host, where.port)
-    if unknown:
-        raise BlockingError(f"the sentinels know no master named {address.master!r}")
-    raise BlockingError(f"no sentinel answered ({'; '.join(problems)})")
+        where = survey.answered(sentinel, reply)
+        if where is not None:
+            return address.at(where.host, where.port)
+    raise BlockingError(str(survey.error()))
 
 
 def connect(address: BrokerAddress, timeout: float) -> BlockingRedis:

@@ -62,12 +62,12 @@ from sockchat._broker.sentinel import (
     SWITCH_MASTER,
     SentinelError,
     SentinelList,
+    Survey,
     Where,
     checked_role,
     get_master_command,
     is_readonly,
     switched_to,
-    where_is_master,
 )
 
 __all__ = [
@@ -947,38 +947,32 @@ class RedisClient:
         """Where the sentinels say the master is (the spec's steps 1 and
         2): each is asked in turn; the first that answers is asked first
         next time.  ``SentinelError`` with one line if none can say."""
-        master = self.address.master
-        problems: list[str] = []
-        unknown = False
+        survey = Survey(self.address.master)
         for sentinel in self._sentinels:
             try:
                 proto = await self._sentinel_connection(sentinel)
+                asked = proto.send(get_master_command(self.address.master))
             except defer.CancelledError:
                 raise
             except Exception as e:  # refused, timed out, not resolved, AUTH...
-                problems.append(f"{sentinel}: {self._why_sentinel(e)}")
+                survey.failed(sentinel, self._why_sentinel(e))
                 continue
+            asked.addTimeout(SENTINEL_TIMEOUT, self._reactor)
             try:
-                asked = proto.send(get_master_command(master))
-                asked.addTimeout(SENTINEL_TIMEOUT, self._reactor)
                 reply = await asked
             except (defer.TimeoutError, RedisError, BrokerUnavailable) as e:
                 _let_go(proto)
-                problems.append(f"{sentinel}: {self._why_sentinel(e)}")
+                survey.failed(sentinel, self._why_sentinel(e))
                 continue
             except defer.CancelledError:
                 _let_go(proto)
                 raise
             _let_go(proto)
             self._sentinels.answered(sentinel)
-            try:
-                return where_is_master(reply, master)
-            except SentinelError as e:
-                unknown = unknown or reply is None
-                problems.append(f"{sentinel}: {e}")
-        if unknown:
-            raise SentinelError(f"the sentinels know no master named {master!r}")
-        raise SentinelError(f"no sentinel answered ({'; '.join(problems)})")
+            where = survey.answered(sentinel, reply)
+            if where is not None:
+                return where
+        raise survey.error()
 
     def _why_sentinel(self, e: Exception) -> str:
         return _why(Failure(e), self.address, SENTINEL_TIMEOUT)

@@ -31,6 +31,7 @@ __all__ = [
     "SWITCH_MASTER",
     "SentinelError",
     "SentinelList",
+    "Survey",
     "checked_role",
     "is_readonly",
     "switched_to",
@@ -100,6 +101,35 @@ def where_is_master(reply: Any, master: str) -> Where:
     raise SentinelError(
         f"a sentinel's answer for {master!r} is not an address: {str(reply)[:80]}"
     )
+
+
+class Survey:
+    """The sentinels' answers, asked in turn: the master's address from
+    the first that knows it, or one line that says why none could."""
+
+    def __init__(self, master: str) -> None:
+        self.master = master
+        self._problems: list[str] = []
+        self._unknown = False
+
+    def failed(self, sentinel: Where, why: str) -> None:
+        """*sentinel* could not be asked (refused, timed out...)."""
+        self._problems.append(f"{sentinel}: {why}")
+
+    def answered(self, sentinel: Where, reply: Any) -> Where | None:
+        """*sentinel*'s answer: the master's address, or None (noted)."""
+        try:
+            return where_is_master(reply, self.master)
+        except SentinelError as e:
+            self._unknown = self._unknown or reply is None
+            self._problems.append(f"{sentinel}: {e}")
+            return None
+
+    def error(self) -> SentinelError:
+        """Why no sentinel gave an address."""
+        if self._unknown:
+            return SentinelError(f"the sentinels know no master named {self.master!r}")
+        return SentinelError(f"no sentinel answered ({'; '.join(self._problems)})")
 
 
 def checked_role(reply: Any, where: Where) -> None:
