@@ -8,6 +8,13 @@ bulk string -> ``bytes``, null -> ``None``, array -> ``list``, status ->
 command was in flight).  ``RedisClient`` is the real one;
 ``tests/fakeredis.py`` holds an in-memory one with the same interface.
 
+The client pipelines by itself (the commands of one reactor turn leave in
+one write), parses replies with hiredis when it is installed
+(``sockchat._broker.resp``), and with a ``redis+sentinel://`` URL finds
+the master through Redis Sentinel and follows a failover
+(``sockchat._broker.sentinel`` says how).  ``replicated()`` is ``WAIT``,
+for ``?wait=N``.
+
 Why our own Redis client
 ------------------------
 sockchat needs a dozen commands, pipelined on one connection, with one
