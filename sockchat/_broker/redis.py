@@ -59,6 +59,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from sockchat._broker.resp import (
+    HIREDIS,
     ErrorReply,
     ProtocolError,
     encode_command,
@@ -813,6 +814,7 @@ class RedisClient:
             self._up(proto)
             if self.logged:
                 log.info("connected to the broker at {broker}", broker=self.display)
+            _say_parser()
 
         def down(failure: Failure) -> Failure:
             self._attempt_d = None
@@ -1171,3 +1173,20 @@ def _let_go(proto: _RedisProtocol) -> None:
     if proto.open:
         assert proto.transport is not None
         proto.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport and TLS have it
+
+
+_PARSER_SAID: list[bool] = []
+
+
+def _say_parser() -> None:
+    """Log once per process which parser reads the broker's replies."""
+    if _PARSER_SAID:
+        return
+    _PARSER_SAID.append(True)
+    if HIREDIS:
+        log.info("the broker's replies are parsed by hiredis")
+    else:
+        log.info(
+            "the broker's replies are parsed in Python; pip install "
+            "'sockchat[broker]' for hiredis, which is faster"
+        )

@@ -908,3 +908,17 @@ def test_the_replicated_calls_of_one_turn_share_one_wait_sent_last() -> None:
     with pytest.raises(BrokerUnavailable, match="lost the broker"):
         result_of(third)
     assert transport.writes[1:] == []
+
+
+def test_which_parser_reads_the_replies_is_said_once_per_process(
+    log_events: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sockchat._broker.redis
+
+    monkeypatch.setattr(sockchat._broker.redis, "_PARSER_SAID", [])
+    for _ in range(2):
+        client, endpoint, _, _ = make_client()
+        client.start()
+        connect(client, endpoint)
+    said = [e["log_format"] for e in log_events if "parsed" in e.get("log_format", "")]
+    assert said == ["the broker's replies are parsed by hiredis"]
