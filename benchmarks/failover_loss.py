@@ -39,7 +39,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from redis_sentinels import SentinelSet, call, info  # noqa: E402
 from twisted.internet import defer, task  # noqa: E402
 from twisted.internet.threads import deferToThread  # noqa: E402
 
@@ -49,6 +48,8 @@ from sockchat._broker.redis import (  # noqa: E402
     RedisError,
     parse_broker_url,
 )
+
+from redis_sentinels import SentinelSet, call, info  # noqa: E402
 
 #: Lines per reactor turn.
 BATCH = 10

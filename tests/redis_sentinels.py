@@ -90,6 +90,7 @@ class Sentinel:
         password: str | None = None,
         down_after_ms: int = 1000,
         failover_timeout_ms: int = 2000,
+        tls_files: dict[str, Path] | None = None,
     ) -> None:
         self.binary = RedisServer.binary_path()
         self.where = where
@@ -110,6 +111,19 @@ class Sentinel:
         ]
         if password is not None:
             lines.append(f"sentinel auth-pass {MASTER} {password}")
+        #: With TLS files: clients reach it on this port, over TLS, and it
+        #: reaches the servers over TLS (``tls-replication``).
+        self.tls_port: int | None = None
+        if tls_files is not None:
+            self.tls_port = free_port()
+            lines += [
+                f"tls-port {self.tls_port}",
+                f"tls-cert-file {tls_files['cert']}",
+                f"tls-key-file {tls_files['key']}",
+                f"tls-ca-cert-file {tls_files['ca']}",
+                "tls-auth-clients optional",
+                "tls-replication yes",
+            ]
         # Sentinel rewrites its file as it learns: a fresh one each start.
         self.config.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None

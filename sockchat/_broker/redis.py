@@ -964,14 +964,17 @@ class RedisClient:
             except defer.CancelledError:
                 raise
             except Exception as e:  # refused, timed out, not resolved, AUTH...
-                survey.failed(sentinel, self._why_sentinel(e))
+                survey.failed(sentinel, self._why_sentinel(Failure(e), sentinel))
                 continue
             asked.addTimeout(SENTINEL_TIMEOUT, self._reactor)
             try:
                 reply = await asked
             except (defer.TimeoutError, RedisError, BrokerUnavailable) as e:
                 _let_go(proto)
-                survey.failed(sentinel, self._why_sentinel(e))
+                # A lost connection says best why it was lost (TLS, say).
+                lost = isinstance(e, BrokerUnavailable) and proto.lost_reason
+                why = proto.lost_reason if lost else Failure(e)
+                survey.failed(sentinel, self._why_sentinel(why, sentinel))
                 continue
             except defer.CancelledError:
                 _let_go(proto)
@@ -983,8 +986,11 @@ class RedisClient:
                 return where
         raise survey.error()
 
-    def _why_sentinel(self, e: Exception) -> str:
-        return _why(Failure(e), self.address, SENTINEL_TIMEOUT)
+    def _why_sentinel(self, failure: Failure | None, sentinel: Where) -> str:
+        address = self.address.sentinel_at(sentinel.host, sentinel.port)
+        return _why(
+            failure or Failure(BrokerUnavailable("lost")), address, SENTINEL_TIMEOUT
+        )
 
     async def _sentinel_connection(self, sentinel: Where) -> _RedisProtocol:
         """A connection to *sentinel*, authenticated if the URL says so."""

@@ -9,7 +9,9 @@ a replica and three sentinels (tests/redis_sentinels.py).
 - the errors at start are one line: no sentinel reachable, an unknown
   master name, a wrong password;
 - ``?wait=1``: ``replicated()`` fires while a replica has the writes, and
-  fails as ``BrokerUnavailable`` once none does.
+  fails as ``BrokerUnavailable`` once none does;
+- ``rediss+sentinel://``: the sentinel and the master over TLS, their
+  certificates verified.
 
 The in-memory tests of the same logic are in tests/broker/test_redis.py.
 """
@@ -21,7 +23,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from redis_sentinels import SentinelSet, call
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThread
@@ -31,6 +32,7 @@ from sockchat._broker.redis import BrokerUnavailable, RedisClient, parse_broker_
 from sockchat._broker.service import register
 from sockchat._broker.wire import Keys
 
+from redis_sentinels import Sentinel, SentinelSet, call
 from redis_server import free_port
 
 pytestmark = pytest.mark.slow
@@ -207,3 +209,36 @@ async def test_wait_holds_a_write_until_a_replica_has_it(
         assert time.monotonic() - started >= 0.29
     finally:
         await client.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_rediss_sentinel_reaches_the_sentinel_and_the_master_over_tls(
+    make_redis_server: Any, tmp_path: Any
+) -> None:
+    master = make_redis_server(tls=True, tls_hostname="127.0.0.1")
+    files = master.tls_files
+    sentinel = Sentinel(tmp_path / "s", master.tls_port, tls_files=files).start()
+    try:
+        url = f"rediss+sentinel://127.0.0.1:{sentinel.tls_port}/mymaster/0"
+        address = parse_broker_url(f"{url}?ca={files['ca']}")
+        client = RedisClient(reactor, address)
+        await client.start()
+        try:
+            assert client._proto is not None
+            assert client._proto.where is not None
+            assert client._proto.where.port == master.tls_port
+            await client.command("SET", "k", "over tls")
+        finally:
+            await client.stop()
+        assert call(master.port, "GET", "k") == b"over tls"
+        assert register(address, {}, keys=Keys("t")) == "i1"
+        # Without ?ca=, the sentinel's certificate is not trusted: one line.
+        with pytest.raises(BrokerUnavailable) as e:
+            await RedisClient(reactor, parse_broker_url(url)).start()
+        assert str(e.value).startswith(
+            f"cannot reach the broker at {url}: no sentinel answered "
+            f"(127.0.0.1:{sentinel.tls_port}: TLS: "
+        )
+        assert "certificate verify failed" in str(e.value)
+    finally:
+        sentinel.stop()
