@@ -36,7 +36,8 @@ def calls(run: Callable[[], object]) -> int:
 
 def main(before_path: str) -> None:
     spec = importlib.util.spec_from_file_location("before", before_path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     before: Any = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(before)
     print("| commands in the turn | calls now | calls before |")
