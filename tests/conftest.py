@@ -11,8 +11,9 @@ from twisted.internet.defer import Deferred
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
-# The redis_server and make_redis_server fixtures (a real redis-server).
-pytest_plugins = ["redis_server"]
+# The redis_server and make_redis_server fixtures (a real redis-server), and
+# sentinel_set and make_sentinel_set (a master, a replica, three sentinels).
+pytest_plugins = ["redis_server", "redis_sentinels"]
 
 settings.register_profile("ci", max_examples=300, deadline=None, derandomize=True)
 settings.register_profile("dev", max_examples=100, deadline=None)

@@ -57,8 +57,10 @@ class RedisServer:
         unix: bool = False,
         tls: bool = False,
         tls_hostname: str = "localhost",
+        replica_of: int | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
-        self.binary = need_tool("redis-server", "redis-server")
+        self.binary = self.binary_path()
         self.where = where
         self.where.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -73,6 +75,14 @@ class RedisServer:
         self.tls_files = make_tls_files(where, tls_hostname) if tls else None
         self.log = where / "redis.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: The master's port, for a replica (``start()`` may change it).
+        self.replica_of = replica_of
+        self.extra = extra
+
+    @staticmethod
+    def binary_path() -> str:
+        """redis-server's path (the test is skipped, or fails in CI, without)."""
+        return need_tool("redis-server", "redis-server")
 
     @property
     def pid(self) -> int:
@@ -121,7 +131,10 @@ class RedisServer:
             "no",
         ]
         if self.password is not None:
-            args += ["--requirepass", self.password]
+            args += ["--requirepass", self.password, "--masterauth", self.password]
+        if self.replica_of is not None:
+            args += ["--replicaof", "127.0.0.1", str(self.replica_of)]
+        args += self.extra
         if self.socket is not None:
             args += ["--unixsocket", str(self.socket), "--unixsocketperm", "700"]
         if self.tls_files is not None:
@@ -140,9 +153,12 @@ class RedisServer:
             ]
         return args
 
-    def start(self) -> RedisServer:
-        """Start it and wait until it answers PING."""
+    def start(self, replica_of: int | None = None) -> RedisServer:
+        """Start it and wait until it answers PING (as a replica of the
+        server on port *replica_of*, if given)."""
         assert self.proc is None, "already running"
+        if replica_of is not None:
+            self.replica_of = replica_of
         self.proc = subprocess.Popen(
             self.command_line(),
             cwd=self.where,

@@ -14,7 +14,11 @@ It starts, each on a free loopback port (or the ones given):
 - one ``haproxy`` in front of both (``haproxy.cfg`` beside this file, with
   ``send-proxy`` and health checks);
 - with ``--responder workers``, two ``python -m sockchat.worker`` processes
-  running ``examples.bot:FaqBot`` (``--bot`` to run another responder).
+  running ``examples.bot:FaqBot`` (``--bot`` to run another responder);
+- with ``--ha``, a highly available Redis instead of one: a master, a
+  replica and three sentinels (``redis-server --sentinel``), and every
+  part given a ``redis+sentinel://`` broker URL, so that it follows a
+  failover (``kill -9`` the master's pid to see one).
 
 It prints what runs where, with its pid and log, and the commands to run
 clients (and, with ``--responder operators``, the operator consoles) in
@@ -206,44 +210,64 @@ def need(tool: str, package: str) -> str:
 P = TypeVar("P", bound=Process)
 
 
-class Redis(Process):
-    """``redis-server`` on loopback *port*, no persistence, in *where*."""
+def ask(port: int, *words: str) -> bytes:
+    """One inline command (words without spaces) to a Redis or a sentinel
+    on loopback *port*; its reply's first line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(" ".join(words).encode() + b"\r\n")
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.split(b"\r\n", 1)[0]
 
-    def __init__(self, where: Path, port: int) -> None:
+
+def pong(port: int) -> bool:
+    try:
+        return ask(port, "PING") == b"+PONG"
+    except OSError:
+        return False
+
+
+class Redis(Process):
+    """``redis-server`` on loopback *port*, no persistence, in *where*; a
+    replica of the one on *replica_of* if given."""
+
+    def __init__(
+        self,
+        where: Path,
+        port: int,
+        name: str = "redis-server",
+        replica_of: int | None = None,
+    ) -> None:
         self.port = port
         self.url = f"redis://127.0.0.1:{port}/0"
+        self.replica_of = replica_of
+        replica = ("--replicaof", "127.0.0.1", str(replica_of)) if replica_of else ()
         super().__init__(
-            "redis-server",
+            name,
             [
                 need("redis-server", "redis-server"),
                 *("--port", str(port), "--bind", "127.0.0.1"),
                 *("--save", "", "--appendonly", "no", "--dir", str(where)),
-                *("--daemonize", "no", "--protected-mode", "yes"),
+                *("--daemonize", "no", "--protected-mode", "yes", *replica),
             ],
-            where / "redis.log",
+            where
+            / ("redis.log" if name == "redis-server" else f"{name}.log").replace(
+                " ", "-"
+            ),
         )
 
     def ready(self) -> None:
-        self.wait_for(self._pong, f"answer PING on port {self.port}")
+        self.wait_for(lambda: pong(self.port), f"answer PING on port {self.port}")
         self.what = f"{self.url} (no persistence)"
-
-    def _pong(self) -> bool:
-        try:
-            return self.ask("PING") == b"+PONG"
-        except OSError:
-            return False
+        if self.replica_of:
+            self.what += f", replica of port {self.replica_of}"
 
     def ask(self, *words: str) -> bytes:
-        """One inline command (words without spaces); its reply's first line."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as s:
-            s.sendall(" ".join(words).encode() + b"\r\n")
-            reply = b""
-            while not reply.endswith(b"\r\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                reply += chunk
-        return reply.split(b"\r\n", 1)[0]
+        return ask(self.port, *words)
 
     def wait_for_workers(self, count: int, timeout: float = START_TIMEOUT) -> None:
         """Until *count* workers say they are online (the broker's
@@ -257,6 +281,36 @@ class Redis(Process):
 
         self.wait_for(online, f"see {count} worker(s) online", timeout)
         time.sleep(HEARTBEAT + 0.5)
+
+
+#: The name the sentinels know the master by, with ``--ha``.
+MASTER = "sockchat"
+
+
+class Sentinel(Process):
+    """``redis-server --sentinel`` on loopback *port*, watching the master
+    on *master_port* (quorum 2 of 3: a failover starts 2 s after the master
+    stops answering)."""
+
+    def __init__(self, name: str, where: Path, port: int, master_port: int) -> None:
+        self.port = port
+        config = where / f"{name.replace(' ', '-')}.conf"
+        # Sentinel rewrites its file with what it learns.
+        config.write_text(
+            f"port {port}\nbind 127.0.0.1\ndir {where}\n"
+            f"sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n"
+            f"sentinel down-after-milliseconds {MASTER} 2000\n"
+            f"sentinel failover-timeout {MASTER} 10000\n"
+        )
+        super().__init__(
+            name,
+            [need("redis-server", "redis-server"), str(config), "--sentinel"],
+            where / f"{name.replace(' ', '-')}.log",
+        )
+
+    def ready(self) -> None:
+        self.wait_for(lambda: pong(self.port), f"answer PING on port {self.port}")
+        self.what = f"127.0.0.1:{self.port}, watching master {MASTER!r}"
 
 
 class Instance(Process):
@@ -360,6 +414,10 @@ class Cluster:
         self.where = where
         self.processes: list[Process] = []
         self.down: list[Process] = []  # died, and left so
+        #: Those whose death the rest survive without a restart (with --ha,
+        #: a Redis: the sentinels fail over, and one started again empty
+        #: before they noticed could lose what was queued).
+        self.survivable: set[Process] = set()
 
     def add(self, process: P) -> P:
         """Keep *process* (so that it is stopped), then wait until it is ready."""
@@ -380,6 +438,8 @@ class Cluster:
                 else 2
                 if isinstance(p, HAProxy)
                 else 3
+                if isinstance(p, Sentinel)  # before a master's end looks like a fault
+                else 4
             ),
         )
         for process in order:
@@ -408,6 +468,13 @@ class Cluster:
                 f"{dead.name} (pid {dead.pid}) {exit_status(dead.proc.returncode)}; "
                 f"its log ({dead.log}) ends: {dead.tail()}"
             )
+            if dead in self.survivable:
+                report(
+                    f"{what}. Left down: the sentinels fail over to the replica, "
+                    "and the rest carry on."
+                )
+                self.down.append(dead)
+                continue
             if not restart:
                 report(f"{what}. Left down (--no-restart); the rest goes on.")
                 self.down.append(dead)
@@ -467,18 +534,31 @@ def start(
     bot: str,
     workers: int,
     instance_options: Sequence[str] = (),
+    ha: bool = False,
 ) -> dict[str, str]:
     """Start it all in *cluster*; return the commands to show the user."""
     where = cluster.where
     need("redis-server", "redis-server")
     need("haproxy", "haproxy")
-    redis = cluster.add(Redis(where, redis_port))
-    options = ["--responder", responder, "--broker", redis.url, *instance_options]
+    if ha:
+        redis = cluster.add(Redis(where, redis_port, "redis master"))
+        replica = Redis(where, free_port(), "redis replica", replica_of=redis.port)
+        cluster.survivable |= {redis, cluster.add(replica)}
+        sentinels = [
+            cluster.add(Sentinel(f"sentinel {n}", where, free_port(), redis.port))
+            for n in (1, 2, 3)
+        ]
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in sentinels)
+        broker = f"redis+sentinel://{hosts}/{MASTER}/0"
+    else:
+        redis = cluster.add(Redis(where, redis_port))
+        broker = redis.url
+    options = ["--responder", responder, "--broker", broker, *instance_options]
     instances = [cluster.add(Instance(n, where, options)) for n in ("one", "two")]
     cluster.add(HAProxy(where, port, [i.port for i in instances]))
     if responder == "workers":
         for n in range(1, workers + 1):
-            cluster.add(Worker(f"worker {n}", where, redis.url, bot))
+            cluster.add(Worker(f"worker {n}", where, broker, bot))
         redis.wait_for_workers(workers)
     client = [PYTHON, "-m", "sockchat.client", "--connect", f"tcp:127.0.0.1:{port}"]
     commands = {"client": shlex.join(client)}
@@ -487,7 +567,7 @@ def start(
             commands[f"operator {name}"] = shlex.join(
                 [
                     *(PYTHON, "-m", "sockchat.operator"),
-                    *("--broker", redis.url, "--name", name),
+                    *("--broker", broker, "--name", name),
                 ]
             )
     return commands
@@ -510,6 +590,11 @@ def describe(cluster: Cluster, responder: str, commands: dict[str, str]) -> str:
     }[responder]
     lines.append(f"Clients, one terminal each ({what}):")
     lines.append(f"  client: {commands['client']}")
+    if any(isinstance(p, Sentinel) for p in cluster.processes):
+        lines.append(
+            "To see a failover: kill -9 the redis master's pid; the sentinels "
+            "promote the replica within a few seconds, and every part follows it."
+        )
     lines.append(
         "A process that dies is started again (not with --no-restart). "
         "Ctrl-C stops every process listed above."
@@ -535,6 +620,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="the workers' responder (default examples.bot:FaqBot)",
     )
     parser.add_argument("--workers", type=int, default=2, help="default 2")
+    parser.add_argument(
+        "--ha",
+        action="store_true",
+        help="a master, a replica and three sentinels instead of one Redis "
+        "(--redis-port is then the master's)",
+    )
     parser.add_argument(
         "--dir",
         type=Path,
@@ -582,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             redis_port=args.redis_port or free_port(),
             bot=args.bot,
             workers=args.workers,
+            ha=args.ha,
         )
         print(describe(cluster, args.responder, commands), flush=True)
         cluster.watch(restart=not args.no_restart, report=say)

@@ -8,6 +8,13 @@ bulk string -> ``bytes``, null -> ``None``, array -> ``list``, status ->
 command was in flight).  ``RedisClient`` is the real one;
 ``tests/fakeredis.py`` holds an in-memory one with the same interface.
 
+The client pipelines by itself (the commands of one reactor turn leave in
+one write), parses replies with hiredis when it is installed
+(``sockchat._broker.resp``), and with a ``redis+sentinel://`` URL finds
+the master through Redis Sentinel and follows a failover
+(``sockchat._broker.sentinel`` says how).  ``replicated()`` is ``WAIT``,
+for ``?wait=N``.
+
 Why our own Redis client
 ------------------------
 sockchat needs a dozen commands, pipelined on one connection, with one
@@ -37,7 +44,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from attrs import frozen
+from attrs import evolve, frozen
 from twisted.internet import defer, error
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.internet.endpoints import (
@@ -47,10 +54,29 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sockchat._broker.resp import ErrorReply, ProtocolError, ReplyParser, encode_command
+from sockchat._broker.resp import (
+    HIREDIS,
+    ErrorReply,
+    ProtocolError,
+    encode_command,
+    new_reply_parser,
+)
+from sockchat._broker.sentinel import (
+    DEFAULT_SENTINEL_PORT,
+    SWITCH_MASTER,
+    SentinelError,
+    SentinelList,
+    Survey,
+    Where,
+    checked_role,
+    get_master_command,
+    is_readonly,
+    switched_to,
+)
 
 __all__ = [
     "BrokerAddress",
@@ -58,6 +84,7 @@ __all__ = [
     "IRedis",
     "RedisClient",
     "RedisError",
+    "ReplicaWait",
     "parse_broker_url",
 ]
 
@@ -71,6 +98,12 @@ CONNECT_TIMEOUT = 5.0
 #: up to RECONNECT_MAX, each with +-20% jitter.
 RECONNECT_FIRST = 0.2
 RECONNECT_MAX = 5.0
+#: Seconds a sentinel has to answer (connect, AUTH, the question): the
+#: Sentinel client spec's "a few hundred milliseconds", with room for a
+#: busy machine.
+SENTINEL_TIMEOUT = 1.0
+#: Seconds between rounds of the sentinels when none can be listened to.
+WATCH_RETRY = 1.0
 #: TCP keepalive: probe after this many idle seconds, then every
 #: KEEPALIVE_INTERVAL, and give up after KEEPALIVE_COUNT unanswered probes,
 #: so that a broker whose host vanished is noticed within about 30 s even
@@ -101,11 +134,23 @@ class IRedis(typing.Protocol):
 
 
 @frozen
+class ReplicaWait:
+    """``?wait=N[&wait_ms=MS]``: a line counts as queued only once *replicas*
+    replicas have it (Redis's ``WAIT``), within *timeout* seconds."""
+
+    replicas: int
+    timeout: float = 1.0
+
+
+@frozen
 class BrokerAddress:
     """Where the broker is and how to reach it (from ``parse_broker_url``).
 
-    *scheme* is ``redis``, ``rediss`` (TLS) or ``unix``.  For ``unix``,
-    *path* is the socket and *host*/*port* are unused.
+    *scheme* is ``redis``, ``rediss`` (TLS), ``unix``, ``redis+sentinel``
+    or ``rediss+sentinel``.  For ``unix``, *path* is the socket and
+    *host*/*port* are unused.  For the sentinel schemes, *sentinels* are
+    the sentinels to ask and *master* the name they know the master by
+    (``at()`` gives the address of the server they name).
     """
 
     scheme: str
@@ -118,10 +163,19 @@ class BrokerAddress:
     ca: str | None = None
     cert: str | None = None
     key: str | None = None
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    sentinel_password: str | None = None
+    wait: ReplicaWait | None = None
 
     @property
     def tls(self) -> bool:
-        return self.scheme == "rediss"
+        return self.scheme in ("rediss", "rediss+sentinel")
+
+    @property
+    def sentinel(self) -> bool:
+        """Whether the master is found through sentinels."""
+        return self.scheme.endswith("+sentinel")
 
     @property
     def display(self) -> str:
@@ -130,14 +184,45 @@ class BrokerAddress:
         if self.scheme == "unix":
             db = f"?db={self.db}" if self.db else ""
             return f"unix://{user}{self.path}{db}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{user}{host}:{self.port}/{self.db}"
+        if self.sentinel:
+            hosts = ",".join(_host_port(host, port) for host, port in self.sentinels)
+            master = quote(self.master, safe="")
+            return f"{self.scheme}://{user}{hosts}/{master}/{self.db}"
+        return f"{self.scheme}://{user}{_host_port(self.host, self.port)}/{self.db}"
+
+    def at(self, host: str, port: int) -> BrokerAddress:
+        """The address of the server at *host*:*port* that a sentinel named:
+        this one's password, database and TLS files."""
+        return evolve(
+            self,
+            scheme="rediss" if self.tls else "redis",
+            host=host,
+            port=port,
+            sentinels=(),
+            master="",
+            sentinel_password=None,
+        )
+
+    def sentinel_at(self, host: str, port: int) -> BrokerAddress:
+        """The address of one of the sentinels (TLS as the URL says, with
+        ``?sentinel_password=`` if given)."""
+        return evolve(
+            self.at(host, port),
+            db=0,
+            username=None,
+            password=self.sentinel_password,
+            wait=None,
+        )
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _masked(text: str) -> str:
-    """*text* with any password in it (``:pw@`` or ``password=``) replaced,
-    for error messages."""
-    text = re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", text)
+    """*text* with any password in it (``:pw@``, ``password=`` or
+    ``sentinel_password=``) replaced, for error messages."""
+    text = re.sub(r"(?i)([?&](?:sentinel_)?password=)[^&#]*", r"\1***", text)
     try:
         parts = urlsplit(text)
         if parts.password is None:
@@ -158,27 +243,45 @@ def _number(url: str, what: str, text: str, *, low: int, high: int) -> int:
     return int(text)
 
 
+#: The URL forms, for messages.
+_FORMS = (
+    "redis://HOST:PORT/DB, rediss://HOST:PORT/DB, unix:///PATH or "
+    "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB]"
+)
+#: The query parameters each scheme takes.
+_WAIT = {"wait", "wait_ms"}
+_TLS = {"ca", "cert", "key"}
+_ALLOWED = {
+    "redis": _WAIT,
+    "rediss": _TLS | _WAIT,
+    "unix": {"db", "password"} | _WAIT,
+    "redis+sentinel": {"sentinel_password"} | _WAIT,
+    "rediss+sentinel": {"sentinel_password"} | _TLS | _WAIT,
+}
+
+
 def parse_broker_url(text: str) -> BrokerAddress:
     """The broker address a URL names; ``ValueError`` with one line otherwise.
 
     ``redis://[[user]:password@]host[:port][/db]``,
     ``rediss://...[?ca=ca.pem][&cert=me.pem&key=me.key]`` (TLS, certificate
     and host name verified, against *ca* if given, else the system's CAs),
-    ``unix:///path/to/redis.sock[?db=N][&password=PW]``.
+    ``unix:///path/to/redis.sock[?db=N][&password=PW]``,
+    ``redis+sentinel://[[user]:password@]host:port[,host:port...]/master[/db]``
+    and ``rediss+sentinel://...`` (the master that the sentinels name; the
+    password is the master's, ``?sentinel_password=`` the sentinels').
+    Each takes ``?wait=N[&wait_ms=MS]`` (see ``ReplicaWait``).
     """
     url = _masked(text)
     try:
         parts = urlsplit(text)
-        port_text = parts.port  # raises ValueError for a bad port
     except ValueError:
-        raise ValueError(
-            f"--broker {url}: not a URL (expected redis://HOST:PORT/DB, "
-            "rediss://HOST:PORT/DB or unix:///PATH)"
-        ) from None
+        raise ValueError(f"--broker {url}: not a URL (expected {_FORMS})") from None
     scheme = parts.scheme.lower()
-    if scheme not in ("redis", "rediss", "unix"):
+    if scheme not in _ALLOWED:
         raise ValueError(
-            f"--broker {url}: the scheme must be redis://, rediss:// or unix://"
+            f"--broker {url}: the scheme must be redis://, rediss://, unix://, "
+            "redis+sentinel:// or rediss+sentinel://"
         )
     if parts.fragment:
         raise ValueError(f"--broker {url}: a broker URL has no #fragment")
@@ -189,20 +292,20 @@ def parse_broker_url(text: str) -> BrokerAddress:
         if name in query:
             raise ValueError(f"--broker {url}: {name}= is given twice")
         query[name] = value
-    allowed = {"redis": set(), "rediss": {"ca", "cert", "key"}}.get(
-        scheme, {"db", "password"}
-    )
+    allowed = _ALLOWED[scheme]
     unknown = sorted(set(query) - allowed)
     if unknown:
-        if scheme == "redis" and set(unknown) <= {"ca", "cert", "key"}:
+        if set(unknown) <= _TLS and scheme in ("redis", "redis+sentinel"):
             raise ValueError(
-                f"--broker {url}: ?{unknown[0]}= is for TLS: use rediss://"
+                f"--broker {url}: ?{unknown[0]}= is for TLS: use "
+                f"{scheme.replace('redis', 'rediss', 1)}://"
             )
         raise ValueError(
             f"--broker {url}: unknown parameter {unknown[0]}= (this URL takes "
-            + (", ".join(f"{a}=" for a in sorted(allowed)) or "none")
+            + ", ".join(f"{a}=" for a in sorted(allowed))
             + ")"
         )
+    wait = _wait(url, query)
     if scheme == "unix":
         if parts.netloc.rpartition("@")[2]:
             raise ValueError(
@@ -222,34 +325,98 @@ def parse_broker_url(text: str) -> BrokerAddress:
             db=db,
             username=username,
             password=query.get("password", password),
+            wait=wait,
         )
-    host = parts.hostname
-    if not host:
-        raise ValueError(f"--broker {url}: give the host: {scheme}://HOST:PORT/DB")
-    if port_text is None and parts.netloc.endswith(":"):
-        raise ValueError(f"--broker {url}: the port is empty")
-    port = DEFAULT_PORT if port_text is None else port_text
-    if not 1 <= port <= 65535:
-        raise ValueError(f"--broker {url}: the port must be from 1 to 65535")
-    path = parts.path.strip("/")
-    db = _number(url, "db", path, low=0, high=2**31 - 1) if path else 0
     ca, cert, key = query.get("ca"), query.get("cert"), query.get("key")
     if bool(cert) != bool(key):
         raise ValueError(f"--broker {url}: ?cert= and ?key= go together")
-    address = BrokerAddress(
-        scheme=scheme,
-        host=host,
-        port=port,
-        db=db,
-        username=username,
-        password=password,
-        ca=ca or None,
-        cert=cert or None,
-        key=key or None,
-    )
+    if scheme.endswith("+sentinel"):
+        sentinels, master, db = _sentinel_parts(url, scheme, parts)
+        address = BrokerAddress(
+            scheme=scheme,
+            db=db,
+            username=username,
+            password=password,
+            sentinels=sentinels,
+            master=master,
+            sentinel_password=query.get("sentinel_password"),
+            wait=wait,
+            ca=ca or None,
+            cert=cert or None,
+            key=key or None,
+        )
+    else:
+        host, port = _one_host(url, scheme, parts.netloc, DEFAULT_PORT)
+        path = parts.path.strip("/")
+        db = _number(url, "db", path, low=0, high=2**31 - 1) if path else 0
+        address = BrokerAddress(
+            scheme=scheme,
+            host=host,
+            port=port,
+            db=db,
+            username=username,
+            password=password,
+            wait=wait,
+            ca=ca or None,
+            cert=cert or None,
+            key=key or None,
+        )
     if address.tls:
-        _tls_options(address)  # each file's mistake is one line, now
+        _tls_options(address.at("localhost", 1))  # each file's mistake is one line, now
     return address
+
+
+def _one_host(url: str, scheme: str, netloc: str, default: int) -> tuple[str, int]:
+    """The host and port of *netloc* (its userinfo dropped)."""
+    hostinfo = netloc.rpartition("@")[2]
+    try:
+        parts = urlsplit(f"//{hostinfo}")
+        port = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        raise ValueError(f"--broker {url}: not a URL (expected {_FORMS})") from None
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"--broker {url}: give the host: {scheme}://HOST:PORT/...")
+    if port is None and hostinfo.endswith(":"):
+        raise ValueError(f"--broker {url}: the port is empty")
+    port = default if port is None else port
+    if not 1 <= port <= 65535:
+        raise ValueError(f"--broker {url}: the port must be from 1 to 65535")
+    return host, port
+
+
+def _sentinel_parts(
+    url: str, scheme: str, parts: Any
+) -> tuple[tuple[tuple[str, int], ...], str, int]:
+    """The sentinels, the master's name and the db of a sentinel URL."""
+    form = f"{scheme}://HOST:PORT[,HOST:PORT...]/MASTER[/DB]"
+    hosts = parts.netloc.rpartition("@")[2]
+    if not hosts:
+        raise ValueError(f"--broker {url}: give the sentinels: {form}")
+    sentinels = []
+    for item in hosts.split(","):
+        if not item:
+            raise ValueError(f"--broker {url}: an empty sentinel address: {form}")
+        sentinels.append(_one_host(url, scheme, item, DEFAULT_SENTINEL_PORT))
+    names = parts.path.strip("/").split("/")
+    if not names[0]:
+        raise ValueError(f"--broker {url}: give the master's name: {form}")
+    if len(names) > 2:
+        raise ValueError(
+            f"--broker {url}: after the master's name comes only the db: {form}"
+        )
+    db = _number(url, "db", names[1], low=0, high=2**31 - 1) if len(names) > 1 else 0
+    return tuple(sentinels), unquote(names[0]), db
+
+
+def _wait(url: str, query: dict[str, str]) -> ReplicaWait | None:
+    if "wait" not in query:
+        if "wait_ms" in query:
+            raise ValueError(f"--broker {url}: wait_ms= goes with wait=N (replicas)")
+        return None
+    replicas = _number(url, "wait= (replicas)", query["wait"], low=1, high=100)
+    ms = _number(url, "wait_ms=", query.get("wait_ms", "1000"), low=1, high=60_000)
+    return ReplicaWait(replicas, ms / 1000)
 
 
 def _tls_options(address: BrokerAddress) -> Any:
@@ -319,7 +486,7 @@ def _why(failure: Failure, address: BrokerAddress, timeout: float) -> str:
         text = "the server closed the connection"
     elif isinstance(e, error.ConnectionLost):
         text = "the connection was lost"
-    elif isinstance(e, (RedisError, BrokerUnavailable)):
+    elif isinstance(e, (RedisError, BrokerUnavailable, SentinelError)):
         text = str(e)
     elif isinstance(e, ProtocolError):
         text = f"it does not speak Redis's protocol ({e})"
@@ -335,16 +502,41 @@ def _why(failure: Failure, address: BrokerAddress, timeout: float) -> str:
     return " ".join(text.split())
 
 
+#: A command's words.
+_Args = tuple[str | bytes | int | float, ...]
+
+
 class _RedisProtocol(Protocol):
     """One connection: commands out, replies matched in order to a FIFO of
-    Deferreds (so commands may be pipelined)."""
+    Deferreds.
 
-    def __init__(self, keepalive: bool) -> None:
-        self._parser = ReplyParser()
+    Commands are pipelined by themselves: those sent in one turn of the
+    reactor are written together, in one ``transport.write``, when the turn
+    is over (a ``callLater(0)``, which runs before the reactor next waits,
+    so nothing waits longer for it than Twisted's own write buffering
+    would make it wait).
+    """
+
+    def __init__(self, reactor: Any, keepalive: bool) -> None:
+        self._reactor = reactor
+        self._parser = new_reply_parser()
         self._pending: collections.deque[Deferred[Any]] = collections.deque()
+        #: Commands of this turn not written yet, and the call that will.
+        self._unsent: list[bytes] = []
+        self._flush: IDelayedCall | None = None
+        #: The command to send after all of this turn's (``send_last``),
+        #: and who waits for its reply.
+        self._last: tuple[_Args, list[Deferred[Any]]] | None = None
         self._keepalive = keepalive
-        self._broken: ProtocolError | None = None
+        self._broken: ProtocolError | SentinelError | None = None
         self.open = False
+        #: Where this connection goes (a sentinel URL's master, once found).
+        self.where: Where | None = None
+        #: Whether a READONLY answer means "the master moved": the
+        #: connection is dropped, so that the client finds the new one.
+        self.follow_readonly = False
+        #: Called with each reply that answers no command (pub/sub).
+        self.on_push: Callable[[Any], None] | None = None
         #: Called with the reason when the connection is lost; until set,
         #: the commands in flight fail with BrokerUnavailable(lost_message).
         self.on_lost: Callable[[_RedisProtocol, Failure], None] | None = None
@@ -362,9 +554,46 @@ class _RedisProtocol(Protocol):
         # Cancelling only stops waiting: the reply, when it comes, is dropped.
         d: Deferred[Any] = Deferred(lambda _: None)
         self._pending.append(d)
-        assert self.transport is not None
-        self.transport.write(data)
+        self._unsent.append(data)
+        if self._flush is None:
+            self._flush = self._reactor.callLater(0, self._write)
         return d
+
+    def send_last(self, args: tuple[str | bytes | int | float, ...]) -> Deferred[Any]:
+        """Send *args* once, after every other command of this turn, however
+        often it is asked for in the turn; each asker gets the reply."""
+        d: Deferred[Any] = Deferred(lambda _: None)
+        if self._last is None:
+            self._last = (args, [])
+            if self._flush is None:
+                self._flush = self._reactor.callLater(0, self._write)
+        self._last[1].append(d)
+        return d
+
+    def _write(self) -> None:
+        """Write this turn's commands, all in one."""
+        self._flush = None
+        if self._last is not None:
+            args, askers = self._last
+            self._last = None
+            last: Deferred[Any] = Deferred(lambda _: None)
+            last.addBoth(_tell, askers)
+            self._pending.append(last)
+            self._unsent.append(encode_command(*args))
+        unsent, self._unsent = self._unsent, []
+        if unsent and self.open:
+            assert self.transport is not None
+            self.transport.write(unsent[0] if len(unsent) == 1 else b"".join(unsent))
+
+    def _drop_unsent(self, message: str) -> None:
+        self._unsent = []
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        if self._last is not None:
+            askers = self._last[1]
+            self._last = None
+            _tell(Failure(BrokerUnavailable(message)), askers)
 
     def dataReceived(self, data: bytes) -> None:
         if self._broken is not None:
@@ -376,9 +605,22 @@ class _RedisProtocol(Protocol):
             return
         for reply in replies:
             if not self._pending:
+                if self.on_push is not None:
+                    self.on_push(reply)
+                    continue
                 self._break(ProtocolError("a reply to no command"))
                 return
             d = self._pending.popleft()
+            if (
+                isinstance(reply, ErrorReply)
+                and self.follow_readonly
+                and is_readonly(reply.message)
+            ):
+                # This server was the master and is a replica now: the
+                # command fails as a loss, and the client looks again.
+                self._pending.appendleft(d)
+                self._break(SentinelError(f"{self.where} is a replica now (READONLY)"))
+                return
             if d.called:  # cancelled
                 continue
             if isinstance(reply, ErrorReply):
@@ -386,12 +628,13 @@ class _RedisProtocol(Protocol):
             else:
                 d.callback(reply)
 
-    def _break(self, problem: ProtocolError) -> None:
+    def _break(self, problem: ProtocolError | SentinelError) -> None:
         self._broken = problem
         assert self.transport is not None
         self.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport and TLS have it
 
     def fail_pending(self, message: str) -> None:
+        self._drop_unsent(message)
         pending, self._pending = self._pending, collections.deque()
         for d in pending:
             if not d.called:
@@ -404,6 +647,17 @@ class _RedisProtocol(Protocol):
             self.on_lost(self, self.lost_reason)
         self.fail_pending(self.lost_message)
         self.closed.callback(None)
+
+
+def _tell(result: object, askers: list[Deferred[Any]]) -> None:
+    """Give *result* (a reply or a Failure) to each of *askers*."""
+    for d in askers:
+        if d.called:  # cancelled
+            continue
+        if isinstance(result, Failure):
+            d.errback(result)
+        else:
+            d.callback(result)
 
 
 def _keep_alive(transport: Any) -> None:
@@ -444,8 +698,14 @@ class RedisClient:
     the start: ``start()``'s Deferred says that).  The loss and the return
     are logged once each.  ``stop()`` ends it.
 
-    *endpoint* and *rng* are for tests: by default the endpoint is built
-    from *address*, and the jitter is random.
+    With a sentinel URL, each connection attempt first asks the sentinels
+    where the master is, and checks it with ``ROLE`` (``sentinel.py`` says
+    how); the client listens on one sentinel for ``+switch-master``, and
+    treats a ``READONLY`` answer as a loss, so that it follows a failover
+    by itself.  That it followed one is logged once per process.
+
+    *endpoint*, *endpoint_for* and *rng* are for tests: by default
+    endpoints are built from the addresses, and the jitter is random.
     """
 
     def __init__(
@@ -456,6 +716,8 @@ class RedisClient:
         on_state: Callable[[bool], object] | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
         endpoint: IStreamClientEndpoint | None = None,
+        endpoint_for: Callable[[BrokerAddress, float], IStreamClientEndpoint]
+        | None = None,
         rng: random.Random | None = None,
         logged: bool = True,
     ) -> None:
@@ -468,7 +730,15 @@ class RedisClient:
         self.on_state = on_state
         self._reactor = reactor
         self._timeout = connect_timeout
-        self._endpoint = endpoint or broker_endpoint(reactor, address, connect_timeout)
+        self._endpoint_for = endpoint_for or (
+            lambda where, timeout: broker_endpoint(reactor, where, timeout)
+        )
+        self._endpoint = endpoint
+        if endpoint is None and not address.sentinel:
+            self._endpoint = self._endpoint_for(address, connect_timeout)
+        self._sentinels = SentinelList(address.sentinels)
+        self._watch: Deferred[None] | None = None
+        self._watching: _RedisProtocol | None = None
         self._rng = rng or random.Random()
         self._proto: _RedisProtocol | None = None
         self._started = False
@@ -495,6 +765,37 @@ class RedisClient:
             )
         return self._proto.send(args)
 
+    def replicated(self) -> Deferred[None]:
+        """With ``?wait=N`` on the URL: fires once N replicas have every
+        write sent on this connection up to the end of this turn (Redis's
+        ``WAIT``), or fails with ``BrokerUnavailable`` when they have not
+        within ``wait_ms``.  Without it, fires at once.
+
+        Call it in the same turn as the write it is for (``XADD``, say), on
+        the same client: ``WAIT`` counts the writes of its own connection.
+        All the calls of one turn share one ``WAIT``, sent after the turn's
+        other commands, in the same write: it costs one command and one
+        round trip between the master and its replicas per turn, during
+        which the commands after it on this connection wait too.
+        """
+        wait = self.address.wait
+        if wait is None:
+            return succeed(None)
+        ms = max(1, round(wait.timeout * 1000))
+
+        def enough(replicas: object) -> None:
+            if not isinstance(replicas, int) or replicas < wait.replicas:
+                raise BrokerUnavailable(
+                    f"the broker at {self.display} could not copy it to "
+                    f"{wait.replicas} replica(s) within {ms} ms "
+                    f"({replicas} did)"
+                )
+
+        if self._proto is None or not self.connected:
+            return self.command("WAIT")  # fails, saying why
+        said = self._proto.send_last(("WAIT", wait.replicas, ms))
+        return said.addCallback(enough)
+
     # -- life ----------------------------------------------------------------
 
     def start(self) -> Deferred[None]:
@@ -513,6 +814,7 @@ class RedisClient:
             self._up(proto)
             if self.logged:
                 log.info("connected to the broker at {broker}", broker=self.display)
+            _say_parser()
 
         def down(failure: Failure) -> Failure:
             self._attempt_d = None
@@ -537,6 +839,10 @@ class RedisClient:
         self._retry = None
         if self._attempt_d is not None:
             self._attempt_d.cancel()
+        if self._watching is not None:
+            _let_go(self._watching)  # the watch ends with it
+        if self._watch is not None:
+            self._watch.cancel()
         proto = self._proto
         if proto is None or not proto.open:
             return succeed(None)
@@ -561,16 +867,40 @@ class RedisClient:
     # -- inside --------------------------------------------------------------
 
     def _attempt(self) -> Deferred[_RedisProtocol]:
-        """Connect and say hello; the whole attempt has one timeout."""
-        keepalive = self.address.scheme != "unix"
-        factory = Factory.forProtocol(lambda: _RedisProtocol(keepalive))
+        """Connect and say hello (after asking the sentinels where, for a
+        sentinel URL)."""
+        if not self.address.sentinel:
+            assert self._endpoint is not None
+            return self._connect(self._endpoint, self.address, None)
+        located = Deferred.fromCoroutine(self._locate())
+
+        def connect(where: Where) -> Deferred[_RedisProtocol]:
+            address = self.address.at(where.host, where.port)
+            endpoint = self._endpoint_for(address, self._timeout)
+            return self._connect(endpoint, address, where)
+
+        return located.addCallback(connect)
+
+    def _connect(
+        self,
+        endpoint: IStreamClientEndpoint,
+        address: BrokerAddress,
+        master: Where | None,
+    ) -> Deferred[_RedisProtocol]:
+        """Connect to *address* and say hello; the whole has one timeout.
+        *master*: the server the sentinels named, checked with ``ROLE``."""
+        keepalive = address.scheme != "unix"
+        reactor = self._reactor
+        factory = Factory.forProtocol(lambda: _RedisProtocol(reactor, keepalive))
         factory.noisy = False  # no "Starting factory <...>" line per connection
-        d: Deferred[Any] = self._endpoint.connect(factory)
-        d.addCallback(self._hello)
+        d: Deferred[Any] = endpoint.connect(factory)
+        d.addCallback(self._hello, master)
         d.addTimeout(self._timeout, self._reactor)
         return d
 
-    def _hello(self, proto: _RedisProtocol) -> Deferred[_RedisProtocol]:
+    def _hello(
+        self, proto: _RedisProtocol, master: Where | None
+    ) -> Deferred[_RedisProtocol]:
         address = self.address
         commands: list[tuple[str | int, ...]] = []
         if address.password is not None:
@@ -580,6 +910,10 @@ class RedisClient:
                 commands.append(("AUTH", address.password))
         if address.db:
             commands.append(("SELECT", address.db))
+        if master is not None:
+            proto.where = master
+            proto.follow_readonly = True
+            commands.append(("ROLE",))
         commands.append(("PING",))
         said = gatherResults([proto.send(c) for c in commands], consumeErrors=True)
 
@@ -596,6 +930,11 @@ class RedisClient:
         def done(result: object) -> None:
             if hello.called or cancelled:  # timed out, or the client stopped
                 return
+            if not isinstance(result, Failure) and master is not None:
+                try:
+                    checked_role(result[-2], master)  # type: ignore[index]  # a list
+                except SentinelError:
+                    result = Failure()
             if isinstance(result, Failure):
                 inner = result.value
                 if isinstance(inner, defer.FirstError):
@@ -612,6 +951,122 @@ class RedisClient:
         said.addBoth(done)
         return hello
 
+    # -- sentinels ---------------------------------------------------------
+
+    async def _locate(self) -> Where:
+        """Where the sentinels say the master is (the spec's steps 1 and
+        2): each is asked in turn; the first that answers is asked first
+        next time.  ``SentinelError`` with one line if none can say."""
+        survey = Survey(self.address.master)
+        for sentinel in self._sentinels:
+            try:
+                proto = await self._sentinel_connection(sentinel)
+                asked = proto.send(get_master_command(self.address.master))
+            except defer.CancelledError:
+                raise
+            except Exception as e:  # refused, timed out, not resolved, AUTH...
+                survey.failed(sentinel, self._why_sentinel(Failure(e), sentinel))
+                continue
+            asked.addTimeout(SENTINEL_TIMEOUT, self._reactor)
+            try:
+                reply = await asked
+            except (defer.TimeoutError, RedisError, BrokerUnavailable) as e:
+                _let_go(proto)
+                # A lost connection says best why it was lost (TLS, say).
+                lost = isinstance(e, BrokerUnavailable) and proto.lost_reason
+                why = proto.lost_reason if lost else Failure(e)
+                survey.failed(sentinel, self._why_sentinel(why, sentinel))
+                continue
+            except defer.CancelledError:
+                _let_go(proto)
+                raise
+            _let_go(proto)
+            self._sentinels.answered(sentinel)
+            where = survey.answered(sentinel, reply)
+            if where is not None:
+                return where
+        raise survey.error()
+
+    def _why_sentinel(self, failure: Failure | None, sentinel: Where) -> str:
+        address = self.address.sentinel_at(sentinel.host, sentinel.port)
+        return _why(
+            failure or Failure(BrokerUnavailable("lost")), address, SENTINEL_TIMEOUT
+        )
+
+    async def _sentinel_connection(self, sentinel: Where) -> _RedisProtocol:
+        """A connection to *sentinel*, authenticated if the URL says so."""
+        address = self.address.sentinel_at(sentinel.host, sentinel.port)
+        reactor = self._reactor
+        factory = Factory.forProtocol(lambda: _RedisProtocol(reactor, True))
+        connecting: Deferred[Any] = self._endpoint_for(
+            address, SENTINEL_TIMEOUT
+        ).connect(factory)
+        connecting.addTimeout(SENTINEL_TIMEOUT, reactor)
+        proto: _RedisProtocol = await connecting
+        proto.where = sentinel
+        if address.password is not None:
+            auth = proto.send(("AUTH", address.password))
+            auth.addTimeout(SENTINEL_TIMEOUT, reactor)
+            try:
+                await auth
+            except Exception:
+                _let_go(proto)
+                raise
+        return proto
+
+    def _watch_sentinels(self) -> None:
+        """Listen for ``+switch-master`` on one sentinel, then the next
+        when it is lost, for as long as the client runs."""
+
+        async def watch() -> None:
+            while not self._ended():
+                for sentinel in self._sentinels:
+                    try:
+                        proto = await self._sentinel_connection(sentinel)
+                    except defer.CancelledError:
+                        raise
+                    except Exception:  # refused, timed out, not resolved...
+                        continue
+                    self._watching = proto
+                    proto.on_push = self._pushed
+                    subscribed = proto.send(("SUBSCRIBE", SWITCH_MASTER))
+                    subscribed.addTimeout(SENTINEL_TIMEOUT, self._reactor)
+                    try:
+                        await subscribed
+                    except (defer.TimeoutError, RedisError, BrokerUnavailable):
+                        _let_go(proto)
+                        continue
+                    except defer.CancelledError:
+                        _let_go(proto)
+                        raise
+                    await proto.closed  # until it is lost, or stop() ends it
+                    if self._ended():
+                        return
+                await deferLater(self._reactor, WATCH_RETRY, lambda: None)
+
+        def ended(failure: Failure) -> None:
+            if not self._ended():
+                log.failure("listening to the sentinels failed", failure)
+
+        self._watch = Deferred.fromCoroutine(watch())
+        self._watch.addErrback(ended)
+
+    def _ended(self) -> bool:
+        return self._stopping
+
+    def _pushed(self, message: Any) -> None:
+        where = switched_to(message, self.address.master)
+        if where is None:
+            return
+        proto = self._proto
+        if proto is not None and proto.where == where:
+            return  # already there
+        if proto is not None:
+            # What is in flight fails as a loss, and the client looks again.
+            proto._break(SentinelError(f"the sentinels moved the master to {where}"))
+        elif self._retry is not None and self._retry.active():
+            self._retry.reset(0)  # look now, not after the backoff
+
     def _up(self, proto: _RedisProtocol) -> None:
         if self._stopping:
             proto.transport.loseConnection()  # type: ignore[union-attr]  # connected: it has one
@@ -620,6 +1075,10 @@ class RedisClient:
         proto.on_lost = self._lost
         self.connected = True
         self._failures = 0
+        if self.address.sentinel and proto.where is not None:
+            _followed(self.display, self.address.master, proto.where)
+            if self._watch is None:
+                self._watch_sentinels()
 
     def _lost(self, proto: _RedisProtocol, reason: Failure) -> None:
         if proto is not self._proto:
@@ -694,3 +1153,47 @@ class RedisClient:
             self.on_state(state)
         except Exception:
             log.failure("on_state({state}) raised", state=state)
+
+
+#: The master each sentinel URL was last seen at, in this process: a
+#: process's connections follow a failover each, and it is said once.
+_MASTERS: dict[str, Where] = {}
+
+
+def _followed(display: str, master: str, where: Where) -> None:
+    """A connection reached *master* at *where*: log it if it moved."""
+    before = _MASTERS.get(display)
+    _MASTERS[display] = where
+    if before is not None and before != where:
+        log.warn(
+            "the broker at {broker} failed over: its master {master} is now "
+            "{where} (it was {before}); following it",
+            broker=display,
+            master=master,
+            where=str(where),
+            before=str(before),
+        )
+
+
+def _let_go(proto: _RedisProtocol) -> None:
+    """Close *proto*'s connection at once, if it is open."""
+    if proto.open:
+        assert proto.transport is not None
+        proto.transport.abortConnection()  # type: ignore[attr-defined]  # ITCPTransport and TLS have it
+
+
+_PARSER_SAID: list[bool] = []
+
+
+def _say_parser() -> None:
+    """Log once per process which parser reads the broker's replies."""
+    if _PARSER_SAID:
+        return
+    _PARSER_SAID.append(True)
+    if HIREDIS:
+        log.info("the broker's replies are parsed by hiredis")
+    else:
+        log.info(
+            "the broker's replies are parsed in Python; pip install "
+            "'sockchat[broker]' for hiredis, which is faster"
+        )

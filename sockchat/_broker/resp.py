@@ -1,6 +1,6 @@
 """RESP2, the Redis protocol, without I/O: encode commands, parse replies.
 
-``encode_command(*args)`` is the bytes of one command.  ``ReplyParser`` is
+``encode_command(*args)`` is the bytes of one command.  A reply parser is
 fed the bytes that arrive, in pieces of any size, and returns each reply
 once it is complete:
 
@@ -20,26 +20,55 @@ limit, an array of at most ``MAX_ARRAY`` items, a line of at most
 parser allocate without bound; anything malformed is a ``ProtocolError``,
 after which the parser is unusable and the connection must be dropped.
 The parser keeps its place between feeds: a reply split into many pieces
-is not parsed again from its start each time.
+is not parsed again from its start each time.  Integers and lengths are
+canonical (``0`` or an optional ``-`` and no leading zero, within 64 bits),
+and a status or error line holds no CR or LF, as Redis writes them.
+
+Two parsers give the same replies and the same protocol errors
+(tests/broker/test_resp.py holds them to it, on random replies split at
+random points):
+
+- ``ReplyParser``, pure Python: the reference, and the parser when hiredis
+  is not installed;
+- ``HiredisReplyParser``: hiredis's ``Reader`` (C) builds the replies, and a
+  check of each reply against its bytes holds it to the rules above
+  (``_checked``).  hiredis itself bounds no length and takes RESP3's types,
+  and gives a status line as ``bytes``; where the bytes could break a bound
+  before the check sees them (a length of seven digits or more, or more
+  than ``MAX_LINE`` bytes of an unfinished reply), that reply goes to
+  ``ReplyParser`` instead.
+
+``new_reply_parser()`` gives the hiredis one when hiredis is installed
+(``pip install 'sockchat[broker]'``), else the pure one.
 """
 
 from __future__ import annotations
 
 import math
-from typing import TypeAlias
+import re
+from typing import Any, Protocol, TypeAlias
 
 from attrs import frozen
 
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - the test extra installs it
+    hiredis = None  # type: ignore[assignment]  # and HIREDIS says so
+
 __all__ = [
+    "HIREDIS",
     "MAX_ARRAY",
     "MAX_BULK",
     "MAX_LINE",
     "ErrorReply",
+    "HiredisReplyParser",
+    "IReplyParser",
     "ProtocolError",
     "Reply",
     "ReplyParser",
     "encode_arg",
     "encode_command",
+    "new_reply_parser",
 ]
 
 #: The longest bulk string accepted: Redis's own proto-max-bulk-len.
@@ -65,6 +94,18 @@ Reply: TypeAlias = "str | int | bytes | ErrorReply | list[Reply] | None"
 
 class ProtocolError(ValueError):
     """The bytes are not RESP2 (or exceed a bound); the message is one line."""
+
+
+class IReplyParser(Protocol):
+    """What the connection uses: bytes in, the replies they complete out."""
+
+    def feed(self, data: bytes) -> list[Reply]:
+        """Add *data*; return the replies it completed, in order.
+
+        Raises ``ProtocolError`` on malformed input, and on every call after
+        that.
+        """
+        ...
 
 
 def encode_arg(arg: str | bytes | int | float) -> bytes:
@@ -138,6 +179,12 @@ class ReplyParser:
                 self._pos = 0
         return replies
 
+    @property
+    def idle(self) -> bool:
+        """Whether every byte fed so far belongs to a reply returned: no
+        reply is half-read."""
+        return not self._buffer and not self._stack
+
     def _place(self, item: object) -> object:
         """Put a finished item into the array it belongs to; return a
         finished top-level reply, or _INCOMPLETE."""
@@ -184,10 +231,11 @@ class ReplyParser:
         line = self._line()
         if line is None:
             return _INCOMPLETE
-        if kind == b"+":
-            return line.decode("utf-8", "replace")
-        if kind == b"-":
-            return ErrorReply(line.decode("utf-8", "replace"))
+        if kind in (b"+", b"-"):
+            if b"\r" in line or b"\n" in line:
+                raise ProtocolError("a CR or LF inside a status or error line")
+            text = line.decode("utf-8", "replace")
+            return text if kind == b"+" else ErrorReply(text)
         number = _integer(line)
         if kind == b":":
             return number
@@ -216,9 +264,12 @@ class ReplyParser:
         return data
 
 
+#: An integer as Redis writes one: no sign but ``-``, no leading zero.
+_CANONICAL = re.compile(rb"0|-?[1-9][0-9]{0,18}")
+
+
 def _integer(line: bytes) -> int:
-    text = line[1:] if line[:1] == b"-" else line
-    if not text or not text.isdigit() or len(text) > 20:
+    if _CANONICAL.fullmatch(line) is None or not -(2**63) <= int(line) < 2**63:
         raise ProtocolError(f"not an integer: {line[:40]!r}")
     return int(line)
 
@@ -229,3 +280,167 @@ class _ArrayStart:
 
 
 _INCOMPLETE = object()
+
+
+# -- hiredis, held to the same rules ------------------------------------------
+
+#: Whether hiredis is installed (then ``new_reply_parser`` uses it).
+HIREDIS: bool = hiredis is not None
+
+#: A header whose number has seven digits or more (an aggregate of a
+#: million items or a bulk string of a million bytes, or more): hiredis
+#: would allocate for it or wait for it before ``_checked`` could see it, so
+#: the reply goes to ``ReplyParser``.  RESP3's aggregates (``~ > | %``) are
+#: in the class because hiredis takes them too.  It may also match inside a
+#: bulk string's bytes: that reply is then only parsed more slowly.
+_SUSPECT = re.compile(rb"[*$~>|%][0-9]{7}")
+#: How many bytes of a previous piece a header may have begun in.
+_SUSPECT_REACH = 8
+#: A header's type byte, by the Python type hiredis gives its value.
+_DOLLAR, _STAR, _COLON, _PLUS, _MINUS = b"$*:+-"
+
+
+def new_reply_parser() -> IReplyParser:
+    """The fastest parser here: hiredis's, else the pure one."""
+    return HiredisReplyParser() if HIREDIS else ReplyParser()
+
+
+class HiredisReplyParser:
+    """Replies from bytes fed in pieces of any size, built by hiredis's
+    ``Reader`` and held to ``ReplyParser``'s rules (see the module's doc).
+
+    Each reply hiredis completes is checked against its bytes (``_checked``),
+    which also tells where it ends, so that this parser always knows where
+    the unfinished reply begins.  A reply whose bytes may break a bound
+    before it is complete is handed, from its first byte, to a
+    ``ReplyParser``, and hiredis takes over again once that one is idle.
+    """
+
+    def __init__(self) -> None:
+        if not HIREDIS:
+            raise RuntimeError("hiredis is not installed")
+        self._reader = self._new_reader()
+        #: The bytes of the reply not finished yet (hiredis holds them too).
+        self._pending = b""
+        self._fallback: ReplyParser | None = None
+        self._broken: ProtocolError | None = None
+
+    @staticmethod
+    def _new_reader() -> Any:
+        return hiredis.Reader(
+            protocolError=ProtocolError,
+            # hiredis gives an error reply as whatever this returns.
+            replyError=ErrorReply,  # type: ignore[arg-type]  # not an Exception
+            notEnoughData=_NONE,
+        )
+
+    def feed(self, data: bytes) -> list[Reply]:
+        """Add *data*; return the replies it completed, in order.
+
+        Raises ``ProtocolError`` on malformed input (and on every call
+        after that).
+        """
+        if self._broken is not None:
+            raise self._broken
+        try:
+            if self._fallback is not None:
+                return self._feed_fallback(data)
+            held = len(self._pending)
+            raw = self._pending + data if held else data
+            if _SUSPECT.search(raw, max(0, held - _SUSPECT_REACH)) is not None:
+                return self._hand_over(raw, [])
+            reader = self._reader
+            reader.feed(data)
+            replies: list[Reply] = []
+            pos = 0
+            while (reply := reader.gets()) is not _NONE:
+                reply, pos = _checked(reply, raw, pos, 0)
+                replies.append(reply)
+            if len(raw) - pos > MAX_LINE:
+                return self._hand_over(raw[pos:], replies)
+            self._pending = raw[pos:] if pos < len(raw) else b""
+            return replies
+        except ProtocolError as e:
+            self._broken = e
+            raise
+        except hiredis.HiredisError as e:
+            self._broken = ProtocolError(str(e))
+            raise self._broken from None
+
+    def _hand_over(self, raw: bytes, replies: list[Reply]) -> list[Reply]:
+        """Parse *raw* (which begins a reply) with ``ReplyParser``."""
+        self._fallback = ReplyParser()
+        self._reader = self._new_reader()
+        self._pending = b""
+        return replies + self._feed_fallback(raw)
+
+    def _feed_fallback(self, data: bytes) -> list[Reply]:
+        assert self._fallback is not None
+        replies = self._fallback.feed(data)
+        if self._fallback.idle:
+            self._fallback = None
+        return replies
+
+
+#: What hiredis's ``gets`` returns when no reply is complete (its default,
+#: ``False``, is also RESP3's ``#f``).
+_NONE: Any = object()
+
+
+def _checked(reply: Any, data: bytes, pos: int, depth: int) -> tuple[Reply, int]:
+    """*reply*, which hiredis read from *data* at *pos*, as ``ReplyParser``
+    would give it, and the position after it; ``ProtocolError`` where
+    ``ReplyParser`` would raise one.
+
+    hiredis has checked the lengths' and integers' digits (as strictly as
+    ``_integer``) and that no status line holds CR or LF; this checks the
+    type byte of each part (RESP2's only), the CRLF after a bulk string
+    (hiredis skips two bytes unseen), the depth and the line lengths, and
+    makes a status line ``str``.
+    """
+    kind = data[pos]
+    cls = type(reply)
+    if cls is list and kind == _STAR:
+        if reply and depth >= MAX_DEPTH:
+            raise ProtocolError(f"arrays nested more than {MAX_DEPTH} deep")
+        count = len(reply)
+        pos += _HEAD[count] if count < _HEADS else 3 + len(str(count))
+        for i, item in enumerate(reply):
+            # Bulk strings, the most common, here; the rest one level down.
+            if type(item) is bytes and data[pos] == _DOLLAR:
+                size = len(item)
+                pos += size + (_HEAD[size] if size < _HEADS else 3 + len(str(size)))
+                if not data.startswith(b"\r\n", pos):
+                    raise ProtocolError("a bulk string not followed by CRLF")
+                pos += 2
+            else:
+                reply[i], pos = _checked(item, data, pos, depth + 1)
+        return reply, pos
+    if cls is bytes:
+        size = len(reply)
+        if kind == _DOLLAR:
+            pos += size + (_HEAD[size] if size < _HEADS else 3 + len(str(size)))
+            if not data.startswith(b"\r\n", pos):
+                raise ProtocolError("a bulk string not followed by CRLF")
+            return reply, pos + 2
+        if kind == _PLUS:
+            if size > MAX_LINE:
+                raise ProtocolError(f"a line longer than {MAX_LINE} bytes")
+            return reply.decode("utf-8", "replace"), pos + size + 3
+    elif cls is int:
+        if kind == _COLON:
+            return reply, pos + 3 + len(str(reply))
+    elif reply is None:
+        if kind in (_DOLLAR, _STAR):
+            return None, pos + 5
+    elif cls is ErrorReply and kind == _MINUS:
+        end = data.index(b"\r\n", pos)
+        if end - pos - 1 > MAX_LINE:
+            raise ProtocolError(f"a line longer than {MAX_LINE} bytes")
+        return reply, end + 2
+    raise ProtocolError(f"unknown reply type {bytes([kind])!r}")
+
+
+#: The length of a header (type byte, digits, CRLF) for each small number.
+_HEADS = 10_000
+_HEAD = [3 + len(str(n)) for n in range(_HEADS)]

@@ -11,17 +11,15 @@ themselves.
 from __future__ import annotations
 
 import json
-import socket
-import ssl
 from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.logger import Logger
 
+from sockchat._broker.blocking import BlockingError, BlockingRefused, connect
 from sockchat._broker.instance import BrokerInstance
 from sockchat._broker.redis import BrokerAddress, RedisClient
-from sockchat._broker.resp import ErrorReply, ReplyParser, encode_command
 from sockchat._broker.wire import HEARTBEAT_TTL, PROTOCOL, Keys
 
 __all__ = ["BrokerService", "register"]
@@ -30,46 +28,6 @@ log = Logger(namespace="sockchat.broker")
 
 #: Seconds to reach the broker at start before giving up.
 CONNECT_TIMEOUT = 5.0
-
-
-class BrokerRefused(Exception):
-    """The broker answered, but not as it must; ``str()`` is one line."""
-
-
-def _open(address: BrokerAddress, timeout: float) -> socket.socket:
-    if address.scheme == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(address.path)
-        return sock
-    sock = socket.create_connection((address.host, address.port), timeout)
-    if not address.tls:
-        return sock
-    context = ssl.create_default_context(cafile=address.ca)
-    if address.cert:
-        context.load_cert_chain(address.cert, address.key or address.cert)
-    return context.wrap_socket(sock, server_hostname=address.host)
-
-
-class _Blocking:
-    """Commands over a blocking socket, one reply at a time."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.parser = ReplyParser()
-        self.replies: list[Any] = []
-
-    def call(self, *args: str | bytes | int | float) -> Any:
-        self.sock.sendall(encode_command(*args))
-        while not self.replies:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("the broker closed the connection")
-            self.replies.extend(self.parser.feed(data))
-        reply = self.replies.pop(0)
-        if isinstance(reply, ErrorReply):
-            raise BrokerRefused(str(reply))
-        return reply
 
 
 def register(
@@ -85,24 +43,10 @@ def register(
     keys = keys or Keys()
     where = f"sockchat: cannot use the broker at {address.display}"
     try:
-        sock = _open(address, timeout)
-    except ssl.SSLCertVerificationError as e:
-        raise SystemExit(
-            f"{where}: its certificate was refused ({e.verify_message})"
-        ) from None
-    except ssl.SSLError as e:
-        raise SystemExit(f"{where}: TLS failed ({e.reason or e})") from None
-    except OSError as e:
-        raise SystemExit(f"{where}: {e.strerror or e}") from None
+        redis = connect(address, timeout)
+    except BlockingError as e:
+        raise SystemExit(f"{where}: {e}") from None
     try:
-        redis = _Blocking(sock)
-        if address.password is not None:
-            if address.username:
-                redis.call("AUTH", address.username, address.password)
-            else:
-                redis.call("AUTH", address.password)
-        if address.db:
-            redis.call("SELECT", address.db)
         redis.call("SET", keys.protocol, PROTOCOL, "NX")
         theirs = redis.call("GET", keys.protocol)
         if theirs != str(PROTOCOL).encode():
@@ -121,12 +65,12 @@ def register(
             int(HEARTBEAT_TTL * 1000),
         )
         redis.call("SADD", keys.instances, name)
-    except BrokerRefused as e:
+    except BlockingRefused as e:
         raise SystemExit(f"{where}: it said {e}") from None
     except (OSError, ConnectionError) as e:
         raise SystemExit(f"{where}: {getattr(e, 'strerror', None) or e}") from None
     finally:
-        sock.close()
+        redis.close()
     return name
 
 

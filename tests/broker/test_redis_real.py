@@ -35,6 +35,7 @@ from sockchat._broker.redis import (
 from sockchat._broker.scripts import POP_OR_WAIT, run_script
 
 from fakeredis import FakeRedisServer
+from processes import need_tool
 from redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.slow
@@ -685,3 +686,57 @@ async def test_stop_fails_a_blocking_command(redis_server: RedisServer) -> None:
     with pytest.raises(BrokerUnavailable, match="was stopped"):
         await blocked
     assert not client.connected
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_commands_of_one_turn_leave_in_one_send_as_strace_sees(
+    make_redis_server, tmp_path, tls: bool
+) -> None:
+    """strace, an outside witness: 5 turns of 10 commands are 5 sends of
+    the socket after the hello's one, each one TLS record under TLS.
+
+    (Twisted's own write buffering makes a turn one send too; the client's
+    batching is what makes it one ``transport.write``, shown in
+    tests/broker/test_redis.py with a transport that counts them.)
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    strace = need_tool("strace", "strace")
+    server = make_redis_server(tls=tls)
+    url = server.tls_url() if tls else server.url
+    trace = tmp_path / "strace.txt"
+    helper = Path(__file__).resolve().parents[1] / "batches.py"
+    done = subprocess.run(
+        [
+            *(strace, "-f", "-qq", "-e", "trace=sendto,sendmsg,write,writev"),
+            *("-o", str(trace), sys.executable, str(helper), url, "10", "5"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    fd = re.search(r"^fd (\d+)$", done.stdout, re.MULTILINE)
+    assert fd
+    assert "done" in done.stdout
+    sends = [
+        int(m.group(1))
+        for m in re.finditer(
+            rf"(?:sendto|sendmsg|write|writev)\({fd.group(1)}, .*= (\d+)$",
+            trace.read_text(),
+            re.MULTILINE,
+        )
+        if int(m.group(1)) > 0
+    ]
+    ten_echoes = sum(len(f"*2\r\n$4\r\nECHO\r\n$4\r\nt0c{n}\r\n") for n in range(10))
+    # After the hello (and under TLS the handshake), before TLS's goodbye.
+    turns = sends[-6:-1] if tls else sends[1:6]
+    assert len(turns) == 5, sends
+    if tls:
+        # One record: its header, tag and type are under 30 bytes; ten
+        # records would add ten of them.
+        assert all(ten_echoes < n < ten_echoes + 30 for n in turns), sends
+    else:
+        assert turns == [ten_echoes] * 5, sends

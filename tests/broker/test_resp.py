@@ -1,4 +1,9 @@
-"""The RESP2 codec (sockchat/_broker/resp.py): commands out, replies in, in pieces."""
+"""The RESP2 codec (sockchat/_broker/resp.py): commands out, replies in, in pieces.
+
+Both parsers, the pure one (the reference) and hiredis's held to its rules,
+are given the same bytes and must give the same replies and the same
+protocol errors.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +14,30 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sockchat._broker.resp import (
+    HIREDIS,
     MAX_ARRAY,
     MAX_BULK,
     MAX_DEPTH,
     MAX_LINE,
     ErrorReply,
+    HiredisReplyParser,
+    IReplyParser,
     ProtocolError,
     ReplyParser,
     encode_arg,
     encode_command,
+    new_reply_parser,
 )
+
+#: Both parsers, for the tests that every parser must pass.
+PARSERS = [ReplyParser, HiredisReplyParser]
+
+
+def test_hiredis_is_installed_for_the_tests_and_is_the_parser_then() -> None:
+    # The test extra installs it (setup.cfg): without it, the tests below
+    # would hold only the pure parser to the rules.
+    assert HIREDIS
+    assert isinstance(new_reply_parser(), HiredisReplyParser)
 
 
 def test_a_command_is_an_array_of_bulk_strings() -> None:
@@ -39,12 +58,13 @@ def test_an_empty_command_is_refused() -> None:
         encode_command()
 
 
-def test_each_reply_type() -> None:
+@pytest.mark.parametrize("parser", PARSERS)
+def test_each_reply_type(parser: type[IReplyParser]) -> None:
     data = (
         b"+OK\r\n-ERR bad thing\r\n:-12\r\n$3\r\nabc\r\n$-1\r\n*-1\r\n*0\r\n$0\r\n\r\n"
-        b"*2\r\n*1\r\n:1\r\n$-1\r\n"
+        b"*2\r\n*1\r\n:1\r\n$-1\r\n*3\r\n+QUEUED\r\n*1\r\n+OK\r\n-ERR in\r\n"
     )
-    assert ReplyParser().feed(data) == [
+    assert parser().feed(data) == [
         "OK",
         ErrorReply("ERR bad thing"),
         -12,
@@ -54,11 +74,13 @@ def test_each_reply_type() -> None:
         [],
         b"",
         [[1], None],
+        ["QUEUED", ["OK"], ErrorReply("ERR in")],
     ]
 
 
-def test_a_partial_reply_waits_for_the_rest() -> None:
-    parser = ReplyParser()
+@pytest.mark.parametrize("make", PARSERS)
+def test_a_partial_reply_waits_for_the_rest(make: type[IReplyParser]) -> None:
+    parser = make()
     assert parser.feed(b"*2\r\n$5\r\nhel") == []
     assert parser.feed(b"lo\r") == []
     assert parser.feed(b"\n:7\r\n+OK") == [[b"hello", 7]]
@@ -77,6 +99,14 @@ def test_a_partial_reply_waits_for_the_rest() -> None:
         (b"$3\r\nabcde\r\n", "not followed by CRLF"),
         (b"+" + b"x" * (MAX_LINE + 10), "a line longer than"),
         (b"*1\r\n" * (MAX_DEPTH + 1), "nested more than"),
+        (b":01\r\n", "not an integer"),
+        (b":-0\r\n", "not an integer"),
+        (b":+1\r\n", "not an integer"),
+        (b":9223372036854775808\r\n", "not an integer"),
+        (b"$03\r\nabc\r\n", "not an integer"),
+        (b"+a\rb\r\n", "a CR or LF inside"),
+        (b"-a\nb\r\n", "a CR or LF inside"),
+        (b"$3\r\nabcXY+OK\r\n", "not followed by CRLF"),
     ],
 )
 def test_malformed_or_oversized_replies_are_protocol_errors(
@@ -89,14 +119,109 @@ def test_malformed_or_oversized_replies_are_protocol_errors(
         parser.feed(b"+OK\r\n")
 
 
-def test_a_big_bulk_string_may_come_in_many_pieces() -> None:
-    parser = ReplyParser()
+#: Replies that RESP2 does not have or that break a bound, whole.  hiredis
+#: reads RESP3's types and bounds nothing of its own: the wrapper must.
+BAD = [
+    b"!3\r\nabc\r\n",
+    b"\x00\r\n",
+    b"_\r\n",
+    b"#t\r\n",
+    b"#f\r\n",
+    b",1.5\r\n",
+    b"(12\r\n",
+    b"=9\r\ntxt:hello\r\n",
+    b"%1\r\n+a\r\n:1\r\n",
+    b"~1\r\n:1\r\n",
+    b">1\r\n:1\r\n",
+    b"|1\r\n+a\r\n:1\r\n:5\r\n",
+    b"*2\r\n:1\r\n_\r\n",
+    b"*1\r\n~1\r\n:1\r\n",
+    b":01\r\n",
+    b":-0\r\n",
+    b":99999999999999999999\r\n",
+    b"$-2\r\n",
+    b"*-2\r\n",
+    b"$3\r\nabcXY+OK\r\n",
+    b"*1\r\n$3\r\nabcXY",
+    b"+a\rb\r\n",
+    b"$%d\r\n" % (MAX_BULK + 1),
+    b"*%d\r\n" % (MAX_ARRAY + 1),
+    b"~%d\r\n" % (MAX_ARRAY + 1),
+    b">%d\r\n" % (2**32),
+    b"*1\r\n" * (MAX_DEPTH + 1) + b":1\r\n",
+    b"+" + b"x" * (MAX_LINE + 1) + b"\r\n",
+    b"*1\r\n-" + b"x" * (MAX_LINE + 1) + b"\r\n",
+]
+
+
+@pytest.mark.parametrize("make", PARSERS)
+@pytest.mark.parametrize("data", BAD, ids=lambda d: repr(d[:12]))
+def test_what_resp2_does_not_have_or_allow_is_a_protocol_error(
+    make: type[IReplyParser], data: bytes
+) -> None:
+    parser = make()
+    with pytest.raises(ProtocolError) as e:
+        parser.feed(data)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ProtocolError):  # and it stays broken
+        parser.feed(b"+OK\r\n")
+
+
+@pytest.mark.parametrize("make", PARSERS)
+@pytest.mark.parametrize("kind", [b"+", b"-", b":", b"$", b"*"])
+def test_an_unfinished_line_longer_than_the_bound_is_an_error_at_once(
+    make: type[IReplyParser], kind: bytes
+) -> None:
+    # Not when its end comes: the parser would hold what a peer sends.
+    parser = make()
+    assert parser.feed(b"*2\r\n" + kind + b"1" * 1000) == []
+    with pytest.raises(ProtocolError):
+        parser.feed(b"1" * MAX_LINE)
+
+
+@pytest.mark.parametrize("make", PARSERS)
+def test_the_deepest_and_longest_allowed_replies_parse(
+    make: type[IReplyParser],
+) -> None:
+    deep = b"*1\r\n" * MAX_DEPTH + b"*0\r\n"
+    line = b"x" * MAX_LINE
+    replies = make().feed(deep + b"+" + line + b"\r\n-" + line + b"\r\n")
+    innermost = replies[0]
+    for _ in range(MAX_DEPTH):
+        (innermost,) = innermost
+    assert innermost == []
+    assert replies[1:] == [line.decode(), ErrorReply(line.decode())]
+
+
+@pytest.mark.parametrize("make", PARSERS)
+def test_a_big_bulk_string_may_come_in_many_pieces(make: type[IReplyParser]) -> None:
+    parser = make()
     body = b"x" * 1_000_000
     data = b"$%d\r\n" % len(body) + body + b"\r\n"
     replies = []
     for i in range(0, len(data), 1000):
         replies += parser.feed(data[i : i + 1000])
     assert replies == [body]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"y" * 100_000,  # past MAX_LINE unfinished: the pure parser finishes it
+        b"a *1234567 or $7654321 in a line",  # looks like a huge header
+    ],
+)
+def test_hiredis_hands_a_reply_it_cannot_bound_to_the_pure_parser_and_takes_over_again(
+    body: bytes,
+) -> None:
+    parser = HiredisReplyParser()
+    data = b"*2\r\n$%d\r\n%s\r\n+OK\r\n" % (len(body), body)
+    replies = []
+    for i in range(0, len(data), 30_000):
+        replies += parser.feed(data[i : i + 30_000])
+    assert replies == [[body, "OK"]]
+    assert parser._fallback is None  # hiredis again for what comes next
+    assert parser.feed(b":1\r\n+A\r\n") == [1, "A"]
 
 
 def encode_reply(reply: Any) -> bytes:
@@ -143,16 +268,50 @@ def test_replies_split_anywhere_parse_the_same(
     pieces = [
         data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)
     ]
-    parser = ReplyParser()
-    got: list[Any] = []
-    for piece in pieces:
-        got += parser.feed(piece)
-    assert got == sent
-    byte_by_byte = ReplyParser()
-    one_at_a_time: list[Any] = []
-    for i in range(len(data)):
-        one_at_a_time += byte_by_byte.feed(data[i : i + 1])
-    assert one_at_a_time == sent
+    for make in PARSERS:
+        parser = make()
+        got: list[Any] = []
+        for piece in pieces:
+            got += parser.feed(piece)
+        assert got == sent, make
+        byte_by_byte = make()
+        one_at_a_time: list[Any] = []
+        for i in range(len(data)):
+            one_at_a_time += byte_by_byte.feed(data[i : i + 1])
+        assert one_at_a_time == sent, make
+
+
+def pieces_of(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+@given(
+    st.lists(replies, max_size=4),
+    st.sampled_from(BAD),
+    st.lists(replies, max_size=3),
+    st.lists(st.integers(min_value=0, max_value=100_000), max_size=20),
+)
+def test_a_bad_reply_among_good_ones_split_anywhere_is_an_error_to_both(
+    before: list[Any], bad: bytes, after: list[Any], cuts: list[int]
+) -> None:
+    data = (
+        b"".join(encode_reply(r) for r in before)
+        + bad
+        + b"".join(encode_reply(r) for r in after)
+    )
+    for make in PARSERS:
+        parser = make()
+        got: list[Any] = []
+        try:
+            for piece in pieces_of(data, cuts):
+                got += parser.feed(piece)
+        except ProtocolError:
+            pass
+        else:
+            pytest.fail(f"{make.__name__} took {bad!r}")
+        # What came before the error is some of the good replies, in order.
+        assert got == before[: len(got)], make
 
 
 arguments = st.one_of(

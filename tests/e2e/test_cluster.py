@@ -442,3 +442,40 @@ def test_run_py_says_in_one_line_which_tool_is_missing(tmp_path):
         "run.py: redis-server is not installed (apt-get install redis-server)"
     ]
     assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_ha_the_cluster_follows_a_killed_redis_master_within_15_s():
+    """``--ha``: a master, a replica and three sentinels.  ``kill -9`` of the
+    master: the sentinels promote the replica, and the instances and the
+    workers follow it; a client talking throughout gets answers again
+    within 15 s of the kill (``!error unavailable`` and its turn back
+    meanwhile), and each process says once that its broker failed over."""
+    with Cluster("workers", "--ha") as cluster:
+        assert {"redis master", "redis replica", "sentinel 1"} <= set(cluster.pids)
+        with socket.create_connection(
+            ("127.0.0.1", int(cluster.commands["client"][-1].rsplit(":", 1)[1])),
+            timeout=20,
+        ) as sock:
+            lines = sock.makefile("rb")
+            lines.readline()  # the welcome
+            lines.readline()  # the bot's greeting
+
+            def ask() -> bytes:
+                sock.sendall(b"port\r\n")
+                return lines.readline()
+
+            assert b"9527" in ask()
+            os.kill(cluster.pids["redis master"], signal.SIGKILL)
+            killed = time.monotonic()
+            answers = []
+            while not (answers and b"9527" in answers[-1]):
+                assert time.monotonic() - killed < 15, answers
+                answers.append(ask())
+                time.sleep(0.2)
+            assert all(a.startswith(b"!error unavailable") for a in answers[:-1]), (
+                answers
+            )
+        for name in ("instance one", "instance two", "worker 1", "worker 2"):
+            assert cluster.log(name).count("failed over: its master") == 1, name
+        rest = cluster.stop()
+    assert "redis master" in rest

@@ -165,6 +165,25 @@ def test_metrics_without_the_extra_is_one_line_naming_it(release):
     ]
 
 
+def test_without_the_broker_extra_replies_are_parsed_in_python(release):
+    # The wheel alone has no hiredis: the pure parser is the fallback.
+    done = subprocess.run(
+        [
+            str(release["bin"] / "python"),
+            "-c",
+            "from sockchat._broker.resp import HIREDIS, new_reply_parser; "
+            "p = new_reply_parser(); "
+            "print(HIREDIS, type(p).__name__, p.feed(b'+OK\\r\\n:1\\r\\n'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+        env=_env(),
+    )
+    assert (done.returncode, done.stdout) == (0, "False ReplyParser ['OK', 1]\n"), done
+
+
 class _Twistd:
     """The venv's twistd, on a free loopback port, stopped by pid."""
 
