@@ -50,6 +50,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sockchat._broker.errors import BrokerUnavailable
 from sockchat._broker.resp import ErrorReply, ProtocolError, ReplyParser, encode_command
 
 __all__ = [
@@ -78,13 +79,6 @@ RECONNECT_MAX = 5.0
 KEEPALIVE_IDLE = 15
 KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
-
-
-class BrokerUnavailable(Exception):
-    """No connection to the broker, or it was lost while a command waited.
-
-    The message is one line and names the broker URL without its password.
-    """
 
 
 class RedisError(Exception):
