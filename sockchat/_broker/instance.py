@@ -113,8 +113,8 @@ class BrokerInstance:
 
     def __attrs_post_init__(self) -> None:
         # Both clients say when they lose the broker and when it is back.
-        self.redis.on_state = self.state_changed  # type: ignore[attr-defined]
-        self.inbox.on_state = self.inbox_state_changed  # type: ignore[attr-defined]
+        self.redis.on_state = self.state_changed
+        self.inbox.on_state = self.inbox_state_changed
 
     def ready(self) -> Deferred[None] | None:
         """None once started; before, a Deferred that fires when it is (the

@@ -89,9 +89,25 @@ class RedisError(Exception):
 class IRedis(typing.Protocol):
     """What everything above the client uses: a Redis connection."""
 
+    #: Whether the connection is up now.
     connected: bool
+    #: The broker's URL without its password, for logs and messages.
+    display: str
+    #: Called with ``False`` once when the connection is lost, and ``True``
+    #: once when it is back (not at the start: ``start()`` says that).
+    on_state: Callable[[bool], object] | None
+
+    @property
+    def why(self) -> str:
+        """Why the broker was last unavailable, in a few words."""
 
     def command(self, *args: str | bytes | int | float) -> Deferred[Any]: ...
+
+    def start(self) -> Deferred[None]:
+        """Connect for the first time; fails with ``BrokerUnavailable``."""
+
+    def stop(self) -> Deferred[None]:
+        """Close for good; what is in flight fails with ``BrokerUnavailable``."""
 
 
 @frozen
