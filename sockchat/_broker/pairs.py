@@ -78,6 +78,7 @@ from sockchat._broker.instance import BrokerInstance
 from sockchat._broker.redis import BrokerUnavailable, RedisError
 from sockchat._broker.scripts import POP_OR_WAIT, run_script
 from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, WireError, decode, encode
+from sockchat._core.pairing import LEFT_BECAUSE, WHO_SPEAKS, Stance, waiting_again
 from sockchat._core.wire import QUIT
 from sockchat._responders.contract import (
     ConversationInfo,
@@ -87,7 +88,6 @@ from sockchat._responders.contract import (
     IResponder,
     Unavailable,
 )
-from sockchat._responders.pair import _LEFT_BECAUSE, _WHO_SPEAKS, _Stance, waiting_again
 
 __all__ = ["PARTNER_LOST_WITHIN", "BrokerPairResponder"]
 
@@ -97,7 +97,7 @@ log = Logger(namespace="sockchat.pair")
 #: the heartbeat key's life, then at most one heartbeat of this instance.
 PARTNER_LOST_WITHIN = HEARTBEAT_TTL + HEARTBEAT
 
-_LEFT = {**_LEFT_BECAUSE, "shutdown": "left: its server is shutting down"}
+_LEFT = {**LEFT_BECAUSE, "shutdown": "left: its server is shutting down"}
 
 _WAITING = (
     "no partner yet: you will talk with the next client to connect. "
@@ -192,17 +192,17 @@ class _Party:
     over: bool = False
 
     @property
-    def stance(self) -> _Stance:
+    def stance(self) -> Stance:
         if self.opening is not None:
-            return _Stance.SAID
-        return _Stance.SPEAKS if self.waiting is None else _Stance.LISTENS
+            return Stance.SAID
+        return Stance.SPEAKS if self.waiting is None else Stance.LISTENS
 
 
-def _stance(value: object) -> _Stance:
+def _stance(value: object) -> Stance:
     try:
-        return _Stance(value)
+        return Stance(value)
     except ValueError:
-        return _Stance.SPEAKS
+        return Stance.SPEAKS
 
 
 @implementer(IResponder, ILifecycle, IAnsweredByPeople)
@@ -423,7 +423,7 @@ class BrokerPairResponder:
         self._register(party)
         self._enqueue(party, "front")
 
-    def _link(self, party: _Party, partner: _Peer, their: _Stance) -> None:
+    def _link(self, party: _Party, partner: _Peer, their: Stance) -> None:
         """*party* and *partner* are a pair now: say so, and send its first
         line if it said one while waiting."""
         party.phase = _Phase.PAIRED
@@ -433,7 +433,7 @@ class BrokerPairResponder:
         mine = party.stance
         party.conversation.notify(
             "paired",
-            f"you are talking with {partner.label}. " + _WHO_SPEAKS[mine, their],
+            f"you are talking with {partner.label}. " + WHO_SPEAKS[mine, their],
         )
         self._register(party)
         if party.opening is not None:
