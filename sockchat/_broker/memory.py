@@ -18,9 +18,10 @@ woken by a ``post`` or ``enqueue`` (after the reader's latency), or gives
 Faults, for tests: ``hub.lose()`` (the broker is unreachable: what waits
 fails with ``BrokerUnavailable``, every ``MemoryBroker`` says so once, and
 calls fail at once), ``hub.restore(flush=...)`` (it is back; with
-*flush*, without its data, as a Redis restarted with no persistence), and
-``broker.kill()`` (its process died: nothing more from it, and its held
-entries are left for others to take).
+*flush*, without its data, as a Redis restarted with no persistence),
+``hub.refuse(call, error)`` (the broker says no to a call, as Redis does
+to a key of the wrong type), and ``broker.kill()`` (its process died:
+nothing more from it, and its held entries are left for others to take).
 """
 
 from __future__ import annotations
@@ -112,6 +113,16 @@ class MemoryHub:
         self._inbox_waiters: list[_Waiter] = []
         self._queue_waiters: list[_Waiter] = []
         self._names = itertools.count(1)
+        #: Calls the broker refuses (as a Redis that says no), by name.
+        self.refusals: dict[str, str] = {}
+
+    def refuse(self, call: str, error: str) -> None:
+        """Make the broker refuse every *call* (``pair_or_wait``, ``take``...)
+        with *error*, as a Redis that says no; ``allow`` ends it."""
+        self.refusals[call] = error
+
+    def allow(self, call: str) -> None:
+        self.refusals.pop(call, None)
 
     def broker(self, *, latency: float = 0.0, display: str = "") -> MemoryBroker:
         """A process's own view of the hub (as its connection to Redis)."""
@@ -440,9 +451,16 @@ class MemoryBroker:
     def _unavailable(self) -> Deferred[Any]:
         return fail(BrokerUnavailable(f"the broker at {self.display} is unavailable"))
 
-    def _call(self, f: Callable[..., _T], *args: Any) -> Deferred[_T]:
+    def _refusal(self, call: str) -> Deferred[Any] | None:
         if not self.up:
             return self._unavailable()
+        refused = self._hub.refusals.get(call)
+        return None if refused is None else fail(BrokerRefused(refused))
+
+    def _call(self, f: Callable[..., _T], *args: Any) -> Deferred[_T]:
+        refused = self._refusal(getattr(f, "__name__", ""))
+        if refused is not None:
+            return refused
         reply: Deferred[_T] = Deferred()
         self._deliver(reply, f(*args))
         return reply
@@ -534,8 +552,9 @@ class MemoryBroker:
     def next_messages(
         self, instance: str, wait: float, most: int
     ) -> Deferred[list[bytes]]:
-        if not self.up:
-            return self._unavailable()
+        refused = self._refusal("next_messages")
+        if refused is not None:
+            return refused
         found = self._hub.take_messages(instance, most)
         return self._reads(self._hub._inbox_waiters, instance, most, wait, found)
 
@@ -553,8 +572,9 @@ class MemoryBroker:
     def take(
         self, group: str, consumer: str, most: int, wait: float
     ) -> Deferred[list[WorkEntry]]:
-        if not self.up:
-            return self._unavailable()
+        refused = self._refusal("take")
+        if refused is not None:
+            return refused
         found = self._hub.take_fresh(group, consumer, most)
         reply: Deferred[list[WorkEntry]] = Deferred()
         if found or wait <= 0:

@@ -1,12 +1,11 @@
 """The broker's Redis client: its URL, the interface above it, the Twisted door.
 
-Everything that talks to the broker uses ``IRedis``: one method,
-``command(*args)``, whose Deferred fires with the reply (integer -> ``int``,
-bulk string -> ``bytes``, null -> ``None``, array -> ``list``, status ->
-``str``) or fails with ``RedisError`` (the server said no) or
-``BrokerUnavailable`` (there is no connection, or it was lost while the
-command was in flight).  ``RedisClient`` is the real one;
-``tests/fakeredis.py`` holds an in-memory one with the same interface.
+The Redis broker (``sockchat._broker.redisbroker``) talks to Redis through
+``IRedis``: ``command(*args)``, whose Deferred fires with the reply
+(integer -> ``int``, bulk string -> ``bytes``, null -> ``None``, array ->
+``list``, status -> ``str``) or fails with ``RedisError`` (the server said
+no) or ``BrokerUnavailable`` (there is no connection, or it was lost while
+the command was in flight).  ``RedisClient`` is the one.
 
 Why our own Redis client
 ------------------------
