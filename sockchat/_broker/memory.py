@@ -299,8 +299,8 @@ class MemoryHub:
         queue = self.queue(group)
         for entry in entries:
             item = queue.items.get(entry)
-            if item is not None and item.holder == consumer:
-                item.touched = _LONG_AGO
+            if item is not None and item.holder is not None:  # as Redis: whoever
+                item.holder, item.touched = consumer, _LONG_AGO
 
     def queue_view(self, group: str, idle: float) -> list[QueuedEntry]:
         now = self.now()

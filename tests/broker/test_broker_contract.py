@@ -416,7 +416,8 @@ _calls = st.lists(
         st.tuples(st.just("touch"), _who, _which),
         st.tuples(st.just("finish"), _which),
         st.tuples(st.just("hand_back"), _who, _which),
-        st.tuples(st.just("take_abandoned"), _who),
+        st.tuples(st.just("take_abandoned"), _who, st.sampled_from([0, 3600])),
+        st.tuples(st.just("still_there"), _which),
         st.tuples(st.just("view")),
     ),
     max_size=25,
@@ -454,8 +455,11 @@ async def _play(broker: IBroker, calls: list[tuple[Any, ...]]) -> list[Any]:
         elif kind == "hand_back":
             said.append(await broker.hand_back(G, call[1], [pick(call[2])]))
         elif kind == "take_abandoned":
-            got = await broker.take_abandoned(G, call[1], 3600, 10)
+            got = await broker.take_abandoned(G, call[1], call[2], 10)
             said.append([named(e.entry) for e in got])
+        elif kind == "still_there":
+            there = await broker.still_there(G, [pick(call[1])])
+            said.append(sorted(named(e) for e in there))
         else:
             view = await broker.queue_view(G, 3600)
             said.append([(named(q.entry), q.data, q.holder) for q in view])
@@ -478,7 +482,7 @@ def _run_on_memory(calls: list[tuple[Any, ...]]) -> list[Any]:
 
 @pytest.mark.slow
 @settings(
-    max_examples=60,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )

@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker_instance import FakeInstance
-from twisted.internet.defer import Deferred, fail, succeed
+from broker_instance import FakeInstance, now
+from twisted.internet import reactor
 
-from sockchat._broker.redis import RedisError
-from sockchat._broker.resp import ErrorReply, ReplyParser, encode_command
-from sockchat._broker.wire import CLAIM_AFTER, Keys
+from sockchat._broker.redisbroker import RedisBroker
+from sockchat._broker.wire import CLAIM_AFTER, PROTOCOL, Keys, Timings
 
 from processes import Reader, Terminal
-from redis_server import RedisServer  # the fixtures are conftest's
+from redis_server import RedisServer, SyncRedis  # the fixtures are conftest's
 
 pytestmark = pytest.mark.slow
 
@@ -37,30 +36,12 @@ WORKER = [sys.executable, "-m", "sockchat.worker"]
 SOON = 10.0
 
 
-class SyncRedis:
-    """A blocking Redis connection with the ``IRedis`` shape, for the
-    instance double (its Deferreds have fired when ``command`` returns)."""
-
-    connected = True
-
-    def __init__(self, port: int) -> None:
-        self._sock = socket.create_connection(("127.0.0.1", port), timeout=SOON)
-        self._parser = ReplyParser()
-
-    def command(self, *args: Any) -> Deferred[Any]:
-        self._sock.sendall(encode_command(*args))
-        replies: list[Any] = []
-        while not replies:  # one command at a time: one reply
-            data = self._sock.recv(65536)
-            assert data, "redis-server closed the connection"
-            replies = self._parser.feed(data)
-        reply = replies[0]
-        if isinstance(reply, ErrorReply):
-            return fail(RedisError(reply.message))
-        return succeed(reply)
-
-    def close(self) -> None:
-        self._sock.close()
+def fake_instance(server: RedisServer) -> tuple[FakeInstance, SyncRedis]:
+    """An instance's doings at the broker, through the real Redis broker
+    over a blocking connection; alive for the whole test."""
+    redis = SyncRedis(server.port)
+    broker = RedisBroker(reactor, redis, timings=Timings(heartbeat_ttl=120))  # type: ignore[arg-type]
+    return FakeInstance(broker, broker.timings), redis
 
 
 class Process:
@@ -124,9 +105,9 @@ def started():
 
 @pytest.fixture
 def instance(redis_server: RedisServer):
-    redis = SyncRedis(redis_server.port)
-    yield FakeInstance(redis, ttl=120)  # alive for the whole test
-    redis.close()
+    made, redis = fake_instance(redis_server)
+    yield made
+    redis.stop()
 
 
 def holder(instance: FakeInstance, group: str, entry: str) -> int:
@@ -142,7 +123,7 @@ def holder(instance: FakeInstance, group: str, entry: str) -> int:
 
 def online(instance: FakeInstance, group: str, count: int) -> None:
     deadline = time.monotonic() + SOON
-    while instance.run("HLEN", Keys().consumers(group)) < count:
+    while len(instance.consumers(group)) < count:
         assert time.monotonic() < deadline, f"{count} {group} did not come online"
         time.sleep(0.05)
 
@@ -273,7 +254,10 @@ def test_an_operator_at_a_terminal_answers_and_ctrl_d_hands_back(
             terminal.proc.send_signal(signal.SIGTERM)
         terminal.close()
     assert code == 0
-    assert instance.pending("operators")[0][0] == second
+    # Handed back: it waits for anyone, at once.
+    assert instance.pending("operators") == []
+    view = now(instance.broker.queue_view("operators", CLAIM_AFTER))
+    assert [q.entry for q in view] == [second]
 
 
 SLOW_BOT = """\
@@ -327,11 +311,9 @@ def test_a_worker_that_quits_hands_back_and_says_it_is_gone(
     holder(instance, "workers", entry)
     os.kill(worker.pid, signal.SIGTERM)
     assert worker.wait() == 0
-    assert instance.run("HLEN", Keys().consumers("workers")) == 0
-    [(_, consumer)] = instance.pending("workers")
-    idle = instance.run("XPENDING", Keys().work("workers"), "workers", "-", "+", 1)
-    assert idle[0][2] > CLAIM_AFTER * 1000  # anyone's next look takes it
-    assert consumer.split("-")[-2] == str(worker.pid)
+    assert instance.consumers("workers") == []
+    assert instance.pending("workers") == []  # anyone's next look takes it
+    assert instance.queue_length("workers") == 1
 
 
 def test_a_worker_goes_on_after_redis_restarts_empty(
@@ -347,15 +329,14 @@ def test_a_worker_goes_on_after_redis_restarts_empty(
     redis_server.stop()
     worker.err.until(b"lost the broker")
     redis_server.start()  # no persistence: no stream, no group, no keys
-    redis = SyncRedis(redis_server.port)
+    instance, redis = fake_instance(redis_server)
     try:
-        instance = FakeInstance(redis, ttl=120)
         online(instance, "workers", 1)  # it came back, and says so
         entry = instance.work("workers", 1, "again")
         [answer] = inbox(instance, 1)
         assert (answer["entry"], answer["text"]) == (entry, f"{worker.pid} says again")
     finally:
-        redis.close()
+        redis.stop()
     os.kill(worker.pid, signal.SIGTERM)
     assert worker.wait() == 0
     log = worker.err.rest().decode()
@@ -401,11 +382,14 @@ def test_bad_input_is_one_line(
         "sockchat.worker: nosuchmodule:thing: there is no module named "
         "'nosuchmodule' (is it installed, or in the current directory?)",
     )
-    instance.run("SET", Keys().protocol, "2")
+    other = PROTOCOL + 1
+    redis = SyncRedis(redis_server.port)
+    now(redis.command("SET", Keys().protocol, str(other)))
+    redis.stop()
     code, line = run(*OPERATOR, "--broker", redis_server.url)
     assert (code, line) == (
         1,
         f"sockchat.operator: the broker at {redis_server.url} speaks broker "
-        "protocol 2; this sockchat speaks 1: run the same sockchat version "
-        "everywhere",
+        f"protocol {other}; this sockchat speaks {PROTOCOL}: run the same sockchat "
+        "version everywhere",
     )
