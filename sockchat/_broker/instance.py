@@ -315,6 +315,9 @@ class _Line:
     #: The queue entry, once the broker gave it.
     entry: str | None = None
     cancelled: bool = False
+    #: Answers that came before the broker said which entry is this line's
+    #: (the inbox has a connection of its own): looked at when it says.
+    early: list[dict[str, Any]] = field(factory=list)
 
 
 @implementer(IResponder, ILifecycle)
@@ -460,6 +463,10 @@ class QueueResponder:
         line.entry = entry
         if line.cancelled:
             self._drop(entry)
+            return
+        early, line.early = line.early, []
+        for message in early:
+            self._answer(line.conversation.id, message)
 
     def _not_added(self, failure: Failure, line: _Line) -> None:
         if self._lines.get(line.conversation.id) is line:
@@ -518,7 +525,10 @@ class QueueResponder:
     def _answer(self, cid: int, message: dict[str, Any]) -> None:
         line = self._lines.get(cid)
         entry = message.get("entry")
-        if line is None or line.entry is None or entry != line.entry:
+        if line is not None and line.entry is None:
+            line.early.append(message)  # before the broker said its entry
+            return
+        if line is None or entry != line.entry:
             return  # late (timed out, or answered already): the first one won
         del self._lines[cid]
         answer, line.answer = line.answer, None

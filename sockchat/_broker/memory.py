@@ -12,8 +12,9 @@ It keeps the interface's promises as the Redis one does, and is checked
 against the same contract (``tests/broker/test_broker_contract.py``).
 Replies come at once (the Deferred has fired when the method returns),
 or *latency* seconds later on the clock, in order; a read that waits is
-woken by a ``post`` or ``enqueue`` (after the reader's latency), or gives
-``[]`` when its time is up.
+woken by a ``post`` or ``enqueue`` (after *read_latency*: as with Redis,
+reads that wait have a connection of their own, so their replies and the
+others' may pass each other), or gives ``[]`` when its time is up.
 
 Faults, for tests: ``hub.lose()`` (the broker is unreachable: what waits
 fails with ``BrokerUnavailable``, every ``MemoryBroker`` says so once, and
@@ -124,10 +125,21 @@ class MemoryHub:
     def allow(self, call: str) -> None:
         self.refusals.pop(call, None)
 
-    def broker(self, *, latency: float = 0.0, display: str = "") -> MemoryBroker:
-        """A process's own view of the hub (as its connection to Redis)."""
+    def broker(
+        self,
+        *,
+        latency: float = 0.0,
+        read_latency: float | None = None,
+        display: str = "",
+    ) -> MemoryBroker:
+        """A process's own view of the hub (as its connections to Redis):
+        replies take *latency* seconds, those of reads that wait
+        *read_latency* (by default the same)."""
         made = MemoryBroker(
-            self, latency=latency, display=display or f"memory:{next(self._names)}"
+            self,
+            latency=latency,
+            read_latency=latency if read_latency is None else read_latency,
+            display=display or f"memory:{next(self._names)}",
         )
         self._brokers.append(made)
         return made
@@ -356,7 +368,7 @@ class MemoryHub:
             waiter.timeout = None
             if waiter in waiters:
                 waiters.remove(waiter)
-                waiter.broker._deliver(waiter.reply, [])
+                waiter.broker._deliver(waiter.reply, [], read=True)
 
         waiter.timeout = self.clock.callLater(seconds, time_up)
 
@@ -371,7 +383,7 @@ class MemoryHub:
             waiters.remove(waiter)
             if waiter.timeout is not None and waiter.timeout.active():
                 waiter.timeout.cancel()
-            waiter.broker._deliver(waiter.reply, found)
+            waiter.broker._deliver(waiter.reply, found, read=True)
 
     def forget_waiters(self, broker: MemoryBroker) -> list[_Waiter]:
         """*broker*'s reads that wait, taken away."""
@@ -399,9 +411,12 @@ def _instance_named(entry: bytes) -> str:
 class MemoryBroker:
     """One process's ``IBroker`` on a ``MemoryHub`` (``hub.broker()``)."""
 
-    def __init__(self, hub: MemoryHub, *, latency: float, display: str) -> None:
+    def __init__(
+        self, hub: MemoryHub, *, latency: float, read_latency: float, display: str
+    ) -> None:
         self._hub = hub
         self._latency = latency
+        self._read_latency = read_latency
         self.display = display
         self.up = hub.running
         self.why = "" if hub.running else "the memory broker is down"
@@ -465,8 +480,11 @@ class MemoryBroker:
         self._deliver(reply, f(*args))
         return reply
 
-    def _deliver(self, reply: Deferred[Any], value: object) -> None:
-        if self._latency <= 0:
+    def _deliver(
+        self, reply: Deferred[Any], value: object, *, read: bool = False
+    ) -> None:
+        latency = self._read_latency if read else self._latency
+        if latency <= 0:
             reply.callback(value)
             return
 
@@ -474,14 +492,14 @@ class MemoryBroker:
             self._in_flight.pop(reply, None)
             reply.callback(value)
 
-        self._in_flight[reply] = self._hub.clock.callLater(self._latency, fire)
+        self._in_flight[reply] = self._hub.clock.callLater(latency, fire)
 
     def _reads(
         self, waiters: list[_Waiter], key: str, most: int, wait: float, found: list[Any]
     ) -> Deferred[list[Any]]:
         reply: Deferred[list[Any]] = Deferred()
         if found or wait <= 0:
-            self._deliver(reply, found)
+            self._deliver(reply, found, read=wait > 0)
         else:
             self._hub.wait(waiters, _Waiter(self, key, most, reply), wait)
         return reply
@@ -578,7 +596,7 @@ class MemoryBroker:
         found = self._hub.take_fresh(group, consumer, most)
         reply: Deferred[list[WorkEntry]] = Deferred()
         if found or wait <= 0:
-            self._deliver(reply, found)
+            self._deliver(reply, found, read=wait > 0)
         else:
             waiter = _Waiter(self, group, most, reply, consumer)
             self._hub.wait(self._hub._queue_waiters, waiter, wait)

@@ -444,3 +444,25 @@ def test_who_answers_a_client_is_logged_when_it_changes(logged_events):
         assert c.server.result(said) == f"{by} here"
     said_by = [e["by"] for e in logged_events if "answers" in e.get("log_format", "")]
     assert said_by == ["operator ann", "operator bob"]
+
+
+def test_an_answer_that_comes_before_the_queue_said_its_entry_is_taken():
+    # The instance reads its inbox on a connection of its own: a quick
+    # worker's answer can come there before the reply that named the entry.
+    clock = Clock()
+    hub = MemoryHub(clock)
+    broker = hub.broker(latency=0.05, read_latency=0.001)
+    name = now(hub.broker().register_instance({}))
+    instance = BrokerInstance(broker, clock, name)
+    desk = Desk(hub, "workers")
+    desk.online()
+    instance.start()
+    server = MemoryServer(QueueResponder(instance, "workers"), clock=clock)
+    server.advance(0.1)
+    talk = server.connect()
+    said = talk.say("quick!")
+    server.advance(0.001)
+    desk.answer(desk.take_line(), "quicker")
+    server.advance(0.01)
+    server.advance(0.1)
+    assert server.result(said) == "quicker"

@@ -46,9 +46,11 @@ class Cluster:
         self, name: str, *, connected: bool = True, latency: float = 0.0
     ) -> MemoryServer:
         """Instance *name*, started; or, unless *connected*, with its broker
-        connections not up yet (``start`` them)."""
+        connections not up yet (``start`` them).  Its broker's replies take
+        *latency* seconds, those of its inbox half as long (a connection of
+        its own: they pass each other)."""
         assert now(self.look.register_instance({})) == name
-        broker = self.hub.broker(latency=latency)
+        broker = self.hub.broker(latency=latency, read_latency=latency / 2)
         instance = BrokerInstance(broker, self.clock, name)
         if connected:
             instance.start()
