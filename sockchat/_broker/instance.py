@@ -69,6 +69,7 @@ from sockchat._responders.contract import (
     IConversation,
     ILifecycle,
     IResponder,
+    Signed,
     Unavailable,
 )
 from sockchat._version import __version__
@@ -311,7 +312,7 @@ class _Line:
     conversation: ConversationInfo
     number: int
     text: str
-    answer: Deferred[str] | None = None
+    answer: Deferred[str | Signed] | None = None
     #: The queue entry, once the broker gave it.
     entry: str | None = None
     cancelled: bool = False
@@ -353,7 +354,7 @@ class QueueResponder:
 
     # -- ILifecycle ------------------------------------------------------------
 
-    def started(self, conversation: IConversation) -> Deferred[str] | None:
+    def started(self, conversation: IConversation) -> Deferred[str | Signed] | None:
         info: ConversationInfo = conversation.info
         self._conversations[info.id] = conversation
         self.instance.route(info.id, lambda message: self._message(info.id, message))
@@ -387,7 +388,9 @@ class QueueResponder:
 
     # -- IResponder ------------------------------------------------------------
 
-    def respond(self, conversation: ConversationInfo, text: str) -> Deferred[str]:
+    def respond(
+        self, conversation: ConversationInfo, text: str
+    ) -> Deferred[str | Signed]:
         instance = self.instance
         ready = instance.ready()
         if ready is not None:  # the first connections are under way
@@ -432,10 +435,10 @@ class QueueResponder:
         said: str,
         kind: str,
         **fields: Any,
-    ) -> Deferred[str]:
+    ) -> Deferred[str | Signed]:
         """Put a work item on the queue; the Deferred fires with its answer."""
         line = _Line(conversation, number, said)
-        answer: Deferred[str] = Deferred(lambda _: self._cancelled(line))
+        answer: Deferred[str | Signed] = Deferred(lambda _: self._cancelled(line))
         line.answer = answer
         self._lines[conversation.id] = line
         added = self._add_work(kind, conversation, **fields)
@@ -536,17 +539,21 @@ class QueueResponder:
             return
         kind = message["kind"]
         if kind == "answer" and isinstance(message.get("text"), str):
-            self._answered_by(cid, message.get("by"))
-            answer.callback(message["text"])
+            by = message.get("by")
+            if isinstance(by, str):
+                self._answered_by(cid, by)
+                answer.callback(Signed(message["text"], by[:200]))
+            else:
+                answer.callback(message["text"])
         elif kind == "answer":
             answer.errback(AnswerFailed(f"the {self._who} sent an answer with no text"))
         else:
             why = str(message.get("why") or "no reason given")
             answer.errback(AnswerFailed(f"the {self._who} could not answer: {why}"))
 
-    def _answered_by(self, cid: int, by: object) -> None:
+    def _answered_by(self, cid: int, by: str) -> None:
         """Say who answers a conversation of the operators, when it changes."""
-        if self.group != OPERATORS or not isinstance(by, str):
+        if self.group != OPERATORS:
             return
         if self._by.get(cid) != by:
             self._by[cid] = by

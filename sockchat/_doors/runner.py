@@ -38,6 +38,7 @@ from sockchat._responders.contract import (
     IConversation,
     ILifecycle,
     Reply,
+    Signed,
     Unavailable,
 )
 
@@ -274,7 +275,7 @@ class Door:
 
     def _reply(self, reply: Reply, now: float) -> None:
         """Take the responder's reply; the caller runs the engine's actions."""
-        if isinstance(reply, str):
+        if isinstance(reply, (str, Signed)):
             self.engine.answered(reply, now)
             return
         pending = as_deferred(reply)
@@ -299,7 +300,7 @@ class Door:
     def _answered_later(self, reply: object) -> None:
         self._pending = None
         now = self.factory.clock.seconds()
-        if isinstance(reply, str):
+        if isinstance(reply, (str, Signed)):
             self.factory.stats.observe_later(self.factory.stats.kind, now - self._asked)
         self.engine.answered(reply, now)
         self._run(now)

@@ -17,6 +17,8 @@ from attrs import frozen
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface, implementer
 
+from sockchat._core.wire import Signed
+
 __all__ = [
     "AnswerFailed",
     "ConversationInfo",
@@ -27,12 +29,23 @@ __all__ = [
     "ILifecycle",
     "IResponder",
     "Reply",
+    "Signed",
     "Unavailable",
     "as_responder",
 ]
 
-#: What ``IResponder.respond`` may return.
-Reply = str | Deferred[str] | Awaitable[str]
+#: What ``IResponder.respond`` may return: an answer (a ``str``, or a
+#: ``Signed`` one, which the transcript records with who gave it), at once or
+#: later.
+Reply = (
+    str
+    | Signed
+    | Deferred[str]
+    | Deferred[Signed]
+    | Deferred[str | Signed]
+    | Awaitable[str]
+    | Awaitable[Signed]
+)
 
 
 class Unavailable(Exception):

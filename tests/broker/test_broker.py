@@ -466,3 +466,32 @@ def test_an_answer_that_comes_before_the_queue_said_its_entry_is_taken():
     server.advance(0.01)
     server.advance(0.1)
     assert server.result(said) == "quicker"
+
+
+def test_who_answered_is_in_the_transcript():
+    from zope.interface import implementer
+
+    from sockchat import ITranscript, TranscriptEntry
+    from sockchat._core.transcript import encode_entry
+
+    @implementer(ITranscript)
+    class Kept:
+        def __init__(self) -> None:
+            self.entries: list[TranscriptEntry] = []
+
+        def record(self, entry: TranscriptEntry) -> None:
+            self.entries.append(entry)
+
+    kept = Kept()
+    c = Cluster("operators", transcript=kept)
+    talk = c.server.connect()
+    said = talk.say("who is there?")
+    c.advance()
+    c.desk.answer(c.desk.take_line(), "ann is", by="operator ann")
+    c.advance(0.1)
+    assert c.server.result(said) == "ann is"
+    [answer] = [e for e in kept.entries if e.kind == "answer"]
+    assert answer.by == "operator ann"
+    assert json.loads(encode_entry(answer))["by"] == "operator ann"
+    [line] = [e for e in kept.entries if e.kind == "line"]
+    assert "by" not in json.loads(encode_entry(line))
