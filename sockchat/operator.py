@@ -296,8 +296,7 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options = parse(argv)
-    start_logging(PROG)
+    options = parse(argv)  # logging starts in run(), after the console's watch
     react(lambda reactor: Deferred.fromCoroutine(run(reactor, options)))
 
 

@@ -393,3 +393,58 @@ def test_bad_input_is_one_line(
         f"protocol {other}; this sockchat speaks {PROTOCOL}: run the same sockchat "
         "version everywhere",
     )
+
+
+def test_two_operators_across_two_instances_see_who_holds_what(
+    redis_server: RedisServer, started: list[Process]
+) -> None:
+    """Real instances and operators: /list names the operator that holds a
+    line and says which one waits in the queue; /to takes a queued line."""
+    import re
+
+    from processes import Server, raw_connect, recv_lines
+
+    args = ("--responder", "operators", "--broker", redis_server.url)
+    with Server(*args) as one, Server(*args) as two:
+        ann = operator(started, redis_server, "ann")
+        look, redis = fake_instance(redis_server)  # to see who is online
+        online(look, "operators", 1)
+        c1 = raw_connect(one.port)
+        recv_lines(c1, 1)  # the welcome
+        c1.sendall(b"one\n")
+        ann.out.until(b"(i1/1, 127.0.0.1:")
+        bob = operator(started, redis_server, "bob")
+        online(look, "operators", 2)
+        c2 = raw_connect(two.port)
+        recv_lines(c2, 1)
+        c2.sendall(b"two\n")  # ann holds her one line: bob takes it
+        bob.out.until(b"(i2/1, 127.0.0.1:")
+        c3 = raw_connect(one.port)
+        recv_lines(c3, 1)
+        c3.sendall(b"three\n")  # both hold one: it waits
+        deadline = time.monotonic() + SOON
+        while True:
+            time.sleep(1.2)  # a look at the queue
+            ann.type("/list")
+            listing = ann.out.until(b"connected, ").decode()
+            listing += ann.out.until(b"server --> client ").decode()
+            if "waiting in the queue" in listing or time.monotonic() > deadline:
+                break
+        assert re.search(
+            r"\(i2/1, 127\.0\.0\.1:\d+\) held by operator bob: \"two\"", listing
+        ), listing
+        queued = re.search(
+            r"client (\d+) \(i1/2, 127\.0\.0\.1:\d+\) waiting in the queue: \"three\"",
+            listing,
+        )
+        assert queued, listing
+        ann.type(f"/to {queued[1]} you waited, here I am")
+        said = c3.makefile("rb")
+        answer = said.readline()
+        if answer.startswith(b"!info queued: "):  # i1 had not seen them yet
+            answer = said.readline()
+        assert answer == b"you waited, here I am\n"
+        for sock in (c1, c2, c3):
+            sock.close()
+        redis.stop()
+    assert "conversation 2: operator ann answers" in one.output.decode()
