@@ -10,6 +10,7 @@ and the shells' one-line errors.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -262,6 +263,7 @@ def test_an_operator_at_a_terminal_answers_and_ctrl_d_hands_back(
 
 SLOW_BOT = """\
 import os
+import re
 
 from twisted.internet import reactor, task
 
@@ -448,3 +450,48 @@ def test_two_operators_across_two_instances_see_who_holds_what(
             sock.close()
         redis.stop()
     assert "conversation 2: operator ann answers" in one.output.decode()
+
+
+def test_an_operator_at_a_terminal_keeps_its_line_when_an_instance_dies(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 24 item 8, in a real terminal (tmux): when the instance of the
+    client being answered dies, the prompt keeps what was typed; after
+    Enter the next client's prompt comes; a log line (the broker lost) is
+    printed on a line of its own, not onto the prompt."""
+    import shlex
+
+    from processes import Tmux
+
+    one, redis_one = fake_instance(redis_server)
+    two, redis_two = fake_instance(redis_server)
+    command = shlex.join([*OPERATOR, "--broker", redis_server.url, "--name", "tty"])
+    term = Tmux(command)
+    try:
+        term.until("sockchat operator tty")
+        online(one, "operators", 1)
+        one.connect(1, "127.0.0.1:5001")
+        one.work("operators", 1, "hello from one")
+        term.until("server --> client 1: ")
+        two.connect(1, "127.0.0.1:5002")
+        two.work("operators", 1, "hello from two")  # waits: the operator holds one
+        term.type("half an answer")
+        term.until("server --> client 1: half an answer")
+        one.die()  # kill -9 of i1: its heartbeat and its clients go
+        term.until("server --> nobody (client 1 left; Enter): half an answer")
+        term.enter()
+        shown = term.until(re.compile(r"server --> client 2: \s*\Z"))
+        assert '"half an answer" was not sent' in shown
+        term.type("more")
+        term.until("server --> client 2: more")
+        redis_server.stop()
+        shown = term.until(
+            re.compile(r"lost the broker.*\n(.*\n)*server --> client 2: more")
+        )
+        for line in shown.splitlines():
+            assert not ("server -->" in line and "sockchat.operator:" in line), shown
+    finally:
+        redis_server.stop()
+        term.close()
+        for redis in (redis_one, redis_two):
+            redis.stop()
