@@ -42,6 +42,14 @@ PROG = "sockchat.worker"
 
 log = Logger(namespace=PROG)
 
+#: Lines a worker answers at once, by default.  Measured (docs/broker.md,
+#: benchmarks/concurrency.py): two workers whose bot takes 25 ms answer at
+#: most 2 × N ÷ 0.025 lines a second, 320 with 4, whatever the machine; with
+#: 32, the CPU is the limit first, and a batch of lines costs Redis fewer
+#: commands a line.  More only lets a worker that dies hold more lines
+#: until they are taken over.
+CONCURRENCY = 32
+
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -60,9 +68,10 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--concurrency",
         type=positive("--concurrency"),
-        default=4,
+        default=CONCURRENCY,
         metavar="N",
-        help="lines this worker answers at once (default 4)",
+        help=f"lines this worker answers at once (default {CONCURRENCY}): N ÷ the "
+        "responder's time per answer caps the lines a second it can answer",
     )
     parser.add_argument(
         "responder",

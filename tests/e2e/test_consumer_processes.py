@@ -284,12 +284,12 @@ def test_a_worker_killed_mid_answer_is_replaced_by_another(
     args = [*WORKER, "--broker", redis_server.url, "slowbot:respond"]
     stuck = Process(args, cwd=tmp_path, BOT_DELAY="60")
     started.append(stuck)
-    stuck.err.until(b"up to 4 lines at once")
+    stuck.err.until(b"up to 32 lines at once")
     entry = instance.work("workers", 1, "hello")
     assert holder(instance, "workers", entry) == stuck.pid
     quick = Process(args, cwd=tmp_path, BOT_DELAY="0")
     started.append(quick)
-    quick.err.until(b"up to 4 lines at once")
+    quick.err.until(b"up to 32 lines at once")
     stuck.kill()
     [answer] = inbox(instance, 1, CLAIM_AFTER + 8)
     assert (answer["entry"], answer["text"]) == (entry, f"{quick.pid} says hello")
@@ -308,7 +308,7 @@ def test_a_worker_that_quits_hands_back_and_says_it_is_gone(
     args = [*WORKER, "--broker", redis_server.url, "slowbot:respond"]
     worker = Process(args, cwd=tmp_path, BOT_DELAY="60")
     started.append(worker)
-    worker.err.until(b"up to 4 lines at once")
+    worker.err.until(b"up to 32 lines at once")
     entry = instance.work("workers", 1, "hello")
     holder(instance, "workers", entry)
     os.kill(worker.pid, signal.SIGTERM)
@@ -327,7 +327,7 @@ def test_a_worker_goes_on_after_redis_restarts_empty(
     args = [*WORKER, "--broker", redis_server.url, "slowbot:respond"]
     worker = Process(args, cwd=tmp_path, BOT_DELAY="0")
     started.append(worker)
-    worker.err.until(b"up to 4 lines at once")
+    worker.err.until(b"up to 32 lines at once")
     redis_server.stop()
     worker.err.until(b"lost the broker")
     redis_server.start()  # no persistence: no stream, no group, no keys
