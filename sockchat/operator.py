@@ -248,14 +248,17 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         write = screen.write
     start_logging(PROG)
     modes = BlockingModes.save(0, out)
-    stdin: list[OperatorLines] = []
-
-    def shown() -> None:
-        if stdin:
-            reactor.callLater(0, stdin[0].pump)
+    # Piped (or not a terminal): each line waits for a client line to
+    # answer; the end of input quits.
+    lines = None
+    if terminal is None:
+        lines = OperatorLines(
+            console, reactor, piped=not os.isatty(0), on_end=reactor.stop
+        )
 
     def desk(broker: IBroker, outbox: Outbox) -> OperatorDesk:
         write(banner(name, broker.display))
+        shown = None if lines is None else lambda: reactor.callLater(0, lines.pump)
         return OperatorDesk(console, broker, reactor, outbox, shown=shown)
 
     joined = await join(
@@ -268,31 +271,24 @@ async def run(reactor: Any, options: argparse.Namespace) -> None:
         display=name,
         sign=lambda _: f"operator {name}",
     )
-    finished: Deferred[None] = Deferred()
 
     async def quit() -> None:
         console.close()
         await joined.quit()
         modes.restore()
-        if not finished.called:
-            finished.callback(None)
 
-    reactor.addSystemEventTrigger("before", "shutdown", quit)
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: Deferred.fromCoroutine(quit())
+    )
     if terminal is not None:
         # Before the console's own trigger (made at its start): as twistd does.
         reactor.addSystemEventTrigger("before", "shutdown", terminal.stopService)
         terminal.startService()  # reads the keys; end of input stops the reactor
     else:
-        reader = OperatorLines(
-            console,
-            reactor,
-            piped=not os.isatty(0),
-            on_end=lambda: Deferred.fromCoroutine(quit()),
-        )
-        stdin.append(reader)
+        assert lines is not None
         devnull = os.open(os.devnull, os.O_WRONLY)
-        StandardIO(reader, stdout=devnull, reactor=reactor)  # type: ignore[call-arg,no-untyped-call]  # POSIX's takes stdout
-    await finished
+        StandardIO(lines, stdout=devnull, reactor=reactor)  # type: ignore[call-arg,no-untyped-call]  # POSIX's takes stdout
+    await Deferred()  # until the reactor stops: end of input, Ctrl-C, SIGTERM
 
 
 def main(argv: Sequence[str] | None = None) -> None:
