@@ -494,15 +494,16 @@ class MemoryBroker:
 
         self._in_flight[reply] = self._hub.clock.callLater(latency, fire)
 
-    def _reads(
-        self, waiters: list[_Waiter], key: str, most: int, wait: float, found: list[Any]
-    ) -> Deferred[list[Any]]:
-        reply: Deferred[list[Any]] = Deferred()
+    def _read(
+        self, waiter: _Waiter, waiters: list[_Waiter], wait: float, found: list[Any]
+    ) -> Deferred[Any]:
+        """What was found at once, or *waiter*'s reply once something comes
+        (``[]`` after *wait* seconds)."""
         if found or wait <= 0:
-            self._deliver(reply, found, read=wait > 0)
+            self._deliver(waiter.reply, found, read=wait > 0)
         else:
-            self._hub.wait(waiters, _Waiter(self, key, most, reply), wait)
-        return reply
+            self._hub.wait(waiters, waiter, wait)
+        return waiter.reply
 
     # -- IBrokerLink -------------------------------------------------------------
 
@@ -574,7 +575,8 @@ class MemoryBroker:
         if refused is not None:
             return refused
         found = self._hub.take_messages(instance, most)
-        return self._reads(self._hub._inbox_waiters, instance, most, wait, found)
+        waiter = _Waiter(self, instance, most, Deferred())
+        return self._read(waiter, self._hub._inbox_waiters, wait, found)
 
     # -- IWorkQueue ----------------------------------------------------------------
 
@@ -594,13 +596,8 @@ class MemoryBroker:
         if refused is not None:
             return refused
         found = self._hub.take_fresh(group, consumer, most)
-        reply: Deferred[list[WorkEntry]] = Deferred()
-        if found or wait <= 0:
-            self._deliver(reply, found, read=wait > 0)
-        else:
-            waiter = _Waiter(self, group, most, reply, consumer)
-            self._hub.wait(self._hub._queue_waiters, waiter, wait)
-        return reply
+        waiter = _Waiter(self, group, most, Deferred(), consumer)
+        return self._read(waiter, self._hub._queue_waiters, wait, found)
 
     def take_abandoned(
         self, group: str, consumer: str, idle: float, most: int
