@@ -106,6 +106,25 @@ class FakeInstance:
         return [seen.name for seen in census.of(group)]
 
 
+class Counting:
+    """A broker that counts the calls made to it, by name."""
+
+    def __init__(self, inner: MemoryBroker) -> None:
+        self._inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._inner, name)
+        if callable(found) and not name.startswith("_"):
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                self.calls.append(name)
+                return found(*args, **kwargs)
+
+            return counted
+        return found
+
+
 MakeHandler = Callable[[IBroker, Outbox], Handler]
 
 

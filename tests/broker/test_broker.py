@@ -9,14 +9,14 @@ import json
 from typing import Any
 
 import pytest
-from broker_instance import now
+from broker_instance import Counting, now
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 
 from sockchat import LineRefused
 from sockchat._broker.instance import BrokerInstance, QueueResponder
 from sockchat._broker.interface import ClientRecord, ConsumerSeen
-from sockchat._broker.memory import MemoryBroker, MemoryHub
+from sockchat._broker.memory import MemoryHub
 from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, PROTOCOL, decode, encode
 from sockchat.testing import MemoryServer, NoResultYet
 
@@ -76,25 +76,6 @@ class Desk:
         """How many lines (not lifecycle items) are in the queue."""
         view = now(self.broker.queue_view(self.group, 10))
         return sum(decode(q.data)["kind"] == "line" for q in view)
-
-
-class Counting:
-    """A broker that counts the calls made to it, by name."""
-
-    def __init__(self, inner: MemoryBroker) -> None:
-        self._inner = inner
-        self.calls: list[str] = []
-
-    def __getattr__(self, name: str) -> Any:
-        found = getattr(self._inner, name)
-        if callable(found) and not name.startswith("_"):
-
-            def counted(*args: Any, **kwargs: Any) -> Any:
-                self.calls.append(name)
-                return found(*args, **kwargs)
-
-            return counted
-        return found
 
 
 class Cluster:

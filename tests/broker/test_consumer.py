@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from broker_instance import World, now
+from broker_instance import Counting, World, now
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
@@ -95,18 +95,26 @@ def test_each_line_goes_to_exactly_one_consumer_oldest_first(world: World) -> No
     assert len(a.items) + len(b.items) == 3  # never given twice
 
 
-def test_lines_are_taken_in_batches_up_to_the_capacity(world: World) -> None:
+def test_lines_are_taken_and_answered_in_batches_up_to_the_capacity(
+    world: World,
+) -> None:
     desk = Desk()
-    consumer = world.consumer(given(desk), capacity=3)
+    consumer = world.consumer(given(desk), capacity=3, started=False)
+    counted = Counting(consumer.broker)  # type: ignore[arg-type]
+    consumer.broker = counted  # type: ignore[assignment]
+    consumer._outbox._broker = counted  # type: ignore[assignment]
     entries = [world.instance.work(GROUP, conv, f"{conv}") for conv in range(1, 6)]
-    world.run(1.5)
+    now(consumer.start())
+    world.run(0.5)
     assert desk.texts == ["1", "2", "3"]
     assert consumer.held == entries[:3]
+    assert counted.calls.count("take") + counted.calls.count("take_abandoned") == 2
     for entry in entries[:3]:
         desk.answer(entry, "ok")
-    world.run(1.5)
+    world.run(0.5)
     assert desk.texts == ["1", "2", "3", "4", "5"]
     # The three answers went in one call, with their entries' deletion.
+    assert counted.calls.count("finish") == 1
     assert [m["entry"] for m in world.instance.inbox()] == entries[:3]
     assert world.instance.queue_length(GROUP) == 2
 
@@ -360,3 +368,24 @@ def test_a_given_line_is_taken_even_past_the_capacity(world: World) -> None:
     assert taken.entry is not None
     assert desk.texts == ["first", "second"]
     assert sorted(consumer.held) == sorted([wanted, desk.items[0].entry])
+
+
+def test_abandoned_lines_are_looked_for_on_a_timer_not_before_every_read(
+    world: World,
+) -> None:
+    class Quick(Desk):
+        def handle(self, item: WorkItem) -> Deferred[Outcome | None]:
+            self.items.append(item)
+            return succeed(Outcome("answer", "at once"))
+
+    desk = Quick()
+    consumer = world.consumer(given(desk), started=False)
+    counted = Counting(consumer.broker)  # type: ignore[arg-type]
+    consumer.broker = counted  # type: ignore[assignment]
+    now(consumer.start())
+    for conv in range(20):  # a line every 0.1 s, for 2 s
+        world.instance.work(GROUP, conv, "hi")
+        world.run(0.1)
+    assert len(desk.items) == 20
+    assert counted.calls.count("take") >= 20
+    assert counted.calls.count("take_abandoned") <= 3  # once a second
