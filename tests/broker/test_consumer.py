@@ -370,7 +370,7 @@ def test_a_given_line_is_taken_even_past_the_capacity(world: World) -> None:
     assert sorted(consumer.held) == sorted([wanted, desk.items[0].entry])
 
 
-def test_abandoned_lines_are_looked_for_on_a_timer_not_before_every_read(
+def test_abandoned_lines_are_looked_for_on_a_timer_and_nobody_asked_per_line(
     world: World,
 ) -> None:
     class Quick(Desk):
@@ -389,3 +389,5 @@ def test_abandoned_lines_are_looked_for_on_a_timer_not_before_every_read(
     assert len(desk.items) == 20
     assert counted.calls.count("take") >= 20
     assert counted.calls.count("take_abandoned") <= 3  # once a second
+    # Who is alive comes from the census at its heartbeat: no question per line.
+    assert counted.calls.count("instance_alive") == 0
