@@ -21,8 +21,12 @@ from sockchat._broker.consumer import (
     RemoteConversation,
     WorkItem,
 )
-from sockchat._doors.runner import as_deferred
-from sockchat._responders.contract import ConversationInfo, ILifecycle, IResponder
+from sockchat._responders.contract import (
+    ConversationInfo,
+    ILifecycle,
+    IResponder,
+    as_deferred,
+)
 
 __all__ = ["REMEMBERED", "WorkerHandler"]
 

@@ -9,9 +9,7 @@ connection (``_send``, ``_pause``, ``_resume``, ``_close``).
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -40,29 +38,15 @@ from sockchat._responders.contract import (
     Reply,
     Signed,
     Unavailable,
+    as_deferred,
 )
 
 if TYPE_CHECKING:
     from sockchat._doors.tcp import ChatServerFactory
 
-__all__ = ["Door", "as_deferred"]
+__all__ = ["Door"]
 
 log = Logger(namespace="sockchat.server")
-
-_T = TypeVar("_T")
-
-
-async def _await(awaitable: Awaitable[_T]) -> _T:
-    return await awaitable
-
-
-def as_deferred(reply: object) -> Deferred[Any] | None:
-    """*reply* as a Deferred, or None if it is neither one nor awaitable."""
-    if isinstance(reply, Deferred):
-        return reply
-    if inspect.isawaitable(reply):
-        return Deferred.fromCoroutine(_await(reply))
-    return None
 
 
 @implementer(IConversation, IPushProducer)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -31,6 +32,7 @@ __all__ = [
     "Reply",
     "Signed",
     "Unavailable",
+    "as_deferred",
     "as_responder",
 ]
 
@@ -205,3 +207,21 @@ def _accepts(signature: inspect.Signature, count: int) -> bool:
     except TypeError:
         return False
     return True
+
+
+_T = TypeVar("_T")
+
+
+async def _await(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+def as_deferred(reply: object) -> Deferred[Any] | None:
+    """A responder's reply as a Deferred, or None if it is neither one nor
+    awaitable (an answer given at once).  The server's doors and the
+    workers take replies alike."""
+    if isinstance(reply, Deferred):
+        return reply
+    if inspect.isawaitable(reply):
+        return Deferred.fromCoroutine(_await(reply))
+    return None
