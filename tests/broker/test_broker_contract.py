@@ -38,8 +38,12 @@ from sockchat._broker.wire import PROTOCOL, Keys, Timings
 
 from redis_server import RedisServer, SyncRedis
 
-#: Short times, so that the Redis runs wait little.
-TIMES = Timings(heartbeat=0.2, heartbeat_ttl=0.6, claim_after=0.4, inbox_ttl=1.0)
+#: Short times, so that the Redis runs wait little; long enough that a
+#: busy machine's pause (the tests beat or touch every 0.1 s) does not make
+#: a live one look dead.
+TIMES = Timings(heartbeat=0.2, heartbeat_ttl=1.0, claim_after=0.8, inbox_ttl=1.0)
+#: How often the tests beat and touch.
+OFTEN = 0.1
 G = "workers"
 
 
@@ -168,8 +172,8 @@ async def test_instances_are_named_once_and_alive_while_they_beat(rig: Rig) -> N
     second = await b.register_instance({"port": "2"})
     assert (first, second) == ("i1", "i2")
     assert (await a.census([])).instances == {"i1", "i2"}
-    for _ in range(3):
-        await rig.later(TIMES.heartbeat_ttl / 2)
+    for _ in range(round(TIMES.heartbeat_ttl / OFTEN) + 2):
+        await rig.later(OFTEN)
         await a.beat_instance("i1", {})
     census = await b.census([])
     assert census.instances == {"i1"}
@@ -289,8 +293,8 @@ async def test_a_touched_entry_is_kept_and_an_untouched_one_taken(rig: Rig) -> N
     await broker.take(G, "dead", 1, 0)
     idle = TIMES.claim_after
     assert await broker.take_abandoned(G, "c2", idle, 10) == []
-    for _ in range(4):
-        await rig.later(idle / 3)
+    for _ in range(round(idle / OFTEN) + 2):
+        await rig.later(OFTEN)
         await broker.touch(G, "slow", [kept])
     taken = await broker.take_abandoned(G, "c2", idle, 10)
     assert taken == [WorkEntry(abandoned, b"abandoned")]
