@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from broker_instance import now
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
@@ -126,3 +128,83 @@ def test_an_operator_desk_in_the_same_process_answers_and_signs() -> None:
     assert world.server.result(said) == "yes, me"
     [answer] = [e for e in kept.entries if e.kind == "answer"]
     assert answer.by == "operator ann"
+
+
+# -- Any order of lines, departures and delays ------------------------------------
+
+
+_LATENCY = st.sampled_from([0.0, 0.001, 0.005, 0.02])
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    latencies=st.tuples(_LATENCY, _LATENCY, _LATENCY),
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["say", "say", "say", "abort", "pause"]),
+            st.integers(0, 3),
+        ),
+        max_size=25,
+    ),
+)
+# The worker's answer reaches the instance before the reply that names its
+# entry (its commands are slower than its inbox's reads).
+@example(latencies=(0.02, 0.0, 0.0), steps=[("say", 0)])
+def test_every_line_gets_its_own_answer_once_whatever_the_delays(
+    latencies: tuple[float, float, float], steps: list[tuple[str, int]]
+) -> None:
+    """The instance's commands, its inbox reads and the worker's calls each
+    take their own time (replies pass each other); clients speak and leave
+    in any order: each answer is the one for its own line, and comes once."""
+    commands, reads, worker = latencies
+    clock = Clock()
+    hub = MemoryHub(clock)
+    broker = hub.broker(latency=commands, read_latency=reads)
+    instance = BrokerInstance(broker, clock, now(hub.broker().register_instance({})))
+    instance.start()
+    server = MemoryServer(
+        QueueResponder(instance, WORKERS), clock=clock, answer_timeout=60
+    )
+    worker_broker = hub.broker(latency=worker)
+    outbox = Outbox(worker_broker, WORKERS, clock)
+    answered: list[str] = []
+
+    def respond(conversation: ConversationInfo, text: str) -> str:
+        answered.append(text)
+        return f"re: {text}"
+
+    consumer = Consumer(
+        clock=clock,
+        broker=worker_broker,
+        group=WORKERS,
+        handler=WorkerHandler(as_responder(respond), outbox),
+        outbox=outbox,
+        name="w",
+        capacity=4,
+    )
+    consumer.start()
+    for _ in range(30):
+        server.advance(0.1)
+    clients = [server.connect() for _ in range(4)]
+    pending: dict[str, tuple[int, Deferred[str]]] = {}
+    gone: set[int] = set()
+    for n, (op, who) in enumerate(steps):
+        talk = clients[who]
+        if op == "pause":
+            server.advance(0.005 * (who + 1))
+        elif op == "abort" and who not in gone:
+            gone.add(who)
+            talk.abort()
+        elif op == "say" and who not in gone and talk.my_turn:
+            text = f"line {n} from {who}"
+            pending[text] = (who, talk.say(text))
+        server.flush()
+    for _ in range(50):
+        server.advance(0.1)
+    for text, (who, said) in pending.items():
+        outcome: list[Any] = []
+        said.addBoth(outcome.append)
+        assert outcome, f"{text!r} was never answered nor refused"
+        if who not in gone:  # its client stayed: its own answer, once
+            assert outcome[0] == f"re: {text}"
+    assert len(answered) == len(set(answered))  # each line to the worker once
