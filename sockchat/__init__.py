@@ -33,6 +33,7 @@ from sockchat._responders.contract import (
     IConversation,
     ILifecycle,
     IResponder,
+    Signed,
     Unavailable,
     as_responder,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "PairResponder",
     "RawFraming",
     "Reason",
+    "Signed",
     "SockchatError",
     "TranscriptEntry",
     "TranscriptFile",

@@ -37,13 +37,15 @@ from twisted.internet.task import react
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sockchat._broker.consumer import Consumer, ConsumerError, OperatorDesk, open_broker
-from sockchat._broker.redis import BrokerUnavailable, RedisError
-from sockchat._broker.wire import CLAIM_AFTER, OPERATORS, Keys
+from sockchat._broker.consumer import Outbox
+from sockchat._broker.interface import IBroker
+from sockchat._broker.join import BROKER_HELP, join, positive, start_logging
+from sockchat._broker.operators import OperatorDesk
+from sockchat._broker.wire import CLAIM_AFTER, OPERATORS
 from sockchat._console.responder import ConsoleResponder
 from sockchat._console.stdio import BlockingModes
 from sockchat._core.render import safe_text
-from sockchat.worker import positive, start_logging
+from sockchat._operations.services import OperatorConsoleService
 
 __all__ = ["main"]
 
@@ -72,8 +74,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--broker",
         required=True,
         metavar="URL",
-        help="the broker: redis://[:password@]host[:port][/db], rediss://..., "
-        "unix:///path/to/redis.sock",
+        help=BROKER_HELP,
     )
     parser.add_argument(
         "--name",
@@ -214,88 +215,84 @@ class OperatorLines(Protocol):
         self.pump()
 
 
+def banner(name: str, display: str) -> str:
+    """What an operator is told first."""
+    return (
+        f"sockchat operator {safe_text(name)} on {display}: client lines of every "
+        "instance appear below. Type each answer at its prompt; q ends that "
+        "conversation; /help lists the commands; end of input (Ctrl-D) quits "
+        "and hands back the lines you hold.\n"
+    )
+
+
 async def run(reactor: Any, options: argparse.Namespace) -> None:
-    keys = Keys()
     name = options.name or _login()
-    holder: list[Consumer] = []
-
-    def state(up: bool) -> None:
-        if holder:
-            holder[0].broker_state(up)
-
-    try:
-        broker = await open_broker(reactor, options.broker, keys, state)
-    except ConsumerError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
     out = sys.__stdout__.fileno() if sys.__stdout__ else 1
+    # On a terminal, the console of --responder console: it edits the line
+    # itself, keeps what was typed when a client goes, and keeps log lines
+    # off the prompt's line.  It watches the log before the log is printed,
+    # so it is made before the logging starts.
+    terminal: OperatorConsoleService | None = None
+    if os.isatty(0) and os.isatty(out):
+        terminal = OperatorConsoleService(
+            reactor,
+            ConsoleResponder,
+            banner="",
+            closing="end of input: quitting, and handing back the lines you hold",
+        )
+        console = terminal.console
+        write: Callable[[str], None] = terminal.console.screen.print
+    else:
+        screen = _Screen(out)
+        console = ConsoleResponder(screen.write, reactor)
+        write = screen.write
+    start_logging(PROG)
     modes = BlockingModes.save(0, out)
-    screen = _Screen(out)
-    console = ConsoleResponder(screen.write, reactor)
-    piped = not os.isatty(0)
-    stdin: list[OperatorLines] = []
+    # Piped (or not a terminal): each line waits for a client line to
+    # answer; the end of input quits.
+    lines = None
+    if terminal is None:
+        lines = OperatorLines(
+            console, reactor, piped=not os.isatty(0), on_end=reactor.stop
+        )
 
-    def send(*args: Any, **fields: Any) -> None:
-        consumer.send(*args, **fields)
+    def desk(broker: IBroker, outbox: Outbox) -> OperatorDesk:
+        write(banner(name, broker.display))
+        shown = None if lines is None else lambda: reactor.callLater(0, lines.pump)
+        return OperatorDesk(console, broker, reactor, outbox, shown=shown)
 
-    def shown() -> None:
-        if stdin:
-            reactor.callLater(0, stdin[0].pump)
-
-    desk = OperatorDesk(console, broker.shared, reactor, send, keys, shown=shown)
-    consumer = Consumer(
-        clock=reactor,
-        redis=broker.shared,
-        blocking=broker.blocking,
+    joined = await join(
+        reactor,
+        prog=PROG,
+        url=options.broker,
         group=OPERATORS,
         handler=desk,
-        display=name,
-        by=f"operator {name}",
         capacity=options.hold,
-        keys=keys,
+        display=name,
+        sign=lambda _: f"operator {name}",
     )
-    holder.append(consumer)
-    finished: Deferred[None] = Deferred()
-    quitting: list[Deferred[None]] = []
 
-    def quit() -> Deferred[None]:
-        if not quitting:
-            quitting.append(Deferred.fromCoroutine(_quit()))
-        return quitting[0]
-
-    async def _quit() -> None:
+    async def quit() -> None:
         console.close()
-        desk.stop()
-        await consumer.stop()
-        await broker.stop()
+        await joined.quit()
         modes.restore()
-        if not finished.called:
-            finished.callback(None)
 
-    screen.write(
-        f"sockchat operator {safe_text(name)} on {broker.display}: client lines "
-        "of every instance appear below. Type each answer at its prompt; q ends "
-        "that conversation; /help lists the commands; end of input (Ctrl-D) "
-        "quits and hands back the lines you hold.\n"
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: Deferred.fromCoroutine(quit())
     )
-    await desk.start()  # the clients first, then their lines
-    try:
-        await consumer.start()
-    except (BrokerUnavailable, RedisError) as e:
-        await broker.stop()
-        raise SystemExit(
-            f"{PROG}: cannot join the queue at {broker.display}: {e}"
-        ) from None
-    reactor.addSystemEventTrigger("before", "shutdown", quit)
-    reader = OperatorLines(console, reactor, piped=piped, on_end=quit)
-    stdin.append(reader)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    StandardIO(reader, stdout=devnull, reactor=reactor)  # type: ignore[call-arg,no-untyped-call]  # POSIX's takes stdout
-    await finished
+    if terminal is not None:
+        # Before the console's own trigger (made at its start): as twistd does.
+        reactor.addSystemEventTrigger("before", "shutdown", terminal.stopService)
+        terminal.startService()  # reads the keys; end of input stops the reactor
+    else:
+        assert lines is not None
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        StandardIO(lines, stdout=devnull, reactor=reactor)  # type: ignore[call-arg,no-untyped-call]  # POSIX's takes stdout
+    await Deferred()  # until the reactor stops: end of input, Ctrl-C, SIGTERM
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    options = parse(argv)
-    start_logging(PROG)
+    options = parse(argv)  # logging starts in run(), after the console's watch
     react(lambda reactor: Deferred.fromCoroutine(run(reactor, options)))
 
 

@@ -859,11 +859,12 @@ def _broker_service(options: Options) -> Any:
     from twisted.internet import reactor
 
     from sockchat._broker.instance import instance_about
-    from sockchat._broker.service import BrokerService, register
+    from sockchat._broker.redisbroker import register_blocking
+    from sockchat._broker.service import BrokerService
 
     address = options["broker_address"]
     about = instance_about(options["where"])
-    name = register(address, about)
+    name = register_blocking(address, about)
     log.info(
         "this instance is {name} at the broker {broker}",
         name=name,

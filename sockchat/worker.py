@@ -23,72 +23,32 @@ hands it back at once.
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
-from twisted.logger import (
-    ILogObserver,
-    LogEvent,
-    Logger,
-    LogLevel,
-    formatEvent,
-    globalLogBeginner,
-)
-from zope.interface import provider
+from twisted.logger import Logger
 
-from sockchat._broker.consumer import (
-    Consumer,
-    ConsumerError,
-    WorkerHandler,
-    open_broker,
-)
-from sockchat._broker.redis import BrokerUnavailable, RedisError
-from sockchat._broker.wire import WORKERS, Keys
+from sockchat._broker.join import BROKER_HELP, join, positive, start_logging
+from sockchat._broker.wire import WORKERS
+from sockchat._broker.workers import WorkerHandler
 from sockchat._operations.loading import ResponderNotLoaded, load_responder
 from sockchat._responders.contract import IResponder
 
-__all__ = ["main", "positive", "start_logging"]
+__all__ = ["main"]
 
 PROG = "sockchat.worker"
 
 log = Logger(namespace=PROG)
 
-
-def positive(option: str) -> Callable[[str], int]:
-    """An argparse type: a whole number, 1 or more."""
-
-    def check(text: str) -> int:
-        if not text.isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(
-                f"{text} is not a whole number of 1 or more"
-            )
-        return int(text)
-
-    check.__name__ = option  # argparse names the option in its error
-    return check
-
-
-def start_logging(prog: str) -> None:
-    """Log to stderr, one line an event (ours from info, Twisted's from
-    warn), with a traceback for a failure."""
-
-    @provider(ILogObserver)
-    def observe(event: LogEvent) -> None:
-        level = event.get("log_level")
-        ours = str(event.get("log_namespace", "")).startswith("sockchat")
-        if level is None or level < (LogLevel.info if ours else LogLevel.warn):
-            return  # Twisted's own chatter (factories starting) is not for us
-        text = formatEvent(event)
-        failure = event.get("log_failure")
-        if failure is not None:
-            text += "\n" + failure.getTraceback().rstrip("\n")
-        sys.stderr.write(f"{prog}: {text}\n")
-        sys.stderr.flush()
-
-    globalLogBeginner.beginLoggingTo([observe], redirectStandardIO=False)
+#: Lines a worker answers at once, by default.  Measured (docs/broker.md,
+#: benchmarks/concurrency.py): two workers whose bot takes 25 ms answer at
+#: most 2 × N ÷ 0.025 lines a second, 320 with 4, whatever the machine; with
+#: 32, the CPU is the limit first, and a batch of lines costs Redis fewer
+#: commands a line.  More only lets a worker that dies hold more lines
+#: until they are taken over.
+CONCURRENCY = 32
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -103,15 +63,15 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--broker",
         required=True,
         metavar="URL",
-        help="the broker: redis://[:password@]host[:port][/db], rediss://..., "
-        "unix:///path/to/redis.sock",
+        help=BROKER_HELP,
     )
     parser.add_argument(
         "--concurrency",
         type=positive("--concurrency"),
-        default=4,
+        default=CONCURRENCY,
         metavar="N",
-        help="lines this worker answers at once (default 4)",
+        help=f"lines this worker answers at once (default {CONCURRENCY}): N ÷ the "
+        "responder's time per answer caps the lines a second it can answer",
     )
     parser.add_argument(
         "responder",
@@ -131,52 +91,19 @@ def load(reference: str) -> IResponder:
 
 async def run(reactor: Any, options: argparse.Namespace) -> None:
     responder = load(options.responder)
-    keys = Keys()
-    holder: list[Consumer] = []
-
-    def state(up: bool) -> None:
-        if holder:
-            holder[0].broker_state(up)
-
-    try:
-        broker = await open_broker(reactor, options.broker, keys, state)
-    except ConsumerError as e:
-        raise SystemExit(f"{PROG}: {e}") from None
-
-    def send(*args: Any, **fields: Any) -> None:
-        consumer.send(*args, **fields)
-
-    handler = WorkerHandler(responder, send)
-    consumer = Consumer(
-        clock=reactor,
-        redis=broker.shared,
-        blocking=broker.blocking,
+    joined = await join(
+        reactor,
+        prog=PROG,
+        url=options.broker,
         group=WORKERS,
-        handler=handler,
+        handler=lambda broker, outbox: WorkerHandler(responder, outbox),
         capacity=options.concurrency,
-        keys=keys,
-    )
-    consumer.by = f"worker {consumer.name}"
-    holder.append(consumer)
-
-    async def quit() -> None:
-        await consumer.stop()
-        await broker.stop()
-
-    try:
-        await consumer.start()
-    except (BrokerUnavailable, RedisError) as e:
-        await broker.stop()
-        raise SystemExit(
-            f"{PROG}: cannot join the queue at {broker.display}: {e}"
-        ) from None
-    reactor.addSystemEventTrigger(
-        "before", "shutdown", lambda: Deferred.fromCoroutine(quit())
+        sign=lambda name: f"worker {name}",
     )
     log.info(
         "worker {name} on {broker}: {responder} answers, up to {n} lines at once",
-        name=consumer.name,
-        broker=broker.display,
+        name=joined.consumer.name,
+        broker=joined.broker.display,
         responder=options.responder,
         n=options.concurrency,
     )

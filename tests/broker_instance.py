@@ -1,75 +1,62 @@
-"""The instance side of broker protocol 1, as docs/broker.md says, for the
+"""The instance side of the broker protocol, as docs/broker.md says, for the
 consumer tests: a test double, not the real ``sockchat._broker.instance``.
 
-It does what an instance does on the broker (a heartbeat key, its clients'
-hash, ``XADD`` of work items, reading its inbox, ``XDEL`` once a line is
-answered), through any ``IRedis``, so that operators and workers are
-tested against the protocol before (and besides) the real instance.
+It does what an instance does at the broker (a heartbeat, its clients in
+the directory, work items in a queue, reading its inbox, deleting an
+entry it gave up on), through any ``IBroker`` that answers at once: the
+memory broker, or a ``RedisBroker`` over ``redis_server.SyncRedis`` (the
+tests with real processes).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from sockchat._broker.consumer import Consumer
-from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, PROTOCOL, Keys, decode
+from sockchat._broker.consumer import Consumer, Handler, Outbox
+from sockchat._broker.interface import ClientRecord, IBroker
+from sockchat._broker.memory import MemoryBroker, MemoryHub
+from sockchat._broker.wire import PROTOCOL, Timings, decode
 
-from fakeredis import FakeRedisServer
 
-
-def _now(d: Deferred[Any]) -> Any:
-    """The result of a Deferred the fake has fired already."""
+def now(d: Deferred[Any]) -> Any:
+    """The result of a Deferred that has fired already."""
     out: list[Any] = []
     d.addBoth(out.append)
-    assert out, "the fake did not answer at once"
+    assert out, "the broker did not answer at once"
     if hasattr(out[0], "raiseException"):
         out[0].raiseException()
     return out[0]
 
 
 class FakeInstance:
-    """One instance's doings on the broker, run by hand from a test."""
+    """One instance's doings at the broker, run by hand from a test."""
 
-    def __init__(
-        self,
-        redis: Any,
-        name: str = "i1",
-        keys: Keys | None = None,
-        *,
-        ttl: float = HEARTBEAT_TTL,
-    ) -> None:
-        self.redis = redis
-        self.name = name
-        self.keys = keys or Keys()
-        #: How long its heartbeat lasts: a test with real processes that
-        #: does not beat every HEARTBEAT makes it longer.
-        self.ttl = ttl
-        self.beat()
-        _now(self.redis.command("SADD", self.keys.instances, name))
-
-    def run(self, *args: Any) -> Any:
-        return _now(self.redis.command(*args))
+    def __init__(self, broker: IBroker, timings: Timings | None = None) -> None:
+        self.broker = broker
+        self.timings = timings or Timings()
+        self.name: str = now(broker.register_instance({"pid": 1, "host": "test"}))
+        self.dead = False
 
     def beat(self) -> None:
-        record = {"v": PROTOCOL, "name": self.name, "pid": 1, "host": "test"}
-        ttl = int(self.ttl * 1000)
-        self.run("SET", self.keys.instance(self.name), json.dumps(record), "PX", ttl)
-        self.run("PEXPIRE", self.keys.clients(self.name), ttl)
+        if not self.dead:
+            now(self.broker.beat_instance(self.name, {}))
 
     def die(self) -> None:
-        """kill -9: the heartbeat key goes (it would expire)."""
-        self.run("DEL", self.keys.instance(self.name))
+        """kill -9: its heartbeat goes (it would expire), and it beats no more."""
+        self.dead = True
+        now(self.broker.leave_instance(self.name))
 
     def connect(self, conv: int, peer: str = "127.0.0.1:5000") -> None:
-        record = {"id": conv, "peer": peer, "since": 0, "waiting": None}
-        self.run("HSET", self.keys.clients(self.name), str(conv), json.dumps(record))
+        record = ClientRecord(conv, peer, "operators")
+        now(self.broker.set_client(self.name, record))
 
     def leave(self, conv: int) -> None:
-        self.run("HDEL", self.keys.clients(self.name), str(conv))
+        now(self.broker.remove_client(self.name, conv))
 
     def work(
         self,
@@ -82,7 +69,7 @@ class FakeInstance:
         raw: dict[str, Any] | None = None,
         **extra: Any,
     ) -> str:
-        """XADD a work item; its entry id."""
+        """Add a work item; its entry id."""
         message = raw or {
             "v": PROTOCOL,
             "kind": kind,
@@ -94,65 +81,103 @@ class FakeInstance:
             "at": 0,
             **extra,
         }
-        entry = self.run("XADD", self.keys.work(group), "*", "m", json.dumps(message))
-        return entry.decode()
+        entry: str = now(self.broker.enqueue(group, json.dumps(message).encode()))
+        return entry
 
     def inbox(self) -> list[dict[str, Any]]:
         """The messages in this instance's inbox (taken out)."""
-        items = self.run("LPOP", self.keys.inbox(self.name), 1000)  # at once
-        return [decode(i) for i in items or []]
+        return [decode(m) for m in now(self.broker.next_messages(self.name, 0, 1000))]
 
     def done(self, group: str, entry: str) -> None:
-        """Answered, timed out, or the client left: XDEL the entry."""
-        self.run("XDEL", self.keys.work(group), entry)
+        """Timed out, or the client left: the entry goes."""
+        now(self.broker.finish(group, [entry]))
 
-    def stream_length(self, group: str) -> int:
-        return int(self.run("XLEN", self.keys.work(group)))
+    def queue_length(self, group: str) -> int:
+        return len(now(self.broker.queue_view(group, self.timings.claim_after)))
 
     def pending(self, group: str) -> list[tuple[str, str]]:
         """(entry, consumer) of the lines held in *group*."""
-        reply = self.run("XPENDING", self.keys.work(group), group, "-", "+", 100)
-        return [(r[0].decode(), r[1].decode()) for r in reply]
+        view = now(self.broker.queue_view(group, self.timings.claim_after))
+        return [(q.entry, q.holder) for q in view if q.holder is not None]
+
+    def consumers(self, group: str) -> list[str]:
+        """The live consumers of *group*, by name."""
+        census = now(self.broker.census([group]))
+        return [seen.name for seen in census.of(group)]
+
+
+class Counting:
+    """A broker that counts the calls made to it, by name."""
+
+    def __init__(self, inner: MemoryBroker) -> None:
+        self._inner = inner
+        self.calls: list[str] = []
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._inner, name)
+        if callable(found) and not name.startswith("_"):
+
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                self.calls.append(name)
+                return found(*args, **kwargs)
+
+            return counted
+        return found
+
+
+MakeHandler = Callable[[IBroker, Outbox], Handler]
 
 
 class World:
-    """A fake Redis, a clock, one instance, and consumers."""
+    """A memory broker, a clock, one instance, and consumers."""
 
     def __init__(self) -> None:
         self.clock = Clock()
         self.clock.advance(1000)
-        self.server = FakeRedisServer(self.clock)
-        self.instance = FakeInstance(self.server.client())
+        self.hub = MemoryHub(self.clock)
+        self.instance = FakeInstance(self.hub.broker())
         self.consumers: list[Consumer] = []
 
     def consumer(
-        self, handler: Any, *, capacity: int = 1, group: str = "operators"
+        self,
+        make: MakeHandler,
+        *,
+        capacity: int = 1,
+        group: str = "operators",
+        latency: float = 0.0,
+        started: bool = True,
     ) -> Consumer:
-        shared, blocking = self.server.client(), self.server.client()
+        """A consumer of *group* (named c1, c2...), started (unless not
+        *started*), whose handler is ``make(broker, outbox)``; its broker's
+        replies take *latency* seconds."""
+        broker = self.hub.broker(latency=latency)
+        outbox = Outbox(broker, group, self.clock)
+        name = f"c{len(self.consumers) + 1}"
         c = Consumer(
             clock=self.clock,
-            redis=shared,
-            blocking=blocking,
+            broker=broker,
             group=group,
-            handler=handler,
-            name=f"c{len(self.consumers) + 1}",
-            by=f"operator c{len(self.consumers) + 1}",
+            handler=make(broker, outbox),
+            outbox=outbox,
+            name=name,
+            by=f"operator {name}",
             capacity=capacity,
         )
-        c.clients = (shared, blocking)  # type: ignore[attr-defined]
-        _now(c.start())
+        if started:
+            now(c.start())
         self.consumers.append(c)
         return c
 
     def kill(self, consumer: Consumer) -> None:
-        """kill -9: its connections go, and nothing more comes from it."""
-        for client in consumer.clients:  # type: ignore[attr-defined]
-            client.close()
+        """kill -9: nothing more comes from it."""
+        broker = consumer.broker
+        assert isinstance(broker, MemoryBroker)
+        broker.kill()
 
     def run(self, seconds: float, step: float = 0.1) -> None:
         """Let *seconds* pass, with the instance's heartbeat going on."""
+        beat = round(self.instance.timings.heartbeat / step)
         for _ in range(round(seconds / step)):
             self.clock.advance(step)
-            beat = round(self.clock.seconds() / step) % round(HEARTBEAT / step) == 0
-            if beat and self.instance.redis.connected:
+            if round(self.clock.seconds() / step) % beat == 0 and self.hub.running:
                 self.instance.beat()

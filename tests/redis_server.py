@@ -230,3 +230,49 @@ def make_redis_server(
 def redis_server(make_redis_server: Callable[..., RedisServer]) -> RedisServer:
     """A started redis-server with no password, stopped after the test."""
     return make_redis_server()
+
+
+class SyncRedis:
+    """A blocking connection with the ``IRedis`` shape: its Deferreds have
+    fired when ``command`` returns, so that a ``RedisBroker`` over it
+    answers at once, with no reactor (for property tests and for tests that
+    play a process's part from a plain thread)."""
+
+    connected = True
+    on_state = None
+    why = ""
+
+    def __init__(self, port: int) -> None:
+        from sockchat._broker.resp import ReplyParser
+
+        self.display = f"redis://127.0.0.1:{port}/0"
+        self._sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self._parser = ReplyParser()
+
+    def command(self, *args: object) -> object:
+        from twisted.internet.defer import fail, succeed
+
+        from sockchat._broker.redis import RedisError
+        from sockchat._broker.resp import ErrorReply, encode_command
+
+        self._sock.sendall(encode_command(*args))  # type: ignore[arg-type]
+        replies: list[object] = []
+        while not replies:  # one command at a time: one reply
+            data = self._sock.recv(65536)
+            assert data, "redis-server closed the connection"
+            replies = self._parser.feed(data)
+        reply = replies[0]
+        if isinstance(reply, ErrorReply):
+            return fail(RedisError(reply.message))
+        return succeed(reply)
+
+    def start(self) -> object:
+        from twisted.internet.defer import succeed
+
+        return succeed(None)
+
+    def stop(self) -> object:
+        from twisted.internet.defer import succeed
+
+        self._sock.close()
+        return succeed(None)

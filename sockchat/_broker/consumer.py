@@ -1,31 +1,36 @@
 """The broker's consumer side: operators and workers that take lines.
 
 An instance (``twistd sockchat --broker URL --responder operators`` or
-``workers``) adds each line that wants an answer to a stream, and every
-operator or worker process reads that stream in one consumer group, so
+``workers``) adds each line that wants an answer to its group's work
+queue, and every operator or worker process takes from that queue, so
 that each line goes to exactly one of them, oldest first.  ``Consumer``
 is that loop, for one group; what it does with a line is its
-``Handler``'s: ``OperatorDesk`` shows it on a ``ConsoleResponder``,
-``WorkerHandler`` asks a responder.
+``Handler``'s: ``OperatorDesk`` (``sockchat._broker.operators``) shows it
+on a console, ``WorkerHandler`` (``sockchat._broker.workers``) asks a
+responder.  What a consumer sends (answers, notices) goes through its
+``Outbox``, in order.
 
 The rules (docs/broker.md, "Operators and workers"):
 
-- Lines abandoned by a consumer that died are taken first (``XAUTOCLAIM``
-  after ``CLAIM_AFTER``), then new ones (``XREADGROUP >``, on a client of
-  its own since it blocks).
-- A consumer touches every line it holds every ``HEARTBEAT``, so a live
+- New lines are taken in batches (as many as the consumer has room for);
+  lines abandoned by a consumer that died are looked for on a timer
+  (``CLAIM_EVERY``), not before every read.
+- A consumer touches every line it holds at every heartbeat, so a live
   one, however slow, is never robbed; one that quits cleanly hands its
-  lines back at once, so the next consumer takes them without waiting.
+  lines back, so the next consumer takes them without waiting for them to
+  be abandoned.
 - A work item of another protocol is refused (one log line per sender,
   and a ``refused`` message so that the client gets its turn back); one
-  whose instance is dead (no heartbeat key) is dropped.
+  whose instance is dead is dropped.  Who is alive is known from the
+  heartbeats (a census at each of the consumer's own); only an instance
+  that the last census did not name is asked about.
 - The answer goes to the inbox of the instance that holds the client,
-  and only then is the line acknowledged.  While the broker is away the
-  consumer keeps what it holds and what it owes, says so once, and goes
-  on when it returns.
+  and the entry is deleted in the same batch, after it.  While the broker
+  is away the consumer keeps what it holds and what it owes, says so
+  once, and goes on when it returns.
 
-Everything here takes its clock and its Redis connections as arguments,
-so it runs in tests against ``tests/fakeredis.py`` and a ``Clock``.
+Everything here takes its clock and its broker (an ``IBroker``) as
+arguments, so it runs in tests on the memory broker and a ``Clock``.
 """
 
 from __future__ import annotations
@@ -34,74 +39,51 @@ import json
 import os
 import secrets
 import socket
-from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine
-from typing import Any, Protocol, cast
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
-from attrs import define, field, frozen
+from attrs import define, frozen
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockchat._broker.redis import BrokerUnavailable, IRedis, RedisError
-from sockchat._broker.wire import (
-    CLAIM_AFTER,
-    HEARTBEAT,
-    HEARTBEAT_TTL,
-    INBOX_TTL,
-    PROTOCOL,
-    Keys,
-    WireError,
-    decode,
-    encode,
+from sockchat._broker.interface import (
+    BrokerRefused,
+    BrokerUnavailable,
+    Census,
+    ConsumerSeen,
+    IBroker,
+    Taken,
+    WorkEntry,
 )
-from sockchat._console.responder import ConsoleResponder
+from sockchat._broker.wire import Timings, WireError, decode, encode
 from sockchat._core.render import safe_text
-from sockchat._doors.runner import as_deferred
-from sockchat._responders.contract import (
-    ConversationInfo,
-    IConversation,
-    ILifecycle,
-    IResponder,
-)
+from sockchat._responders.contract import ConversationInfo, IConversation
 
 __all__ = [
     "BLOCK",
-    "POLL",
+    "CLAIM_EVERY",
     "Consumer",
-    "ConsumerError",
     "Handler",
-    "OperatorDesk",
+    "HandlerBase",
+    "Outbox",
     "Outcome",
+    "RemoteConversation",
     "WorkItem",
-    "WorkerHandler",
-    "check_protocol",
     "consumer_name",
 ]
 
 log = Logger(namespace="sockchat.consumer")
 
-#: Seconds one ``XREADGROUP`` waits for a new line before the loop looks
-#: for abandoned ones again.
+#: Seconds one read waits for a new line.
 BLOCK = 1.0
+#: Seconds between looks for lines abandoned by dead consumers.
+CLAIM_EVERY = 1.0
 #: Seconds between retries while the broker is away.
 RETRY = 1.0
-#: Seconds between an operator's looks at who is connected (``/list``).
-POLL = 1.0
-#: ``XAUTOCLAIM`` calls per look for abandoned lines (each examines up to
-#: ten held lines): enough for hundreds of lines held at once.
-SCAN_ROUNDS = 50
-#: The idle time (ms) a handed-back line is given: anyone's next
-#: ``XAUTOCLAIM`` takes it.
-HANDED_BACK_IDLE = 1_000_000_000
-#: Conversations a worker remembers (their ids) at most.
-REMEMBERED = 65_536
-
-
-class ConsumerError(Exception):
-    """Something that stops a consumer from starting; ``str()`` is one line."""
 
 
 def consumer_name() -> str:
@@ -109,28 +91,11 @@ def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
-async def check_protocol(redis: IRedis, keys: Keys, *, where: str) -> None:
-    """Refuse a broker that speaks another protocol (``ConsumerError``).
-
-    The first instance writes the protocol; a consumer that comes first
-    writes it too (``SET NX``: the same value, whoever is first).
-    """
-    await redis.command("SET", keys.protocol, str(PROTOCOL), "NX")
-    spoken = await redis.command("GET", keys.protocol)
-    text = spoken.decode("utf-8", "replace") if isinstance(spoken, bytes) else spoken
-    if text != str(PROTOCOL):
-        raise ConsumerError(
-            f"the broker at {where} speaks broker protocol {safe_text(str(text))}; "
-            f"this sockchat speaks {PROTOCOL}: run the same sockchat version "
-            "everywhere"
-        )
-
-
 @frozen
 class WorkItem:
-    """One entry of a work stream: a line, or (workers) a lifecycle event."""
+    """One entry of a work queue: a line, or (workers) a lifecycle event."""
 
-    #: The stream entry id.
+    #: The queue entry's id.
     entry: str
     #: ``line``, ``started`` or ``ended``.
     kind: str
@@ -145,6 +110,11 @@ class WorkItem:
     def text(self) -> str:
         text = self.message.get("text", "")
         return text if isinstance(text, str) else str(text)
+
+    @property
+    def where(self) -> tuple[str, int]:
+        """(instance, conversation): the client, the same for everyone."""
+        return (self.instance, self.conv)
 
 
 @frozen
@@ -161,6 +131,18 @@ class Handler(Protocol):
 
     #: The kinds of work item it takes; any other is refused.
     kinds: frozenset[str]
+    #: Whether the conversations it serves begin with its line (said at
+    #: the heartbeat, for the instances).
+    greets: bool
+
+    def attach(self, consumer: Consumer) -> None:
+        """The consumer that gives it items (made after the handler)."""
+
+    def start(self) -> Deferred[None]:
+        """Before the consumer takes its first item."""
+
+    def stop(self) -> None:
+        """The consumer quits."""
 
     def handle(self, item: WorkItem) -> Deferred[Outcome | None]:
         """Deal with *item*; ``None`` when nothing is owed for it.
@@ -174,72 +156,221 @@ class Handler(Protocol):
         held: called before the handler's Deferred is cancelled."""
 
 
-@define(eq=False)
-class _Held:
-    item: WorkItem
-    outcome: Deferred[Outcome | None] | None = None
-    #: The answer is given and on its way: only the acknowledgement is left.
-    finishing: bool = False
+class HandlerBase:
+    """What a handler need not do: nothing before it starts, at its stop, or
+    when an item goes; it does not speak first."""
+
+    greets = False
+    kinds: frozenset[str] = frozenset()
+
+    def attach(self, consumer: Consumer) -> None:
+        pass
+
+    def start(self) -> Deferred[None]:
+        return succeed(None)
+
+    def stop(self) -> None:
+        pass
+
+    def gone(self, item: WorkItem) -> Deferred[None] | None:
+        return None
+
+
+# -- The outbox ---------------------------------------------------------------
 
 
 @define(eq=False)
 class _Send:
-    """A group of commands sent together, in order, retried while the
-    broker is away; then *done*."""
+    """Messages to post, then entries to delete; then *done*."""
 
-    commands: list[tuple[str | bytes | int | float, ...]]
+    posts: list[tuple[str, bytes]]
+    entries: list[str]
     done: Callable[[], None] | None = None
 
 
-class Consumer:
-    """Take the lines of one group's stream and answer them through *handler*.
+class Outbox:
+    """What a consumer sends, in order: messages to instances' inboxes and
+    the entries it finished.
 
-    *blocking* is a connection of its own for the blocking read; *redis*
-    serves everything else (and may be shared).  *capacity* is how many
-    lines it holds at once (``--hold`` for operators, ``--concurrency`` for
-    workers); *display* is the name others see (``P:consumers:{group}``),
-    *by* what its answers are signed with.
+    Everything given in one reactor turn goes in one call to the broker
+    (``IBroker.finish``), which posts every message before it deletes any
+    entry.  While the broker is away, it is kept and sent, in order, when
+    it is back.
+    """
+
+    def __init__(self, broker: IBroker, group: str, clock: IReactorTime) -> None:
+        self._broker = broker
+        self._group = group
+        self._clock = clock
+        self._queue: deque[_Send] = deque()
+        self._flush: IDelayedCall | None = None
+        self._sending: Deferred[None] | None = None
+        self._wake: Deferred[None] | None = None
+        #: Once set, what cannot be sent because the broker is away is lost.
+        self.quitting = False
+
+    def post(self, instance: str, kind: str, **fields: Any) -> None:
+        """A message for *instance*'s inbox."""
+        self._add(_Send([(instance, encode(kind, **fields))], []))
+
+    def finish(
+        self,
+        entries: Sequence[str],
+        posts: Sequence[tuple[str, bytes]] = (),
+        done: Callable[[], None] | None = None,
+    ) -> None:
+        """Post *posts*, then delete *entries*; then call *done*."""
+        self._add(_Send(list(posts), list(entries), done))
+
+    def _add(self, send: _Send) -> None:
+        self._queue.append(send)
+        if self._flush is None and (self._sending is None or self._sending.called):
+            self._flush = self._clock.callLater(0, self._start)
+
+    def _start(self) -> None:
+        self._flush = None
+        self._sending = Deferred.fromCoroutine(self._send_all())
+        self._sending.addErrback(lambda f: log.failure("sending failed", f))
+
+    def drain(self) -> Deferred[None]:
+        """Fires once everything given so far was sent (or, ``quitting``,
+        could not be)."""
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+        self._flush = None
+        if self._queue and (self._sending is None or self._sending.called):
+            self._start()
+        if self._sending is None or self._sending.called:
+            return succeed(None)
+        drained: Deferred[None] = Deferred()
+
+        def sent(result: object) -> object:
+            drained.callback(None)
+            return result
+
+        self._sending.addBoth(sent)
+        return drained
+
+    def wake(self) -> None:
+        """The broker is back: try again now."""
+        wake, self._wake = self._wake, None
+        if wake is not None and not wake.called:
+            wake.callback(None)
+
+    async def _send_all(self) -> None:
+        while self._queue:
+            batch = list(self._queue)
+            posts = [post for send in batch for post in send.posts]
+            entries = [entry for send in batch for entry in send.entries]
+            try:
+                await self._broker.finish(self._group, entries, posts)
+            except BrokerUnavailable:
+                if self.quitting:
+                    self._queue.clear()
+                    return  # quitting: what cannot be sent now is lost
+                self._wake = Deferred()
+                retry = self._clock.callLater(RETRY, self.wake)
+                await self._wake
+                if retry.active():
+                    retry.cancel()
+                continue
+            except BrokerRefused as e:
+                log.error("the broker refused a batch: {error}", error=str(e))
+            for _ in batch:
+                self._queue.popleft()
+            for send in batch:
+                if send.done is not None:
+                    send.done()
+
+
+@implementer(IConversation)
+class RemoteConversation:
+    """A conversation held by an instance, as a responder's hooks or a
+    console see it: ``notify`` and ``end`` become messages to that
+    instance."""
+
+    def __init__(
+        self, info: ConversationInfo, instance: str, conv: int, outbox: Outbox
+    ) -> None:
+        self.info = info
+        self.instance = instance
+        self.conv = conv
+        self._outbox = outbox
+
+    @property
+    def key(self) -> str:
+        """Where the conversation lives: ``i2/5`` (instance/conversation),
+        the same in every operator and worker."""
+        return f"{self.instance}/{self.conv}"
+
+    def notify(self, code: str, text: str) -> None:
+        self._outbox.post(self.instance, "notify", conv=self.conv, code=code, text=text)
+
+    def end(self, code: str, text: str) -> None:
+        self._outbox.post(self.instance, "end", conv=self.conv, code=code, text=text)
+
+
+# -- The loop -------------------------------------------------------------------
+
+
+@define(eq=False)
+class _Held:
+    item: WorkItem
+    outcome: Deferred[Outcome | None] | None = None
+    #: The answer is given and on its way: only the deletion is left.
+    finishing: bool = False
+
+
+class Consumer:
+    """Take the lines of one group's queue and answer them through *handler*.
+
+    *capacity* is how many lines it holds at once (``--hold`` for
+    operators, ``--concurrency`` for workers); *name* is unique, *display*
+    the name others see, *by* what its answers are signed with.
     """
 
     def __init__(
         self,
         *,
         clock: IReactorTime,
-        redis: IRedis,
-        blocking: IRedis,
+        broker: IBroker,
         group: str,
         handler: Handler,
+        outbox: Outbox,
         name: str | None = None,
         display: str = "",
         by: str = "",
         capacity: int = 1,
-        keys: Keys | None = None,
+        timings: Timings | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be 1 or more, not {capacity}")
         self._clock = clock
-        self._redis = redis
-        self._blocking = blocking
+        self.broker = broker
         self.group = group
         self._handler = handler
+        self._outbox = outbox
         self.name = name or consumer_name()
         self.display = display or self.name
         self.by = by or self.name
         self.capacity = capacity
-        self.keys = keys or Keys()
-        self._stream = self.keys.work(group)
+        self.timings = timings or Timings()
         self._held: dict[str, _Held] = {}
-        self._outbox: deque[_Send] = deque()
-        self._sending: Deferred[None] | None = None
         self._running = False
         self._stopping: Deferred[None] | None = None
         self._loop: Deferred[None] | None = None
         self._wake: Deferred[None] | None = None
         self._nap: IDelayedCall | None = None
         self._beat: IDelayedCall | None = None
+        self._claimed_at = float("-inf")
         self._lost = False
         self._refused: set[str] = set()  # senders already logged
         self._refusal = ""  # the read error last logged
+        #: The last census: who is alive; and instances asked about since.
+        self.census = Census()
+        self._asked: dict[str, bool] = {}
+        broker.on_change(self.broker_state)
+        handler.attach(self)
 
     # -- what the shell sees ------------------------------------------------
 
@@ -249,14 +380,14 @@ class Consumer:
         return list(self._held)
 
     def start(self) -> Deferred[None]:
-        """Make the group if need be, say we are here, and start reading."""
+        """Make the queue if need be, say we are here, and start reading."""
         return Deferred.fromCoroutine(self._start())
 
     async def _start(self) -> None:
-        await self._create_group()
+        await self.broker.open_queue(self.group)
         self._running = True
         await self._heartbeat_once()
-        self._beat = self._clock.callLater(HEARTBEAT, self._heartbeat)
+        self._beat = self._clock.callLater(self.timings.heartbeat, self._heartbeat)
         self._loop = Deferred.fromCoroutine(self._read_loop())
         self._loop.addErrback(self._crashed, "the read loop")
 
@@ -268,161 +399,123 @@ class Consumer:
         return self._stopping
 
     def broker_state(self, up: bool) -> None:
-        """A connection's ``on_state``: the broker was lost, or is back."""
-        if up:
-            self._back()
-        else:
-            self._gone()
+        """The broker was lost, or is back."""
+        if not up and not self._lost:
+            self._lost = True
+            log.warn(
+                "lost the broker at {broker}; holding {count} line(s), going on "
+                "when it is back",
+                broker=self.broker.display,
+                count=len(self._held),
+            )
+        elif up and self._lost:
+            self._lost = False
+            log.info("the broker is back at {broker}", broker=self.broker.display)
+            self._outbox.wake()
+            self._wakeup()
 
-    def send(self, instance: str, kind: str, **fields: Any) -> None:
-        """Put a message in *instance*'s inbox (kept and retried, in order,
-        while the broker is away)."""
-        self._queue(_Send(self._inbox_commands(instance, encode(kind, **fields))))
+    def take_entry(self, entry: str) -> Deferred[Taken]:
+        """Take one given entry (an operator's ``/to`` for a line that waits
+        in the queue): handled as any line taken, even past *capacity*."""
+
+        async def take() -> Taken:
+            taken = await self.broker.take_entry(
+                self.group, self.name, entry, self.timings.claim_after
+            )
+            if taken.entry is not None and taken.entry.entry not in self._held:
+                await self._take(taken.entry)
+            return taken
+
+        return Deferred.fromCoroutine(take())
 
     # -- reading ------------------------------------------------------------
 
-    async def _create_group(self) -> None:
-        try:
-            await self._redis.command(
-                "XGROUP", "CREATE", self._stream, self.group, "0", "MKSTREAM"
-            )
-        except RedisError as e:
-            if not str(e).startswith("BUSYGROUP"):
-                raise
-
     async def _read_loop(self) -> None:
         while self._running:
-            if len(self._held) >= self.capacity:
+            room = self.capacity - len(self._held)
+            if room <= 0:
                 await self._wait()
                 continue
             try:
-                found = await self._next_entry()
+                entries = await self._next(room)
             except BrokerUnavailable:
-                self._gone()
                 await self._wait(RETRY)
                 continue
-            except RedisError as e:
-                if "NOGROUP" in str(e):  # the broker restarted empty
-                    log.info(
-                        "the {group} group is gone; making it again", group=self.group
-                    )
-                    try:
-                        await self._create_group()
-                    except (BrokerUnavailable, RedisError):
-                        await self._wait(RETRY)
-                    continue
+            except BrokerRefused as e:
                 if str(e) != self._refusal:  # once, not once a second
                     self._refusal = str(e)
                     log.error("the broker refused a read: {error}", error=str(e))
                 await self._wait(RETRY)
                 continue
             self._refusal = ""
-            self._back()
-            if found is None:
-                continue
-            entry, fields = found
-            if self._quitting():  # read while stopping: hand it back too
-                self._held[entry] = _Held(_placeholder(entry))
-                continue
-            try:
-                await self._take(entry, fields)
-            except Exception:  # a bug: say so, and go on with the next line
-                log.failure("taking {entry} failed", entry=entry)
+            for entry in entries:
+                if self._quitting():  # read while stopping: hand it back too
+                    self._held[entry.entry] = _Held(_placeholder(entry.entry))
+                    continue
+                try:
+                    await self._take(entry)
+                except Exception:  # a bug: say so, and go on with the next line
+                    log.failure("taking {entry} failed", entry=entry.entry)
 
     def _quitting(self) -> bool:
         return not self._running
 
-    async def _next_entry(self) -> tuple[str, dict[bytes, bytes]] | None:
-        """The oldest abandoned line, or else a new one (or None)."""
-        cursor: str | bytes = "0-0"
-        for _ in range(SCAN_ROUNDS):
-            reply = await self._redis.command(
-                "XAUTOCLAIM",
-                self._stream,
-                self.group,
-                self.name,
-                int(CLAIM_AFTER * 1000),
-                cursor,
-                "COUNT",
-                1,
+    async def _next(self, room: int) -> list[WorkEntry]:
+        """Lines abandoned by dead consumers (at most every CLAIM_EVERY),
+        or else new ones, up to *room*."""
+        now = self._clock.seconds()
+        if now - self._claimed_at >= CLAIM_EVERY:
+            self._claimed_at = now
+            abandoned = await self.broker.take_abandoned(
+                self.group, self.name, self.timings.claim_after, room
             )
-            cursor = reply[0]
-            for raw in reply[1] or []:
-                if raw is None:  # deleted (Redis 6.2 says so this way)
-                    continue
-                entry, fields = _entry(raw)
-                if entry not in self._held:
-                    return entry, fields
-            if _text(cursor) == "0-0":
-                break
-        reading = self._blocking.command(
-            "XREADGROUP",
-            "GROUP",
-            self.group,
-            self.name,
-            "COUNT",
-            1,
-            "BLOCK",
-            int(BLOCK * 1000),
-            "STREAMS",
-            self._stream,
-            ">",
-        )
-        at_once = reading.called
-        reply = await reading
-        if not reply:
-            if at_once:  # a connection that does not block: do not spin
-                await self._wait(BLOCK)
-            return None
-        _, entries = reply[0]
-        if not entries:
-            return None
-        return _entry(entries[0])
+            fresh = [e for e in abandoned if e.entry not in self._held]
+            if fresh:
+                return fresh
+        return await self.broker.take(self.group, self.name, room, BLOCK)
 
-    async def _take(self, entry: str, fields: dict[bytes, bytes]) -> None:
-        """Check a work item just read, and give it to the handler."""
-        raw = fields.get(b"m", b"")
+    async def _take(self, entry: WorkEntry) -> None:
+        """Check a work item just taken, and give it to the handler."""
         try:
-            message = decode(raw, sender=f"the work item {entry}")
-            item = _work_item(entry, message)
+            message = decode(entry.data, sender=f"the work item {entry.entry}")
+            item = _work_item(entry.entry, message)
         except WireError as e:
-            await self._refuse(entry, raw, str(e))
+            self._refuse(entry, str(e))
             return
         if item.kind not in self._handler.kinds:
-            await self._refuse(
-                entry, raw, f"{self.group} do not take {safe_text(item.kind)} items"
+            self._refuse(
+                entry, f"{self.group} do not take {safe_text(item.kind)} items"
             )
             return
-        try:
-            alive = await self._redis.command(
-                "EXISTS", self.keys.instance(item.instance)
-            )
-        except (BrokerUnavailable, RedisError):
-            alive = 1  # find out later: the line stays ours until then
-        if not alive:
+        if not await self._alive(item.instance):
             log.debug(
                 "dropped {entry}: instance {instance} is gone",
-                entry=entry,
+                entry=entry.entry,
                 instance=item.instance,
             )
-            self._queue(
-                _Send(
-                    [
-                        ("SREM", self.keys.instances, item.instance),
-                        *self._drop_commands(entry),
-                    ]
-                )
-            )
+            self._outbox.finish([entry.entry])
             return
-        held = self._held[entry] = _Held(item)
+        held = self._held[entry.entry] = _Held(item)
         outcome = maybeDeferred(self._handler.handle, item)
         held.outcome = outcome
         outcome.addCallbacks(
             self._handled, self._failed, callbackArgs=(held,), errbackArgs=(held,)
         )
 
-    async def _refuse(self, entry: str, raw: bytes, why: str) -> None:
-        sender = _sender(raw)
+    async def _alive(self, instance: str) -> bool:
+        """Whether *instance* is alive: from the last census, or (one it did
+        not name: new since) asked once until the next."""
+        if instance in self.census.instances:
+            return True
+        if instance not in self._asked:
+            try:
+                self._asked[instance] = await self.broker.instance_alive(instance)
+            except (BrokerUnavailable, BrokerRefused):
+                return True  # find out later: the line stays ours until then
+        return self._asked[instance]
+
+    def _refuse(self, entry: WorkEntry, why: str) -> None:
+        sender = _sender(entry.data)
         if sender not in self._refused:
             self._refused.add(sender)
             log.warn(
@@ -430,12 +523,12 @@ class Consumer:
                 sender=sender or "an unknown sender",
                 why=why,
             )
-        commands = []
-        instance, conv = _where(raw)
+        instance, conv = _where(entry.data)
+        posts = []
         if instance:
-            message = encode("refused", conv=conv, entry=entry, why=why)
-            commands += self._inbox_commands(instance, message)
-        self._queue(_Send([*commands, *self._drop_commands(entry)]))
+            message = encode("refused", conv=conv, entry=entry.entry, why=why)
+            posts.append((instance, message))
+        self._outbox.finish([entry.entry], posts)
 
     # -- answering ----------------------------------------------------------
 
@@ -444,20 +537,14 @@ class Consumer:
             return  # handed back or gone already
         held.finishing = True
         item = held.item
-        commands = []
+        posts = []
         if outcome is not None:
             extra = {"text": outcome.text, "by": self.by}
             if outcome.kind != "answer":
                 extra = {"why": outcome.text}
             message = encode(outcome.kind, conv=item.conv, entry=item.entry, **extra)
-            commands += self._inbox_commands(item.instance, message)
-        if outcome is None or item.kind != "line":
-            # Nothing waits for this entry's deletion (the instance deletes
-            # the lines it waits for, not lifecycle events): delete it.
-            commands += self._drop_commands(item.entry)
-        else:
-            commands.append(("XACK", self._stream, self.group, item.entry))
-        self._queue(_Send(commands, lambda: self._release(held)))
+            posts.append((item.instance, message))
+        self._outbox.finish([item.entry], posts, lambda: self._release(held))
 
     def _failed(self, failure: Failure, held: _Held) -> None:
         if failure.check(CancelledError):
@@ -471,48 +558,6 @@ class Consumer:
             del self._held[held.item.entry]
         self._wakeup()
 
-    def _inbox_commands(
-        self, instance: str, message: bytes
-    ) -> list[tuple[str | bytes | int | float, ...]]:
-        inbox = self.keys.inbox(instance)
-        return [("RPUSH", inbox, message), ("PEXPIRE", inbox, int(INBOX_TTL * 1000))]
-
-    def _drop_commands(self, entry: str) -> list[tuple[str | bytes | int | float, ...]]:
-        return [
-            ("XACK", self._stream, self.group, entry),
-            ("XDEL", self._stream, entry),
-        ]
-
-    def _queue(self, send: _Send) -> None:
-        self._outbox.append(send)
-        if self._sending is None or self._sending.called:
-            self._sending = Deferred.fromCoroutine(self._send_all())
-            self._sending.addErrback(self._crashed, "sending")
-
-    async def _send_all(self) -> None:
-        """Send the outbox in order; wait while the broker is away."""
-        while self._outbox:
-            send = self._outbox[0]
-            try:
-                await self._pipeline(send.commands)
-            except BrokerUnavailable:
-                self._gone()
-                if self._stopping is not None and not self._redis.connected:
-                    return  # quitting: what cannot be sent now is lost
-                await self._wait(RETRY, wake=False)
-                continue
-            self._back()
-            self._outbox.popleft()
-            if send.done is not None:
-                send.done()
-
-    async def _pipeline(
-        self, commands: list[tuple[str | bytes | int | float, ...]]
-    ) -> list[Any]:
-        """Send *commands* together; their replies (a refused one logged,
-        and None).  ``BrokerUnavailable`` if the broker is away."""
-        return await _together([self._redis.command(*c) for c in commands])
-
     # -- staying alive ------------------------------------------------------
 
     def _heartbeat(self) -> None:
@@ -521,48 +566,38 @@ class Consumer:
             return
         done = Deferred.fromCoroutine(self._heartbeat_once())
         done.addErrback(self._crashed, "the heartbeat")
-        self._beat = self._clock.callLater(HEARTBEAT, self._heartbeat)
+        self._beat = self._clock.callLater(self.timings.heartbeat, self._heartbeat)
 
     async def _heartbeat_once(self) -> None:
-        """Say we are here, and touch every line we hold."""
-        seen = json.dumps(
-            {
-                "v": PROTOCOL,
-                "name": self.display,
-                "until": self._clock.seconds() + HEARTBEAT_TTL,
-                "greets": bool(getattr(self._handler, "greets", False)),
-            },
-            ensure_ascii=True,
+        """Say we are here, touch every line we hold, and look at who is
+        alive."""
+        seen = ConsumerSeen(
+            self.name,
+            self.display,
+            self._clock.seconds() + self.timings.heartbeat_ttl,
+            bool(getattr(self._handler, "greets", False)),
         )
-        held = list(self._held.values())
-        commands: list[tuple[str | bytes | int | float, ...]] = [
-            ("HSET", self.keys.consumers(self.group), self.name, seen)
-        ]
-        commands += [
-            ("XCLAIM", self._stream, self.group, self.name, 0, h.item.entry, "JUSTID")
-            for h in held
-        ]
-        # Is each instance we hold lines of still alive?
-        instances = sorted({h.item.instance for h in held if h.item.instance})
-        commands += [("EXISTS", self.keys.instance(name)) for name in instances]
+        held = [h for h in self._held.values() if not h.finishing]
         try:
-            replies = await self._pipeline(commands)
+            _, still, self.census = await _all(
+                self.broker.beat_consumer(self.group, seen),
+                self.broker.touch(self.group, self.name, [h.item.entry for h in held]),
+                self.broker.census([self.group]),
+            )
         except BrokerUnavailable:
-            self._gone()
             return
-        self._back()
-        touched = replies[1 : 1 + len(held)]
-        dead = {
-            name
-            for name, alive in zip(instances, replies[1 + len(held) :], strict=True)
-            if alive == 0
-        }
-        for h, still in zip(held, touched, strict=True):
-            if h.item.instance in dead and not h.finishing:
+        except BrokerRefused as e:
+            log.error("the broker refused a heartbeat: {error}", error=str(e))
+            return
+        self._asked.clear()
+        for h in held:
+            if h.finishing:
+                continue
+            if not await self._alive(h.item.instance):
                 # Nobody waits for it any more: drop it, as a new one would be.
-                self._queue(_Send(self._drop_commands(h.item.entry)))
+                self._outbox.finish([h.item.entry])
                 self._vanished(h)
-            elif not still and not h.finishing:  # deleted (or the group is gone)
+            elif h.item.entry not in still:  # deleted: the client left or gave up
                 self._vanished(h)
 
     def _vanished(self, held: _Held) -> None:
@@ -592,36 +627,26 @@ class Consumer:
             self._beat.cancel()
         self._wakeup()
         if self._loop is not None:
-            await self._loop  # at most one blocking read (BLOCK)
-        if self._sending is not None:
-            await self._sending  # what is owed first: answers given
+            await self._loop  # at most one read that waits (BLOCK)
+        self._outbox.quitting = True  # what cannot be sent now is lost
+        await self._outbox.drain()  # what is owed first: answers given
         back = [h for h in self._held.values() if not h.finishing]
         self._held.clear()
-        commands: list[tuple[str | bytes | int | float, ...]] = [
-            (
-                "XCLAIM",
-                self._stream,
-                self.group,
-                self.name,
-                0,
-                h.item.entry,
-                "IDLE",
-                HANDED_BACK_IDLE,
-                "JUSTID",
-            )
-            for h in back
-        ]
-        commands.append(("HDEL", self.keys.consumers(self.group), self.name))
         try:
-            await self._pipeline(commands)
-        except BrokerUnavailable as e:
+            await _all(
+                self.broker.hand_back(
+                    self.group, self.name, [h.item.entry for h in back]
+                ),
+                self.broker.leave_consumer(self.group, self.name),
+            )
+        except (BrokerUnavailable, BrokerRefused) as e:
             if back:
                 log.warn(
                     "could not hand back {count} line(s) ({error}); others take "
                     "them after {after:g} s",
                     count=len(back),
                     error=str(e),
-                    after=CLAIM_AFTER,
+                    after=self.timings.claim_after,
                 )
         else:
             if back:
@@ -630,40 +655,14 @@ class Consumer:
             if h.outcome is not None and not h.outcome.called:
                 h.outcome.cancel()
 
-    # -- the broker coming and going -----------------------------------------
-
-    def _gone(self) -> None:
-        """A command failed for want of the broker: say so once, if the
-        main connection is down (the blocking one follows it)."""
-        if not self._lost and not self._redis.connected:
-            self._lost = True
-            log.warn(
-                "lost the broker at {broker}; holding {count} line(s), going on "
-                "when it is back",
-                broker=getattr(self._redis, "display", "?"),
-                count=len(self._held),
-            )
-
-    def _back(self) -> None:
-        if self._lost and self._redis.connected:
-            self._lost = False
-            log.info(
-                "the broker is back at {broker}",
-                broker=getattr(self._redis, "display", "?"),
-            )
-            self._wakeup()
-
     # -- waiting ------------------------------------------------------------
 
-    def _wait(
-        self, seconds: float | None = None, *, wake: bool = True
-    ) -> Deferred[None]:
-        """Fire after *seconds* (or never), or when woken (if *wake*)."""
+    def _wait(self, seconds: float | None = None) -> Deferred[None]:
+        """Fire after *seconds* (or never), or when woken."""
         d: Deferred[None] = Deferred()
         call = None if seconds is None else self._clock.callLater(seconds, _fire, d)
-        if wake:
-            self._wake = d
-            self._nap = call
+        self._wake = d
+        self._nap = call
         return d
 
     def _wakeup(self) -> None:
@@ -678,22 +677,19 @@ class Consumer:
         log.failure("{what} failed", failure, what=what)
 
 
-async def _together(replies: list[Deferred[Any]]) -> list[Any]:
-    """Wait for every one of *replies*; a refused command is logged (and
-    None), ``BrokerUnavailable`` raised once all are in."""
+async def _all(*calls: Deferred[Any]) -> list[Any]:
+    """Every call's result, in order; if any failed, the first failure is
+    raised once all are in (none is left unhandled)."""
     results: list[Any] = []
-    lost: BrokerUnavailable | None = None
-    for reply in replies:
+    first: BaseException | None = None
+    for call in calls:
         try:
-            results.append(await reply)
-        except BrokerUnavailable as e:
-            lost = lost or e
+            results.append(await call)
+        except Exception as e:
+            first = first or e
             results.append(None)
-        except RedisError as e:
-            log.error("the broker refused a command: {error}", error=str(e))
-            results.append(None)
-    if lost is not None:
-        raise lost
+    if first is not None:
+        raise first
     return results
 
 
@@ -704,22 +700,6 @@ def _fire(d: Deferred[None]) -> None:
 
 def _named(failure: Failure) -> str:
     return failure.type.__name__ if failure.type is not None else "an error"
-
-
-def _text(value: object) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
-
-
-def _entry(raw: list[Any]) -> tuple[str, dict[bytes, bytes]]:
-    """A stream entry ``[id, [field, value, ...]]`` as (id, fields)."""
-    entry, flat = raw[0], raw[1] or []
-    fields = {
-        (k if isinstance(k, bytes) else str(k).encode()): (
-            v if isinstance(v, bytes) else str(v).encode()
-        )
-        for k, v in zip(flat[::2], flat[1::2], strict=True)
-    }
-    return _text(entry), fields
 
 
 def _placeholder(entry: str) -> WorkItem:
@@ -767,384 +747,3 @@ def _where(raw: bytes) -> tuple[str, int | None]:
 def _sender(raw: bytes) -> str:
     instance, _ = _where(raw)
     return f"instance {safe_text(instance)}" if instance else ""
-
-
-# -- workers ----------------------------------------------------------------
-
-
-@implementer(IConversation)
-class RemoteConversation:
-    """A conversation held by an instance, as a responder's hooks see it:
-    ``notify`` and ``end`` become messages to that instance."""
-
-    def __init__(
-        self,
-        info: ConversationInfo,
-        instance: str,
-        conv: int,
-        send: Callable[..., None],
-    ) -> None:
-        self.info = info
-        self.instance = instance
-        self.conv = conv
-        self._send = send
-
-    @property
-    def key(self) -> str:
-        """Where the conversation lives: ``i2/5`` (instance/conversation),
-        the same in every operator and worker."""
-        return f"{self.instance}/{self.conv}"
-
-    def notify(self, code: str, text: str) -> None:
-        self._send(self.instance, "notify", conv=self.conv, code=code, text=text)
-
-    def end(self, code: str, text: str) -> None:
-        self._send(self.instance, "end", conv=self.conv, code=code, text=text)
-
-
-class WorkerHandler:
-    """Answer work items with a responder, as the server itself would.
-
-    The responder sees each conversation with an id of this worker's own
-    (instances' ids collide), counted from 1, and the client's address as
-    its peer.  Its ``started`` and ``ended`` hooks run in the worker that
-    takes those items, which need not be the one that answers the lines:
-    state that must live across workers is the responder's business.
-    """
-
-    kinds = frozenset({"line", "started", "ended"})
-
-    def __init__(self, responder: IResponder, send: Callable[..., None]) -> None:
-        self.responder = responder
-        #: Whether the conversations it serves begin with a line of the
-        #: server's: its responder has lifecycle hooks (said at the heartbeat).
-        self.greets = ILifecycle.providedBy(responder)
-        self._send = send
-        self._conversations: OrderedDict[tuple[str, int], RemoteConversation] = (
-            OrderedDict()
-        )
-        self._count = 0
-
-    def conversation(self, item: WorkItem) -> RemoteConversation:
-        """The conversation of *item*, made when first seen."""
-        where = (item.instance, item.conv)
-        known = self._conversations.get(where)
-        if known is None:
-            self._count += 1
-            info = ConversationInfo(self._count, item.peer)
-            known = RemoteConversation(info, item.instance, item.conv, self._send)
-            self._conversations[where] = known
-            if len(self._conversations) > REMEMBERED:
-                self._conversations.popitem(last=False)
-        else:
-            self._conversations.move_to_end(where)
-        return known
-
-    def handle(self, item: WorkItem) -> Deferred[Outcome | None]:
-        conversation = self.conversation(item)
-        lifecycle = ILifecycle.providedBy(self.responder)
-        hooks = cast(ILifecycle, self.responder)
-        if item.kind == "ended":
-            del self._conversations[(item.instance, item.conv)]
-            if lifecycle:
-                reason = item.message.get("reason")
-                try:
-                    hooks.ended(conversation, str(reason or "unknown"))
-                except Exception:
-                    log.failure("the responder's ended hook failed")
-            return succeed(None)
-        try:
-            if item.kind == "started":
-                opening = bool(item.message.get("opening"))
-                if not lifecycle:
-                    if opening:
-                        return succeed(
-                            Outcome(
-                                "failed", "this worker's responder has no started hook"
-                            )
-                        )
-                    return succeed(None)
-                reply = hooks.started(conversation)
-                if reply is None:
-                    if opening:
-                        return succeed(
-                            Outcome(
-                                "failed",
-                                "the responder's started hook gave no first line "
-                                "(under --responder workers, a responder with "
-                                "hooks speaks first)",
-                            )
-                        )
-                    return succeed(None)
-            else:
-                reply = self.responder.respond(conversation.info, item.text)
-        except Exception:
-            return succeed(self._raised(Failure(), item))
-        answer = as_deferred(reply)
-        if answer is None:
-            return succeed(self._answer(reply, item))
-        result: Deferred[Outcome | None] = Deferred(lambda _: answer.cancel())
-
-        def answered(text: object) -> None:
-            if not result.called:
-                result.callback(self._answer(text, item))
-
-        def raised(failure: Failure) -> None:
-            if not result.called and not failure.check(CancelledError):
-                result.callback(self._raised(failure, item))
-
-        answer.addCallbacks(answered, raised)
-        return result
-
-    def gone(self, item: WorkItem) -> None:
-        return None
-
-    def _answer(self, text: object, item: WorkItem) -> Outcome:
-        if not isinstance(text, str):
-            log.error(
-                "the responder answered {entry} with {type}, not a str",
-                entry=item.entry,
-                type=type(text).__name__,
-            )
-            return Outcome(
-                "failed", f"the responder answered with {type(text).__name__}"
-            )
-        return Outcome("answer", text)
-
-    def _raised(self, failure: Failure, item: WorkItem) -> Outcome:
-        log.failure("the responder failed on {entry}", failure, entry=item.entry)
-        return Outcome("failed", f"the responder raised {_named(failure)}")
-
-
-# -- operators --------------------------------------------------------------
-
-
-@define(eq=False)
-class _Client:
-    conversation: RemoteConversation
-    #: When it was mirrored because a line came (the poll may not see it yet).
-    since: float = 0.0
-    holding: set[str] = field(factory=set)
-
-
-class OperatorDesk:
-    """Show every client of every live instance on a ``ConsoleResponder``,
-    and the lines this operator takes as its waiting lines.
-
-    Polls ``P:instances`` and each live instance's ``P:clients:{name}``
-    every ``POLL``, so that ``/list`` and ``/kick`` work as on one server.
-    Client numbers are the operator's own; the peer part of a client's
-    label says which instance and conversation it is:
-    ``client 7 (i2/5, 127.0.0.1:50312)``.
-    """
-
-    kinds = frozenset({"line"})
-
-    def __init__(
-        self,
-        console: ConsoleResponder,
-        redis: IRedis,
-        clock: IReactorTime,
-        send: Callable[..., None],
-        keys: Keys | None = None,
-        *,
-        shown: Callable[[], None] | None = None,
-    ) -> None:
-        self.console = console
-        self._shown = shown
-        self._redis = redis
-        self._clock = clock
-        self._send = send
-        self.keys = keys or Keys()
-        self._clients: dict[tuple[str, int], _Client] = {}
-        self._count = 0
-        self._poll: IDelayedCall | None = None
-        self._polling = False
-
-    def start(self) -> Deferred[None]:
-        """Mirror the clients now, and every ``POLL`` from now on."""
-        self._polling = True
-        return self._run(self.refresh())
-
-    def stop(self) -> None:
-        self._polling = False
-        if self._poll is not None and self._poll.active():
-            self._poll.cancel()
-        self._poll = None
-
-    def _run(self, coroutine: Coroutine[Any, Any, None]) -> Deferred[None]:
-        done = Deferred.fromCoroutine(coroutine)
-
-        def again(result: object) -> None:
-            if isinstance(result, Failure) and not result.check(BrokerUnavailable):
-                log.failure("looking at the clients failed", result)
-            if self._polling and (self._poll is None or not self._poll.active()):
-                self._poll = self._clock.callLater(POLL, self._tick)
-
-        return done.addBoth(again)
-
-    def _tick(self) -> None:
-        self._poll = None
-        if self._polling:
-            self._run(self.refresh())
-
-    async def refresh(self) -> None:
-        """Look at who is connected, on every live instance."""
-        members = await self._redis.command("SMEMBERS", self.keys.instances)
-        names = sorted(_text(n) for n in members or [])
-        replies = await _together(
-            [
-                self._redis.command(*c)
-                for n in names
-                for c in (
-                    ("EXISTS", self.keys.instance(n)),
-                    ("HGETALL", self.keys.clients(n)),
-                )
-            ]
-        )
-        now: dict[tuple[str, int], str] = {}
-        live: set[str] = set()
-        for name, is_alive, flat in zip(
-            names, replies[::2], replies[1::2], strict=True
-        ):
-            if is_alive == 0:
-                self._redis.command("SREM", self.keys.instances, name).addErrback(
-                    lambda _: None
-                )
-                continue
-            if is_alive is None:  # refused: look again next time
-                continue
-            live.add(name)
-            flat = flat or []
-            for conv, value in zip(flat[::2], flat[1::2], strict=True):
-                try:
-                    number = int(conv)
-                except ValueError:
-                    continue
-                peer = _loose(value).get("peer")
-                now[(name, number)] = peer if isinstance(peer, str) else "unknown"
-        for where, peer in sorted(now.items()):
-            if where not in self._clients:
-                self._mirror(where[0], where[1], peer)
-        grace = self._clock.seconds() - HEARTBEAT_TTL
-        for where, client in list(self._clients.items()):
-            if where in now or client.holding:
-                continue  # a held line's client goes when the line does
-            if client.since > grace and where[0] in live:
-                continue  # mirrored for a line: its instance may not list it yet
-            self._forget(where, "left")
-
-    def _mirror(self, instance: str, conv: int, peer: str) -> _Client:
-        where = (instance, conv)
-        client = self._clients.get(where)
-        if client is None:
-            self._count += 1
-            label = f"{safe_text(instance)}/{conv}, {safe_text(peer)}"
-            info = ConversationInfo(self._count, label)
-            conversation = RemoteConversation(info, instance, conv, self._send)
-            client = self._clients[where] = _Client(conversation)
-            self.console.started(conversation)
-        return client
-
-    def _forget(self, where: tuple[str, int], reason: str) -> None:
-        client = self._clients.pop(where, None)
-        if client is not None:
-            self.console.ended(client.conversation, reason)
-
-    def handle(self, item: WorkItem) -> Deferred[Outcome | None]:
-        where = (item.instance, item.conv)
-        known = where in self._clients
-        client = self._mirror(item.instance, item.conv, item.peer)
-        if not known:
-            client.since = self._clock.seconds()
-        client.holding.add(item.entry)
-        answer = self.console.respond(client.conversation.info, item.text)
-        if self._shown is not None:
-            self._shown()
-
-        def answered(text: str) -> Outcome:
-            client.holding.discard(item.entry)
-            return Outcome("answer", text)
-
-        def failed(failure: Failure) -> Failure:
-            client.holding.discard(item.entry)
-            return failure
-
-        result: Deferred[Outcome | None] = answer.addCallbacks(answered, failed)
-        return result
-
-    def gone(self, item: WorkItem) -> Deferred[None]:
-        """Did the client leave (then the console says so), or did its
-        line time out?"""
-        where = (item.instance, item.conv)
-        client = self._clients.get(where)
-        if client is not None:
-            client.holding.discard(item.entry)
-
-        async def look() -> None:
-            try:
-                there = await self._redis.command(
-                    "HGET", self.keys.clients(item.instance), str(item.conv)
-                )
-            except (BrokerUnavailable, RedisError):
-                return
-            if not there:
-                self._forget(where, "left")
-
-        return Deferred.fromCoroutine(look())
-
-
-# -- what the shells share --------------------------------------------------
-
-
-@define(eq=False)
-class Broker:
-    """The two connections a consumer process uses, and where they go."""
-
-    display: str
-    #: For everything but the blocking read.
-    shared: Any
-    #: For the blocking read only.
-    blocking: Any
-
-    def stop(self) -> Deferred[None]:
-        async def both() -> None:
-            await self.blocking.stop()
-            await self.shared.stop()
-
-        return Deferred.fromCoroutine(both())
-
-
-async def open_broker(
-    reactor: Any,
-    url: str,
-    keys: Keys,
-    on_state: Callable[[bool], None],
-) -> Broker:
-    """Connect twice to the broker at *url* and check its protocol.
-
-    Every way this fails is a ``ConsumerError`` of one line: a bad URL, a
-    broker that cannot be reached, one of another protocol.
-    """
-    from sockchat._broker.redis import RedisClient, parse_broker_url
-
-    try:
-        address = parse_broker_url(url)
-    except ValueError as e:
-        raise ConsumerError(f"--broker: {e}") from None
-    # The consumer says once that the broker is lost, and once that it is
-    # back, for both connections.
-    shared = RedisClient(reactor, address, on_state=on_state, logged=False)
-    blocking = RedisClient(reactor, address, logged=False)
-    broker = Broker(address.display, shared, blocking)
-    try:
-        await shared.start()
-        await blocking.start()
-        await check_protocol(shared, keys, where=address.display)
-    except BrokerUnavailable as e:
-        await broker.stop()
-        raise ConsumerError(str(e)) from None
-    except ConsumerError:
-        await broker.stop()
-        raise
-    return broker

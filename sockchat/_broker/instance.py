@@ -1,32 +1,36 @@
 """The instance side of the broker: one sockchat process among several.
 
-With ``--broker URL``, the instance registers itself in Redis (a key with a
-heartbeat), keeps a hash of its clients there for the operators' ``/list``,
-and reads an inbox list of messages addressed to it.  Two responders send
-lines away through it:
+With ``--broker URL``, the instance keeps a heartbeat at the broker, lists
+its clients in the broker's directory (when they come and go, not at
+every line), and reads its inbox, where answers, notices, kicks and pair
+relays arrive, every message waiting at once.  Two responders send lines
+away through it:
 
 - ``QueueResponder(instance, "operators")``: each line waits in one shared
-  stream until an operator, on any machine, takes it (``python -m
+  queue until an operator, on any machine, takes it (``python -m
   sockchat.operator``); no answer timeout, as with the console.
 - ``QueueResponder(instance, "workers")``: each line goes to one of the
   worker processes (``python -m sockchat.worker``) and the answer-timeout
   applies.
 
-The answer comes back in the inbox, naming the stream entry it answers; the
+The answer comes back in the inbox, naming the queue entry it answers; the
 instance takes the first answer for the entry it waits for and ignores any
-other, so a line is never answered twice.  An entry is deleted once it is
-answered, timed out, or its client has gone, so nobody takes it later.
+other, so a line is never answered twice.  The consumer that answered
+deletes the entry; the instance deletes one that timed out or whose client
+left, so nobody takes it later.
 
 When the broker is lost, connections stay up; a new line gets ``!error
 unavailable`` and its turn back.  Lines already queued keep waiting: their
 answers come when the broker is back, unless the broker lost them (it
 restarted without its data), and then their clients get ``!error
 unavailable`` too.  The loss and the return are logged once each.
+
+Everything goes through ``IBroker`` (``sockchat._broker.interface``): the
+logic is tested on the memory broker, with a clock.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -34,21 +38,26 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
-from sockchat._broker.redis import BrokerUnavailable, IRedis
+from sockchat._broker.interface import (
+    BrokerRefused,
+    BrokerUnavailable,
+    Census,
+    ClientRecord,
+    IBroker,
+    quietly,
+    unless_unavailable,
+)
 from sockchat._broker.wire import (
-    HEARTBEAT,
-    HEARTBEAT_TTL,
-    INBOX_TTL,
     OPERATORS,
     WORKERS,
-    Keys,
+    Timings,
     WireError,
     decode,
     encode,
@@ -60,51 +69,50 @@ from sockchat._responders.contract import (
     IConversation,
     ILifecycle,
     IResponder,
+    Signed,
     Unavailable,
 )
 from sockchat._version import __version__
 
-__all__ = ["BrokerInstance", "QueueResponder"]
+__all__ = ["BrokerInstance", "QueueResponder", "instance_about"]
 
 log = Logger(namespace="sockchat.broker")
 
 Handler = Callable[[dict[str, Any]], None]
 
-
-def _ms(seconds: float) -> int:
-    return int(seconds * 1000)
+#: Seconds one read of the inbox waits for a message.
+READ_WAIT = 1.0
+#: Messages one read of the inbox takes at most.
+READ_MOST = 256
+#: Seconds between tries to read the inbox while the broker is away.
+RETRY = 0.5
 
 
 @define(eq=False)
 class BrokerInstance:
     """This process, as the broker's other processes see it.
 
-    *redis* carries the commands; *inbox* is a second connection, kept for
-    the inbox's blocking read.  *name* was given at registration
-    (``register``); *about* is what the heartbeat key says of it.
+    *name* was given at registration; *about* is what its heartbeat says
+    of it.  ``up`` is whether the broker was reachable at the last look.
     """
 
-    redis: IRedis
-    inbox: IRedis
+    broker: IBroker
     clock: IReactorTime
     name: str
-    display: str
-    keys: Keys = field(factory=Keys)
     about: dict[str, Any] = field(factory=dict)
-    #: Whether the broker was reachable at the last look.
+    timings: Timings = field(factory=Timings)
     up: bool = True
     _routes: dict[int, Handler] = field(factory=dict, init=False)
     _kinds: dict[str, Handler] = field(factory=dict, init=False)
     _back: list[Callable[[], None]] = field(factory=list, init=False)
     _beats: list[Callable[[], None]] = field(factory=list, init=False)
-    _consumers: dict[str, int] = field(factory=dict, init=False)
-    _greeting: dict[str, bool] = field(factory=dict, init=False)
+    _censuses: list[Callable[[Census], None]] = field(factory=list, init=False)
+    _census: Census = field(factory=Census, init=False)
     _groups: set[str] = field(factory=set, init=False)
-    _alive: set[str] = field(factory=set, init=False)
     _heart: LoopingCall | None = field(default=None, init=False)
     _reading: Deferred[None] | None = field(default=None, init=False)
+    _pause: IDelayedCall | None = field(default=None, init=False)
     _running: bool = field(default=False, init=False)
-    _up_waiters: list[Deferred[None]] = field(factory=list, init=False)
     _refused: set[str] = field(factory=set, init=False)
     _lost_at: float = field(default=0.0, init=False)
     _starting: list[Deferred[None]] = field(factory=list, init=False)
@@ -112,9 +120,7 @@ class BrokerInstance:
     # -- Life ------------------------------------------------------------------
 
     def __attrs_post_init__(self) -> None:
-        # Both clients say when they lose the broker and when it is back.
-        self.redis.on_state = self.state_changed  # type: ignore[attr-defined]
-        self.inbox.on_state = self.inbox_state_changed  # type: ignore[attr-defined]
+        self.broker.on_change(self.state_changed)
 
     def ready(self) -> Deferred[None] | None:
         """None once started; before, a Deferred that fires when it is (the
@@ -131,133 +137,66 @@ class BrokerInstance:
         starting, self._starting = self._starting, []
         for waiter in starting:
             waiter.callback(None)
-        self._alive.add(self.name)
+        self._census = Census(frozenset({self.name}))
         heart = LoopingCall(self.beat)
         heart.clock = self.clock
         self._heart = heart
-        heart.start(HEARTBEAT, now=True).addErrback(
+        heart.start(self.timings.heartbeat, now=True).addErrback(
             lambda f: log.failure("the broker heartbeat stopped", f)
         )
         self._reading = Deferred.fromCoroutine(self._read_inbox())
 
-    def stop(self) -> Deferred[Any]:
+    def stop(self) -> Deferred[None]:
         """Stop beating and reading, and say this instance is gone."""
         self._running = False
         if self._heart is not None and self._heart.running:
             self._heart.stop()
-        for waiter in self._up_waiters:
-            waiter.callback(None)
-        self._up_waiters.clear()
-        if not self.redis.connected:
+        if not self.broker.up:
             return succeed(None)
-        said = [
-            self.redis.command("DEL", self.keys.instance(self.name)),
-            self.redis.command("DEL", self.keys.clients(self.name)),
-            self.redis.command("SREM", self.keys.instances, self.name),
-        ]
-        return DeferredList(said, consumeErrors=True)
+        return quietly(self.broker.leave_instance(self.name))
 
-    def state_changed(self, connected: bool) -> None:
-        """The command connection was lost, or is back (``on_state``)."""
-        if connected == self.up:
+    def state_changed(self, up: bool) -> None:
+        """The broker was lost, or is back."""
+        if up == self.up:
             return
-        self.up = connected
-        if not connected:
+        self.up = up
+        if not up:
             self._lost_at = self.clock.seconds()
             log.warn(
                 "lost the broker at {broker} ({why}); new lines get "
                 "'unavailable' until it returns",
-                broker=self.display,
-                why=getattr(self.redis, "why", "unreachable"),
+                broker=self.broker.display,
+                why=self.broker.why,
             )
             return
         log.info(
             "the broker at {broker} is back after {down:.1f} s",
-            broker=self.display,
+            broker=self.broker.display,
             down=self.clock.seconds() - self._lost_at,
         )
-        self.beat()
+        # Alive again first (a broker that restarted empty does not know
+        # this instance), then what was waiting for the return, then a look
+        # at who else is alive (after: a return's grace counts for it).
+        quietly(self.broker.beat_instance(self.name, self.about))
         for back in list(self._back):
             back()
-
-    def inbox_state_changed(self, connected: bool) -> None:
-        """The inbox connection was lost, or is back."""
-        if connected:
-            waiters, self._up_waiters = self._up_waiters, []
-            for w in waiters:
-                w.callback(None)
+        self.beat()
 
     # -- Heartbeat -------------------------------------------------------------
 
     def beat(self) -> None:
         """Say this instance is alive; look at who else is."""
-        if not self.redis.connected:
+        if not self.broker.up:
             return
-        about = json.dumps({"v": 1, "name": self.name, **self.about})
-        ttl = _ms(HEARTBEAT_TTL)
-        self._quietly(
-            self.redis.command("SET", self.keys.instance(self.name), about, "PX", ttl)
-        )
-        self._quietly(self.redis.command("SADD", self.keys.instances, self.name))
-        self._quietly(self.redis.command("PEXPIRE", self.keys.clients(self.name), ttl))
-        for group in self._groups:
-            self._quietly(
-                self.redis.command("HGETALL", self.keys.consumers(group)).addCallback(
-                    self._count_consumers, group
-                )
-            )
-        self._quietly(
-            self.redis.command("SMEMBERS", self.keys.instances).addCallback(
-                self._look_at_instances
-            )
-        )
+        quietly(self.broker.beat_instance(self.name, self.about))
+        quietly(self.broker.census(sorted(self._groups)).addCallback(self._took_census))
         for beat in list(self._beats):
             beat()
 
-    def _count_consumers(self, reply: list[bytes] | None, group: str) -> None:
-        now = self.clock.seconds()
-        live = 0
-        greeting = False
-        pairs = reply or []
-        for name, value in zip(pairs[::2], pairs[1::2], strict=False):
-            try:
-                about = json.loads(value)
-                until = float(about.get("until", 0))
-            except (ValueError, AttributeError, TypeError):
-                about, until = {}, 0
-            if until > now:
-                live += 1
-                greeting = greeting or about.get("greets") is True
-            else:
-                self._quietly(
-                    self.redis.command("HDEL", self.keys.consumers(group), name)
-                )
-        self._consumers[group] = live
-        self._greeting[group] = greeting
-
-    def _look_at_instances(self, members: list[bytes] | None) -> None:
-        names = [m.decode() for m in members or []]
-        checks = [self._exists(n) for n in names]
-
-        def seen(results: list[tuple[bool, Any]]) -> None:
-            alive = {self.name}
-            for ok, value in results:
-                if not ok:
-                    return  # the broker went away meanwhile: look again later
-                n, exists = value
-                if exists:
-                    alive.add(n)
-                else:
-                    self._quietly(self.redis.command("SREM", self.keys.instances, n))
-            self._alive = alive
-
-        DeferredList(checks, consumeErrors=True).addCallback(seen)
-
-    def _exists(self, name: str) -> Deferred[tuple[str, bool]]:
-        def said(exists: int) -> tuple[str, bool]:
-            return name, bool(exists)
-
-        return self.redis.command("EXISTS", self.keys.instance(name)).addCallback(said)
+    def _took_census(self, census: Census) -> None:
+        self._census = Census(census.instances | {self.name}, census.consumers)
+        for callback in list(self._censuses):
+            callback(self._census)
 
     def watch_consumers(self, group: str) -> None:
         """Count the live consumers of *group* at every heartbeat."""
@@ -266,19 +205,26 @@ class BrokerInstance:
     def consumers(self, group: str) -> int | None:
         """How many consumers of *group* were alive at the last heartbeat
         (None before the first look)."""
-        return self._consumers.get(group)
+        if group not in self._census.consumers:
+            return None
+        return len(self._census.of(group))
 
     def greeting(self, group: str) -> bool:
         """Whether a live consumer of *group* said its conversations begin
         with the server's line (a worker whose responder has hooks)."""
-        return self._greeting.get(group, False)
+        return any(seen.greets for seen in self._census.of(group))
 
     def alive(self, name: str) -> bool:
         """Whether instance *name* was alive at the last heartbeat."""
-        return name in self._alive
+        return name in self._census.instances
 
     def on_beat(self, callback: Callable[[], None]) -> None:
+        """Call *callback* at every heartbeat that finds the broker up."""
         self._beats.append(callback)
+
+    def on_census(self, callback: Callable[[Census], None]) -> None:
+        """Call *callback* with what each heartbeat learnt of who is alive."""
+        self._censuses.append(callback)
 
     def on_back(self, callback: Callable[[], None]) -> None:
         """Call *callback* whenever the broker comes back after a loss."""
@@ -298,50 +244,52 @@ class BrokerInstance:
         *handler*."""
         self._kinds[kind] = handler
 
-    def send(self, instance: str, data: bytes) -> Deferred[Any]:
+    def post(self, instance: str, data: bytes) -> Deferred[None]:
         """Put a message in *instance*'s inbox."""
-        key = self.keys.inbox(instance)
-        sent = self.redis.command("RPUSH", key, data)
-        self._quietly(self.redis.command("PEXPIRE", key, _ms(INBOX_TTL)))
-        return sent
+        return self.broker.post(instance, [data])
 
     async def _read_inbox(self) -> None:
-        key = self.keys.inbox(self.name)
         while self._running:
-            if not self.inbox.connected:
-                waiter: Deferred[None] = Deferred()
-                self._up_waiters.append(waiter)
-                await waiter
-                continue
             try:
-                reply = await self.inbox.command("BLPOP", key, 1)
+                messages = await self.broker.next_messages(
+                    self.name, READ_WAIT, READ_MOST
+                )
             except BrokerUnavailable:
+                await self._until_up()
                 continue
-            except Exception:
-                log.failure("reading the broker inbox failed")
+            except BrokerRefused as e:
+                self._say_once(f"the broker refused to read the inbox: {e}")
+                await self._until_up()
                 continue
-            if reply is not None:
-                self.dispatch(reply[1])
+            for data in messages:
+                self.dispatch(data)
+
+    async def _until_up(self) -> None:
+        """Wait until the broker is back; if it seems to be there already,
+        a moment, so as not to spin."""
+        up = self.broker.when_up()
+        if not up.called:
+            await up
+        elif self._running:
+            pause: Deferred[None] = Deferred()
+            self._pause = self.clock.callLater(RETRY, pause.callback, None)
+            await pause
 
     def dispatch(self, data: bytes) -> None:
         """Act on one message from the inbox."""
         try:
             message = decode(data, sender="a message in this instance's inbox")
         except WireError as e:
-            why = str(e)
-            if why not in self._refused:
-                self._refused.add(why)
-                log.warn("refused: {why}", why=why)
+            self._say_once(f"refused: {e}")
             return
-        handler = self._routes.get(message.get("conv"))  # type: ignore[arg-type]
+        conv = message.get("conv")
+        handler = self._routes.get(conv) if type(conv) is int else None
         if handler is None:
             handler = self._kinds.get(message["kind"])
         if handler is None:
-            log.debug(
-                "a {kind} message for conversation {cid}, which has ended",
-                kind=message["kind"],
-                cid=message.get("conv"),
-            )
+            # For a conversation that has ended: an answer that came after
+            # its client left (a health check that a worker greeted), a
+            # notice.  Nothing to do, and nothing worth a log line.
             return
         try:
             handler(message)
@@ -351,14 +299,10 @@ class BrokerInstance:
                 kind=message["kind"],
             )
 
-    def _quietly(self, d: Deferred[Any]) -> None:
-        """A command whose loss needs no word: the broker's loss is logged once."""
-        d.addErrback(_ignore_unavailable)
-
-
-def _ignore_unavailable(failure: Failure) -> None:
-    if not failure.check(BrokerUnavailable):
-        log.failure("a broker command failed", failure)
+    def _say_once(self, what: str) -> None:
+        if what not in self._refused:
+            self._refused.add(what)
+            log.warn("{what}", what=what)
 
 
 @define(eq=False)
@@ -368,10 +312,13 @@ class _Line:
     conversation: ConversationInfo
     number: int
     text: str
-    answer: Deferred[str] | None = None
-    #: The stream entry, once the broker gave it.
+    answer: Deferred[str | Signed] | None = None
+    #: The queue entry, once the broker gave it.
     entry: str | None = None
     cancelled: bool = False
+    #: Answers that came before the broker said which entry is this line's
+    #: (the inbox has a connection of its own): looked at when it says.
+    early: list[dict[str, Any]] = field(factory=list)
 
 
 @implementer(IResponder, ILifecycle)
@@ -385,16 +332,19 @@ class QueueResponder:
         if group not in (OPERATORS, WORKERS):
             raise ValueError(f"no such queue: {group!r}")
         self.instance = instance
+        self.broker = instance.broker
         self.group = group
         if group == OPERATORS:  # people answer: no answer timeout by default
             alsoProvides(self, IAnsweredByPeople)
         #: Whether workers hear of starts and ends (their responder has hooks).
         self.lifecycle = lifecycle
-        self._stream = instance.keys.work(group)
         self._conversations: dict[int, IConversation] = {}
         self._lines: dict[int, _Line] = {}
         self._counts: dict[int, int] = {}
         self._told_queued: set[int] = set()
+        #: Who answered each conversation last (operators: logged when it
+        #: changes).
+        self._by: dict[int, str] = {}
         instance.watch_consumers(group)
         instance.on_back(self._broker_back)
 
@@ -404,11 +354,11 @@ class QueueResponder:
 
     # -- ILifecycle ------------------------------------------------------------
 
-    def started(self, conversation: IConversation) -> Deferred[str] | None:
+    def started(self, conversation: IConversation) -> Deferred[str | Signed] | None:
         info: ConversationInfo = conversation.info
         self._conversations[info.id] = conversation
         self.instance.route(info.id, lambda message: self._message(info.id, message))
-        self._register(info, waiting=None)
+        self._list(info)
         if not self.lifecycle:
             return None
         if not (self.instance.up and self.instance.greeting(self.group)):
@@ -423,26 +373,32 @@ class QueueResponder:
         self._conversations.pop(info.id, None)
         self._counts.pop(info.id, None)
         self._told_queued.discard(info.id)
+        self._by.pop(info.id, None)
         self.instance.unroute(info.id)
-        if self.instance.redis.connected:
-            self.instance._quietly(
-                self.instance.redis.command(
-                    "HDEL", self.instance.keys.clients(self.instance.name), info.id
-                )
-            )
+        if self.broker.up:
+            quietly(self.broker.remove_client(self.instance.name, info.id))
         if self.lifecycle:
             self._add_work("ended", info, reason=str(reason))
 
+    def _list(self, info: ConversationInfo) -> None:
+        """Put the client in the broker's directory."""
+        if self.broker.up:
+            record = ClientRecord(info.id, info.peer, self.group)
+            quietly(self.broker.set_client(self.instance.name, record))
+
     # -- IResponder ------------------------------------------------------------
 
-    def respond(self, conversation: ConversationInfo, text: str) -> Deferred[str]:
+    def respond(
+        self, conversation: ConversationInfo, text: str
+    ) -> Deferred[str | Signed]:
         instance = self.instance
         ready = instance.ready()
         if ready is not None:  # the first connections are under way
             return ready.addCallback(lambda _: self.respond(conversation, text))
-        if not instance.up or not instance.redis.connected:
+        if not instance.up or not self.broker.up:
             raise Unavailable(
-                f"the broker at {instance.display} is unreachable; send it again soon"
+                f"the broker at {self.broker.display} is unreachable; send it "
+                "again soon"
             )
         online = instance.consumers(self.group)
         if self.group == WORKERS and online == 0:
@@ -479,10 +435,10 @@ class QueueResponder:
         said: str,
         kind: str,
         **fields: Any,
-    ) -> Deferred[str]:
+    ) -> Deferred[str | Signed]:
         """Put a work item on the queue; the Deferred fires with its answer."""
         line = _Line(conversation, number, said)
-        answer: Deferred[str] = Deferred(lambda _: self._cancelled(line))
+        answer: Deferred[str | Signed] = Deferred(lambda _: self._cancelled(line))
         line.answer = answer
         self._lines[conversation.id] = line
         added = self._add_work(kind, conversation, **fields)
@@ -493,7 +449,7 @@ class QueueResponder:
 
     def _add_work(
         self, kind: str, info: ConversationInfo, **fields: Any
-    ) -> Deferred[Any]:
+    ) -> Deferred[str]:
         data = encode(
             kind,
             instance=self.instance.name,
@@ -501,17 +457,19 @@ class QueueResponder:
             peer=info.peer,
             **fields,
         )
-        added = self.instance.redis.command("XADD", self._stream, "*", "m", data)
+        added = self.broker.enqueue(self.group, data)
         if kind != "line" and not fields.get("opening"):
-            self.instance._quietly(added)
+            quietly(added)
         return added
 
-    def _added(self, entry: bytes, line: _Line) -> None:
-        line.entry = entry.decode()
+    def _added(self, entry: str, line: _Line) -> None:
+        line.entry = entry
         if line.cancelled:
-            self._forget_entry(line.entry)
+            self._drop(entry)
             return
-        self._register(line.conversation, waiting=line)
+        early, line.early = line.early, []
+        for message in early:
+            self._answer(line.conversation.id, message)
 
     def _not_added(self, failure: Failure, line: _Line) -> None:
         if self._lines.get(line.conversation.id) is line:
@@ -522,7 +480,7 @@ class QueueResponder:
         if failure.check(BrokerUnavailable):
             answer.errback(
                 Unavailable(
-                    f"the broker at {self.instance.display} is unreachable; send it "
+                    f"the broker at {self.broker.display} is unreachable; send it "
                     "again soon"
                 )
             )
@@ -536,34 +494,11 @@ class QueueResponder:
         if self._lines.get(line.conversation.id) is line:
             del self._lines[line.conversation.id]
         if line.entry is not None:
-            self._forget_entry(line.entry)
-            if line.conversation.id in self._conversations:
-                self._register(line.conversation, waiting=None)
+            self._drop(line.entry)
 
-    def _forget_entry(self, entry: str) -> None:
-        redis = self.instance.redis
-        if not redis.connected:
-            return
-        self.instance._quietly(redis.command("XACK", self._stream, self.group, entry))
-        self.instance._quietly(redis.command("XDEL", self._stream, entry))
-
-    def _register(self, info: ConversationInfo, waiting: _Line | None) -> None:
-        redis = self.instance.redis
-        if not redis.connected:
-            return
-        about = {
-            "id": info.id,
-            "peer": info.peer,
-            "responder": self.group,
-            "waiting": None,
-        }
-        if waiting is not None:
-            about["waiting"] = waiting.entry
-            about["n"] = waiting.number
-            about["text"] = waiting.text[:200]
-        key = self.instance.keys.clients(self.instance.name)
-        self.instance._quietly(redis.command("HSET", key, info.id, json.dumps(about)))
-        self.instance._quietly(redis.command("PEXPIRE", key, _ms(HEARTBEAT_TTL)))
+    def _drop(self, entry: str) -> None:
+        if self.broker.up:
+            quietly(self.broker.finish(self.group, [entry]))
 
     # -- The inbox -------------------------------------------------------------
 
@@ -593,54 +528,66 @@ class QueueResponder:
     def _answer(self, cid: int, message: dict[str, Any]) -> None:
         line = self._lines.get(cid)
         entry = message.get("entry")
-        if line is None or line.entry is None or entry != line.entry:
-            log.debug(
-                "a late answer for conversation {cid} was ignored (entry {entry})",
-                cid=cid,
-                entry=entry,
-            )
+        if line is not None and line.entry is None:
+            line.early.append(message)  # before the broker said its entry
             return
+        if line is None or entry != line.entry:
+            return  # late (timed out, or answered already): the first one won
         del self._lines[cid]
         answer, line.answer = line.answer, None
-        self._forget_entry(line.entry)
-        if cid in self._conversations:
-            self._register(line.conversation, waiting=None)
         if answer is None:
             return
         kind = message["kind"]
         if kind == "answer" and isinstance(message.get("text"), str):
-            answer.callback(message["text"])
+            by = message.get("by")
+            if isinstance(by, str):
+                self._answered_by(cid, by)
+                answer.callback(Signed(message["text"], by[:200]))
+            else:
+                answer.callback(message["text"])
         elif kind == "answer":
             answer.errback(AnswerFailed(f"the {self._who} sent an answer with no text"))
         else:
             why = str(message.get("why") or "no reason given")
             answer.errback(AnswerFailed(f"the {self._who} could not answer: {why}"))
 
+    def _answered_by(self, cid: int, by: str) -> None:
+        """Say who answers a conversation of the operators, when it changes."""
+        if self.group != OPERATORS:
+            return
+        if self._by.get(cid) != by:
+            self._by[cid] = by
+            log.info(
+                "conversation {cid}: {by} answers", cid=cid, by=by[:100], answered=by
+            )
+
     # -- The broker came back ----------------------------------------------------
 
     def _broker_back(self) -> None:
         """Lines queued before the loss: any the broker lost get an error."""
-        for cid, talk in list(self._conversations.items()):
-            self._register(talk.info, waiting=self._lines.get(cid))
-        for line in list(self._lines.values()):
-            if line.entry is None:
-                continue
-            self.instance.redis.command(
-                "XRANGE", self._stream, line.entry, line.entry
-            ).addCallbacks(self._still_there, _ignore_unavailable, (line,))
+        for talk in list(self._conversations.values()):
+            self._list(talk.info)
+        lines = [line for line in self._lines.values() if line.entry is not None]
+        if not lines:
+            return
+        looked = self.broker.still_there(
+            self.group, [line.entry for line in lines if line.entry is not None]
+        )
+        looked.addCallbacks(self._still_there, unless_unavailable, (lines,))
 
-    def _still_there(self, found: list[Any] | None, line: _Line) -> None:
-        if found:
-            return
-        cid = line.conversation.id
-        if self._lines.get(cid) is not line:
-            return
-        del self._lines[cid]
-        answer, line.answer = line.answer, None
-        if answer is not None:
-            answer.errback(
-                Unavailable("the broker restarted and lost this line; send it again")
-            )
+    def _still_there(self, found: set[str], lines: list[_Line]) -> None:
+        for line in lines:
+            cid = line.conversation.id
+            if line.entry in found or self._lines.get(cid) is not line:
+                continue
+            del self._lines[cid]
+            answer, line.answer = line.answer, None
+            if answer is not None:
+                answer.errback(
+                    Unavailable(
+                        "the broker restarted and lost this line; send it again"
+                    )
+                )
 
 
 def instance_about(port: str) -> dict[str, Any]:

@@ -4,8 +4,9 @@ the broker.
 With ``--broker URL --responder pair``, clients wait in one list on the
 broker (``P:pair:waiting``) instead of in one process, so a client of
 instance ``i1`` and a client of ``i2`` are paired in order of arrival.  A
-newcomer runs ``POP_OR_WAIT`` (``sockchat._broker.scripts``): it takes the first
-waiting client whose instance is alive, or waits at the list's end.  Each
+newcomer asks the broker to pair it (``IPairing.pair_or_wait``): it takes
+the first waiting client whose instance is alive, or waits at the list's
+end.  Each
 pair's lines go from one instance's inbox to the other's.
 
 The messages (inbox kinds ``paired``, ``line``, ``left`` and ``again``):
@@ -28,7 +29,7 @@ The messages (inbox kinds ``paired``, ``line``, ``left`` and ``again``):
   the waiting list and is told ``!info waiting`` again.
 - ``again``: one who took a waiting client's entry cannot pair with it
   after all (it left before the broker's answer came): the waiting client
-  looks again (``POP_OR_WAIT`` at the head), unseen by its client.  (An
+  looks again (at the head of the list), unseen by its client.  (An
   entry pushed back instead could wait beside another that came meanwhile,
   and the two would never meet.)
 
@@ -59,13 +60,12 @@ Faults:
   no partner is taken for dead, giving the other instances time to beat
   again.
 
-No I/O here but ``IRedis`` commands, through ``BrokerInstance``.
+No I/O here but ``IBroker`` calls, through ``BrokerInstance``.
 """
 
 from __future__ import annotations
 
 import enum
-import json
 from typing import Any
 
 from attrs import define, frozen
@@ -75,9 +75,16 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockchat._broker.instance import BrokerInstance
-from sockchat._broker.redis import BrokerUnavailable, RedisError
-from sockchat._broker.scripts import POP_OR_WAIT, run_script
+from sockchat._broker.interface import (
+    BrokerRefused,
+    BrokerUnavailable,
+    Census,
+    ClientRecord,
+    quietly,
+    unless_unavailable,
+)
 from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, WireError, decode, encode
+from sockchat._core.pairing import LEFT_BECAUSE, WHO_SPEAKS, Stance, waiting_again
 from sockchat._core.wire import QUIT
 from sockchat._responders.contract import (
     ConversationInfo,
@@ -87,7 +94,6 @@ from sockchat._responders.contract import (
     IResponder,
     Unavailable,
 )
-from sockchat._responders.pair import _LEFT_BECAUSE, _WHO_SPEAKS, _Stance, waiting_again
 
 __all__ = ["PARTNER_LOST_WITHIN", "BrokerPairResponder"]
 
@@ -97,7 +103,7 @@ log = Logger(namespace="sockchat.pair")
 #: the heartbeat key's life, then at most one heartbeat of this instance.
 PARTNER_LOST_WITHIN = HEARTBEAT_TTL + HEARTBEAT
 
-_LEFT = {**_LEFT_BECAUSE, "shutdown": "left: its server is shutting down"}
+_LEFT = {**LEFT_BECAUSE, "shutdown": "left: its server is shutting down"}
 
 _WAITING = (
     "no partner yet: you will talk with the next client to connect. "
@@ -110,7 +116,7 @@ class _Phase(enum.Enum):
 
     #: Waiting in this instance only: the broker was unreachable.
     LOCAL = "local"
-    #: ``POP_OR_WAIT`` (or a push) is on its way to the broker.
+    #: ``pair_or_wait`` is on its way to the broker.
     ASKING = "asking"
     #: Its entry is in the broker's waiting list.
     WAITING = "waiting"
@@ -187,22 +193,22 @@ class _Party:
     #: last paired.
     told: bool = False
     #: Its entry was taken by one that could not pair (it left at once):
-    #: it must look again once its own ``POP_OR_WAIT`` has answered.
+    #: it must look again once its own ``pair_or_wait`` has answered.
     again: bool = False
     over: bool = False
 
     @property
-    def stance(self) -> _Stance:
+    def stance(self) -> Stance:
         if self.opening is not None:
-            return _Stance.SAID
-        return _Stance.SPEAKS if self.waiting is None else _Stance.LISTENS
+            return Stance.SAID
+        return Stance.SPEAKS if self.waiting is None else Stance.LISTENS
 
 
-def _stance(value: object) -> _Stance:
+def _stance(value: object) -> Stance:
     try:
-        return _Stance(value)
+        return Stance(value)
     except ValueError:
-        return _Stance.SPEAKS
+        return Stance.SPEAKS
 
 
 @implementer(IResponder, ILifecycle, IAnsweredByPeople)
@@ -212,6 +218,7 @@ class BrokerPairResponder:
 
     def __init__(self, instance: BrokerInstance) -> None:
         self.instance = instance
+        self.broker = instance.broker
         self._parties: dict[int, _Party] = {}
         #: Clients waiting here while the broker is unreachable, first first.
         self._local: list[_Party] = []
@@ -224,16 +231,12 @@ class BrokerPairResponder:
         instance.on_kind("line", self._on_line)
         instance.on_kind("left", self._on_left)
         instance.on_kind("again", self._on_again)
-        instance.on_beat(self._beat)
+        instance.on_census(self._look_at_partners)
         instance.on_back(self._broker_back)
 
     @property
-    def _list(self) -> str:
-        return self.instance.keys.pair_waiting
-
-    @property
     def _up(self) -> bool:
-        return self.instance.up and self.instance.redis.connected
+        return self.instance.up and self.broker.up
 
     # -- ILifecycle ------------------------------------------------------------
 
@@ -256,15 +259,10 @@ class BrokerPairResponder:
         party.waiting = None
         if party in self._local:
             self._local.remove(party)
-        redis = self.instance.redis
-        if redis.connected:
-            self.instance._quietly(
-                redis.command(
-                    "HDEL", self.instance.keys.clients(party.me.instance), party.me.conv
-                )
-            )
-        if party.phase is _Phase.WAITING and redis.connected:
-            self.instance._quietly(redis.command("LREM", self._list, 0, party.entry))
+        if self.broker.up:
+            quietly(self.broker.remove_client(party.me.instance, party.me.conv))
+        if party.phase is _Phase.WAITING and self.broker.up:
+            quietly(self.broker.stop_waiting(party.entry))
         partner, party.partner = party.partner, None
         if partner is not None:
             why = _LEFT.get(reason, f"left ({reason})")
@@ -287,7 +285,7 @@ class BrokerPairResponder:
             return party.waiting
         if not self._up:
             raise Unavailable(
-                f"the broker at {self.instance.display} is unreachable; send it "
+                f"the broker at {self.broker.display} is unreachable; send it "
                 "again soon"
             )
         answer: Deferred[str] = Deferred()
@@ -310,7 +308,7 @@ class BrokerPairResponder:
             party.waiting = None
             answer.errback(
                 Unavailable(
-                    f"the broker at {self.instance.display} was lost before your "
+                    f"the broker at {self.broker.display} was lost before your "
                     "line went; send it again"
                 )
                 if failure.check(BrokerUnavailable)
@@ -327,12 +325,7 @@ class BrokerPairResponder:
             self._wait_here(party)
             return
         party.phase = _Phase.ASKING
-        asked = run_script(
-            self.instance.redis,
-            POP_OR_WAIT,
-            [self._list],
-            [party.entry, self.instance.keys.instance_prefix, where],
-        )
+        asked = self.broker.pair_or_wait(party.entry, front=where == "front")
         asked.addCallbacks(
             self._answered,
             self._not_answered,
@@ -360,10 +353,8 @@ class BrokerPairResponder:
             # look again, and its own entry must go.
             if taken is not None:
                 self._send(taken, "again")
-            elif reply is None and party.over and self.instance.redis.connected:
-                self.instance._quietly(
-                    self.instance.redis.command("LREM", self._list, 0, party.entry)
-                )
+            elif reply is None and party.over and self.broker.up:
+                quietly(self.broker.stop_waiting(party.entry))
             return
         if reply is None:
             party.phase = _Phase.WAITING
@@ -397,7 +388,7 @@ class BrokerPairResponder:
     def _not_answered(self, failure: Failure, party: _Party) -> None:
         if party.over:
             return
-        if failure.check(RedisError):
+        if failure.check(BrokerRefused):
             # Said once, not at every retry: the broker says no to all alike.
             self._say_once(f"the broker would not pair clients: {failure.value}")
         elif not failure.check(BrokerUnavailable):
@@ -423,7 +414,7 @@ class BrokerPairResponder:
         self._register(party)
         self._enqueue(party, "front")
 
-    def _link(self, party: _Party, partner: _Peer, their: _Stance) -> None:
+    def _link(self, party: _Party, partner: _Peer, their: Stance) -> None:
         """*party* and *partner* are a pair now: say so, and send its first
         line if it said one while waiting."""
         party.phase = _Phase.PAIRED
@@ -433,7 +424,7 @@ class BrokerPairResponder:
         mine = party.stance
         party.conversation.notify(
             "paired",
-            f"you are talking with {partner.label}. " + _WHO_SPEAKS[mine, their],
+            f"you are talking with {partner.label}. " + WHO_SPEAKS[mine, their],
         )
         self._register(party)
         if party.opening is not None:
@@ -571,11 +562,6 @@ class BrokerPairResponder:
 
     # -- Heartbeats and the broker's return ------------------------------------
 
-    def _beat(self) -> None:
-        # After the instance's own beat callbacks and any return of the
-        # broker (on_back), so that a return's grace counts.
-        self.instance.clock.callLater(0, self._look_at_partners)
-
     def _enqueue_local(self) -> None:
         """The clients waiting here join the broker's list, first first."""
         local, self._local = self._local, []
@@ -583,7 +569,9 @@ class BrokerPairResponder:
             if not party.over:
                 self._enqueue(party, "back")
 
-    def _look_at_partners(self) -> None:
+    def _look_at_partners(self, census: Census) -> None:
+        """At each heartbeat, once the instance knows who is alive: are the
+        partners' instances?"""
         if not self._up:
             return
         # Clients that came before the broker's first connection (at start)
@@ -595,18 +583,19 @@ class BrokerPairResponder:
         names = {
             p.partner.instance
             for p in self._parties.values()
-            if p.partner is not None and p.partner.instance != self.instance.name
+            if p.partner is not None and p.partner.instance not in census.instances
         }
         for name in sorted(names):
-            self.instance.redis.command(
-                "EXISTS", self.instance.keys.instance(name)
-            ).addCallbacks(self._looked, self._not_looked, (name,))
+            # Not seen alive: newer than the census, or dead?
+            self.broker.instance_alive(name).addCallbacks(
+                self._looked, self._not_looked, (name,)
+            )
 
     def _not_looked(self, failure: Failure) -> None:
-        if not failure.check(BrokerUnavailable):
+        if not failure.check(BrokerUnavailable, BrokerRefused):
             log.failure("looking at a partner's instance failed", failure)
 
-    def _looked(self, exists: int, name: str) -> None:
+    def _looked(self, exists: bool, name: str) -> None:
         if exists:
             return
         log.info(
@@ -636,14 +625,12 @@ class BrokerPairResponder:
         self._back_at = self.instance.clock.seconds()
         unsent, self._unsent = self._unsent, []
         for name, data in unsent:
-            self.instance.send(name, data).addErrback(self._not_sent, name, data)
+            self.instance.post(name, data).addErrback(self._not_sent, name, data)
         for party in self._parties.values():
             self._register(party)
         self._enqueue_local()
         if any(p.phase is _Phase.WAITING for p in self._parties.values()):
-            self.instance.redis.command("LRANGE", self._list, 0, -1).addCallbacks(
-                self._check_entries, self._not_looked
-            )
+            self.broker.waiting().addCallbacks(self._check_entries, unless_unavailable)
 
     def _check_entries(self, entries: list[bytes] | None) -> None:
         """Put back the waiting clients whose entries the broker lost."""
@@ -659,15 +646,13 @@ class BrokerPairResponder:
         broker's return if it cannot go now (lines excepted: their client
         gets its turn back instead)."""
         data = encode(kind, conv=to.conv, **fields)
-        if not self.instance.redis.connected:
+        if not self.broker.up:
             if kind != "line":
                 self._unsent.append((to.instance, data))
             return fail(
-                BrokerUnavailable(
-                    f"the broker at {self.instance.display} is unreachable"
-                )
+                BrokerUnavailable(f"the broker at {self.broker.display} is unreachable")
             )
-        sent = self.instance.send(to.instance, data)
+        sent = self.instance.post(to.instance, data)
         if kind != "line":
             sent.addErrback(self._not_sent, to.instance, data)
         return sent
@@ -681,24 +666,17 @@ class BrokerPairResponder:
             )
 
     def _register(self, party: _Party) -> None:
-        """Say in the instance's clients hash who this client is with."""
-        redis = self.instance.redis
-        if not redis.connected or party.over:
+        """Say in the broker's directory who this client is with."""
+        if not self.broker.up or party.over:
             return
         partner = party.partner
-        about = {
-            "id": party.me.conv,
-            "peer": party.conversation.info.peer,
-            "responder": "pair",
-            "waiting": None,
-            "partner": None
-            if partner is None
-            else f"{partner.instance}/{partner.conv}",
-        }
-        key = self.instance.keys.clients(self.instance.name)
-        self.instance._quietly(
-            redis.command("HSET", key, party.me.conv, json.dumps(about))
+        record = ClientRecord(
+            party.me.conv,
+            party.conversation.info.peer,
+            "pair",
+            None if partner is None else f"{partner.instance}/{partner.conv}",
         )
+        quietly(self.broker.set_client(self.instance.name, record))
 
     def _refuse(self, why: str) -> None:
         self._say_once(f"refused: {why}")

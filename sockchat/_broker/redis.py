@@ -1,12 +1,11 @@
 """The broker's Redis client: its URL, the interface above it, the Twisted door.
 
-Everything that talks to the broker uses ``IRedis``: one method,
-``command(*args)``, whose Deferred fires with the reply (integer -> ``int``,
-bulk string -> ``bytes``, null -> ``None``, array -> ``list``, status ->
-``str``) or fails with ``RedisError`` (the server said no) or
-``BrokerUnavailable`` (there is no connection, or it was lost while the
-command was in flight).  ``RedisClient`` is the real one;
-``tests/fakeredis.py`` holds an in-memory one with the same interface.
+The Redis broker (``sockchat._broker.redisbroker``) talks to Redis through
+``IRedis``: ``command(*args)``, whose Deferred fires with the reply
+(integer -> ``int``, bulk string -> ``bytes``, null -> ``None``, array ->
+``list``, status -> ``str``) or fails with ``RedisError`` (the server said
+no) or ``BrokerUnavailable`` (there is no connection, or it was lost while
+the command was in flight).  ``RedisClient`` is the one.
 
 The client pipelines by itself (the commands of one reactor turn leave in
 one write), parses replies with hiredis when it is installed
@@ -58,6 +57,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from sockchat._broker.errors import BrokerUnavailable
 from sockchat._broker.resp import (
     HIREDIS,
     ErrorReply,
@@ -113,13 +113,6 @@ KEEPALIVE_INTERVAL = 5
 KEEPALIVE_COUNT = 3
 
 
-class BrokerUnavailable(Exception):
-    """No connection to the broker, or it was lost while a command waited.
-
-    The message is one line and names the broker URL without its password.
-    """
-
-
 class RedisError(Exception):
     """The server answered a command with an error; ``str(e)`` is its text
     (``WRONGTYPE ...``, ``NOSCRIPT ...``, ``BUSYGROUP ...``)."""
@@ -128,9 +121,25 @@ class RedisError(Exception):
 class IRedis(typing.Protocol):
     """What everything above the client uses: a Redis connection."""
 
+    #: Whether the connection is up now.
     connected: bool
+    #: The broker's URL without its password, for logs and messages.
+    display: str
+    #: Called with ``False`` once when the connection is lost, and ``True``
+    #: once when it is back (not at the start: ``start()`` says that).
+    on_state: Callable[[bool], object] | None
+
+    @property
+    def why(self) -> str:
+        """Why the broker was last unavailable, in a few words."""
 
     def command(self, *args: str | bytes | int | float) -> Deferred[Any]: ...
+
+    def start(self) -> Deferred[None]:
+        """Connect for the first time; fails with ``BrokerUnavailable``."""
+
+    def stop(self) -> Deferred[None]:
+        """Close for good; what is in flight fails with ``BrokerUnavailable``."""
 
 
 @frozen

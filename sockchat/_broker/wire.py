@@ -16,18 +16,24 @@ from attrs import frozen
 
 __all__ = [
     "CLAIM_AFTER",
+    "GROUPS",
     "HEARTBEAT",
     "HEARTBEAT_TTL",
     "INBOX_TTL",
+    "OPERATORS",
     "PROTOCOL",
+    "WORKERS",
     "Keys",
+    "Timings",
     "WireError",
     "decode",
     "encode",
 ]
 
-#: The broker protocol.  Raise it when a message changes meaning.
-PROTOCOL = 1
+#: The broker protocol.  Raise it when a message changes meaning.  2: a
+#: consumer deletes the entry it answered; the directory says no more
+#: which line waits (the queue says it).
+PROTOCOL = 2
 
 #: Seconds between an instance's (and a consumer's) heartbeats.
 HEARTBEAT = 2.0
@@ -42,6 +48,22 @@ INBOX_TTL = 30.0
 #: The consumer groups, one per shared queue.
 OPERATORS = "operators"
 WORKERS = "workers"
+GROUPS = (OPERATORS, WORKERS)
+
+
+@frozen
+class Timings:
+    """The broker's times, in seconds (tests make them shorter)."""
+
+    #: Between an instance's (and a consumer's) heartbeats.
+    heartbeat: float = HEARTBEAT
+    #: After its last heartbeat, an instance counts as dead.
+    heartbeat_ttl: float = HEARTBEAT_TTL
+    #: A line held by a consumer that stopped touching it waits this long
+    #: before another takes it.
+    claim_after: float = CLAIM_AFTER
+    #: An inbox nobody reads lives this long after its last message.
+    inbox_ttl: float = INBOX_TTL
 
 
 class WireError(ValueError):

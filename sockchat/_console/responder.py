@@ -37,6 +37,7 @@ without a terminal in tests; ``OperatorInput`` connects it to stdin.
 from __future__ import annotations
 
 import enum
+import typing
 from collections import deque
 from collections.abc import Callable
 from typing import cast
@@ -69,7 +70,7 @@ from sockchat._responders.contract import (
     IResponder,
 )
 
-__all__ = ["REDRAW_DELAY", "ConsoleResponder", "OperatorInput", "Screen"]
+__all__ = ["REDRAW_DELAY", "ConsoleResponder", "Elsewhere", "OperatorInput", "Screen"]
 
 log = Logger(namespace="sockchat.console")
 
@@ -148,6 +149,20 @@ commands (anything else answers the oldest waiting line):
 """
 
 
+class Elsewhere(typing.Protocol):
+    """What a console asks about a client whose line is not waiting on it:
+    across instances, it may wait in the shared queue, or another operator
+    may hold it (``sockchat._broker.operators.OperatorDesk``)."""
+
+    def state(self, number: int) -> tuple[str, str] | None:
+        """(how client *number*'s line stands, the line), or None."""
+
+    def take(self, number: int, text: str) -> bool:
+        """``/to`` *number* *text*: take that client's line and answer it
+        (saying on the console what came of it); False if no line of its
+        is known to wait."""
+
+
 @implementer(IResponder, ILifecycle, IAnsweredByPeople)
 class ConsoleResponder:
     """Answers come from a person; lines wait their turn, oldest first.
@@ -185,6 +200,9 @@ class ConsoleResponder:
         self._closing = False
         self._clients: dict[int, IConversation] = {}
         self._last: dict[int, str] = {}  # each client's last line
+        #: Where lines not on this console may wait (operators across
+        #: instances): ``/list`` says how they stand, ``/to`` takes them.
+        self.elsewhere: Elsewhere | None = None
 
     def _later(self, f: Callable[[], None], delay: float = 0) -> IDelayedCall:
         if self._clock is None:
@@ -282,14 +300,18 @@ class ConsoleResponder:
             self._show(self._listing())
         elif name == "/to":
             number, _, text = rest.partition(" ")
-            entry = self._waiting_entry(number, "/to ID TEXT")
+            if self._client(number, "/to ID TEXT") is None:
+                return
+            if not text:
+                self._show(f"usage: /to ID TEXT (nothing was sent to client {number})")
+                return
+            entry = self._waiting_entry(int(number))
             if entry is not None:
-                if not text:
-                    self._show(
-                        f"usage: /to ID TEXT (nothing was sent to client {number})"
-                    )
-                else:
-                    self._answer(entry, text)
+                self._answer(entry, text)
+            elif self.elsewhere is None or not self.elsewhere.take(int(number), text):
+                self._show(
+                    f"client {number} is not waiting for an answer; nothing was sent"
+                )
         elif name == "/kick":
             conversation = self._client(rest.strip(), "/kick ID")
             if conversation is not None:
@@ -314,15 +336,20 @@ class ConsoleResponder:
             self._show(f"there is no client {number} (/list shows who is connected)")
         return conversation
 
-    def _waiting_entry(self, number: str, usage: str) -> _Waiting | None:
-        conversation = self._client(number, usage)
-        if conversation is None:
-            return None
+    def _waiting_entry(self, cid: int) -> _Waiting | None:
         for entry in self._queue:
-            if entry.conversation.id == conversation.info.id:
+            if entry.conversation.id == cid:
                 return entry
-        self._show(f"client {number} is not waiting for an answer; nothing was sent")
         return None
+
+    def answer_client(self, cid: int, text: str) -> bool:
+        """Answer client *cid*'s waiting line with *text*, as ``/to`` does;
+        False if it has none."""
+        entry = self._waiting_entry(cid)
+        if entry is None:
+            return False
+        self._answer(entry, text)
+        return True
 
     def _listing(self) -> str:
         if not self._clients:
@@ -334,6 +361,9 @@ class ConsoleResponder:
             last = self._last.get(cid)
             said = excerpt(last) if last is not None else "(nothing yet)"
             state = f"waiting #{waiting[cid]}" if cid in waiting else "their turn"
+            there = self.elsewhere.state(cid) if self.elsewhere is not None else None
+            if cid not in waiting and there is not None:
+                state, said = there[0], excerpt(there[1])
             lines.append(f"  client {cid} ({info.peer}) {state}: {said}")
         return "\n".join(lines)
 

@@ -46,7 +46,7 @@ from sockchat._core.render import safe_text
 from sockchat._core.telnet import TelnetFilter, telnet_notice
 from sockchat._core.transcript import TranscriptEntry
 from sockchat._core.turns import OUT_OF_TURN, _excerpt, welcome
-from sockchat._core.wire import QUIT, Notice, NoticeKind
+from sockchat._core.wire import QUIT, Notice, NoticeKind, Signed
 
 __all__ = [
     "CLOSE_GRACE",
@@ -673,9 +673,14 @@ class ServerConversation:
     # -- The responder -----------------------------------------------------
 
     def answered(self, reply: object, now: float) -> None:
-        """The responder's answer to the delivered line (or the opening)."""
+        """The responder's answer to the delivered line (or the opening):
+        a ``str``, or a ``Signed`` one."""
         if self.phase is not _OPEN or self.turn is not _SERVER:
             return  # it ended while the responder worked
+        by = None
+        if isinstance(reply, Signed):
+            by = reply.by
+            reply = reply.text
         data = self.answer_now(reply, now)  # the usual answer, in fewer steps
         if data is not None:
             self._out.append(_new(Send, (data,)))
@@ -716,7 +721,7 @@ class ServerConversation:
         else:
             self._emit(out, size)
         if self._transcript:
-            self._record(now, "out", "answer", text)
+            self._record(now, "out", "answer", text, by=by)
         if text == QUIT:
             self._move(_E_BYE)
             self._close(Reason.ANSWERED_QUIT, Reason.ANSWERED_QUIT.value)
@@ -1120,9 +1125,11 @@ class ServerConversation:
         text: str,
         notice: str | None = None,
         code: str | None = None,
+        *,
+        by: str | None = None,
     ) -> None:
         entry = TranscriptEntry(
-            now, self.id, self.peer, direction, kind, text, notice, code
+            now, self.id, self.peer, direction, kind, text, notice, code, by
         )
         self._out.append(Record(entry))
 

@@ -37,6 +37,8 @@ class TranscriptEntry:
     #: For notices: ``info``, ``error`` or ``bye``, and the notice's code.
     notice: str | None = None
     code: str | None = None
+    #: For answers: who gave it, when the responder said (``operator ann``).
+    by: str | None = None
 
 
 class ITranscript(Interface):
@@ -62,6 +64,8 @@ def encode_entry(entry: TranscriptEntry) -> bytes:
     if entry.notice is not None:
         fields["notice"] = entry.notice
         fields["code"] = entry.code
+    if entry.by is not None:
+        fields["by"] = entry.by
     return (_escape_unsafe(json.dumps(fields, ensure_ascii=False)) + "\n").encode(
         "utf-8"
     )

@@ -25,6 +25,7 @@ __all__ = [
     "Answer",
     "Notice",
     "NoticeKind",
+    "Signed",
     "encode_answer",
     "encode_notice",
     "make_notice",
@@ -68,6 +69,15 @@ class Answer:
     """The answer to the line the client is waiting on."""
 
     text: str
+
+
+@frozen
+class Signed:
+    """A responder's answer, and who gave it (an operator, a worker): the
+    client is sent *text*; the transcript records *by* as well."""
+
+    text: str
+    by: str
 
 
 _CODE = re.compile(r"[a-z0-9-]+\Z")

@@ -9,9 +9,7 @@ connection (``_send``, ``_pause``, ``_resume``, ``_close``).
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -38,30 +36,17 @@ from sockchat._responders.contract import (
     IConversation,
     ILifecycle,
     Reply,
+    Signed,
     Unavailable,
+    as_deferred,
 )
 
 if TYPE_CHECKING:
     from sockchat._doors.tcp import ChatServerFactory
 
-__all__ = ["Door", "as_deferred"]
+__all__ = ["Door"]
 
 log = Logger(namespace="sockchat.server")
-
-_T = TypeVar("_T")
-
-
-async def _await(awaitable: Awaitable[_T]) -> _T:
-    return await awaitable
-
-
-def as_deferred(reply: object) -> Deferred[Any] | None:
-    """*reply* as a Deferred, or None if it is neither one nor awaitable."""
-    if isinstance(reply, Deferred):
-        return reply
-    if inspect.isawaitable(reply):
-        return Deferred.fromCoroutine(_await(reply))
-    return None
 
 
 @implementer(IConversation, IPushProducer)
@@ -274,7 +259,7 @@ class Door:
 
     def _reply(self, reply: Reply, now: float) -> None:
         """Take the responder's reply; the caller runs the engine's actions."""
-        if isinstance(reply, str):
+        if isinstance(reply, (str, Signed)):
             self.engine.answered(reply, now)
             return
         pending = as_deferred(reply)
@@ -299,7 +284,7 @@ class Door:
     def _answered_later(self, reply: object) -> None:
         self._pending = None
         now = self.factory.clock.seconds()
-        if isinstance(reply, str):
+        if isinstance(reply, (str, Signed)):
             self.factory.stats.observe_later(self.factory.stats.kind, now - self._asked)
         self.engine.answered(reply, now)
         self._run(now)

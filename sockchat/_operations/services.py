@@ -419,6 +419,14 @@ class ConsoleFactory(Protocol):
     ) -> ConsoleResponder: ...
 
 
+#: What the console of ``--responder console`` says first.
+SERVER_BANNER = (
+    "sockchat operator console: client lines appear below. Type each answer at "
+    "its prompt; q ends that conversation; /help lists the commands; end of "
+    "input (Ctrl-D) stops the server.\n"
+)
+
+
 class OperatorConsoleService(Service):
     """Read the operator's answers from stdin; end of input stops the server.
 
@@ -436,10 +444,22 @@ class OperatorConsoleService(Service):
     the log both before twistd prints an event (it is made before twistd
     starts logging, so its first observer comes first) and after.  Once the
     reactor begins to shut down, the console shows no more prompts.
+
+    *banner* is what it says first; *closing* what it logs at end of input,
+    before it stops the reactor (an operator across instances quits).
     """
 
-    def __init__(self, reactor: Any, console_factory: ConsoleFactory) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        console_factory: ConsoleFactory,
+        *,
+        banner: str = SERVER_BANNER,
+        closing: str = "operator console closed (end of input); stopping the server",
+    ) -> None:
         self._reactor = reactor
+        self._banner = banner
+        self._closing = closing
         self._modes = BlockingModes.save(0, 1)
         self._stdio: Any = None
         self._out = sys.__stdout__.fileno() if sys.__stdout__ else 1
@@ -505,11 +525,7 @@ class OperatorConsoleService(Service):
         self._shutdown_trigger = IReactorCore(self._reactor).addSystemEventTrigger(
             "before", "shutdown", self.console.close
         )
-        self._write(
-            "sockchat operator console: client lines appear below. Type each "
-            "answer at its prompt; q ends that conversation; /help lists the "
-            "commands; end of input (Ctrl-D) stops the server.\n"
-        )
+        self._write(self._banner)
 
     @staticmethod
     def _printed(event: LogEvent) -> bool:
@@ -526,7 +542,7 @@ class OperatorConsoleService(Service):
 
     def _input_closed(self) -> None:
         if self.running:
-            log.info("operator console closed (end of input); stopping the server")
+            log.info("{closing}", closing=self._closing)
             IReactorCore(self._reactor).stop()
 
     def stopService(self) -> None:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface, implementer
+
+from sockchat._core.wire import Signed
 
 __all__ = [
     "AnswerFailed",
@@ -27,12 +30,24 @@ __all__ = [
     "ILifecycle",
     "IResponder",
     "Reply",
+    "Signed",
     "Unavailable",
+    "as_deferred",
     "as_responder",
 ]
 
-#: What ``IResponder.respond`` may return.
-Reply = str | Deferred[str] | Awaitable[str]
+#: What ``IResponder.respond`` may return: an answer (a ``str``, or a
+#: ``Signed`` one, which the transcript records with who gave it), at once or
+#: later.
+Reply = (
+    str
+    | Signed
+    | Deferred[str]
+    | Deferred[Signed]
+    | Deferred[str | Signed]
+    | Awaitable[str]
+    | Awaitable[Signed]
+)
 
 
 class Unavailable(Exception):
@@ -192,3 +207,21 @@ def _accepts(signature: inspect.Signature, count: int) -> bool:
     except TypeError:
         return False
     return True
+
+
+_T = TypeVar("_T")
+
+
+async def _await(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+def as_deferred(reply: object) -> Deferred[Any] | None:
+    """A responder's reply as a Deferred, or None if it is neither one nor
+    awaitable (an answer given at once).  The server's doors and the
+    workers take replies alike."""
+    if isinstance(reply, Deferred):
+        return reply
+    if inspect.isawaitable(reply):
+        return Deferred.fromCoroutine(_await(reply))
+    return None

@@ -21,13 +21,12 @@ next partner.  No I/O here: the server protocols do it.
 
 from __future__ import annotations
 
-import enum
-
 from attrs import define
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from sockchat._core.pairing import LEFT_BECAUSE, WHO_SPEAKS, Stance, waiting_again
 from sockchat._core.wire import QUIT
 from sockchat._responders.contract import (
     ConversationInfo,
@@ -40,26 +39,6 @@ from sockchat._responders.contract import (
 __all__ = ["PairResponder"]
 
 log = Logger(namespace="sockchat.pair")
-
-_LEFT_BECAUSE = {
-    "quit": f"sent {QUIT}",
-    "connection-lost": "disconnected",
-    "end-of-input": "closed its side of the connection",
-    "idle-timeout": "was idle for too long",
-    "kicked": "was disconnected by the operator",
-}
-
-
-class _Stance(enum.Enum):
-    """Where an unpaired party stands in its own turn-taking."""
-
-    #: Its turn: it may say a line (its first, if it has no partner yet).
-    SPEAKS = "speaks"
-    #: It has said its first line, kept for its partner, and waits for an
-    #: answer.
-    SAID = "said"
-    #: It waits for a line and has said none: its partner speaks first.
-    LISTENS = "listens"
 
 
 @define(eq=False)
@@ -82,10 +61,10 @@ class _Party:
         return f"client {info.id} ({info.peer})"
 
     @property
-    def stance(self) -> _Stance:
+    def stance(self) -> Stance:
         if self.opening is not None:
-            return _Stance.SAID
-        return _Stance.SPEAKS if self.waiting is None else _Stance.LISTENS
+            return Stance.SAID
+        return Stance.SPEAKS if self.waiting is None else Stance.LISTENS
 
 
 @implementer(IResponder, ILifecycle, IAnsweredByPeople)
@@ -120,7 +99,7 @@ class PairResponder:
         first = self._queue.pop(0)
         stance = first.stance
         self._link(first, party)
-        if stance is _Stance.SAID:
+        if stance is Stance.SAID:
             opening, first.opening = first.opening, None
             first.handed = opening
             first.conversation.notify(
@@ -134,7 +113,7 @@ class PairResponder:
                 "their line.",
             )
             return opening
-        if stance is _Stance.LISTENS:
+        if stance is Stance.LISTENS:
             first.conversation.notify(
                 "paired",
                 f"you are talking with {party.label}. They speak first; wait for "
@@ -195,7 +174,7 @@ class PairResponder:
         if partner is None:
             return
         partner.partner = None
-        why = _LEFT_BECAUSE.get(reason, f"left ({reason})")
+        why = LEFT_BECAUSE.get(reason, f"left ({reason})")
         if partner.talked:
             log.info(
                 "the pair of conversations {left} and {partner} ended: {left} {why}",
@@ -219,7 +198,7 @@ class PairResponder:
         stance = party.stance
         party.conversation.notify("waiting", waiting_again(what, stance))
         head = self._queue[0] if self._queue else None
-        if head is None or (stance is _Stance.LISTENS and head.stance is stance):
+        if head is None or (stance is Stance.LISTENS and head.stance is stance):
             # Two that both wait for the other's first line cannot take
             # turns: each waits for a newcomer, this one first.
             self._queue.insert(0, party)
@@ -235,7 +214,7 @@ class PairResponder:
             party.conversation.notify(
                 "paired",
                 f"you are talking with {other.label}. "
-                + _WHO_SPEAKS[stances[party], stances[other]],
+                + WHO_SPEAKS[stances[party], stances[other]],
             )
         # A first line goes at once to a partner that waits for one.
         handing = [
@@ -255,43 +234,3 @@ class PairResponder:
             assert waiting is not None
             assert opening is not None
             waiting.callback(opening)
-
-
-def waiting_again(what: str, stance: _Stance) -> str:
-    """The ``waiting`` notice of a party whose partner left untalked (*what*
-    says who and how), by where it stands in its own turn-taking."""
-    if stance is _Stance.LISTENS:
-        then = "They will speak first."
-    elif stance is _Stance.SAID:
-        then = "They will have your first line."
-    else:
-        then = "You may say your first line now."
-    return (
-        f"{what}; no partner yet: you will talk with the next client to "
-        f"connect. {then} Send {QUIT} to quit."
-    )
-
-
-#: What a party is told when paired with another that was waiting too, by
-#: (its stance, the other's).
-_WHO_SPEAKS = {
-    (_Stance.LISTENS, _Stance.SPEAKS): "They speak first; wait for their line.",
-    (_Stance.LISTENS, _Stance.SAID): "They speak first; wait for their line.",
-    (_Stance.SAID, _Stance.LISTENS): (
-        "They have your first line; wait for their answer."
-    ),
-    (_Stance.SAID, _Stance.SPEAKS): (
-        "They will have your first line as the answer to theirs; wait for it."
-    ),
-    (_Stance.SAID, _Stance.SAID): (
-        "They have your first line, and their first line is your answer."
-    ),
-    (_Stance.SPEAKS, _Stance.LISTENS): "You speak first.",
-    (_Stance.SPEAKS, _Stance.SAID): (
-        "They said a first line already: say yours, and theirs is the answer."
-    ),
-    (_Stance.SPEAKS, _Stance.SPEAKS): (
-        "You may both speak now: each of you gets the other's line as the answer."
-    ),
-    (_Stance.LISTENS, _Stance.LISTENS): "",  # never paired: see _requeue
-}

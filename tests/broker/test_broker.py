@@ -1,5 +1,5 @@
-"""The instance side of the broker, in memory: a FakeRedisServer, a Clock,
-and the consumer side played by the test through the same commands (the
+"""The instance side of the broker, in memory: a memory broker, a Clock,
+and the consumer side played by the test through the same interface (the
 broker protocol of docs/broker.md; sockchat.operator and sockchat.worker
 have tests of their own)."""
 
@@ -9,20 +9,16 @@ import json
 from typing import Any
 
 import pytest
-from twisted.internet.defer import Deferred
+from broker_instance import Counting, now
 from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
-from twisted.python.failure import Failure
 
 from sockchat import LineRefused
 from sockchat._broker.instance import BrokerInstance, QueueResponder
-from sockchat._broker.redis import RedisError
-from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, Keys, decode, encode
+from sockchat._broker.interface import ClientRecord, ConsumerSeen
+from sockchat._broker.memory import MemoryHub
+from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, PROTOCOL, decode, encode
 from sockchat.testing import MemoryServer, NoResultYet
-
-from fakeredis import FakeRedisServer
-
-KEYS = Keys()
 
 
 @pytest.fixture
@@ -34,60 +30,30 @@ def logged_events():
     globalLogPublisher.removeObserver(events.append)
 
 
-def now(d: Deferred[Any]) -> Any:
-    """What a fake command's Deferred fired with (it answers at once)."""
-    out: list[Any] = []
-    d.addBoth(out.append)
-    assert out, "the fake broker did not answer at once"
-    if isinstance(out[0], Failure):
-        out[0].raiseException()
-    return out[0]
-
-
 class Desk:
     """The consumer side of one queue, played by the test: an operator or a
     worker, as the broker protocol has them take and answer lines."""
 
-    def __init__(self, server: FakeRedisServer, clock: Clock, group: str) -> None:
-        self.redis = server.client()
-        self.clock = clock
+    def __init__(self, hub: MemoryHub, group: str) -> None:
+        self.broker = hub.broker()
+        self.clock = hub.clock
         self.group = group
-        self.stream = KEYS.work(group)
         self.name = f"{group}-desk"
-        made = self.redis.command(
-            "XGROUP", "CREATE", self.stream, group, "$", "MKSTREAM"
-        )
-        made.addErrback(lambda f: f.trap(RedisError))  # BUSYGROUP: made already
+        now(self.broker.open_queue(group))
 
     def online(self, ttl: float = 1e6, *, greets: bool = False) -> None:
         until = self.clock.seconds() + ttl
-        about = {"v": 1, "name": self.name, "until": until, "greets": greets}
-        now(
-            self.redis.command(
-                "HSET", KEYS.consumers(self.group), self.name, json.dumps(about)
-            )
-        )
+        seen = ConsumerSeen(self.name, self.name, until, greets)
+        now(self.broker.beat_consumer(self.group, seen))
+
+    def offline(self) -> None:
+        now(self.broker.leave_consumer(self.group, self.name))
 
     def take(self) -> tuple[str, dict[str, Any]] | None:
-        reply = now(
-            self.redis.command(
-                "XREADGROUP",
-                "GROUP",
-                self.group,
-                self.name,
-                "COUNT",
-                1,
-                "STREAMS",
-                self.stream,
-                ">",
-            )
-        )
-        if not reply:
+        taken = now(self.broker.take(self.group, self.name, 1, 0))
+        if not taken:
             return None
-        [[_, entries]] = reply
-        [[entry, fields]] = entries
-        assert fields[0] == b"m"
-        return entry.decode(), decode(fields[1])
+        return taken[0].entry, decode(taken[0].data)
 
     def take_line(self, kind: str = "line") -> tuple[str, dict[str, Any]]:
         while True:
@@ -97,35 +63,31 @@ class Desk:
                 return taken
 
     def send(self, instance: str, kind: str, **fields: Any) -> None:
-        now(self.redis.command("RPUSH", KEYS.inbox(instance), encode(kind, **fields)))
+        now(self.broker.post(instance, [encode(kind, **fields)]))
 
-    def answer(self, taken: tuple[str, dict[str, Any]], text: str) -> None:
+    def answer(
+        self, taken: tuple[str, dict[str, Any]], text: str, by: str = "operator ann"
+    ) -> None:
         entry, message = taken
-        self.send(
-            message["instance"], "answer", conv=message["conv"], entry=entry, text=text
-        )
-        now(self.redis.command("XACK", self.stream, self.group, entry))
+        answer = encode("answer", conv=message["conv"], entry=entry, text=text, by=by)
+        now(self.broker.finish(self.group, [entry], [(message["instance"], answer)]))
 
     def length(self) -> int:
-        """How many lines (not lifecycle items) are on the stream."""
-        entries = now(self.redis.command("XRANGE", self.stream, "-", "+"))
-        return sum(decode(fields[1])["kind"] == "line" for _, fields in entries)
+        """How many lines (not lifecycle items) are in the queue."""
+        view = now(self.broker.queue_view(self.group, 10))
+        return sum(decode(q.data)["kind"] == "line" for q in view)
 
 
 class Cluster:
-    """One instance ("i1") on a fake broker, and a MemoryServer in front."""
+    """One instance ("i1") on a memory broker, and a MemoryServer in front."""
 
     def __init__(self, group: str = "workers", **options: Any) -> None:
         self.clock = Clock()
-        self.broker = FakeRedisServer(self.clock)
-        self.instance = BrokerInstance(
-            self.broker.client(),
-            self.broker.client(),
-            self.clock,
-            "i1",
-            "redis://fake:6379/0",
-        )
-        self.desk = Desk(self.broker, self.clock, group)
+        self.hub = MemoryHub(self.clock)
+        self.broker = Counting(self.hub.broker())
+        name = now(self.broker.register_instance({}))
+        self.instance = BrokerInstance(self.broker, self.clock, name)  # type: ignore[arg-type]
+        self.desk = Desk(self.hub, group)
         self.desk.online()
         self.responder = QueueResponder(
             self.instance, group, lifecycle=group == "workers"
@@ -193,7 +155,7 @@ def test_a_client_that_leaves_takes_its_waiting_line_off_the_queue():
 
 def test_no_worker_running_is_said_at_once():
     c = Cluster()
-    now(c.desk.redis.command("DEL", KEYS.consumers("workers")))
+    c.desk.offline()
     c.advance(HEARTBEAT)
     talk = c.server.connect()
     with pytest.raises(LineRefused) as refused:
@@ -214,7 +176,7 @@ def test_a_worker_whose_heartbeat_stopped_does_not_count():
 
 def test_with_no_operator_online_the_client_is_told_its_line_waits():
     c = Cluster("operators")
-    now(c.desk.redis.command("DEL", KEYS.consumers("operators")))
+    c.desk.offline()
     c.advance(HEARTBEAT)
     notices = []
     talk = c.server.connect(on_notice=notices.append)
@@ -231,7 +193,7 @@ def test_with_no_operator_online_the_client_is_told_its_line_waits():
 def test_broker_lost_new_lines_get_unavailable_then_it_comes_back(logged_events):
     c = Cluster()
     talk = c.server.connect()
-    c.broker.stop()
+    c.hub.lose()
     for _ in range(3):
         with pytest.raises(LineRefused) as refused:
             c.server.say(talk, "are you there?")
@@ -239,7 +201,7 @@ def test_broker_lost_new_lines_get_unavailable_then_it_comes_back(logged_events)
         assert "unreachable" in refused.value.notice.text
     lost = [e for e in logged_events if "lost the broker" in e["log_format"]]
     assert len(lost) == 1, "the loss is logged once, not once per line"
-    c.broker.start()
+    c.hub.restore()
     c.advance(HEARTBEAT)
     said = talk.say("now?")
     c.advance()
@@ -255,8 +217,8 @@ def test_a_queued_line_the_broker_lost_gets_unavailable():
     talk = c.server.connect()
     said = talk.say("will you lose me?")
     c.advance()
-    c.broker.stop()
-    c.broker.start(flush=True)  # restarted without its data
+    c.hub.lose()
+    c.hub.restore(flush=True)  # restarted without its data
     c.advance(HEARTBEAT)
     with pytest.raises(LineRefused) as refused:
         c.server.result(said)
@@ -270,8 +232,8 @@ def test_a_queued_line_the_broker_kept_is_still_answered():
     talk = c.server.connect()
     said = talk.say("still there?")
     c.advance()
-    c.broker.stop()
-    c.broker.start()
+    c.hub.lose()
+    c.hub.restore()
     c.advance(HEARTBEAT)
     c.desk.answer(c.desk.take_line(), "kept")
     c.advance(1)
@@ -294,16 +256,14 @@ def test_notices_and_kicks_from_the_consumer_side_reach_the_client():
 def test_a_message_of_another_protocol_is_refused_and_logged_once(logged_events):
     c = Cluster()
     talk = c.server.connect()
+    other = PROTOCOL + 1
     for _ in range(3):
-        now(
-            c.desk.redis.command(
-                "RPUSH",
-                KEYS.inbox("i1"),
-                json.dumps({"v": 2, "kind": "answer", "conv": 1}),
-            )
-        )
+        raw = json.dumps({"v": other, "kind": "answer", "conv": 1}).encode()
+        now(c.desk.broker.post("i1", [raw]))
     c.advance(1)
-    refused = [e for e in logged_events if "broker protocol 2" in e.get("why", "")]
+    refused = [
+        e for e in logged_events if f"broker protocol {other}" in e.get("what", "")
+    ]
     assert len(refused) == 1
     assert talk.my_turn
 
@@ -328,32 +288,59 @@ def test_a_failed_answer_gives_the_client_its_turn_back():
     assert "ZeroDivisionError" in refused.value.notice.text
 
 
-def test_the_heartbeat_and_the_clients_hash():
+def test_the_heartbeat_and_the_directory():
     c = Cluster("operators")
-    redis = c.desk.redis
-    assert now(redis.command("EXISTS", KEYS.instance("i1"))) == 1
-    assert 0 < now(redis.command("PTTL", KEYS.instance("i1"))) <= HEARTBEAT_TTL * 1000
+    broker = c.desk.broker
+    assert now(broker.census([])).instances == {"i1"}
     talk = c.server.connect()
     talk.say("listed?")
     c.advance()
-    [raw] = now(redis.command("HGETALL", KEYS.clients("i1")))[1::2]
-    listed = json.loads(raw)
-    assert listed["id"] == 1
-    assert listed["text"] == "listed?"
-    assert listed["waiting"] is not None
+    assert now(broker.clients(["i1"])) == {
+        "i1": [ClientRecord(1, talk_peer(c), "operators")]
+    }
+    [queued] = now(broker.queue_view("operators", 10))
+    assert decode(queued.data)["text"] == "listed?"
     c.advance(HEARTBEAT_TTL * 3)  # it beats all along
-    assert now(redis.command("EXISTS", KEYS.instance("i1"))) == 1
+    assert now(broker.instance_alive("i1"))
     now(c.instance.stop())
-    assert now(redis.command("EXISTS", KEYS.instance("i1"))) == 0
-    assert now(redis.command("EXISTS", KEYS.clients("i1"))) == 0
+    assert not now(broker.instance_alive("i1"))
+    assert now(broker.clients(["i1"])) == {"i1": []}
+
+
+def talk_peer(c: Cluster) -> str:
+    [conversation] = c.server.factory.conversations.values()
+    return conversation.info.peer
+
+
+def test_the_directory_is_written_when_a_client_comes_and_goes_not_per_line():
+    c = Cluster()
+    talk = c.server.connect()
+    c.advance()
+    assert c.broker.calls.count("set_client") == 1
+    before = len(c.broker.calls)
+    for n in range(5):
+        said = talk.say(f"line {n}")
+        c.advance()
+        c.desk.answer(c.desk.take_line(), f"answer {n}")
+        c.advance(0.01)
+        assert c.server.result(said) == f"answer {n}"
+    per_line = c.broker.calls[before:]
+    assert per_line.count("enqueue") == 5
+    assert [n for n in per_line if n not in ("enqueue", "next_messages")] == []
+    c.server.result(talk.quit())
+    c.advance()
+    assert c.broker.calls.count("remove_client") == 1
 
 
 def test_a_dead_instance_is_seen_at_the_next_heartbeat():
     c = Cluster()
-    other = BrokerInstance(c.broker.client(), c.broker.client(), c.clock, "i2", "fake")
+    other_broker = c.hub.broker()
+    name = now(other_broker.register_instance({}))
+    other = BrokerInstance(other_broker, c.clock, name)
     other.start()
     c.advance(HEARTBEAT)
     assert c.instance.alive("i2")
+    assert other._heart is not None
     other._heart.stop()  # killed: it beats no more
     c.advance(HEARTBEAT_TTL + HEARTBEAT)
     assert not c.instance.alive("i2")
@@ -390,9 +377,9 @@ def test_workers_without_hooks_let_the_client_speak_first():
 
 def test_a_line_said_while_the_first_connections_are_made_waits_for_them():
     clock = Clock()
-    broker = FakeRedisServer(clock)
-    instance = BrokerInstance(broker.client(), broker.client(), clock, "i1", "fake")
-    desk = Desk(broker, clock, "operators")
+    hub = MemoryHub(clock)
+    instance = BrokerInstance(hub.broker(), clock, "i1")
+    desk = Desk(hub, "operators")
     desk.online()
     server = MemoryServer(QueueResponder(instance, "operators"), clock=clock)
     talk = server.connect()
@@ -410,3 +397,82 @@ def test_operators_take_their_time_and_workers_have_the_answer_timeout():
     operators, workers = Cluster("operators"), Cluster("workers")
     assert operators.server.factory.settings.answer_timeout is None
     assert workers.server.factory.settings.answer_timeout == 30
+
+
+def test_an_answer_for_a_conversation_that_ended_says_nothing(logged_events):
+    c = Cluster()
+    talk = c.server.connect()
+    talk.say("bye soon")
+    c.advance()
+    taken = c.desk.take_line()
+    talk.abort()
+    c.advance()
+    logged_events.clear()
+    c.desk.answer(taken, "too late")  # a worker that had it already
+    c.desk.send("i1", "notify", conv=1, code="x", text="for nobody")
+    c.advance(HEARTBEAT)
+    assert [e["log_format"] for e in logged_events] == []
+
+
+def test_who_answers_a_client_is_logged_when_it_changes(logged_events):
+    c = Cluster("operators")
+    talk = c.server.connect()
+    for by in ("operator ann", "operator ann", "operator bob"):
+        said = talk.say("hello")
+        c.advance()
+        c.desk.answer(c.desk.take_line(), f"{by} here", by=by)
+        c.advance(0.1)
+        assert c.server.result(said) == f"{by} here"
+    said_by = [e["by"] for e in logged_events if "answers" in e.get("log_format", "")]
+    assert said_by == ["operator ann", "operator bob"]
+
+
+def test_an_answer_that_comes_before_the_queue_said_its_entry_is_taken():
+    # The instance reads its inbox on a connection of its own: a quick
+    # worker's answer can come there before the reply that named the entry.
+    clock = Clock()
+    hub = MemoryHub(clock)
+    broker = hub.broker(latency=0.05, read_latency=0.001)
+    name = now(hub.broker().register_instance({}))
+    instance = BrokerInstance(broker, clock, name)
+    desk = Desk(hub, "workers")
+    desk.online()
+    instance.start()
+    server = MemoryServer(QueueResponder(instance, "workers"), clock=clock)
+    server.advance(0.1)
+    talk = server.connect()
+    said = talk.say("quick!")
+    server.advance(0.001)
+    desk.answer(desk.take_line(), "quicker")
+    server.advance(0.01)
+    server.advance(0.1)
+    assert server.result(said) == "quicker"
+
+
+def test_who_answered_is_in_the_transcript():
+    from zope.interface import implementer
+
+    from sockchat import ITranscript, TranscriptEntry
+    from sockchat._core.transcript import encode_entry
+
+    @implementer(ITranscript)
+    class Kept:
+        def __init__(self) -> None:
+            self.entries: list[TranscriptEntry] = []
+
+        def record(self, entry: TranscriptEntry) -> None:
+            self.entries.append(entry)
+
+    kept = Kept()
+    c = Cluster("operators", transcript=kept)
+    talk = c.server.connect()
+    said = talk.say("who is there?")
+    c.advance()
+    c.desk.answer(c.desk.take_line(), "ann is", by="operator ann")
+    c.advance(0.1)
+    assert c.server.result(said) == "ann is"
+    [answer] = [e for e in kept.entries if e.kind == "answer"]
+    assert answer.by == "operator ann"
+    assert json.loads(encode_entry(answer))["by"] == "operator ann"
+    [line] = [e for e in kept.entries if e.kind == "line"]
+    assert "by" not in json.loads(encode_entry(line))

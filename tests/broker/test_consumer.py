@@ -1,38 +1,28 @@
 """The consumer loop (sockchat._broker.consumer.Consumer), in memory.
 
-Against tests/fakeredis.py with a ``Clock``: each line to exactly one
-consumer, oldest first; a live slow consumer keeps its line, a dead one's
-is taken after CLAIM_AFTER, a clean quit hands it back at once; work of
-another protocol is refused, work of a dead instance dropped; the broker
-lost and back.
+On the memory broker with a ``Clock``: each line to exactly one consumer,
+oldest first, taken in batches; a live slow consumer keeps its line, a
+dead one's is taken after CLAIM_AFTER, a clean quit hands it back at
+once; work of another protocol is refused, work of a dead instance
+dropped; the broker lost and back.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
-from broker_instance import World
+from broker_instance import Counting, World, now
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from sockchat._broker.consumer import (
-    Consumer,
-    ConsumerError,
-    Outcome,
-    WorkItem,
-    check_protocol,
-)
-from sockchat._broker.redis import RedisError
-from sockchat._broker.wire import CLAIM_AFTER, HEARTBEAT, Keys
-
-from conftest import result_of
+from sockchat._broker.consumer import HandlerBase, Outcome, WorkItem
+from sockchat._broker.wire import CLAIM_AFTER, HEARTBEAT, PROTOCOL
 
 GROUP = "operators"
 
 
-class Desk:
+class Desk(HandlerBase):
     """A handler whose answers the test gives by hand."""
 
     kinds = frozenset({"line"})
@@ -62,6 +52,11 @@ class Desk:
         return [i.text for i in self.items]
 
 
+def given(handler: Any) -> Any:
+    """A handler factory that gives *handler*."""
+    return lambda broker, outbox: handler
+
+
 @pytest.fixture
 def world() -> World:
     return World()
@@ -82,8 +77,8 @@ def warnings():
 
 def test_each_line_goes_to_exactly_one_consumer_oldest_first(world: World) -> None:
     a, b = Desk(), Desk()
-    world.consumer(a)
-    world.consumer(b)
+    world.consumer(given(a))
+    world.consumer(given(b))
     entries = [world.instance.work(GROUP, conv, f"line {conv}") for conv in (1, 2, 3)]
     world.run(0.5)
     assert a.texts + b.texts == ["line 1", "line 2"]  # each holds one
@@ -100,17 +95,42 @@ def test_each_line_goes_to_exactly_one_consumer_oldest_first(world: World) -> No
     assert len(a.items) + len(b.items) == 3  # never given twice
 
 
-def test_an_answer_goes_to_the_instance_and_then_the_line_is_acknowledged(
+def test_lines_are_taken_and_answered_in_batches_up_to_the_capacity(
     world: World,
 ) -> None:
     desk = Desk()
-    consumer = world.consumer(desk)
+    consumer = world.consumer(given(desk), capacity=3, started=False)
+    counted = Counting(consumer.broker)  # type: ignore[arg-type]
+    consumer.broker = counted  # type: ignore[assignment]
+    consumer._outbox._broker = counted  # type: ignore[assignment]
+    entries = [world.instance.work(GROUP, conv, f"{conv}") for conv in range(1, 6)]
+    now(consumer.start())
+    world.run(0.5)
+    assert desk.texts == ["1", "2", "3"]
+    assert consumer.held == entries[:3]
+    assert counted.calls.count("take") + counted.calls.count("take_abandoned") == 2
+    for entry in entries[:3]:
+        desk.answer(entry, "ok")
+    world.run(0.5)
+    assert desk.texts == ["1", "2", "3", "4", "5"]
+    # The three answers went in one call, with their entries' deletion.
+    assert counted.calls.count("finish") == 1
+    assert [m["entry"] for m in world.instance.inbox()] == entries[:3]
+    assert world.instance.queue_length(GROUP) == 2
+
+
+def test_an_answer_goes_to_the_instance_and_the_entry_is_deleted(
+    world: World,
+) -> None:
+    desk = Desk()
+    consumer = world.consumer(given(desk))
     entry = world.instance.work(GROUP, 4, "hi")
     assert world.instance.pending(GROUP) == [(entry, consumer.name)]
     desk.answer(entry, "hello")
+    world.clock.advance(0)  # sent at the end of the reactor's turn
     assert world.instance.inbox() == [
         {
-            "v": 1,
+            "v": PROTOCOL,
             "kind": "answer",
             "conv": 4,
             "entry": entry,
@@ -118,19 +138,20 @@ def test_an_answer_goes_to_the_instance_and_then_the_line_is_acknowledged(
             "by": "operator c1",
         }
     ]
-    assert world.instance.pending(GROUP) == []
+    assert world.instance.queue_length(GROUP) == 0
     assert consumer.held == []
 
 
 def test_a_live_slow_consumer_keeps_its_line(world: World) -> None:
     slow, other = Desk(), Desk()
-    world.consumer(slow)
-    world.consumer(other)
+    world.consumer(given(slow))
+    world.consumer(given(other))
     entry = world.instance.work(GROUP, 1, "slow one")
     assert slow.texts == ["slow one"]
     world.run(CLAIM_AFTER * 4)  # it touches the line every HEARTBEAT
     assert other.items == []
     slow.answer(entry, "at last")
+    world.clock.advance(0)
     assert [m["text"] for m in world.instance.inbox()] == ["at last"]
 
 
@@ -138,8 +159,8 @@ def test_a_dead_consumers_line_is_taken_after_claim_after_and_not_before(
     world: World,
 ) -> None:
     doomed, other = Desk(), Desk()
-    dead = world.consumer(doomed)
-    world.consumer(other)
+    dead = world.consumer(given(doomed))
+    world.consumer(given(other))
     entry = world.instance.work(GROUP, 1, "orphan")
     assert doomed.texts == ["orphan"]
     world.kill(dead)
@@ -148,6 +169,7 @@ def test_a_dead_consumers_line_is_taken_after_claim_after_and_not_before(
     world.run(2.5)
     assert other.texts == ["orphan"]
     other.answer(entry, "taken over")
+    world.clock.advance(0)
     assert [(m["entry"], m["by"]) for m in world.instance.inbox()] == [
         (entry, "operator c2")
     ]
@@ -155,50 +177,21 @@ def test_a_dead_consumers_line_is_taken_after_claim_after_and_not_before(
 
 def test_a_clean_quit_hands_the_line_back_at_once(world: World) -> None:
     quitter, other = Desk(), Desk()
-    leaving = world.consumer(quitter)
-    world.consumer(other)
+    leaving = world.consumer(given(quitter))
+    world.consumer(given(other))
     entry = world.instance.work(GROUP, 1, "hand me back")
     stopped = leaving.stop()
-    world.run(1.5)  # its blocking read ends; the next look takes it
-    assert result_of(stopped) is None
+    world.run(2.5)  # its read that waits ends; the next look takes it
+    assert now(stopped) is None
     assert quitter.cancelled == [entry]
     assert other.texts == ["hand me back"]
     assert world.instance.pending(GROUP) == [(entry, "c2")]
-    consumers = world.instance.run("HGETALL", Keys().consumers(GROUP))
-    assert consumers[::2] == [b"c2"]  # the quitter said it is gone
-
-
-class Lagging:
-    """An IRedis whose replies come *lag* seconds late, as over a network."""
-
-    def __init__(self, inner: Any, clock: Any, lag: float = 0.05) -> None:
-        self._inner, self._clock, self._lag = inner, clock, lag
-
-    @property
-    def connected(self) -> bool:
-        return bool(self._inner.connected)
-
-    def command(self, *args: Any) -> Deferred[Any]:
-        later: Deferred[Any] = Deferred()
-        reply = self._inner.command(*args)
-        self._clock.callLater(
-            self._lag,
-            lambda: reply.addBoth(later.callback),  # type: ignore[arg-type]
-        )
-        return later
+    assert world.instance.consumers(GROUP) == ["c2"]  # the quitter said it is gone
 
 
 def test_an_answer_given_before_quitting_is_sent(world: World) -> None:
     desk = Desk()
-    consumer = Consumer(
-        clock=world.clock,
-        redis=Lagging(world.server.client(), world.clock),
-        blocking=world.server.client(),
-        group=GROUP,
-        handler=desk,
-        name="lagging",
-        capacity=2,
-    )
+    consumer = world.consumer(given(desk), capacity=2, latency=0.05, started=False)
     consumer.start()
     world.run(0.5)
     entries = [world.instance.work(GROUP, conv, "last one") for conv in (1, 2)]
@@ -214,23 +207,23 @@ def test_an_answer_given_before_quitting_is_sent(world: World) -> None:
 
 
 def test_consumers_say_they_are_online(world: World) -> None:
-    world.consumer(Desk())
-    raw = world.instance.run("HGET", Keys().consumers(GROUP), "c1")
-    record = json.loads(raw)
-    assert record["v"] == 1
-    assert record["name"] == "c1"
-    assert record["until"] > world.clock.seconds()
+    world.consumer(given(Desk()))
+    [seen] = now(world.instance.broker.census([GROUP])).of(GROUP)
+    assert seen.name == seen.display == "c1"
+    assert seen.until > world.clock.seconds()
+    assert not seen.greets
     world.run(HEARTBEAT * 3)
-    again = json.loads(world.instance.run("HGET", Keys().consumers(GROUP), "c1"))
-    assert again["until"] >= record["until"] + HEARTBEAT * 3 - 0.2
+    [again] = now(world.instance.broker.census([GROUP])).of(GROUP)
+    assert again.until >= seen.until + HEARTBEAT * 3 - 0.2
 
 
 def test_work_of_another_protocol_is_refused_with_one_log_line(
     world: World, warnings: list[str]
 ) -> None:
     desk = Desk()
-    world.consumer(desk)
-    raw = {"v": 2, "kind": "line", "instance": "i1", "conv": 7, "text": "hi"}
+    world.consumer(given(desk))
+    other = PROTOCOL + 1
+    raw = {"v": other, "kind": "line", "instance": "i1", "conv": 7, "text": "hi"}
     first = world.instance.work(GROUP, 7, raw=raw)
     second = world.instance.work(GROUP, 7, raw=raw)
     world.run(0.5)
@@ -240,33 +233,42 @@ def test_work_of_another_protocol_is_refused_with_one_log_line(
         ("refused", 7, first),
         ("refused", 7, second),
     ]
-    assert "broker protocol 2" in refused[0]["why"]
+    assert f"broker protocol {other}" in refused[0]["why"]
     assert [w for w in warnings if "refused" in w] == [
         "refused work from instance i1: the work item "
-        f"{first} speaks broker protocol 2; this sockchat speaks 1: run the same "
-        "sockchat version everywhere"
+        f"{first} speaks broker protocol {other}; this sockchat speaks {PROTOCOL}: "
+        "run the same sockchat version everywhere"
     ]
-    assert world.instance.stream_length(GROUP) == 0
-    assert world.instance.pending(GROUP) == []
+    assert world.instance.queue_length(GROUP) == 0
 
 
 def test_work_of_a_dead_instance_is_dropped(world: World) -> None:
     desk = Desk()
-    world.consumer(desk)
+    world.consumer(given(desk))
     world.instance.die()
+    world.run(HEARTBEAT)  # the consumer's next look at who is alive
     world.instance.work(GROUP, 1, "from beyond")
     world.run(0.5)
     assert desk.items == []
-    assert world.instance.stream_length(GROUP) == 0
-    assert world.instance.pending(GROUP) == []
-    assert world.instance.run("SMEMBERS", Keys().instances) == []
+    assert world.instance.queue_length(GROUP) == 0
+
+
+def test_work_of_an_instance_newer_than_the_last_look_is_taken(world: World) -> None:
+    from broker_instance import FakeInstance
+
+    desk = Desk()
+    world.consumer(given(desk))
+    newcomer = FakeInstance(world.hub.broker())  # came after the consumer looked
+    newcomer.work(GROUP, 1, "hello from i2")
+    world.run(0.5)
+    assert desk.texts == ["hello from i2"]
 
 
 def test_a_line_deleted_while_held_is_cancelled_and_the_next_taken(
     world: World,
 ) -> None:
     desk = Desk()
-    world.consumer(desk)
+    world.consumer(given(desk))
     entry = world.instance.work(GROUP, 1, "too late")
     world.instance.work(GROUP, 2, "next")
     world.instance.done(GROUP, entry)  # timed out, or the client left
@@ -278,7 +280,7 @@ def test_a_line_deleted_while_held_is_cancelled_and_the_next_taken(
 
 def test_capacity_is_how_many_lines_are_held_at_once(world: World) -> None:
     desk = Desk()
-    consumer = world.consumer(desk, capacity=2)
+    consumer = world.consumer(given(desk), capacity=2)
     entries = [world.instance.work(GROUP, conv, f"{conv}") for conv in (1, 2, 3)]
     world.run(1.5)
     assert desk.texts == ["1", "2"]
@@ -290,17 +292,17 @@ def test_capacity_is_how_many_lines_are_held_at_once(world: World) -> None:
 
 def test_the_broker_lost_and_back(world: World, warnings: list[str]) -> None:
     desk = Desk()
-    consumer = world.consumer(desk)
+    consumer = world.consumer(given(desk))
     entry = world.instance.work(GROUP, 1, "during the outage")
-    world.server.stop()
+    world.hub.lose()
     world.run(5)
     desk.answer(entry, "sent later")  # answered while the broker is away
     world.run(5)
     assert [w for w in warnings if "lost the broker" in w] == [
-        "lost the broker at redis://fake-redis:6379/0; holding 1 line(s), going on "
-        "when it is back"
+        f"lost the broker at {consumer.broker.display}; holding 1 line(s), going "
+        "on when it is back"
     ]
-    world.server.start()
+    world.hub.restore()
     world.instance.beat()  # the instance is back too
     world.run(1.5)
     assert [m["text"] for m in world.instance.inbox()] == ["sent later"]
@@ -316,12 +318,12 @@ def test_a_handler_that_fails_sends_failed(world: World) -> None:
         def handle(self, item: WorkItem) -> Deferred[Outcome | None]:
             raise RuntimeError("oops")
 
-    world.consumer(Broken())
+    world.consumer(given(Broken()))
     entry = world.instance.work(GROUP, 1, "boom")
     world.run(0.5)
     assert world.instance.inbox() == [
         {
-            "v": 1,
+            "v": PROTOCOL,
             "kind": "failed",
             "conv": 1,
             "entry": entry,
@@ -330,39 +332,26 @@ def test_a_handler_that_fails_sends_failed(world: World) -> None:
     ]
 
 
-def test_nothing_owed_acknowledges_and_deletes(world: World) -> None:
+def test_nothing_owed_deletes_the_entry(world: World) -> None:
     class Quiet(Desk):
         def handle(self, item: WorkItem) -> Deferred[Outcome | None]:
             return succeed(None)
 
-    world.consumer(Quiet())
+    world.consumer(given(Quiet()))
     world.instance.work(GROUP, 1, "x")
     world.run(0.5)
     assert world.instance.inbox() == []
-    assert world.instance.stream_length(GROUP) == 0
-
-
-def test_the_broker_protocol_is_checked(world: World) -> None:
-    redis = world.server.client()
-    result_of(Deferred.fromCoroutine(check_protocol(redis, Keys(), where="here")))
-    assert world.instance.run("GET", Keys().protocol) == b"1"
-    world.instance.run("SET", Keys().protocol, "2")
-    with pytest.raises(ConsumerError) as e:
-        result_of(Deferred.fromCoroutine(check_protocol(redis, Keys(), where="here")))
-    assert str(e.value) == (
-        "the broker at here speaks broker protocol 2; this sockchat speaks 1: "
-        "run the same sockchat version everywhere"
-    )
+    assert world.instance.queue_length(GROUP) == 0
 
 
 def test_a_broker_that_restarts_empty_is_used_again(world: World) -> None:
     desk = Desk()
-    world.consumer(desk)
+    world.consumer(given(desk))
     held = world.instance.work(GROUP, 1, "lost with the broker")
-    world.server.stop()
+    world.hub.lose()
     world.run(3)
-    world.server.start(flush=True)  # no persistence: no stream, no group
-    world.instance.beat()
+    world.hub.restore(flush=True)  # no persistence: no queue, no names
+    world.instance = type(world.instance)(world.instance.broker)
     world.run(HEARTBEAT + 0.5)
     assert desk.cancelled == [held]  # nobody waits for it any more
     world.instance.work(GROUP, 2, "after the restart")
@@ -370,29 +359,35 @@ def test_a_broker_that_restarts_empty_is_used_again(world: World) -> None:
     assert desk.texts == ["lost with the broker", "after the restart"]
 
 
-def test_a_group_the_broker_refuses_fails_the_start(world: World) -> None:
-    world.instance.run("SET", Keys().work(GROUP), "not a stream")
-    consumer = Consumer(
-        clock=world.clock,
-        redis=world.server.client(),
-        blocking=world.server.client(),
-        group=GROUP,
-        handler=Desk(),
-        name="c9",
-    )
-    with pytest.raises(RedisError):
-        result_of(consumer.start())
-
-
-def test_a_read_the_broker_refuses_is_logged_once(
-    world: World, warnings: list[str]
-) -> None:
+def test_a_given_line_is_taken_even_past_the_capacity(world: World) -> None:
     desk = Desk()
-    world.consumer(desk)
-    world.instance.run("DEL", Keys().work(GROUP))
-    world.instance.run("SET", Keys().work(GROUP), "not a stream")
-    world.run(5)
-    assert [w for w in warnings if "refused a read" in w] == [
-        "the broker refused a read: WRONGTYPE Operation against a key holding "
-        "the wrong kind of value"
-    ]
+    consumer = world.consumer(given(desk))
+    world.instance.work(GROUP, 1, "first")
+    wanted = world.instance.work(GROUP, 2, "second")
+    taken = now(consumer.take_entry(wanted))
+    assert taken.entry is not None
+    assert desk.texts == ["first", "second"]
+    assert sorted(consumer.held) == sorted([wanted, desk.items[0].entry])
+
+
+def test_abandoned_lines_are_looked_for_on_a_timer_and_nobody_asked_per_line(
+    world: World,
+) -> None:
+    class Quick(Desk):
+        def handle(self, item: WorkItem) -> Deferred[Outcome | None]:
+            self.items.append(item)
+            return succeed(Outcome("answer", "at once"))
+
+    desk = Quick()
+    consumer = world.consumer(given(desk), started=False)
+    counted = Counting(consumer.broker)  # type: ignore[arg-type]
+    consumer.broker = counted  # type: ignore[assignment]
+    now(consumer.start())
+    for conv in range(20):  # a line every 0.1 s, for 2 s
+        world.instance.work(GROUP, conv, "hi")
+        world.run(0.1)
+    assert len(desk.items) == 20
+    assert counted.calls.count("take") >= 20
+    assert counted.calls.count("take_abandoned") <= 3  # once a second
+    # Who is alive comes from the census at its heartbeat: no question per line.
+    assert counted.calls.count("instance_alive") == 0

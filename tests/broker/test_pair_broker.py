@@ -1,5 +1,5 @@
 """Pair mode across instances, in memory: two (or three) ``BrokerInstance``
-on one ``FakeRedisServer``, each serving its clients with a real
+on one memory broker, each serving its clients with a real
 ``ChatServerFactory`` (``sockchat.testing.MemoryServer``) whose responder
 is a ``BrokerPairResponder``, all on one fake clock."""
 
@@ -13,57 +13,62 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from broker_instance import now
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
-from twisted.python.failure import Failure
 
 from sockchat import Conversation, ConversationEnded, LineRefused, Notice
 from sockchat._broker.instance import BrokerInstance
+from sockchat._broker.interface import ClientRecord
+from sockchat._broker.memory import MemoryBroker, MemoryHub
 from sockchat._broker.pairs import PARTNER_LOST_WITHIN, BrokerPairResponder, _Phase
-from sockchat._broker.wire import HEARTBEAT, Keys, encode
+from sockchat._broker.wire import HEARTBEAT, PROTOCOL, encode
 from sockchat._doors.client import connect
 from sockchat.testing import MemoryServer, NoResultYet
 
-from fakeredis import FakeRedisServer
 from processes import Server
 
 
 class Cluster:
-    """Instances sharing one fake Redis and one clock."""
+    """Instances sharing one memory broker and one clock."""
 
     def __init__(self) -> None:
         self.clock = Clock()
-        self.redis = FakeRedisServer(self.clock)
-        self.keys = Keys()
+        self.hub = MemoryHub(self.clock)
+        self.look = self.hub.broker()  # the test's own view of the broker
         self.servers: dict[str, MemoryServer] = {}
         self.instances: dict[str, BrokerInstance] = {}
-        self._clients: dict[str, list[Any]] = {}
 
-    def add(self, name: str, *, connected: bool = True) -> MemoryServer:
+    def add(
+        self, name: str, *, connected: bool = True, latency: float = 0.0
+    ) -> MemoryServer:
         """Instance *name*, started; or, unless *connected*, with its broker
-        connections not up yet (``start`` them)."""
-        box: list[BrokerInstance] = []
-        command = self.redis.client(on_state=lambda up: box[0].state_changed(up))
-        inbox = self.redis.client(on_state=lambda up: box[0].inbox_state_changed(up))
-        instance = BrokerInstance(command, inbox, self.clock, name, self.redis.url)
-        box.append(instance)
+        connections not up yet (``start`` them).  Its broker's replies take
+        *latency* seconds, those of its inbox half as long (a connection of
+        its own: they pass each other)."""
+        assert now(self.look.register_instance({})) == name
+        broker = self.hub.broker(latency=latency, read_latency=latency / 2)
+        instance = BrokerInstance(broker, self.clock, name)
         if connected:
             instance.start()
         else:
-            command.connected = inbox.connected = False
+            broker.up = False
         server = MemoryServer(BrokerPairResponder(instance), clock=self.clock)
         self.instances[name] = instance
         self.servers[name] = server
-        self._clients[name] = [command, inbox]
         return server
+
+    def _broker(self, name: str) -> MemoryBroker:
+        broker = self.instances[name].broker
+        assert isinstance(broker, MemoryBroker)
+        return broker
 
     def start(self, name: str) -> None:
         """The instance's broker connections are up: it starts."""
-        for client in self._clients[name]:
-            client.connected = True
+        self._broker(name).up = True
         self.instances[name].start()
 
     def crash(self, name: str) -> None:
@@ -72,8 +77,7 @@ class Cluster:
         heart = instance._heart
         assert heart is not None
         heart.stop()
-        for client in self._clients[name]:
-            client.close()
+        self._broker(name).kill()
 
     def flush(self) -> None:
         for _ in range(3):
@@ -90,10 +94,7 @@ class Cluster:
         return next(iter(self.servers.values())).result(d)
 
     def waiting_list(self) -> list[dict[str, Any]]:
-        entries = self.redis.run(
-            [b"LRANGE", self.keys.pair_waiting.encode(), b"0", b"-1"]
-        )
-        return [json.loads(e) for e in entries]
+        return [json.loads(e) for e in now(self.look.waiting())]
 
 
 class Client:
@@ -400,14 +401,14 @@ def test_lines_get_unavailable_while_the_broker_is_lost(cluster):
     b = Client(cluster, "i2")
     a_waits, b_waits = a.say("hello"), b.say("hi")
     cluster.result(a_waits), cluster.result(b_waits)
-    cluster.redis.stop()
+    cluster.hub.lose()
     with pytest.raises(LineRefused) as refused:
         cluster.result(a.say("are you there?"))
     assert refused.value.notice.code == "unavailable"
     assert "unreachable" in refused.value.notice.text
     assert a.conversation.my_turn  # the turn is back
     cluster.advance(1)
-    cluster.redis.start()
+    cluster.hub.restore()
     cluster.flush()
     a_waits = a.say("are you there?")
     b_waits = b.say("yes")
@@ -416,12 +417,12 @@ def test_lines_get_unavailable_while_the_broker_is_lost(cluster):
 
 
 def test_a_newcomer_while_the_broker_is_lost_waits_here_then_is_paired(cluster):
-    cluster.redis.stop()
+    cluster.hub.lose()
     a = Client(cluster, "i1")
     assert a.codes() == ["welcome", "waiting"]
     b = Client(cluster, "i1")  # not paired with a: it waits for the broker too
     assert b.codes() == ["welcome", "waiting"]
-    cluster.redis.start(flush=True)
+    cluster.hub.restore(flush=True)
     cluster.flush()
     assert "client i1/2 " in a.last().text
     assert "client i1/1 " in b.last().text
@@ -435,11 +436,11 @@ def test_a_departure_while_the_broker_is_lost_is_told_when_it_is_back(cluster):
     a_waits, b_waits = a.say("hello"), b.say("hi")
     cluster.result(a_waits), cluster.result(b_waits)
     b_waits = b.say("bye soon")
-    cluster.redis.stop()
+    cluster.hub.lose()
     cluster.result(a.conversation.quit())
     with pytest.raises(NoResultYet):
         cluster.result(b_waits)
-    cluster.redis.start()
+    cluster.hub.restore()
     cluster.flush()
     with pytest.raises(ConversationEnded) as ended:
         cluster.result(b_waits)
@@ -448,8 +449,8 @@ def test_a_departure_while_the_broker_is_lost_is_told_when_it_is_back(cluster):
 
 def test_waiting_clients_whose_entries_the_broker_lost_are_put_back(cluster):
     a = Client(cluster, "i1")
-    cluster.redis.stop()
-    cluster.redis.start(flush=True)  # restarted without its data
+    cluster.hub.lose()
+    cluster.hub.restore(flush=True)  # restarted without its data
     cluster.flush()
     assert [w["label"] for w in cluster.waiting_list()] == [
         "client i1/1 (127.0.0.1:50000)"
@@ -460,20 +461,19 @@ def test_waiting_clients_whose_entries_the_broker_lost_are_put_back(cluster):
 
 
 def test_an_entry_of_another_protocol_is_refused_and_skipped(cluster):
-    key = cluster.keys.pair_waiting.encode()
-    other = json.dumps({"v": 2, "kind": "waiting", "instance": "i1", "conv": 9})
-    cluster.redis.run([b"RPUSH", key, other.encode()])
+    other = json.dumps({"v": PROTOCOL + 1, "kind": "waiting", "instance": "i1"})
+    now(cluster.look.pair_or_wait(other.encode(), front=False))
     with capturedLogs() as events:
         a = Client(cluster, "i2")
     assert a.codes() == ["welcome", "waiting"]
     (refused,) = [e for e in events if e.get("what")]
     assert refused["what"].startswith("refused: ")
-    assert "speaks broker protocol 2" in refused["what"]
+    assert f"speaks broker protocol {PROTOCOL + 1}" in refused["what"]
 
 
 def test_a_broker_that_says_no_is_logged_once_and_asked_again(cluster):
-    key = cluster.keys.pair_waiting.encode()
-    cluster.redis.run([b"SET", key, b"not a list"])
+    wrongtype = "WRONGTYPE Operation against a key holding the wrong kind of value"
+    cluster.hub.refuse("pair_or_wait", wrongtype)
     with capturedLogs() as events:
         a = Client(cluster, "i1")
         b = Client(cluster, "i2")
@@ -483,7 +483,7 @@ def test_a_broker_that_says_no_is_logged_once_and_asked_again(cluster):
     assert len(said) == 2  # once by each instance, not at each of its retries
     assert said[0].startswith("the broker would not pair clients: WRONGTYPE")
     assert [e for e in events if e.get("log_failure")] == []
-    cluster.redis.run([b"DEL", key])
+    cluster.hub.allow("pair_or_wait")
     cluster.advance(HEARTBEAT)
     assert "client i1/1 " in b.last().text or "client i2/1 " in a.last().text
     assert a.last().code == b.last().code == "paired"
@@ -495,7 +495,7 @@ def test_messages_from_one_that_is_not_the_partner_are_ignored(cluster):
     a_waits = a.say("hello")
     stranger = {"instance": "i2", "conv": 99, "label": "client i2/99"}
     for kind, fields in (("line", {"text": "I am not b"}), ("left", {"why": "x"})):
-        cluster.instances["i2"].send(
+        cluster.instances["i2"].post(
             "i1", encode(kind, conv=1, talked=True, **{"from": stranger}, **fields)
         )
     cluster.flush()
@@ -509,9 +509,8 @@ def test_messages_from_one_that_is_not_the_partner_are_ignored(cluster):
 def test_what_another_instance_says_reaches_a_client_as_one_line(cluster):
     # Whatever is in the list or an inbox, a label or a reason is one short
     # line when it reaches a client.
-    key = cluster.keys.pair_waiting.encode()
     entry = encode("waiting", instance="i2", conv=7, label="client\nx\x1b[2J" * 50)
-    cluster.redis.run([b"RPUSH", key, entry])
+    now(cluster.look.pair_or_wait(entry, front=False))
     cluster.instances["i2"].on_kind("paired", lambda _: None)  # i2 stays silent
     Client(cluster, "i1")
     party = cluster.servers["i1"].factory.responder._parties[1]
@@ -521,7 +520,7 @@ def test_what_another_instance_says_reaches_a_client_as_one_line(cluster):
     a_waits, b_waits = a.say("hello"), b.say("hi")
     cluster.result(a_waits), cluster.result(b_waits)
     a_waits = a.say("and now?")
-    cluster.instances["i2"].send(
+    cluster.instances["i2"].post(
         "i1",
         encode(
             "left",
@@ -541,15 +540,13 @@ def test_what_another_instance_says_reaches_a_client_as_one_line(cluster):
 def test_the_clients_hash_says_who_is_paired_with_whom(cluster):
     Client(cluster, "i1")
     Client(cluster, "i2")
-    hashed = cluster.redis.run([b"HGETALL", cluster.keys.clients("i1").encode()])
-    about = json.loads(hashed[1])
-    assert about["responder"] == "pair"
-    assert about["partner"] == "i2/1"
+    [record] = now(cluster.look.clients(["i1"]))["i1"]
+    assert record == ClientRecord(1, "127.0.0.1:50000", "pair", "i2/1")
 
 
 # -- Any order of events, with replies that take time -----------------------------
 #
-# The fake answers every command at once; a real broker answers later, so
+# The memory broker can answer at once; a real broker answers later, so
 # messages between instances cross.  Here each instance's replies come
 # after a delay of its own (each connection stays in order), and any order
 # of arrivals, lines and departures must leave every pair whole once the
@@ -557,54 +554,10 @@ def test_the_clients_hash_says_who_is_paired_with_whom(cluster):
 # list, at most one waiting, and nothing failed.
 
 
-class SlowRedis:
-    """An ``IRedis`` whose replies come *delay* seconds after the command
-    ran, in order."""
-
-    def __init__(self, inner: Any, clock: Clock, delay: float) -> None:
-        self.inner = inner
-        self.clock = clock
-        self.delay = delay
-
-    @property
-    def connected(self) -> bool:
-        return bool(self.inner.connected)
-
-    def command(self, *args: Any) -> Deferred[Any]:
-        later: Deferred[Any] = Deferred()
-
-        def reply(outcome: Any) -> None:
-            fire = later.errback if isinstance(outcome, Failure) else later.callback
-            self.clock.callLater(self.delay, fire, outcome)
-
-        self.inner.command(*args).addBoth(reply)
-        return later
-
-
 def slow_cluster(delays: tuple[float, ...]) -> Cluster:
     cluster = Cluster()
     for n, delay in enumerate(delays, 1):
-        box: list[BrokerInstance] = []
-        command = SlowRedis(
-            cluster.redis.client(on_state=lambda up, b=box: b[0].state_changed(up)),
-            cluster.clock,
-            delay,
-        )
-        inbox = SlowRedis(
-            cluster.redis.client(
-                on_state=lambda up, b=box: b[0].inbox_state_changed(up)
-            ),
-            cluster.clock,
-            delay / 2,
-        )
-        name = f"i{n}"
-        instance = BrokerInstance(command, inbox, cluster.clock, name, "fake")
-        box.append(instance)
-        instance.start()
-        cluster.instances[name] = instance
-        cluster.servers[name] = MemoryServer(
-            BrokerPairResponder(instance), clock=cluster.clock
-        )
+        cluster.add(f"i{n}", latency=delay)
     return cluster
 
 
@@ -645,8 +598,8 @@ def _check_pairs(cluster: Cluster) -> None:
         assert not (both_wait and party.held is None and other.held is None)
 
 
-#: One client comes and goes, so that the script is loaded (the first
-#: EVALSHA is NOSCRIPT, then EVAL) and later replies have their own delays.
+#: One client comes and goes, so that later replies have their own delays
+#: (on Redis, the first call of the script also loads it).
 _WARM = [("connect", 0), ("pause", 7), ("abort", 0), ("pause", 7)]
 
 

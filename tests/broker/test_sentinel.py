@@ -30,7 +30,7 @@ from twisted.internet.threads import deferToThread
 from twisted.logger import globalLogPublisher
 
 from sockchat._broker.redis import BrokerUnavailable, RedisClient, parse_broker_url
-from sockchat._broker.service import register
+from sockchat._broker.redisbroker import register_blocking as register
 from sockchat._broker.wire import Keys
 
 from redis_sentinels import Sentinel, SentinelSet, call

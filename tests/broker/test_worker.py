@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from broker_instance import FakeInstance, World
+from broker_instance import FakeInstance, World, now
 from twisted.internet.defer import Deferred
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
@@ -19,7 +19,9 @@ from sockchat import (
     IResponder,
     as_responder,
 )
-from sockchat._broker.consumer import Consumer, RemoteConversation, WorkerHandler
+from sockchat._broker.consumer import Consumer, RemoteConversation
+from sockchat._broker.wire import PROTOCOL
+from sockchat._broker.workers import WorkerHandler
 
 GROUP = "workers"
 
@@ -30,11 +32,17 @@ def world() -> World:
 
 
 def worker(world: World, responder: Any, concurrency: int = 4) -> Consumer:
-    handler = WorkerHandler(
-        as_responder(responder), lambda *a, **k: consumer.send(*a, **k)
+    return world.consumer(
+        lambda broker, outbox: WorkerHandler(as_responder(responder), outbox),
+        capacity=concurrency,
+        group=GROUP,
     )
-    consumer = world.consumer(handler, capacity=concurrency, group=GROUP)
-    return consumer
+
+
+def inbox(world: World, instance: FakeInstance | None = None) -> list[Any]:
+    """What the instance was sent, once the worker's answers have gone."""
+    world.clock.advance(0)
+    return (instance or world.instance).inbox()
 
 
 @implementer(IResponder, ILifecycle)
@@ -61,9 +69,9 @@ class Greeter:
 def test_a_line_is_answered_by_the_responder(world: World) -> None:
     worker(world, lambda conversation, text: text[::-1])
     entry = world.instance.work(GROUP, 3, "olleh")
-    assert world.instance.inbox() == [
+    assert inbox(world) == [
         {
-            "v": 1,
+            "v": PROTOCOL,
             "kind": "answer",
             "conv": 3,
             "entry": entry,
@@ -80,7 +88,7 @@ def test_started_may_speak_first_and_its_conversation_notifies_and_ends(
     worker(world, greeter)
     started = world.instance.work(GROUP, 5, kind="started", peer="10.0.0.1:99")
     line = world.instance.work(GROUP, 5, "kick me")
-    messages = world.instance.inbox()
+    messages = inbox(world)
     assert [(m["kind"], m.get("entry"), m.get("text")) for m in messages] == [
         ("notify", None, "you are talking to a worker"),
         ("answer", started, "hello, 10.0.0.1:99"),
@@ -92,8 +100,8 @@ def test_started_may_speak_first_and_its_conversation_notifies_and_ends(
     assert {m["conv"] for m in messages} == {5}
     world.instance.work(GROUP, 5, kind="ended", reason="kicked")
     assert greeter.endings == [(1, "kicked")]
-    assert world.instance.inbox() == []
-    assert world.instance.stream_length(GROUP) == 1  # the line: the instance XDELs it
+    assert inbox(world) == []
+    assert world.instance.queue_length(GROUP) == 0  # the worker deleted them
 
 
 def test_started_that_returns_nothing_owes_nothing(world: World) -> None:
@@ -110,9 +118,8 @@ def test_started_that_returns_nothing_owes_nothing(world: World) -> None:
 
     worker(world, Quiet())
     world.instance.work(GROUP, 1, kind="started")
-    assert world.instance.inbox() == []
-    assert world.instance.stream_length(GROUP) == 0
-    assert world.instance.pending(GROUP) == []
+    assert inbox(world) == []
+    assert world.instance.queue_length(GROUP) == 0
 
 
 def test_conversations_of_two_instances_get_ids_of_their_own(world: World) -> None:
@@ -123,7 +130,7 @@ def test_conversations_of_two_instances_get_ids_of_their_own(world: World) -> No
         return "ok"
 
     worker(world, respond)
-    other = FakeInstance(world.server.client(), name="i2")
+    other = FakeInstance(world.hub.broker())
     world.instance.work(GROUP, 1, "a", peer="1.1.1.1:1")
     other.work(GROUP, 1, "b", peer="2.2.2.2:2")
     world.instance.work(GROUP, 1, "c", peer="1.1.1.1:1")
@@ -132,7 +139,7 @@ def test_conversations_of_two_instances_get_ids_of_their_own(world: World) -> No
         ConversationInfo(2, "2.2.2.2:2"),
         ConversationInfo(1, "1.1.1.1:1"),
     ]
-    assert [m["text"] for m in other.inbox()] == ["ok"]
+    assert [m["text"] for m in inbox(world, other)] == ["ok"]
 
 
 def test_a_responder_that_raises_sends_failed(world: World) -> None:
@@ -141,9 +148,9 @@ def test_a_responder_that_raises_sends_failed(world: World) -> None:
 
     worker(world, respond)
     entry = world.instance.work(GROUP, 2, "x")
-    assert world.instance.inbox() == [
+    assert inbox(world) == [
         {
-            "v": 1,
+            "v": PROTOCOL,
             "kind": "failed",
             "conv": 2,
             "entry": entry,
@@ -155,7 +162,7 @@ def test_a_responder_that_raises_sends_failed(world: World) -> None:
 def test_an_answer_that_is_not_a_str_is_failed(world: World) -> None:
     worker(world, lambda conversation, text: 42)
     world.instance.work(GROUP, 2, "x")
-    assert [(m["kind"], m["why"]) for m in world.instance.inbox()] == [
+    assert [(m["kind"], m["why"]) for m in inbox(world)] == [
         ("failed", "the responder answered with int")
     ]
 
@@ -168,9 +175,9 @@ def test_async_and_deferred_answers(world: World) -> None:
     later: Deferred[None] = Deferred()
     worker(world, think)
     world.instance.work(GROUP, 1, "it")
-    assert world.instance.inbox() == []
+    assert inbox(world) == []
     later.callback(None)
-    assert [m["text"] for m in world.instance.inbox()] == ["thought about it"]
+    assert [m["text"] for m in inbox(world)] == ["thought about it"]
 
 
 def test_concurrency_lines_are_answered_at_once(world: World) -> None:
@@ -202,7 +209,7 @@ def test_a_line_that_stops_being_wanted_cancels_the_answer(world: World) -> None
     world.instance.done(GROUP, entry)  # the client left
     world.run(2.5)
     assert cancelled == ["slow"]
-    assert world.instance.inbox() == []
+    assert inbox(world) == []
 
 
 def test_a_worker_killed_mid_answer_is_replaced_by_another(world: World) -> None:
@@ -215,15 +222,13 @@ def test_a_worker_killed_mid_answer_is_replaced_by_another(world: World) -> None
     assert world.instance.pending(GROUP) == [(entry, "c1")]
     world.kill(doomed)
     world.run(12)
-    assert [(m["entry"], m["text"]) for m in world.instance.inbox()] == [
+    assert [(m["entry"], m["text"]) for m in inbox(world)] == [
         (entry, "second worker: are you there")
     ]
 
 
 def test_the_remote_conversation_provides_iconversation() -> None:
-    conversation = RemoteConversation(
-        ConversationInfo(1, "x"), "i1", 3, lambda *a, **k: None
-    )
+    conversation = RemoteConversation(ConversationInfo(1, "x"), "i1", 3, None)  # type: ignore[arg-type]
     assert verifyObject(IConversation, conversation)
     assert conversation.key == "i1/3"
 
@@ -231,13 +236,11 @@ def test_the_remote_conversation_provides_iconversation() -> None:
 def test_a_worker_says_at_its_heartbeat_whether_its_responder_speaks_first(
     world: World,
 ) -> None:
-    import json
-
     worker(world, Greeter())
     worker(world, lambda conversation, text: text)
     world.run(0.5)
-    seen = world.instance.run("HGETALL", world.instance.keys.consumers(GROUP))
-    greets = sorted(json.loads(v)["greets"] for v in seen[1::2])
+    census = now(world.instance.broker.census([GROUP]))
+    greets = sorted(seen.greets for seen in census.of(GROUP))
     assert greets == [False, True]
 
 
@@ -257,6 +260,6 @@ def test_an_opening_asked_for_but_not_given_is_said_to_have_failed(
 
     worker(world, Quiet())
     started = world.instance.work(GROUP, 1, kind="started", opening=True)
-    [message] = world.instance.inbox()
+    [message] = inbox(world)
     assert (message["kind"], message["entry"]) == ("failed", started)
     assert "gave no first line" in message["why"]

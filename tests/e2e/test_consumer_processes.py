@@ -10,6 +10,7 @@ and the shells' one-line errors.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -19,15 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from broker_instance import FakeInstance
-from twisted.internet.defer import Deferred, fail, succeed
+from broker_instance import FakeInstance, now
+from twisted.internet import reactor
 
-from sockchat._broker.redis import RedisError
-from sockchat._broker.resp import ErrorReply, ReplyParser, encode_command
-from sockchat._broker.wire import CLAIM_AFTER, Keys
+from sockchat._broker.redisbroker import RedisBroker
+from sockchat._broker.wire import CLAIM_AFTER, PROTOCOL, Keys, Timings
 
 from processes import Reader, Terminal
-from redis_server import RedisServer  # the fixtures are conftest's
+from redis_server import RedisServer, SyncRedis  # the fixtures are conftest's
 
 pytestmark = pytest.mark.slow
 
@@ -37,30 +37,12 @@ WORKER = [sys.executable, "-m", "sockchat.worker"]
 SOON = 10.0
 
 
-class SyncRedis:
-    """A blocking Redis connection with the ``IRedis`` shape, for the
-    instance double (its Deferreds have fired when ``command`` returns)."""
-
-    connected = True
-
-    def __init__(self, port: int) -> None:
-        self._sock = socket.create_connection(("127.0.0.1", port), timeout=SOON)
-        self._parser = ReplyParser()
-
-    def command(self, *args: Any) -> Deferred[Any]:
-        self._sock.sendall(encode_command(*args))
-        replies: list[Any] = []
-        while not replies:  # one command at a time: one reply
-            data = self._sock.recv(65536)
-            assert data, "redis-server closed the connection"
-            replies = self._parser.feed(data)
-        reply = replies[0]
-        if isinstance(reply, ErrorReply):
-            return fail(RedisError(reply.message))
-        return succeed(reply)
-
-    def close(self) -> None:
-        self._sock.close()
+def fake_instance(server: RedisServer) -> tuple[FakeInstance, SyncRedis]:
+    """An instance's doings at the broker, through the real Redis broker
+    over a blocking connection; alive for the whole test."""
+    redis = SyncRedis(server.port)
+    broker = RedisBroker(reactor, redis, timings=Timings(heartbeat_ttl=120))  # type: ignore[arg-type]
+    return FakeInstance(broker, broker.timings), redis
 
 
 class Process:
@@ -124,9 +106,9 @@ def started():
 
 @pytest.fixture
 def instance(redis_server: RedisServer):
-    redis = SyncRedis(redis_server.port)
-    yield FakeInstance(redis, ttl=120)  # alive for the whole test
-    redis.close()
+    made, redis = fake_instance(redis_server)
+    yield made
+    redis.stop()
 
 
 def holder(instance: FakeInstance, group: str, entry: str) -> int:
@@ -142,7 +124,7 @@ def holder(instance: FakeInstance, group: str, entry: str) -> int:
 
 def online(instance: FakeInstance, group: str, count: int) -> None:
     deadline = time.monotonic() + SOON
-    while instance.run("HLEN", Keys().consumers(group)) < count:
+    while len(instance.consumers(group)) < count:
         assert time.monotonic() < deadline, f"{count} {group} did not come online"
         time.sleep(0.05)
 
@@ -273,11 +255,15 @@ def test_an_operator_at_a_terminal_answers_and_ctrl_d_hands_back(
             terminal.proc.send_signal(signal.SIGTERM)
         terminal.close()
     assert code == 0
-    assert instance.pending("operators")[0][0] == second
+    # Handed back: it waits for anyone, at once.
+    assert instance.pending("operators") == []
+    view = now(instance.broker.queue_view("operators", CLAIM_AFTER))
+    assert [q.entry for q in view] == [second]
 
 
 SLOW_BOT = """\
 import os
+import re
 
 from twisted.internet import reactor, task
 
@@ -298,12 +284,12 @@ def test_a_worker_killed_mid_answer_is_replaced_by_another(
     args = [*WORKER, "--broker", redis_server.url, "slowbot:respond"]
     stuck = Process(args, cwd=tmp_path, BOT_DELAY="60")
     started.append(stuck)
-    stuck.err.until(b"up to 4 lines at once")
+    stuck.err.until(b"up to 32 lines at once")
     entry = instance.work("workers", 1, "hello")
     assert holder(instance, "workers", entry) == stuck.pid
     quick = Process(args, cwd=tmp_path, BOT_DELAY="0")
     started.append(quick)
-    quick.err.until(b"up to 4 lines at once")
+    quick.err.until(b"up to 32 lines at once")
     stuck.kill()
     [answer] = inbox(instance, 1, CLAIM_AFTER + 8)
     assert (answer["entry"], answer["text"]) == (entry, f"{quick.pid} says hello")
@@ -322,16 +308,14 @@ def test_a_worker_that_quits_hands_back_and_says_it_is_gone(
     args = [*WORKER, "--broker", redis_server.url, "slowbot:respond"]
     worker = Process(args, cwd=tmp_path, BOT_DELAY="60")
     started.append(worker)
-    worker.err.until(b"up to 4 lines at once")
+    worker.err.until(b"up to 32 lines at once")
     entry = instance.work("workers", 1, "hello")
     holder(instance, "workers", entry)
     os.kill(worker.pid, signal.SIGTERM)
     assert worker.wait() == 0
-    assert instance.run("HLEN", Keys().consumers("workers")) == 0
-    [(_, consumer)] = instance.pending("workers")
-    idle = instance.run("XPENDING", Keys().work("workers"), "workers", "-", "+", 1)
-    assert idle[0][2] > CLAIM_AFTER * 1000  # anyone's next look takes it
-    assert consumer.split("-")[-2] == str(worker.pid)
+    assert instance.consumers("workers") == []
+    assert instance.pending("workers") == []  # anyone's next look takes it
+    assert instance.queue_length("workers") == 1
 
 
 def test_a_worker_goes_on_after_redis_restarts_empty(
@@ -343,19 +327,18 @@ def test_a_worker_goes_on_after_redis_restarts_empty(
     args = [*WORKER, "--broker", redis_server.url, "slowbot:respond"]
     worker = Process(args, cwd=tmp_path, BOT_DELAY="0")
     started.append(worker)
-    worker.err.until(b"up to 4 lines at once")
+    worker.err.until(b"up to 32 lines at once")
     redis_server.stop()
     worker.err.until(b"lost the broker")
     redis_server.start()  # no persistence: no stream, no group, no keys
-    redis = SyncRedis(redis_server.port)
+    instance, redis = fake_instance(redis_server)
     try:
-        instance = FakeInstance(redis, ttl=120)
         online(instance, "workers", 1)  # it came back, and says so
         entry = instance.work("workers", 1, "again")
         [answer] = inbox(instance, 1)
         assert (answer["entry"], answer["text"]) == (entry, f"{worker.pid} says again")
     finally:
-        redis.close()
+        redis.stop()
     os.kill(worker.pid, signal.SIGTERM)
     assert worker.wait() == 0
     log = worker.err.rest().decode()
@@ -401,11 +384,114 @@ def test_bad_input_is_one_line(
         "sockchat.worker: nosuchmodule:thing: there is no module named "
         "'nosuchmodule' (is it installed, or in the current directory?)",
     )
-    instance.run("SET", Keys().protocol, "2")
+    other = PROTOCOL + 1
+    redis = SyncRedis(redis_server.port)
+    now(redis.command("SET", Keys().protocol, str(other)))
+    redis.stop()
     code, line = run(*OPERATOR, "--broker", redis_server.url)
     assert (code, line) == (
         1,
         f"sockchat.operator: the broker at {redis_server.url} speaks broker "
-        "protocol 2; this sockchat speaks 1: run the same sockchat version "
-        "everywhere",
+        f"protocol {other}; this sockchat speaks {PROTOCOL}: run the same sockchat "
+        "version everywhere",
     )
+
+
+def test_two_operators_across_two_instances_see_who_holds_what(
+    redis_server: RedisServer, started: list[Process]
+) -> None:
+    """Real instances and operators: /list names the operator that holds a
+    line and says which one waits in the queue; /to takes a queued line."""
+    import re
+
+    from processes import Server, raw_connect, recv_lines
+
+    args = ("--responder", "operators", "--broker", redis_server.url)
+    with Server(*args) as one, Server(*args) as two:
+        ann = operator(started, redis_server, "ann")
+        look, redis = fake_instance(redis_server)  # to see who is online
+        online(look, "operators", 1)
+        c1 = raw_connect(one.port)
+        recv_lines(c1, 1)  # the welcome
+        c1.sendall(b"one\n")
+        ann.out.until(b"(i1/1, 127.0.0.1:")
+        bob = operator(started, redis_server, "bob")
+        online(look, "operators", 2)
+        c2 = raw_connect(two.port)
+        recv_lines(c2, 1)
+        c2.sendall(b"two\n")  # ann holds her one line: bob takes it
+        bob.out.until(b"(i2/1, 127.0.0.1:")
+        c3 = raw_connect(one.port)
+        recv_lines(c3, 1)
+        c3.sendall(b"three\n")  # both hold one: it waits
+        deadline = time.monotonic() + SOON
+        while True:
+            time.sleep(1.2)  # a look at the queue
+            ann.type("/list")
+            listing = ann.out.until(b"connected, ").decode()
+            listing += ann.out.until(b"server --> client ").decode()
+            if "waiting in the queue" in listing or time.monotonic() > deadline:
+                break
+        assert re.search(
+            r"\(i2/1, 127\.0\.0\.1:\d+\) held by operator bob: \"two\"", listing
+        ), listing
+        queued = re.search(
+            r"client (\d+) \(i1/2, 127\.0\.0\.1:\d+\) waiting in the queue: \"three\"",
+            listing,
+        )
+        assert queued, listing
+        ann.type(f"/to {queued[1]} you waited, here I am")
+        said = c3.makefile("rb")
+        answer = said.readline()
+        if answer.startswith(b"!info queued: "):  # i1 had not seen them yet
+            answer = said.readline()
+        assert answer == b"you waited, here I am\n"
+        for sock in (c1, c2, c3):
+            sock.close()
+        redis.stop()
+    assert "conversation 2: operator ann answers" in one.output.decode()
+
+
+def test_an_operator_at_a_terminal_keeps_its_line_when_an_instance_dies(
+    redis_server: RedisServer,
+) -> None:
+    """Issue 24 item 8, in a real terminal (tmux): when the instance of the
+    client being answered dies, the prompt keeps what was typed; after
+    Enter the next client's prompt comes; a log line (the broker lost) is
+    printed on a line of its own, not onto the prompt."""
+    import shlex
+
+    from processes import Tmux
+
+    one, redis_one = fake_instance(redis_server)
+    two, redis_two = fake_instance(redis_server)
+    command = shlex.join([*OPERATOR, "--broker", redis_server.url, "--name", "tty"])
+    term = Tmux(command)
+    try:
+        term.until("sockchat operator tty")
+        online(one, "operators", 1)
+        one.connect(1, "127.0.0.1:5001")
+        one.work("operators", 1, "hello from one")
+        term.until("server --> client 1: ")
+        two.connect(1, "127.0.0.1:5002")
+        two.work("operators", 1, "hello from two")  # waits: the operator holds one
+        term.type("half an answer")
+        term.until("server --> client 1: half an answer")
+        one.die()  # kill -9 of i1: its heartbeat and its clients go
+        term.until("server --> nobody (client 1 left; Enter): half an answer")
+        term.enter()
+        shown = term.until(re.compile(r"server --> client 2: \s*\Z"))
+        assert '"half an answer" was not sent' in shown
+        term.type("more")
+        term.until("server --> client 2: more")
+        redis_server.stop()
+        shown = term.until(
+            re.compile(r"lost the broker.*\n(.*\n)*server --> client 2: more")
+        )
+        for line in shown.splitlines():
+            assert not ("server -->" in line and "sockchat.operator:" in line), shown
+    finally:
+        redis_server.stop()
+        term.close()
+        for redis in (redis_one, redis_two):
+            redis.stop()

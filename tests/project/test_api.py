@@ -45,6 +45,7 @@ def test_public_names_are_exactly_these():
             "PairResponder",
             "RawFraming",
             "Reason",
+            "Signed",
             "SockchatError",
             "TranscriptEntry",
             "TranscriptFile",
