@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from twisted.internet.defer import Deferred, DeferredQueue, race
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -42,6 +42,9 @@ from sockchat._doors.client import (
 )
 from sockchat._doors.endpoints import client_endpoint
 from sockchat._version import __version__
+
+if TYPE_CHECKING:
+    from sockchat._teaching.tracing import ClientTracing
 
 PROMPT = "client --> server:"
 ANSWER = "server --> client:"
@@ -434,19 +437,18 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
 
     try:
         trace = _tracer(screen) if args.trace else None
-        traced: Any = None
+        tracing: ClientTracing | None = None
         try:
             if trace is not None:
-                from sockchat._doors.client import _connect
-                from sockchat._teaching.tracing import TracingClientFactory
+                from sockchat._doors.client import ClientFactory, connect_with
+                from sockchat._teaching.tracing import ClientTracing
 
-                traced = TracingClientFactory(
-                    screen.notice,
-                    framing_named(args.framing),
-                    emit=trace,
-                    clock=reactor,
+                framing = framing_named(args.framing)
+                tracing = ClientTracing(trace, reactor, framing=framing)
+                factory = ClientFactory(
+                    screen.notice, framing, observe=tracing.observer
                 )
-                conversation = await _connect(reactor, endpoint, traced, 10.0)
+                conversation = await connect_with(reactor, endpoint, factory, 10.0)
             else:
                 conversation = await connect(
                     reactor,
@@ -466,8 +468,8 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
 
         reactor.addSystemEventTrigger("before", "shutdown", quit_and_flush)
         status = await _chat(reactor, conversation, stdin, screen, trace)
-        if traced is not None:  # the close's trace, and its check with ss
-            await traced.settled(TRACE_SETTLE)
+        if tracing is not None:  # the close's trace, and its check with ss
+            await tracing.settled(TRACE_SETTLE)
         return status
     finally:
         # Let what is written reach stdout before the reactor stops.

@@ -773,12 +773,7 @@ def makeService(options: Options) -> IService:
     if options["tls-client-ca"] is not None:
         endpoint = _require_client_certificates(endpoint, options["tls-client-ca"])
     admission = _admission(options)
-    factory_class = ChatServerFactory
-    if options["trace"]:
-        from sockchat._teaching.tracing import TracingChatServerFactory
-
-        factory_class = TracingChatServerFactory
-    factory = factory_class(
+    factory = ChatServerFactory(
         responder,
         max_line=options["max_line"],
         idle_timeout=options["idle_timeout"],
@@ -788,6 +783,10 @@ def makeService(options: Options) -> IService:
         transcript=transcript,
         framing=options["framing_value"],
     )
+    if options["trace"]:
+        from sockchat._teaching.tracing import trace_conversations
+
+        trace_conversations(factory)
     health = Health()
     server = PortChatService(
         endpoint, factory, description=options["where"], label=options["responder"]

@@ -12,17 +12,12 @@ event.  A responder that answers at once is fed back in with ``answered``
 and the door's loop goes on: nothing recurses, and nothing needs a guard
 against re-entry.
 
-State is three small enums: the ``Phase`` (starting, open, closing,
-closed), whose ``Turn`` it is, and the ``Flow`` of output (flowing;
-holding lines back because the client is not reading; stopped reading
-because what is held back has reached its bound).  Every move of the phase
-and the turn goes through ``MOVES``, one table.
-
-Memory is bounded by what it costs: each line held back counts its real
-size in memory plus a fixed overhead per item, and so does each piece of
-output written while the client is not reading (answers, notices, telnet
-replies, and what the door reports it wrote, such as WebSocket pongs).
-Past ``max_output`` the engine asks the door to stop reading.
+The rules it follows are in ``sockchat._core.rules``, each in one place:
+the turn rule (``MOVES``), the flow rule (``FLOW``: when lines are held
+back and reading stops, with memory counted at its real cost) and the idle
+rule (``idle_verdict``).  What it decides is also reported, as typed
+values, to an observer (``sockchat._core.reports``): the metrics, and
+teaching mode's trace.
 
 No Twisted here, and no reactor: the clock is the ``now`` passed in.
 """
@@ -30,8 +25,7 @@ No Twisted here, and no reactor: the clock is the ``now`` passed in.
 from __future__ import annotations
 
 import enum
-import sys
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from attrs import field, frozen
 
@@ -43,24 +37,40 @@ from sockchat._core.defaults import (
 )
 from sockchat._core.framing import Decoder, Framing, LineFraming
 from sockchat._core.render import safe_text
+from sockchat._core.reports import (
+    Ended,
+    EngineObserver,
+    FlowMoved,
+    LineRefused,
+    TurnMoved,
+)
+from sockchat._core.rules import (
+    FLOW,
+    ITEM_OVERHEAD,
+    MOVES,
+    Event,
+    Flow,
+    FlowAction,
+    FlowEvent,
+    Idle,
+    Phase,
+    Turn,
+    cost,
+    idle_deadline,
+    idle_verdict,
+)
 from sockchat._core.telnet import TelnetFilter, telnet_notice
 from sockchat._core.transcript import TranscriptEntry
-from sockchat._core.turns import OUT_OF_TURN, _excerpt, welcome
+from sockchat._core.turns import OUT_OF_TURN, excerpt, welcome
 from sockchat._core.wire import QUIT, Notice, NoticeKind, Signed
 
 __all__ = [
     "CLOSE_GRACE",
-    "DEFAULT_IDLE_TIMEOUT",
-    "DEFAULT_MAX_OUTPUT",
-    "ITEM_OVERHEAD",
-    "MOVES",
+    "Action",
     "Close",
     "Deliver",
-    "Event",
-    "Flow",
     "Log",
     "PauseReading",
-    "Phase",
     "Reason",
     "Record",
     "ResumeReading",
@@ -69,16 +79,10 @@ __all__ = [
     "ServerConversation",
     "Settings",
     "TelnetReply",
-    "Turn",
 ]
 
 #: Seconds a closing connection gets to take its last notice.
 CLOSE_GRACE = 3.0
-
-#: What one held item costs beyond its own size: its slot in the list that
-#: holds it, and the allocator's rounding.  Measured with tracemalloc for
-#: queued ``bytes`` (33 bytes of header, 8 of list slot, rounded to 16).
-ITEM_OVERHEAD = 24
 
 
 # -- Values --------------------------------------------------------------
@@ -174,76 +178,18 @@ class Settings:
         _validate_positive("close_grace", self.close_grace)
 
 
-class Phase(enum.IntEnum):
-    STARTING = 0  # connected; the welcome is not sent yet
-    OPEN = 1
-    CLOSING = 2  # the close is asked for; the connection is not lost yet
-    CLOSED = 3
-
-
-class Turn(enum.IntEnum):
-    CLIENT = 0  # the client may send a line
-    SERVER = 1  # the server owes an answer
-
-
-class Flow(enum.IntEnum):
-    """Whether lines are handled and the client is read."""
-
-    FLOWING = 0
-    #: Raw framing: the messages waiting their turn reached the bound, so
-    #: reading is paused; they are still handled, each in its turn.
-    BACKLOGGED = 1
-    #: The client is not reading its output: lines are held back.
-    HOLDING = 2
-    #: Holding, and what is held reached the bound: reading is paused too.
-    STOPPED = 3
-
-
-class Event(enum.IntEnum):
-    """What moves the phase or the turn (the rows of ``MOVES``)."""
-
-    START = 0  # the welcome: the client speaks first
-    START_LISTEN = 1  # the welcome: the server speaks first
-    LINE = 2  # a line in turn, delivered
-    ANSWER = 3  # the answer to the line delivered
-    FAIL = 4  # no answer: the turn goes back
-    BYE = 5  # the conversation ends (quit, answered q, idle, end...)
-    LOST = 6  # the connection is gone
-
-
-# Module-level names for the members: in Python 3.11 an enum member
-# looked up on its class costs about 150 ns, a global about 20.
+# Module-level names for the members, for the per-turn path: in Python
+# 3.11 an enum member looked up on its class costs about 120 ns more than
+# a global (measured: ``x is Phase.OPEN`` 139 ns, ``x is _OPEN`` 14-25 ns),
+# and the usual turn makes about ten such checks.  The tables themselves
+# (``sockchat._core.rules``) are in full names.
 _STARTING, _OPEN, _CLOSING, _CLOSED = Phase
 _CLIENT, _SERVER = Turn
-_FLOWING, _BACKLOGGED, _HOLDING, _STOPPED = Flow
-_E_START, _E_START_LISTEN, _E_LINE, _E_ANSWER, _E_FAIL, _E_BYE, _E_LOST = Event
-
-_S, _O, _C, _X = _STARTING, _OPEN, _CLOSING, _CLOSED
-_TC, _TS = _CLIENT, _SERVER
-
-#: The legal moves: (phase, turn, event) -> (phase, turn).  A pair missing
-#: here is ignored: the input came too late (an answer after the close) or
-#: cannot happen; ``tests/test_engine.py`` checks every pair.
-MOVES: dict[tuple[Phase, Turn, Event], tuple[Phase, Turn]] = {
-    (_S, _TC, _E_START): (_O, _TC),
-    (_S, _TC, _E_START_LISTEN): (_O, _TS),
-    (_S, _TC, _E_BYE): (_C, _TC),
-    (_S, _TC, _E_LOST): (_X, _TC),
-    (_O, _TC, _E_LINE): (_O, _TS),
-    (_O, _TS, _E_ANSWER): (_O, _TC),
-    (_O, _TS, _E_FAIL): (_O, _TC),
-    (_O, _TC, _E_BYE): (_C, _TC),
-    (_O, _TS, _E_BYE): (_C, _TS),
-    (_O, _TC, _E_LOST): (_X, _TC),
-    (_O, _TS, _E_LOST): (_X, _TS),
-    (_C, _TC, _E_LOST): (_X, _TC),
-    (_C, _TS, _E_LOST): (_X, _TS),
-}
-
+_FLOWING, _QUEUED, _BACKLOGGED, _HOLDING, _STOPPED = Flow
 
 #: The two moves of every turn, looked up in the table once.
-_AFTER_LINE = MOVES[_OPEN, _CLIENT, _E_LINE]
-_AFTER_ANSWER = MOVES[_OPEN, _SERVER, _E_ANSWER]
+_AFTER_LINE = MOVES[_OPEN, _CLIENT, Event.LINE]
+_AFTER_ANSWER = MOVES[_OPEN, _SERVER, Event.ANSWER]
 
 
 # -- Actions -------------------------------------------------------------
@@ -352,6 +298,12 @@ Action = (
 _new = tuple.__new__
 
 _PAUSE = PauseReading()
+_RESUME = ResumeReading()
+#: What the door does to its reading as the flow moves.
+_READING: dict[FlowAction, Action] = {
+    FlowAction.PAUSE: _PAUSE,
+    FlowAction.RESUME: _RESUME,
+}
 
 #: Log events said once per conversation, as bits (a set would cost 216
 #: bytes per conversation).
@@ -361,7 +313,6 @@ _ONCE = {"started": 1, "slow": 2, "early": 4}
 #: conversation holds no list of its own (never appended to).
 _NO_ITEMS: list[Decoded] = []
 _NO_PARTS: list[str] = []
-_RESUME = ResumeReading()
 
 _END_OF_INPUT = Notice(
     NoticeKind.BYE, "end-of-input", "you closed your side of the connection; goodbye."
@@ -372,11 +323,6 @@ _UNAVAILABLE = Notice(
     "the service could not start this conversation; try again later.",
 )
 _QUIT = Notice(NoticeKind.BYE, "quit", "goodbye.")
-
-
-def _cost(item: object) -> int:
-    """What holding *item* costs in memory, in bytes."""
-    return sys.getsizeof(item) + ITEM_OVERHEAD
 
 
 # -- The engine ----------------------------------------------------------
@@ -391,19 +337,22 @@ class ServerConversation:
 
     __slots__ = (
         "_decoder",
+        "_every_move",
         "_failures",
         "_held_notices",
         "_input_ended",
         "_items",
         "_items_cost",
-        "_last",
         "_lines",
+        "_long_way",
         "_messages",
+        "_observer",
         "_out",
         "_part_size",
         "_parts",
         "_pending",
         "_refused",
+        "_since",
         "_skipping",
         "_started",
         "_telnet",
@@ -421,7 +370,6 @@ class ServerConversation:
         "phase",
         "reason",
         "settings",
-        "stats",
         "turn",
     )
 
@@ -451,6 +399,11 @@ class ServerConversation:
         self._pending = 0  # number of the line being answered
         self._messages = messages
         self._transcript = settings.transcript
+        #: Every turn goes the long way, through ``_step`` and ``_move``: a
+        #: transcript is kept, or an observer hears every move.
+        self._long_way = settings.transcript
+        self._observer: EngineObserver | None = None
+        self._every_move = False
         #: Line framing over a stream: answers are encoded inline.
         self._lines = not messages and settings.framing.name == "line"
         framing = settings.framing
@@ -460,23 +413,30 @@ class ServerConversation:
         self._telnet = TelnetFilter() if framing.takes_telnet and not messages else None
         self._items: list[Decoded] = _NO_ITEMS  # decoded, not handled yet
         self._out: list[Action] = []
-        #: What the lines waiting here cost, counted once they began to
-        #: wait (None: they are handled as they come).
-        self._items_cost: int | None = None
+        #: What the lines waiting here cost (counted outside Flow.FLOWING).
+        self._items_cost = 0
         #: What the output written since the client stopped reading costs.
         self._unsent = 0
         self._refused = 0  # lines refused; the first is logged
         self._failures = 0  # answers that failed; the first is logged
-        #: Where refused lines are counted by code (``--metrics``), if set.
-        self.stats: Any = None  # a sockchat._core.stats.ServerStats
         self._held_notices: list[Notice] | None = None
         self._started = now
-        self._last = now  # the client's idle time counts from here
+        self._since = now  # the idle clock (see _start_idle_clock)
         self._input_ended = False
         self._told = 0  # the log events said once, as bits of _ONCE
         self._parts: list[str] = _NO_PARTS  # a WebSocket message under way
         self._part_size = 0
         self._skipping = False
+
+    def observe(self, observer: EngineObserver, *, every_move: bool = False) -> None:
+        """Report what is decided to *observer* from now on.
+
+        With *every_move*, every move of the turn is reported too, and every
+        turn takes the long path (as it does when a transcript is kept).
+        """
+        self._observer = observer
+        self._every_move = every_move
+        self._long_way = self._transcript or every_move
 
     # -- Lifecycle ---------------------------------------------------------
 
@@ -491,11 +451,11 @@ class ServerConversation:
         if self.phase is not _STARTING:
             return  # the hook ended the conversation
         if listen:
-            self._move(_E_START_LISTEN)
+            self._move(Event.START_LISTEN)
             self._pending = 0
         else:
-            self._move(_E_START)
-        self._last = now
+            self._move(Event.START)
+        self._start_idle_clock(now)
         self._notice(welcome(self.id, listen=listen), now)
         self._flush_held(now)
 
@@ -521,9 +481,9 @@ class ServerConversation:
                     self._notice(notice, now)
         items = self._decoder.feed(data)  # type: ignore[union-attr]  # a stream
         if items:
-            self._last = now  # lines came
-            if not self._items and self.lines:  # the usual case
-                self._items = items
+            self._start_idle_clock(now)  # lines came
+            if not self._items and self.lines and self.flow is _FLOWING:
+                self._items = items  # the usual case: nothing to count
             else:
                 self._take(items)
 
@@ -542,7 +502,7 @@ class ServerConversation:
             or self.flow is not _FLOWING
             or self._items
             or self._out
-            or self._transcript
+            or self._long_way
             or not self._lines
             or not self.lines  # the first line is announced in the log
             or self._input_ended
@@ -555,7 +515,7 @@ class ServerConversation:
         text = decoder.whole_line(data)
         if text is None or text == QUIT:
             return None
-        self._last = now
+        self._start_idle_clock(now)
         self.bytes_in += len(data)
         self.lines = seq = self.lines + 1
         self.phase, self.turn = _AFTER_LINE
@@ -576,7 +536,7 @@ class ServerConversation:
             or self.turn is not _SERVER
             or self.flow is not _FLOWING
             or self._out
-            or self._transcript
+            or self._long_way
             or not self._lines
             or not self.answers  # the first answer is announced in the log
             or self._input_ended
@@ -588,7 +548,7 @@ class ServerConversation:
             data = (("!" + reply) if reply[:1] == "!" else reply).encode() + b"\n"
         except UnicodeEncodeError:
             return None
-        self._last = now
+        self._start_idle_clock(now)
         self.phase, self.turn = _AFTER_ANSWER
         self.answers += 1
         return data
@@ -629,7 +589,7 @@ class ServerConversation:
         self._parts = _NO_PARTS
         self._part_size = 0
         self._skipping = False
-        self._last = now
+        self._start_idle_clock(now)
         self._take([item])
 
     def receive_binary(self, now: float) -> None:
@@ -666,8 +626,8 @@ class ServerConversation:
             self._items = self._items + items
         else:
             self._items = items
-        if self._items_cost is not None:  # counted since lines began to wait
-            self._items_cost += sum(map(_cost, items))
+        if self.flow is not _FLOWING:  # counted since lines began to wait
+            self._items_cost += sum(map(cost, items))
             self._check_bound()
 
     # -- The responder -----------------------------------------------------
@@ -715,18 +675,15 @@ class ServerConversation:
         except ValueError as e:
             self._refuse_answer(str(e), now)
             return
-        self._last = now  # the client's turn
-        if self.flow is _FLOWING:
-            self._out.append(out)
-        else:
-            self._emit(out, size)
+        self._start_idle_clock(now)  # the client's turn
+        self._emit(out, size)
         if self._transcript:
             self._record(now, "out", "answer", text, by=by)
         if text == QUIT:
-            self._move(_E_BYE)
+            self._move(Event.BYE)
             self._close(Reason.ANSWERED_QUIT, Reason.ANSWERED_QUIT.value)
             return
-        self._move(_E_ANSWER)
+        self._move(Event.ANSWER)
         if not self.answers:
             self._announce()
         self.answers += 1
@@ -790,7 +747,7 @@ class ServerConversation:
         self._fail(why, "responder-failed", now)
 
     def _fail(self, why: str, code: str, now: float) -> None:
-        self._move(_E_FAIL)
+        self._move(Event.FAIL)
         if not self._pending:
             text = f"the first line could not be given ({why}). It is your turn now."
         else:
@@ -799,7 +756,7 @@ class ServerConversation:
                 "turn again."
             )
         self._notice(Notice(NoticeKind.ERROR, code, safe_text(text)), now)
-        self._last = now  # the client's turn
+        self._start_idle_clock(now)  # the client's turn
         if self._input_ended:
             self._finish_if_done(now)
 
@@ -824,9 +781,6 @@ class ServerConversation:
         """The transport holds all it should: the client is not reading."""
         if self.flow >= _HOLDING or self.phase > _OPEN:
             return
-        self.flow = _STOPPED if self.flow is _BACKLOGGED else _HOLDING
-        self._unsent = 0
-        self._count_items()
         if self.answers and self._once("slow"):  # not for a TLS handshake
             self._log(
                 "info",
@@ -835,8 +789,9 @@ class ServerConversation:
                 cid=self.id,
             )
         if self._messages:  # a socket's pongs are written where we cannot count
-            self._stop_reading()
+            self._flow(FlowEvent.OUTPUT_FULL_UNCOUNTED)
         else:
+            self._flow(FlowEvent.OUTPUT_FULL)
             self._check_bound()
 
     def bytes_written(self, size: int) -> None:
@@ -849,33 +804,26 @@ class ServerConversation:
         """The transport sent what it held: handle what was held back."""
         if self.flow < _HOLDING:
             return
-        stopped = self.flow is _STOPPED
-        self.flow = _FLOWING
-        self._unsent = 0
-        if stopped:
-            if self._over_bound():  # raw messages still wait for their turn
-                self.flow = _BACKLOGGED
-            elif self.phase <= _OPEN:
-                self._out.append(_RESUME)
+        if self._items_cost > self.settings.max_output:
+            self._flow(FlowEvent.OUTPUT_DRAINED_OVER_BOUND)
+        else:
+            self._flow(FlowEvent.OUTPUT_DRAINED)
+            if not self._items:
+                self._flow(FlowEvent.CAUGHT_UP)
         self._finish_if_done(now)
 
     @property
     def deadline(self) -> float | None:
         """When the client's idle time runs out (``tick`` then); None: never."""
-        idle = self.settings.idle_timeout
-        if idle is None or self.phase > _OPEN:
-            return None
-        return self._last + idle
+        return idle_deadline(self.phase, self._since, self.settings.idle_timeout)
 
     def tick(self, now: float) -> None:
         """The time is *now*: end an idle client."""
         idle = self.settings.idle_timeout
-        if idle is None or self.phase > _OPEN:
-            return
-        if self.turn is _SERVER:  # waiting for us is not idling
-            self._last = now
-            return
-        if now < self._last + idle:
+        verdict = idle_verdict(self.phase, self.turn, self._since, idle, now)
+        if verdict is Idle.WAITING:
+            self._start_idle_clock(now)
+        if verdict is not Idle.IDLE:
             return
         self._log(
             "info",
@@ -897,8 +845,8 @@ class ServerConversation:
         """The connection is gone (*clean*: closed without an error)."""
         if self.phase is _CLOSED:
             return
-        self._move(_E_LOST)
-        self._items = _NO_ITEMS
+        self._move(Event.LOST)
+        self._drop_items()
         unfinished = self._decoder.unfinished if self._decoder is not None else 0
         if unfinished:
             self._log(
@@ -926,6 +874,10 @@ class ServerConversation:
             duration=now - self._started,
             why=self._why_ended(clean, why),
         )
+        if self._observer is not None:
+            self._observer.report(
+                Ended(self.code, self.answers, self.bytes_in, self.bytes_out)
+            )
 
     def _why_ended(self, clean: bool, why: str) -> str:
         fixed = _ENDED_BECAUSE.get(self.reason)
@@ -951,8 +903,8 @@ class ServerConversation:
             if (
                 len(items) == 1
                 and self.turn is _CLIENT
-                and not self._transcript
-                and self._items_cost is None
+                and self.flow is _FLOWING
+                and not self._long_way
             ):
                 item = items[0]
                 if type(item) is str and item != QUIT:
@@ -984,19 +936,15 @@ class ServerConversation:
                         "to the last one; it waits its turn (raw framing)",
                         cid=self.id,
                     )
-                self._count_items()
+                self._flow(FlowEvent.LINE_WAITS)
                 self._check_bound()
                 return
             del items[0]
-            if self._items_cost is not None:
-                self._items_cost -= _cost(item)
+            if self.flow is not _FLOWING:
+                self._items_cost -= cost(item)
             self._handle(item)
         if not items:
-            self._items_cost = None
-            if self.flow is _BACKLOGGED:
-                self.flow = _FLOWING
-                if self.phase is _OPEN:
-                    out.append(_RESUME)
+            self._flow(FlowEvent.CAUGHT_UP)
             if self._input_ended:
                 self._finish_if_done(None)
 
@@ -1006,12 +954,12 @@ class ServerConversation:
         transcript = self._transcript
         if type(item) is str:
             if transcript:
-                self._record(self._last, "in", "line", item)
+                self._record(self._since, "in", "line", item)
             if item == QUIT:
-                self._bye(_QUIT, self._last)
+                self._bye(_QUIT, self._since)
                 return
             if self.turn is _CLIENT:
-                self._move(_E_LINE)
+                self._move(Event.LINE)
                 self._pending = seq
                 self._out.append(_new(Deliver, (seq, item)))
                 return
@@ -1023,12 +971,12 @@ class ServerConversation:
             notice = Notice(
                 NoticeKind.ERROR,
                 OUT_OF_TURN,
-                f"line {seq} {_excerpt(item)} arrived before {before}; it was not "
+                f"line {seq} {excerpt(item)} arrived before {before}; it was not "
                 "delivered. Wait for each answer before you send the next line.",
             )
         else:
             if transcript:
-                self._record(self._last, "in", "invalid", str(item))
+                self._record(self._since, "in", "invalid", str(item))
             code = "line-too-long" if isinstance(item, LineTooLong) else "invalid-utf8"
             skipped = "skipped" if isinstance(item, LineTooLong) else "refused"
             notice = Notice(
@@ -1038,8 +986,8 @@ class ServerConversation:
                 + self._whose_turn(),
             )
         self._refused += 1
-        if self.stats is not None:
-            self.stats.refused_line(notice.code)
+        if self._observer is not None:
+            self._observer.report(LineRefused(seq, notice.code))
         if self._refused == 1:  # one client cannot fill the log: the end line counts
             self._log(
                 "info",
@@ -1048,7 +996,7 @@ class ServerConversation:
                 cid=self.id,
                 code=notice.code,
             )
-        self._notice(notice, self._last)
+        self._notice(notice, self._since)
 
     def _whose_turn(self) -> str:
         if self.turn is _SERVER:
@@ -1065,20 +1013,64 @@ class ServerConversation:
             and self.turn is _CLIENT
             and not self._items
         ):
-            self._bye(_END_OF_INPUT, self._last if now is None else now)
+            self._bye(_END_OF_INPUT, self._since if now is None else now)
             return True
         return False
 
-    # -- Helpers -------------------------------------------------------------
+    # -- The rules ----------------------------------------------------------
 
     def _move(self, event: Event) -> None:
+        """Move the turn as ``MOVES`` says (the usual turn's two moves are
+        made inline, in ``take_line``, ``answer_now`` and ``next_action``)."""
         self.phase, self.turn = MOVES[self.phase, self.turn, event]
+        if self._every_move and self._observer is not None:
+            self._observer.report(TurnMoved(event, self.phase, self.turn))
+
+    def _flow(self, event: FlowEvent) -> None:
+        """Move the flow as ``FLOW`` says, and keep its counts."""
+        if self.phase > _OPEN:
+            return  # closing: what is left is the close
+        before = self.flow
+        move = FLOW.get((before, event))
+        if move is None:
+            return
+        after, action = move
+        self.flow = after
+        if before is _FLOWING:  # the lines waiting begin to be counted
+            self._items_cost = sum(map(cost, self._items))
+        elif after is _FLOWING:
+            self._items_cost = 0
+        if (before >= _HOLDING) is not (after >= _HOLDING):
+            self._unsent = 0  # output is counted while the client does not read
+        if action is not FlowAction.NONE:
+            self._out.append(_READING[action])
+        if self._observer is not None:
+            self._observer.report(FlowMoved(event, after, action))
+
+    def _over_bound(self) -> bool:
+        return self._items_cost + self._unsent > self.settings.max_output
+
+    def _check_bound(self) -> None:
+        if self._over_bound():
+            self._flow(FlowEvent.OVER_BOUND)
+
+    def _start_idle_clock(self, now: float) -> None:
+        """The idle rule's clock starts again at *now* (see ``idle_verdict``
+        for when): the one place it does."""
+        self._since = now
+
+    # -- Helpers -------------------------------------------------------------
+
+    def _drop_items(self) -> None:
+        """The lines waiting will never be handled: the conversation ends."""
+        self._items = _NO_ITEMS
+        self._items_cost = 0
 
     def _bye(self, notice: Notice, now: float) -> None:
         if self.phase > _OPEN:
             return
-        self._items = _NO_ITEMS
-        self._move(_E_BYE)
+        self._drop_items()
+        self._move(Event.BYE)
         self._flush_held(now)
         self._notice(notice, now)
         reason = _REASON_OF_CODE.get(notice.code, Reason.RESPONDER)
@@ -1086,8 +1078,8 @@ class ServerConversation:
 
     def _close(self, reason: Reason, code: str) -> None:
         if self.phase < _CLOSING:
-            self._move(_E_BYE)
-        self._items = _NO_ITEMS
+            self._move(Event.BYE)
+        self._drop_items()
         self.reason = reason
         self.code = code
         self._out.append(Close(reason, code))
@@ -1154,36 +1146,13 @@ class ServerConversation:
         self._told |= bit
         return True
 
-    def _count_items(self) -> None:
-        if self._items_cost is None:
-            self._items_cost = sum(map(_cost, self._items))
-
-    def _over_bound(self) -> bool:
-        return (self._items_cost or 0) + self._unsent > self.settings.max_output
-
-    def _check_bound(self) -> None:
-        if self.flow in (_FLOWING, _HOLDING) and self._over_bound():
-            self._stop_reading()
-
-    def _stop_reading(self) -> None:
-        if self.phase > _OPEN:
-            return
-        if self.flow is _FLOWING:
-            self.flow = _BACKLOGGED
-        elif self.flow is _HOLDING:
-            self.flow = _STOPPED
-        else:
-            return
-        self._out.append(_PAUSE)
-
     @property
     def held(self) -> int:
         """Bytes of memory counted as held for this client now: lines
         waiting, and output written since the client stopped reading."""
-        items = self._items_cost
-        if items is None:
-            items = sum(map(_cost, self._items))
-        return items + self._unsent
+        if self.flow is _FLOWING:
+            return sum(map(cost, self._items)) + self._unsent
+        return self._items_cost + self._unsent
 
     @property
     def buffered(self) -> int:

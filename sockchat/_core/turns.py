@@ -22,12 +22,13 @@ __all__ = [
     "LISTEN",
     "OUT_OF_TURN",
     "Answered",
+    "ClientTurn",
     "ClientTurns",
     "Ended",
     "NotYourTurn",
     "Noticed",
     "Refused",
-    "Turn",
+    "excerpt",
     "shutting_down",
     "welcome",
 ]
@@ -43,7 +44,10 @@ LISTEN = "listen"
 _EXCERPT = 40
 
 
-class Turn(enum.Enum):
+class ClientTurn(enum.Enum):
+    """Whose turn it is, as the client sees it (the server's engine has its
+    own ``sockchat._core.rules.Turn``, without ``ENDED``)."""
+
     CLIENT = "client"  # the client may send a line
     SERVER = "server"  # the server owes an answer
     ENDED = "ended"
@@ -53,7 +57,7 @@ class NotYourTurn(Exception):
     """A line was offered while the other side owes an answer, or after the end."""
 
 
-def _excerpt(text: str) -> str:
+def excerpt(text: str) -> str:
     shown = safe_text(text[:_EXCERPT])
     return f'"{shown}…"' if len(text) > _EXCERPT else f'"{shown}"'
 
@@ -112,52 +116,52 @@ class ClientTurns:
     __slots__ = ("turn",)
 
     def __init__(self) -> None:
-        # Turn.SERVER here means: waiting for the server's answer.
-        self.turn = Turn.CLIENT
+        # ClientTurn.SERVER here means: waiting for the server's answer.
+        self.turn = ClientTurn.CLIENT
 
     def say(self, text: str) -> bytes:
         """Check that the client may speak, and frame the line."""
         check_message(text)
-        if text == QUIT and self.turn is not Turn.ENDED:
-            self.turn = Turn.ENDED  # q is always allowed, even while waiting
+        if text == QUIT and self.turn is not ClientTurn.ENDED:
+            self.turn = ClientTurn.ENDED  # q is always allowed, even while waiting
             return encode_line(text)
-        if self.turn is not Turn.CLIENT:
+        if self.turn is not ClientTurn.CLIENT:
             raise NotYourTurn(
                 "the conversation has ended"
-                if self.turn is Turn.ENDED
+                if self.turn is ClientTurn.ENDED
                 else "wait for the answer to your last line before you send another"
             )
-        self.turn = Turn.SERVER
+        self.turn = ClientTurn.SERVER
         return encode_line(text)
 
     def receive(self, line: str) -> Answered | Refused | Ended | Noticed:
         message = parse_server_line(line)
         if isinstance(message, Notice):
-            if message.code == LISTEN and self.turn is Turn.CLIENT:
-                self.turn = Turn.SERVER  # wait for the other side's first line
+            if message.code == LISTEN and self.turn is ClientTurn.CLIENT:
+                self.turn = ClientTurn.SERVER  # wait for the other side's first line
                 return Noticed(message)
             if message.kind is NoticeKind.BYE:
-                self.turn = Turn.ENDED
+                self.turn = ClientTurn.ENDED
                 return Ended(message)
             if (
                 message.kind is NoticeKind.ERROR
                 and message.code != OUT_OF_TURN
-                and self.turn is Turn.SERVER
+                and self.turn is ClientTurn.SERVER
             ):
-                self.turn = Turn.CLIENT
+                self.turn = ClientTurn.CLIENT
                 return Refused(message)
             return Noticed(message)
-        if self.turn is not Turn.SERVER:
+        if self.turn is not ClientTurn.SERVER:
             return Noticed(
                 Notice(
                     NoticeKind.ERROR,
                     "unexpected-answer",
-                    f"the server sent {_excerpt(message.text)} while no line was "
+                    f"the server sent {excerpt(message.text)} while no line was "
                     "waiting for an answer.",
                 )
             )
         if message.text == QUIT:
-            self.turn = Turn.ENDED
+            self.turn = ClientTurn.ENDED
             return Ended(None)
-        self.turn = Turn.CLIENT
+        self.turn = ClientTurn.CLIENT
         return Answered(message.text)

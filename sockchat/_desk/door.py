@@ -54,7 +54,8 @@ from sockchat._desk.queue import IDeskQueue, Operator
 from sockchat._desk.sessions import Session, SessionPolicy, SessionStore
 from sockchat._desk.throttle import DeviceCookies, LoginThrottle, ThrottlePolicy
 from sockchat._desk.wire import decode, encode
-from sockchat._doors.tcp import LogLimiter, describe_address
+from sockchat._doors.quiet import LogLimiter
+from sockchat._doors.tcp import describe_address
 from sockchat._doors.web import (
     SECURITY_HEADERS,
     AdmissionGate,

@@ -22,6 +22,7 @@ from service_identity import VerificationError
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
+    IHalfCloseableProtocol,
     INegotiated,
     IReactorTime,
     IStreamClientEndpoint,
@@ -29,19 +30,21 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from sockchat._core.codec import Decoded, InvalidUtf8, LineTooLong
 from sockchat._core.framing import Framing, LineFraming
 from sockchat._core.turns import (
     Answered,
+    ClientTurn,
     ClientTurns,
     Ended,
     Noticed,
     NotYourTurn,
     Refused,
-    Turn,
 )
 from sockchat._core.wire import QUIT, Notice, NoticeKind
+from sockchat._doors.observers import ClientObserver, loss_of
 
 __all__ = [
     "Conversation",
@@ -118,13 +121,24 @@ class ConversationEnded(SockchatError):
         self.notice = notice
 
 
-class _ChatClientProtocol(Protocol):
+@implementer(IHalfCloseableProtocol)
+class ChatClientProtocol(Protocol):
+    """The client's side of one conversation; ``Conversation`` drives it.
+
+    *observer*, if given, hears what happens to the connection (teaching
+    mode's trace): see ``sockchat._doors.observers.ClientObserver``.
+    """
+
     transport: ITCPTransport  # or any transport with the same methods
 
     def __init__(
-        self, on_notice: Callable[[Notice], None], framing: Framing | None = None
+        self,
+        on_notice: Callable[[Notice], None],
+        framing: Framing | None = None,
+        observer: ClientObserver | None = None,
     ) -> None:
         self._on_notice = on_notice
+        self._observer = observer
         self._framing = framing = framing or LineFraming()
         self._decoder = framing.decoder(CLIENT_MAX_LINE, strip_cr=False)
         self.turns = ClientTurns()
@@ -143,6 +157,8 @@ class _ChatClientProtocol(Protocol):
         self._first: bytes | None = b""
 
     def connectionMade(self) -> None:
+        if self._observer is not None:
+            self._observer.connected(self.transport)
         if not self._framing.greets:  # no welcome is coming: it is our turn
             self.greeted.callback(None)
 
@@ -153,9 +169,9 @@ class _ChatClientProtocol(Protocol):
         if self.lost is not None:
             return fail(self.lost)
         turn = self.turns.turn
-        if turn is Turn.CLIENT:
+        if turn is ClientTurn.CLIENT:
             return fail(NotYourTurn("nothing to listen for: it is your turn"))
-        if turn is Turn.ENDED:
+        if turn is ClientTurn.ENDED:
             return fail(NotYourTurn("the conversation has ended"))
         if self._waiting is not None:
             return fail(NotYourTurn("say() is already waiting for the answer"))
@@ -176,13 +192,26 @@ class _ChatClientProtocol(Protocol):
             return fail(e)
         if text == QUIT:
             self._end = _End(True, "you quit.", None)
-            self.transport.write(data)
+            self._write(text, data)
             return fail(ConversationEnded("you quit.", clean=True))
         self._waiting = Deferred()
-        self.transport.write(data)
+        self._write(text, data)
         return self._waiting
 
+    def _write(self, text: str, data: bytes) -> None:
+        self.transport.write(data)
+        if self._observer is not None:
+            self._observer.sent(text, data)
+
     def dataReceived(self, data: bytes) -> None:
+        observer = self._observer
+        if observer is not None:
+            observer.read(data)
+        self._take_in(data)
+        if observer is not None:
+            observer.handled(self.turns.turn)
+
+    def _take_in(self, data: bytes) -> None:
         if self._first is not None:
             data = self._first + data
             if len(data) < _TLS_HEADER and _may_start_tls(data):
@@ -260,6 +289,8 @@ class _ChatClientProtocol(Protocol):
             self._reject(ConversationEnded(end.why, clean=end.clean, notice=end.notice))
 
     def _resolve(self, text: str) -> None:
+        if self._observer is not None:  # before whoever waits says more
+            self._observer.answered()
         waiting, self._waiting = self._waiting, None
         if waiting is None:  # the other side's first line, before listen()
             self._heard = text
@@ -274,10 +305,18 @@ class _ChatClientProtocol(Protocol):
     def _over_tls(self) -> bool:
         return INegotiated.providedBy(self.transport)
 
+    def readConnectionLost(self) -> None:  # IHalfCloseableProtocol
+        if self._observer is not None:
+            self._observer.peer_closed()
+        self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass
+
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         end = self._end
         if end is None:
-            self.turns.turn = Turn.ENDED
+            self.turns.turn = ClientTurn.ENDED
             silent = self._first is not None and not self._over_tls()
             end = _End(
                 False, CLOSED_UNSPOKEN if silent else _describe_loss(reason), None
@@ -289,6 +328,8 @@ class _ChatClientProtocol(Protocol):
         closed, self._closed = self._closed, []
         for d in closed:
             d.callback(self.lost)
+        if self._observer is not None:
+            self._observer.lost(loss_of(reason), reason)
 
     def when_closed(self) -> Deferred[ConversationEnded]:
         if self.lost is not None:
@@ -303,7 +344,7 @@ class _ChatClientProtocol(Protocol):
 class Conversation:
     """One conversation with a sockchat server; made by ``connect``."""
 
-    def __init__(self, reactor: IReactorTime, proto: _ChatClientProtocol) -> None:
+    def __init__(self, reactor: IReactorTime, proto: ChatClientProtocol) -> None:
         self._reactor = reactor
         self._proto = proto
 
@@ -312,7 +353,7 @@ class Conversation:
         """True when ``say`` may be called (false until ``listen`` has given
         the other side's first line, when it speaks first)."""
         proto = self._proto
-        return proto.turns.turn is Turn.CLIENT and proto._heard is None
+        return proto.turns.turn is ClientTurn.CLIENT and proto._heard is None
 
     def listen(self) -> Deferred[str]:
         """Fire with the other side's first line, when it speaks first.
@@ -345,7 +386,7 @@ class Conversation:
         closes the connection itself.
         """
         closed = self._proto.when_closed()
-        if self._proto.lost is None and self._proto.turns.turn is not Turn.ENDED:
+        if self._proto.lost is None and self._proto.turns.turn is not ClientTurn.ENDED:
             self._proto.say(QUIT).addErrback(lambda _: None)
         if self._proto.lost is None:
             transport = self._proto.transport
@@ -433,20 +474,20 @@ def connect(
     as the connection is made, and every message from the server is an
     answer.
     """
-    factory = _ClientFactory(on_notice or _ignore, framing)
-    return _connect(reactor, endpoint, factory, greeting_timeout)
+    factory = ClientFactory(on_notice or _ignore, framing)
+    return connect_with(reactor, endpoint, factory, greeting_timeout)
 
 
-def _connect(
+def connect_with(
     reactor: IReactorTime,
     endpoint: IStreamClientEndpoint,
-    factory: _ClientFactory,
+    factory: ClientFactory,
     greeting_timeout: float | None,
 ) -> Deferred[Conversation]:
-    """``connect`` with *factory*'s protocol (teaching mode traces its own)."""
+    """``connect`` with *factory* (teaching mode's has an observer)."""
     connecting = endpoint.connect(factory)
 
-    def greeted(proto: _ChatClientProtocol) -> Deferred[Conversation]:
+    def greeted(proto: ChatClientProtocol) -> Deferred[Conversation]:
         conversation = Conversation(reactor, proto)
         waiting = proto.greeted.addCallback(lambda _: conversation)
         if greeting_timeout is None:
@@ -469,7 +510,7 @@ def _connect(
         return waiting.addTimeout(greeting_timeout, reactor, silent)
 
     return connecting.addCallback(
-        lambda proto: greeted(cast(_ChatClientProtocol, proto))
+        lambda proto: greeted(cast(ChatClientProtocol, proto))
     )
 
 
@@ -478,21 +519,30 @@ def _ignore(notice: Notice) -> None:
 
 
 if TYPE_CHECKING:
-    _FactoryBase = Factory[_ChatClientProtocol]
+    _FactoryBase = Factory[ChatClientProtocol]
 else:  # Factory is generic only from Twisted 26 on
     _FactoryBase = Factory
 
 
-class _ClientFactory(_FactoryBase):
+class ClientFactory(_FactoryBase):
+    """Make the client's protocol; *observe*, if given, makes an observer
+    for each connection."""
+
     noisy = False
 
     def __init__(
-        self, on_notice: Callable[[Notice], None], framing: Framing | None = None
+        self,
+        on_notice: Callable[[Notice], None],
+        framing: Framing | None = None,
+        *,
+        observe: Callable[[], ClientObserver] | None = None,
     ) -> None:
         self._on_notice = on_notice
         self._framing = framing
+        self._observe = observe
 
-    def buildProtocol(self, addr: Any) -> _ChatClientProtocol:
-        proto = _ChatClientProtocol(self._on_notice, self._framing)
+    def buildProtocol(self, addr: Any) -> ChatClientProtocol:
+        observer = self._observe() if self._observe is not None else None
+        proto = ChatClientProtocol(self._on_notice, self._framing, observer)
         proto.factory = self
         return proto

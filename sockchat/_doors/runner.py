@@ -1,18 +1,30 @@
-"""What every door shares: running the engine's actions and the responder.
+"""Running one conversation: its engine fed, its actions carried out.
 
-A door (TCP, WebSocket) owns one connection and one ``ServerConversation``.
-This base feeds the engine what the responder does (answers, failures,
-notices from its hooks, time), and carries out the actions that are the
-same for every door; the door itself carries out the ones that touch its
-connection (``_send``, ``_pause``, ``_resume``, ``_close``).
+A door owns one connection (``tcp.ChatServerProtocol``: a byte stream;
+``web.WebConversation``: a WebSocket) and, once its conversation begins,
+one ``Runner``.  The door moves what it reads into the runner and does
+what the runner asks of it (``Door``: pause or resume reading, close,
+abort; and its one ``write``).  The runner does the rest, the same for
+every door:
+
+- it feeds the engine (``ServerConversation``) each input with the time,
+  and carries out the actions the engine gives back, one at a time;
+- it asks the responder for each delivered line (``_deliver``: the one
+  place), and feeds its answer, failure or timeout back;
+- it is the ``IConversation`` a responder's lifecycle hooks get, and the
+  producer the door's transport pauses when the client stops reading;
+- it calls the hooks of the conversation's observers
+  (``sockchat._doors.observers``) as things happen, and hears the engine's
+  reports for them.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable
+from typing import Protocol, cast
 
 from twisted.internet.defer import Deferred, TimeoutError
-from twisted.internet.interfaces import IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -23,56 +35,139 @@ from sockchat._core.engine import (
     Deliver,
     Log,
     PauseReading,
+    Reason,
     Record,
     ResumeReading,
     Send,
+    SendMessage,
     ServerConversation,
+    Settings,
     TelnetReply,
 )
+from sockchat._core.reports import EngineReport, TurnMoved
+from sockchat._core.transcript import ITranscript
 from sockchat._core.wire import Notice, NoticeKind, make_notice
+from sockchat._doors.observers import ConversationObserver, Loss, loss_of
+from sockchat._doors.quiet import LogLimiter
 from sockchat._responders.contract import (
     AnswerFailed,
     ConversationInfo,
     IConversation,
     ILifecycle,
+    IResponder,
     Reply,
     Signed,
     Unavailable,
     as_deferred,
 )
 
-if TYPE_CHECKING:
-    from sockchat._doors.tcp import ChatServerFactory
-
-__all__ = ["Door"]
+__all__ = ["Door", "Hub", "Runner"]
 
 log = Logger(namespace="sockchat.server")
 
 
-@implementer(IConversation, IPushProducer)
-class Door:
-    """One conversation's connection, whatever it is.
+class Door(Protocol):
+    """What a runner asks of the door that owns it, besides its ``write``."""
 
-    It is the ``IConversation`` that a responder's lifecycle hooks get.
+    def pause_reading(self) -> None:
+        """Stop reading the client until ``resume_reading``."""
+
+    def resume_reading(self) -> None:
+        """Read the client again."""
+
+    def close(self, reason: Reason) -> None:
+        """Close once what was written is sent (a WebSocket: with the close
+        code of *reason*)."""
+
+    def abort(self) -> None:
+        """Close now, whatever is unsent: the close took too long."""
+
+
+class Hub(Protocol):
+    """What a runner needs from the factory whose conversation it runs
+    (``ChatServerFactory`` is one)."""
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def clock(self) -> IReactorTime: ...
+
+    @property
+    def responder(self) -> IResponder: ...
+
+    @property
+    def transcript(self) -> ITranscript | None: ...
+
+    @property
+    def quiet(self) -> LogLimiter: ...
+
+    def opened(self, runner: Runner) -> None:
+        """*runner*'s conversation began: it is open until ``closed``."""
+
+    def closed(self, runner: Runner) -> None:
+        """*runner*'s connection is gone: its slot is free."""
+
+
+@implementer(IConversation, IPushProducer)
+class Runner:
+    """One conversation, run: see the module's docstring.
+
+    *write* is where every byte for the client goes: the door's one write
+    path (a WebSocket door sends each write as one text message).
+    *observers* watch it; *messages*: the door is a WebSocket.  Call
+    ``begin`` once the door is ready for its output.
     """
 
-    factory: ChatServerFactory
-    #: The conversation's engine, made at connect.
-    engine: ServerConversation
-    #: The TCP door's transport (Send and TelnetReply write to it).
-    transport: Any
+    __slots__ = (
+        "_asked",
+        "_closed",
+        "_closer",
+        "_depth",
+        "_door",
+        "_gone",
+        "_hooked",
+        "_hub",
+        "_observers",
+        "_pending",
+        "_watchers",
+        "_write",
+        "engine",
+        "host",
+        "info",
+    )
 
-    def __init__(self, conversation_id: int, host: str | None = None) -> None:
-        self.conversation_id = conversation_id
-        self.info = ConversationInfo(conversation_id, "unknown")
+    def __init__(
+        self,
+        hub: Hub,
+        door: Door,
+        write: Callable[[bytes], object],
+        info: ConversationInfo,
+        *,
+        host: str | None,
+        observers: tuple[ConversationObserver, ...] = (),
+        messages: bool = False,
+    ) -> None:
+        self._hub = hub
+        self._door = door
+        self._write = write
+        self.info = info
         #: The peer's address, whose admission slot is released at the end.
         self.host = host
+        self._observers = observers
+        #: The observers of every turn: empty, the usual case, costs one check.
+        self._watchers = tuple(o for o in observers if o.every_turn)
+        self.engine = ServerConversation(
+            hub.settings, info.id, info.peer, hub.clock.seconds(), messages=messages
+        )
+        self.engine.observe(self, every_move=bool(self._watchers))
         self._closed: Deferred[None] | None = None
         self._pending: Deferred[str] | None = None
         self._closer: IDelayedCall | None = None
         self._hooked = False  # the responder's started hook ran
         self._asked = 0.0  # when the responder was given the line
         self._gone = False
+        self._depth = 0  # _run calls under way (counted when watched)
 
     @property
     def closed(self) -> Deferred[None]:
@@ -87,19 +182,15 @@ class Door:
                 self._closed.callback(None)
         return self._closed
 
-    def _begin(self, peer: str, *, messages: bool = False) -> None:
-        """Connected: make the engine, welcome the client (or refuse it)."""
-        factory = self.factory
-        now = factory.clock.seconds()
-        self.info = info = ConversationInfo(self.conversation_id, peer)
-        self.engine = engine = ServerConversation(
-            factory.settings, info.id, peer, now, messages=messages
-        )
-        factory.conversations[info.id] = self
-        factory.watch(self)
-        engine.stats = factory.stats  # refused lines are counted by code
-        factory.stats.started += 1
-        responder = factory.responder
+    def begin(self) -> None:
+        """Welcome the client (or refuse it), as the responder's hooks say."""
+        hub = self._hub
+        now = hub.clock.seconds()
+        engine = self.engine
+        hub.opened(self)
+        for observer in self._observers:
+            observer.started(self.info, now)
+        responder = hub.responder
         opening: Reply | None = None
         if ILifecycle.providedBy(responder):
             engine.hold_notices()
@@ -108,7 +199,7 @@ class Door:
             except Exception:
                 log.failure(
                     "the responder's started hook failed in conversation {cid}",
-                    cid=info.id,
+                    cid=self.info.id,
                 )
                 engine.start_failed(now)
                 self._run(now)
@@ -119,10 +210,101 @@ class Door:
             self._reply(opening, now)
         self._run(now)
 
-    # IConversation, for the responder's hooks.
+    # -- What the door reads ------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """A byte stream's read brought *data*: the usual turn."""
+        now = self._hub.clock.seconds()
+        watchers = self._watchers
+        if watchers:
+            for watcher in watchers:
+                watcher.read(data, now)
+        engine = self.engine
+        text = engine.take_line(data, now)  # None unless it is the usual turn
+        if text is None:
+            engine.receive_data(data, now)
+        elif self._deliver(text, now):
+            return  # answered, and written, at once
+        self._run(now)
+
+    def receive_message(self, text: str, *, final: bool) -> None:
+        """A WebSocket text message, or a piece of it, arrived."""
+        now = self._hub.clock.seconds()
+        for watcher in self._watchers:
+            watcher.frame_in(text, len(text.encode("utf-8", "replace")), final, now)
+        self.engine.receive_message(text, now, final=final)
+        self._run(now)
+
+    def receive_binary(self, size: int) -> None:
+        """A binary WebSocket message of *size* bytes arrived."""
+        now = self._hub.clock.seconds()
+        for watcher in self._watchers:
+            watcher.frame_in(None, size, True, now)
+        self.engine.receive_binary(now)
+        self._run(now)
+
+    def receive_invalid_utf8(self) -> None:
+        """A WebSocket text message that was not UTF-8 arrived."""
+        now = self._hub.clock.seconds()
+        self.engine.receive_invalid_utf8(now)
+        self._run(now)
+
+    def end_of_input(self) -> None:
+        """The client closed its sending half (a FIN)."""
+        now = self._hub.clock.seconds()
+        for observer in self._observers:
+            observer.peer_closed(now)
+        self.engine.end_of_input(now)
+        self._run(now)
+
+    def lost(self, reason: Failure, why: str) -> None:
+        """The connection is gone (*why*: Twisted's *reason*, readable)."""
+        hub = self._hub
+        hub.closed(self)
+        if self._closer is not None and self._closer.active():
+            self._closer.cancel()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.cancel()
+        engine = self.engine
+        loss = loss_of(reason)
+        now = hub.clock.seconds()
+        engine.lost(now, clean=loss is Loss.DONE, why=why)
+        self._run(now)
+        if self._hooked:
+            self._hooked = False
+            try:
+                cast(ILifecycle, hub.responder).ended(self, engine.code)
+            except Exception:
+                log.failure(
+                    "the responder's ended hook failed in conversation {cid}",
+                    cid=self.info.id,
+                )
+        self._gone = True
+        if self._closed is not None:
+            self._closed.callback(None)
+        for observer in self._observers:
+            observer.lost(loss, reason, now)
+
+    # -- IPushProducer: the door's connection is full, or not ----------------
+
+    def pauseProducing(self) -> None:
+        now = self._hub.clock.seconds()
+        self.engine.output_full(now)
+        self._run(now)
+
+    def resumeProducing(self) -> None:
+        now = self._hub.clock.seconds()
+        self.engine.output_drained(now)
+        self._run(now)
+
+    def stopProducing(self) -> None:
+        pass  # the connection's loss follows
+
+    # -- IConversation, for the responder's hooks ----------------------------
 
     def notify(self, code: str, text: str) -> None:
-        now = self.factory.clock.seconds()
+        now = self._hub.clock.seconds()
         self.engine.notify(make_notice(NoticeKind.INFO, code, text), now)
         self._run(now)
 
@@ -131,7 +313,7 @@ class Door:
 
     def say_goodbye(self, notice: Notice) -> None:
         """End this conversation from the server's side with a bye notice."""
-        now = self.factory.clock.seconds()
+        now = self._hub.clock.seconds()
         self.engine.end(notice, now)
         self._run(now)
 
@@ -139,123 +321,108 @@ class Door:
         """The idle watch says the engine's deadline has come."""
         self.engine.tick(now)
         self._run(now)
-        self.factory.watch(self)
 
-    def _lost(self, clean: bool, why: str) -> None:
-        """The connection is gone: tell the engine, the responder, the factory."""
-        factory = self.factory
-        if factory.conversations.pop(self.conversation_id, None) is not None:
-            factory.forget(self)
-        if self._closer is not None and self._closer.active():
-            self._closer.cancel()
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.cancel()
-        engine = getattr(self, "engine", None)  # None: lost before it was made
-        if engine is not None:
-            now = factory.clock.seconds()
-            engine.lost(now, clean=clean, why=why)
-            self._run(now)
-            factory.stats.fold(engine)
-            if self._hooked:
-                self._hooked = False
-                try:
-                    cast(ILifecycle, factory.responder).ended(self, engine.code)
-                except Exception:
-                    log.failure(
-                        "the responder's ended hook failed in conversation {cid}",
-                        cid=self.conversation_id,
-                    )
-        self._gone = True
-        factory.admission.release(self.host)
-        if self._closed is not None:
-            self._closed.callback(None)
+    # -- The engine's reports, for the observers ------------------------------
 
-    # IPushProducer: the door's connection says its output is full, or not
-    # (TCP: the transport; WebSocket: the TCP connection under it).
+    def report(self, report: EngineReport) -> None:
+        observers = self._watchers if type(report) is TurnMoved else self._observers
+        for observer in observers:
+            observer.reported(report)
 
-    def pauseProducing(self) -> None:
-        now = self.factory.clock.seconds()
-        self.engine.output_full(now)
-        self._run(now)
-
-    def resumeProducing(self) -> None:
-        now = self.factory.clock.seconds()
-        self.engine.output_drained(now)
-        self._run(now)
-
-    def stopProducing(self) -> None:
-        pass  # connectionLost follows
-
-    # Carrying out the engine's actions.
+    # -- Carrying out the engine's actions ------------------------------------
 
     def _run(self, now: float) -> None:
-        next_action = self.engine.next_action
+        engine = self.engine
+        watchers = self._watchers
+        if watchers:
+            self._depth += 1
+        next_action = engine.next_action
         action: Action | None = next_action()
         while action is not None:
             kind = type(action)
             if kind is Send or kind is TelnetReply:
                 data: bytes = action.data  # type: ignore[union-attr]  # Send or TelnetReply
-                self.transport.write(data)
-                self.engine.bytes_out += len(data)
+                self._write(data)
+                engine.bytes_out += len(data)
+                for watcher in watchers:
+                    watcher.wrote(data, now)
             elif kind is Deliver:
-                self._asked = now
-                try:
-                    text: str = action.text  # type: ignore[union-attr]  # a Deliver
-                    reply = self.factory.responder.respond(self.info, text)
-                except Exception:
-                    self._failed(Failure())
-                else:
-                    if type(reply) is str:  # answered at once: the usual case
-                        self.engine.answered(reply, now)
-                    else:
-                        self._reply(reply, now)
+                self._deliver(action.text, now)  # type: ignore[union-attr]  # a Deliver
             else:
-                self._act(action)
+                self._act(action, now)
             action = next_action()
+        if watchers:
+            # Once, after the outermost run: a responder that calls back
+            # (notify, end) runs the engine from within this one.
+            self._depth -= 1
+            if not self._depth:
+                for watcher in watchers:
+                    watcher.handled(now)
 
-    def _act(self, action: Action) -> None:
-        if isinstance(action, Log):
+    def _act(self, action: Action, now: float) -> None:
+        if isinstance(action, SendMessage):
+            data = action.text.encode("utf-8")
+            self._write(data)
+            self.engine.bytes_out += len(data)
+            for watcher in self._watchers:
+                watcher.wrote(data, now)
+        elif isinstance(action, Log):
             fields = dict(action.fields)
             if action.level == "debug":  # a conversation that said nothing
-                held_back = self.factory.quiet.admit("silent")
+                held_back = self._hub.quiet.admit("silent")
                 if held_back is None:
                     return
                 fields["held_back"] = held_back
             log.emit(LogLevel.lookupByName(action.level), action.format, **fields)
         elif isinstance(action, Record):
-            transcript = self.factory.transcript
+            transcript = self._hub.transcript
             if transcript is not None:
                 transcript.record(action.entry)
         elif isinstance(action, PauseReading):
-            self._pause()
+            self._door.pause_reading()
         elif isinstance(action, ResumeReading):
-            self._resume()
+            self._door.resume_reading()
         elif isinstance(action, Close):
-            self._close(action)
+            for observer in self._observers:
+                observer.closing(action.reason, now)
+            self._door.close(action.reason)
             if self._closer is None:
-                self._closer = self.factory.clock.callLater(
-                    self.factory.settings.close_grace, self._abort
+                hub = self._hub
+                self._closer = hub.clock.callLater(
+                    hub.settings.close_grace, self._abort
                 )
-        else:
-            self._send(action)
-
-    def _send(self, action: Action) -> None:
-        raise NotImplementedError
-
-    def _pause(self) -> None:
-        raise NotImplementedError
-
-    def _resume(self) -> None:
-        raise NotImplementedError
-
-    def _close(self, action: Close) -> None:
-        raise NotImplementedError
 
     def _abort(self) -> None:
-        raise NotImplementedError
+        now = self._hub.clock.seconds()
+        for observer in self._observers:
+            observer.aborting(now)
+        self._door.abort()
 
-    # The responder's side.
+    # -- The responder's side -------------------------------------------------
+
+    def _deliver(self, text: str, now: float) -> bool:
+        """Give the delivered line *text* to the responder, and take its reply.
+
+        True: it answered at once, and the answer is written: nothing is
+        left to run.  The one place a line reaches the responder.
+        """
+        self._asked = now
+        try:
+            reply = self._hub.responder.respond(self.info, text)
+        except Exception:
+            self._failed(Failure())
+            return False
+        if type(reply) is not str:
+            self._reply(reply, now)
+            return False
+        engine = self.engine
+        data = engine.answer_now(reply, now)  # the usual answer, in one step
+        if data is None:
+            engine.answered(reply, now)
+            return False
+        self._write(data)
+        engine.bytes_out += len(data)
+        return True
 
     def _reply(self, reply: Reply, now: float) -> None:
         """Take the responder's reply; the caller runs the engine's actions."""
@@ -271,21 +438,23 @@ class Door:
             if self.engine.failed(now, why=why):
                 log.error(
                     "responder failed to answer in conversation {cid}: {why}",
-                    cid=self.conversation_id,
+                    cid=self.info.id,
                     why=why,
                 )
             return
-        timeout = self.factory.settings.answer_timeout
+        hub = self._hub
+        timeout = hub.settings.answer_timeout
         if timeout is not None:
-            pending.addTimeout(timeout, self.factory.clock)
+            pending.addTimeout(timeout, hub.clock)
         self._pending = pending
         pending.addCallbacks(self._answered_later, self._failed_later)
 
     def _answered_later(self, reply: object) -> None:
         self._pending = None
-        now = self.factory.clock.seconds()
+        now = self._hub.clock.seconds()
         if isinstance(reply, (str, Signed)):
-            self.factory.stats.observe_later(self.factory.stats.kind, now - self._asked)
+            for observer in self._observers:
+                observer.answered_later(now - self._asked)
         self.engine.answered(reply, now)
         self._run(now)
 
@@ -294,24 +463,25 @@ class Door:
             return  # cancelled: the conversation ended first
         self._pending = None
         self._failed(failure)
-        self._run(self.factory.clock.seconds())
+        self._run(self._hub.clock.seconds())
 
     def _failed(self, failure: Failure) -> None:
-        now = self.factory.clock.seconds()
+        now = self._hub.clock.seconds()
+        engine = self.engine
         if failure.check(TimeoutError):
-            self.engine.failed(now, timeout=True)
+            engine.failed(now, timeout=True)
             return
         if failure.check(Unavailable):
-            self.engine.failed(now, unavailable=str(failure.value) or "unavailable")
+            engine.failed(now, unavailable=str(failure.value) or "unavailable")
             return
         if failure.check(AnswerFailed):
-            self.engine.failed(now, why=str(failure.value) or "it failed")
+            engine.failed(now, why=str(failure.value) or "it failed")
             return
         name = failure.type.__name__ if failure.type else "error"
-        if self.engine.failed(now, raised=name):
+        if engine.failed(now, raised=name):
             log.failure(
                 "responder failed to answer in conversation {cid}; later failures "
                 "are counted in its last log line",
                 failure,
-                cid=self.conversation_id,
+                cid=self.info.id,
             )

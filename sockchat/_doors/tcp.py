@@ -1,15 +1,18 @@
 """The TCP door: a Twisted protocol per connection, and its factory.
 
-The protocol moves bytes between the transport and the conversation engine
-(``_engine.ServerConversation``), runs the responder's Deferreds and
-timeouts, and carries out the engine's actions.  It decides nothing.
+The protocol moves bytes between its transport and its conversation's
+``Runner`` (``sockchat._doors.runner``), and does what the runner asks of
+it: pause or resume reading, close, abort.  It decides nothing.  The
+factory holds what every conversation shares (settings, responder, clock,
+caps, observers), and is the ``Hub`` its runners report to.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL
 from twisted.internet import address
@@ -38,34 +41,34 @@ from sockchat._core.defaults import (
     DEFAULT_MAX_OUTPUT,
     AnswerTimeout,
 )
-from sockchat._core.engine import CLOSE_GRACE, Close, Settings
+from sockchat._core.engine import CLOSE_GRACE, Reason, Settings
 from sockchat._core.framing import Framing, LineFraming
 from sockchat._core.limits import Admission
 from sockchat._core.render import safe_text
+from sockchat._core.rules import TRANSPORT_BUFFER
 from sockchat._core.stats import ServerStats
 from sockchat._core.transcript import ITranscript
 from sockchat._core.turns import shutting_down
 from sockchat._core.wire import Notice
-from sockchat._doors.runner import Door
-from sockchat._responders.contract import IAnsweredByPeople, IResponder
+from sockchat._doors.observers import ConversationObserver, Metrics, loss_of
+from sockchat._doors.quiet import LOG_WINDOW, LogLimiter
+from sockchat._doors.runner import Runner
+from sockchat._responders.contract import (
+    ConversationInfo,
+    IAnsweredByPeople,
+    IResponder,
+)
 
 __all__ = [
     "CLOSE_GRACE",
     "HANDSHAKE_TIMEOUT",
+    "TRANSPORT_BUFFER",
     "ChatServerFactory",
     "ChatServerProtocol",
     "describe_address",
 ]
 
 log = Logger(namespace="sockchat.server")
-
-_T = TypeVar("_T")
-
-#: Where Twisted's transport pauses us, and how much it reads at once.  It
-#: counts bytes, not the objects it keeps them in (about 56 bytes for each
-#: write), so a small figure bounds what a client that never reads costs
-#: before the engine's own count takes over.
-TRANSPORT_BUFFER = 4 * 1024
 
 #: Seconds a TLS client has to finish its handshake, from its accept.  The
 #: conversation (its welcome, its idle deadline) starts only once the
@@ -118,22 +121,37 @@ def set_buffer_size(transport: object, size: int) -> None:
 
 
 @implementer(IHalfCloseableProtocol, IHandshakeListener)
-class ChatServerProtocol(Door, Protocol):
+class ChatServerProtocol(Protocol):
     """One conversation over a byte stream, from connect to close.
 
-    It is the ``IConversation`` that a responder's lifecycle hooks get, and
-    the producer of its own output: the transport pauses it when the client
-    stops reading, and the engine decides what that means.  Over TLS the
-    conversation starts once the handshake is done.
+    Once the connection is ready (over TLS, once the handshake is done) it
+    makes the conversation's ``Runner``, which is the producer of its
+    output (the transport pauses it when the client stops reading) and
+    the ``IConversation`` a responder's lifecycle hooks get.
     """
 
+    factory: ChatServerFactory
     transport: ITCPTransport  # or any transport with the same methods
+    #: The conversation's runner, once it began (None while a TLS handshake
+    #: is under way).
+    runner: Runner | None = None
     _handshake: IDelayedCall | None = None
 
+    def __init__(self, conversation_id: int, host: str | None = None) -> None:
+        self.conversation_id = conversation_id
+        #: The peer's address, whose admission slot is released at the end.
+        self.host = host
+        self._observers: tuple[ConversationObserver, ...] = ()
+
     def connectionMade(self) -> None:
+        factory = self.factory
+        self._observers = observers = factory.observers("tcp", self.conversation_id)
+        now = factory.clock.seconds()
+        for observer in observers:
+            observer.connected(self.transport, now)
         if ISSLTransport.providedBy(self.transport):
-            self._handshake = self.factory.clock.callLater(
-                self.factory.handshake_timeout, self._handshake_expired
+            self._handshake = factory.clock.callLater(
+                factory.handshake_timeout, self._handshake_expired
             )
             return
         self._connected()
@@ -156,46 +174,43 @@ class ChatServerProtocol(Door, Protocol):
         self.transport.abortConnection()
 
     def _connected(self) -> None:
-        set_buffer_size(self.transport, TRANSPORT_BUFFER)
-        cast(IConsumer, self.transport).registerProducer(self, True)
-        self._begin(describe_address(self.transport.getPeer()))
+        transport = self.transport
+        set_buffer_size(transport, TRANSPORT_BUFFER)
+        info = ConversationInfo(
+            self.conversation_id, describe_address(transport.getPeer())
+        )
+        # transport.write is this door's one write path: every byte of the
+        # conversation goes through it.
+        self.runner = runner = Runner(
+            self.factory,
+            self,
+            transport.write,
+            info,
+            host=self.host,
+            observers=self._observers,
+        )
+        cast(IConsumer, transport).registerProducer(runner, True)
+        runner.begin()
 
     def dataReceived(self, data: bytes) -> None:
-        now = self.factory.clock.seconds()
-        engine = self.engine
-        text = engine.take_line(data, now)  # the usual turn, in two calls
-        if text is None:
-            engine.receive_data(data, now)
-        else:
-            self._asked = now
-            try:
-                reply = self.factory.responder.respond(self.info, text)
-            except Exception:
-                self._failed(Failure())
-            else:
-                out = engine.answer_now(reply, now)
-                if out is not None:
-                    self.transport.write(out)
-                    engine.bytes_out += len(out)
-                    return
-                self._reply(reply, now)
-        self._run(now)
+        runner = self.runner
+        assert runner is not None, "data before the conversation began"
+        runner.receive_data(data)
 
     def readConnectionLost(self) -> None:  # IHalfCloseableProtocol
-        now = self.factory.clock.seconds()
-        self.engine.end_of_input(now)
-        self._run(now)
+        runner = self.runner
+        assert runner is not None, "a half-close before the conversation began"
+        runner.end_of_input()
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        clean = bool(reason.check(ConnectionDone))
         handshake, self._handshake = self._handshake, None
         if handshake is not None:  # lost during the TLS handshake
             handshake.cancel()
             peer = describe_address(self.transport.getPeer())
-            if clean:  # a port probe or a health check: nothing to read
+            if reason.check(ConnectionDone):  # a probe or a health check
                 log.debug("TLS client {peer} left before its handshake", peer=peer)
             else:
                 log.info(
@@ -203,53 +218,32 @@ class ChatServerProtocol(Door, Protocol):
                     peer=peer,
                     why=safe_text(describe_failure(reason)),
                 )
-        self._lost(clean, describe_failure(reason))
+        runner = self.runner
+        if runner is not None:
+            runner.lost(reason, describe_failure(reason))
+            return
+        # Lost before its conversation began: only its slot to give back.
+        factory = self.factory
+        factory.admission.release(self.host)
+        now = factory.clock.seconds()
+        for observer in self._observers:
+            observer.lost(loss_of(reason), reason, now)
 
-    def _pause(self) -> None:
+    # What the runner asks of its door.
+
+    def pause_reading(self) -> None:
         cast(IPushProducer, self.transport).pauseProducing()
 
-    def _resume(self) -> None:
+    def resume_reading(self) -> None:
         cast(IPushProducer, self.transport).resumeProducing()
 
-    def _close(self, action: Close) -> None:
+    def close(self, reason: Reason) -> None:
         # A registered producer keeps TLS from sending its close_notify.
         cast(IConsumer, self.transport).unregisterProducer()
         self.transport.loseConnection()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         self.transport.abortConnection()
-
-
-#: Seconds over which events that any client can cause at will (a refused
-#: connection, a probe that says nothing) are logged once, then counted.
-LOG_WINDOW = 60.0
-
-
-class LogLimiter:
-    """At most one log line per kind of event per ``LOG_WINDOW``.
-
-    The first event of a kind is logged; the next ones in the window are
-    counted, and the first one after it is logged with that count.  So a
-    loop of refused connections, or of port probes, cannot grow the log
-    faster than a line a minute.
-    """
-
-    __slots__ = ("_clock", "_counts", "_since")
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._since: dict[str, float] = {}
-        self._counts: dict[str, int] = {}
-
-    def admit(self, kind: str) -> int | None:
-        """None: say nothing; else log it, with this many held back before."""
-        now = self._clock.seconds()
-        since = self._since.get(kind)
-        if since is not None and now - since < LOG_WINDOW:
-            self._counts[kind] = self._counts.get(kind, 0) + 1
-            return None
-        self._since[kind] = now
-        return self._counts.pop(kind, 0)
 
 
 class _IdleWatch:
@@ -262,15 +256,19 @@ class _IdleWatch:
 
     __slots__ = ("_call", "_clock", "_conversations", "_ended", "_heap")
 
-    def __init__(self, clock: IReactorTime, conversations: dict[int, Door]) -> None:
+    def __init__(self, clock: IReactorTime, conversations: dict[int, Runner]) -> None:
         self._clock = clock
         self._conversations = conversations
         self._heap: list[tuple[float, int]] = []
         self._call: IDelayedCall | None = None
         self._ended = 0  # entries of ended conversations still in the heap
 
-    def add(self, deadline: float, cid: int) -> None:
-        heapq.heappush(self._heap, (deadline, cid))
+    def watch(self, runner: Runner) -> None:
+        """Look at *runner* again when its engine's idle deadline comes."""
+        deadline = runner.engine.deadline
+        if deadline is None:
+            return
+        heapq.heappush(self._heap, (deadline, runner.info.id))
         if self._call is None:
             self._schedule()
 
@@ -299,9 +297,10 @@ class _IdleWatch:
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, cid = heapq.heappop(heap)
-            proto = self._conversations.get(cid)
-            if proto is not None:
-                proto.tick(now)
+            runner = self._conversations.get(cid)
+            if runner is not None:
+                runner.tick(now)
+                self.watch(runner)
         if heap and self._call is None:
             self._schedule()
 
@@ -315,6 +314,11 @@ if TYPE_CHECKING:
     _FactoryBase = Factory[Protocol]
 else:  # Factory is generic only from Twisted 26 on
     _FactoryBase = Factory
+
+#: Makes an observer for each new connection, from its door's name
+#: (``"tcp"``, ``"web"``) and its conversation's id, or None: see
+#: ``ChatServerFactory.observe``.
+ObserverMaker = Callable[[str, int], ConversationObserver | None]
 
 
 class ChatServerFactory(_FactoryBase):
@@ -343,14 +347,15 @@ class ChatServerFactory(_FactoryBase):
     - *framing*: ``LineFraming()`` (the default) or ``RawFraming()``, the
       tutorial's bare messages (see docs/protocol.md).
     - *clock*: where timers come from (default: the reactor).
+
+    ``conversations`` holds the conversations open now, by id: each one the
+    ``IConversation`` its responder's hooks get (``info``, ``notify``,
+    ``end``).  Read it; do not change it.
     """
 
     noisy = False
     #: Seconds a TLS client has to finish its handshake (``ssl:`` ports).
     handshake_timeout: float = HANDSHAKE_TIMEOUT
-    #: What the web door makes for each WebSocket, instead of its own
-    #: ``WebConversation`` (teaching mode's tracing factory sets it).
-    web_conversation: Any = None
 
     def __init__(
         self,
@@ -390,33 +395,57 @@ class ChatServerFactory(_FactoryBase):
         self.admission = admission or Admission()
         self.transcript = transcript
         self.clock = clock
-        self.conversations: dict[int, Door] = {}
+        #: The conversations open now, by id (see the class's docstring).
+        self.conversations: dict[int, Runner] = {}
         self._ids = itertools.count(1)
         self._idle = _IdleWatch(clock, self.conversations)
         #: Rate limits for the log lines any client can cause at will.
         self.quiet = LogLimiter(clock)
         #: What ``--metrics`` reports.
         self.stats = ServerStats(
-            live=lambda: (p.engine for p in self.conversations.values()),
+            live=lambda: (r.engine for r in self.conversations.values()),
             kind=type(responder).__name__,
         )
+        #: Every conversation's observers: the metrics, then those made.
+        self._observers: tuple[ConversationObserver, ...] = (Metrics(self.stats),)
+        self._makers: list[ObserverMaker] = []
 
     @property
     def framing(self) -> Framing:
         return self.settings.framing
 
-    def forget(self, proto: Door) -> None:
-        """*proto* has ended: the idle watch may drop it."""
-        self._idle.forget()
+    def observe(self, make: ObserverMaker) -> None:
+        """Watch each conversation that connects from now on.
 
-    def watch(self, proto: Door) -> None:
-        """Look at *proto* again when its engine's idle deadline comes."""
-        deadline = proto.engine.deadline
-        if deadline is not None:
-            self._idle.add(deadline, proto.conversation_id)
+        *make* is called with the door's name (``"tcp"`` or ``"web"``) and
+        the conversation's id as each connection is made, and returns the
+        observer of that one conversation (a
+        ``sockchat._doors.observers.ConversationObserver``), or None.
+        Teaching mode's trace attaches itself this way.
+        """
+        self._makers.append(make)
+
+    def observers(self, door: str, cid: int) -> tuple[ConversationObserver, ...]:
+        """The observers of conversation *cid*, through *door* (for the doors)."""
+        if not self._makers:
+            return self._observers  # shared: nothing made per conversation
+        made = (make(door, cid) for make in self._makers)
+        return self._observers + tuple(o for o in made if o is not None)
+
+    def opened(self, runner: Runner) -> None:
+        """*runner*'s conversation began (a ``Hub`` hook, for the runners)."""
+        self.conversations[runner.info.id] = runner
+        self._idle.watch(runner)
+
+    def closed(self, runner: Runner) -> None:
+        """*runner*'s connection is gone (a ``Hub`` hook, for the runners)."""
+        if self.conversations.pop(runner.info.id, None) is not None:
+            self._idle.forget()
+        self.admission.release(runner.host)
 
     def refusal(self, addr: Any) -> Notice | None:
-        """Why a connection from *addr* is refused (logged), or None."""
+        """Why a connection from *addr* is refused, or None (for the doors:
+        the refusal is counted and logged here)."""
         refusal = self.admission.consider(getattr(addr, "host", None))
         if refusal is None:
             return None
@@ -446,12 +475,13 @@ class ChatServerFactory(_FactoryBase):
 
     def conversation(self, addr: Any) -> ChatServerProtocol:
         """A new conversation, admitted; its slot is released when it closes."""
-        proto = ChatServerProtocol(next(self._ids), getattr(addr, "host", None))
+        proto = ChatServerProtocol(self.next_id(), getattr(addr, "host", None))
         proto.factory = self
         return proto
 
     def next_id(self) -> int:
-        """The next conversation's id (the web door makes its own protocols)."""
+        """The next conversation's id (for the doors: the web door numbers
+        its conversations from the same count)."""
         return next(self._ids)
 
     def close_all(self, notice: Notice | None = None) -> Deferred[None]:
@@ -461,9 +491,9 @@ class ChatServerFactory(_FactoryBase):
         self._idle.stop()
         if not waiting:
             return succeed(None)
-        for proto in waiting:
-            proto.say_goodbye(notice)
-        done = DeferredList([p.closed for p in waiting], consumeErrors=True)
+        for runner in waiting:
+            runner.say_goodbye(notice)
+        done = DeferredList([r.closed for r in waiting], consumeErrors=True)
         return done.addCallback(lambda _: None)
 
 

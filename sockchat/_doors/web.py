@@ -37,7 +37,6 @@ from importlib import resources
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
@@ -58,18 +57,15 @@ from wsproto.events import CloseConnection
 from wsproto.handshake import H11Handshake
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from sockchat._core.engine import Action, Close, Reason, SendMessage
+from sockchat._core.engine import Reason
 from sockchat._core.limits import Admission
 from sockchat._core.render import safe_text
+from sockchat._core.rules import TRANSPORT_BUFFER
 from sockchat._core.wire import Notice
-from sockchat._doors.runner import Door
-from sockchat._doors.tcp import (
-    TRANSPORT_BUFFER,
-    ChatServerFactory,
-    LogLimiter,
-    describe_address,
-    set_buffer_size,
-)
+from sockchat._doors.quiet import LogLimiter
+from sockchat._doors.runner import Runner
+from sockchat._doors.tcp import ChatServerFactory, describe_address, set_buffer_size
+from sockchat._responders.contract import ConversationInfo
 
 __all__ = [
     "CLOSE_CODES",
@@ -299,17 +295,17 @@ def close_code(reason: Reason) -> int:
     return CLOSE_CODES.get(reason, 1000)
 
 
-class WebConversation(Door):
-    """One conversation over a WebSocket.
+class WebConversation:
+    """One conversation over a WebSocket: the web door.
 
     It is the ``WebSocketProtocol`` that Twisted's ``WebSocketResource``
-    talks to: one text message from the browser is one line for the
-    engine, and each answer or notice is one text message.  The engine's
-    pause and resume reach the TCP connection under the socket.
+    talks to.  Once the upgrade is done it makes the conversation's
+    ``Runner``: each text message from the browser (or each piece of one)
+    goes to it, and each of its writes is one text message.  Its pause and
+    resume reach the TCP connection under the socket.
     """
 
     def __init__(self, factory: ChatServerFactory, request: Request) -> None:
-        super().__init__(0)
         self.factory = factory
         self._request = request
         #: The connection under the socket: TCP, or TLS over TCP.
@@ -318,6 +314,8 @@ class WebConversation(Door):
         self._socket: WebSocketTransport | None = None
         #: The HTTP connection, admitted by the caps at its accept.
         self._channel = cast(ChatChannel, request.channel)
+        #: The conversation's runner, once the upgrade is done.
+        self.runner: Runner | None = None
 
     # The WebSocket side (twisted.web.websocket.WebSocketProtocol).
 
@@ -327,15 +325,30 @@ class WebConversation(Door):
 
     def negotiationFinished(self) -> None:
         set_buffer_size(self._tcp, TRANSPORT_BUFFER)
-        # The HTTP channel is the TCP connection's producer; it passes pause
-        # and resume on to the producer of its request.
-        self._request.registerProducer(self, True)
+        factory = self.factory
+        info = ConversationInfo(factory.next_id(), describe_address(self._peer))
+        observers = factory.observers("web", info.id)
+        now = factory.clock.seconds()
+        socket = cast(WebSocketTransport, self._socket)
+        for observer in observers:
+            observer.connected(self._tcp, now)
+            observer.upgraded(self._request, socket, now)
         # The connection was admitted at its accept (ChatSite.buildProtocol);
         # its slot passes from the channel to the conversation, which
-        # releases it when it ends (Door._lost).
-        self.host = self._channel.hand_over()
-        self.conversation_id = self.factory.next_id()
-        self._begin(describe_address(self._peer), messages=True)
+        # releases it when it ends (Runner.lost).
+        self.runner = runner = Runner(
+            factory,
+            self,
+            self._send,
+            info,
+            host=self._channel.hand_over(),
+            observers=observers,
+            messages=True,
+        )
+        # The HTTP channel is the TCP connection's producer; it passes pause
+        # and resume on to the producer of its request.
+        self._request.registerProducer(runner, True)
+        runner.begin()
 
     def textMessageReceived(self, message: str) -> None:
         # Streamed, *message* is the empty rest; otherwise it is all of it.
@@ -353,49 +366,40 @@ class WebConversation(Door):
         # the conversation's from negotiationFinished on; before it, still
         # the channel's.
         self._channel.release()
-        if self.conversation_id:
-            self._lost(bool(reason.check(ConnectionDone)), reason.getErrorMessage())
+        if self.runner is not None:
+            self.runner.lost(reason, reason.getErrorMessage())
         self._socket = None
 
     def _piece(self, text: str) -> None:
         self._message(text, final=False)
 
     def _message(self, text: str, *, final: bool) -> None:
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            now = self.factory.clock.seconds()
-            engine.receive_message(text, now, final=final)
-            self._run(now)
+        if self.runner is not None:  # None: before the upgrade was done
+            self.runner.receive_message(text, final=final)
 
     def _binary(self, data: bytes) -> None:
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            now = self.factory.clock.seconds()
-            engine.receive_binary(now)
-            self._run(now)
+        if self.runner is not None:
+            self.runner.receive_binary(len(data))
 
     def _invalid(self) -> None:
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            now = self.factory.clock.seconds()
-            engine.receive_invalid_utf8(now)
-            self._run(now)
+        if self.runner is not None:
+            self.runner.receive_invalid_utf8()
 
-    # The engine's actions.
+    # What the runner asks of its door.
 
-    def _send(self, action: Action) -> None:
-        if isinstance(action, SendMessage) and self._socket is not None:
+    def _send(self, data: bytes) -> None:
+        """The web door's one write path: *data* as one text message."""
+        if self._socket is not None:
             with suppress(LocalProtocolError):  # the browser is closing the socket
-                self._socket.sendTextMessage(action.text)
-            self.engine.bytes_out += len(action.text)  # characters, as received
+                self._socket.sendTextMessage(data.decode("utf-8"))
 
-    def _pause(self) -> None:
+    def pause_reading(self) -> None:
         cast(IPushProducer, self._tcp).pauseProducing()
 
-    def _resume(self) -> None:
+    def resume_reading(self) -> None:
         cast(IPushProducer, self._tcp).resumeProducing()
 
-    def _close(self, action: Close) -> None:
+    def close(self, reason: Reason) -> None:
         socket = self._socket
         if socket is None:
             return
@@ -405,12 +409,12 @@ class WebConversation(Door):
             # The interface takes a code only; Twisted's transport (26.10)
             # also takes the reason, which says why in the close frame.
             cast(Any, socket).loseConnection(
-                close_code(action.reason), CLOSE_REASONS.get(action.reason, "")
+                close_code(reason), CLOSE_REASONS.get(reason, "")
             )
         except LocalProtocolError:  # the browser closed first
             self._tcp.loseConnection()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
         self._tcp.abortConnection()
 
 
@@ -421,8 +425,7 @@ class WebChatDoor:
         self.factory = factory
 
     def buildProtocol(self, request: Request) -> WebConversation:
-        make = self.factory.web_conversation or WebConversation
-        return cast(WebConversation, make(self.factory, request))
+        return WebConversation(self.factory, request)
 
 
 def origin_problem(request: Request, *, required: bool = False) -> str | None:

@@ -1,10 +1,13 @@
-"""Teaching mode's Twisted glue: tracing subclasses of the doors and the client.
+"""Teaching mode's Twisted glue: observers of the doors and of the client.
 
-Used only with ``--trace``: without it, the server and the client use their
-own classes, and nothing here runs.  Every fact and word comes from
-``_trace``; this module reads the sockets (addresses, ``TCP_INFO``,
-``SIOCOUTQ``), notes when reads, FINs and closes happen, runs ``ss`` after
-a close, and prints what ``_trace`` says:
+Used only with ``--trace``: without it, nothing here is attached, and
+nothing here runs.  ``trace_conversations`` attaches a ``TcpTrace`` or a
+``WebTrace`` to each conversation of a factory (``ChatServerFactory.observe``);
+``ClientTracing`` makes one for each of the client's connections.  Every
+fact and word comes from ``sockchat._teaching.trace``; this module reads
+the sockets (addresses, ``TCP_INFO``, ``SIOCOUTQ``), hears from the doors
+when reads, FINs and closes happen, runs ``ss`` after a close, and prints
+what ``trace`` says:
 
 - the server's lines go to its log as ``[tcp] conversation N: ...``,
   through ``safe_text``;
@@ -26,20 +29,20 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import address
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IHalfCloseableProtocol, IReactorTime
-from twisted.internet.protocol import connectionDone
+from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from sockchat._core.engine import Close, Phase, Turn
+from sockchat._core.engine import Reason
 from sockchat._core.framing import Framing
 from sockchat._core.render import safe_text
-from sockchat._core.turns import Turn as ClientTurn
-from sockchat._core.wire import QUIT, Notice
-from sockchat._doors.client import _ChatClientProtocol, _ClientFactory
-from sockchat._doors.tcp import ChatServerFactory, ChatServerProtocol
-from sockchat._doors.web import WebConversation, close_code
+from sockchat._core.reports import EngineReport, LineRefused, TurnMoved
+from sockchat._core.rules import Event, Phase, Turn
+from sockchat._core.turns import ClientTurn
+from sockchat._core.wire import QUIT
+from sockchat._doors.observers import ClientObserver, ConversationObserver, Loss
+from sockchat._doors.tcp import ChatServerFactory
+from sockchat._doors.web import close_code
 from sockchat._teaching.trace import (
     READS_PER_SECOND,
     TCP_INFO_SIZE,
@@ -63,17 +66,17 @@ from sockchat._teaching.trace import (
 
 if TYPE_CHECKING:
     from twisted.web.server import Request
+    from twisted.web.websocket import WebSocketTransport
 
 __all__ = [
     "SS_COMMAND",
+    "ClientTracing",
     "ConnectionTrace",
     "ProbeBusy",
-    "TracingChatServerFactory",
-    "TracingChatServerProtocol",
-    "TracingClientFactory",
-    "TracingClientProtocol",
-    "TracingWebConversation",
+    "TcpTrace",
+    "WebTrace",
     "ss_probe",
+    "trace_conversations",
 ]
 
 log = Logger(namespace="sockchat.trace")
@@ -240,7 +243,7 @@ class ConnectionTrace:
     def say(self, line: str) -> None:
         self._emit(safe_text(line))
 
-    def connected(self, transport: Any) -> None:
+    def connected(self, transport: ITransport) -> None:
         self.sock = socket_of(transport)
         self.local = address_of(transport.getHost())
         self.remote = address_of(transport.getPeer())
@@ -392,84 +395,76 @@ class ConnectionTrace:
         self._settle()
 
 
-class _StatsTap:
-    """Stands in for the factory's stats in one traced engine: it hears the
-    code of each refused line, and passes everything on."""
+class _ServerTrace(ConversationObserver):
+    """What a server-side trace hears: the engine's moves and refusals, kept
+    to say after each read what it did to the turn."""
 
-    def __init__(self, stats: Any, refused: list[str]) -> None:
-        self._stats = stats
-        self._refused = refused
+    every_turn = True
 
-    def refused_line(self, code: str) -> None:
-        self._refused.append(code)
-        if self._stats is not None:
-            self._stats.refused_line(code)
+    #: Its log lines' format.
+    log_format = "[tcp] conversation {cid}: {trace}"
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stats, name)
-
-
-def _close_why(action: Close) -> str:
-    return str(action.reason.value)
-
-
-class TracingChatServerProtocol(ChatServerProtocol):
-    """``ChatServerProtocol``, traced: connect, each read, the turn, the close."""
-
-    trace: ConnectionTrace
+    def __init__(self, cid: int, clock: IReactorTime, probe: Probe, raw: bool) -> None:
+        self.cid = cid
+        self.trace = ConnectionTrace(Side.SERVER, self._emit, clock, probe, raw=raw)
+        self._phase = Phase.STARTING
+        self._turn = Turn.CLIENT
+        self._answered = 0  # answers since the last read
+        self._refused: list[str] = []  # codes of lines refused since then
 
     def _emit(self, line: str) -> None:
-        log.info(
-            "[tcp] conversation {cid}: {trace}", cid=self.conversation_id, trace=line
-        )
+        log.info(self.log_format, cid=self.cid, trace=line)
 
-    def connectionMade(self) -> None:
-        factory = self.factory
-        self._refused_codes: list[str] = []
-        self.trace = ConnectionTrace(
-            Side.SERVER,
-            self._emit,
-            factory.clock,
-            getattr(factory, "probe", None),
-            raw=factory.framing.name == "raw",
-        )
-        self.trace.connected(self.transport)
-        super().connectionMade()
+    def reported(self, report: EngineReport) -> None:
+        if isinstance(report, TurnMoved):
+            self._phase, self._turn = report.phase, report.turn
+            if report.event is Event.ANSWER:
+                self._answered += 1
+        elif isinstance(report, LineRefused):
+            self._refused.append(report.code)
 
-    def _connected(self) -> None:
-        super()._connected()
-        engine = getattr(self, "engine", None)
-        if engine is not None:
-            engine.stats = _StatsTap(engine.stats, self._refused_codes)
+    def _servers_turn(self) -> bool | None:
+        """Whose turn it is now (None: it is over)."""
+        return None if self._phase is not Phase.OPEN else self._turn is Turn.SERVER
 
-    def dataReceived(self, data: bytes) -> None:
-        shown = self.trace.read(data)
-        engine = getattr(self, "engine", None)
-        answers = 0 if engine is None else engine.answers
-        super().dataReceived(data)
-        refused, self._refused_codes[:] = list(self._refused_codes), []
-        if shown and engine is not None:
-            over = engine.phase is not Phase.OPEN
+    def _since_read(self) -> tuple[int, list[str]]:
+        """The answers given and the codes refused since the last read."""
+        answered, refused = self._answered, self._refused
+        self._answered, self._refused = 0, []
+        return answered, refused
+
+    def aborting(self, now: float) -> None:
+        self.trace.aborted()
+
+
+class TcpTrace(_ServerTrace):
+    """The trace of one conversation of the TCP door: its connection, each
+    read and what it did to the turn, and the close; in the server's log."""
+
+    _shown = False  # the last read was shown: say what it did to the turn
+
+    def connected(self, transport: ITransport, now: float) -> None:
+        self.trace.connected(transport)
+
+    def read(self, data: bytes, now: float) -> None:
+        self._shown = self.trace.read(data)
+        self._since_read()
+
+    def handled(self, now: float) -> None:
+        answered, refused = self._since_read()
+        if self._shown:
+            self._shown = False
             self.trace.turn(
-                servers_turn=None if over else engine.turn is Turn.SERVER,
-                refused=refused,
-                answered=engine.answers - answers,
+                servers_turn=self._servers_turn(), refused=refused, answered=answered
             )
 
-    def readConnectionLost(self) -> None:
+    def peer_closed(self, now: float) -> None:
         self.trace.fin_received()
-        super().readConnectionLost()
 
-    def _close(self, action: Close) -> None:
-        self.trace.closing(_close_why(action))
-        super()._close(action)
+    def closing(self, reason: Reason, now: float) -> None:
+        self.trace.closing(reason.value)
 
-    def _abort(self) -> None:
-        self.trace.aborted()
-        super()._abort()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
+    def lost(self, loss: Loss, reason: Failure, now: float) -> None:
         self.trace.lost(reason)
 
 
@@ -485,35 +480,71 @@ CLOSE_NAMES = {
 }
 
 
-class TracingWebConversation(WebConversation):
-    """``WebConversation``, traced: the TCP under it, the upgrade, each message
-    in, and the close code; each line also goes to the page, as a notice."""
+class WebTrace(_ServerTrace):
+    """The trace of one conversation of the web door: the TCP under it, the
+    upgrade, each message in, and the close code; each line also goes to
+    the page, as a notice."""
 
-    def __init__(self, factory: ChatServerFactory, request: Request) -> None:
-        super().__init__(factory, request)
-        self.trace = ConnectionTrace(
-            Side.SERVER, self._emit, factory.clock, getattr(factory, "probe", None)
-        )
+    log_format = "[tcp] web conversation {cid}: {trace}"
+
+    def __init__(self, cid: int, clock: IReactorTime, probe: Probe) -> None:
+        super().__init__(cid, clock, probe, raw=False)
+        self._clock = clock
+        self._tcp: ITransport | None = None
+        #: The upgrade, until the welcome is sent: then its story is told.
+        self._upgrade: Request | None = None
+        self._socket: WebSocketTransport | None = None
         self._to_page = False
-        self._frame_size = 0  # bytes of a streamed message so far
+        self._frame_size = 0  # bytes of a message so far
+        self._frame: int | None = None  # a whole message came: its size
 
     def _emit(self, line: str) -> None:
-        log.info(
-            "[tcp] web conversation {cid}: {trace}",
-            cid=self.conversation_id,
-            trace=line,
-        )
-        socket_ = self._socket
-        if self._to_page and socket_ is not None:
+        super()._emit(line)
+        if self._to_page and self._socket is not None:
             try:
-                socket_.sendTextMessage(f"!info trace: {line}")
+                self._socket.sendTextMessage(f"!info trace: {line}")
             except Exception:  # the socket is closing: the log has it
                 self._to_page = False
 
-    def negotiationFinished(self) -> None:
-        super().negotiationFinished()
-        self._to_page = True
-        request = self._request
+    def connected(self, transport: ITransport, now: float) -> None:
+        self._tcp = transport
+
+    def upgraded(
+        self, request: Request, socket: WebSocketTransport, now: float
+    ) -> None:
+        self._upgrade = request
+        self._socket = socket
+
+    def frame_in(self, text: str | None, size: int, final: bool, now: float) -> None:
+        if text is None:
+            return  # binary: the conversation ends; its close says why
+        self._frame_size += size
+        if final:
+            self._frame, self._frame_size = self._frame_size, 0
+
+    def handled(self, now: float) -> None:
+        request, tcp = self._upgrade, self._tcp
+        if request is not None and tcp is not None:  # the welcome is sent
+            self._upgrade = None
+            self._to_page = True
+            self._tell_upgrade(request)
+            self.trace.connected(tcp)
+        size, self._frame = self._frame, None
+        answered, _ = self._since_read()
+        if size is None or self.trace.budget.admit(self._clock.seconds()) is None:
+            return
+        self.trace.say(
+            f"frame in: a text message of {size} bytes: one message, one line; "
+            "WebSocket keeps message boundaries, so there is no sticky packet here"
+        )
+        if self.trace.sock is not None:
+            self.trace.say(kernel_line(self.trace.sock))
+        for line in describe_turn(
+            Side.SERVER, servers_turn=self._servers_turn(), answered=answered
+        ):
+            self.trace.say(line)
+
+    def _tell_upgrade(self, request: Request) -> None:
         key = _header(request, b"sec-websocket-key") or ""
         self.trace.say(
             f"HTTP upgrade: the page sent GET {request.path.decode('latin-1')} "
@@ -527,65 +558,22 @@ class TracingWebConversation(WebConversation):
             "RFC 6455's GUID): from here on the same TCP connection carries "
             "WebSocket frames, not HTTP"
         )
-        self.trace.connected(self._tcp)
 
-    def _piece(self, text: str) -> None:
-        # Streamed (see _web.stream_messages): the pieces come first, then
-        # the message's end, as an empty rest.
-        self._frame_size += len(text.encode("utf-8", "replace"))
-        super()._piece(text)
-
-    def _message(self, text: str, *, final: bool) -> None:
-        if not final:  # a piece, from _piece
-            super()._message(text, final=final)
-            return
-        engine = getattr(self, "engine", None)
-        answers = 0 if engine is None else engine.answers
-        super()._message(text, final=final)
-        size, self._frame_size = self._frame_size, 0
-        self._frame_in(size + len(text.encode("utf-8", "replace")), answers)
-
-    def _frame_in(self, size: int, answers: int) -> None:
-        engine = getattr(self, "engine", None)
-        if self.trace.budget.admit(self.factory.clock.seconds()) is None:
-            return
-        self.trace.say(
-            f"frame in: a text message of {size} bytes: one message, one line; "
-            "WebSocket keeps message boundaries, so there is no sticky packet here"
-        )
-        if self.trace.sock is not None:
-            self.trace.say(kernel_line(self.trace.sock))
-        if engine is not None:
-            over = engine.phase is not Phase.OPEN
-            for line in describe_turn(
-                Side.SERVER,
-                servers_turn=None if over else engine.turn is Turn.SERVER,
-                answered=engine.answers - answers,
-            ):
-                self.trace.say(line)
-
-    def _close(self, action: Close) -> None:
-        code = close_code(action.reason)
+    def closing(self, reason: Reason, now: float) -> None:
+        code = close_code(reason)
         self.trace.say(
             f"close handshake: the server sends a Close frame, code {code} "
-            f"({CLOSE_NAMES.get(code, 'see RFC 6455')}), for {_close_why(action)}; "
+            f"({CLOSE_NAMES.get(code, 'see RFC 6455')}), for {reason.value}; "
             "Twisted closes TCP right after it, without waiting for the browser's "
             "own Close frame: if that comes after the server's socket has closed, "
             "the server's kernel answers it with RST, and no TIME_WAIT is left"
         )
         self._to_page = False
-        self.trace.closing(_close_why(action))
-        super()._close(action)
+        self.trace.closing(reason.value)
 
-    def _abort(self) -> None:
-        self.trace.aborted()
-        super()._abort()
-
-    def connectionLost(self, reason: Failure) -> None:
+    def lost(self, loss: Loss, reason: Failure, now: float) -> None:
         self._to_page = False
-        super().connectionLost(reason)
-        if self.conversation_id:
-            self.trace.lost(reason)
+        self.trace.lost(reason)
 
 
 def _header(request: Request, name: bytes) -> str | None:
@@ -593,111 +581,96 @@ def _header(request: Request, name: bytes) -> str | None:
     return None if value is None else safe_text(value.decode("latin-1"))
 
 
-class TracingChatServerFactory(ChatServerFactory):
-    """``ChatServerFactory`` whose conversations, TCP and web, are traced.
+def trace_conversations(factory: ChatServerFactory, probe: Probe | None = None) -> None:
+    """Trace every conversation of *factory* from now on, TCP and web.
 
     *probe* runs ``ss`` after each close (default: ``ss_probe`` on the
-    reactor); tests pass their own.
+    factory's clock); tests pass their own.
     """
+    clock = factory.clock
+    checks = probe or ss_probe(clock)
+    raw = factory.framing.name == "raw"
 
-    web_conversation = TracingWebConversation
+    def make(door: str, cid: int) -> ConversationObserver:
+        if door == "web":
+            return WebTrace(cid, clock, checks)
+        return TcpTrace(cid, clock, checks, raw)
 
-    def __init__(self, *args: Any, probe: Probe | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.probe = probe or ss_probe(self.clock)
-
-    def conversation(self, addr: Any) -> ChatServerProtocol:
-        proto = TracingChatServerProtocol(self.next_id(), getattr(addr, "host", None))
-        proto.factory = self
-        return proto
+    factory.observe(make)
 
 
-@implementer(IHalfCloseableProtocol)
-class TracingClientProtocol(_ChatClientProtocol):
-    """The client's protocol, traced: connect, each read, each send, the close."""
+class _ClientTrace(ClientObserver):
+    """The trace of the client's own connection: connect, each read, each
+    send, the close."""
 
-    trace: ConnectionTrace
+    def __init__(self, trace: ConnectionTrace) -> None:
+        self.trace = trace
+        self._shown = False
 
-    def connectionMade(self) -> None:
-        self.trace.connected(self.transport)
-        super().connectionMade()
+    def connected(self, transport: ITransport) -> None:
+        self.trace.connected(transport)
 
-    def dataReceived(self, data: bytes) -> None:
-        shown = self.trace.read(data)
-        super().dataReceived(data)
-        if shown:
-            turn = self.turns.turn
-            if turn is not ClientTurn.ENDED:
-                self.trace.turn(servers_turn=turn is ClientTurn.SERVER)
+    def read(self, data: bytes) -> None:
+        self._shown = self.trace.read(data)
 
-    def _resolve(self, text: str) -> None:
-        # Before the answer is handed on: whoever waits may say the next line
-        # at once, in this same call.
+    def answered(self) -> None:
         self.trace.turn(servers_turn=False)
-        super()._resolve(text)
 
-    def say(self, text: str) -> Deferred[str]:
-        before = self.turns.turn
-        sent = super().say(text)
-        if text == QUIT and self.turns.turn is ClientTurn.ENDED:
+    def handled(self, turn: ClientTurn) -> None:
+        if self._shown and turn is not ClientTurn.ENDED:
+            self.trace.turn(servers_turn=turn is ClientTurn.SERVER)
+
+    def sent(self, text: str, data: bytes) -> None:
+        if text == QUIT:
             self.trace.say(
-                f"sent q ({len(self._framing.encode_message(text))} bytes): this "
-                "client quits; the server answers with its goodbye and closes"
+                f"sent q ({len(data)} bytes): this client quits; the server "
+                "answers with its goodbye and closes"
             )
-            return sent
-        if self.turns.turn is not before or self._end is not None:
-            size = len(self._framing.encode_message(text))
-            self.trace.sent(size, servers_turn=True)
-        return sent
+        else:
+            self.trace.sent(len(data), servers_turn=True)
 
-    def readConnectionLost(self) -> None:
+    def peer_closed(self) -> None:
         self.trace.fin_received()
-        self.transport.loseConnection()
 
-    def writeConnectionLost(self) -> None:
-        pass
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.trace.close.peer_fin is None and reason.check(ConnectionDone):
+    def lost(self, loss: Loss, reason: Failure) -> None:
+        if self.trace.close.peer_fin is None and loss is Loss.DONE:
             self.trace.closing("it asked to close before any FIN from the server")
-        super().connectionLost(reason)
         self.trace.lost(reason)
 
 
-class TracingClientFactory(_ClientFactory):
-    """Make a ``TracingClientProtocol`` per connection; its lines go to *emit*."""
+class ClientTracing:
+    """Teaching mode for the client: an observer for each of its
+    connections (``observer``, for ``ClientFactory(observe=...)``), whose
+    lines go to *emit*."""
 
     def __init__(
         self,
-        on_notice: Callable[[Notice], None],
-        framing: Framing | None,
-        *,
         emit: Callable[[str], None],
         clock: IReactorTime,
         probe: Probe | None = None,
+        *,
+        framing: Framing | None = None,
     ) -> None:
-        super().__init__(on_notice, framing)
         self._emit = emit
         self._clock = clock
         self._probe = probe or ss_probe(clock)
+        self._raw = framing is not None and framing.name == "raw"
         self.traces: list[ConnectionTrace] = []
+
+    def observer(self) -> ClientObserver:
+        trace = ConnectionTrace(
+            Side.CLIENT,
+            self._emit,
+            self._clock,
+            self._probe,
+            raw=self._raw,
+            per_second=CLIENT_READS_PER_SECOND,
+        )
+        self.traces.append(trace)
+        return _ClientTrace(trace)
 
     def settled(self, timeout: float) -> Deferred[None]:
         """Fire once every connection's close is traced, or after *timeout*."""
         waiting = DeferredList([t.settled for t in self.traces], consumeErrors=True)
         done: Deferred[None] = waiting.addCallback(lambda _: None)
         return done.addTimeout(timeout, self._clock, lambda result, t: None)
-
-    def buildProtocol(self, addr: Any) -> _ChatClientProtocol:
-        proto = TracingClientProtocol(self._on_notice, self._framing)
-        proto.trace = ConnectionTrace(
-            Side.CLIENT,
-            self._emit,
-            self._clock,
-            self._probe,
-            raw=self._framing is not None and self._framing.name == "raw",
-            per_second=CLIENT_READS_PER_SECOND,
-        )
-        self.traces.append(proto.trace)
-        proto.factory = self
-        return proto

@@ -16,15 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sockchat._core.engine import (
-    ITEM_OVERHEAD,
-    MOVES,
     Close,
     Deliver,
-    Event,
-    Flow,
     Log,
     PauseReading,
-    Phase,
     Reason,
     Record,
     ResumeReading,
@@ -33,9 +28,9 @@ from sockchat._core.engine import (
     ServerConversation,
     Settings,
     TelnetReply,
-    Turn,
 )
 from sockchat._core.framing import RawFraming
+from sockchat._core.rules import ITEM_OVERHEAD, MOVES, Event, Flow, Phase, Turn
 from sockchat._core.wire import Notice, NoticeKind
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -98,7 +98,7 @@ def test_server_answers_ctrl_c_so_telnet_shows_output_and_the_next_line_is_fine(
     out = transport.value()
     assert out.startswith(b"hello\n\xff\xfb\x06!info telnet: telnet sent an interrupt")
     assert out.endswith(b"\nafter\n")
-    assert proto.engine.lines == 2, "telnet commands are not lines"
+    assert proto.runner.engine.lines == 2, "telnet commands are not lines"
 
 
 def test_other_bytes_that_are_not_utf8_are_still_refused():

@@ -6,12 +6,12 @@ import pytest
 
 from sockchat._core.turns import (
     Answered,
+    ClientTurn,
     ClientTurns,
     Ended,
     Noticed,
     NotYourTurn,
     Refused,
-    Turn,
 )
 from sockchat._core.wire import Notice, NoticeKind
 
@@ -29,7 +29,7 @@ def test_client_may_always_say_q_until_the_end():
     turns = ClientTurns()
     turns.say("waiting for this")
     assert turns.say("q") == b"q\n"
-    assert turns.turn is Turn.ENDED
+    assert turns.turn is ClientTurn.ENDED
     with pytest.raises(NotYourTurn, match="ended"):
         turns.say("q")
 
@@ -47,9 +47,9 @@ def test_error_notice_refuses_the_waiting_line_except_out_of_turn():
     turns = ClientTurns()
     turns.say("x")
     assert isinstance(turns.receive("!error out-of-turn: line 2"), Noticed)
-    assert turns.turn is Turn.SERVER
+    assert turns.turn is ClientTurn.SERVER
     assert isinstance(turns.receive("!error line-too-long: line 1"), Refused)
-    assert turns.turn is Turn.CLIENT
+    assert turns.turn is ClientTurn.CLIENT
 
 
 def test_server_q_and_bye_end_the_conversation():
@@ -75,8 +75,8 @@ def test_the_client_waits_after_a_listen_notice():
     turns = ClientTurns()
     event = turns.receive("!info listen: the other side speaks first")
     assert isinstance(event, Noticed)
-    assert turns.turn is Turn.SERVER
+    assert turns.turn is ClientTurn.SERVER
     with pytest.raises(NotYourTurn):
         turns.say("hello")
     assert turns.receive("their first line") == Answered("their first line")
-    assert turns.turn is Turn.CLIENT
+    assert turns.turn is ClientTurn.CLIENT

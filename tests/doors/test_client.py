@@ -27,7 +27,7 @@ from sockchat import (
     NoticeKind,
     NotYourTurn,
 )
-from sockchat._doors.client import _ClientFactory
+from sockchat._doors.client import ClientFactory
 
 from conftest import result_of
 from fakes import Later
@@ -40,7 +40,7 @@ class Pair:
         self.clock = Clock()
         self.notices: list[Notice] = []
         self.factory = ChatServerFactory(responder, **kw)  # type: ignore[arg-type]
-        client_factory = _ClientFactory(self.notices.append)
+        client_factory = ClientFactory(self.notices.append)
         self.client, self.server, self.pump = iosim.connectedServerAndClient(
             lambda: self.factory.buildProtocol(None),
             lambda: client_factory.buildProtocol(None),
@@ -229,7 +229,7 @@ def test_a_plain_client_told_in_tls_ends_at_once_with_a_hint(cuts):
     from sockchat._doors.client import TLS_SPOKEN
 
     assert TLS_ALERT[:1] == b"\x15"  # an alert, from OpenSSL itself
-    proto = _ClientFactory(lambda notice: None).buildProtocol(None)
+    proto = ClientFactory(lambda notice: None).buildProtocol(None)
     transport = StringTransport()
     proto.makeConnection(transport)
     for piece in cut(TLS_ALERT, cuts):
@@ -244,7 +244,7 @@ def test_a_plain_client_told_in_tls_ends_at_once_with_a_hint(cuts):
 @given(st.lists(st.integers(min_value=0), max_size=4))
 def test_a_welcome_in_pieces_is_not_taken_for_tls(cuts):
     notices = []
-    proto = _ClientFactory(notices.append).buildProtocol(None)
+    proto = ClientFactory(notices.append).buildProtocol(None)
     transport = StringTransport()
     proto.makeConnection(transport)
     welcome = b"!info welcome: sockchat conversation 1. You speak first.\n"
@@ -257,7 +257,7 @@ def test_a_welcome_in_pieces_is_not_taken_for_tls(cuts):
 def test_a_silent_close_on_a_plain_connection_suggests_tls():
     from sockchat._doors.client import CLOSED_UNSPOKEN
 
-    proto = _ClientFactory(lambda notice: None).buildProtocol(None)
+    proto = ClientFactory(lambda notice: None).buildProtocol(None)
     proto.makeConnection(StringTransport())
     proto.connectionLost(Failure(ConnectionDone()))
     assert proto.lost is not None
@@ -265,7 +265,7 @@ def test_a_silent_close_on_a_plain_connection_suggests_tls():
 
 
 def test_a_close_after_the_welcome_says_nothing_of_tls():
-    proto = _ClientFactory(lambda notice: None).buildProtocol(None)
+    proto = ClientFactory(lambda notice: None).buildProtocol(None)
     proto.makeConnection(StringTransport())
     proto.dataReceived(b"!info welcome: hi\n")
     proto.connectionLost(Failure(ConnectionDone()))

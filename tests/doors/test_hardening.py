@@ -19,8 +19,8 @@ from twisted.python.failure import Failure
 
 from sockchat import ChatServerFactory, EchoResponder
 from sockchat._core.codec import LineDecoder
-from sockchat._core.engine import ITEM_OVERHEAD
 from sockchat._core.limits import AccessRules, Admission, parse_networks
+from sockchat._core.rules import ITEM_OVERHEAD
 from sockchat._core.wire import Answer, Notice, parse_server_line
 from sockchat._doors.tcp import TRANSPORT_BUFFER
 
@@ -242,7 +242,7 @@ def test_a_client_that_does_not_read_is_held_back_not_buffered_without_bound():
     factory = ChatServerFactory(EchoResponder(), max_output=1000, clock=Clock())
     proto, transport = connect(factory)
     lines(transport)
-    proto.pauseProducing()  # the transport: its send buffer is full
+    transport.producer.pauseProducing()  # the transport: its send buffer is full
     sent = 0
     while transport.producerState != "paused":  # a real transport stops reading
         proto.dataReceived(b"x" * 50 + b"\n")
@@ -250,8 +250,11 @@ def test_a_client_that_does_not_read_is_held_back_not_buffered_without_bound():
         assert sent < 100, "reading was never paused"
     assert transport.value() == b"", "nothing is answered while it does not read"
     one_line = sys.getsizeof("x" * 50) + ITEM_OVERHEAD
-    assert proto.engine.held <= 1000 + one_line, "held back: the limit plus one read"
-    proto.resumeProducing()  # it read: everything held back is answered, in order
+    assert proto.runner.engine.held <= 1000 + one_line, (
+        "held back: the limit plus one read"
+    )
+    # It read: everything held back is answered, in order.
+    transport.producer.resumeProducing()
     assert lines(transport) == ["x" * 50] * sent
     assert transport.producerState == "producing"
 
@@ -273,11 +276,11 @@ def test_lines_held_back_are_answered_before_a_half_close_ends_the_talk():
     factory = ChatServerFactory(EchoResponder(), max_output=1000, clock=Clock())
     proto, transport = connect(factory)
     lines(transport)
-    proto.pauseProducing()
+    transport.producer.pauseProducing()
     proto.dataReceived(b"one\ntwo\n")
     proto.readConnectionLost()
     assert not transport.disconnecting
-    proto.resumeProducing()
+    transport.producer.resumeProducing()
     assert lines(transport) == [
         "one",
         "two",
@@ -359,7 +362,7 @@ def test_any_stream_split_anywhere_gets_exactly_one_answer_per_good_line(parts, 
     for size in [*cuts, len(stream)]:  # never raises, whatever the split
         proto.dataReceived(stream[position : position + size])
         position += size
-        assert proto.engine.buffered <= max_line + 1
+        assert proto.runner.engine.buffered <= max_line + 1
         if position >= len(stream):
             break
     decoder = LineDecoder(strip_cr=False)
@@ -430,7 +433,7 @@ def test_the_idle_watch_does_not_grow_with_connections_that_came_and_went():
     kept, _ = connect(factory)
     assert len(factory._idle._heap) < 200, "one entry per ended conversation"
     clock.advance(600)
-    assert kept.engine.code == "idle-timeout"
+    assert kept.runner.engine.code == "idle-timeout"
 
 
 def test_refused_connections_and_silent_probes_log_a_line_a_minute():

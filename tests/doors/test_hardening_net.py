@@ -19,9 +19,21 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from sockchat import ChatServerFactory, ConversationEnded, EchoResponder, connect
-from sockchat._core.engine import Flow
 from sockchat._core.limits import Admission
+from sockchat._core.rules import Flow
+from sockchat._doors.observers import ConversationObserver
 from sockchat._doors.tcp import TRANSPORT_BUFFER, ChatServerProtocol
+
+
+class Transports(ConversationObserver):
+    """Keeps the transport of each conversation as it connects."""
+
+    def __init__(self, factory: ChatServerFactory) -> None:
+        self.made: list = []
+        factory.observe(lambda door, cid: self)
+
+    def connected(self, transport, now) -> None:
+        self.made.append(transport)
 
 
 async def listen(description="tcp:0:interface=127.0.0.1", **kw):
@@ -51,6 +63,7 @@ class Flooder(Protocol):
 @pytest_twisted.ensureDeferred
 async def test_a_client_that_never_reads_holds_little_and_delays_no_one():
     factory, port = await listen(max_output=64 * 1024)
+    transports = Transports(factory)
     # Accepted sockets inherit a small send buffer: the flood reaches the
     # server's own buffers after kilobytes, not after megabytes of echoes.
     port.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8192)
@@ -60,13 +73,14 @@ async def test_a_client_that_never_reads_holds_little_and_delays_no_one():
             Factory.forProtocol(Flooder)
         )
         await until(lambda: factory.conversations and _reading_paused(factory))
-        (proto,) = factory.conversations.values()
+        (runner,) = factory.conversations.values()
+        (transport,) = transports.made
         # Meanwhile another client is served at once.
         other = await connect(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", number))
         for n in range(50):
             assert await other.say(f"turn {n}") == f"turn {n}"
         await other.quit()
-        held = _unsent(proto.transport) + proto.engine.held + proto.engine.buffered
+        held = _unsent(transport) + runner.engine.held + runner.engine.buffered
         assert held < 64 * 1024 + 3 * 65536, f"server holds {held} bytes for it"
         flooder.transport.abortConnection()
         await until(lambda: not factory.conversations)

@@ -126,12 +126,12 @@ def test_out_of_turn_lines_are_refused_by_code():
 def test_output_held_is_what_the_engines_count_as_held():
     clock = Clock()
     factory = ChatServerFactory(EchoResponder(), clock=clock, max_output=100_000)
-    proto, _ = connect(factory)
-    proto.pauseProducing()  # the client does not read
+    proto, transport = connect(factory)
+    transport.producer.pauseProducing()  # the client does not read
     proto.dataReceived(b"held\n" * 10)
     found = samples(factory.stats)
-    assert found[("sockchat_output_held_bytes",)] == proto.engine.held > 0
-    proto.resumeProducing()
+    assert found[("sockchat_output_held_bytes",)] == proto.runner.engine.held > 0
+    transport.producer.resumeProducing()
     assert samples(factory.stats)[("sockchat_output_held_bytes",)] == 0
 
 

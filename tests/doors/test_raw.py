@@ -26,7 +26,7 @@ from sockchat import (
     RawFraming,
 )
 from sockchat._core.limits import Admission
-from sockchat._doors.client import Conversation, _ChatClientProtocol
+from sockchat._doors.client import ChatClientProtocol, Conversation
 
 from conftest import has_fired, result_of
 from fakes import Kept, Later, open_conversation, sent
@@ -141,10 +141,10 @@ def test_a_message_sent_ahead_waits_its_turn_and_is_answered_in_order():
 
 def test_many_messages_sent_ahead_to_an_instant_responder_are_all_answered():
     proto, transport = connect()
-    proto.pauseProducing()  # held back as a whole, then let go at once
+    transport.producer.pauseProducing()  # held back as a whole, then let go at once
     for n in range(3000):  # deep enough to fail if draining recursed
         proto.dataReceived(b"m%d " % n)
-    proto.resumeProducing()
+    transport.producer.resumeProducing()
     assert sent(transport) == b"".join(b"m%d " % n for n in range(3000))
 
 
@@ -253,17 +253,17 @@ def test_every_chunk_gets_exactly_one_reply_with_an_instant_responder(chunks):
     for chunk in chunks:
         if chunk == b"q":
             continue
-        before = proto.engine.lines
+        before = proto.runner.engine.lines
         proto.dataReceived(chunk)
         out = sent(transport)
-        messages = proto.engine.lines - before
-        assert proto.engine.buffered <= 3
-        if proto.engine.code == "quit":  # a chunk that decodes to q (b"q\xc2")
+        messages = proto.runner.engine.lines - before
+        assert proto.runner.engine.buffered <= 3
+        if proto.runner.engine.code == "quit":  # a chunk that decodes to q (b"q\xc2")
             assert out == b"", "a raw client that quits hears nothing more"
             break
         replies += messages
         assert (out == b"") == (messages == 0)
-    assert proto.engine.answers <= replies
+    assert proto.runner.engine.answers <= replies
 
 
 # The client library in raw framing
@@ -274,7 +274,7 @@ class FakeReactor(Clock):
 
 
 def client():
-    proto = _ChatClientProtocol(lambda notice: None, RAW)
+    proto = ChatClientProtocol(lambda notice: None, RAW)
     transport = StringTransport()
     proto.makeConnection(transport)
     return Conversation(FakeReactor(), proto), proto, transport

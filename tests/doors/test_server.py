@@ -53,7 +53,7 @@ def test_echo_answers_each_line_in_turn():
     said(transport)
     proto.dataReceived("hello\n你好\r\n".encode())
     assert said(transport) == ["hello", "你好"]
-    assert proto.engine.answers == 2
+    assert proto.runner.engine.answers == 2
 
 
 def test_q_gets_a_bye_and_a_clean_close():
@@ -198,11 +198,11 @@ def test_client_gone_mid_answer_cancels_the_responder():
     proto = factory.buildProtocol(None)
     proto.makeConnection(StringTransport())
     proto.dataReceived(b"hello\npartial line")
-    assert factory.conversations == {1: proto}
+    assert factory.conversations == {1: proto.runner}
     proto.connectionLost(Failure(ConnectionDone()))
     assert responder.cancelled == 1
     assert factory.conversations == {}
-    assert proto.closed.called
+    assert proto.runner.closed.called
 
 
 def test_close_all_says_goodbye_to_everyone():

@@ -18,9 +18,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
-from sockchat import EchoResponder, IResponder
-from sockchat._doors.client import _connect
-from sockchat._teaching.tracing import TracingChatServerFactory, TracingClientFactory
+from sockchat import ChatServerFactory, EchoResponder, IResponder
+from sockchat._doors.client import ClientFactory, connect_with
+from sockchat._teaching.tracing import ClientTracing, trace_conversations
 
 from processes import need_tool
 
@@ -47,8 +47,19 @@ def traced():
     globalLogPublisher.removeObserver(observe)
 
 
-async def serve(responder=None, **kw):
-    factory = TracingChatServerFactory(responder or EchoResponder(), **kw)
+def traced_factory(responder=None, probe=None) -> ChatServerFactory:
+    factory = ChatServerFactory(responder or EchoResponder())
+    trace_conversations(factory, probe)
+    return factory
+
+
+def traced_client(lines: list[str]) -> tuple[ClientTracing, ClientFactory]:
+    tracing = ClientTracing(lines.append, reactor)
+    return tracing, ClientFactory(lambda notice: None, observe=tracing.observer)
+
+
+async def serve(responder=None, probe=None):
+    factory = traced_factory(responder, probe)
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
     return factory, port
 
@@ -256,14 +267,12 @@ async def test_the_client_traces_its_own_socket_and_checks_the_close_with_ss():
     server_port = port.getHost().port
     lines: list[str] = []
     try:
-        factory = TracingClientFactory(
-            lambda notice: None, None, emit=lines.append, clock=reactor
-        )
+        tracing, factory = traced_client(lines)
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", server_port)
-        conversation = await _connect(reactor, endpoint, factory, 10.0)
+        conversation = await connect_with(reactor, endpoint, factory, 10.0)
         assert await conversation.say("hello") == "hello"
         await conversation.quit()
-        await factory.settled(5.0)
+        await tracing.settled(5.0)
         text = "\n".join(lines)
         assert f"remote 127.0.0.1:{server_port} (the server's end)" in text
         assert "connect() returned once the three-way handshake" in text
@@ -306,34 +315,34 @@ async def built(*argv: str):
 
 
 @pytest_twisted.ensureDeferred
-async def test_without_trace_the_server_uses_its_own_classes_unchanged():
-    from sockchat import ChatServerFactory
-    from sockchat._doors.tcp import ChatServerProtocol
+async def test_without_trace_no_conversation_has_an_observer_of_every_turn():
+    from sockchat._doors.observers import Metrics
 
-    factory, services = await built("--responder", "echo")
+    factory, services = await built("--responder", "echo", "--web", "tcp:0")
     try:
-        assert type(factory) is ChatServerFactory
-        assert factory.web_conversation is None
-        assert type(factory.conversation(None)) is ChatServerProtocol
+        for door in ("tcp", "web"):
+            observers = factory.observers(door, 1)
+            assert [type(o) for o in observers] == [Metrics]
+            assert not any(o.every_turn for o in observers)
     finally:
         for service in services:
             await service.port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
-async def test_with_trace_the_server_uses_the_tracing_classes():
-    from sockchat._teaching.tracing import (
-        TracingChatServerProtocol,
-        TracingWebConversation,
-    )
+async def test_with_trace_each_conversation_has_its_trace_tcp_and_web():
+    from sockchat._doors.observers import Metrics
+    from sockchat._teaching.tracing import TcpTrace, WebTrace
 
     factory, services = await built(
         "--responder", "echo", "--trace", "--web", "tcp:0:interface=127.0.0.1"
     )
     try:
-        assert type(factory) is TracingChatServerFactory
-        assert factory.web_conversation is TracingWebConversation
-        assert type(factory.conversation(None)) is TracingChatServerProtocol
+        tcp, web = factory.observers("tcp", 1), factory.observers("web", 2)
+        assert [type(o) for o in tcp] == [Metrics, TcpTrace]
+        assert [type(o) for o in web] == [Metrics, WebTrace]
+        assert tcp[1].every_turn
+        assert web[1].every_turn
         assert len(services) == 2  # the TCP door and the web door share it
         assert services[1].factory is factory
     finally:
@@ -375,7 +384,7 @@ async def test_over_tls_both_sides_trace_the_tcp_underneath(tmp_path, traced):
     from certs import make_tls_files
 
     files = make_tls_files(tmp_path)
-    factory = TracingChatServerFactory(EchoResponder())
+    factory = traced_factory()
     port = await serverFromString(
         reactor,
         f"ssl:0:interface=127.0.0.1:privateKey={files['key']}:certKey={files['cert']}",
@@ -386,13 +395,11 @@ async def test_over_tls_both_sides_trace_the_tcp_underneath(tmp_path, traced):
             reactor,
             f"tls:localhost:{port.getHost().port}:trustRoots={files['ca'].parent}",
         )
-        client = TracingClientFactory(
-            lambda notice: None, None, emit=lines.append, clock=reactor
-        )
-        conversation = await _connect(reactor, endpoint, client, 10.0)
+        tracing, client = traced_client(lines)
+        conversation = await connect_with(reactor, endpoint, client, 10.0)
         assert await conversation.say("secret") == "secret"
         await conversation.quit()
-        await client.settled(5.0)
+        await tracing.settled(5.0)
         # The reads are the decrypted bytes; TCP_INFO is the TCP socket's.
         assert "read 2: 7 bytes b'secret\\n': 1 line" in lines
         assert any(line.startswith("kernel (TCP_INFO): state ESTAB") for line in lines)
@@ -450,7 +457,7 @@ async def test_a_websocket_hears_its_own_trace_as_info_notices(traced):
 
     from sockchat._doors.web import chat_site
 
-    factory = TracingChatServerFactory(EchoResponder())
+    factory = traced_factory()
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(
         chat_site(factory)
     )
