@@ -352,6 +352,7 @@ class ServerConversation:
         "_parts",
         "_pending",
         "_refused",
+        "_short",
         "_since",
         "_skipping",
         "_started",
@@ -406,6 +407,9 @@ class ServerConversation:
         self._every_move = False
         #: Line framing over a stream: answers are encoded inline.
         self._lines = not messages and settings.framing.name == "line"
+        self._input_ended = False
+        self._short = False
+        self._set_short()
         framing = settings.framing
         self._decoder: Decoder | None = (
             None if messages else framing.decoder(settings.max_line)
@@ -422,7 +426,6 @@ class ServerConversation:
         self._held_notices: list[Notice] | None = None
         self._started = now
         self._since = now  # the idle clock (see _start_idle_clock)
-        self._input_ended = False
         self._told = 0  # the log events said once, as bits of _ONCE
         self._parts: list[str] = _NO_PARTS  # a WebSocket message under way
         self._part_size = 0
@@ -437,6 +440,14 @@ class ServerConversation:
         self._observer = observer
         self._every_move = every_move
         self._long_way = self._transcript or every_move
+        self._set_short()
+
+    def _set_short(self) -> None:
+        #: The usual turn may take the short path (``take_line`` and
+        #: ``answer_now``): line framing over a stream, no long way asked
+        #: for, and the client's input not ended.  One flag for three, as it
+        #: is checked twice a turn.
+        self._short = self._lines and not self._long_way and not self._input_ended
 
     # -- Lifecycle ---------------------------------------------------------
 
@@ -500,12 +511,10 @@ class ServerConversation:
             self.phase is not _OPEN
             or self.turn is not _CLIENT
             or self.flow is not _FLOWING
+            or not self._short
             or self._items
             or self._out
-            or self._long_way
-            or not self._lines
             or not self.lines  # the first line is announced in the log
-            or self._input_ended
         ):
             return None
         telnet = self._telnet
@@ -515,7 +524,8 @@ class ServerConversation:
         text = decoder.whole_line(data)
         if text is None or text == QUIT:
             return None
-        self._start_idle_clock(now)
+        # The idle clock does not start here: the turn is the server's now,
+        # and the answer starts it (see idle_verdict).
         self.bytes_in += len(data)
         self.lines = seq = self.lines + 1
         self.phase, self.turn = _AFTER_LINE
@@ -535,11 +545,9 @@ class ServerConversation:
             or self.phase is not _OPEN
             or self.turn is not _SERVER
             or self.flow is not _FLOWING
+            or not self._short
             or self._out
-            or self._long_way
-            or not self._lines
             or not self.answers  # the first answer is announced in the log
-            or self._input_ended
             or reply == QUIT
             or "\n" in reply
         ):
@@ -548,7 +556,7 @@ class ServerConversation:
             data = (("!" + reply) if reply[:1] == "!" else reply).encode() + b"\n"
         except UnicodeEncodeError:
             return None
-        self._start_idle_clock(now)
+        self._since = now  # _start_idle_clock, inline: the per-turn path
         self.phase, self.turn = _AFTER_ANSWER
         self.answers += 1
         return data
@@ -617,6 +625,7 @@ class ServerConversation:
         # An unfinished last line is not delivered: a killed client closes
         # its side too.  ``lost`` logs its size.
         self._input_ended = True
+        self._set_short()
         self._finish_if_done(now)
 
     def _take(self, items: list[Decoded]) -> None:

@@ -165,7 +165,7 @@ class Runner:
         self._pending: Deferred[str] | None = None
         self._closer: IDelayedCall | None = None
         self._hooked = False  # the responder's started hook ran
-        self._asked = 0.0  # when the responder was given the line
+        self._asked = 0.0  # when the answer waited for was asked
         self._gone = False
         self._depth = 0  # _run calls under way (counted when watched)
 
@@ -215,17 +215,15 @@ class Runner:
     def receive_data(self, data: bytes) -> None:
         """A byte stream's read brought *data*: the usual turn."""
         now = self._hub.clock.seconds()
-        watchers = self._watchers
-        if watchers:
-            for watcher in watchers:
-                watcher.read(data, now)
         engine = self.engine
-        text = engine.take_line(data, now)  # None unless it is the usual turn
+        text = engine.take_line(data, now)  # None, and no change, unless usual
         if text is None:
+            for watcher in self._watchers:  # none, unless a turn is watched
+                watcher.read(data, now)
             engine.receive_data(data, now)
-        elif self._deliver(text, now):
-            return  # answered, and written, at once
-        self._run(now)
+            self._run(now)
+        elif not self._deliver(text, now):
+            self._run(now)
 
     def receive_message(self, text: str, *, final: bool) -> None:
         """A WebSocket text message, or a piece of it, arrived."""
@@ -406,19 +404,15 @@ class Runner:
         True: it answered at once, and the answer is written: nothing is
         left to run.  The one place a line reaches the responder.
         """
-        self._asked = now
         try:
             reply = self._hub.responder.respond(self.info, text)
         except Exception:
             self._failed(Failure())
             return False
-        if type(reply) is not str:
-            self._reply(reply, now)
-            return False
         engine = self.engine
         data = engine.answer_now(reply, now)  # the usual answer, in one step
         if data is None:
-            engine.answered(reply, now)
+            self._reply(reply, now)
             return False
         self._write(data)
         engine.bytes_out += len(data)
@@ -446,6 +440,7 @@ class Runner:
         timeout = hub.settings.answer_timeout
         if timeout is not None:
             pending.addTimeout(timeout, hub.clock)
+        self._asked = now
         self._pending = pending
         pending.addCallbacks(self._answered_later, self._failed_later)
 

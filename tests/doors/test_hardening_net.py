@@ -22,7 +22,7 @@ from sockchat import ChatServerFactory, ConversationEnded, EchoResponder, connec
 from sockchat._core.limits import Admission
 from sockchat._core.rules import Flow
 from sockchat._doors.observers import ConversationObserver
-from sockchat._doors.tcp import TRANSPORT_BUFFER, ChatServerProtocol
+from sockchat._doors.tcp import TRANSPORT_BUFFER
 
 
 class Transports(ConversationObserver):
@@ -215,20 +215,14 @@ async def test_a_real_transport_reads_at_most_the_transport_buffer_at_once():
     stops reading by it, this fails (and so would the memory bound)."""
     reads: list[int] = []
 
-    class Counting(ChatServerProtocol):
-        def dataReceived(self, data: bytes) -> None:
+    class Reads(ConversationObserver):
+        every_turn = True
+
+        def read(self, data: bytes, now: float) -> None:
             reads.append(len(data))
-            super().dataReceived(data)
 
     factory = ChatServerFactory(EchoResponder())
-    original = factory.conversation
-
-    def conversation(addr):
-        proto = original(addr)
-        proto.__class__ = Counting
-        return proto
-
-    factory.conversation = conversation
+    factory.observe(lambda door, cid: Reads())
     port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
     try:
         sock = socket.create_connection(("127.0.0.1", port.getHost().port))
