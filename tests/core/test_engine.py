@@ -7,7 +7,6 @@ inputs with an explicit ``now`` and reading the actions.
 
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
 
@@ -30,7 +29,8 @@ from sockchat._core.engine import (
     TelnetReply,
 )
 from sockchat._core.framing import RawFraming
-from sockchat._core.rules import ITEM_OVERHEAD, MOVES, Event, Flow, Phase, Turn
+from sockchat._core.reports import Ended, LineRefused, TurnMoved
+from sockchat._core.rules import ITEM_OVERHEAD, Event, Flow, Phase, Turn
 from sockchat._core.wire import Notice, NoticeKind
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -79,59 +79,6 @@ def echo(conversation: ServerConversation, now: float = 1.0) -> list:
 
 def bye(code: str, text: str) -> Notice:
     return Notice(NoticeKind.BYE, code, text)
-
-
-# The table of moves.
-
-
-def _in_state(phase: Phase, turn: Turn) -> ServerConversation | None:
-    """An engine brought to (phase, turn) by ordinary inputs, or None."""
-    conversation = engine()
-    if phase is Phase.STARTING:
-        return conversation if turn is Turn.CLIENT else None
-    conversation.start(0.0)
-    if turn is Turn.SERVER:
-        conversation.receive_data(b"hi\n", 0.0)
-    drain(conversation)
-    if phase is Phase.OPEN:
-        return conversation
-    conversation.end(bye("kicked", "bye."), 0.0)
-    if phase is Phase.CLOSED:
-        conversation.lost(0.0, clean=True, why="")
-    drain(conversation)
-    return conversation
-
-
-def _apply(conversation: ServerConversation, event: Event) -> None:
-    if event is Event.START:
-        conversation.start(1.0)
-    elif event is Event.START_LISTEN:
-        conversation.start(1.0, listen=True)
-    elif event is Event.LINE:
-        conversation.receive_data(b"next\n", 1.0)
-    elif event is Event.ANSWER:
-        conversation.answered("ok", 1.0)
-    elif event is Event.FAIL:
-        conversation.failed(1.0, raised="ValueError")
-    elif event is Event.BYE:
-        conversation.end(bye("kicked", "bye."), 1.0)
-    elif event is Event.LOST:
-        conversation.lost(1.0, clean=True, why="")
-    drain(conversation)
-
-
-@pytest.mark.parametrize(
-    ("phase", "turn", "event"), list(itertools.product(Phase, Turn, Event))
-)
-def test_every_state_and_input_moves_as_the_table_says(phase, turn, event):
-    conversation = _in_state(phase, turn)
-    if conversation is None:  # no input leads there
-        assert not any((phase, turn) == key[:2] for key in MOVES)
-        return
-    assert (conversation.phase, conversation.turn) == (phase, turn)
-    _apply(conversation, event)
-    expected = MOVES.get((phase, turn, event), (phase, turn))
-    assert (conversation.phase, conversation.turn) == expected
 
 
 # Turns.
@@ -694,3 +641,49 @@ def test_take_line_declines_what_is_not_the_usual_turn():
     assert conversation.deadline == 2.0 + 600
     assert (conversation.lines, conversation.answers) == (2, 2)
     assert conversation.turn is Turn.CLIENT
+
+
+# Reports.
+
+
+class _Reports:
+    def __init__(self) -> None:
+        self.heard: list = []
+
+    def report(self, report) -> None:
+        self.heard.append(report)
+
+
+def test_an_observer_of_every_move_hears_each_turn_and_the_long_way_is_taken():
+    conversation = started()
+    conversation.receive_data(b"first\n", 1.0)  # the first turn is logged
+    echo(conversation)
+    reports = _Reports()
+    conversation.observe(reports)
+    assert conversation.take_line(b"hi\n", 2.0) == "hi"  # the short path
+    assert conversation.answer_now("hi", 2.0) == b"hi\n"
+    assert reports.heard == []  # the moves of a turn are not reported to it
+    conversation.observe(reports, every_move=True)
+    assert conversation.take_line(b"hi\n", 3.0) is None
+    conversation.receive_data(b"hi\n", 3.0)
+    assert echo(conversation) == [Deliver(3, "hi"), Send(b"hi\n")]
+    assert reports.heard == [
+        TurnMoved(Event.LINE, Phase.OPEN, Turn.SERVER),
+        TurnMoved(Event.ANSWER, Phase.OPEN, Turn.CLIENT),
+    ]
+
+
+def test_refusals_and_the_end_are_reported_with_what_was_counted():
+    conversation = started()
+    reports = _Reports()
+    conversation.observe(reports)
+    conversation.receive_data(b"one\ntwo\n", 1.0)
+    drain(conversation)
+    conversation.answered("ok", 2.0)
+    drain(conversation)
+    conversation.bytes_out += 10
+    conversation.lost(3.0, clean=True, why="")
+    assert reports.heard == [
+        LineRefused(2, "out-of-turn"),
+        Ended("connection-lost", answers=1, bytes_in=8, bytes_out=10),
+    ]
