@@ -120,7 +120,7 @@ class LineEditor:
         self._state = _State.TEXT
         self._seq = bytearray()  # the character or sequence under way
         self._need = 0  # bytes of the UTF-8 character under way
-        self._cr = False  # the last byte was a CR (an LF next is the same Enter)
+        self._after_cr = False  # the last byte was a CR (an LF next is the same Enter)
         self._pasting = False
         self._said_not_utf8 = False
         self._ended = False
@@ -219,9 +219,9 @@ class LineEditor:
                 self._text_byte(b)
 
     def _text_byte(self, b: int) -> None:
-        after_cr, self._cr = self._cr, False
+        after_cr, self._after_cr = self._after_cr, False
         if b == CR:
-            self._cr = True
+            self._after_cr = True
             self._enter()
         elif b == LF:
             if not after_cr:

@@ -331,35 +331,35 @@ _QUIT = Notice(NoticeKind.BYE, "quit", "goodbye.")
 class ServerConversation:
     """The server's side of one conversation, from connect to close.
 
-    *messages*: the door is a WebSocket (whole or partial text messages in,
-    one message per line out) instead of a byte stream.
+    *websocket*: the door is a WebSocket (whole or partial text messages
+    in, one message per line out) instead of a byte stream.
     """
 
     __slots__ = (
         "_decoder",
         "_every_move",
         "_failures",
+        "_goes_long_way",
         "_held_notices",
         "_input_ended",
         "_items",
         "_items_cost",
-        "_lines",
-        "_long_way",
-        "_messages",
+        "_line_stream",
         "_observer",
         "_out",
         "_part_size",
         "_parts",
         "_pending",
+        "_recording",
         "_refused",
-        "_short",
+        "_short_path_open",
         "_since",
         "_skipping",
         "_started",
         "_telnet",
         "_told",
-        "_transcript",
         "_unsent",
+        "_websocket",
         "answers",
         "bytes_in",
         "bytes_out",
@@ -381,7 +381,7 @@ class ServerConversation:
         peer: str,
         now: float,
         *,
-        messages: bool = False,
+        websocket: bool = False,
     ) -> None:
         self.settings = settings
         self.id = conversation_id
@@ -398,23 +398,25 @@ class ServerConversation:
         self.bytes_in = 0  # read from the client (for --metrics)
         self.bytes_out = 0  # written to it: counted by the door as it writes
         self._pending = 0  # number of the line being answered
-        self._messages = messages
-        self._transcript = settings.transcript
+        self._websocket = websocket
+        self._recording = settings.transcript
         #: Every turn goes the long way, through ``_step`` and ``_move``: a
         #: transcript is kept, or an observer hears every move.
-        self._long_way = settings.transcript
+        self._goes_long_way = settings.transcript
         self._observer: EngineObserver | None = None
         self._every_move = False
         #: Line framing over a stream: answers are encoded inline.
-        self._lines = not messages and settings.framing.name == "line"
+        self._line_stream = not websocket and settings.framing.name == "line"
         self._input_ended = False
-        self._short = False
-        self._set_short()
+        self._short_path_open = False
+        self._open_short_path()
         framing = settings.framing
         self._decoder: Decoder | None = (
-            None if messages else framing.decoder(settings.max_line)
+            None if websocket else framing.decoder(settings.max_line)
         )
-        self._telnet = TelnetFilter() if framing.takes_telnet and not messages else None
+        self._telnet = (
+            TelnetFilter() if framing.takes_telnet and not websocket else None
+        )
         self._items: list[Decoded] = _NO_ITEMS  # decoded, not handled yet
         self._out: list[Action] = []
         #: What the lines waiting here cost (counted outside Flow.FLOWING).
@@ -439,15 +441,17 @@ class ServerConversation:
         """
         self._observer = observer
         self._every_move = every_move
-        self._long_way = self._transcript or every_move
-        self._set_short()
+        self._goes_long_way = self._recording or every_move
+        self._open_short_path()
 
-    def _set_short(self) -> None:
+    def _open_short_path(self) -> None:
         #: The usual turn may take the short path (``take_line`` and
         #: ``answer_now``): line framing over a stream, no long way asked
         #: for, and the client's input not ended.  One flag for three, as it
         #: is checked twice a turn.
-        self._short = self._lines and not self._long_way and not self._input_ended
+        self._short_path_open = (
+            self._line_stream and not self._goes_long_way and not self._input_ended
+        )
 
     # -- Lifecycle ---------------------------------------------------------
 
@@ -511,7 +515,7 @@ class ServerConversation:
             self.phase is not _OPEN
             or self.turn is not _CLIENT
             or self.flow is not _FLOWING
-            or not self._short
+            or not self._short_path_open
             or self._items
             or self._out
             or not self.lines  # the first line is announced in the log
@@ -545,7 +549,7 @@ class ServerConversation:
             or self.phase is not _OPEN
             or self.turn is not _SERVER
             or self.flow is not _FLOWING
-            or not self._short
+            or not self._short_path_open
             or self._out
             or not self.answers  # the first answer is announced in the log
             or reply == QUIT
@@ -625,7 +629,7 @@ class ServerConversation:
         # An unfinished last line is not delivered: a killed client closes
         # its side too.  ``lost`` logs its size.
         self._input_ended = True
-        self._set_short()
+        self._open_short_path()
         self._finish_if_done(now)
 
     def _take(self, items: list[Decoded]) -> None:
@@ -662,13 +666,13 @@ class ServerConversation:
             return
         text = reply
         try:
-            if self._lines:  # line framing, inline: the usual case
+            if self._line_stream:  # line framing, inline: the usual case
                 if "\n" in text:
                     raise ValueError("the answer has a newline in it")
                 data = (("!" + text) if text[:1] == "!" else text).encode() + b"\n"
                 out: Action = _new(Send, (data,))
                 size = len(data)
-            elif self._messages:
+            elif self._websocket:
                 if "\n" in text:
                     raise ValueError("the answer has a newline in it")
                 text.encode("utf-8")
@@ -686,7 +690,7 @@ class ServerConversation:
             return
         self._start_idle_clock(now)  # the client's turn
         self._emit(out, size)
-        if self._transcript:
+        if self._recording:
             self._record(now, "out", "answer", text, by=by)
         if text == QUIT:
             self._move(Event.BYE)
@@ -705,12 +709,12 @@ class ServerConversation:
         *,
         raised: str = "",
         why: str = "",
-        timeout: bool = False,
+        timed_out: bool = False,
         unavailable: str = "",
     ) -> bool:
         """The responder could not answer: it raised an exception of the type
         named *raised*, broke the contract (*why* says how), did not answer
-        within ``answer_timeout`` (*timeout*), or cannot answer for now
+        within ``answer_timeout`` (*timed_out*), or cannot answer for now
         (*unavailable* says why: the broker is unreachable).
 
         True if the door should log the failure's traceback: the first time
@@ -723,7 +727,7 @@ class ServerConversation:
             return False
         self._failures += 1
         first = self._failures == 1
-        if timeout:
+        if timed_out:
             seconds = self.settings.answer_timeout
             if first:
                 self._log(
@@ -742,7 +746,7 @@ class ServerConversation:
                 "responder-failed",
                 now,
             )
-        return first and not timeout
+        return first and not timed_out
 
     def _refuse_answer(self, why: str, now: float) -> None:
         self._failures += 1
@@ -797,7 +801,7 @@ class ServerConversation:
                 "holding its lines back",
                 cid=self.id,
             )
-        if self._messages:  # a socket's pongs are written where we cannot count
+        if self._websocket:  # a socket's pongs are written where we cannot count
             self._flow(FlowEvent.OUTPUT_FULL_UNCOUNTED)
         else:
             self._flow(FlowEvent.OUTPUT_FULL)
@@ -913,7 +917,7 @@ class ServerConversation:
                 len(items) == 1
                 and self.turn is _CLIENT
                 and self.flow is _FLOWING
-                and not self._long_way
+                and not self._goes_long_way
             ):
                 item = items[0]
                 if type(item) is str and item != QUIT:
@@ -960,7 +964,7 @@ class ServerConversation:
     def _handle(self, item: Decoded) -> None:
         self.lines += 1
         seq = self.lines
-        transcript = self._transcript
+        transcript = self._recording
         if type(item) is str:
             if transcript:
                 self._record(self._since, "in", "line", item)
@@ -1099,7 +1103,7 @@ class ServerConversation:
             self._notice(notice, now)
 
     def _notice(self, notice: Notice, now: float) -> None:
-        if self._messages:
+        if self._websocket:
             text = f"!{notice.kind.value} {notice.code}: {notice.text}"
             self._emit(SendMessage(text), len(text))
         else:
@@ -1107,7 +1111,7 @@ class ServerConversation:
             if not data:
                 return
             self._emit(Send(data), len(data))
-        if self._transcript:
+        if self._recording:
             self._record(
                 now, "out", "notice", notice.text, notice.kind.value, notice.code
             )

@@ -115,7 +115,7 @@ class Runner:
 
     *write* is where every byte for the client goes: the door's one write
     path (a WebSocket door sends each write as one text message).
-    *observers* watch it; *messages*: the door is a WebSocket.  Call
+    *observers* watch it; *websocket*: the door is a WebSocket.  Call
     ``begin`` once the door is ready for its output.
     """
 
@@ -126,9 +126,9 @@ class Runner:
         "_depth",
         "_door",
         "_gone",
-        "_hooked",
         "_hub",
         "_observers",
+        "_owes_ended",
         "_pending",
         "_watchers",
         "_write",
@@ -146,7 +146,7 @@ class Runner:
         *,
         host: str | None,
         observers: tuple[ConversationObserver, ...] = (),
-        messages: bool = False,
+        websocket: bool = False,
     ) -> None:
         self._hub = hub
         self._door = door
@@ -158,13 +158,13 @@ class Runner:
         #: The observers of every turn: empty, the usual case, costs one check.
         self._watchers = tuple(o for o in observers if o.every_turn)
         self.engine = ServerConversation(
-            hub.settings, info.id, info.peer, hub.clock.seconds(), messages=messages
+            hub.settings, info.id, info.peer, hub.clock.seconds(), websocket=websocket
         )
         self.engine.observe(self, every_move=bool(self._watchers))
         self._closed: Deferred[None] | None = None
         self._pending: Deferred[str] | None = None
         self._closer: IDelayedCall | None = None
-        self._hooked = False  # the responder's started hook ran
+        self._owes_ended = False  # the started hook ran: the ended one is owed
         self._asked = 0.0  # when the answer waited for was asked
         self._gone = False
         self._depth = 0  # _run calls under way (counted when watched)
@@ -204,7 +204,7 @@ class Runner:
                 engine.start_failed(now)
                 self._run(now)
                 return
-            self._hooked = True
+            self._owes_ended = True
         engine.start(now, listen=opening is not None)
         if opening is not None:
             self._reply(opening, now)
@@ -269,8 +269,8 @@ class Runner:
         now = hub.clock.seconds()
         engine.lost(now, clean=loss is Loss.DONE, why=why)
         self._run(now)
-        if self._hooked:
-            self._hooked = False
+        if self._owes_ended:
+            self._owes_ended = False
             try:
                 cast(ILifecycle, hub.responder).ended(self, engine.code)
             except Exception:
@@ -464,7 +464,7 @@ class Runner:
         now = self._hub.clock.seconds()
         engine = self.engine
         if failure.check(TimeoutError):
-            engine.failed(now, timeout=True)
+            engine.failed(now, timed_out=True)
             return
         if failure.check(Unavailable):
             engine.failed(now, unavailable=str(failure.value) or "unavailable")

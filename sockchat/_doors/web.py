@@ -343,7 +343,7 @@ class WebConversation:
             info,
             host=self._channel.hand_over(),
             observers=observers,
-            messages=True,
+            websocket=True,
         )
         # The HTTP channel is the TCP connection's producer; it passes pause
         # and resume on to the producer of its request.

@@ -494,17 +494,17 @@ class WebTrace(_ServerTrace):
         #: The upgrade, until the welcome is sent: then its story is told.
         self._upgrade: Request | None = None
         self._socket: WebSocketTransport | None = None
-        self._to_page = False
+        self._tells_page = False
         self._frame_size = 0  # bytes of a message so far
         self._frame: int | None = None  # a whole message came: its size
 
     def _emit(self, line: str) -> None:
         super()._emit(line)
-        if self._to_page and self._socket is not None:
+        if self._tells_page and self._socket is not None:
             try:
                 self._socket.sendTextMessage(f"!info trace: {line}")
             except Exception:  # the socket is closing: the log has it
-                self._to_page = False
+                self._tells_page = False
 
     def connected(self, transport: ITransport, now: float) -> None:
         self._tcp = transport
@@ -526,7 +526,7 @@ class WebTrace(_ServerTrace):
         request, tcp = self._upgrade, self._tcp
         if request is not None and tcp is not None:  # the welcome is sent
             self._upgrade = None
-            self._to_page = True
+            self._tells_page = True
             self._tell_upgrade(request)
             self.trace.connected(tcp)
         size, self._frame = self._frame, None
@@ -568,11 +568,11 @@ class WebTrace(_ServerTrace):
             "own Close frame: if that comes after the server's socket has closed, "
             "the server's kernel answers it with RST, and no TIME_WAIT is left"
         )
-        self._to_page = False
+        self._tells_page = False
         self.trace.closing(reason.value)
 
     def lost(self, loss: Loss, reason: Failure, now: float) -> None:
-        self._to_page = False
+        self._tells_page = False
         self.trace.lost(reason)
 
 

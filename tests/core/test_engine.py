@@ -42,9 +42,9 @@ WELCOME = (
 
 
 def engine(**kw) -> ServerConversation:
-    messages = kw.pop("messages", False)
+    websocket = kw.pop("websocket", False)
     conversation = ServerConversation(
-        Settings(**kw), 1, "127.0.0.1:5000", 0.0, messages=messages
+        Settings(**kw), 1, "127.0.0.1:5000", 0.0, websocket=websocket
     )
     return conversation
 
@@ -142,7 +142,7 @@ def test_a_timeout_says_so_and_gives_the_turn_back():
     conversation = started(answer_timeout=5)
     conversation.receive_data(b"hi\n", 1.0)
     drain(conversation)
-    conversation.failed(6.0, timeout=True)
+    conversation.failed(6.0, timed_out=True)
     (notice,) = drain(conversation)
     assert notice.data == (
         b"!error responder-timeout: line 1 could not be answered (no answer within "
@@ -365,7 +365,7 @@ def test_pausing_is_asked_once_and_resuming_once():
 
 
 def test_a_websocket_stops_reading_as_soon_as_its_output_is_full():
-    conversation = started(messages=True)
+    conversation = started(websocket=True)
     conversation.output_full(1.0)
     assert drain(conversation) == [PauseReading()]
     conversation.bytes_written(10)  # a pong
@@ -411,7 +411,7 @@ def test_raw_messages_queued_past_the_bound_pause_reading_until_handled():
 
 
 def test_messages_in_pieces_make_one_line_and_long_ones_are_refused():
-    conversation = started(messages=True, max_line=10)
+    conversation = started(websocket=True, max_line=10)
     conversation.receive_message("hel", 1.0, final=False)
     conversation.receive_message("lo", 1.0)
     assert drain(conversation) == [Deliver(1, "hello")]
@@ -432,7 +432,7 @@ def test_messages_in_pieces_make_one_line_and_long_ones_are_refused():
     ],
 )
 def test_a_message_that_cannot_be_a_line_closes_with_its_reason(feed, reason):
-    conversation = started(messages=True)
+    conversation = started(websocket=True)
     feed(conversation)
     assert drain(conversation) == [Close(reason, reason.value)]
 

@@ -50,7 +50,7 @@ class Reports:
 
 
 def engine(
-    *, max_output: int = BIG, raw: bool = False, messages: bool = False
+    *, max_output: int = BIG, raw: bool = False, websocket: bool = False
 ) -> ServerConversation:
     framing = RawFraming() if raw else Settings().framing
     conversation = ServerConversation(
@@ -58,7 +58,7 @@ def engine(
         1,
         "127.0.0.1:5000",
         0.0,
-        messages=messages,
+        websocket=websocket,
     )
     conversation.start(0.0)
     pull(conversation)
@@ -196,11 +196,13 @@ def _holding(
     return conversation
 
 
-def _stopped(*, items_over: bool = False, messages: bool = False) -> ServerConversation:
+def _stopped(
+    *, items_over: bool = False, websocket: bool = False
+) -> ServerConversation:
     """Holding past the bound: by the lines held (*items_over*), or by an
     answer it did not read."""
-    conversation = engine(max_output=SMALL, messages=messages)
-    if messages:
+    conversation = engine(max_output=SMALL, websocket=websocket)
+    if websocket:
         conversation.output_full(1.0)  # a WebSocket stops at once
         if items_over:
             conversation.receive_message("x" * (SMALL // 2), 1.0)
@@ -222,7 +224,7 @@ def _stopped(*, items_over: bool = False, messages: bool = False) -> ServerConve
 
 def _websocket_queued() -> ServerConversation:
     """A WebSocket that read again, a line held back not handled yet."""
-    conversation = engine(messages=True)
+    conversation = engine(websocket=True)
     conversation.output_full(1.0)
     conversation.receive_message("held", 1.0)
     conversation.output_drained(1.0)
@@ -231,7 +233,7 @@ def _websocket_queued() -> ServerConversation:
 
 def _websocket_backlogged() -> ServerConversation:
     """A WebSocket that read again, lines held back past the bound."""
-    conversation = _stopped(items_over=True, messages=True)
+    conversation = _stopped(items_over=True, websocket=True)
     conversation.output_drained(1.0)
     return conversation
 
@@ -278,7 +280,7 @@ Scenario = tuple[Callable[[], ServerConversation], Callable[[ServerConversation]
 SCENARIOS: dict[tuple[Flow, FlowEvent], Scenario] = {
     (Flow.FLOWING, FlowEvent.OUTPUT_FULL): (engine, _full),
     (Flow.FLOWING, FlowEvent.OUTPUT_FULL_UNCOUNTED): (
-        lambda: engine(messages=True),
+        lambda: engine(websocket=True),
         _full,
     ),
     (Flow.FLOWING, FlowEvent.OUTPUT_DRAINED): (engine, _drained),
@@ -334,7 +336,7 @@ SCENARIOS: dict[tuple[Flow, FlowEvent], Scenario] = {
     ),
     (Flow.STOPPED, FlowEvent.OUTPUT_FULL): (_stopped, _full),
     (Flow.STOPPED, FlowEvent.OUTPUT_FULL_UNCOUNTED): (
-        lambda: _stopped(messages=True),
+        lambda: _stopped(websocket=True),
         _full,
     ),
     (Flow.STOPPED, FlowEvent.OUTPUT_DRAINED): (_stopped, _drained),
