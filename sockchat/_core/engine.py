@@ -337,14 +337,13 @@ class ServerConversation:
 
     __slots__ = (
         "_decoder",
-        "_every_move",
         "_failures",
-        "_goes_long_way",
         "_held_notices",
         "_input_ended",
         "_items",
         "_items_cost",
         "_line_stream",
+        "_mover",
         "_observer",
         "_out",
         "_part_size",
@@ -400,11 +399,11 @@ class ServerConversation:
         self._pending = 0  # number of the line being answered
         self._websocket = websocket
         self._recording = settings.transcript
-        #: Every turn goes the long way, through ``_step`` and ``_move``: a
-        #: transcript is kept, or an observer hears every move.
-        self._goes_long_way = settings.transcript
         self._observer: EngineObserver | None = None
-        self._every_move = False
+        #: The observer of every move, if one asked: every turn then goes
+        #: the long way, through ``_step`` and ``_move``, as it does when a
+        #: transcript is kept.
+        self._mover: EngineObserver | None = None
         #: Line framing over a stream: answers are encoded inline.
         self._line_stream = not websocket and settings.framing.name == "line"
         self._input_ended = False
@@ -440,8 +439,7 @@ class ServerConversation:
         turn takes the long path (as it does when a transcript is kept).
         """
         self._observer = observer
-        self._every_move = every_move
-        self._goes_long_way = self._recording or every_move
+        self._mover = observer if every_move else None
         self._open_short_path()
 
     def _open_short_path(self) -> None:
@@ -450,7 +448,10 @@ class ServerConversation:
         #: for, and the client's input not ended.  One flag for three, as it
         #: is checked twice a turn.
         self._short_path_open = (
-            self._line_stream and not self._goes_long_way and not self._input_ended
+            self._line_stream
+            and not self._recording
+            and self._mover is None
+            and not self._input_ended
         )
 
     # -- Lifecycle ---------------------------------------------------------
@@ -917,7 +918,8 @@ class ServerConversation:
                 len(items) == 1
                 and self.turn is _CLIENT
                 and self.flow is _FLOWING
-                and not self._goes_long_way
+                and not self._recording
+                and self._mover is None
             ):
                 item = items[0]
                 if type(item) is str and item != QUIT:
@@ -1036,8 +1038,8 @@ class ServerConversation:
         """Move the turn as ``MOVES`` says (the usual turn's two moves are
         made inline, in ``take_line``, ``answer_now`` and ``next_action``)."""
         self.phase, self.turn = MOVES[self.phase, self.turn, event]
-        if self._every_move and self._observer is not None:
-            self._observer.report(TurnMoved(event, self.phase, self.turn))
+        if self._mover is not None:
+            self._mover.report(TurnMoved(event, self.phase, self.turn))
 
     def _flow(self, event: FlowEvent) -> None:
         """Move the flow as ``FLOW`` says, and keep its counts."""

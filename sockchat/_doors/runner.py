@@ -20,7 +20,6 @@ every door:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Protocol, cast
 
 from twisted.internet.defer import Deferred, TimeoutError
@@ -61,13 +60,21 @@ from sockchat._responders.contract import (
     as_deferred,
 )
 
-__all__ = ["Door", "Hub", "Runner"]
+__all__ = ["Door", "Hub", "Runner", "Writer"]
 
 log = Logger(namespace="sockchat.server")
 
 
+class Writer(Protocol):
+    """Where a runner's bytes for the client go: a transport, or a door that
+    sends each write as one message."""
+
+    def write(self, data: bytes) -> None:
+        """Send *data* to the client."""
+
+
 class Door(Protocol):
-    """What a runner asks of the door that owns it, besides its ``write``."""
+    """What a runner asks of the door that owns it, besides its writes."""
 
     def pause_reading(self) -> None:
         """Stop reading the client until ``resume_reading``."""
@@ -113,7 +120,7 @@ class Hub(Protocol):
 class Runner:
     """One conversation, run: see the module's docstring.
 
-    *write* is where every byte for the client goes: the door's one write
+    *writer* is where every byte for the client goes: the door's one write
     path (a WebSocket door sends each write as one text message).
     *observers* watch it; *websocket*: the door is a WebSocket.  Call
     ``begin`` once the door is ready for its output.
@@ -131,7 +138,7 @@ class Runner:
         "_owes_ended",
         "_pending",
         "_watchers",
-        "_write",
+        "_writer",
         "engine",
         "host",
         "info",
@@ -141,7 +148,7 @@ class Runner:
         self,
         hub: Hub,
         door: Door,
-        write: Callable[[bytes], object],
+        writer: Writer,
         info: ConversationInfo,
         *,
         host: str | None,
@@ -150,7 +157,7 @@ class Runner:
     ) -> None:
         self._hub = hub
         self._door = door
-        self._write = write
+        self._writer = writer
         self.info = info
         #: The peer's address, whose admission slot is released at the end.
         self.host = host
@@ -340,7 +347,7 @@ class Runner:
             kind = type(action)
             if kind is Send or kind is TelnetReply:
                 data: bytes = action.data  # type: ignore[union-attr]  # Send or TelnetReply
-                self._write(data)
+                self._writer.write(data)
                 engine.bytes_out += len(data)
                 for watcher in watchers:
                     watcher.wrote(data, now)
@@ -360,7 +367,7 @@ class Runner:
     def _act(self, action: Action, now: float) -> None:
         if isinstance(action, SendMessage):
             data = action.text.encode("utf-8")
-            self._write(data)
+            self._writer.write(data)
             self.engine.bytes_out += len(data)
             for watcher in self._watchers:
                 watcher.wrote(data, now)
@@ -414,7 +421,7 @@ class Runner:
         if data is None:
             self._reply(reply, now)
             return False
-        self._write(data)
+        self._writer.write(data)
         engine.bytes_out += len(data)
         return True
 

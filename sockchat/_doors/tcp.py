@@ -179,12 +179,12 @@ class ChatServerProtocol(Protocol):
         info = ConversationInfo(
             self.conversation_id, describe_address(transport.getPeer())
         )
-        # transport.write is this door's one write path: every byte of the
-        # conversation goes through it.
+        # The transport is this door's one write path: every byte of the
+        # conversation goes through its write.
         self.runner = runner = Runner(
             self.factory,
             self,
-            transport.write,
+            transport,
             info,
             host=self.host,
             observers=self._observers,

@@ -339,7 +339,7 @@ class WebConversation:
         self.runner = runner = Runner(
             factory,
             self,
-            self._send,
+            self,
             info,
             host=self._channel.hand_over(),
             observers=observers,
@@ -387,7 +387,7 @@ class WebConversation:
 
     # What the runner asks of its door.
 
-    def _send(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         """The web door's one write path: *data* as one text message."""
         if self._socket is not None:
             with suppress(LocalProtocolError):  # the browser is closing the socket
