@@ -68,13 +68,14 @@ def test_shipped_responders_provide_the_contract():
         assert verifyObject(sockchat.ILifecycle, responder)
 
 
-def test_the_server_protocol_and_the_fake_provide_iconversation():
-    from sockchat._doors.tcp import ChatServerProtocol
-    from sockchat.testing import RecordingConversation
+def test_what_a_responders_hooks_get_and_the_fake_provide_iconversation():
+    from sockchat.testing import MemoryServer, RecordingConversation
 
     assert verifyObject(sockchat.IConversation, RecordingConversation())
-    proto = ChatServerProtocol(1)
-    assert verifyObject(sockchat.IConversation, proto)
+    server = MemoryServer(sockchat.EchoResponder())
+    server.connect()
+    (conversation,) = server.factory.conversations.values()
+    assert verifyObject(sockchat.IConversation, conversation)
 
 
 def test_testing_module_names():
