@@ -229,7 +229,7 @@ class Runner:
                 watcher.read(data, now)
             engine.receive_data(data, now)
             self._run(now)
-        elif not self._deliver(text, now):
+        elif not self._deliver(engine, text, now):
             self._run(now)
 
     def receive_message(self, text: str, *, final: bool) -> None:
@@ -352,7 +352,7 @@ class Runner:
                 for watcher in watchers:
                     watcher.wrote(data, now)
             elif kind is Deliver:
-                self._deliver(action.text, now)  # type: ignore[union-attr]  # a Deliver
+                self._deliver(engine, action.text, now)  # type: ignore[union-attr]  # a Deliver
             else:
                 self._act(action, now)
             action = next_action()
@@ -405,7 +405,7 @@ class Runner:
 
     # -- The responder's side -------------------------------------------------
 
-    def _deliver(self, text: str, now: float) -> bool:
+    def _deliver(self, engine: ServerConversation, text: str, now: float) -> bool:
         """Give the delivered line *text* to the responder, and take its reply.
 
         True: it answered at once, and the answer is written: nothing is
@@ -416,7 +416,6 @@ class Runner:
         except Exception:
             self._failed(Failure())
             return False
-        engine = self.engine
         data = engine.answer_now(reply, now)  # the usual answer, in one step
         if data is None:
             self._reply(reply, now)

@@ -687,3 +687,13 @@ def test_refusals_and_the_end_are_reported_with_what_was_counted():
         LineRefused(2, "out-of-turn"),
         Ended("connection-lost", answers=1, bytes_in=8, bytes_out=10),
     ]
+
+
+def test_lines_read_after_the_output_filled_are_counted_from_the_first_read():
+    conversation = started(max_output=10_000)
+    conversation.receive_data(b"hi\n", 1.0)  # a turn first: lines > 0
+    echo(conversation)
+    conversation.output_full(2.0)
+    conversation.receive_data(b"\n" * 200, 2.0)  # 200 empty lines, held back
+    assert conversation.held >= 200 * (sys.getsizeof("") + ITEM_OVERHEAD)
+    assert conversation.flow is Flow.STOPPED  # past the bound in one read
