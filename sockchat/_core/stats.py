@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Protocol
 
 from attrs import define, field
+
+from sockchat._core.reports import Ended
 
 __all__ = [
     "LATENCY_BOUNDS",
@@ -82,7 +84,23 @@ class LatencyHistogram:
         return pairs
 
 
-def _no_conversations() -> Iterable[Any]:
+class Counting(Protocol):
+    """What an open conversation's engine counts (``ServerConversation``)."""
+
+    @property
+    def answers(self) -> int: ...
+
+    @property
+    def bytes_in(self) -> int: ...
+
+    @property
+    def bytes_out(self) -> int: ...
+
+    @property
+    def held(self) -> int: ...
+
+
+def _no_conversations() -> Iterable[Counting]:
     return ()
 
 
@@ -96,7 +114,7 @@ class ServerStats:
     """
 
     #: The engines of the conversations open now (``ServerConversation``).
-    live: Callable[[], Iterable[Any]] = _no_conversations
+    live: Callable[[], Iterable[Counting]] = _no_conversations
     #: The responder's kind, the label of the latency of answers given at
     #: once (they took 0 s).
     kind: str = "responder"
@@ -140,12 +158,12 @@ class ServerStats:
         """Bytes of memory the engines count as held for clients now."""
         return int(sum(e.held for e in self.live()))
 
-    def fold(self, engine: Any) -> None:
-        """*engine*'s conversation ended: keep what it counted."""
-        self.answered_ended += engine.answers
-        self.bytes_in_ended += engine.bytes_in
-        self.bytes_out_ended += engine.bytes_out
-        _count(self.ended_by, engine.code)
+    def fold(self, ended: Ended) -> None:
+        """A conversation ended: keep what it counted."""
+        self.answered_ended += ended.answers
+        self.bytes_in_ended += ended.bytes_in
+        self.bytes_out_ended += ended.bytes_out
+        _count(self.ended_by, ended.code)
 
     def ended(self, reason: str) -> None:
         """A conversation ended, for *reason* (with nothing else to fold)."""
