@@ -142,21 +142,21 @@ class ServerStats:
     @property
     def answered(self) -> int:
         """Lines the responder answered."""
-        return self.answered_ended + int(sum(e.answers for e in self.live()))
+        return self.answered_ended + sum(e.answers for e in self.live())
 
     @property
     def bytes_in(self) -> int:
         """Bytes read from clients."""
-        return self.bytes_in_ended + int(sum(e.bytes_in for e in self.live()))
+        return self.bytes_in_ended + sum(e.bytes_in for e in self.live())
 
     @property
     def bytes_out(self) -> int:
         """Bytes written to clients."""
-        return self.bytes_out_ended + int(sum(e.bytes_out for e in self.live()))
+        return self.bytes_out_ended + sum(e.bytes_out for e in self.live())
 
     def output_held(self) -> int:
         """Bytes of memory the engines count as held for clients now."""
-        return int(sum(e.held for e in self.live()))
+        return sum(e.held for e in self.live())
 
     def fold(self, ended: Ended) -> None:
         """A conversation ended: keep what it counted."""
