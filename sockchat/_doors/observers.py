@@ -12,8 +12,8 @@ Each hook is called in the order things happened, with the time ``now``
 from the factory's clock:
 
 1. ``connected``: the connection (its transport, both addresses), before
-   anything else; on the web door, after the HTTP upgrade
-   (``upgraded``) that made it a WebSocket.
+   anything else; on the web door, then ``upgraded``: the HTTP request
+   that made it a WebSocket (both come once the upgrade is done).
 2. ``started``: the conversation began (its id and peer), before its
    welcome is written and before its first read.
 3. For each input: ``read`` (its bytes) or ``frame_in`` (a WebSocket text
