@@ -14,8 +14,6 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "sockchat"
 
@@ -105,11 +103,6 @@ def _stdlib(top: str) -> bool:
     return top in sys.stdlib_module_names
 
 
-@pytest.mark.xfail(
-    reason="issue 19: _broker/pairs.py still imports _responders/pair.py's "
-    "_LEFT_BECAUSE, _WHO_SPEAKS and _Stance (the broker's part)",
-    strict=True,
-)
 def test_no_module_imports_a_private_name_of_another():
     found = []
     names = modules()
