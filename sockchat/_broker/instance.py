@@ -78,7 +78,9 @@ __all__ = ["BrokerInstance", "QueueResponder", "instance_about"]
 
 log = Logger(namespace="sockchat.broker")
 
-Handler = Callable[[dict[str, Any]], None]
+#: What handles one message of the instance's inbox (not a consumer's
+#: ``Handler``, in ``sockchat._broker.consumer``).
+InboxHandler = Callable[[dict[str, Any]], None]
 
 #: Seconds one read of the inbox waits for a message.
 READ_WAIT = 1.0
@@ -102,8 +104,8 @@ class BrokerInstance:
     about: dict[str, Any] = field(factory=dict)
     timings: Timings = field(factory=Timings)
     up: bool = True
-    _routes: dict[int, Handler] = field(factory=dict, init=False)
-    _kinds: dict[str, Handler] = field(factory=dict, init=False)
+    _routes: dict[int, InboxHandler] = field(factory=dict, init=False)
+    _kinds: dict[str, InboxHandler] = field(factory=dict, init=False)
     _back: list[Callable[[], None]] = field(factory=list, init=False)
     _beats: list[Callable[[], None]] = field(factory=list, init=False)
     _censuses: list[Callable[[Census], None]] = field(factory=list, init=False)
@@ -232,14 +234,14 @@ class BrokerInstance:
 
     # -- The inbox -------------------------------------------------------------
 
-    def route(self, conversation: int, handler: Handler) -> None:
+    def route(self, conversation: int, handler: InboxHandler) -> None:
         """Give the inbox's messages for *conversation* to *handler*."""
         self._routes[conversation] = handler
 
     def unroute(self, conversation: int) -> None:
         self._routes.pop(conversation, None)
 
-    def on_kind(self, kind: str, handler: Handler) -> None:
+    def on_kind(self, kind: str, handler: InboxHandler) -> None:
         """Give messages of *kind* that name no routed conversation to
         *handler*."""
         self._kinds[kind] = handler
