@@ -47,6 +47,7 @@ COMMAND_LINES = (
     "sockchat.client",
     "sockchat.operator",
     "sockchat.worker",
+    "sockchat.desk",
 )
 
 
