@@ -690,9 +690,9 @@ class ServerConversation:
             self._refuse_answer(str(e), now)
             return
         self._start_idle_clock(now)  # the client's turn
-        self._emit(out, size)
-        if self._recording:
+        if self._recording:  # recorded before it can reach the client
             self._record(now, "out", "answer", text, by=by)
+        self._emit(out, size)
         if text == QUIT:
             self._move(Event.BYE)
             self._close(Reason.ANSWERED_QUIT, Reason.ANSWERED_QUIT.value)
@@ -1107,16 +1107,19 @@ class ServerConversation:
     def _notice(self, notice: Notice, now: float) -> None:
         if self._websocket:
             text = f"!{notice.kind.value} {notice.code}: {notice.text}"
-            self._emit(SendMessage(text), len(text))
+            action: Action = SendMessage(text)
+            size = len(text)
         else:
             data = self.settings.framing.encode_notice(notice)
             if not data:
                 return
-            self._emit(Send(data), len(data))
-        if self._recording:
+            action = Send(data)
+            size = len(data)
+        if self._recording:  # recorded before it can reach the client
             self._record(
                 now, "out", "notice", notice.text, notice.kind.value, notice.code
             )
+        self._emit(action, size)
 
     def _emit(self, action: Action, size: int) -> None:
         self._out.append(action)
