@@ -9,6 +9,17 @@
  *           [--port2 P2]
  *           [--warmup 1]
  *           [--mode echo|pair] [--window 32] [--deadline 120] [--sync]
+ *           [--no-greeting] [--ws PATH]
+ *
+ * --no-greeting: the server says nothing first (a bare echo server, such
+ * as the C, asyncio and uvloop ones in ../shared/bench/servers): a
+ * connection is ready once it is connected.
+ *
+ * --ws PATH: speak WebSocket (RFC 6455) to ws://HOST:PORT/PATH instead of
+ * lines: each connection sends the upgrade request (with an Origin of the
+ * same host, as a browser would), then every line it would send is one
+ * masked text frame without its newline, and every text frame received is
+ * one line.  Frames are small (at most 125 bytes of payload) and whole.
  *
  * With --port2, every other connection (the 2nd, 4th, ...) goes to port P2:
  * two servers (two sockchat instances sharing a broker) share the load.
@@ -63,7 +74,7 @@
 #define INBUF 2048
 #define MAX_SIZE 1024
 
-enum state { UNUSED, GREETING, READY, WAITING, FINISHED, BROKEN };
+enum state { UNUSED, CONNECTING, UPGRADING, GREETING, READY, WAITING, FINISHED, BROKEN };
 
 struct conn {
     int fd;
@@ -82,9 +93,10 @@ struct conn {
 
 static struct {
     const char *host;
-    int port, port2, conns, turns, size, window, sync, pair, warmup;
+    int port, port2, conns, turns, size, window, sync, pair, warmup, greeting;
     double deadline;
-} opt = {"127.0.0.1", 0, 0, 1, 1, 32, 32, 0, 0, 1, 120.0};
+    const char *ws; /* WebSocket path, or NULL: lines */
+} opt = {"127.0.0.1", 0, 0, 1, 1, 32, 32, 0, 0, 1, 1, 120.0, NULL};
 
 static struct conn *conns;
 static int epfd;
@@ -139,6 +151,18 @@ static void make_line(struct conn *c, int t) {
 }
 
 static void send_out(struct conn *c) {
+    if (opt.ws) { /* one masked text frame: the line without its newline */
+        char frame[MAX_SIZE + 8];
+        int len = opt.size - 1;
+        frame[0] = (char)0x81;              /* FIN, text */
+        frame[1] = (char)(0x80 | len);      /* masked, len <= 125 */
+        memset(frame + 2, 0, 4);            /* a zero mask: the payload as is */
+        memcpy(frame + 6, c->out, len);
+        ssize_t n = send(c->fd, frame, len + 6, MSG_NOSIGNAL);
+        if (n != len + 6)
+            error(c, "send returned %zd (%s)", n, n < 0 ? strerror(errno) : "short");
+        return;
+    }
     ssize_t n = send(c->fd, c->out, opt.size, MSG_NOSIGNAL);
     if (n != opt.size) {
         error(c, "send returned %zd (%s)", n, n < 0 ? strerror(errno) : "short");
@@ -172,7 +196,7 @@ static int open_one(int index) {
     }
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    c->state = GREETING;
+    c->state = CONNECTING;
     if (connect(c->fd, (struct sockaddr *)&addr, sizeof addr) < 0 &&
         errno != EINPROGRESS) {
         error(c, "connect: %s", strerror(errno));
@@ -182,9 +206,41 @@ static int open_one(int index) {
     socklen_t size = sizeof local;
     if (getsockname(c->fd, (struct sockaddr *)&local, &size) == 0)
         c->port = ntohs(local.sin_port);
-    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = index};
+    struct epoll_event ev = {.events = EPOLLOUT, .data.u32 = index};
     epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev);
     return 0;
+}
+
+/* The connect finished: upgrade, wait for a greeting, or be ready. */
+static void on_connected(struct conn *c) {
+    int err = 0;
+    socklen_t size = sizeof err;
+    getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &size);
+    if (err) {
+        error(c, "connect: %s", strerror(err));
+        return;
+    }
+    struct epoll_event ev = {.events = EPOLLIN, .data.u32 = c->index};
+    epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev);
+    if (opt.ws) {
+        char req[512];
+        int n = snprintf(req, sizeof req,
+                         "GET /%s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
+                         "Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                         "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                         "Origin: http://%s:%d\r\n\r\n",
+                         opt.ws, opt.host, opt.port, opt.host, opt.port);
+        if (send(c->fd, req, n, MSG_NOSIGNAL) != n) {
+            error(c, "could not send the upgrade request");
+            return;
+        }
+        c->state = UPGRADING;
+    } else if (opt.greeting) {
+        c->state = GREETING;
+    } else {
+        c->state = READY;
+        greeted++;
+    }
 }
 
 /* Pair mode through a broker: both partners are told they may speak now
@@ -311,7 +367,37 @@ static void on_readable(struct conn *c) {
     }
     c->inlen += n;
     char *start = c->in, *end = c->in + c->inlen, *nl;
-    while (c->state != BROKEN && (nl = memchr(start, '\n', end - start))) {
+    if (c->state == UPGRADING) {
+        char *done = memmem(start, end - start, "\r\n\r\n", 4);
+        if (!done) {
+            if (c->inlen == INBUF) error(c, "an upgrade response too long");
+            return;
+        }
+        if (!starts(start, end - start, "HTTP/1.1 101")) {
+            error(c, "the upgrade was refused: %.*s", (int)(done - start), start);
+            return;
+        }
+        start = done + 4;
+        c->state = opt.greeting ? GREETING : READY;
+        if (!opt.greeting) greeted++;
+    }
+    while (opt.ws && c->state != BROKEN && end - start >= 2) {
+        int opcode = start[0] & 0x0f, len = start[1] & 0x7f, head = 2;
+        if (len == 126) {
+            if (end - start < 4) break;
+            len = ((unsigned char)start[2] << 8) | (unsigned char)start[3];
+            head = 4;
+        } else if (len == 127 || (start[1] & 0x80) || !(start[0] & 0x80)) {
+            error(c, "a frame this generator does not read (%02x %02x)",
+                  (unsigned char)start[0], (unsigned char)start[1]);
+            return;
+        }
+        if (end - start < head + len) break;
+        if (opcode == 1) on_line(c, start + head, len);
+        else if (opcode == 8) error(c, "the server closed the WebSocket");
+        start += head + len;
+    }
+    while (!opt.ws && c->state != BROKEN && (nl = memchr(start, '\n', end - start))) {
         on_line(c, start, nl - start);
         start = nl + 1;
     }
@@ -329,7 +415,8 @@ static int poll_once(int timeout_ms) {
     int n = epoll_wait(epfd, events, 256, timeout_ms);
     for (int i = 0; i < n; i++) {
         struct conn *c = &conns[events[i].data.u32];
-        if (c->state != BROKEN) on_readable(c);
+        if (c->state == CONNECTING) on_connected(c);
+        else if (c->state != BROKEN) on_readable(c);
     }
     return n;
 }
@@ -380,10 +467,12 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--sync")) { opt.sync = 1; continue; }
+        if (!strcmp(a, "--no-greeting")) { opt.greeting = 0; continue; }
         if (!v) { fprintf(stderr, "loadgen: %s needs a value\n", a); return 2; }
         i++;
         if (!strcmp(a, "--host")) opt.host = v;
         else if (!strcmp(a, "--port")) opt.port = parse_int(a, v, 1);
+        else if (!strcmp(a, "--ws")) opt.ws = v;
         else if (!strcmp(a, "--port2")) opt.port2 = parse_int(a, v, 1);
         else if (!strcmp(a, "--conns")) opt.conns = parse_int(a, v, 1);
         else if (!strcmp(a, "--turns")) opt.turns = parse_int(a, v, 1);
@@ -398,6 +487,10 @@ int main(int argc, char **argv) {
                 return 2;
             }
         } else { fprintf(stderr, "loadgen: unknown option %s\n", a); return 2; }
+    }
+    if (opt.ws && opt.size > 126) {
+        fprintf(stderr, "loadgen: with --ws, --size is at most 126\n");
+        return 2;
     }
     if (!opt.port || opt.size > MAX_SIZE || (opt.pair && opt.conns % 2)) {
         fprintf(stderr, "loadgen: needs --port; --size at most %d; pair mode needs "

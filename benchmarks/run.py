@@ -17,6 +17,14 @@ markdown table: medians across rounds with the range (min-max), and the
 median of the per-round ratios of sockchat to the baseline.  ``--json FILE``
 keeps every raw measurement.
 
+Other servers run in the same rounds (``--variants``): the C epoll echo,
+asyncio streams and asyncio's Protocol on uvloop from ``../shared/bench/``
+(a sibling of this repository; uvloop is installed from PyPI into
+``benchmarks/.build/uvloop-venv`` when first needed), and sockchat's web
+door, driven over WebSocket.  ``--generators loadgen,turns`` also drives
+every server with the independent generator, ``../shared/bench/turns.py``,
+and prints a table for each.
+
 Everything is bounded: fixed connection and turn counts, a deadline per run,
 loopback only, and free ports chosen by the kernel.
 """
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -32,6 +41,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +56,22 @@ from typing import IO, Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BUILD = HERE / ".build"
+
+
+def _shared_bench() -> Path:
+    """The independent servers and load generator: ``shared/bench`` beside
+    this repository (or beside a folder that holds it, as for a git
+    worktree), or ``$SOCKCHAT_SHARED_BENCH``.  Absent in a lone clone."""
+    if "SOCKCHAT_SHARED_BENCH" in os.environ:
+        return Path(os.environ["SOCKCHAT_SHARED_BENCH"])
+    for parent in ROOT.parents:
+        if (parent / "shared" / "bench").is_dir():
+            return parent / "shared" / "bench"
+    return ROOT.parent / "shared" / "bench"
+
+
+SHARED = _shared_bench()
+UVLOOP_VENV = BUILD / "uvloop-venv"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
@@ -63,7 +89,7 @@ FULL = (
     Config("C=1 × 20000", 1, 20_000),
     Config("C=100 × 500", 100, 500),
     Config("C=1000 × 50", 1000, 50),
-    Config("held 10000 × 1", 10_000, 1, held=True),
+    Config("held 5000 × 1", 5000, 1, held=True),
 )
 QUICK = (
     Config("C=1 × 3000", 1, 3000),
@@ -92,6 +118,11 @@ class Variant:
     #: Several processes on the server's side (``broker.py``): workers,
     #: broker-pair, haproxy or cluster; None: one server process.
     rig: str | None = None
+    #: A server of ``../shared/bench/servers`` (see ``PROGRAMS``), which
+    #: says nothing first; None: the baseline or sockchat.
+    program: str | None = None
+    #: Drive sockchat's web door (``--web``) over WebSocket.
+    websocket: bool = False
 
 
 BASELINE = Variant("baseline")
@@ -142,10 +173,30 @@ CLUSTER = Variant(
     against=ECHO.name,
     rig="cluster",
 )
+# What a developer would write instead (issue 21), from ../shared/bench.
+C_EPOLL = Variant("C epoll echo", program="c-epoll")
+UVLOOP = Variant("asyncio Protocol on uvloop", program="uvloop")
+ASYNCIO = Variant("asyncio streams", program="asyncio")
+#: The web door's turn: one WebSocket text message in, one out.
+WEB = Variant(
+    "sockchat web door (WebSocket)",
+    sockchat=("--responder", "echo", "--web", "tcp:0:interface=127.0.0.1"),
+    against=ECHO.name,
+    websocket=True,
+)
+#: --variants names for several at once.
+SETS = {
+    # Issue 21: sockchat against every server a developer would write instead.
+    "servers": ("baseline", "echo", "c-epoll", "uvloop", "asyncio", "web"),
+}
 #: --variants keys, in the order they run.
 VARIANTS = {
     "baseline": BASELINE,
     "echo": ECHO,
+    "c-epoll": C_EPOLL,
+    "uvloop": UVLOOP,
+    "asyncio": ASYNCIO,
+    "web": WEB,
     "pair": PAIR,
     "transcript": TRANSCRIPT,
     "metrics": METRICS,
@@ -177,12 +228,14 @@ class Run:
     client_cpu_s: float  # the load generator's own, same phase
     rss_idle_kb: int  # listening, before any connection
     rss_held_kb: int  # every connection open, its turns done
-    log_lines_turns: int  # log lines written during the turn phase
+    log_lines_turns: int | None  # log lines in the turn phase (None: not known)
     log_lines_total: int  # from start to stop, listening line included
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
     notes: list[str] = field(default_factory=list)
     #: Server CPU over the turn phase per process (rigs of several).
     cpu_parts: dict[str, float] = field(default_factory=dict)
+    #: Which load generator: loadgen (loadgen.c) or turns (turns.py).
+    generator: str = "loadgen"
 
     @property
     def cpu_us_per_message(self) -> float:
@@ -254,6 +307,85 @@ def raise_fd_limit(needed: int) -> int:
     return soft
 
 
+def free_port() -> int:
+    """A loopback port free now, for servers that cannot be told port 0."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def uvloop_python() -> Path:
+    """A Python with uvloop: ``benchmarks/.build/uvloop-venv``, made (with
+    pip, from PyPI) the first time."""
+    python = UVLOOP_VENV / "bin" / "python"
+    check = [str(python), "-c", "import uvloop"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return python
+    print(f"==> installing uvloop into {UVLOOP_VENV}", file=sys.stderr, flush=True)
+    venv.EnvBuilder(with_pip=True, clear=True).create(UVLOOP_VENV)
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "uvloop"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"pip could not install uvloop: {last}")
+    return python
+
+
+def build_c_epoll() -> Path:
+    """Compile ``../shared/bench/servers/c_epoll_echo.c`` into ``.build``."""
+    source = SHARED / "servers" / "c_epoll_echo.c"
+    binary = BUILD / "c_epoll_echo"
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise RuntimeError("no C compiler (install gcc, or set CC)")
+    BUILD.mkdir(exist_ok=True)
+    subprocess.run([cc, "-O2", "-o", str(binary), str(source)], check=True)
+    return binary
+
+
+def program_command(program: str, port: int) -> list[str]:
+    """How to start one of ``../shared/bench/servers`` on *port*."""
+    servers = SHARED / "servers"
+    backlog = ("--backlog", "1024")
+    if program == "c-epoll":
+        return [str(build_c_epoll()), "--port", str(port), *backlog]
+    echo = str(servers / "asyncio_echo.py")
+    if program == "uvloop":
+        return [
+            str(uvloop_python()),
+            *(echo, "--port", str(port), "--api", "protocol", "--loop", "uvloop"),
+            *backlog,
+        ]
+    if program == "asyncio":
+        return [sys.executable, echo, "--port", str(port), "--api", "streams", *backlog]
+    raise ValueError(f"unknown program {program}")
+
+
+def programs_missing(keys: set[str]) -> dict[str, str]:
+    """Which of the independent servers in *keys* cannot run here, and why."""
+    wanted = [k for k in keys if VARIANTS[k].program is not None]
+    if not wanted:
+        return {}
+    if not (SHARED / "servers").is_dir():
+        why = f"{SHARED}/servers not found: they come with the project's shared folder"
+        print(f"benchmarks: {why}; not measured: {', '.join(wanted)}", file=sys.stderr)
+        return dict.fromkeys(wanted, why)
+    missing = {}
+    for key in wanted:
+        try:
+            program_command(VARIANTS[key].program or "", 0)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as e:
+            missing[key] = str(e)
+    return missing
+
+
 def sockchat_features() -> set[str]:
     """What this sockchat's twistd plugin offers: pair mode, transcripts."""
     twistd = Path(sys.executable).parent / "twistd"
@@ -271,6 +403,8 @@ def sockchat_features() -> set[str]:
         found.add("transcript")
     if "--trace" in helped:
         found.add("trace")
+    if "--web" in helped:
+        found.add("web")
     if "--metrics" in helped:
         try:
             import prometheus_client  # noqa: F401
@@ -333,7 +467,12 @@ class Server:
     def __init__(self, variant: Variant, config: Config, tmp: Path) -> None:
         self.log_path = tmp / "server.log"
         python = sys.executable
-        if variant.sockchat is None:
+        port = None
+        if variant.program is not None:
+            port = free_port()
+            command = program_command(variant.program, port)
+            pattern = re.compile(r"listening on")
+        elif variant.sockchat is None:
             command = [python, str(HERE / "baseline.py"), "0"]
             pattern = re.compile(r"listening on (\d+)")
         else:
@@ -355,6 +494,8 @@ class Server:
                 *extra,
             ]
             pattern = re.compile(r"sockchat listening on 127\.0\.0\.1:(\d+)")
+            if variant.websocket:
+                pattern = re.compile(r"web page at http://127\.0\.0\.1:(\d+)/")
         self.log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, cwd=tmp
@@ -363,7 +504,7 @@ class Server:
         while True:
             match = pattern.search(self.log_path.read_text(errors="replace"))
             if match:
-                self.port = int(match.group(1))
+                self.port = int(match.group(1)) if port is None else port
                 return
             if self.process.poll() is not None or time.monotonic() > deadline:
                 self.stop()
@@ -425,7 +566,10 @@ def run_once(
     config: Config,
     round_: int,
     deadline_s: int,
+    generator: str = "loadgen",
 ) -> Run:
+    if generator == "turns":
+        return run_turns_py(variant, config, round_, deadline_s)
     with tempfile.TemporaryDirectory(prefix="i7-bench-") as tmpdir:
         tmp = Path(tmpdir)
         server = make_server(variant, config, tmp)
@@ -449,6 +593,10 @@ def run_once(
             ]
             if server.port2 is not None:
                 command += ["--port2", str(server.port2)]
+            if variant.program is not None:
+                command += ["--no-greeting"]
+            if variant.websocket:
+                command += ["--ws", "chat"]
             deadline = time.monotonic() + deadline_s + 30
             gen = subprocess.Popen(
                 command,
@@ -512,6 +660,70 @@ def run_once(
             notes=notes,
             cpu_parts={k: parts_after[k] - v for k, v in parts_before.items()},
         )
+
+
+def run_turns_py(variant: Variant, config: Config, round_: int, deadline_s: int) -> Run:
+    """One run driven by the independent generator, ``../shared/bench/turns.py``.
+
+    It samples the server's CPU (schedstat) and RSS itself, over its timed
+    phase; it cannot say how many log lines fell in that phase.
+    """
+    with tempfile.TemporaryDirectory(prefix="i21-turns-") as tmpdir:
+        tmp = Path(tmpdir)
+        server = make_server(variant, config, tmp)
+        try:
+            time.sleep(0.2)
+            command = [
+                sys.executable,
+                str(SHARED / "turns.py"),
+                *("--port", str(server.port), "--clients", str(config.conns)),
+                *("--size", "32", "--check", "echo", "--json"),
+                *("--server-pid", str(server.pid), "--timeout", str(deadline_s)),
+            ]
+            if config.held:
+                command += ["--connect-only", "--hold", "1"]
+            else:
+                command += ["--turns", str(config.turns)]
+            if variant.program is None:  # sockchat's welcome, or the baseline's
+                command += ["--greeting"]
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=deadline_s + 60
+            )
+            lines = done.stdout.strip().splitlines()
+            if not lines:
+                raise RuntimeError(f"turns.py printed nothing: {done.stderr[-500:]}")
+            result = json.loads(lines[-1])
+            if variant.sockchat is not None:
+                _wait_for_ends(server, config.conns)
+        finally:
+            server.stop()
+        log_lines = server.log_lines()
+    latency = result.get("lat_us") or {}
+    turns = result.get("turns") or 0
+    notes = [str(e) for e in result.get("error_samples") or []][:3]
+    return Run(
+        config=config.name,
+        variant=variant.name,
+        round=round_,
+        conns=config.conns,
+        turns=turns,
+        messages=turns,
+        errors=result.get("errors", 0) + (1 if done.returncode else 0),
+        turns_per_s=result.get("turns_per_s") or 0.0,
+        p50_us=latency.get("p50") or 0.0,
+        p99_us=latency.get("p99") or 0.0,
+        wall_s=result.get("wall_s") or 0.0,
+        connect_s=result.get("connect_s") or 0.0,
+        server_cpu_s=result.get("server_cpu_s") or 0.0,
+        client_cpu_s=result.get("gen_cpu_s") or 0.0,
+        rss_idle_kb=result.get("server_rss_before_kb") or 0,
+        rss_held_kb=result.get("server_rss_after_kb") or 0,
+        log_lines_turns=None,
+        log_lines_total=log_lines,
+        load=load_average(),
+        notes=notes,
+        generator="turns",
+    )
 
 
 def make_server(variant: Variant, config: Config, tmp: Path) -> Server | Any:
@@ -619,7 +831,7 @@ def table(
                 f" | {fmt([r.rss_kb_per_conn for r in mine], 2)}"
                 f" | {fmt([r.client_us_per_message for r in mine])}"
                 f" | {sum(r.errors for r in mine)}"
-                f" | {sum(r.log_lines_turns for r in mine)} |"
+                f" | {_log_lines(mine)} |"
             )
     lines += [
         "",
@@ -646,6 +858,20 @@ def table(
     return "\n".join(lines)
 
 
+def _log_lines(runs: Sequence[Run]) -> str:
+    counts = [r.log_lines_turns for r in runs]
+    if any(c is None for c in counts):
+        return "n/a"  # turns.py: no sample at the turn phase's edges
+    return str(sum(c or 0 for c in counts))
+
+
+#: The load generators, by --generators key, as the report names them.
+GENERATORS = {
+    "loadgen": "loadgen.c (benchmarks/loadgen.c)",
+    "turns": "turns.py (../shared/bench/turns.py, the independent generator)",
+}
+
+
 def logging_summary(runs: Sequence[Run], variants: Sequence[Variant]) -> str:
     """Log lines per connection, from the run with the most connections."""
     parts = []
@@ -655,7 +881,7 @@ def logging_summary(runs: Sequence[Run], variants: Sequence[Variant]) -> str:
             continue
         most = max(r.conns for r in mine)
         per = [r.log_lines_total / r.conns for r in mine if r.conns == most]
-        during = sum(r.log_lines_turns for r in mine)
+        during = _log_lines([r for r in mine if r.log_lines_turns is not None])
         parts.append(
             f"{variant.name}: {statistics.median(per):.2f} per connection at "
             f"C={most}, {during} during turn phases"
@@ -684,12 +910,14 @@ def report(
         f"{rounds} round(s), {elapsed:.0f} s in all.  ",
     ]
     if missing:
-        lines.append(
-            f"**Not measured:** {', '.join(missing)} (this sockchat's twistd "
-            "plugin does not offer it, or a tool it starts is not installed: "
-            "redis-server, haproxy).  "
-        )
-    lines += ["", table(runs, configs, variants), "", logging_summary(runs, variants)]
+        lines.append(f"**Not measured:** {'; '.join(missing)}.  ")
+    generators = list(dict.fromkeys(r.generator for r in runs))
+    for generator in generators:
+        mine = [r for r in runs if r.generator == generator]
+        if len(generators) > 1 or generator != "loadgen":
+            lines += ["", f"#### Load generator: {GENERATORS[generator]}"]
+        lines += ["", table(mine, configs, variants)]
+    lines += ["", logging_summary(runs, variants)]
     if any(v.rig for v in variants):
         lines += ["", cpu_split(runs, configs, variants)]
     return "\n".join(lines)
@@ -816,6 +1044,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         "the broker's, workers to cluster, run only when asked for; those need "
         "redis-server or haproxy)",
     )
+    parser.add_argument(
+        "--generators",
+        default="loadgen",
+        help="comma-separated: loadgen (benchmarks/loadgen.c) and turns "
+        "(../shared/bench/turns.py, the independent generator); each server is "
+        "driven by each, in the same rounds",
+    )
     parser.add_argument("--json", type=Path, help="write every run here")
     parser.add_argument("--deadline", type=int, default=180, help="seconds per run")
     parser.add_argument(
@@ -834,21 +1069,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     rounds = args.rounds or (1 if args.tiny else 3 if args.quick else 5)
     loadgen = build_loadgen()
     features = sockchat_features()
-    chosen = set(args.variants.split(","))
+    chosen = set()
+    for key in args.variants.split(","):
+        chosen.update(SETS.get(key, (key,)))
     unknown = sorted(chosen - set(VARIANTS))
     if unknown:
         raise SystemExit(
             f"benchmarks: unknown --variants {','.join(unknown)}; choose from "
             + ",".join(VARIANTS)
         )
+    generators = args.generators.split(",")
+    if set(generators) - set(GENERATORS):
+        raise SystemExit(
+            f"benchmarks: --generators: choose from {','.join(GENERATORS)}"
+        )
+    if "turns" in generators and not (SHARED / "turns.py").exists():
+        raise SystemExit(
+            f"benchmarks: --generators turns needs {SHARED}/turns.py, from the "
+            "project's shared folder (set SOCKCHAT_SHARED_BENCH to its bench folder)"
+        )
+    unavailable = programs_missing(chosen)
     variants = []
     missing = []
     for key, variant in VARIANTS.items():
-        if key in chosen:
-            if key in ("baseline", "echo") or key in features:
-                variants.append(variant)
-            else:
-                missing.append(key)
+        if key not in chosen:
+            continue
+        if key in unavailable:
+            missing.append(f"{key} ({unavailable[key]})")
+        elif key in ("baseline", "echo") or variant.program or key in features:
+            variants.append(variant)
+        else:
+            missing.append(
+                f"{key} (this sockchat's twistd plugin does not offer it, or a "
+                "tool it starts is not installed: redis-server, haproxy)"
+            )
     limit = raise_fd_limit(2 * max(c.conns for c in configs) + 200)
     for config in configs:
         if config.conns + 100 > limit:
@@ -865,17 +1119,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     for config in configs:
         for round_ in range(rounds):
             order = variants if round_ % 2 == 0 else variants[::-1]
-            for variant in order:
+            for generator, variant in itertools.product(generators, order):
                 if (variant.mode == "pair" or variant.rig) and config.held:
                     continue
+                if generator == "turns" and (
+                    variant.mode == "pair" or variant.rig or variant.websocket
+                ):
+                    continue  # turns.py speaks lines, one client per server
                 pair_config = config
                 if variant.mode == "pair" and config.conns % 2:
                     # one client cannot make a pair: C=1 becomes one pair
                     pair_config = Config(config.name, config.conns + 1, config.turns)
-                run = run_once(loadgen, variant, pair_config, round_, args.deadline)
+                run = run_once(
+                    loadgen, variant, pair_config, round_, args.deadline, generator
+                )
                 runs.append(run)
                 print(
-                    f"  {config.name:>16} round {round_ + 1} {variant.name:<28}"
+                    f"  {config.name:>16} round {round_ + 1} {generator:<7}"
+                    f" {variant.name:<28}"
                     f" {run.cpu_us_per_message:7.1f} µs/turn, p99 {run.p99_us:9.1f} µs,"
                     f" {run.errors} errors, load {run.load[0]:.2f}",
                     file=sys.stderr,
