@@ -5,6 +5,7 @@ that notices wrong answers.  No timing is asserted: these only prove that
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -77,6 +78,84 @@ def test_a_tiny_run_measures_both_servers_and_prints_a_table(tmp_path):
         assert run["server_cpu_s"] >= 0
         assert run["rss_held_kb"] > 0
         assert run["log_lines_turns"] == 0, "a log line per turn"
+
+
+def _tables(stdout: str) -> dict[str, list[list[str]]]:
+    """The rows of each generator's tables, by generator heading."""
+    tables: dict[str, list[list[str]]] = {}
+    current = "loadgen"
+    for line in stdout.splitlines():
+        if line.startswith("#### Load generator: "):
+            current = line.split(": ", 1)[1].split()[0]
+        elif line.startswith("| C="):
+            cells = [cell.strip() for cell in line.strip("|").split("|")]
+            tables.setdefault(current, []).append(cells)
+    return tables
+
+
+def test_a_tiny_run_measures_every_server_with_both_generators(tmp_path):
+    """sockchat against the C epoll, uvloop and asyncio servers and its own
+    web door, in the same rounds, driven by loadgen.c and by turns.py."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import run
+    finally:
+        sys.path.pop(0)
+    ci = bool(os.environ.get("CI"))
+    shared = (run.SHARED / "turns.py").exists()
+    if not shared and ci:
+        pytest.fail(f"CI has the shared folder beside the clone: {run.SHARED}")
+    raw = tmp_path / "runs.json"
+    done = subprocess.run(
+        [
+            *(sys.executable, str(RUN), "--tiny", "--variants", "servers"),
+            *("--generators", "loadgen,turns" if shared else "loadgen"),
+            *("--json", str(raw)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    servers = {
+        "baseline",
+        "sockchat echo",
+        "C epoll echo",
+        "asyncio Protocol on uvloop",
+        "asyncio streams",
+        "sockchat web door (WebSocket)",
+    }
+    not_measured = [
+        line for line in done.stdout.splitlines() if line.startswith("**Not measured")
+    ]
+    if not shared:  # one clear line, and the rest is measured
+        assert "shared/bench/servers not found" in not_measured[0]
+        servers -= {"C epoll echo", "asyncio Protocol on uvloop", "asyncio streams"}
+    elif not_measured:
+        # uvloop comes from PyPI: without it (offline), say so; CI has it.
+        assert not ci, not_measured
+        assert "uvloop (" in not_measured[0]
+        assert "pip could not install uvloop" in not_measured[0]
+        servers.discard("asyncio Protocol on uvloop")
+    tables = _tables(done.stdout)
+    assert set(tables) == ({"loadgen.c", "turns.py"} if shared else {"loadgen"})
+    for generator, rows in tables.items():
+        measured = {(row[0], row[1]) for row in rows if len(row) == 10}
+        expected = servers - (
+            {"sockchat web door (WebSocket)"} if generator == "turns.py" else set()
+        )
+        for config in ("C=1 × 100", "C=10 × 20"):
+            assert {(config, server) for server in expected} <= measured
+        ratios = [row for row in rows if len(row) == 7]
+        assert {row[1] for row in ratios} == expected - {"baseline"}
+        assert all(row[3] != "—" or generator == "loadgen.c" for row in ratios)
+    for run_ in json.loads(raw.read_text())["runs"]:
+        assert run_["errors"] == 0, run_
+        assert (
+            run_["turns"]
+            == run_["conns"] * {"C=1 × 100": 100, "C=10 × 20": 20}[run_["config"]]
+        )
 
 
 class WrongEcho(threading.Thread):
