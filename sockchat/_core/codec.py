@@ -91,16 +91,19 @@ class LineDecoder:
         caller feeds *data* as usual.
         """
         end = len(data) - 1
-        if self._size or end < 0 or data.find(b"\n") != end:
+        if self._size or end < 0 or data[end] != 0x0A:
             return None
         if self._strip_cr and end and data[end - 1] == 0x0D:
             end -= 1
         if end > self._max:
             return None
         try:
-            return data[:end].decode("utf-8")
+            text = data[:end].decode()
         except UnicodeDecodeError:
             return None
+        # A newline decodes only from a newline byte: one here means more
+        # than one line in *data*.  (Cheaper than bytes.find on the read.)
+        return None if "\n" in text else text
 
     def feed(self, data: bytes) -> list[Decoded]:
         """Take the next chunk of the stream; return the lines it completed."""

@@ -45,30 +45,35 @@ from twisted.internet import abstract, tcp
 
 __all__ = ["sends_at_once", "write_now"]
 
-#: Transport classes, and whether ``write_now`` may send on them itself.
-_KNOWN: dict[type, bool] = {}
+#: What ``write_now`` knows of each transport class: ``_TCP`` (it may send
+#: on it), ``_UNIX`` (it may, unless descriptors wait to be passed) or
+#: ``_OTHER`` (it may not).
+_OTHER, _TCP, _UNIX = 0, 1, 2
+_KNOWN: dict[type, int] = {}
 
 
-def _twisteds_own(kind: type) -> bool:
+def _twisteds_own(kind: type) -> int:
     """Whether *kind* queues and sends exactly as Twisted's TCP transport
     (a UNIX socket's adds only the descriptors it passes)."""
     fd = abstract.FileDescriptor
-    sends: list[object] = [tcp.Connection.writeSomeData]
-    full: list[object] = [fd._isSendBufferFull]
-    try:
-        from twisted.internet import unix
-    except ImportError:  # pragma: no cover (a platform without UNIX sockets)
-        pass
-    else:
-        sends.append(unix._SendmsgMixin.writeSomeData)
-        full.append(unix._SendmsgMixin._isSendBufferFull)
-    return (
+    if not (
         issubclass(kind, tcp.Connection)
         and getattr(kind, "write", None) in (fd.write, tcp.Connection.write)
         and getattr(kind, "doWrite", None) is fd.doWrite
-        and getattr(kind, "writeSomeData", None) in sends
-        and getattr(kind, "_isSendBufferFull", None) in full
-    )
+    ):
+        return _OTHER
+    sends = getattr(kind, "writeSomeData", None)
+    full = getattr(kind, "_isSendBufferFull", None)
+    if sends is tcp.Connection.writeSomeData and full is fd._isSendBufferFull:
+        return _TCP
+    try:
+        from twisted.internet import unix
+    except ImportError:  # pragma: no cover (a platform without UNIX sockets)
+        return _OTHER
+    mixin = unix._SendmsgMixin
+    if sends is mixin.writeSomeData and full is mixin._isSendBufferFull:
+        return _UNIX
+    return _OTHER
 
 
 def sends_at_once(transport: object) -> bool:
@@ -78,7 +83,7 @@ def sends_at_once(transport: object) -> bool:
     known = _KNOWN.get(kind)
     if known is None:
         known = _KNOWN[kind] = _twisteds_own(kind)
-    return known
+    return known is not _OTHER
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -109,7 +114,7 @@ def write_now(transport: Any, data: bytes) -> None:
         and not transport._writeDisconnecting
         and not transport._aborting
         and not transport.TLS
-        and not getattr(transport, "_sendmsgQueue", None)
+        and (known is _TCP or not transport._sendmsgQueue)
     ):
         try:
             sent = transport.socket.send(data)
