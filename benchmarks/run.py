@@ -73,6 +73,7 @@ def _shared_bench() -> Path:
 SHARED = _shared_bench()
 UVLOOP_VENV = BUILD / "uvloop-venv"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+NAN = float("nan")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 
 
@@ -90,6 +91,7 @@ FULL = (
     Config("C=100 × 500", 100, 500),
     Config("C=1000 × 50", 1000, 50),
     Config("held 5000 × 1", 5000, 1, held=True),
+    Config("held 10000 × 1", 10_000, 1, held=True),
 )
 QUICK = (
     Config("C=1 × 3000", 1, 3000),
@@ -239,11 +241,11 @@ class Run:
 
     @property
     def cpu_us_per_message(self) -> float:
-        return self.server_cpu_s / self.messages * 1e6 if self.messages else 0.0
+        return self.server_cpu_s / self.messages * 1e6 if self.messages else NAN
 
     @property
     def client_us_per_message(self) -> float:
-        return self.client_cpu_s / self.messages * 1e6 if self.messages else 0.0
+        return self.client_cpu_s / self.messages * 1e6 if self.messages else NAN
 
     @property
     def rss_kb_per_conn(self) -> float:
@@ -709,9 +711,9 @@ def run_turns_py(variant: Variant, config: Config, round_: int, deadline_s: int)
         turns=turns,
         messages=turns,
         errors=result.get("errors", 0) + (1 if done.returncode else 0),
-        turns_per_s=result.get("turns_per_s") or 0.0,
-        p50_us=latency.get("p50") or 0.0,
-        p99_us=latency.get("p99") or 0.0,
+        turns_per_s=result.get("turns_per_s") or NAN,  # NaN: connect-only
+        p50_us=latency.get("p50") or NAN,
+        p99_us=latency.get("p99") or NAN,
         wall_s=result.get("wall_s") or 0.0,
         connect_s=result.get("connect_s") or 0.0,
         server_cpu_s=result.get("server_cpu_s") or 0.0,
@@ -771,6 +773,7 @@ def median_range(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 def fmt(values: Sequence[float], digits: int = 1) -> str:
+    values = [v for v in values if v == v]  # NaN: not measured
     if not values:
         return "—"
     med, lo, hi = median_range(values)
