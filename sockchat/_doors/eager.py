@@ -6,8 +6,9 @@ the reactor to say when the socket is writable, and the bytes go out on
 the next pass (one more ``epoll_wait``, an ``epoll_ctl`` to start
 watching for writes and another to stop).  This is Twisted issue #5303,
 "Default transport implementation doesn't write out bytes immediately",
-open since 2011; asyncio's selector transport does what ``write_now``
-does ("Optimization: try to send now"), and so does uvloop.
+open since 2011.  asyncio's selector transport does what ``write_now``
+does ("Optimization: try to send now"), and uvloop has a pull request
+(MagicStack/uvloop#619) for the same.
 
 ``write_now(transport, data)`` sends *data* with one ``socket.send`` when
 nothing is queued in the transport before it, and hands whatever the
@@ -83,7 +84,7 @@ def sends_at_once(transport: object) -> bool:
     known = _KNOWN.get(kind)
     if known is None:
         known = _KNOWN[kind] = _twisteds_own(kind)
-    return known is not _OTHER
+    return known != _OTHER
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -114,7 +115,7 @@ def write_now(transport: Any, data: bytes) -> None:
         and not transport._writeDisconnecting
         and not transport._aborting
         and not transport.TLS
-        and (known is _TCP or not transport._sendmsgQueue)
+        and (known == _TCP or not transport._sendmsgQueue)
     ):
         try:
             sent = transport.socket.send(data)
