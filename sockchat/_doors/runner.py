@@ -60,9 +60,20 @@ from sockchat._responders.contract import (
     as_deferred,
 )
 
-__all__ = ["Door", "Hub", "Runner", "Writer"]
+__all__ = ["WRITE_TOGETHER", "Door", "Hub", "Runner", "Writer"]
 
 log = Logger(namespace="sockchat.server")
+
+#: What one run of the engine writes, the answers to several lines read
+#: at once included, goes out in one write, in pieces of at least this
+#: many bytes.  The TCP door sends each write at once
+#: (``eager.write_now``): as one send they are one segment, as they were
+#: when Twisted gathered a reactor pass's writes; as two, Nagle's
+#: algorithm would hold the second until the first is acknowledged (up to
+#: the client's delayed ACK, 40 ms on Linux).  It is what Twisted queues
+#: before it pauses the door (``rules.TRANSPORT_BUFFER``), so the engine
+#: learns as soon as before that the client is not reading.
+WRITE_TOGETHER = 4 * 1024
 
 
 class Writer(Protocol):
@@ -132,6 +143,7 @@ class Runner:
         "_closer",
         "_depth",
         "_door",
+        "_gathered",
         "_gone",
         "_hub",
         "_observers",
@@ -175,6 +187,9 @@ class Runner:
         self._asked = 0.0  # when the answer waited for was asked
         self._gone = False
         self._depth = 0  # _run calls under way (counted when watched)
+        #: What the engine's run (and any run within it: a responder's
+        #: notice, a pause) has yet to write: see WRITE_TOGETHER.
+        self._gathered: list[bytes] | None = None
 
     @property
     def closed(self) -> Deferred[None]:
@@ -337,23 +352,51 @@ class Runner:
     # -- Carrying out the engine's actions ------------------------------------
 
     def _run(self, now: float) -> None:
+        gathered = self._gathered
+        if gathered is not None:  # within another run, which writes
+            self._take_actions(now, gathered)
+            return
+        gathered = self._gathered = []
+        try:
+            self._take_actions(now, gathered)
+        finally:
+            self._gathered = None
+        if gathered:
+            self._writer.write(b"".join(gathered))
+
+    def _take_actions(self, now: float, gathered: list[bytes]) -> None:
         engine = self.engine
         watchers = self._watchers
         if watchers:
             self._depth += 1
+        size = 0
         next_action = engine.next_action
         action: Action | None = next_action()
         while action is not None:
             kind = type(action)
             if kind is Send or kind is TelnetReply:
                 data: bytes = action.data  # type: ignore[union-attr]  # Send or TelnetReply
-                self._writer.write(data)
+                gathered.append(data)
                 engine.bytes_out += len(data)
                 for watcher in watchers:
                     watcher.wrote(data, now)
+                size += len(data)
+                if size >= WRITE_TOGETHER:
+                    self._write_gathered(gathered)
+                    size = 0
             elif kind is Deliver:
-                self._deliver(engine, action.text, now)  # type: ignore[union-attr]  # a Deliver
+                text: str = action.text  # type: ignore[union-attr]  # a Deliver
+                before = len(gathered)
+                self._deliver(engine, text, now, gathered)
+                if len(gathered) > before:  # answered at once (and noticed)
+                    size += sum(map(len, gathered[before:]))
+                    if size >= WRITE_TOGETHER:
+                        self._write_gathered(gathered)
+                        size = 0
             else:
+                if gathered:  # what was written before it goes first
+                    self._write_gathered(gathered)
+                    size = 0
                 self._act(action, now)
             action = next_action()
         if watchers:
@@ -363,6 +406,11 @@ class Runner:
             if not self._depth:
                 for watcher in watchers:
                     watcher.handled(now)
+
+    def _write_gathered(self, gathered: list[bytes]) -> None:
+        data = b"".join(gathered)
+        gathered.clear()  # a run within the write (a pause) gathers anew
+        self._writer.write(data)
 
     def _act(self, action: Action, now: float) -> None:
         if isinstance(action, SendMessage):
@@ -405,11 +453,18 @@ class Runner:
 
     # -- The responder's side -------------------------------------------------
 
-    def _deliver(self, engine: ServerConversation, text: str, now: float) -> bool:
+    def _deliver(
+        self,
+        engine: ServerConversation,
+        text: str,
+        now: float,
+        gathered: list[bytes] | None = None,
+    ) -> bool:
         """Give the delivered line *text* to the responder, and take its reply.
 
-        True: it answered at once, and the answer is written: nothing is
-        left to run.  The one place a line reaches the responder.
+        True: it answered at once, and the answer is written (or, within a
+        run, *gathered* to be written with the rest): nothing is left to
+        run.  The one place a line reaches the responder.
         """
         try:
             reply = self._hub.responder.respond(self.info, text)
@@ -420,7 +475,10 @@ class Runner:
         if data is None:
             self._reply(reply, now)
             return False
-        self._writer.write(data)
+        if gathered is None:
+            self._writer.write(data)
+        else:
+            gathered.append(data)
         engine.bytes_out += len(data)
         return True
 

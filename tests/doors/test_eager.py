@@ -35,9 +35,18 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from sockchat import ChatServerFactory, EchoResponder
+from sockchat import (
+    ChatServerFactory,
+    EchoResponder,
+    FunctionResponder,
+    ILifecycle,
+    IResponder,
+)
 from sockchat._core.engine import Flow
+from sockchat._core.wire import NoticeKind, make_notice
+from sockchat._doors import runner
 from sockchat._doors.eager import sends_at_once, write_now
+from sockchat._doors.runner import WRITE_TOGETHER
 from sockchat._doors.tcp import TRANSPORT_BUFFER
 
 # -- Fakes: a socket whose kernel takes what the test says, and a reactor --
@@ -336,6 +345,144 @@ def test_a_unix_socket_passing_a_descriptor_keeps_it_with_the_next_byte():
     write_now(transport, b"x")
     assert sock.sends == 0  # queued: Twisted's sendmsg sends the descriptor with it
     assert queued(transport) == b"x"
+
+
+# -- What one run writes goes out together -------------------------------------
+
+
+def test_lines_read_at_once_are_answered_in_one_send():
+    """Twisted wrote a reactor pass's answers in one send; sent at once
+    one by one, Nagle's algorithm would hold the second answer until the
+    client acknowledged the first (tens of milliseconds)."""
+    factory = ChatServerFactory(EchoResponder(), clock=Clock())
+    proto = factory.buildProtocol(None)
+    sock = FakeSocket()
+    transport, fake = connect(proto, sock)
+    sock.inbox += b"first\n"
+    reactor_pass(transport, fake)
+    before = sock.sends
+    sock.inbox += b"one\ntwo\nthree\n"
+    reactor_pass(transport, fake)
+    assert sock.sends == before + 1
+    assert sock.received.endswith(b"first\none\ntwo\nthree\n")
+
+
+def test_a_long_run_is_written_in_pieces_of_the_transport_buffer():
+    """So Twisted pauses the door as soon as before, when the client does
+    not read: what one read's lines make is written every WRITE_TOGETHER
+    bytes, not all at the end."""
+    factory = ChatServerFactory(
+        FunctionResponder(lambda conversation, text: text * 10), clock=Clock()
+    )
+    proto = factory.buildProtocol(None)
+    sock = FakeSocket()
+    transport, fake = connect(proto, sock)
+    sizes: list[int] = []
+    send = sock.send
+
+    def counted(data: Any) -> int:
+        sizes.append(len(data))
+        return send(data)
+
+    sock.send = counted  # type: ignore[method-assign]
+    sock.inbox += b"first\n"
+    reactor_pass(transport, fake)
+    sizes.clear()
+    sock.inbox += b"ab\n" * 1365  # 4,095 bytes: one read, 1,365 lines
+    reactor_pass(transport, fake)
+    assert sum(sizes) == 21 * 1365
+    assert len(sizes) == 7  # not 1,365 sends, and not one of 28 KB
+    assert all(WRITE_TOGETHER <= size < WRITE_TOGETHER + 21 for size in sizes[:-1])
+    assert WRITE_TOGETHER <= TRANSPORT_BUFFER
+
+
+def test_the_goodbye_is_written_before_the_close():
+    """Gathered bytes go out before the next action: over TLS, what is
+    written after loseConnection would be lost."""
+
+    class Recording(StringTransport):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[str] = []
+
+        def write(self, data: bytes) -> None:
+            self.calls.append("write")
+            super().write(data)
+
+        def loseConnection(self) -> None:
+            self.calls.append("close")
+            super().loseConnection()
+
+    factory = ChatServerFactory(EchoResponder(), clock=Clock())
+    proto = factory.buildProtocol(None)
+    transport = Recording()
+    proto.makeConnection(transport)
+    transport.calls.clear()
+    proto.say_goodbye(make_notice(NoticeKind.BYE, "shutdown", "the server stops"))
+    assert transport.calls == ["write", "close"]
+    assert transport.value().endswith(b"!bye shutdown: the server stops\n")
+
+
+@implementer(IResponder, ILifecycle)
+class Scripted:
+    """Answers as each line says: ``n`` answers, ``n!`` sends a notice
+    from within ``respond`` first, ``n.`` ends the conversation."""
+
+    def __init__(self) -> None:
+        self.conversation: Any = None
+
+    def started(self, conversation: Any) -> None:
+        self.conversation = conversation
+
+    def ended(self, conversation: Any, reason: str) -> None:
+        pass
+
+    def respond(self, info: Any, text: str) -> str:
+        if text.endswith("!"):
+            self.conversation.notify("note", f"before {text}")
+        elif text.endswith("."):
+            self.conversation.end("done", f"after {text}")
+        return text
+
+
+def _stream(reads: list[list[str]], together: int, monkeypatch: Any) -> bytes:
+    monkeypatch.setattr(runner, "WRITE_TOGETHER", together)
+    factory = ChatServerFactory(Scripted(), clock=Clock())
+    proto = factory.buildProtocol(None)
+    sock = FakeSocket()
+    transport, fake = connect(proto, sock)
+    for lines in reads:
+        sock.inbox += "".join(line + "\n" for line in lines).encode()
+        reactor_pass(transport, fake)
+    reactor_pass(transport, fake)
+    return bytes(sock.received)
+
+
+@given(
+    reads=st.lists(
+        st.lists(
+            st.builds(
+                "{}{}".format, st.integers(0, 99), st.sampled_from(["", "!", "."])
+            ),
+            min_size=1,
+            max_size=5,
+        ),
+        max_size=8,
+    )
+)
+def test_gathering_writes_never_reorders_them(reads, monkeypatch_session):
+    """Written one by one (as each action comes) or gathered, the client
+    gets the same bytes: a notice from within the responder, an answer, a
+    goodbye, in the engine's order."""
+    one_by_one = _stream(reads, 1, monkeypatch_session)
+    gathered = _stream(reads, WRITE_TOGETHER, monkeypatch_session)
+    assert gathered == one_by_one
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_session():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
 
 
 # -- A send error ends the connection as Twisted's own would ------------------
