@@ -418,7 +418,9 @@ def test_the_goodbye_is_written_before_the_close():
     transport = Recording()
     proto.makeConnection(transport)
     transport.calls.clear()
-    proto.say_goodbye(make_notice(NoticeKind.BYE, "shutdown", "the server stops"))
+    proto.runner.say_goodbye(
+        make_notice(NoticeKind.BYE, "shutdown", "the server stops")
+    )
     assert transport.calls == ["write", "close"]
     assert transport.value().endswith(b"!bye shutdown: the server stops\n")
 
@@ -643,7 +645,7 @@ def test_a_conversation_gets_every_answer_and_the_engine_counts_what_is_unsent(
     proto = factory.buildProtocol(None)
     sock = FakeSocket(takes)
     transport, fake = connect(proto, sock)
-    engine = proto.engine
+    engine = proto.runner.engine
     sent: list[bytes] = []
     biggest = 200  # the welcome
 
@@ -695,4 +697,4 @@ def test_the_tcp_door_sends_the_welcome_and_each_answer_at_once():
     assert lines[0].startswith(b"!info welcome")
     assert lines[1:] == [b"line %d" % n for n in range(20)] + [b""]
     assert fake.watched_for_writing == 0  # no epoll_ctl, no extra reactor pass
-    assert proto.engine.bytes_out == len(sock.received)
+    assert proto.runner.engine.bytes_out == len(sock.received)
