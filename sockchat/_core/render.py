@@ -18,10 +18,13 @@ __all__ = ["UNSAFE", "columns_of", "safe_text"]
 
 # What safe_text escapes (and the transcript too, as JSON escapes): C0
 # controls (tab, CR and LF included), DEL, C1 controls, the line and
-# paragraph separators, and the bidirectional formatting characters
-# (Unicode TR9: LRM, RLM, ALM, embeddings, overrides and isolates).
+# paragraph separators, the bidirectional formatting characters (Unicode
+# TR9: LRM, RLM, ALM, embeddings, overrides and isolates), and lone
+# surrogates, which no UTF-8 terminal, page or file can carry (a Python
+# string from a responder may hold one; bytes from the wire never do).
 UNSAFE = re.compile(
-    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+    "\ud800-\udfff]"
 )
 
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r", "\x1b": "\\x1b"}

@@ -7,7 +7,7 @@ import os
 import stat
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from sockchat import (
@@ -52,6 +52,7 @@ dangerous = st.sampled_from(
 
 
 @given(st.lists(st.one_of(dangerous, st.characters()), max_size=40).map("".join))
+@example("a lone surrogate: \ud800, from a responder's string")
 def test_transcript_lines_escape_all_that_safe_text_does_and_stay_exact(text):
     entry = TranscriptEntry(0.0, 1, text, "in", "line", text, "info", text)
     data = encode_entry(entry)
