@@ -35,6 +35,7 @@ from sockchat._responders.contract import (
     IResponder,
     Signed,
     Unavailable,
+    WelcomeLater,
     as_responder,
 )
 from sockchat._responders.pair import PairResponder
@@ -71,6 +72,7 @@ __all__ = [
     "TranscriptEntry",
     "TranscriptFile",
     "Unavailable",
+    "WelcomeLater",
     "__version__",
     "as_responder",
     "chat_site",

@@ -631,6 +631,11 @@ class ServerConversation:
         # its side too.  ``lost`` logs its size.
         self._input_ended = True
         self._open_short_path()
+        if self.phase is _STARTING and not self._items:
+            # Closed before its welcome (which a responder may hold back:
+            # ``WelcomeLater``), having said nothing: a probe, owed nothing.
+            self._bye(_END_OF_INPUT, now)
+            return
         self._finish_if_done(now)
 
     def _take(self, items: list[Decoded]) -> None:

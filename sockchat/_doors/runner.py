@@ -57,6 +57,7 @@ from sockchat._responders.contract import (
     Reply,
     Signed,
     Unavailable,
+    WelcomeLater,
     as_deferred,
 )
 
@@ -141,6 +142,7 @@ class Runner:
         "_asked",
         "_closed",
         "_closer",
+        "_deciding",
         "_depth",
         "_door",
         "_gathered",
@@ -182,6 +184,8 @@ class Runner:
         self.engine.observe(self, every_move=bool(self._watchers))
         self._closed: Deferred[None] | None = None
         self._pending: Deferred[str] | None = None
+        #: The responder's decision of who speaks first (``WelcomeLater``).
+        self._deciding: Deferred[None] | None = None
         self._closer: IDelayedCall | None = None
         self._owes_ended = False  # the started hook ran: the ended one is owed
         self._asked = 0.0  # when the answer waited for was asked
@@ -213,7 +217,7 @@ class Runner:
         for observer in self._observers:
             observer.started(self.info, now)
         responder = hub.responder
-        opening: Reply | None = None
+        opening: Reply | WelcomeLater | None = None
         if ILifecycle.providedBy(responder):
             engine.hold_notices()
             try:
@@ -227,9 +231,37 @@ class Runner:
                 self._run(now)
                 return
             self._owes_ended = True
-        engine.start(now, listen=opening is not None)
+        if isinstance(opening, WelcomeLater):
+            self._deciding = opening.decided
+            opening.decided.addCallbacks(
+                self._decided, self._not_decided, callbackArgs=(opening,)
+            )
+            return
+        self._welcome(opening, now)
+
+    def _welcome(self, opening: Reply | None, now: float) -> None:
+        self.engine.start(now, listen=opening is not None)
         if opening is not None:
             self._reply(opening, now)
+        self._run(now)
+
+    def _decided(self, _: None, later: WelcomeLater) -> None:
+        if self._deciding is None:
+            return  # the conversation ended first
+        self._deciding = None
+        self._welcome(later.opening, self._hub.clock.seconds())
+
+    def _not_decided(self, failure: Failure) -> None:
+        if self._deciding is None:
+            return  # cancelled: the conversation ended first
+        self._deciding = None
+        log.failure(
+            "the responder could not decide who speaks first in conversation {cid}",
+            failure,
+            cid=self.info.id,
+        )
+        now = self._hub.clock.seconds()
+        self.engine.start_failed(now)
         self._run(now)
 
     # -- What the door reads ------------------------------------------------
@@ -283,9 +315,11 @@ class Runner:
         hub.closed(self)
         if self._closer is not None and self._closer.active():
             self._closer.cancel()
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.cancel()
+        pending, deciding = self._pending, self._deciding
+        self._pending = self._deciding = None
+        for waiting in (pending, deciding):
+            if waiting is not None:
+                waiting.cancel()
         engine = self.engine
         loss = loss_of(reason)
         now = hub.clock.seconds()

@@ -32,6 +32,7 @@ __all__ = [
     "Reply",
     "Signed",
     "Unavailable",
+    "WelcomeLater",
     "as_deferred",
     "as_responder",
 ]
@@ -63,6 +64,36 @@ class AnswerFailed(Exception):
     """The answer failed somewhere else, and ``str()`` says how in one line
     (a worker's responder raised): the client gets ``!error
     responder-failed`` with that text, and no traceback is logged here."""
+
+
+class WelcomeLater:
+    """What ``ILifecycle.started`` returns when who speaks first is not known
+    yet (pair mode: whether a partner waits, which may take the broker's
+    answer).  Once it is, call ``client_first()`` or ``server_first(reply)``.
+
+    The client's welcome waits until then.  Meanwhile its lines wait, and
+    notices sent to it come after its welcome; a client that closes its
+    side without a line is told ``!bye end-of-input``.  If the client
+    leaves first, ``decided`` is cancelled and later calls do nothing.
+    """
+
+    def __init__(self) -> None:
+        #: Fires once it is decided (the door waits on it).  If it fails,
+        #: the client is told the service is unavailable and closed.
+        self.decided: Deferred[None] = Deferred()
+        #: The server's first line, if it speaks first.
+        self.opening: Reply | None = None
+
+    def client_first(self) -> None:
+        """The client speaks first (``!info welcome``)."""
+        self.decided.callback(None)
+
+    def server_first(self, reply: Reply) -> None:
+        """The server speaks first (``!info listen``), with *reply* (a
+        ``str``, ``Deferred`` or awaitable)."""
+        if not self.decided.called:
+            self.opening = reply
+        self.decided.callback(None)
 
 
 @frozen
@@ -114,15 +145,16 @@ class IConversation(Interface):
 class ILifecycle(Interface):
     """Optional hooks of a responder: a conversation started or ended."""
 
-    def started(conversation: IConversation) -> Reply | None:
+    def started(conversation: IConversation) -> Reply | WelcomeLater | None:
         """A client connected and was admitted.
 
         Return ``None`` and the client speaks first, as usual.  Return an
         answer (a ``str``, ``Deferred`` or awaitable) and the server speaks
         first: the client is told to listen (the ``listen`` notice) and its
-        first turn comes when that line has been sent.  Notices sent from
-        here reach the client after its welcome.  If this raises, the
-        client is told the service is unavailable and is closed.
+        first turn comes when that line has been sent.  Return
+        ``WelcomeLater`` to decide later.  Notices sent from here reach
+        the client after its welcome.  If this raises, the client is told
+        the service is unavailable and is closed.
         """
 
     def ended(conversation: IConversation, reason: str) -> None:

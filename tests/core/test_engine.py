@@ -311,6 +311,39 @@ def test_end_of_input_waits_for_what_is_owed():
     ]
 
 
+def test_closing_its_side_before_a_held_welcome_without_a_line_ends_it():
+    # A responder holds the welcome back (WelcomeLater); a probe closes its
+    # side meanwhile: nothing is owed to it, so it ends at once, and its
+    # responder hears of it.
+    conversation = engine()
+    conversation.hold_notices()
+    conversation.end_of_input(1.0)
+    assert drain(conversation) == [
+        Send(b"!bye end-of-input: you closed your side of the connection; goodbye.\n"),
+        Close(Reason.END_OF_INPUT, "end-of-input"),
+    ]
+    conversation.start(2.0)  # the decision comes too late: nothing more
+    assert drain(conversation) == []
+
+
+def test_closing_its_side_before_a_held_welcome_after_a_line_waits_for_it():
+    conversation = engine()
+    conversation.hold_notices()
+    conversation.receive_data(b"hello\n", 1.0)
+    conversation.end_of_input(1.0)
+    assert drain(conversation) == []
+    conversation.start(2.0)
+    welcome, deliver = drain(conversation)
+    assert welcome == Send(WELCOME)
+    assert deliver == Deliver(1, "hello")
+    conversation.answered("hi", 3.0)
+    assert drain(conversation) == [
+        Send(b"hi\n"),
+        Send(b"!bye end-of-input: you closed your side of the connection; goodbye.\n"),
+        Close(Reason.END_OF_INPUT, "end-of-input"),
+    ]
+
+
 # Flow and memory.
 
 

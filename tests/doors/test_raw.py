@@ -335,7 +335,7 @@ def test_the_transcript_holds_what_was_sent_not_the_unsent_notices():
 def test_pair_mode_works_in_raw_framing_one_reply_per_message():
     """The second of a pair does not know it should listen: its first
     message waits until its partner's first line has been given to it."""
-    factory = ChatServerFactory(PairResponder(), framing=RAW, clock=Clock())
+    factory = ChatServerFactory(PairResponder(grace=0), framing=RAW, clock=Clock())
     a, b = factory.buildProtocol(PEER), factory.buildProtocol(PEER)
     a_t, b_t = StringTransport(peerAddress=PEER), StringTransport(peerAddress=PEER)
     a.makeConnection(a_t)

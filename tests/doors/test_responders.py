@@ -21,7 +21,9 @@ from sockchat import (
     LineRefused,
     Notice,
     NotYourTurn,
+    WelcomeLater,
     as_responder,
+    connect,
 )
 from sockchat._operations.loading import ResponderNotLoaded, load_responder
 from sockchat.testing import MemoryServer, NoResultYet, RecordingConversation
@@ -159,6 +161,75 @@ def test_an_opening_that_fails_gives_the_client_the_turn(logged_failures):
     assert "first line could not be given" in refused.value.notice.text
     assert conversation.my_turn
     assert server.say(conversation, "then I start") == "1:then I start"
+
+
+def later_welcome(server: MemoryServer, responder: Hooked | None):
+    """Connect; the welcome waits for *responder*'s WelcomeLater."""
+    seen: list[Notice] = []
+    connecting = connect(server.clock, server.endpoint(), on_notice=seen.append)
+    server.advance(5)  # less than the client's greeting timeout
+    assert seen == []  # no welcome yet
+    return seen, connecting
+
+
+def test_the_welcome_may_wait_until_the_responder_decides_who_speaks_first():
+    later = WelcomeLater()
+    responder = Hooked(opening=later, on_start=lambda c: c.notify("motd", "hi"))
+    server = MemoryServer(responder)
+    seen, connecting = later_welcome(server, responder)
+    opening: Deferred[str] = Deferred()
+    later.server_first(opening)
+    conversation = server.result(connecting)
+    assert [n.code for n in seen] == ["listen", "motd"]
+    heard = conversation.listen()
+    opening.callback("you were expected")
+    assert server.result(heard) == "you were expected"
+    assert server.say(conversation, "thanks") == "1:thanks"
+
+
+def test_a_welcome_decided_later_may_give_the_client_the_first_turn():
+    later = WelcomeLater()
+    server = MemoryServer(Hooked(opening=later))
+    seen, connecting = later_welcome(server, None)
+    later.client_first()
+    conversation = server.result(connecting)
+    assert [n.code for n in seen] == ["welcome"]
+    assert server.say(conversation, "me first") == "1:me first"
+
+
+def test_lines_sent_before_the_welcome_wait_for_it():
+    later = WelcomeLater()
+    server = MemoryServer(Hooked(opening=later))
+    later_welcome(server, None)
+    client = server._pumps[-1].client
+    client.transport.write(b"early\n")
+    server.flush()
+    later.client_first()
+    server.flush()
+    assert client.turns.turn.value == "client"  # answered: "1:early"
+
+
+def test_a_welcome_that_cannot_be_decided_says_unavailable(logged_failures):
+    later = WelcomeLater()
+    server = MemoryServer(Hooked(opening=later))
+    seen, connecting = later_welcome(server, None)
+    later.decided.errback(RuntimeError("no partner service"))
+    server.result(connecting)
+    assert [n.code for n in seen] == ["unavailable"]
+    assert len(logged_failures) == 1
+    assert server.factory.conversations == {}
+
+
+def test_a_client_that_leaves_before_the_decision_cancels_it():
+    later = WelcomeLater()
+    responder = Hooked(opening=later)
+    server = MemoryServer(responder)
+    later_welcome(server, responder)
+    server._pumps[-1].client.transport.loseConnection()
+    server.flush()
+    assert responder.ended_with == [(1, "connection-lost")]
+    later.client_first()  # too late: nothing happens, nothing fails
+    server.flush()
 
 
 def test_a_slow_answer_times_out_and_the_client_may_go_on():

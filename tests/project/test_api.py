@@ -50,6 +50,7 @@ def test_public_names_are_exactly_these():
             "TranscriptEntry",
             "TranscriptFile",
             "Unavailable",
+            "WelcomeLater",
             "__version__",
             "as_responder",
             "chat_site",
