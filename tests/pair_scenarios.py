@@ -57,7 +57,9 @@ class Lines:
 
     def answer(self, deadline: float) -> str:
         """The next line that is not a notice."""
-        return self.until(lambda t: not t.startswith("!") or t.startswith("!!"), deadline)
+        return self.until(
+            lambda t: not t.startswith("!") or t.startswith("!!"), deadline
+        )
 
 
 def say(sock: socket.socket, text: str) -> None:
