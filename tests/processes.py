@@ -133,6 +133,23 @@ class Server:
         self.proc.stdout.close()
 
 
+METRICS = re.compile(rb"sockchat metrics at http://127\.0\.0\.1:(\d+)/metrics")
+
+
+class MetricsServer(Server):
+    """twistd with --metrics; ``metrics_port`` is where it serves them."""
+
+    def __init__(self, *args: str, **kw) -> None:
+        super().__init__(*args, "--metrics", "tcp:0:interface=127.0.0.1", **kw)
+
+    def __enter__(self) -> MetricsServer:
+        super().__enter__()
+        match = METRICS.search(self.read_until(METRICS))
+        assert match is not None
+        self.metrics_port = int(match.group(1))
+        return self
+
+
 CHROMIUM = Path("/usr/bin/chromium")
 #: As root, offline, and with nothing in the background.
 CHROMIUM_ARGS = [

@@ -1,22 +1,26 @@
-"""Pair mode behind a real HAProxy that health-checks the server.
+"""Pair mode behind a real HAProxy that health-checks the server (issues 12
+and 22).
 
-A load balancer's check connects and closes at once.  In pair mode that
-check is a newcomer like any other: it must not end the conversation of the
-client who was waiting for a partner (issue 12, item 2).
+Two kinds of check: a TCP check of the chat port itself (it connects,
+sends its PROXY header and resets the connection, every 100 ms), and an
+HTTP check of ``/healthz`` on the ``--metrics`` port.  Neither is anyone's
+partner: two clients that come through the proxy talk in turns, the first
+to arrive speaking first, each line shown to the other at once.
 """
 
 from __future__ import annotations
 
-import re
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
-from processes import Reader, Server, need_tool
+from pair_scenarios import CONVERSATION, Lines, say
+from processes import MetricsServer, Server, need_tool
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +35,27 @@ def free_port() -> int:
 
 
 class HAProxy:
-    """haproxy in the foreground, in *where*, sending PROXY headers and
-    checking *backend* every CHECK_EVERY_MS; stopped by its pid."""
+    """haproxy in the foreground, in *where*, sending PROXY headers to each
+    of *backends* in turn and checking each every CHECK_EVERY_MS, by *check*:
+    ``tcp`` (the chat port) or ``http`` (``GET /healthz`` on the metrics
+    port); stopped by its pid."""
 
-    def __init__(self, where: Path, backend: int) -> None:
+    def __init__(
+        self, where: Path, backends: Sequence[Server], check: str = "tcp"
+    ) -> None:
         self.binary = need_tool("haproxy", "haproxy")
         self.port = free_port()
         self.config = where / "haproxy.cfg"
+        servers = []
+        for n, backend in enumerate(backends):
+            if check == "tcp":
+                how = "check check-send-proxy"
+            else:
+                how = f"check port {backend.metrics_port}"  # type: ignore[attr-defined]
+            servers.append(
+                f"    server s{n} 127.0.0.1:{backend.port} send-proxy {how} "
+                f"inter {CHECK_EVERY_MS}ms rise 1 fall 3\n"
+            )
         self.config.write_text(
             "global\n"
             "    maxconn 100\n"
@@ -50,8 +68,9 @@ class HAProxy:
             f"    bind 127.0.0.1:{self.port}\n"
             "    default_backend sockchat\n"
             "backend sockchat\n"
-            f"    server one 127.0.0.1:{backend} send-proxy check "
-            f"check-send-proxy inter {CHECK_EVERY_MS}ms rise 1 fall 3\n"
+            "    balance roundrobin\n"
+            + ("    option httpchk GET /healthz\n" if check == "http" else "")
+            + "".join(servers)
         )
         self.where = where
 
@@ -83,88 +102,62 @@ class HAProxy:
         self.proc.stdout.close()
 
 
-class Line:
-    """A raw line client through the proxy."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.sock.setblocking(False)  # Reader waits, with its own deadline
-        self.reader = Reader(self.sock.makefile("rb", buffering=0))
-
-    def until(self, text: bytes, timeout: float = 10.0) -> bytes:
-        return self.reader.until(text, timeout)
-
-    def say(self, text: str) -> None:
-        self.sock.sendall(text.encode() + b"\n")
-
-    def close(self) -> None:
-        self.reader.stream.close()
-        self.sock.close()
-
-
-CONVERSATION = re.compile(rb"sockchat conversation (\d+)\.")
-
-
-def paired_with(client: Line, other: int) -> bytes:
-    """Read *client*'s notices up to the ``paired`` one that names *other*."""
-    seen = b""
-    while True:
-        line = client.until(b"\n")
-        seen += line
-        assert not line.startswith(b"!bye"), seen
-        if line.startswith(b"!info paired: ") and f"client {other} (".encode() in line:
-            return line
-
-
-def may_speak(paired: bytes) -> bool:
-    return b"You speak first" in paired or b"You may both speak now" in paired
+def two_talk_in_turns(port: int) -> tuple[list[str], list[str]]:
+    """Alice arrives and waits through many checks; Bob arrives; they talk.
+    Returns what each saw."""
+    alice = socket.create_connection(("127.0.0.1", port), timeout=10)
+    bob = None
+    try:
+        alice_lines = Lines(alice)
+        deadline = time.monotonic() + 30
+        assert alice_lines.line(deadline).startswith("!info welcome: ")
+        assert alice_lines.line(deadline).startswith("!info waiting: ")
+        time.sleep(12 * CHECK_EVERY_MS / 1000)  # a dozen checks come and go
+        bob = socket.create_connection(("127.0.0.1", port), timeout=10)
+        bob_lines = Lines(bob)
+        assert bob_lines.line(deadline).startswith("!info listen: ")
+        to_bob = bob_lines.line(deadline)
+        assert to_bob.startswith("!info paired: "), to_bob
+        assert to_bob.endswith("They waited, so they speak first; wait for their line.")
+        to_alice = alice_lines.line(deadline)
+        assert to_alice.startswith("!info paired: "), alice_lines.seen
+        assert to_alice.endswith("You speak first.")
+        for n in range(3):  # each line is shown to the other at once
+            say(alice, f"alice {n}")
+            assert bob_lines.line(deadline) == f"alice {n}"
+            say(bob, f"bob {n}")
+            assert alice_lines.line(deadline) == f"bob {n}"
+        say(alice, "q")
+        assert alice_lines.line(deadline).startswith("!bye quit: ")
+        assert bob_lines.line(deadline).startswith("!bye partner-left: ")
+        return alice_lines.seen, bob_lines.seen
+    finally:
+        alice.close()
+        if bob is not None:
+            bob.close()
 
 
-def test_two_clients_through_a_health_checking_haproxy_are_paired(tmp_path):
+@pytest.mark.parametrize("check", ["tcp", "http"])
+def test_two_clients_behind_a_health_checking_haproxy_talk_in_turns(tmp_path, check):
     with (
-        Server(
+        MetricsServer(
             "--responder", "pair", port="haproxy:tcp:0:interface=127.0.0.1"
         ) as server,
-        HAProxy(tmp_path, server.port) as proxy,
+        HAProxy(tmp_path, [server], check) as proxy,
     ):
-        alice = Line(proxy.port)
-        bob = None
-        try:
-            # A check may be waiting already: then alice listens.
-            greeting = alice.until(b"\n")
-            assert greeting.startswith((b"!info welcome: ", b"!info listen: "))
-            alice_id = int(CONVERSATION.search(greeting).group(1))
-            # A dozen health checks pair with alice and leave; she waits on.
-            time.sleep(12 * CHECK_EVERY_MS / 1000)
-            seen = b""
-            for _ in range(5):
-                seen += alice.until(b"disconnected before you talked")
-            assert seen.count(b"!info waiting: ") >= 5, seen
-            assert b"!bye" not in seen
-            bob = Line(proxy.port)
-            greeting = bob.until(b"\n")
-            bob_id = int(CONVERSATION.search(greeting).group(1))
-            # However the checks fell in between, alice and bob are paired.
-            to_alice = paired_with(alice, bob_id)
-            to_bob = paired_with(bob, alice_id)
-            if may_speak(to_alice) and may_speak(to_bob):  # their lines cross
-                alice.say("hello bob")
-                bob.say("hello alice")
-                bob.until(b"hello bob\n")
-                alice.until(b"hello alice\n")
-            else:
-                first, second = (alice, bob) if may_speak(to_alice) else (bob, alice)
-                assert may_speak(to_alice) != may_speak(to_bob)
-                first.say("hello, through haproxy")
-                second.until(b"hello, through haproxy\n")
-                second.say("hi there")
-                first.until(b"hi there\n")
-            # Once they have talked, a partner leaving ends the pair.
-            alice.say("q")
-            alice.until(b"!bye quit: ")
-            bob.until(b"!bye partner-left: ")
-            assert f"client {alice_id} (".encode() in bob.until(b"\n")
-        finally:
-            alice.close()
-            if bob is not None:
-                bob.close()
+        alice, bob = two_talk_in_turns(proxy.port)
+    # Alice heard of no check: welcome, waiting, paired, then the talk.
+    assert [line.split(":")[0] for line in alice[:3]] == [
+        "!info welcome",
+        "!info waiting",
+        "!info paired",
+    ]
+    # Each TCP check was a conversation of the chat port (it sends its
+    # PROXY header first); an HTTP check never reaches it.
+    first, second = (
+        int(CONVERSATION.search(seen[0]).group(1)) for seen in (alice, bob)
+    )
+    if check == "tcp":
+        assert second - first > 5
+    else:
+        assert second == first + 1

@@ -23,11 +23,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sockchat.tap import Options
 
-from processes import TWISTD, Server, need_tool, raw_connect, recv_lines
+from processes import TWISTD, MetricsServer, need_tool, raw_connect, recv_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "contrib" / "systemd"
-METRICS = re.compile(rb"sockchat metrics at http://127\.0\.0\.1:(\d+)/metrics")
 ON_LOOPBACK = "tcp:0:interface=127.0.0.1"
 
 
@@ -53,20 +52,6 @@ def values(text: str) -> dict[tuple, float]:
         for sample in family.samples:
             found[(sample.name, *sorted(sample.labels.items()))] = sample.value
     return found
-
-
-class MetricsServer(Server):
-    """twistd with --metrics; ``metrics_port`` is where it serves them."""
-
-    def __init__(self, *args: str, **kw) -> None:
-        super().__init__(*args, "--metrics", ON_LOOPBACK, **kw)
-
-    def __enter__(self) -> MetricsServer:
-        super().__enter__()
-        match = METRICS.search(self.read_until(METRICS))
-        assert match is not None
-        self.metrics_port = int(match.group(1))
-        return self
 
 
 def promtool_check(text: bytes) -> subprocess.CompletedProcess[bytes]:

@@ -10,8 +10,8 @@ import socket
 import time
 
 import pytest
-from pair_scenarios import Lines, Prober, arrive, check_everyone_talked, probe, say
 
+from pair_scenarios import Lines, Prober, arrive, check_everyone_talked, probe, say
 from processes import Server
 
 pytestmark = pytest.mark.slow
