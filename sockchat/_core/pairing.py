@@ -144,6 +144,9 @@ class Event(enum.Enum):
     SAID = "said"
     #: Its partner's line came.
     HEARD = "heard"
+    #: Its line did not reach its partner (the broker was lost): its client
+    #: has the turn back, to say it again.
+    UNSENT = "unsent"
     #: Its partner left.
     PARTNER_LEFT = "partner-left"
     #: Its client left.
@@ -180,12 +183,14 @@ MOVES: dict[tuple[Standing, Event], Standing] = {
     (_L, Event.PARTNER_LEFT): _W,  # the turn comes back: it will speak first
     (_L, Event.LEFT): _G,
     (_FS, Event.HEARD): _T,
+    (_FS, Event.UNSENT): _F,
     (_FS, Event.PARTNER_LEFT): _WS,  # its line is for the next partner
     (_FS, Event.LEFT): _G,
     (_T, Event.SAID): _AW,
     (_T, Event.PARTNER_LEFT): _G,  # the partner had spoken: partner-left
     (_T, Event.LEFT): _G,
     (_AW, Event.HEARD): _T,
+    (_AW, Event.UNSENT): _T,
     (_AW, Event.PARTNER_LEFT): _G,
     (_AW, Event.LEFT): _G,
 }
@@ -217,6 +222,10 @@ IGNORED: dict[tuple[Standing, Event], str] = {
     **{
         (s, Event.HEARD): "no line is owed to it: a stale message from a former partner"
         for s in (_A, _K, _W, _WS, _F, _T, _G)
+    },
+    **{
+        (s, Event.UNSENT): "no line of its own is on its way to a partner"
+        for s in frozenset(Standing) - {_FS, _AW}
     },
     **{
         (s, Event.PARTNER_LEFT): "it has no partner: a stale message from a former one"
@@ -490,6 +499,14 @@ class Party:
             return []
         self.opening = None  # answered, or it listened
         return [Answer(self.key, text)]
+
+    def unsent(self, why: str) -> list[Action]:
+        """Its last line did not reach its partner; *why* says why."""
+        if not self._move(Event.UNSENT):
+            return []
+        if self.standing is _F:
+            self.opening = None
+        return [GiveTurn(self.key, why)]
 
     def partner_left(self, why: str) -> list[Action]:
         """Its partner left; *why* says how (``sent q``)."""

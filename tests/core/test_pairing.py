@@ -71,6 +71,8 @@ def _feed(party: Party, event: Event) -> list:
         return party.said("a line")
     if event is Event.HEARD:
         return party.heard("their line")
+    if event is Event.UNSENT:
+        return party.unsent("the broker was lost")
     if event is Event.PARTNER_LEFT:
         return party.partner_left("sent q")
     return party.left("sent q")
@@ -216,6 +218,22 @@ def test_a_partner_who_said_a_line_ends_the_pair_when_it_leaves():
         "someone new.",
     )
     assert pairs.waiting == []
+
+
+def test_a_line_that_did_not_reach_the_partner_gives_the_turn_back():
+    party = Party("k", "client 1", 0.0, grace=0)
+    party.grace_over()
+    party.alone()
+    party.said("hello?")
+    assert party.taken("client 2")[-1] == Forward("k", "hello?")
+    assert party.unsent("the broker was lost") == [GiveTurn("k", "the broker was lost")]
+    assert party.standing is Standing.FIRST
+    assert party.opening is None
+    assert party.said("hello again") == [Forward("k", "hello again")]
+    assert party.heard("hi") == [Answer("k", "hi")]
+    party.said("how are you?")
+    party.unsent("the broker was lost")
+    assert party.standing is Standing.TURN
 
 
 def test_the_one_who_waited_keeps_its_place_ahead_of_later_ones():
