@@ -406,6 +406,11 @@ class Party:
         return self.standing in (_W, _WS)
 
     @property
+    def asking(self) -> bool:
+        """Whether its welcome waits for the answer: a partner, or none."""
+        return self.standing is Standing.ASKING
+
+    @property
     def paired(self) -> bool:
         return self.standing in _PAIRED
 
