@@ -47,8 +47,9 @@ from __future__ import annotations
 import enum
 from collections import deque
 from collections.abc import Hashable, Iterable
+from typing import NamedTuple
 
-from attrs import define, field, frozen
+from attrs import define, field
 
 from sockchat._core.wire import QUIT
 
@@ -99,58 +100,59 @@ def left_because(reason: str) -> str:
     return LEFT_BECAUSE.get(reason, f"left ({reason})")
 
 
-class Standing(enum.Enum):
-    """Where one client stands in pair mode."""
+class Standing(enum.IntEnum):
+    """Where one client stands in pair mode (an ``IntEnum``: looked up in
+    ``MOVES`` on every line, and an int hashes in C)."""
 
     #: Connected, in its grace: not welcomed, not offered to anyone yet.
-    ARRIVING = "arriving"
+    ARRIVING = 0
     #: Its grace is over: it asks for a partner, and its welcome waits for
     #: the answer.
-    ASKING = "asking"
+    ASKING = 1
     #: Welcomed with the turn; waits for a partner, to whom it will speak
     #: first.
-    WAITING = "waiting"
+    WAITING = 2
     #: Waits for a partner, and has said its first line: kept for them.
-    WAITING_SAID = "waiting-said"
+    WAITING_SAID = 3
     #: Paired; speaks first, and has said nothing yet.
-    FIRST = "first"
+    FIRST = 4
     #: Paired; listens for its partner's first line.
-    LISTENING = "listening"
+    LISTENING = 5
     #: Paired; has said its first line, which its partner has; no answer
     #: yet, so its partner has said nothing.
-    FIRST_SAID = "first-said"
+    FIRST_SAID = 6
     #: Paired and talking (its partner has said a line): its turn.
-    TURN = "turn"
+    TURN = 7
     #: Paired and talking: it waits for its partner's answer.
-    AWAITING = "awaiting"
+    AWAITING = 8
     #: It left.
-    GONE = "gone"
+    GONE = 9
 
 
-class Event(enum.Enum):
+class Event(enum.IntEnum):
     """What happens to one client in pair mode."""
 
     #: It stayed through its grace.
-    GRACE_OVER = "grace-over"
+    GRACE_OVER = 0
     #: The answer to its asking: nobody waits, so it waits now.
-    ALONE = "alone"
+    ALONE = 1
     #: No answer came in time (the broker): it waits, where it is.
-    UNANSWERED = "unanswered"
+    UNANSWERED = 2
     #: The answer to its asking: it is paired with one who waited.
-    FOUND = "found"
+    FOUND = 3
     #: A newcomer is paired with it.
-    TAKEN = "taken"
+    TAKEN = 4
     #: Its client said a line (in turn: the conversation engine sees to it).
-    SAID = "said"
+    SAID = 5
     #: Its partner's line came.
-    HEARD = "heard"
+    HEARD = 6
     #: Its line did not reach its partner (the broker was lost): its client
     #: has the turn back, to say it again.
-    UNSENT = "unsent"
+    UNSENT = 7
     #: Its partner left.
-    PARTNER_LEFT = "partner-left"
+    PARTNER_LEFT = 8
     #: Its client left.
-    LEFT = "left"
+    LEFT = 9
 
 
 _A, _K, _W, _WS = (
@@ -196,6 +198,9 @@ MOVES: dict[tuple[Standing, Event], Standing] = {
 }
 
 _PAIRED = frozenset({_F, _L, _FS, _T, _AW})
+#: The two moves of a pair's usual line, looked up in the table once.
+_AFTER_SAID = MOVES[_T, Event.SAID]
+_AFTER_HEARD = MOVES[_AW, Event.HEARD]
 _NOT_ASKING = frozenset(Standing) - {_K}
 
 #: Every (standing, event) that is not a move, and why it changes nothing.
@@ -238,11 +243,13 @@ IGNORED: dict[tuple[Standing, Event], str] = {
 # -- Actions ---------------------------------------------------------------
 #
 # Each names the party it is for by its key (a conversation id in one
-# process; the adapter's choice across instances).
+# process; the adapter's choice across instances).  Named tuples, as the
+# engine's actions are: two are made for every line a pair relays, and a
+# named tuple is the cheapest value Python makes (an attrs class costs
+# several times as much).  Equality compares the type too.
 
 
-@frozen
-class Welcome:
+class Welcome(NamedTuple):
     """Welcome the client: it listens (the partner speaks first), or it has
     the turn."""
 
@@ -250,8 +257,7 @@ class Welcome:
     listen: bool
 
 
-@frozen
-class Tell:
+class Tell(NamedTuple):
     """Send the client an info notice."""
 
     key: Hashable
@@ -259,16 +265,14 @@ class Tell:
     text: str
 
 
-@frozen
-class Answer:
+class Answer(NamedTuple):
     """Give the client this line, the answer it waits for."""
 
     key: Hashable
     text: str
 
 
-@frozen
-class GiveTurn:
+class GiveTurn(NamedTuple):
     """The line the client waits for will not come: give it the turn back,
     saying why (``Unavailable``)."""
 
@@ -276,8 +280,7 @@ class GiveTurn:
     why: str
 
 
-@frozen
-class End:
+class End(NamedTuple):
     """End the client's conversation with a bye notice."""
 
     key: Hashable
@@ -285,16 +288,14 @@ class End:
     text: str
 
 
-@frozen
-class Forward:
+class Forward(NamedTuple):
     """Carry the client's line to its partner (``HEARD`` there)."""
 
     key: Hashable
     text: str
 
 
-@frozen
-class Ask:
+class Ask(NamedTuple):
     """Find the client a partner: take the first of those waiting
     (``FOUND``) or, if nobody waits, put it at the end of the waiting list
     (``ALONE``)."""
@@ -302,23 +303,20 @@ class Ask:
     key: Hashable
 
 
-@frozen
-class Requeue:
+class Requeue(NamedTuple):
     """Put the client back at the head of the waiting list; it takes
     nobody (those who wait speak first: two of them cannot be a pair)."""
 
     key: Hashable
 
 
-@frozen
-class Leave:
+class Leave(NamedTuple):
     """Take the client out of the waiting list (or stop asking for it)."""
 
     key: Hashable
 
 
-@frozen
-class PartnerLeaves:
+class PartnerLeaves(NamedTuple):
     """Tell the client's partner that it left (``PARTNER_LEFT`` there),
     and how (*why*, in words)."""
 
@@ -326,8 +324,7 @@ class PartnerLeaves:
     why: str
 
 
-@frozen
-class Log:
+class Log(NamedTuple):
     """Write this structured log event (``twisted.logger`` format)."""
 
     key: Hashable
@@ -349,6 +346,33 @@ Action = (
     | PartnerLeaves
     | Log
 )
+
+
+def _eq(self: tuple[object, ...], other: object) -> bool:
+    return type(self) is type(other) and tuple.__eq__(self, other)
+
+
+def _ne(self: tuple[object, ...], other: object) -> bool:
+    return not _eq(self, other)
+
+
+#: Makes a named tuple without its Python-level ``__new__``:
+#: ``_new(Answer, (key, text))`` is ``Answer(key, text)``.
+_new = tuple.__new__
+
+
+def _hash(self: tuple[object, ...]) -> int:
+    return hash((type(self), tuple(self)))
+
+
+for _cls in (Welcome, Tell, Answer, GiveTurn, End, Forward, Ask, Requeue, Leave):
+    _cls.__eq__ = _eq  # type: ignore[method-assign]  # compare the type too
+    _cls.__ne__ = _ne  # type: ignore[assignment,method-assign]
+    _cls.__hash__ = _hash  # type: ignore[method-assign]  # hash the type too
+for _other in (PartnerLeaves, Log):
+    _other.__eq__ = _eq  # type: ignore[method-assign]
+    _other.__ne__ = _ne  # type: ignore[assignment,method-assign]
+    _other.__hash__ = _hash  # type: ignore[method-assign]
 
 
 # -- Words -----------------------------------------------------------------
@@ -604,7 +628,17 @@ class Pairs:
             self._carry_out(self._arriving.popleft().grace_over())
 
     def said(self, key: Hashable, text: str) -> None:
-        self._carry_out(self.parties[key].said(text))
+        """Client *key* said *text*."""
+        party = self.parties[key]
+        if party.standing is _T:
+            partner = self.parties[self.partners[key]]
+            if partner.standing is _AW:
+                # The usual line of a pair that talks: the same moves as
+                # said() and heard() would make, in fewer calls.
+                party.standing, partner.standing = _AFTER_SAID, _AFTER_HEARD
+                self._out.append(_new(Answer, (partner.key, text)))
+                return
+        self._carry_out(party.said(text))
 
     def left(self, key: Hashable, reason: str) -> None:
         """Client *key*'s conversation ended with *reason* (a code)."""
@@ -616,11 +650,11 @@ class Pairs:
 
     def _carry_out(self, actions: Iterable[Action]) -> None:
         for action in actions:
-            if isinstance(action, Ask):
-                self._ask(action.key)
-            elif isinstance(action, Forward):
+            if type(action) is Forward:  # the usual: a line for the partner
                 partner = self.parties[self.partners[action.key]]
                 self._carry_out(partner.heard(action.text))
+            elif isinstance(action, Ask):
+                self._ask(action.key)
             elif isinstance(action, Requeue):
                 self.waiting.insert(0, action.key)
             elif isinstance(action, Leave):

@@ -128,6 +128,13 @@ class PairResponder:
             )
 
     def _act(self, action: Action) -> None:
+        if type(action) is Answer:  # the usual: the partner's line
+            seat = self._seats.get(action.key)
+            waiting = None if seat is None else seat.waiting
+            if waiting is not None:
+                seat.waiting = None  # type: ignore[union-attr]  # it has one
+                waiting.callback(action.text)
+            return
         if isinstance(action, Log):
             log.emit(
                 LogLevel.lookupByName(action.level),
@@ -146,13 +153,9 @@ class PairResponder:
                 seat.welcome.client_first()
         elif isinstance(action, Tell):
             seat.conversation.notify(action.code, action.text)
-        elif isinstance(action, Answer | GiveTurn):
+        elif isinstance(action, GiveTurn):
             waiting, seat.waiting = seat.waiting, None
-            if waiting is None:
-                return
-            if isinstance(action, Answer):
-                waiting.callback(action.text)
-            else:
+            if waiting is not None:
                 waiting.errback(Unavailable(action.why))
         elif isinstance(action, End):
             seat.conversation.end(action.code, action.text)

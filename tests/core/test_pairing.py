@@ -262,6 +262,20 @@ def test_the_one_who_waited_keeps_its_place_ahead_of_later_ones():
 # actions are checked against what each client may be given.
 
 
+#: Whose turn it is, by standing, as the client sees it.
+TURN_OF = {
+    Standing.ARRIVING: "none",
+    Standing.ASKING: "none",
+    Standing.WAITING: "mine",
+    Standing.WAITING_SAID: "theirs",
+    Standing.FIRST: "mine",
+    Standing.LISTENING: "theirs",
+    Standing.FIRST_SAID: "theirs",
+    Standing.TURN: "mine",
+    Standing.AWAITING: "theirs",
+}
+
+
 class World:
     def __init__(self, grace: float) -> None:
         self.grace = grace
@@ -325,8 +339,9 @@ class World:
                 assert {self.turn[key], self.turn[other]} == {"mine", "theirs"}
             else:
                 assert key not in pairs.partners
-            if party.standing in (Standing.ARRIVING, Standing.ASKING):
-                assert self.turn[key] == "none"
+            # The model knows whose turn it is, as the client does.
+            if key not in self.ended:
+                assert self.turn[key] == TURN_OF[party.standing], (key, party)
         # Nobody's line is lost: each was given to a partner, or its speaker
         # keeps it for the next, or its speaker left.
         for key, lines in self.said.items():
