@@ -18,6 +18,10 @@ from collections.abc import Callable, Sequence
 
 from attrs import define, field
 
+from sockchat import connect
+from sockchat._core.pairing import GRACE
+from sockchat.testing import MemoryServer
+
 #: The welcome's conversation number, and a paired notice's partner.
 CONVERSATION = re.compile(r"sockchat conversation (\d+)\.")
 PARTNER = re.compile(r"you are talking with client (\S+) \(")
@@ -126,6 +130,21 @@ class Talker:
             self.said = f"hi from {self.name}"
             say(sock, self.said)
             lines.until(lambda t: t.startswith("!bye partner-left: "), deadline)
+
+
+def in_memory_probe(server: MemoryServer, how: str) -> None:
+    """A client of a ``MemoryServer`` that connects and leaves within its
+    grace: by a reset, or by a FIN (``readConnectionLost``, what a TCP
+    transport tells the server's protocol)."""
+    connecting = connect(server.clock, server.endpoint(), greeting_timeout=None)
+    connecting.addErrback(lambda _: None)
+    server.flush()
+    pump = server._pumps[-1]
+    if how == "reset":
+        pump.client.transport.loseConnection()
+    else:
+        pump.server.readConnectionLost()
+    server.advance(GRACE)
 
 
 def probe(port: int, how: str) -> None:

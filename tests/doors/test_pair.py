@@ -29,6 +29,8 @@ from sockchat import (
 from sockchat._core.pairing import GRACE
 from sockchat.testing import MemoryServer, NoResultYet
 
+from pair_scenarios import in_memory_probe
+
 
 class Client:
     """A client of *server*, connected and past its grace."""
@@ -219,26 +221,12 @@ def test_a_client_waiting_for_a_partner_can_quit(server):
 # leaves before it has said a line is not one either.
 
 
-def probe(server: MemoryServer, how: str) -> None:
-    """A client that connects and leaves within its grace, by *how*: a
-    reset, or a FIN (what a TCP transport tells the server protocol)."""
-    connecting = connect(server.clock, server.endpoint(), greeting_timeout=None)
-    connecting.addErrback(lambda _: None)
-    server.flush()
-    pump = server._pumps[-1]
-    if how == "reset":
-        pump.client.transport.loseConnection()
-    else:
-        pump.server.readConnectionLost()
-    server.advance(GRACE)
-
-
 @pytest.mark.parametrize("how", ["reset", "fin"])
 def test_probes_in_their_grace_are_nobodys_partner(server, how):
     alice = Client(server)
     seen = len(alice.notices)
     for _ in range(10):  # ten health checks in a row
-        probe(server, how)
+        in_memory_probe(server, how)
     assert len(alice.notices) == seen  # alice heard of none of them
     assert alice.conversation.my_turn
     assert server.factory.conversations.keys() == {1}
@@ -359,8 +347,8 @@ def test_once_a_line_has_come_back_a_partner_leaving_ends_the_pair(server):
 def test_a_probe_logs_nothing_and_a_pair_one_line_when_it_ends(server):
     with capturedLogs() as events:
         alice = Client(server)
-        probe(server, "reset")
-        probe(server, "fin")
+        in_memory_probe(server, "reset")
+        in_memory_probe(server, "fin")
         bob = Client(server)
         heard = bob.conversation.listen()
         alice.conversation.say("hello")
@@ -418,7 +406,7 @@ def test_any_arrivals_and_departures_keep_the_pairing_whole(steps):
         if op == "connect" or (op in ("act", "abort") and not clients):
             clients.append((Client(server), []))
         elif op == "probe":
-            probe(server, ["reset", "fin"][index % 2])
+            in_memory_probe(server, ["reset", "fin"][index % 2])
         elif op == "wait":
             server.advance(index)
         else:
