@@ -295,6 +295,12 @@ class IPairing(Interface):
         An entry is JSON naming its ``instance``; one that is not is
         dropped."""
 
+    def start_waiting(entry: bytes, front: bool) -> Deferred[None]:
+        """Put *entry* in the waiting list (at its head if *front*), taking
+        nobody, once: an entry already there moves.  Pair mode's waiting
+        clients all speak first, so one who goes back to the list must not
+        take another."""
+
     def stop_waiting(entry: bytes) -> Deferred[None]:
         """Take *entry* out of the waiting list."""
 

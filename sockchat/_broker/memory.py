@@ -353,6 +353,10 @@ class MemoryHub:
             waiting.append(entry)
         return None
 
+    def start_waiting(self, entry: bytes, front: bool) -> None:
+        self.stop_waiting(entry)
+        self._state.waiting.insert(0 if front else len(self._state.waiting), entry)
+
     def stop_waiting(self, entry: bytes) -> None:
         self._state.waiting = [e for e in self._state.waiting if e != entry]
 
@@ -661,6 +665,9 @@ class MemoryBroker:
 
     def pair_or_wait(self, entry: bytes, front: bool) -> Deferred[bytes | None]:
         return self._call(self._hub.pair_or_wait, entry, front)
+
+    def start_waiting(self, entry: bytes, front: bool) -> Deferred[None]:
+        return self._call(self._hub.start_waiting, entry, front)
 
     def stop_waiting(self, entry: bytes) -> Deferred[None]:
         return self._call(self._hub.stop_waiting, entry)

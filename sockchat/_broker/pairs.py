@@ -1,76 +1,70 @@
 """Pair mode across instances: clients of every instance, paired through
-the broker.
+the broker, by the same rules as in one process.
 
-With ``--broker URL --responder pair``, clients wait in one list on the
-broker (``P:pair:waiting``) instead of in one process, so a client of
-instance ``i1`` and a client of ``i2`` are paired in order of arrival.  A
-newcomer asks the broker to pair it (``IPairing.pair_or_wait``): it takes
-the first waiting client whose instance is alive, or waits at the list's
-end.  Each
-pair's lines go from one instance's inbox to the other's.
+The rules are the core's (``sockchat._core.pairing``): a newcomer is
+offered once its grace is over; the one who waited speaks first; a
+partner is one who has said a line.  Each client of this instance has a
+``Party`` there; this adapter tells it what happens (its grace ran out,
+its client said a line, the broker answered, a message came from its
+partner's instance) and carries out what it says, through the broker's
+pairing role (``IPairing``) and the instances' inboxes.
 
-The messages (inbox kinds ``paired``, ``line``, ``left`` and ``again``):
+Who waits is one list on the broker, of clients that will speak first
+(``IPairing``): a newcomer whose grace is over takes the first whose
+instance is alive (``pair_or_wait``), or, if none, waits at the end; one
+whose partner left before saying a line goes back to the head
+(``start_waiting``), taking nobody, since two who speak first cannot be a pair.
 
-- ``paired``: the one who took a waiting client's entry tells that
-  client's instance who it is now paired with, and how it stands (it has
-  the turn, or it has said a first line); the waiting client's instance
-  answers with a ``paired`` of its own (``"reply": true``) saying how the
-  waiting client stands.  Each instance then tells its own client who its
-  partner is and who speaks first, in the words of single-process pair
-  mode (``sockchat._responders.pair``), and sends its client's first line, if it said
-  one while waiting (``"first": true``).
-- ``line``: one client's line, for its partner.  If the partner waits for
-  an answer, the line is that answer; if the partner has the turn (both
-  spoke at once), the line is kept and is the answer to the partner's next
-  line, so the two lines cross, as in one process.
-- ``left``: a client left, saying why, and whether a line had passed
-  between the two.  If one had, the partner's conversation ends too
-  (``!bye partner-left``); if not, the partner goes back to the head of
-  the waiting list and is told ``!info waiting`` again.
-- ``again``: one who took a waiting client's entry cannot pair with it
-  after all (it left before the broker's answer came): the waiting client
-  looks again (at the head of the list), unseen by its client.  (An
-  entry pushed back instead could wait beside another that came meanwhile,
-  and the two would never meet.)
+The messages between instances (inbox kinds):
 
-The one difference from one process: a newcomer always has the turn when
-it connects, since its partner is not known until the broker answers.  So
-a pair across instances is paired like two clients that were both
-waiting in one process: if neither has spoken, both may, and each line is
-the other's answer; a first line said while waiting is the answer to the
-partner's first line.
+- ``take``: a newcomer took a waiting client's entry.  If that client
+  still waits, its instance answers ``taken`` and tells its client it is
+  paired and speaks first (and sends the line it said while waiting, if
+  it did); if not (it left, or it is paired already), ``refused``, and
+  the newcomer asks the broker again.  The newcomer's welcome waits for
+  this answer: then it listens (``!info listen``).
+- ``line``: a client's line, for its partner: the answer the partner waits
+  for.
+- ``left``: a client left, and how; its partner's party decides (a
+  partner who had said a line ends the pair; one who had not ends
+  nothing).
+- ``release``: the one who took this client's entry cannot pair after all
+  (it left, or gave up waiting for the answer): the entry goes back to the
+  head of the list.
+
+The newcomer's welcome waits at most ``ANSWER_WITHIN`` for the broker's
+answer and the waiting client's instance's; past it, the client is
+welcomed with the turn and told that no answer came (``!info waiting:
+the broker at ... did not answer within 3 s; ...``), and waits for a
+partner like any other who waits.  A line whose message could not go
+(the broker was lost) gives its client the turn back, to say it again.
 
 Faults:
 
 - A partner's instance that dies: its heartbeat key expires at most
-  ``HEARTBEAT_TTL`` (10 s) after its last beat, and this instance looks at
-  its partners' instances at each of its own heartbeats (every
+  ``HEARTBEAT_TTL`` (10 s) after its last beat, and this instance looks
+  at its partners' instances at each of its own heartbeats (every
   ``HEARTBEAT``, 2 s), so the survivor hears within about 12 s
-  (``PARTNER_LOST_WITHIN``): ``!bye partner-left`` saying the partner's
-  server stopped answering, or, if the two had not talked, back to the
-  waiting list.
+  (``PARTNER_LOST_WITHIN``), as if its partner had left: the pair ends if
+  the partner had said a line, or the survivor waits again if not.
 - The broker lost: a paired client's line gets ``!error unavailable`` and
-  its turn back.  A newcomer is told ``!info waiting`` and waits in this
-  instance only; it joins the broker's list when the broker is back (it is
-  not paired with another newcomer of this instance meanwhile, since their
-  lines would go through the broker too).  Messages about pairs that could
-  not be sent (a ``left``) are sent when the broker is back; a waiting
-  client whose entry the broker lost (it restarted without its data) is
-  put back in the list.  For ``HEARTBEAT_TTL`` after the broker comes back,
-  no partner is taken for dead, giving the other instances time to beat
-  again.
-
-No I/O here but ``IBroker`` calls, through ``BrokerInstance``.
+  its turn back.  A newcomer is welcomed with the turn and waits in this
+  instance only until the broker is back; then it joins the list.
+  Messages about pairs that could not be sent (a ``left``) are sent when
+  the broker is back; a waiting client whose entry the broker lost (it
+  restarted without its data) is put back in the list.  For
+  ``HEARTBEAT_TTL`` after the broker comes back, no partner is taken for
+  dead, giving the other instances time to beat again.
 """
 
 from __future__ import annotations
 
-import enum
 from typing import Any
 
-from attrs import define, frozen
+from attrs import define, field, frozen
 from twisted.internet.defer import Deferred, fail
-from twisted.logger import Logger
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -84,7 +78,23 @@ from sockchat._broker.interface import (
     unless_unavailable,
 )
 from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, WireError, decode, encode
-from sockchat._core.wire import QUIT
+from sockchat._core.pairing import (
+    GRACE,
+    Action,
+    Answer,
+    Ask,
+    End,
+    Forward,
+    GiveTurn,
+    Leave,
+    Log,
+    PartnerLeaves,
+    Party,
+    Requeue,
+    Tell,
+    Welcome,
+    left_because,
+)
 from sockchat._responders.contract import (
     ConversationInfo,
     IAnsweredByPeople,
@@ -92,106 +102,20 @@ from sockchat._responders.contract import (
     ILifecycle,
     IResponder,
     Unavailable,
+    WelcomeLater,
 )
 
-__all__ = ["PARTNER_LOST_WITHIN", "BrokerPairResponder"]
+__all__ = ["ANSWER_WITHIN", "PARTNER_LOST_WITHIN", "BrokerPairResponder"]
 
 log = Logger(namespace="sockchat.pair")
-
-# Pair mode's words and stances, as single-process pair mode had them
-# (to move onto sockchat._core.pairing with the broker's IBroker).
-
-LEFT_BECAUSE = {
-    "quit": f"sent {QUIT}",
-    "connection-lost": "disconnected",
-    "end-of-input": "closed its side of the connection",
-    "idle-timeout": "was idle for too long",
-    "kicked": "was disconnected by the operator",
-}
-
-
-class Stance(enum.Enum):
-    """Where an unpaired party stands in its own turn-taking."""
-
-    #: Its turn: it may say a line (its first, if it has no partner yet).
-    SPEAKS = "speaks"
-    #: It has said its first line, kept for its partner, and waits for an
-    #: answer.
-    SAID = "said"
-    #: It waits for a line and has said none: its partner speaks first.
-    LISTENS = "listens"
-
-
-def waiting_again(what: str, stance: Stance) -> str:
-    """The ``waiting`` notice of a party whose partner left untalked (*what*
-    says who and how), by where it stands in its own turn-taking."""
-    if stance is Stance.LISTENS:
-        then = "They will speak first."
-    elif stance is Stance.SAID:
-        then = "They will have your first line."
-    else:
-        then = "You may say your first line now."
-    return (
-        f"{what}; no partner yet: you will talk with the next client to "
-        f"connect. {then} Send {QUIT} to quit."
-    )
-
-
-#: What a party is told when paired with another that was waiting too, by
-#: (its stance, the other's).
-WHO_SPEAKS = {
-    (Stance.LISTENS, Stance.SPEAKS): "They speak first; wait for their line.",
-    (Stance.LISTENS, Stance.SAID): "They speak first; wait for their line.",
-    (Stance.SAID, Stance.LISTENS): (
-        "They have your first line; wait for their answer."
-    ),
-    (Stance.SAID, Stance.SPEAKS): (
-        "They will have your first line as the answer to theirs; wait for it."
-    ),
-    (Stance.SAID, Stance.SAID): (
-        "They have your first line, and their first line is your answer."
-    ),
-    (Stance.SPEAKS, Stance.LISTENS): "You speak first.",
-    (Stance.SPEAKS, Stance.SAID): (
-        "They said a first line already: say yours, and theirs is the answer."
-    ),
-    (Stance.SPEAKS, Stance.SPEAKS): (
-        "You may both speak now: each of you gets the other's line as the answer."
-    ),
-    (Stance.LISTENS, Stance.LISTENS): "",  # never paired: see _requeue
-}
-
 
 #: Seconds within which a client hears that its partner's instance died:
 #: the heartbeat key's life, then at most one heartbeat of this instance.
 PARTNER_LOST_WITHIN = HEARTBEAT_TTL + HEARTBEAT
 
-_LEFT = {**LEFT_BECAUSE, "shutdown": "left: its server is shutting down"}
-
-_WAITING = (
-    "no partner yet: you will talk with the next client to connect. "
-    f"You may say your first line now. Send {QUIT} to quit."
-)
-
-
-class _Phase(enum.Enum):
-    """Where a client of this instance is in finding a partner."""
-
-    #: Waiting in this instance only: the broker was unreachable.
-    LOCAL = "local"
-    #: ``pair_or_wait`` is on its way to the broker.
-    ASKING = "asking"
-    #: Its entry is in the broker's waiting list.
-    WAITING = "waiting"
-    #: It took a partner's entry and told the partner's instance; it waits
-    #: for that instance's reply.
-    PAIRING = "pairing"
-    PAIRED = "paired"
-
-
-#: The phases in which another client may take a client's entry: its
-#: entry is in the list, or on its way there.
-_TAKEABLE = (_Phase.WAITING, _Phase.ASKING)
+#: Seconds a newcomer's welcome waits for the broker's answer (and the
+#: waiting client's instance's) once its grace is over.
+ANSWER_WITHIN = 3.0
 
 
 @frozen
@@ -231,69 +155,67 @@ def _one_line(text: str, limit: int = 200) -> str:
 
 
 @define(eq=False)
-class _Party:
-    """A client of this instance."""
+class _Seat:
+    """A client of this instance: its party, and where it is with the
+    broker."""
 
     conversation: IConversation
     me: _Peer
+    party: Party
     #: Its entry in the waiting list, the same bytes every time.
     entry: bytes
-    phase: _Phase = _Phase.LOCAL
-    partner: _Peer | None = None
-    #: Fires with the partner's next line, which this party is waiting for.
+    welcome: WelcomeLater = field(factory=WelcomeLater)
+    #: Fires with the partner's next line, which its client waits for.
     waiting: Deferred[str] | None = None
-    #: A line said before any partner came, kept for the first partner.
-    opening: str | None = None
-    #: The opening, once sent to a partner: kept until a line passes, in
-    #: case that partner leaves at once and the next one needs it.
-    handed: str | None = None
-    #: A partner's line that came while this party had the turn: the
-    #: answer to its next line.
-    held: str | None = None
-    #: Whether a line has passed between this party and its partner.
-    talked: bool = False
-    #: Whether it has been told it waits (``!info waiting``) since it was
-    #: last paired.
-    told: bool = False
-    #: Its entry was taken by one that could not pair (it left at once):
-    #: it must look again once its own ``pair_or_wait`` has answered.
-    again: bool = False
+    partner: _Peer | None = None
+    #: ``pair_or_wait`` is on its way to the broker.
+    asking: bool = False
+    #: It took this one's entry, and waits for its instance's answer.
+    taking: _Peer | None = None
+    #: What came before the broker's answer to its own asking (which can
+    #: then only be that it was put in the list): one took its entry
+    #: (*early*), or took it and gave it back (*given_back*).  Each waits
+    #: for that answer.
+    early: _Peer | None = None
+    given_back: bool = False
+    #: Its entry is in the broker's list (or on its way there).
+    listed: bool = False
+    #: When its welcome stops waiting for an answer.
+    deadline: IDelayedCall | None = None
+    timer: IDelayedCall | None = None
     over: bool = False
-
-    @property
-    def stance(self) -> Stance:
-        if self.opening is not None:
-            return Stance.SAID
-        return Stance.SPEAKS if self.waiting is None else Stance.LISTENS
-
-
-def _stance(value: object) -> Stance:
-    try:
-        return Stance(value)
-    except ValueError:
-        return Stance.SPEAKS
 
 
 @implementer(IResponder, ILifecycle, IAnsweredByPeople)
 class BrokerPairResponder:
-    """Pair the clients of every instance on the broker, in order of
-    arrival, and relay each pair's lines through it."""
+    """Pair the clients of every instance on the broker, by the rules of
+    ``sockchat._core.pairing``, and relay each pair's lines through it."""
 
-    def __init__(self, instance: BrokerInstance) -> None:
+    def __init__(
+        self,
+        instance: BrokerInstance,
+        *,
+        grace: float = GRACE,
+        answer_within: float = ANSWER_WITHIN,
+    ) -> None:
         self.instance = instance
         self.broker = instance.broker
-        self._parties: dict[int, _Party] = {}
-        #: Clients waiting here while the broker is unreachable, first first.
-        self._local: list[_Party] = []
+        self.grace = grace
+        self.answer_within = answer_within
+        self._seats: dict[int, _Seat] = {}
+        #: Who waits here while the broker is unreachable, first first.
+        self._local: list[_Seat] = []
         #: Messages that could not be sent: sent when the broker is back.
         self._unsent: list[tuple[str, bytes]] = []
         self._back_at: float | None = None
         #: Warnings already logged: each is logged once.
         self._said: set[str] = set()
-        instance.on_kind("paired", self._on_paired)
+        instance.on_kind("take", self._on_take)
+        instance.on_kind("taken", self._on_taken)
+        instance.on_kind("refused", self._on_refused)
         instance.on_kind("line", self._on_line)
         instance.on_kind("left", self._on_left)
-        instance.on_kind("again", self._on_again)
+        instance.on_kind("release", self._on_release)
         instance.on_census(self._look_at_partners)
         instance.on_back(self._broker_back)
 
@@ -301,141 +223,224 @@ class BrokerPairResponder:
     def _up(self) -> bool:
         return self.instance.up and self.broker.up
 
+    @property
+    def _clock(self) -> Any:
+        return self.instance.clock
+
     # -- ILifecycle ------------------------------------------------------------
 
-    def started(self, conversation: IConversation) -> None:
+    def started(self, conversation: IConversation) -> WelcomeLater:
         info: ConversationInfo = conversation.info
         name = self.instance.name
         me = _Peer(name, info.id, f"client {name}/{info.id} ({info.peer})")
-        entry = encode("waiting", **me.named())
-        party = _Party(conversation, me, entry)
-        self._parties[info.id] = party
-        self._register(party)
-        self._enqueue(party, "back")
-        return None
+        party = Party(info.id, me.label, self._clock.seconds(), self.grace)
+        seat = _Seat(conversation, me, party, encode("waiting", **me.named()))
+        self._seats[info.id] = seat
+        if self.grace > 0:
+            seat.timer = self._clock.callLater(self.grace, self._grace_over, seat)
+        else:
+            self._carry_out(seat, party.grace_over())
+        return seat.welcome
 
     def ended(self, conversation: IConversation, reason: str) -> None:
-        party = self._parties.pop(conversation.info.id, None)
-        if party is None:
+        seat = self._seats.pop(conversation.info.id, None)
+        if seat is None:
             return
-        party.over = True
-        party.waiting = None
-        if party in self._local:
-            self._local.remove(party)
+        seat.over = True
+        for timer in (seat.timer, seat.deadline):
+            if timer is not None and timer.active():
+                timer.cancel()
+        if seat in self._local:
+            self._local.remove(seat)
         if self.broker.up:
-            quietly(self.broker.remove_client(party.me.instance, party.me.conv))
-        if party.phase is _Phase.WAITING and self.broker.up:
-            quietly(self.broker.stop_waiting(party.entry))
-        partner, party.partner = party.partner, None
-        if partner is not None:
-            why = _LEFT.get(reason, f"left ({reason})")
-            self._send(
-                partner,
-                "left",
-                why=why,
-                talked=party.talked,
-                **{"from": party.me.named()},
-            )
+            quietly(self.broker.remove_client(seat.me.instance, seat.me.conv))
+        self._carry_out(seat, seat.party.left(left_because(reason)))
 
     # -- IResponder ------------------------------------------------------------
 
     def respond(self, conversation: ConversationInfo, text: str) -> Deferred[str]:
-        party = self._parties[conversation.id]
-        partner = party.partner
-        if partner is None or party.phase is not _Phase.PAIRED:
-            party.opening = text  # for the partner to come
-            party.waiting = Deferred()
-            return party.waiting
-        if not self._up:
+        seat = self._seats[conversation.id]
+        if seat.party.paired and not self._up:
             raise Unavailable(
                 f"the broker at {self.broker.display} is unreachable; send it "
                 "again soon"
             )
-        answer: Deferred[str] = Deferred()
-        party.talked = True
-        party.handed = None
-        held, party.held = party.held, None
-        if held is None:
-            party.waiting = answer
-        sent = self._send(partner, "line", text=text, **{"from": party.me.named()})
-        sent.addErrback(self._line_not_sent, party, answer)
-        if held is not None:
-            # Both spoke at once: the partner's line is this one's answer.
-            answer.callback(held)
+        answer = seat.waiting = Deferred()
+        self._carry_out(seat, seat.party.said(text))
         return answer
 
-    def _line_not_sent(
-        self, failure: Failure, party: _Party, answer: Deferred[str]
-    ) -> None:
-        if party.waiting is answer:
-            party.waiting = None
-            answer.errback(
-                Unavailable(
-                    f"the broker at {self.broker.display} was lost before your "
-                    "line went; send it again"
-                )
-                if failure.check(BrokerUnavailable)
-                else failure
+    # -- Carrying out the party's actions --------------------------------------
+
+    def _carry_out(self, seat: _Seat, actions: list[Action]) -> None:
+        for action in actions:
+            self._act(seat, action)
+
+    def _act(self, seat: _Seat, action: Action) -> None:
+        if isinstance(action, Welcome):
+            self._stop_deadline(seat)
+            if action.listen:
+                seat.waiting = Deferred()
+                seat.welcome.server_first(seat.waiting)
+            else:
+                seat.welcome.client_first()
+        elif isinstance(action, Tell):
+            seat.conversation.notify(action.code, action.text)
+        elif isinstance(action, Answer | GiveTurn):
+            waiting, seat.waiting = seat.waiting, None
+            if waiting is None:
+                return
+            if isinstance(action, Answer):
+                waiting.callback(action.text)
+            else:
+                waiting.errback(Unavailable(action.why))
+        elif isinstance(action, End):
+            seat.conversation.end(action.code, action.text)
+        elif isinstance(action, Log):
+            log.emit(
+                LogLevel.lookupByName(action.level),
+                action.format,
+                **dict(action.fields),
             )
-        elif not failure.check(BrokerUnavailable):
-            log.failure("a line for a partner could not be sent", failure)
+        elif isinstance(action, Ask):
+            self._ask(seat)
+        elif isinstance(action, Forward):
+            self._forward(seat, action.text)
+        elif isinstance(action, Requeue):
+            seat.partner = None
+            self._register(seat)
+            self._wait(seat, front=True)
+        elif isinstance(action, Leave):
+            self._leave(seat)
+        elif isinstance(action, PartnerLeaves):
+            partner, seat.partner = seat.partner, None
+            if partner is not None:
+                self._send(partner, "left", why=action.why, **{"from": seat.me.named()})
 
     # -- Finding a partner -----------------------------------------------------
 
-    def _enqueue(self, party: _Party, where: str) -> None:
-        """Take the first waiting client, or wait at the list's *where*."""
+    def _grace_over(self, seat: _Seat) -> None:
+        seat.timer = None
+        if not seat.over:
+            self._carry_out(seat, seat.party.grace_over())
+
+    def _ask(self, seat: _Seat) -> None:
+        """Take the first who waits, or wait at the end of the list."""
         if not self._up:
-            self._wait_here(party)
+            self._unanswered(
+                seat, f"the broker at {self.broker.display} is unreachable"
+            )
             return
-        party.phase = _Phase.ASKING
-        asked = self.broker.pair_or_wait(party.entry, front=where == "front")
-        asked.addCallbacks(
+        if seat.deadline is None:
+            seat.deadline = self._clock.callLater(
+                self.answer_within, self._too_late, seat
+            )
+        seat.asking = True
+        self.broker.pair_or_wait(seat.entry, front=False).addCallbacks(
             self._answered,
             self._not_answered,
-            callbackArgs=(party, where),
-            errbackArgs=(party,),
+            callbackArgs=(seat,),
+            errbackArgs=(seat,),
         )
 
-    def _wait_here(self, party: _Party) -> None:
-        party.phase = _Phase.LOCAL
-        if party not in self._local:
-            self._local.append(party)
-        self._tell_waiting(party)
-
-    def _tell_waiting(self, party: _Party) -> None:
-        if not party.told:
-            party.told = True
-            party.conversation.notify("waiting", _WAITING)
-
-    def _answered(self, reply: bytes | None, party: _Party, where: str) -> None:
-        again, party.again = party.again, False
+    def _answered(self, reply: bytes | None, seat: _Seat) -> None:
+        seat.asking = False
         taken = None if reply is None else self._entry(reply)
-        if party.over or party.phase is not _Phase.ASKING:
-            # It left while the broker answered, or was paired meanwhile
-            # (someone took a stale entry of its own): whoever it took must
-            # look again, and its own entry must go.
-            if taken is not None:
-                self._send(taken, "again")
-            elif reply is None and party.over and self.broker.up:
-                quietly(self.broker.stop_waiting(party.entry))
+        early, seat.early = seat.early, None
+        given_back, seat.given_back = seat.given_back, False
+        if reply is None:  # nobody waited: its entry is in the list now
+            seat.listed = True
+            if seat.over:
+                self._leave(seat)
+            else:
+                self._carry_out(seat, seat.party.alone())
+            if early is not None:  # and someone took it already
+                self._taken_by(early, seat)
+            elif given_back and seat.party.waits:
+                self._wait(seat, front=True)
             return
-        if reply is None:
-            party.phase = _Phase.WAITING
-            self._tell_waiting(party)
-            if again:  # the one who took its entry meanwhile could not pair
-                self._enqueue(party, "front")
+        if early is not None:  # it took another: the early one had a stale entry
+            self._refuse_take(early, seat.me.conv)
+        if taken is None:  # an entry that names nobody: look again
+            self._ask(seat)
             return
-        if taken is None:
-            self._enqueue(party, where)
+        if seat.over or not seat.party.asking:
+            # It left, or stopped waiting for the answer: the one it took
+            # goes back to the head of the list.
+            self._send(taken, "release")
+            if not seat.over:
+                self._wait(seat, front=False)
             return
-        party.phase = _Phase.PAIRING
-        party.partner = taken
-        self._send(
-            taken,
-            "paired",
-            stance=party.stance.value,
-            partner=party.me.named(),
+        seat.taking = taken
+        self._send(taken, "take", partner=seat.me.named())
+
+    def _not_answered(self, failure: Failure, seat: _Seat) -> None:
+        seat.asking = False
+        if seat.over:
+            return
+        if failure.check(BrokerRefused):
+            # Said once, not at every retry: the broker says no to all alike.
+            self._say_once(f"the broker would not pair clients: {failure.value}")
+        elif not failure.check(BrokerUnavailable):
+            log.failure(
+                "the broker could not pair {label}", failure, label=seat.me.label
+            )
+        self._unanswered(seat, f"the broker at {self.broker.display} did not answer")
+
+    def _too_late(self, seat: _Seat) -> None:
+        seat.deadline = None
+        if seat.over or not seat.party.asking:
+            return
+        taking, seat.taking = seat.taking, None
+        if taking is not None:  # its instance did not answer: it is let go
+            self._send(taking, "left", why="left", **{"from": seat.me.named()})
+            what = f"the server of the client who waited, {taking.instance},"
+        else:
+            what = f"the broker at {self.broker.display}"
+        self._unanswered(seat, f"{what} did not answer within {self.answer_within:g} s")
+
+    def _unanswered(self, seat: _Seat, why: str) -> None:
+        """It waits, welcomed with the turn, though no answer came."""
+        self._stop_deadline(seat)
+        self._carry_out(seat, seat.party.unanswered(why))
+        if not seat.asking:  # a late answer of its own puts it in the list
+            self._wait(seat, front=False)
+
+    def _stop_deadline(self, seat: _Seat) -> None:
+        deadline, seat.deadline = seat.deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+
+    def _wait(self, seat: _Seat, *, front: bool) -> None:
+        """Put its entry in the list, taking nobody: it speaks first."""
+        if not self._up:
+            if seat not in self._local:
+                self._local.insert(0 if front else len(self._local), seat)
+            return
+        seat.listed = True
+        self.broker.start_waiting(seat.entry, front=front).addErrback(
+            self._not_waiting, seat
         )
+
+    def _not_waiting(self, failure: Failure, seat: _Seat) -> None:
+        seat.listed = False
+        if not failure.check(BrokerUnavailable, BrokerRefused):
+            log.failure(
+                "the broker could not keep {label} waiting",
+                failure,
+                label=seat.me.label,
+            )
+        if not seat.over and seat.party.waits and seat not in self._local:
+            self._local.append(seat)  # joins the list when the broker is back
+
+    def _leave(self, seat: _Seat) -> None:
+        """It left, or is paired: its entry goes from the list."""
+        taking, seat.taking = seat.taking, None
+        if taking is not None:
+            self._send(taking, "left", why="left", **{"from": seat.me.named()})
+        if seat.listed:
+            seat.listed = False
+            if self.broker.up:
+                quietly(self.broker.stop_waiting(seat.entry))
 
     def _entry(self, reply: bytes) -> _Peer | None:
         """The client an entry of the waiting list names."""
@@ -448,205 +453,155 @@ class BrokerPairResponder:
             self._refuse("an entry in the pair waiting list names no client")
         return taken
 
-    def _not_answered(self, failure: Failure, party: _Party) -> None:
-        if party.over:
+    # -- Lines -----------------------------------------------------------------
+
+    def _forward(self, seat: _Seat, text: str) -> None:
+        partner = seat.partner
+        assert partner is not None
+        sent = self._send(partner, "line", text=text, **{"from": seat.me.named()})
+        sent.addErrback(self._line_not_sent, seat)
+
+    def _line_not_sent(self, failure: Failure, seat: _Seat) -> None:
+        if seat.over:
             return
-        if failure.check(BrokerRefused):
-            # Said once, not at every retry: the broker says no to all alike.
-            self._say_once(f"the broker would not pair clients: {failure.value}")
-        elif not failure.check(BrokerUnavailable):
-            log.failure(
-                "the broker could not pair {label}", failure, label=party.me.label
+        if failure.check(BrokerUnavailable):
+            why = (
+                f"the broker at {self.broker.display} was lost before your line "
+                "went; send it again"
             )
-        # Whatever the broker did, it is asked again at the next heartbeat
-        # that finds it up (an entry of its own that it pushed is dropped
-        # then).
-        self._wait_here(party)
-
-    def _requeue(self, party: _Party, what: str) -> None:
-        """Put *party*, whose partner left untalked, back at the list's head."""
-        party.partner = None
-        party.held = None  # the partner's first line went with it
-        handed, party.handed = party.handed, None
-        if handed is not None and party.waiting is not None:
-            # Its first line went unanswered: it is for the next partner.
-            party.opening = handed
-        stance = party.stance
-        party.told = True
-        party.conversation.notify("waiting", waiting_again(what, stance))
-        self._register(party)
-        self._enqueue(party, "front")
-
-    def _link(self, party: _Party, partner: _Peer, their: Stance) -> None:
-        """*party* and *partner* are a pair now: say so, and send its first
-        line if it said one while waiting."""
-        party.phase = _Phase.PAIRED
-        party.partner = partner
-        party.talked = False
-        party.told = False
-        mine = party.stance
-        party.conversation.notify(
-            "paired",
-            f"you are talking with {partner.label}. " + WHO_SPEAKS[mine, their],
-        )
-        self._register(party)
-        if party.opening is not None:
-            opening, party.opening = party.opening, None
-            party.handed = opening
-            self._send(
-                partner, "line", text=opening, first=True, **{"from": party.me.named()}
-            )
+        else:
+            log.failure("a line for a partner could not be sent", failure)
+            why = "your line could not be sent; send it again"
+        self._carry_out(seat, seat.party.unsent(why))
 
     # -- The inbox -------------------------------------------------------------
 
-    def _on_paired(self, message: dict[str, Any]) -> None:
-        partner = _peer(message.get("partner"))
+    def _seat(self, message: dict[str, Any]) -> _Seat | None:
         conv = message.get("conv")
-        if partner is None:
-            self._refuse("a paired message names no partner")
+        return self._seats.get(conv) if type(conv) is int else None
+
+    def _on_take(self, message: dict[str, Any]) -> None:
+        """A newcomer took this seat's entry."""
+        taker = _peer(message.get("partner"))
+        if taker is None:
+            self._refuse("a take message names no client")
             return
-        party = self._parties.get(conv) if type(conv) is int else None
-        their = _stance(message.get("stance"))
-        if message.get("reply"):
-            # The instance of the one this party took answers.
-            if (
-                party is None
-                or party.phase is not _Phase.PAIRING
-                or not partner.same(party.partner)
-            ):
-                log.debug("a late pairing reply for {conv} was ignored", conv=conv)
-                return
-            self._link(party, partner, their)
+        seat = self._seat(message)
+        if seat is not None and seat.asking and seat.early is None:
+            # Its own asking put its entry in the list, and the answer is
+            # still on its way: the take waits for it.
+            seat.early = taker
             return
-        # Someone took this party's entry.
-        if party is None or party.partner is not None or party.phase not in _TAKEABLE:
-            # It left, or was paired meanwhile: the taker looks again.
-            self._send(
-                partner,
-                "left",
-                why="left",
-                talked=False,
-                **{"from": {"instance": self.instance.name, "conv": conv, "label": ""}},
-            )
+        if seat is None or not seat.party.waits:
+            # It left, or it is paired already: the taker looks again.
+            self._refuse_take(taker, message.get("conv"))
             return
-        party.phase = _Phase.PAIRED  # before the reply, which may come back at once
-        party.partner = partner
-        self._send(
-            partner,
-            "paired",
-            reply=True,
-            stance=party.stance.value,
-            partner=party.me.named(),
-        )
-        self._link(party, partner, their)
+        self._taken_by(taker, seat)
+
+    def _taken_by(self, taker: _Peer, seat: _Seat) -> None:
+        """*taker* took *seat*'s entry: they are a pair."""
+        if not seat.party.waits:
+            self._refuse_take(taker, seat.me.conv)
+            return
+        seat.listed = False
+        seat.partner = taker
+        self._send(taker, "taken", partner=seat.me.named())  # before its line
+        self._carry_out(seat, seat.party.taken(taker.label))
+        self._register(seat)
+
+    def _refuse_take(self, taker: _Peer, conv: object) -> None:
+        """*taker* took an entry of one that does not wait: it looks again."""
+        me = {"instance": self.instance.name, "conv": conv, "label": ""}
+        self._send(taker, "refused", **{"from": me})
+
+    def _on_taken(self, message: dict[str, Any]) -> None:
+        """The one this seat took is its partner."""
+        partner = _peer(message.get("partner"))
+        seat = self._seat(message)
+        if partner is None or seat is None or not partner.same(seat.taking):
+            if partner is not None and (seat is None or not partner.same(seat.taking)):
+                log.debug("a late take was answered; ignored")
+            return
+        seat.taking = None
+        seat.partner = partner
+        self._carry_out(seat, seat.party.found(partner.label))
+        self._register(seat)
+
+    def _on_refused(self, message: dict[str, Any]) -> None:
+        """The one this seat took was not waiting after all: look again."""
+        seat = self._seat(message)
+        sender = _peer(message.get("from"))
+        if seat is None or sender is None or not sender.same(seat.taking):
+            return
+        seat.taking = None
+        self._ask(seat)
 
     def _on_line(self, message: dict[str, Any]) -> None:
-        party = self._addressed(message)
+        seat = self._addressed(message)
         text = message.get("text")
-        if party is None or party.phase is not _Phase.PAIRED:
+        if seat is None:
             return
         if not isinstance(text, str):
             self._refuse("a line message has no text")
             return
-        if not message.get("first") or party.handed is not None:
-            # A line said while paired; or the first lines crossed (each had
-            # said one while waiting): either way a line passed each way.
-            party.talked = True
-            party.handed = None
-        waiting, party.waiting = party.waiting, None
-        if waiting is not None:
-            waiting.callback(text)
-        else:  # it has the turn: the line answers its next one
-            party.held = text
+        self._carry_out(seat, seat.party.heard(text))
 
     def _on_left(self, message: dict[str, Any]) -> None:
-        party = self._addressed(message)
-        if party is None:
+        early = self._seat(message)
+        sender = _peer(message.get("from"))
+        if early is not None and sender is not None and sender.same(early.early):
+            # The one who took its entry early left: the entry is given back.
+            early.early, early.given_back = None, True
             return
-        partner = party.partner
-        assert partner is not None
+        seat = self._addressed(message)
+        if seat is None:
+            return
         why = message.get("why")
         why = _one_line(why) if isinstance(why, str) and why else "left"
-        self._partner_gone(
-            party,
-            partner.label,
-            why,
-            talked=party.talked or bool(message.get("talked")),
-        )
+        self._carry_out(seat, seat.party.partner_left(why))
+        seat.partner = None
 
-    def _on_again(self, message: dict[str, Any]) -> None:
-        """The one who took this party's entry cannot pair with it after all
-        (it left at once): look again, unseen."""
-        conv = message.get("conv")
-        party = self._parties.get(conv) if type(conv) is int else None
-        if party is None or party.partner is not None:
-            return
-        if party.phase is _Phase.WAITING:
-            self._enqueue(party, "front")
-        elif party.phase is _Phase.ASKING:
-            party.again = True
+    def _on_release(self, message: dict[str, Any]) -> None:
+        """The one who took this seat's entry cannot pair: back to the head."""
+        seat = self._seat(message)
+        if seat is not None and seat.asking:
+            seat.given_back = True  # after the answer to its own asking
+        elif seat is not None and seat.party.waits:
+            self._wait(seat, front=True)
 
-    def _addressed(self, message: dict[str, Any]) -> _Party | None:
-        """The party a message is for, if it comes from that party's partner."""
-        conv = message.get("conv")
-        party = self._parties.get(conv) if type(conv) is int else None
+    def _addressed(self, message: dict[str, Any]) -> _Seat | None:
+        """The seat a message is for, if it comes from that seat's partner."""
+        seat = self._seat(message)
         sender = _peer(message.get("from"))
-        if party is None or sender is None or not sender.same(party.partner):
+        if seat is None or sender is None or not sender.same(seat.partner):
             log.debug(
                 "a {kind} message for {conv}, which is not paired with its sender, "
                 "was ignored",
                 kind=message.get("kind"),
-                conv=conv,
+                conv=message.get("conv"),
             )
             return None
-        return party
-
-    def _partner_gone(
-        self, party: _Party, label: str, why: str, *, talked: bool
-    ) -> None:
-        if party.phase is _Phase.PAIRING:
-            # The one it took had gone before it heard: look again, unseen.
-            party.partner = None
-            self._enqueue(party, "front")
-            return
-        if not talked:
-            self._requeue(party, f"{label} {why} before you talked")
-            return
-        party.partner = None
-        log.info(
-            "the pair of conversations {mine} and {theirs} ended: {theirs} {why}",
-            mine=party.me.label,
-            theirs=label,
-            why=why,
-        )
-        party.conversation.end(
-            "partner-left", f"{label} {why}. Connect again to talk with someone new."
-        )
+        return seat
 
     # -- Heartbeats and the broker's return ------------------------------------
-
-    def _enqueue_local(self) -> None:
-        """The clients waiting here join the broker's list, first first."""
-        local, self._local = self._local, []
-        for party in local:
-            if not party.over:
-                self._enqueue(party, "back")
 
     def _look_at_partners(self, census: Census) -> None:
         """At each heartbeat, once the instance knows who is alive: are the
         partners' instances?"""
         if not self._up:
             return
-        # Clients that came before the broker's first connection (at start)
-        # wait here until a heartbeat finds it up.
-        self._enqueue_local()
-        now = self.instance.clock.seconds()
+        # Clients that came while the broker was away join the list.
+        local, self._local = self._local, []
+        for seat in local:
+            if not seat.over and seat.party.waits:
+                self._wait(seat, front=False)
+        now = self._clock.seconds()
         if self._back_at is not None and now - self._back_at < HEARTBEAT_TTL:
             return
         names = {
-            p.partner.instance
-            for p in self._parties.values()
-            if p.partner is not None and p.partner.instance not in census.instances
+            s.partner.instance
+            for s in self._seats.values()
+            if s.partner is not None and s.partner.instance not in census.instances
         }
         for name in sorted(names):
             # Not seen alive: newer than the census, or dead?
@@ -665,42 +620,45 @@ class BrokerPairResponder:
             "instance {name} stopped answering; its clients' partners are told",
             name=name,
         )
-        for party in list(self._parties.values()):
-            partner = party.partner
-            if partner is None or partner.instance != name or party.over:
+        for seat in list(self._seats.values()):
+            partner = seat.partner
+            if partner is None or partner.instance != name or seat.over:
                 continue
             # Tell it too, in case it was only cut off from the broker.
             self._send(
                 partner,
                 "left",
                 why="gave up on you: your server had stopped answering",
-                talked=party.talked,
-                **{"from": party.me.named()},
+                **{"from": seat.me.named()},
             )
-            self._partner_gone(
-                party,
-                partner.label,
-                f"is gone: its server, {name}, stopped answering",
-                talked=party.talked,
+            seat.partner = None
+            self._carry_out(
+                seat,
+                seat.party.partner_left(
+                    f"is gone: its server, {name}, stopped answering"
+                ),
             )
 
     def _broker_back(self) -> None:
-        self._back_at = self.instance.clock.seconds()
+        self._back_at = self._clock.seconds()
         unsent, self._unsent = self._unsent, []
         for name, data in unsent:
             self.instance.post(name, data).addErrback(self._not_sent, name, data)
-        for party in self._parties.values():
-            self._register(party)
-        self._enqueue_local()
-        if any(p.phase is _Phase.WAITING for p in self._parties.values()):
+        for seat in self._seats.values():
+            self._register(seat)
+        local, self._local = self._local, []
+        for seat in local:
+            if not seat.over and seat.party.waits:
+                self._wait(seat, front=False)
+        if any(s.listed for s in self._seats.values()):
             self.broker.waiting().addCallbacks(self._check_entries, unless_unavailable)
 
     def _check_entries(self, entries: list[bytes] | None) -> None:
         """Put back the waiting clients whose entries the broker lost."""
         present = set(entries or [])
-        for party in list(self._parties.values()):
-            if party.phase is _Phase.WAITING and party.entry not in present:
-                self._enqueue(party, "back")
+        for seat in list(self._seats.values()):
+            if seat.listed and seat.party.waits and seat.entry not in present:
+                self._wait(seat, front=False)
 
     # -- Sending ---------------------------------------------------------------
 
@@ -728,14 +686,14 @@ class BrokerPairResponder:
                 "a message for instance {name} could not be sent", failure, name=name
             )
 
-    def _register(self, party: _Party) -> None:
+    def _register(self, seat: _Seat) -> None:
         """Say in the broker's directory who this client is with."""
-        if not self.broker.up or party.over:
+        if not self.broker.up or seat.over:
             return
-        partner = party.partner
+        partner = seat.partner
         record = ClientRecord(
-            party.me.conv,
-            party.conversation.info.peer,
+            seat.me.conv,
+            seat.conversation.info.peer,
             "pair",
             None if partner is None else f"{partner.instance}/{partner.conv}",
         )

@@ -742,6 +742,13 @@ class RedisBroker:
         )
         return ran.addErrback(_refused)
 
+    def start_waiting(self, entry: bytes, front: bool) -> Deferred[None]:
+        key = self.keys.pair_waiting
+        # In one write, in this order (the client pipelines what one turn
+        # of the reactor sends).
+        quietly(self._command("LREM", key, 0, entry))
+        return self._done(self._command("LPUSH" if front else "RPUSH", key, entry))
+
     def stop_waiting(self, entry: bytes) -> Deferred[None]:
         return self._done(self._command("LREM", self.keys.pair_waiting, 0, entry))
 

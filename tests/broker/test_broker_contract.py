@@ -407,6 +407,20 @@ async def test_pairing_takes_the_first_live_waiter_or_waits(rig: Rig) -> None:
     assert await a.waiting() == []
 
 
+@both
+async def test_one_may_wait_again_at_the_head_taking_nobody(rig: Rig) -> None:
+    a = await rig.broker()
+    assert await a.register_instance({}) == "i1"
+    first, second, third = _waiter("i1", 1), _waiter("i1", 2), _waiter("i1", 3)
+    await a.start_waiting(second, front=False)
+    await a.start_waiting(first, front=True)  # takes nobody
+    await a.start_waiting(third, front=False)
+    assert await a.waiting() == [first, second, third]
+    await a.start_waiting(third, front=True)  # once: it moves
+    assert await a.waiting() == [third, first, second]
+    assert await a.pair_or_wait(_waiter("i1", 4), front=False) == third
+
+
 # -- Both, call by call ----------------------------------------------------------------
 
 
