@@ -10,6 +10,7 @@ to arrive speaking first, each line shown to the other at once.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from pair_scenarios import CONVERSATION, Lines, say
+from pair_scenarios import CONVERSATION, PARTNER, Lines, say
 from processes import MetricsServer, Server, need_tool
 
 pytestmark = pytest.mark.slow
@@ -68,7 +69,7 @@ class HAProxy:
             f"    bind 127.0.0.1:{self.port}\n"
             "    default_backend sockchat\n"
             "backend sockchat\n"
-            "    balance roundrobin\n"
+            "    balance leastconn\n"
             + ("    option httpchk GET /healthz\n" if check == "http" else "")
             + "".join(servers)
         )
@@ -138,13 +139,20 @@ def two_talk_in_turns(port: int) -> tuple[list[str], list[str]]:
 
 
 @pytest.mark.parametrize("check", ["tcp", "http"])
-def test_two_clients_behind_a_health_checking_haproxy_talk_in_turns(tmp_path, check):
-    with (
-        MetricsServer(
-            "--responder", "pair", port="haproxy:tcp:0:interface=127.0.0.1"
-        ) as server,
-        HAProxy(tmp_path, [server], check) as proxy,
-    ):
+@pytest.mark.parametrize("instances", [1, 2])
+def test_two_clients_behind_a_health_checking_haproxy_talk_in_turns(
+    tmp_path, request, check, instances
+):
+    args = ["--responder", "pair"]
+    if instances == 2:  # leastconn: alice reaches one, bob the other
+        args += ["--broker", request.getfixturevalue("redis_server").url]
+    port = "haproxy:tcp:0:interface=127.0.0.1"
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(MetricsServer(*args, port=port))
+            for _ in range(instances)
+        ]
+        proxy = stack.enter_context(HAProxy(tmp_path, servers, check))
         alice, bob = two_talk_in_turns(proxy.port)
     # Alice heard of no check: welcome, waiting, paired, then the talk.
     assert [line.split(":")[0] for line in alice[:3]] == [
@@ -152,6 +160,10 @@ def test_two_clients_behind_a_health_checking_haproxy_talk_in_turns(tmp_path, ch
         "!info waiting",
         "!info paired",
     ]
+    if instances == 2:  # they were on different instances
+        bobs, alices = (PARTNER.search(seen).group(1) for seen in (alice[2], bob[1]))
+        assert bobs.split("/")[0] != alices.split("/")[0], (alices, bobs)
+        return
     # Each TCP check was a conversation of the chat port (it sends its
     # PROXY header first); an HTTP check never reaches it.
     first, second = (
