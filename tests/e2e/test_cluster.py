@@ -398,7 +398,7 @@ class Raw:
         self.sock.close()
 
 
-def test_a_partner_leaving_after_the_first_lines_crossed_ends_the_pair():
+def test_a_line_said_while_waiting_reaches_the_partner_at_once():
     with Cluster("pair") as cluster:
         port = int(cluster.commands["client"][-1].rsplit(":", 1)[1])
         alice = Raw(port, "127.0.0.2")
@@ -407,11 +407,11 @@ def test_a_partner_leaving_after_the_first_lines_crossed_ends_the_pair():
             alice.until(b"!info waiting: ")
             alice.say("hello from alice")  # kept for her partner
             bob = Raw(port, "127.0.0.3")
-            bob.say("hello from bob")  # a newcomer has the turn at once
-            paired = bob.until(b"!info paired: ")
-            paired += bob.until(b"\n")
-            assert b"their first line is your answer" in paired, paired
-            bob.until(b"hello from alice\n")
+            bob.until(b"!info listen: ")  # alice waited: she speaks first
+            paired = bob.until(b"!info paired: ") + bob.until(b"\n")
+            assert b"They waited, so they speak first" in paired, paired
+            bob.until(b"hello from alice\n")  # at once, before bob says a word
+            bob.say("hello from bob")
             alice.until(b"hello from bob\n")
             alice.say("q")
             alice.until(b"!bye quit: ")
