@@ -20,7 +20,7 @@ The messages between instances (inbox kinds):
 - ``take``: a newcomer took a waiting client's entry.  If that client
   still waits, its instance answers ``taken`` and tells its client it is
   paired and speaks first (and sends the line it said while waiting, if
-  it did); if not (it left, or it is paired already), ``refused``, and
+  it did); if not (it left, or it is paired already), ``not-waiting``, and
   the newcomer asks the broker again.  The newcomer's welcome waits for
   this answer: then it listens (``!info listen``).
 - ``line``: a client's line, for its partner: the answer the partner waits
@@ -212,7 +212,7 @@ class BrokerPairResponder:
         self._said: set[str] = set()
         instance.on_kind("take", self._on_take)
         instance.on_kind("taken", self._on_taken)
-        instance.on_kind("refused", self._on_refused)
+        instance.on_kind("not-waiting", self._on_not_waiting)
         instance.on_kind("line", self._on_line)
         instance.on_kind("left", self._on_left)
         instance.on_kind("release", self._on_release)
@@ -512,7 +512,7 @@ class BrokerPairResponder:
     def _refuse_take(self, taker: _Peer, conv: object) -> None:
         """*taker* took an entry of one that does not wait: it looks again."""
         me = {"instance": self.instance.name, "conv": conv, "label": ""}
-        self._send(taker, "refused", **{"from": me})
+        self._send(taker, "not-waiting", **{"from": me})
 
     def _on_taken(self, message: dict[str, Any]) -> None:
         """The one this seat took is its partner."""
@@ -527,7 +527,7 @@ class BrokerPairResponder:
         self._carry_out(seat, seat.party.found(partner.label))
         self._register(seat)
 
-    def _on_refused(self, message: dict[str, Any]) -> None:
+    def _on_not_waiting(self, message: dict[str, Any]) -> None:
         """The one this seat took was not waiting after all: look again."""
         seat = self._seat(message)
         sender = _peer(message.get("from"))
