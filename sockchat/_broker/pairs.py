@@ -61,10 +61,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from attrs import define, field, frozen
+from attrs import define, frozen
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
@@ -81,17 +81,12 @@ from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, WireError, decode, e
 from sockchat._core.pairing import (
     GRACE,
     Action,
-    Answer,
     Ask,
-    End,
     Forward,
-    GiveTurn,
     Leave,
-    Log,
     PartnerLeaves,
     Party,
     Requeue,
-    Tell,
     Welcome,
     left_because,
 )
@@ -104,6 +99,7 @@ from sockchat._responders.contract import (
     Unavailable,
     WelcomeLater,
 )
+from sockchat._responders.pair import Seat
 
 __all__ = ["ANSWER_WITHIN", "PARTNER_LOST_WITHIN", "BrokerPairResponder"]
 
@@ -159,14 +155,12 @@ class _Seat:
     """A client of this instance: its party, and where it is with the
     broker."""
 
-    conversation: IConversation
+    #: The client's side: its conversation, welcome and awaited line.
+    client: Seat
     me: _Peer
     party: Party
     #: Its entry in the waiting list, the same bytes every time.
     entry: bytes
-    welcome: WelcomeLater = field(factory=WelcomeLater)
-    #: Fires with the partner's next line, which its client waits for.
-    waiting: Deferred[str] | None = None
     partner: _Peer | None = None
     #: ``pair_or_wait`` is on its way to the broker.
     asking: bool = False
@@ -234,13 +228,13 @@ class BrokerPairResponder:
         name = self.instance.name
         me = _Peer(name, info.id, f"client {name}/{info.id} ({info.peer})")
         party = Party(info.id, me.label, self._clock.seconds(), self.grace)
-        seat = _Seat(conversation, me, party, encode("waiting", **me.named()))
+        seat = _Seat(Seat(conversation), me, party, encode("waiting", **me.named()))
         self._seats[info.id] = seat
         if self.grace > 0:
             seat.timer = self._clock.callLater(self.grace, self._grace_over, seat)
         else:
             self._carry_out(seat, party.grace_over())
-        return seat.welcome
+        return seat.client.welcome
 
     def ended(self, conversation: IConversation, reason: str) -> None:
         seat = self._seats.pop(conversation.info.id, None)
@@ -265,7 +259,7 @@ class BrokerPairResponder:
                 f"the broker at {self.broker.display} is unreachable; send it "
                 "again soon"
             )
-        answer = seat.waiting = Deferred()
+        answer = seat.client.waiting = Deferred()
         self._carry_out(seat, seat.party.said(text))
         return answer
 
@@ -278,30 +272,9 @@ class BrokerPairResponder:
     def _act(self, seat: _Seat, action: Action) -> None:
         if isinstance(action, Welcome):
             self._stop_deadline(seat)
-            if action.listen:
-                seat.waiting = Deferred()
-                seat.welcome.server_first(seat.waiting)
-            else:
-                seat.welcome.client_first()
-        elif isinstance(action, Tell):
-            seat.conversation.notify(action.code, action.text)
-        elif isinstance(action, Answer | GiveTurn):
-            waiting, seat.waiting = seat.waiting, None
-            if waiting is None:
-                return
-            if isinstance(action, Answer):
-                waiting.callback(action.text)
-            else:
-                waiting.errback(Unavailable(action.why))
-        elif isinstance(action, End):
-            seat.conversation.end(action.code, action.text)
-        elif isinstance(action, Log):
-            log.emit(
-                LogLevel.lookupByName(action.level),
-                action.format,
-                **dict(action.fields),
-            )
-        elif isinstance(action, Ask):
+        if seat.client.act(action):
+            return
+        if isinstance(action, Ask):
             self._ask(seat)
         elif isinstance(action, Forward):
             self._forward(seat, action.text)
@@ -693,7 +666,7 @@ class BrokerPairResponder:
         partner = seat.partner
         record = ClientRecord(
             seat.me.conv,
-            seat.conversation.info.peer,
+            seat.client.conversation.info.peer,
             "pair",
             None if partner is None else f"{partner.instance}/{partner.conv}",
         )

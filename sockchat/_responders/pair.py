@@ -41,19 +41,51 @@ from sockchat._responders.contract import (
     WelcomeLater,
 )
 
-__all__ = ["PairResponder"]
+__all__ = ["PairResponder", "Seat"]
 
 log = Logger(namespace="sockchat.pair")
 
 
 @define(eq=False)
-class _Seat:
-    """One client's conversation, as the adapter holds it."""
+class Seat:
+    """One client's side of pair mode, as an adapter holds it: its
+    conversation, its welcome (held until the pairing decides), and the
+    line it waits for.  Pair mode across instances
+    (``sockchat._broker.pairs``) holds its clients so too."""
 
     conversation: IConversation
     welcome: WelcomeLater = field(factory=WelcomeLater)
     #: The line the client waits for: its partner's next one.
     waiting: Deferred[str] | None = None
+
+    def act(self, action: Action) -> bool:
+        """Carry out *action* if it is for the client itself (a welcome, a
+        notice, an answer, the turn back, the end, a log event); False if
+        it is for the adapter (finding a partner, reaching it)."""
+        if type(action) is Answer:  # the usual: the partner's line
+            waiting, self.waiting = self.waiting, None
+            if waiting is not None:
+                waiting.callback(action.text)
+        elif isinstance(action, Welcome):
+            if action.listen:
+                self.waiting = Deferred()
+                self.welcome.server_first(self.waiting)
+            else:
+                self.welcome.client_first()
+        elif isinstance(action, Tell):
+            self.conversation.notify(action.code, action.text)
+        elif isinstance(action, GiveTurn):
+            waiting, self.waiting = self.waiting, None
+            if waiting is not None:
+                waiting.errback(Unavailable(action.why))
+        elif isinstance(action, End):
+            self.conversation.end(action.code, action.text)
+        elif isinstance(action, Log):
+            fields = dict(action.fields)
+            log.emit(LogLevel.lookupByName(action.level), action.format, **fields)
+        else:
+            return False
+        return True
 
 
 @implementer(IResponder, ILifecycle, IAnsweredByPeople)
@@ -76,7 +108,7 @@ class PairResponder:
         assert clock is not None
         self._clock: IReactorTime = clock
         self._pairs = Pairs(grace)
-        self._seats: dict[Hashable, _Seat] = {}
+        self._seats: dict[Hashable, Seat] = {}
         self._timer: IDelayedCall | None = None
 
     @property
@@ -88,7 +120,7 @@ class PairResponder:
 
     def started(self, conversation: IConversation) -> WelcomeLater:
         info = conversation.info
-        seat = self._seats[info.id] = _Seat(conversation)
+        seat = self._seats[info.id] = Seat(conversation)
         self._pairs.arrive(info.id, f"client {info.id} ({info.peer})", self._now())
         self._run()
         return seat.welcome
@@ -128,34 +160,6 @@ class PairResponder:
             )
 
     def _act(self, action: Action) -> None:
-        if type(action) is Answer:  # the usual: the partner's line
-            seat = self._seats.get(action.key)
-            waiting = None if seat is None else seat.waiting
-            if waiting is not None:
-                seat.waiting = None  # type: ignore[union-attr]  # it has one
-                waiting.callback(action.text)
-            return
-        if isinstance(action, Log):
-            log.emit(
-                LogLevel.lookupByName(action.level),
-                action.format,
-                **dict(action.fields),
-            )
-            return
         seat = self._seats.get(action.key)
-        if seat is None:
-            return  # it ended meanwhile
-        if isinstance(action, Welcome):
-            if action.listen:
-                seat.waiting = Deferred()
-                seat.welcome.server_first(seat.waiting)
-            else:
-                seat.welcome.client_first()
-        elif isinstance(action, Tell):
-            seat.conversation.notify(action.code, action.text)
-        elif isinstance(action, GiveTurn):
-            waiting, seat.waiting = seat.waiting, None
-            if waiting is not None:
-                waiting.errback(Unavailable(action.why))
-        elif isinstance(action, End):
-            seat.conversation.end(action.code, action.text)
+        if seat is not None:  # else it ended meanwhile
+            seat.act(action)

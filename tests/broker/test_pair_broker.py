@@ -704,7 +704,12 @@ class Player:
 @example(
     (0.09375, 0.03125), [("connect", 0), ("connect", 1), ("probe", 0), ("leave", 1)]
 )
-# One takes the first's entry and leaves before the answer comes.
+# One takes the first's entry and leaves before the answer comes: while
+# the broker answers it, or while the first's instance does.
+@example(
+    (0.05, 0.05),
+    [("connect", 0), ("pause", 7), ("connect", 0), ("pause", 7), ("leave", 1)],
+)
 @example(
     (0.05, 0.05),
     [("connect", 0), ("pause", 7), ("connect", 0), ("pause", 6), ("leave", 1)],
