@@ -11,8 +11,10 @@ broker.  What they ask of it is this interface, in roles:
   ``workers``); each entry goes to one consumer, which holds it until it
   finishes it or hands it back; entries of a consumer that stopped
   touching them are taken by another;
-- the directory (``IDirectory``): the clients of each instance, and who
-  holds which queued line;
+- the directory (``IDirectory``): the clients of each instance, who holds
+  which conversation between its lines, and who holds which queued line;
+- histories (``IHistory``): each conversation's lines and answers so far,
+  bounded, living as long as its instance's directory;
 - pairing (``IPairing``): the pair mode's waiting list.
 
 Two implementations: ``RedisBroker`` (``sockchat._broker.redisbroker``),
@@ -52,10 +54,12 @@ __all__ = [
     "IBroker",
     "IBrokerLink",
     "IDirectory",
+    "IHistory",
     "IInbox",
     "IPairing",
     "IPresence",
     "IWorkQueue",
+    "Kept",
     "QueuedEntry",
     "Taken",
     "WorkEntry",
@@ -120,13 +124,25 @@ class ClientRecord:
 
     *conv* is the instance's conversation id, *peer* the client's address,
     *responder* the queue or mode that serves it (``operators``,
-    ``workers``, ``pair``), *partner* its pair partner (``i2/5``) if any.
+    ``workers``, ``pair``), *partner* its pair partner (``i2/5``) if any,
+    *holder* the consumer that holds the conversation between its lines
+    (an operator at a desk), if any.
     """
 
     conv: int
     peer: str
     responder: str
     partner: str | None = None
+    holder: str | None = None
+
+
+@frozen
+class Kept:
+    """One item of a conversation's history: its number (counted from 1,
+    never given twice in one conversation) and its bytes."""
+
+    n: int
+    data: bytes
 
 
 @frozen
@@ -221,6 +237,22 @@ class IWorkQueue(Interface):
     def enqueue(group: str, message: bytes) -> Deferred[str]:
         """Add *message* to *group*'s queue; the new entry's id."""
 
+    def enqueue_held(group: str, message: bytes, holder: str) -> Deferred[str]:
+        """Add *message* to *group*'s queue, held by consumer *holder* from
+        the start, as if it had taken it with ``take_entry``: no other
+        consumer is given it, unless *holder* stops touching it.  The new
+        entry's id.  (Entries nobody had taken yet, older than it, are
+        handed back, as ``take_entry`` does.)"""
+
+    def follow(
+        group: str, after: str, wait: float, most: int
+    ) -> Deferred[list[WorkEntry]]:
+        """The entries of *group*'s queue added after entry *after*
+        (``0-0``: from the first), oldest first (up to *most*), whoever
+        holds them, taking none; if there are none, wait up to *wait*
+        seconds for one (``[]`` if none came).  An entry deleted is not
+        given."""
+
     def take(
         group: str, consumer: str, most: int, wait: float
     ) -> Deferred[list[WorkEntry]]:
@@ -284,6 +316,27 @@ class IDirectory(Interface):
         *idle* seconds does not count)."""
 
 
+class IHistory(Interface):
+    """Each conversation's history: both sides' lines and what happened,
+    as items (bytes without a newline, which the broker does not read).
+
+    A history keeps its last ``HISTORY_ITEMS`` items, and its last
+    ``HISTORY_BYTES`` bytes of items (its latest item is kept whole, however
+    long).  It lives as long as its instance's directory: it goes when the
+    instance leaves or stops beating, or when it is dropped.
+    """
+
+    def add_history(instance: str, conv: int, items: Sequence[bytes]) -> Deferred[int]:
+        """Add *items*, in order, to conversation *conv* of *instance*; the
+        number given to the first."""
+
+    def history(instance: str, conv: int) -> Deferred[list[Kept]]:
+        """The items kept, oldest first."""
+
+    def drop_history(instance: str, conv: int) -> Deferred[None]:
+        """The conversation is over: its history goes."""
+
+
 class IPairing(Interface):
     """Pair mode's waiting list: clients of every instance wait in one."""
 
@@ -308,7 +361,9 @@ class IPairing(Interface):
         """The waiting list's entries, first first."""
 
 
-class IBroker(IBrokerLink, IPresence, IInbox, IWorkQueue, IDirectory, IPairing):
+class IBroker(
+    IBrokerLink, IPresence, IInbox, IWorkQueue, IDirectory, IHistory, IPairing
+):
     """Everything a sockchat process asks of the broker."""
 
 

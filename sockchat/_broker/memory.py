@@ -45,11 +45,12 @@ from sockchat._broker.interface import (
     ClientRecord,
     ConsumerSeen,
     IBroker,
+    Kept,
     QueuedEntry,
     Taken,
     WorkEntry,
 )
-from sockchat._broker.wire import PROTOCOL, Timings
+from sockchat._broker.wire import HISTORY_BYTES, HISTORY_ITEMS, PROTOCOL, Timings
 
 __all__ = ["MemoryBroker", "MemoryHub"]
 
@@ -75,15 +76,35 @@ class _Queue:
 
 
 @define(eq=False)
+class _History:
+    """One conversation's history: the next number, and the items kept."""
+
+    next_n: int = 1
+    items: deque[Kept] = field(factory=deque)
+    size: int = 0
+
+    def add(self, data: bytes) -> None:
+        self.items.append(Kept(self.next_n, data))
+        self.next_n += 1
+        self.size += len(data)
+        while len(self.items) > 1 and (
+            len(self.items) > HISTORY_ITEMS or self.size > HISTORY_BYTES
+        ):
+            self.size -= len(self.items.popleft().data)
+
+
+@define(eq=False)
 class _Waiter:
     """A read that waits: for an inbox (*key* is its instance) or a queue
-    (*key* is its group)."""
+    (*key* is its group: a consumer's take, or a follower's read after the
+    entry *after*)."""
 
     broker: MemoryBroker
     key: str
     most: int
     reply: Deferred[Any]
     consumer: str = ""
+    after: str = ""
     timeout: IDelayedCall | None = None
 
 
@@ -100,6 +121,8 @@ class _State:
     directory: dict[str, dict[int, ClientRecord]] = field(factory=dict)
     waiting: list[bytes] = field(factory=list)
     last_id: tuple[int, int] = (0, 0)
+    #: Instance name -> its conversations' histories, and when they run out.
+    histories: dict[str, tuple[dict[int, _History], float]] = field(factory=dict)
 
 
 class MemoryHub:
@@ -113,6 +136,7 @@ class MemoryHub:
         self._brokers: list[MemoryBroker] = []
         self._inbox_waiters: list[_Waiter] = []
         self._queue_waiters: list[_Waiter] = []
+        self._follow_waiters: list[_Waiter] = []
         self._names = itertools.count(1)
         #: Calls the broker refuses (as a Redis that says no), by name.
         self.refusals: dict[str, str] = {}
@@ -187,11 +211,16 @@ class MemoryHub:
         return name
 
     def beat_instance(self, name: str) -> None:
-        self._state.instances[name] = self.now() + self.timings.heartbeat_ttl
+        until = self.now() + self.timings.heartbeat_ttl
+        self._state.instances[name] = until
+        histories = self._state.histories.get(name)
+        if histories is not None:
+            self._state.histories[name] = (histories[0], until)
 
     def leave_instance(self, name: str) -> None:
         self._state.instances.pop(name, None)
         self._state.directory.pop(name, None)
+        self._state.histories.pop(name, None)
 
     def beat_consumer(self, group: str, seen: ConsumerSeen) -> None:
         self._state.consumers.setdefault(group, {})[seen.name] = seen
@@ -235,7 +264,7 @@ class MemoryHub:
     def queue(self, group: str) -> _Queue:
         return self._state.queues.setdefault(group, _Queue())
 
-    def enqueue(self, group: str, data: bytes) -> str:
+    def enqueue(self, group: str, data: bytes, holder: str | None = None) -> str:
         state = self._state
         ms = int(self.now() * 1000)
         last_ms, last_seq = state.last_id
@@ -245,8 +274,21 @@ class MemoryHub:
         queue = self.queue(group)
         queue.items[entry] = _Item(data)
         queue.fresh.append(entry)
+        if holder is not None:  # as one Redis script: nobody else sees it new
+            self.take_entry(group, holder, entry, 0.0)
         self._serve(self._queue_waiters, group)
+        self._serve(self._follow_waiters, group)
         return entry
+
+    def follow(self, group: str, after: str, most: int) -> list[WorkEntry]:
+        start = _entry_id(after)
+        found: list[WorkEntry] = []
+        for entry, item in self.queue(group).items.items():
+            if len(found) >= most:
+                break
+            if _entry_id(entry) > start:
+                found.append(WorkEntry(entry, item.data))
+        return found
 
     def take_fresh(self, group: str, consumer: str, most: int) -> list[WorkEntry]:
         queue = self.queue(group)
@@ -339,6 +381,32 @@ class MemoryHub:
         known = self._state.directory.get(instance, {})
         return [known[conv] for conv in sorted(known)]
 
+    # Histories.
+
+    def _histories(self, instance: str) -> dict[int, _History]:
+        found = self._state.histories.get(instance)
+        if found is None or found[1] <= self.now():
+            self._state.histories.pop(instance, None)
+            return {}
+        return found[0]
+
+    def add_history(self, instance: str, conv: int, items: Sequence[bytes]) -> int:
+        histories = self._histories(instance)
+        history = histories.setdefault(conv, _History())
+        first = history.next_n
+        for data in items:
+            history.add(data)
+        until = self.now() + self.timings.heartbeat_ttl
+        self._state.histories[instance] = (histories, until)
+        return first
+
+    def history(self, instance: str, conv: int) -> list[Kept]:
+        history = self._histories(instance).get(conv)
+        return list(history.items) if history is not None else []
+
+    def drop_history(self, instance: str, conv: int) -> None:
+        self._histories(instance).pop(conv, None)
+
     # Pairing.
 
     def pair_or_wait(self, entry: bytes, front: bool) -> bytes | None:
@@ -380,6 +448,10 @@ class MemoryHub:
         for waiter in [w for w in waiters if w.key == key]:
             if waiters is self._inbox_waiters:
                 found: list[Any] = self.take_messages(key, waiter.most)
+            elif waiters is self._follow_waiters:
+                found = self.follow(key, waiter.after, waiter.most)
+                if not found:
+                    continue  # others may follow from further back
             else:
                 found = self.take_fresh(key, waiter.consumer, waiter.most)
             if not found:
@@ -392,13 +464,27 @@ class MemoryHub:
     def forget_waiters(self, broker: MemoryBroker) -> list[_Waiter]:
         """*broker*'s reads that wait, taken away."""
         gone = []
-        for waiters in (self._inbox_waiters, self._queue_waiters):
+        for waiters in (
+            self._inbox_waiters,
+            self._queue_waiters,
+            self._follow_waiters,
+        ):
             for waiter in [w for w in waiters if w.broker is broker]:
                 waiters.remove(waiter)
                 if waiter.timeout is not None and waiter.timeout.active():
                     waiter.timeout.cancel()
                 gone.append(waiter)
         return gone
+
+
+def _entry_id(entry: str) -> tuple[int, int]:
+    """An entry id (``1718000000000-0``) as a pair that sorts as Redis's
+    do; a malformed one sorts first."""
+    ms, _, seq = entry.partition("-")
+    try:
+        return (int(ms), int(seq or 0))
+    except ValueError:
+        return (-1, -1)
 
 
 def _instance_named(entry: bytes) -> str:
@@ -593,6 +679,19 @@ class MemoryBroker:
     def enqueue(self, group: str, message: bytes) -> Deferred[str]:
         return self._call(self._hub.enqueue, group, message)
 
+    def enqueue_held(self, group: str, message: bytes, holder: str) -> Deferred[str]:
+        return self._call(self._hub.enqueue, group, message, holder)
+
+    def follow(
+        self, group: str, after: str, wait: float, most: int
+    ) -> Deferred[list[WorkEntry]]:
+        refused = self._refusal("follow")
+        if refused is not None:
+            return refused
+        found = self._hub.follow(group, after, most)
+        waiter = _Waiter(self, group, most, Deferred(), after=after)
+        return self._read(waiter, self._hub._follow_waiters, wait, found)
+
     def take(
         self, group: str, consumer: str, most: int, wait: float
     ) -> Deferred[list[WorkEntry]]:
@@ -660,6 +759,19 @@ class MemoryBroker:
 
     def queue_view(self, group: str, idle: float) -> Deferred[list[QueuedEntry]]:
         return self._call(self._hub.queue_view, group, idle)
+
+    # -- IHistory ------------------------------------------------------------------
+
+    def add_history(
+        self, instance: str, conv: int, items: Sequence[bytes]
+    ) -> Deferred[int]:
+        return self._call(self._hub.add_history, instance, conv, list(items))
+
+    def history(self, instance: str, conv: int) -> Deferred[list[Kept]]:
+        return self._call(self._hub.history, instance, conv)
+
+    def drop_history(self, instance: str, conv: int) -> Deferred[None]:
+        return self._call(self._hub.drop_history, instance, conv)
 
     # -- IPairing ------------------------------------------------------------------
 

@@ -12,13 +12,17 @@ What lives where (``P`` is the key prefix, ``sockchat``):
   dead are swept at a census);
 - ``P:clients:NAME``: an instance's directory, a hash of JSON records by
   conversation id, living as long as the heartbeat;
+- ``P:history:NAME``: its conversations' histories, a hash by conversation
+  id (``HISTORY_ADD`` appends and trims), living as long as the heartbeat;
 - ``P:inbox:NAME``: an instance's inbox, a list (``RPUSH``, read with
   ``BLMPOP ... COUNT``: every message waiting, at once);
 - ``P:work:GROUP``: a group's work queue, a stream read in one consumer
   group (``XREADGROUP COUNT n``); held entries are touched with one
   ``XCLAIM ... JUSTID``, abandoned ones taken with ``XAUTOCLAIM``, a given
-  one with ``TAKE_ENTRY``; a finished entry is acknowledged and deleted
-  (``XACK`` and ``XDEL``, one each for a whole batch);
+  one with ``TAKE_ENTRY``, a new one held from the start with
+  ``ENQUEUE_HELD``; a finished entry is acknowledged and deleted
+  (``XACK`` and ``XDEL``, one each for a whole batch); a desk follows it
+  with ``XREAD BLOCK``;
 - ``P:consumers:GROUP``: a hash of the group's consumers, each a JSON
   record with the time it counts as gone;
 - ``P:pair:waiting``: pair mode's waiting list (``POP_OR_WAIT``).
@@ -55,6 +59,7 @@ from sockchat._broker.interface import (
     ClientRecord,
     ConsumerSeen,
     IBroker,
+    Kept,
     QueuedEntry,
     Taken,
     WorkEntry,
@@ -67,9 +72,17 @@ from sockchat._broker.redis import (
     RedisError,
     parse_broker_url,
 )
-from sockchat._broker.wire import PROTOCOL, Keys, Timings
+from sockchat._broker.wire import (
+    HISTORY_BYTES,
+    HISTORY_ITEMS,
+    PROTOCOL,
+    Keys,
+    Timings,
+)
 
 __all__ = [
+    "ENQUEUE_HELD",
+    "HISTORY_ADD",
     "POP_OR_WAIT",
     "SCRIPTS",
     "TAKE_ENTRY",
@@ -163,49 +176,129 @@ return false
 """,
 )
 
-#: Take one given entry of a work queue (an operator's ``/to``).
-#:
-#: KEYS[1] is the stream.  ARGV: the group, the consumer, the entry, the
-#: idle time (ms) past which a holder no longer counts, and the idle time
-#: given to entries handed back.  Replies ``{'taken', id, fields}``,
-#: ``{'held', consumer}`` or ``{'gone'}``.  An entry nobody has taken is
-#: only reachable through the group's new entries (``>``): those before
-#: it are read too, one by one, and handed back at once, so that anyone's
-#: next ``XAUTOCLAIM`` takes them (oldest first).
-TAKE_ENTRY = Script(
-    name="take_entry",
-    lua="""\
-local stream, group, me, wanted = KEYS[1], ARGV[1], ARGV[2], ARGV[3]
-local found = redis.call('XRANGE', stream, wanted, wanted)
-if #found == 0 then return {'gone'} end
-local pending = redis.call('XPENDING', stream, group, wanted, wanted, 1)
-if #pending > 0 then
-  if pending[1][2] ~= me and pending[1][3] < tonumber(ARGV[4]) then
-    return {'held', pending[1][2]}
-  end
-  redis.call('XCLAIM', stream, group, me, 0, wanted, 'JUSTID')
-  return {'taken', found[1][1], found[1][2]}
-end
+#: Take one entry of a work queue for a consumer, whether it was taken
+#: before (then only if its holder has not touched it for a while) or not:
+#: an entry nobody has taken is only reachable through the group's new
+#: entries (``>``), so those before it are read too, one by one, and handed
+#: back at once, so that anyone's next ``XAUTOCLAIM`` takes them (oldest
+#: first).  Shared by ``TAKE_ENTRY`` and ``ENQUEUE_HELD``.
+_TAKE = """\
 local function before(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
   am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
   return am < bm or (am == bm and as < bs)
 end
-while true do
-  local read = redis.call('XREADGROUP', 'GROUP', group, me, 'COUNT', 1,
-                          'STREAMS', stream, '>')
-  if not read then return {'gone'} end
-  local e = read[1][2][1]
-  if e[1] == wanted then return {'taken', e[1], e[2]} end
-  redis.call('XCLAIM', stream, group, me, 0, e[1], 'IDLE', ARGV[5], 'JUSTID')
-  if not before(e[1], wanted) then return {'gone'} end
+-- Read the group's new entries for me up to wanted, handing back the
+-- others; the group is made if it is not there (a broker that restarted
+-- empty), with every entry new.
+local function reach(stream, group, me, wanted, handed_back)
+  while true do
+    local read = redis.pcall('XREADGROUP', 'GROUP', group, me, 'COUNT', 1,
+                             'STREAMS', stream, '>')
+    if type(read) == 'table' and read.err then
+      if not string.find(read.err, 'NOGROUP', 1, true) then return read end
+      redis.call('XGROUP', 'CREATE', stream, group, '0')
+    else
+      if not read then return {'gone'} end
+      local e = read[1][2][1]
+      if e[1] == wanted then return {'taken', e[1], e[2]} end
+      redis.call('XCLAIM', stream, group, me, 0, e[1], 'IDLE', handed_back, 'JUSTID')
+      if not before(e[1], wanted) then return {'gone'} end
+    end
+  end
 end
+local function take(stream, group, me, wanted, idle, handed_back)
+  local found = redis.call('XRANGE', stream, wanted, wanted)
+  if #found == 0 then return {'gone'} end
+  local pending = redis.pcall('XPENDING', stream, group, wanted, wanted, 1)
+  if type(pending) == 'table' and pending.err then pending = {} end
+  if #pending > 0 then
+    if pending[1][2] ~= me and pending[1][3] < tonumber(idle) then
+      return {'held', pending[1][2]}
+    end
+    redis.call('XCLAIM', stream, group, me, 0, wanted, 'JUSTID')
+    return {'taken', found[1][1], found[1][2]}
+  end
+  return reach(stream, group, me, wanted, handed_back)
+end
+"""
+
+#: Take one given entry of a work queue (an operator's ``/to``, a desk's
+#: take).
+#:
+#: KEYS[1] is the stream.  ARGV: the group, the consumer, the entry, the
+#: idle time (ms) past which a holder no longer counts, and the idle time
+#: given to entries handed back.  Replies ``{'taken', id, fields}``,
+#: ``{'held', consumer}`` or ``{'gone'}``.
+TAKE_ENTRY = Script(
+    name="take_entry",
+    lua=_TAKE + "return take(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5])\n",
+)
+
+#: Add an entry to a work queue, held by a consumer from the start (the
+#: next line of a conversation that an operator holds).
+#:
+#: KEYS[1] is the stream.  ARGV: the group, the consumer, the message, the
+#: idle time given to entries handed back.  Replies the new entry's id.
+#: (It costs ``XADD`` and one ``XREADGROUP``, and one ``XCLAIM`` for each
+#: entry nobody had taken yet before it.)
+ENQUEUE_HELD = Script(
+    name="enqueue_held",
+    lua=_TAKE
+    + """\
+local id = redis.call('XADD', KEYS[1], '*', 'm', ARGV[3])
+local taken = reach(KEYS[1], ARGV[1], ARGV[2], id, ARGV[4])
+if taken.err then return taken end
+return id
+""",
+)
+
+#: Add items to one conversation's history, and keep it within bounds.
+#:
+#: KEYS[1] is the instance's history hash.  ARGV: the conversation, the
+#: most items kept, the most bytes of items kept, the hash's time to live
+#: (ms), then the items (bytes without a newline).  A field is the next
+#: number, a newline, then one kept item a line, as ``N DATA``; the oldest
+#: go first, and the latest is kept whole.  Replies the first item's
+#: number.
+HISTORY_ADD = Script(
+    name="history_add",
+    lua="""\
+local value = redis.call('HGET', KEYS[1], ARGV[1])
+local next_n, lines, sizes = 1, {}, {}
+if value then
+  local head, rest = string.match(value, '^(%d+)\\n(.*)$')
+  next_n = tonumber(head)
+  for line in string.gmatch(rest, '[^\\n]+') do
+    lines[#lines + 1] = line
+    sizes[#sizes + 1] = #line - string.find(line, ' ', 1, true)
+  end
+end
+local first = next_n
+for i = 5, #ARGV do
+  lines[#lines + 1] = next_n .. ' ' .. ARGV[i]
+  sizes[#sizes + 1] = #ARGV[i]
+  next_n = next_n + 1
+end
+local most, budget, total = tonumber(ARGV[2]), tonumber(ARGV[3]), 0
+for _, size in ipairs(sizes) do total = total + size end
+local start = 1
+while #lines - start + 1 > 1 and (#lines - start + 1 > most or total > budget) do
+  total = total - sizes[start]
+  start = start + 1
+end
+local kept = table.concat(lines, '\\n', start)
+redis.call('HSET', KEYS[1], ARGV[1], next_n .. '\\n' .. kept)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return first
 """,
 )
 
 #: Every script, by name.
-SCRIPTS: dict[str, Script] = {s.name: s for s in (POP_OR_WAIT, TAKE_ENTRY)}
+SCRIPTS: dict[str, Script] = {
+    s.name: s for s in (POP_OR_WAIT, TAKE_ENTRY, ENQUEUE_HELD, HISTORY_ADD)
+}
 
 
 # -- Replies --------------------------------------------------------------------
@@ -240,16 +333,18 @@ def _client(conv: bytes, value: bytes) -> ClientRecord | None:
         return None
     if not isinstance(record, dict):
         return None
-    peer, responder, partner = (
+    peer, responder, partner, holder = (
         record.get("peer"),
         record.get("responder"),
         record.get("partner"),
+        record.get("holder"),
     )
     return ClientRecord(
         number,
         peer if isinstance(peer, str) else "unknown",
         responder if isinstance(responder, str) else "",
         partner if isinstance(partner, str) else None,
+        holder if isinstance(holder, str) else None,
     )
 
 
@@ -406,15 +501,19 @@ class RedisBroker:
             self._command("SET", self.keys.instance(name), record, "PX", ttl),
             self._command("SADD", self.keys.instances, name),
             self._command("PEXPIRE", self.keys.clients(name), ttl),
+            self._command("PEXPIRE", self.keys.history(name), ttl),
         )
 
     def _done(self, *replies: Deferred[Any]) -> Deferred[None]:
         return self._all(list(replies)).addCallback(lambda _: None)
 
     def leave_instance(self, name: str) -> Deferred[None]:
+        keys = self.keys
         return self._done(
-            self._command("DEL", self.keys.instance(name), self.keys.clients(name)),
-            self._command("SREM", self.keys.instances, name),
+            self._command(
+                "DEL", keys.instance(name), keys.clients(name), keys.history(name)
+            ),
+            self._command("SREM", keys.instances, name),
         )
 
     def instance_alive(self, name: str) -> Deferred[bool]:
@@ -457,7 +556,8 @@ class RedisBroker:
         dead = [n for n in names if n not in alive]
         if dead:
             quietly(self._command("SREM", keys.instances, *dead))
-            quietly(self._command("DEL", *(keys.clients(n) for n in dead)))
+            gone = [key for n in dead for key in (keys.clients(n), keys.history(n))]
+            quietly(self._command("DEL", *gone))
         now = self._clock.seconds()
         live: dict[str, tuple[ConsumerSeen, ...]] = {}
         for group, flat in zip(groups, first[1:], strict=True):
@@ -529,6 +629,31 @@ class RedisBroker:
     def enqueue(self, group: str, message: bytes) -> Deferred[str]:
         added = self._command("XADD", self.keys.work(group), "*", "m", message)
         return added.addCallback(_text)
+
+    def enqueue_held(self, group: str, message: bytes, holder: str) -> Deferred[str]:
+        ran = run_script(
+            self._redis,
+            ENQUEUE_HELD,
+            [self.keys.work(group)],
+            [group, holder, message, HANDED_BACK_IDLE],
+        )
+        return ran.addCallbacks(_text, _refused)
+
+    def follow(
+        self, group: str, after: str, wait: float, most: int
+    ) -> Deferred[list[WorkEntry]]:
+        block = ("BLOCK", int(wait * 1000)) if wait > 0 else ()
+        reader = self._reader(self._work, "work") if block else self._redis
+        read = reader.command(
+            "XREAD", "COUNT", most, *block, "STREAMS", self.keys.work(group), after
+        )
+
+        def entries(reply: Any) -> list[WorkEntry]:
+            if not reply:
+                return []
+            return [e for e in map(_entry, reply[0][1] or []) if e is not None]
+
+        return read.addCallbacks(entries, _refused)
 
     def take(
         self, group: str, consumer: str, most: int, wait: float
@@ -675,6 +800,7 @@ class RedisBroker:
                 "peer": client.peer,
                 "responder": client.responder,
                 "partner": client.partner,
+                "holder": client.holder,
             }
         )
         return self._done(
@@ -731,6 +857,34 @@ class RedisBroker:
                 )
         return view
 
+    # -- IHistory ------------------------------------------------------------------
+
+    def add_history(
+        self, instance: str, conv: int, items: Sequence[bytes]
+    ) -> Deferred[int]:
+        if any(b"\n" in item for item in items):
+            raise ValueError("a history item has no newline")
+        ran = run_script(
+            self._redis,
+            HISTORY_ADD,
+            [self.keys.history(instance)],
+            [
+                conv,
+                HISTORY_ITEMS,
+                HISTORY_BYTES,
+                int(self.timings.heartbeat_ttl * 1000),
+                *items,
+            ],
+        )
+        return ran.addCallbacks(int, _refused)
+
+    def history(self, instance: str, conv: int) -> Deferred[list[Kept]]:
+        got = self._command("HGET", self.keys.history(instance), conv)
+        return got.addCallback(_kept)
+
+    def drop_history(self, instance: str, conv: int) -> Deferred[None]:
+        return self._done(self._command("HDEL", self.keys.history(instance), conv))
+
     # -- IPairing ------------------------------------------------------------------
 
     def pair_or_wait(self, entry: bytes, front: bool) -> Deferred[bytes | None]:
@@ -756,6 +910,18 @@ class RedisBroker:
         return self._command("LRANGE", self.keys.pair_waiting, 0, -1).addCallback(
             lambda found: list(found or [])
         )
+
+
+def _kept(value: bytes | None) -> list[Kept]:
+    """A history field (``HISTORY_ADD``'s layout) as its items."""
+    if not value:
+        return []
+    kept = []
+    for line in value.split(b"\n")[1:]:
+        number, _, data = line.partition(b" ")
+        if number.isdigit():
+            kept.append(Kept(int(number), data))
+    return kept
 
 
 def _seconds(wait: float) -> str:

@@ -19,6 +19,8 @@ __all__ = [
     "GROUPS",
     "HEARTBEAT",
     "HEARTBEAT_TTL",
+    "HISTORY_BYTES",
+    "HISTORY_ITEMS",
     "INBOX_TTL",
     "OPERATORS",
     "PROTOCOL",
@@ -44,6 +46,11 @@ HEARTBEAT_TTL = 10.0
 CLAIM_AFTER = 10.0
 #: Seconds an inbox nobody reads lives on after its last message.
 INBOX_TTL = 30.0
+
+#: What a conversation's history keeps at most: its last items, up to
+#: this many bytes of items in all (its latest item is always kept whole).
+HISTORY_ITEMS = 500
+HISTORY_BYTES = 64 * 1024
 
 #: The consumer groups, one per shared queue.
 OPERATORS = "operators"
@@ -101,8 +108,8 @@ class Keys:
     def inbox(self, name: str) -> str:
         return f"{self.prefix}:inbox:{name}"
 
-    def operator_inbox(self, consumer: str) -> str:
-        return f"{self.prefix}:inbox:op:{consumer}"
+    def history(self, name: str) -> str:
+        return f"{self.prefix}:history:{name}"
 
     def consumers(self, group: str) -> str:
         return f"{self.prefix}:consumers:{group}"
