@@ -172,9 +172,14 @@ class RecordingConversation:
         self.notices: list[Notice] = []
         #: The bye notice, once ``end`` was called.
         self.ended: Notice | None = None
+        #: The reasons given to ``handoff``, in order.
+        self.handoffs: list[str] = []
 
     def notify(self, code: str, text: str) -> None:
         self.notices.append(make_notice(NoticeKind.INFO, code, text))
+
+    def handoff(self, reason: str) -> None:
+        self.handoffs.append(reason)
 
     def end(self, code: str, text: str) -> None:
         if self.ended is None:

@@ -309,6 +309,9 @@ class RemoteConversation:
     def end(self, code: str, text: str) -> None:
         self._outbox.post(self.instance, "end", conv=self.conv, code=code, text=text)
 
+    def handoff(self, reason: str) -> None:
+        self._outbox.post(self.instance, "handoff", conv=self.conv, reason=reason)
+
 
 # -- The loop -------------------------------------------------------------------
 

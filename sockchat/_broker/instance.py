@@ -13,6 +13,16 @@ away through it:
   worker processes (``python -m sockchat.worker``) and the answer-timeout
   applies.
 
+For the operators, a conversation may be *held* by one (an operator at a
+desk took it): the desk says so in the inbox (``held``, ``released``),
+the instance writes it in the directory, and the conversation's next
+lines are queued already held by that operator (``enqueue_held``), until
+it lets go or stops beating.  Each client line for the operators goes into
+the conversation's history first (``add_history``), and the line carries
+the item's number (``h``); the history is dropped when the conversation
+ends.  A worker's responder may hand its conversation to the operators
+(``handoff``), through ``sockchat._broker.handoff``.
+
 The answer comes back in the inbox, naming the queue entry it answers; the
 instance takes the first answer for the entry it waits for and ignores any
 other, so a line is never answered twice.  The consumer that answered
@@ -61,7 +71,10 @@ from sockchat._broker.wire import (
     WireError,
     decode,
     encode,
+    said,
 )
+from sockchat._core.queuestats import QueueStats
+from sockchat._core.render import safe_text
 from sockchat._responders.contract import (
     AnswerFailed,
     ConversationInfo,
@@ -314,6 +327,8 @@ class _Line:
     conversation: ConversationInfo
     number: int
     text: str
+    #: When it was sent away.
+    asked: float = 0.0
     answer: Deferred[str | Signed] | None = None
     #: The queue entry, once the broker gave it.
     entry: str | None = None
@@ -347,8 +362,18 @@ class QueueResponder:
         #: Who answered each conversation last (operators: logged when it
         #: changes).
         self._by: dict[int, str] = {}
+        #: Operators: who holds each conversation held, and since when.
+        self._holders: dict[int, tuple[str, float]] = {}
+        #: Operators: when each conversation's first line was queued (None
+        #: once it has had its first answer).
+        self._first: dict[int, float | None] = {}
+        #: What ``--metrics`` shows of the operators' queue (operators only).
+        self.stats: QueueStats | None = None
         instance.watch_consumers(group)
         instance.on_back(self._broker_back)
+        if group == OPERATORS:
+            self.stats = QueueStats()
+            instance.on_census(self._census)
 
     @property
     def _who(self) -> str:
@@ -376,16 +401,28 @@ class QueueResponder:
         self._counts.pop(info.id, None)
         self._told_queued.discard(info.id)
         self._by.pop(info.id, None)
+        self._holders.pop(info.id, None)
+        self._first.pop(info.id, None)
+        if self.stats is not None:
+            self.stats.waiting.pop(info.id, None)
         self.instance.unroute(info.id)
         if self.broker.up:
             quietly(self.broker.remove_client(self.instance.name, info.id))
+            if self.group == OPERATORS:
+                quietly(self.broker.drop_history(self.instance.name, info.id))
         if self.lifecycle:
             self._add_work("ended", info, reason=str(reason))
 
     def _list(self, info: ConversationInfo) -> None:
         """Put the client in the broker's directory."""
         if self.broker.up:
-            record = ClientRecord(info.id, info.peer, self.group)
+            holder = self._holders.get(info.id)
+            record = ClientRecord(
+                info.id,
+                info.peer,
+                self.group,
+                holder=holder[0] if holder is not None else None,
+            )
             quietly(self.broker.set_client(self.instance.name, record))
 
     # -- IResponder ------------------------------------------------------------
@@ -439,10 +476,14 @@ class QueueResponder:
         **fields: Any,
     ) -> Deferred[str | Signed]:
         """Put a work item on the queue; the Deferred fires with its answer."""
-        line = _Line(conversation, number, said)
+        now = self.instance.clock.seconds()
+        line = _Line(conversation, number, said, now)
         answer: Deferred[str | Signed] = Deferred(lambda _: self._cancelled(line))
         line.answer = answer
         self._lines[conversation.id] = line
+        if self.stats is not None:
+            self.stats.waiting[conversation.id] = now
+            self._first.setdefault(conversation.id, now)
         added = self._add_work(kind, conversation, **fields)
         added.addCallbacks(
             self._added, self._not_added, callbackArgs=(line,), errbackArgs=(line,)
@@ -452,6 +493,8 @@ class QueueResponder:
     def _add_work(
         self, kind: str, info: ConversationInfo, **fields: Any
     ) -> Deferred[str]:
+        if kind == "line" and self.group == OPERATORS:
+            return Deferred.fromCoroutine(self._add_line(info, fields))
         data = encode(
             kind,
             instance=self.instance.name,
@@ -463,6 +506,24 @@ class QueueResponder:
         if kind != "line" and not fields.get("opening"):
             quietly(added)
         return added
+
+    async def _add_line(self, info: ConversationInfo, fields: dict[str, Any]) -> str:
+        """A line for the operators: its history item first, then the line,
+        held by the conversation's holder if it has one."""
+        item = said("client", "", str(fields.get("text", "")), fields.get("at", 0.0))
+        h = await self.broker.add_history(self.instance.name, info.id, [item])
+        data = encode(
+            "line",
+            instance=self.instance.name,
+            conv=info.id,
+            peer=info.peer,
+            h=h,
+            **fields,
+        )
+        holder = self._holders.get(info.id)
+        if holder is None:
+            return await self.broker.enqueue(self.group, data)
+        return await self.broker.enqueue_held(self.group, data, holder[0])
 
     def _added(self, entry: str, line: _Line) -> None:
         line.entry = entry
@@ -476,6 +537,8 @@ class QueueResponder:
     def _not_added(self, failure: Failure, line: _Line) -> None:
         if self._lines.get(line.conversation.id) is line:
             del self._lines[line.conversation.id]
+            if self.stats is not None:
+                self.stats.waiting.pop(line.conversation.id, None)
         answer, line.answer = line.answer, None
         if answer is None or line.cancelled:
             return
@@ -495,6 +558,8 @@ class QueueResponder:
         line.answer = None
         if self._lines.get(line.conversation.id) is line:
             del self._lines[line.conversation.id]
+            if self.stats is not None:
+                self.stats.waiting.pop(line.conversation.id, None)
         if line.entry is not None:
             self._drop(line.entry)
 
@@ -508,6 +573,14 @@ class QueueResponder:
         kind = message["kind"]
         if kind in ("answer", "failed", "refused"):
             self._answer(cid, message)
+        elif kind in ("held", "released") and self.group == OPERATORS:
+            holder = message.get("holder")
+            if kind == "held" and isinstance(holder, str) and holder:
+                self._hold(cid, holder, str(message.get("by") or holder))
+            elif kind == "released":
+                self._release(cid, "let go")
+        elif kind == "handoff":
+            self._handoff(cid, str(message.get("reason") or "no reason given"))
         elif kind in ("notify", "end"):
             talk = self._conversations.get(cid)
             if talk is None:
@@ -536,6 +609,8 @@ class QueueResponder:
         if line is None or entry != line.entry:
             return  # late (timed out, or answered already): the first one won
         del self._lines[cid]
+        if self.stats is not None:
+            self.stats.waiting.pop(cid, None)
         answer, line.answer = line.answer, None
         if answer is None:
             return
@@ -557,11 +632,69 @@ class QueueResponder:
         """Say who answers a conversation of the operators, when it changes."""
         if self.group != OPERATORS:
             return
+        first = self._first.get(cid)
+        if first is not None and self.stats is not None:
+            self._first[cid] = None
+            self.stats.first_answer.observe(self.instance.clock.seconds() - first)
         if self._by.get(cid) != by:
             self._by[cid] = by
             log.info(
                 "conversation {cid}: {by} answers", cid=cid, by=by[:100], answered=by
             )
+
+    # -- Holders (operators) and handoffs -----------------------------------------
+
+    def _hold(self, cid: int, holder: str, by: str) -> None:
+        """An operator took the conversation: its next lines are theirs."""
+        talk = self._conversations.get(cid)
+        if talk is None or self._holders.get(cid, ("",))[0] == holder:
+            return
+        self._holders[cid] = (holder, self.instance.clock.seconds())
+        log.info(
+            "conversation {cid}: held by {by}",
+            cid=cid,
+            by=safe_text(by[:100]),
+            holder=holder,
+        )
+        self._list(talk.info)
+
+    def _release(self, cid: int, why: str) -> None:
+        """Nobody holds the conversation any more."""
+        held = self._holders.pop(cid, None)
+        talk = self._conversations.get(cid)
+        if held is None or talk is None:
+            return
+        log.info("conversation {cid}: no longer held ({why})", cid=cid, why=why)
+        self._list(talk.info)
+
+    def _census(self, census: Census) -> None:
+        """Operators online; holders that have stopped beating let go."""
+        live = {seen.name for seen in census.of(OPERATORS)}
+        if self.stats is not None:
+            self.stats.online = len(live)
+        # A hold newer than a heartbeat's life may postdate the census.
+        settled = self.instance.clock.seconds() - self.instance.timings.heartbeat_ttl
+        for cid, (holder, since) in list(self._holders.items()):
+            if holder not in live and since < settled:
+                self._release(cid, "its operator is gone")
+
+    def _handoff(self, cid: int, reason: str) -> None:
+        """A worker's responder hands its conversation to the operators."""
+        talk = self._conversations.get(cid)
+        if talk is None:
+            return
+        try:
+            talk.handoff(reason)
+        except Exception as e:
+            self._say_once_handoff(str(e))
+
+    def _say_once_handoff(self, why: str) -> None:
+        log.warn(
+            "a {who} asked to hand a conversation to the operators, and it "
+            "could not be: {why}",
+            who=self._who,
+            why=why,
+        )
 
     # -- The broker came back ----------------------------------------------------
 

@@ -31,8 +31,9 @@ from sockchat._broker.interface import (
     BrokerUnavailable,
     IBroker,
     Taken,
+    quietly,
 )
-from sockchat._broker.wire import OPERATORS, Timings, WireError, decode
+from sockchat._broker.wire import OPERATORS, Timings, WireError, decode, said
 from sockchat._console.responder import ConsoleResponder
 from sockchat._core.render import safe_text
 from sockchat._responders.contract import ConversationInfo
@@ -215,6 +216,10 @@ class OperatorDesk(HandlerBase):
 
         def answered(text: str) -> Outcome:
             client.holding.discard(item.entry)
+            # The conversation's history, for a desk that takes it later.
+            by = self._consumer.by if self._consumer is not None else "operator"
+            entry = said("operator", by, text, self._clock.seconds())
+            quietly(self._broker.add_history(item.instance, item.conv, [entry]))
             return Outcome("answer", text)
 
         def failed(failure: Failure) -> Failure:

@@ -30,6 +30,7 @@ __all__ = [
     "WireError",
     "decode",
     "encode",
+    "said",
 ]
 
 #: The broker protocol.  Raise it when a message changes meaning.  2: a
@@ -149,3 +150,11 @@ def decode(data: bytes | str, *, sender: str = "a sender") -> dict[str, Any]:
     if not isinstance(message.get("kind"), str):
         raise WireError(f"{sender} sent a message with no kind")
     return message
+
+
+def said(who: str, by: str, text: str, at: float) -> bytes:
+    """One item of a conversation's history (``IHistory``): *who* said it
+    (``client``, ``operator``, ``bot``, or ``notice`` for what happened to
+    the conversation), *by* whom (a name; empty for the client), *at*
+    (seconds, the writer's clock)."""
+    return encode("said", who=who, by=by, text=text, at=round(at, 3))

@@ -365,6 +365,14 @@ class Runner:
     def end(self, code: str, text: str) -> None:
         self.say_goodbye(make_notice(NoticeKind.BYE, code, text))
 
+    def handoff(self, reason: str) -> None:
+        # A responder that may hand over is given the conversation by the
+        # server's handoff responder (sockchat._broker.handoff), not this.
+        raise Unavailable(
+            "this server has no operators' queue to hand a conversation to "
+            "(serve the desk with --desk, or run with --broker)"
+        )
+
     def say_goodbye(self, notice: Notice) -> None:
         """End this conversation from the server's side with a bye notice."""
         now = self._hub.clock.seconds()

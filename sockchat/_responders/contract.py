@@ -141,6 +141,23 @@ class IConversation(Interface):
     def end(code: str, text: str) -> None:
         """Say goodbye with ``!bye code: text`` and close the conversation."""
 
+    def handoff(reason: str) -> None:
+        """Hand the conversation to the operators' queue: a person answers it
+        from now on.
+
+        The client is told (``!info handoff``).  The line it waits on, if
+        any, goes to the queue too, with the conversation's history so far
+        (what the responder answered, as the bot's part), for the operator
+        who takes it; an answer the responder gives it after this call is
+        not sent.  The responder hears no more lines of this conversation;
+        its ``ended`` hook still runs at the end.  *reason* (one line) is
+        for the operators and the log, not the client.
+
+        Where there is no operators' queue (no ``--desk`` and no
+        ``--broker``), it raises ``Unavailable``.  A second call does
+        nothing.
+        """
+
 
 class ILifecycle(Interface):
     """Optional hooks of a responder: a conversation started or ended."""

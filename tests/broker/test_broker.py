@@ -476,3 +476,122 @@ def test_who_answered_is_in_the_transcript():
     assert json.loads(encode_entry(answer))["by"] == "operator ann"
     [line] = [e for e in kept.entries if e.kind == "line"]
     assert "by" not in json.loads(encode_entry(line))
+
+
+# -- The operators: holders, histories, what --metrics counts ------------------------
+
+
+def _history(c: Cluster, conv: int) -> list[dict[str, Any]]:
+    return [decode(k.data) for k in now(c.broker.history("i1", conv))]
+
+
+def test_a_line_for_the_operators_goes_into_its_history_first():
+    c = Cluster("operators")
+    talk = c.server.connect()
+    said = talk.say("hello, 你好")
+    c.advance()
+    taken = c.desk.take_line()
+    assert taken[1]["h"] == 1  # the number of its item in the history
+    [item] = _history(c, taken[1]["conv"])
+    assert (item["kind"], item["who"], item["by"], item["text"]) == (
+        "said",
+        "client",
+        "",
+        "hello, 你好",
+    )
+    c.desk.answer(taken, "hi")
+    c.advance(1)
+    assert c.server.result(said) == "hi"
+    talk.say("q")
+    c.advance(1)
+    assert _history(c, taken[1]["conv"]) == [], "it goes with the conversation"
+
+
+def test_a_held_conversations_next_lines_are_its_holders():
+    c = Cluster("operators")
+    talk = c.server.connect()
+    first = talk.say("one")
+    c.advance()
+    taken = c.desk.take_line()
+    conv = taken[1]["conv"]
+    c.desk.send("i1", "held", conv=conv, holder="host-1-ab12/ann", by="Ann")
+    c.desk.answer(taken, "yes?")
+    c.advance(1)
+    assert c.server.result(first) == "yes?"
+    [record] = now(c.broker.clients(["i1"]))["i1"]
+    assert record.holder == "host-1-ab12/ann"
+    talk.say("two")
+    c.advance()
+    assert c.desk.take() is None, "nobody else is given a held line"
+    [queued] = now(c.broker.queue_view("operators", 10))
+    assert queued.holder == "host-1-ab12/ann"
+    assert decode(queued.data)["h"] == 2  # "one", "two" (this desk writes none)
+    # Let go: the directory says so, and the next line is anyone's.
+    c.desk.send("i1", "released", conv=conv)
+    now(
+        c.broker.finish(
+            "operators",
+            [queued.entry],
+            [
+                (
+                    "i1",
+                    encode(
+                        "answer",
+                        conv=conv,
+                        entry=queued.entry,
+                        text="ok",
+                        by="operator ann",
+                    ),
+                )
+            ],
+        )
+    )
+    c.advance(1)
+    assert now(c.broker.clients(["i1"]))["i1"][0].holder is None
+    talk.say("three")
+    c.advance()
+    assert c.desk.take_line()[1]["text"] == "three"
+
+
+def test_a_holder_that_stops_beating_lets_go_of_its_conversations():
+    c = Cluster("operators")
+    talk = c.server.connect()
+    talk.say("one")
+    c.advance()
+    conv = c.desk.take_line()[1]["conv"]
+    seen = ConsumerSeen("host-1-ab12/ann", "Ann", c.clock.seconds() + HEARTBEAT_TTL)
+    now(c.broker.beat_consumer("operators", seen))
+    c.desk.send("i1", "held", conv=conv, holder=seen.name, by="Ann")
+    c.advance(1)
+    assert now(c.broker.clients(["i1"]))["i1"][0].holder == seen.name
+    for _ in range(int((2 * HEARTBEAT_TTL) / HEARTBEAT) + 1):
+        c.advance(HEARTBEAT)
+    assert now(c.broker.clients(["i1"]))["i1"][0].holder is None
+
+
+def test_the_operators_queue_is_counted_for_metrics():
+    c = Cluster("operators")
+    stats = c.responder.stats
+    assert stats is not None
+    c.advance(HEARTBEAT)
+    assert stats.online == 1  # the test's desk
+    talks = [c.server.connect() for _ in range(2)]
+    said = [t.say(f"line {n}") for n, t in enumerate(talks)]
+    c.advance(4)
+    c.advance(3)
+    assert stats.depth() == 2
+    assert stats.oldest(c.clock.seconds()) == pytest.approx(7)
+    c.desk.answer(c.desk.take_line(), "first")
+    c.advance(1)
+    assert c.server.result(said[0]) == "first"
+    assert stats.depth() == 1
+    assert stats.first_answer.cumulative()[:3] == [("1.0", 0), ("5.0", 0), ("15.0", 1)]
+    assert stats.first_answer.total == pytest.approx(7)
+    talks[0].say("and again")
+    c.advance(1)
+    for _ in range(2):  # the other client's first line, then this second one
+        c.desk.answer(c.desk.take_line(), "answered")
+        c.advance(1)
+    assert stats.depth() == 0
+    assert sum(stats.first_answer.counts) == 2, "a conversation's first answer only"
+    assert stats.first_answer.total == pytest.approx(7 + 9)

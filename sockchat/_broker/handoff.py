@@ -1,0 +1,314 @@
+"""From a bot to a person: ``HandoffResponder``.
+
+A responder (a bot in this process, or ``QueueResponder(instance,
+"workers")``, whose workers run one) answers each conversation first; when
+it calls ``conversation.handoff(reason)`` (``IConversation``), the
+conversation goes to the operators' queue (``QueueResponder(instance,
+"operators")``) for good:
+
+- the conversation's history so far (the client's lines and the bot's
+  answers, kept here in memory until then, within the history's bounds)
+  goes to the broker's history, with a note of the handoff and its reason,
+  so that the operator who takes it sees the bot's part;
+- the client is told (``!info handoff``);
+- the line the bot was answering, if any, waits for an operator instead:
+  the bot's answer to it, if one comes, is not sent (a worker's late answer
+  names a queue entry that is no longer the line's, and is ignored);
+- its next lines go to the operators.
+
+The bot's hooks get a conversation whose ``handoff`` does this; a worker's
+responder calls ``handoff`` on its own conversation, which sends the
+instance a ``handoff`` message, and ``QueueResponder`` calls ``handoff``
+on the conversation it was given: this one's.
+
+People answer here, so the server gives this responder no answer timeout;
+the bot's answers have one of their own (*bot_timeout*), past which the
+client gets ``!error responder-failed`` (``no answer within N seconds``)
+and its turn back.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from sockchat._broker.instance import QueueResponder
+from sockchat._broker.interface import quietly
+from sockchat._broker.wire import HISTORY_BYTES, HISTORY_ITEMS, said
+from sockchat._core.render import safe_text
+from sockchat._core.wire import Signed
+from sockchat._responders.contract import (
+    AnswerFailed,
+    ConversationInfo,
+    IAnsweredByPeople,
+    IConversation,
+    ILifecycle,
+    IResponder,
+    Reply,
+    as_deferred,
+)
+
+__all__ = ["HANDOFF_NOTICE", "HandingConversation", "HandoffResponder"]
+
+log = Logger(namespace="sockchat.handoff")
+
+#: What the client is told when its conversation goes to a person.
+HANDOFF_NOTICE = (
+    "your conversation goes to a person now; the first operator free answers you"
+)
+#: Who the bot's answers are from, in the history, when they are not signed.
+BOT = "bot"
+
+
+@define(eq=False)
+class _Asked:
+    """A line the bot is answering."""
+
+    info: ConversationInfo
+    text: str
+    at: float
+    #: The bot's own answer, while it is awaited.
+    inner: Deferred[Any] | None = None
+    #: What the server waits on, once there is more than the bot's answer
+    #: (made when first needed).
+    outer: Deferred[str | Signed] | None = None
+
+
+@define(eq=False)
+class _Talk:
+    """One conversation, as the bot has it until it hands it over."""
+
+    conversation: IConversation
+    wrapper: HandingConversation
+    #: Turns so far: (who, by, text, at), oldest first, within bounds.
+    said: deque[tuple[str, str, str, float]] = field(factory=deque)
+    size: int = 0
+    asked: _Asked | None = None
+    handed: bool = False
+
+    def over(self) -> bool:
+        """Handed over (it may change during a call to the bot)."""
+        return self.handed
+
+    def record(self, who: str, by: str, text: str, at: float) -> None:
+        self.said.append((who, by, text, at))
+        self.size += len(text)
+        while len(self.said) > 1 and (
+            len(self.said) > HISTORY_ITEMS or self.size > HISTORY_BYTES
+        ):
+            self.size -= len(self.said.popleft()[2])
+
+
+@implementer(IConversation)
+class HandingConversation:
+    """The conversation a bot's hooks get: the server's, and ``handoff``."""
+
+    def __init__(self, conversation: IConversation, router: HandoffResponder) -> None:
+        self._conversation = conversation
+        self._router = router
+
+    @property
+    def info(self) -> ConversationInfo:
+        info: ConversationInfo = self._conversation.info
+        return info
+
+    def notify(self, code: str, text: str) -> None:
+        self._conversation.notify(code, text)
+
+    def end(self, code: str, text: str) -> None:
+        self._conversation.end(code, text)
+
+    def handoff(self, reason: str) -> None:
+        self._router.handoff(self.info.id, reason)
+
+
+@implementer(IResponder, ILifecycle, IAnsweredByPeople)
+class HandoffResponder:
+    """*bot* answers; a conversation it hands off goes to *people*."""
+
+    def __init__(
+        self,
+        bot: IResponder,
+        people: QueueResponder,
+        clock: IReactorTime,
+        *,
+        bot_timeout: float | None = None,
+    ) -> None:
+        self.bot = bot
+        self.people = people
+        self._clock = clock
+        self._timeout = bot_timeout
+        self._hooks = ILifecycle.providedBy(bot)
+        self._talks: dict[int, _Talk] = {}
+
+    # -- ILifecycle ------------------------------------------------------------
+
+    def started(self, conversation: IConversation) -> Reply | None:
+        info: ConversationInfo = conversation.info
+        talk = _Talk(conversation, HandingConversation(conversation, self))
+        self._talks[info.id] = talk
+        if not self._hooks:
+            return None
+        opening: Reply | None = self.bot.started(talk.wrapper)  # type: ignore[attr-defined]  # ILifecycle
+        if isinstance(opening, (str, Signed)):
+            self._said_by_bot(talk, opening)
+            return opening
+        later = as_deferred(opening)
+        if later is None:
+            return opening
+        opened: Deferred[str | Signed] = later.addCallback(self._opened, talk)
+        return opened
+
+    def _opened(self, opening: Any, talk: _Talk) -> Any:
+        if isinstance(opening, (str, Signed)):
+            self._said_by_bot(talk, opening)
+        return opening
+
+    def ended(self, conversation: IConversation, reason: str) -> None:
+        talk = self._talks.pop(conversation.info.id, None)
+        if talk is None:
+            return
+        if self._hooks:
+            try:
+                self.bot.ended(talk.wrapper, reason)  # type: ignore[attr-defined]  # ILifecycle
+            except Exception:
+                log.failure(
+                    "the responder's ended hook failed in conversation {cid}",
+                    cid=conversation.info.id,
+                )
+        if talk.handed:
+            self.people.ended(conversation, reason)
+
+    # -- IResponder ------------------------------------------------------------
+
+    def respond(self, conversation: ConversationInfo, text: str) -> Reply:
+        talk = self._talks.get(conversation.id)
+        if talk is None or talk.handed:
+            return self.people.respond(conversation, text)
+        asked = talk.asked = _Asked(conversation, text, self._clock.seconds())
+        try:
+            reply = self.bot.respond(conversation, text)
+        except Exception:
+            if talk.asked is asked:
+                talk.asked = None
+            if talk.over():  # handed over, then it raised: the person answers
+                return self._outer(asked)
+            raise
+        if talk.over():  # it handed over while answering
+            _discard(reply)
+            return self._outer(asked)
+        if isinstance(reply, (str, Signed)):
+            talk.asked = None
+            self._answered(talk, asked, reply)
+            return reply
+        inner = as_deferred(reply)
+        if inner is None:
+            talk.asked = None
+            return reply  # the server says what is wrong with it
+        asked.inner = inner
+        if self._timeout is not None:
+            inner.addTimeout(self._timeout, self._clock)
+        inner.addCallbacks(
+            self._bot_answered,
+            self._bot_failed,
+            callbackArgs=(talk, asked),
+            errbackArgs=(talk, asked),
+        )
+        return self._outer(asked)
+
+    def _outer(self, asked: _Asked) -> Deferred[str | Signed]:
+        if asked.outer is None:
+            asked.outer = Deferred(lambda _: self._cancelled(asked))
+        return asked.outer
+
+    def _cancelled(self, asked: _Asked) -> None:
+        """The client left (or the server gave up): nothing is owed."""
+        talk = self._talks.get(asked.info.id)
+        if talk is not None and talk.asked is asked:
+            talk.asked = None
+        inner, asked.inner = asked.inner, None
+        if inner is not None and not inner.called:
+            inner.cancel()
+
+    def _bot_answered(self, reply: object, talk: _Talk, asked: _Asked) -> None:
+        if talk.asked is not asked:
+            return  # handed over meanwhile, or cancelled
+        talk.asked = None
+        asked.inner = None
+        if isinstance(reply, (str, Signed)):
+            self._answered(talk, asked, reply)
+        outer = self._outer(asked)
+        if not outer.called:
+            outer.callback(reply)  # type: ignore[arg-type]  # the server checks it
+
+    def _bot_failed(self, failure: Failure, talk: _Talk, asked: _Asked) -> None:
+        if talk.asked is not asked:
+            return
+        talk.asked = None
+        asked.inner = None
+        if failure.check(TimeoutError):
+            failure = Failure(
+                AnswerFailed(f"no answer within {self._timeout:g} seconds")
+            )
+        outer = self._outer(asked)
+        if not outer.called:
+            outer.errback(failure)
+
+    def _answered(self, talk: _Talk, asked: _Asked, reply: str | Signed) -> None:
+        talk.record("client", "", asked.text, asked.at)
+        self._said_by_bot(talk, reply)
+
+    def _said_by_bot(self, talk: _Talk, reply: str | Signed) -> None:
+        by = reply.by if isinstance(reply, Signed) else BOT
+        text = reply.text if isinstance(reply, Signed) else reply
+        talk.record("bot", by, text, self._clock.seconds())
+
+    # -- Handing over -------------------------------------------------------------
+
+    def handoff(self, cid: int, reason: str) -> None:
+        """Conversation *cid* goes to the operators (``IConversation.handoff``)."""
+        talk = self._talks.get(cid)
+        if talk is None or talk.handed:
+            return
+        talk.handed = True
+        reason = reason.replace("\n", " ")[:500]
+        log.info(
+            "conversation {cid} goes to the operators: {reason}",
+            cid=cid,
+            reason=safe_text(reason),
+        )
+        people = self.people
+        people.started(talk.conversation)
+        items = [said(*turn) for turn in talk.said]
+        now = self._clock.seconds()
+        items.append(said("notice", BOT, f"the bot handed it over: {reason}", now))
+        talk.said.clear()
+        instance = people.instance
+        if instance.broker.up:
+            quietly(instance.broker.add_history(instance.name, cid, items))
+        talk.conversation.notify("handoff", HANDOFF_NOTICE)
+        asked, talk.asked = talk.asked, None
+        if asked is None:
+            return
+        inner, asked.inner = asked.inner, None
+        if inner is not None and not inner.called:
+            inner.cancel()
+        outer = self._outer(asked)
+        answer = maybeDeferred(people.respond, asked.info, asked.text)
+        asked.inner = answer  # what cancelling the line cancels now
+        answer.chainDeferred(outer)
+
+
+def _discard(reply: object) -> None:
+    """A reply that will not be sent: if it is still to come, stop it."""
+    later = as_deferred(reply)
+    if later is not None and not later.called:
+        later.addErrback(lambda _: None)
+        later.cancel()

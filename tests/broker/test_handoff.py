@@ -1,0 +1,254 @@
+"""From a bot to a person (``IConversation.handoff``), on the memory broker.
+
+A bot in the server's own process, and one in a worker across the broker,
+each answer what they know and hand the rest to the operators' queue: the
+client is told, the line it waits on goes to the queue with the bot's part
+of the history before it, an operator's answer reaches it, and the bot
+hears no more of that conversation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from broker_instance import now
+from test_broker import Desk
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from zope.interface import implementer
+
+from sockchat import (
+    ConversationInfo,
+    IConversation,
+    ILifecycle,
+    IResponder,
+    LineRefused,
+)
+from sockchat._broker.consumer import Consumer, Outbox
+from sockchat._broker.handoff import HANDOFF_NOTICE, HandoffResponder
+from sockchat._broker.instance import BrokerInstance, QueueResponder
+from sockchat._broker.memory import MemoryHub
+from sockchat._broker.wire import HEARTBEAT, OPERATORS, WORKERS, decode
+from sockchat._broker.workers import WorkerHandler
+from sockchat.testing import MemoryServer, NoResultYet
+
+ANSWERS = {"hours": "We open at nine.", "price": "Ten euros."}
+
+
+@implementer(IResponder, ILifecycle)
+class Bot:
+    """Answers what it knows; hands the rest over (or, with *later*, answers
+    later, so that a test can hand over while it thinks)."""
+
+    def __init__(self, *, later: bool = False) -> None:
+        self.talks: dict[int, IConversation] = {}
+        self.later = later
+        self.pending: list[Deferred[str]] = []
+        self.heard: list[str] = []
+        self.endings: list[str] = []
+
+    def started(self, conversation: IConversation) -> str:
+        self.talks[conversation.info.id] = conversation
+        return "Hello, I am a bot."
+
+    def respond(self, conversation: ConversationInfo, text: str) -> Any:
+        self.heard.append(text)
+        if self.later:
+            self.pending.append(Deferred())
+            return self.pending[-1]
+        if text in ANSWERS:
+            return ANSWERS[text]
+        self.talks[conversation.id].handoff(f"no answer to {len(text)} characters")
+        return "this answer is never sent"
+
+    def ended(self, conversation: IConversation, reason: str) -> None:
+        self.endings.append(reason)
+
+
+class InProcess:
+    """One instance on a memory broker, and *bot* (or what *make* makes of
+    the instance: the workers' queue) answering first."""
+
+    def __init__(
+        self,
+        bot: IResponder | None = None,
+        *,
+        make: Callable[[BrokerInstance], IResponder] | None = None,
+        **options: Any,
+    ) -> None:
+        self.clock = Clock()
+        self.hub = MemoryHub(self.clock)
+        self.broker = self.hub.broker()
+        self.instance = BrokerInstance(
+            self.broker, self.clock, now(self.broker.register_instance({}))
+        )
+        self.people = QueueResponder(self.instance, OPERATORS)
+        first = bot if make is None else make(self.instance)
+        assert first is not None
+        self.router = HandoffResponder(
+            first, self.people, self.clock, bot_timeout=options.pop("bot_timeout", None)
+        )
+        self.instance.start()
+        self.desk = Desk(self.hub, OPERATORS)
+        self.desk.online()
+        self.server = MemoryServer(self.router, clock=self.clock, **options)
+        self.server.advance(HEARTBEAT)  # the instance sees the desk online
+
+    def history(self, conv: int = 1) -> list[tuple[str, str, str]]:
+        kept = now(self.broker.history("i1", conv))
+        return [(m["who"], m["by"], m["text"]) for m in (decode(k.data) for k in kept)]
+
+
+def test_a_bot_answers_what_it_knows_and_hands_the_rest_to_a_person():
+    bot = Bot()
+    world = InProcess(bot)
+    notices: list[Any] = []
+    talk = world.server.connect(on_notice=notices.append)
+    assert world.server.result(talk.listen()) == "Hello, I am a bot."
+    assert world.server.say(talk, "hours") == ANSWERS["hours"]
+    assert world.desk.length() == 0
+    asked = talk.say("where is my parcel?")
+    world.server.advance(0)
+    assert [n.code for n in notices][-1] == "handoff"
+    assert notices[-1].text == HANDOFF_NOTICE
+    taken = world.desk.take_line()
+    assert taken[1]["text"] == "where is my parcel?"
+    assert world.history() == [
+        ("bot", "bot", "Hello, I am a bot."),
+        ("client", "", "hours"),
+        ("bot", "bot", "We open at nine."),
+        (
+            "notice",
+            "bot",
+            "the bot handed it over: no answer to 19 characters",
+        ),
+        ("client", "", "where is my parcel?"),
+    ]
+    world.desk.answer(taken, "It left this morning.", by="operator ann")
+    world.server.advance(1)
+    assert world.server.result(asked) == "It left this morning."
+    # From now on a person answers: the bot hears nothing more.
+    again = talk.say("hours")
+    world.server.advance(0)
+    world.desk.answer(world.desk.take_line(), "Nine, as the bot said.")
+    world.server.advance(1)
+    assert world.server.result(again) == "Nine, as the bot said."
+    assert bot.heard == ["hours", "where is my parcel?"]
+    world.server.result(talk.quit())
+    world.server.advance(1)
+    assert bot.endings == ["quit"]
+    assert world.history() == [], "the history goes with the conversation"
+
+
+def test_a_handoff_while_the_bot_thinks_drops_its_late_answer():
+    bot = Bot(later=True)
+    world = InProcess(bot)
+    talk = world.server.connect()
+    world.server.result(talk.listen())
+    asked = talk.say("hmm?")
+    world.server.advance(0)
+    bot.talks[1].handoff("it took too long")
+    bot.talks[1].handoff("twice is once")
+    assert bot.pending[0].called, "the bot's answer was cancelled"
+    taken = world.desk.take_line()
+    world.desk.answer(taken, "A person here.")
+    world.server.advance(1)
+    assert world.server.result(asked) == "A person here."
+    assert [who for who, _, _ in world.history()].count("notice") == 1
+
+
+def test_a_bot_has_its_own_answer_timeout_and_people_none():
+    bot = Bot(later=True)
+    world = InProcess(bot, bot_timeout=5)
+    assert world.server.factory.settings.answer_timeout is None
+    talk = world.server.connect()
+    world.server.result(talk.listen())
+    late = talk.say("hello?")
+    world.server.advance(6)
+    with pytest.raises(LineRefused) as refused:
+        world.server.result(late)
+    assert refused.value.notice.code == "responder-failed"
+    assert "(no answer within 5 seconds)" in refused.value.notice.text
+    bot.later = False
+    asked = talk.say("something unknown")
+    world.server.advance(600)  # a person takes their time
+    with pytest.raises(NoResultYet):
+        world.server.result(asked)
+    world.desk.answer(world.desk.take_line(), "Sorry for the wait.")
+    world.server.advance(1)
+    assert world.server.result(asked) == "Sorry for the wait."
+
+
+def test_a_client_that_leaves_takes_its_handed_over_line_off_the_queue():
+    world = InProcess(Bot())
+    talk = world.server.connect()
+    world.server.result(talk.listen())
+    talk.say("unknown")
+    world.server.advance(0)
+    assert world.desk.length() == 1
+    talk.abort()
+    world.server.advance(1)
+    assert world.desk.length() == 0
+
+
+def test_without_an_operators_queue_a_handoff_is_unavailable():
+    server = MemoryServer(Bot())
+    talk = server.connect()
+    server.result(talk.listen())
+    with pytest.raises(LineRefused) as refused:
+        server.say(talk, "unknown")
+    assert refused.value.notice.code == "unavailable"
+    assert "no operators' queue" in refused.value.notice.text
+    assert server.say(talk, "price") == ANSWERS["price"]
+
+
+def test_a_worker_hands_over_across_the_broker():
+    """The bot runs in a worker: its handoff is a message to the instance,
+    whose line goes from the workers' queue to the operators'."""
+    world = InProcess(
+        make=lambda instance: QueueResponder(instance, WORKERS, lifecycle=True)
+    )
+    bot = Bot()
+    worker_broker = world.hub.broker()
+    outbox = Outbox(worker_broker, WORKERS, world.clock)
+    consumer = Consumer(
+        clock=world.clock,
+        broker=worker_broker,
+        group=WORKERS,
+        handler=WorkerHandler(bot, outbox),
+        outbox=outbox,
+        name="w1",
+        by="worker w1",
+        capacity=4,
+    )
+    now(consumer.start())
+    world.server.advance(HEARTBEAT)  # the instance counts it, and its hooks
+    talk = world.server.connect()
+    world.server.advance(0.5)
+    assert world.server.result(talk.listen()) == "Hello, I am a bot."
+    assert world.server.say(talk, "price") == ANSWERS["price"]
+    asked = talk.say("can I pay later?")
+    world.server.advance(0.5)
+    taken = world.desk.take_line()
+    assert taken[1]["text"] == "can I pay later?"
+    assert now(world.broker.queue_view(WORKERS, 10)) == [], "its entry is gone"
+    assert world.history() == [
+        ("bot", "worker w1", "Hello, I am a bot."),
+        ("client", "", "price"),
+        ("bot", "worker w1", "Ten euros."),
+        (
+            "notice",
+            "bot",
+            "the bot handed it over: no answer to 16 characters",
+        ),
+        ("client", "", "can I pay later?"),
+    ]
+    world.desk.answer(taken, "Yes, within 30 days.")
+    world.server.advance(1)
+    assert world.server.result(asked) == "Yes, within 30 days."
+    talk.say("price")
+    world.server.advance(0.5)
+    assert world.desk.take_line()[1]["text"] == "price", "a person answers now"
+    assert bot.heard == ["price", "can I pay later?"]
