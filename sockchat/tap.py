@@ -60,9 +60,8 @@ from sockchat._version import __version__
 log = Logger(namespace="sockchat")
 
 RESPONDERS = ("console", "echo", "pair", "operators", "workers")
-#: The responders that need --broker, and those that may use it.
+#: The responders that need --broker (or, for operators, --desk).
 BROKER_ONLY = ("operators", "workers")
-BROKER_USERS = ("operators", "workers", "pair")
 #: Connections the kernel may hold before the server accepts them, for a
 #: bare port number.  Twisted's default of 50 is easily overrun by a burst
 #: of clients; as the server speaks first, a client whose handshake was
@@ -130,8 +129,9 @@ class Options(usage.Options):
             "talk to each other, two by two), operators or workers (through "
             "--broker: python -m sockchat.operator / sockchat.worker, on any "
             "machine; operators also at the --desk), or your own responder as "
-            "package.module:name. Default: operators with --desk, else console "
-            "when stdin is a terminal (the console needs twistd -n).",
+            "package.module:name (with --desk or --broker, it may hand a "
+            "conversation to the operators). Default: operators with --desk, "
+            "else console when stdin is a terminal (the console needs twistd -n).",
         ],
         [
             "broker",
@@ -140,7 +140,8 @@ class Options(usage.Options):
             "Redis URL of the broker that several instances share: "
             "redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS, verified; "
             "?ca=FILE for a private CA), or unix:///PATH. Needed by --responder "
-            "operators and workers; with pair, pairs span every instance.",
+            "operators and workers; with pair, pairs span every instance; with "
+            "your own responder, it may hand conversations to the operators.",
         ],
         [
             "transcript",
@@ -222,7 +223,9 @@ class Options(usage.Options):
             "Serve the operators' desk here: a web page where operators log in "
             "and answer clients (a port number, on 127.0.0.1, or a server "
             "endpoint description such as ssl:8443:privateKey=key.pem:"
-            "certKey=cert.pem). Needs --accounts; implies --responder operators.",
+            "certKey=cert.pem). Needs --accounts. The operators answer (the "
+            "default responder with --desk), or take what a bot (workers, or "
+            "your own responder) hands over; with --broker, every instance's.",
         ],
         [
             "accounts",
@@ -269,6 +272,13 @@ class Options(usage.Options):
             "Count loopback clients (127.0.0.0/8, ::1) against --max-per-ip too; "
             "by default they are the operator's own machine and are not capped "
             "per address.",
+        ],
+        [
+            "anonymous",
+            None,
+            "At the desk: do not tell a client who answers it (by default it "
+            "is told the operator's display name once, when one takes its "
+            "conversation).",
         ],
     ]
 
@@ -570,9 +580,10 @@ def _check_broker(options: Options) -> None:
                 f"{responder} share), e.g. --broker redis://127.0.0.1:6379/0"
             )
         return
-    if responder not in BROKER_USERS:
+    if responder in ("console", "echo"):
         raise fatal(
-            f"--broker is used by --responder operators, workers or pair; with "
+            "--broker is used by --responder operators, workers, pair, or your "
+            "own (which may hand conversations to the operators); with "
             f"{responder} it would do nothing"
         )
 
@@ -582,26 +593,23 @@ MAKE_ACCOUNTS = "python -m sockchat.desk passwd FILE NAME"
 
 
 def _check_desk(options: Options) -> None:
-    """``--desk``: an endpoint, accounts that can be read, the operators as
-    the responder, and no broker (yet)."""
+    """``--desk``: an endpoint, accounts that can be read, and a responder
+    that goes with the operators' queue."""
     desk = options["desk"]
     options["desk_endpoint"] = None
     if desk is None:
         for name in ("accounts", "canned", "hold"):
             if options[name] is not None:
                 raise fatal(f"--{name} is for the operators' desk: add --desk PORT")
+        if options["anonymous"]:
+            raise fatal("--anonymous is for the operators' desk: add --desk PORT")
         return
     responder = options["responder"]
-    if responder != "operators":
+    if responder in ("console", "echo", "pair"):
         raise fatal(
-            "--desk is where operators answer clients, so it needs --responder "
-            f"operators (the default with --desk), not {responder}"
-        )
-    if options["broker"] is not None:
-        raise fatal(
-            "--desk with --broker is not there yet (issue 25, part 2): serve the "
-            "desk from one instance without --broker, or answer with python -m "
-            "sockchat.operator"
+            "--desk is where operators answer clients: it goes with --responder "
+            "operators (the default with --desk), workers, or your own, not "
+            f"{responder}"
         )
     if options["accounts"] is None:
         raise fatal(
@@ -729,37 +737,40 @@ def makeService(options: Options) -> IService:
     top = MultiService()
     responder: IResponder
     name = options["responder"]
-    broker = None
-    queue = None  # the desk's, with --desk
+    desk = options["desk_endpoint"] is not None
+    brokered: Any = None  # the broker this instance meets the others at
     if options["broker_address"] is not None:
-        broker = _broker_service(options)
-        broker.setServiceParent(top)
-    if broker is not None and name == "pair":
-        from sockchat._broker.pairs import BrokerPairResponder
+        brokered = _broker_service(options, follow=desk)
+    elif desk:  # the desk and this instance meet in this process's memory
+        from sockchat._broker.instance import instance_about
+        from sockchat._broker.service import LocalBrokerService
 
-        responder = BrokerPairResponder(broker.instance)
-    elif broker is not None:
-        from sockchat._broker.instance import QueueResponder
-
-        responder = QueueResponder(broker.instance, name, lifecycle=name == "workers")
-    elif name == "operators":  # the desk's, in this process
-        from sockchat._desk.memory import DeskResponder, MemoryQueue
-
-        queue = MemoryQueue(reactor)
-        responder = DeskResponder(queue)
-    elif name == "console":
+        brokered = LocalBrokerService(reactor, instance_about(options["where"]))
+    if brokered is not None:
+        brokered.setServiceParent(top)
+    bot: IResponder | None = None
+    if name == "console":
         console_service = OperatorConsoleService(reactor, ConsoleResponder)
         console_service.setServiceParent(top)
         responder = console_service.console
     elif name == "echo":
         responder = EchoResponder()
+    elif name == "pair" and brokered is not None:
+        from sockchat._broker.pairs import BrokerPairResponder
+
+        responder = BrokerPairResponder(brokered.instance)
     elif name == "pair":
         responder = PairResponder()
+    elif name in ("operators", "workers"):
+        responder = _queues(reactor, options, brokered.instance, name)
     else:
         try:
-            responder = load_responder(name)
+            bot = load_responder(name)
         except ResponderNotLoaded as e:
             raise fatal(f"--responder {e}") from None
+        responder = bot
+        if brokered is not None:  # it may hand conversations to the operators
+            responder = _queues(reactor, options, brokered.instance, bot)
     transcript = None
     if options["transcript"] is not None:
         try:
@@ -798,20 +809,46 @@ def makeService(options: Options) -> IService:
         web = _web_service(reactor, options, factory, health)
         web.setServiceParent(top)
         doors.append(web)
-    if options["desk_endpoint"] is not None:
-        _desk_service(reactor, options, queue).setServiceParent(top)
+    if desk:
+        _desk_service(reactor, options, brokered.broker).setServiceParent(top)
     if options["metrics_endpoint"] is not None:
         _metrics_service(reactor, options, factory, health, doors).setServiceParent(top)
     return top
 
 
-def _desk_service(reactor: Any, options: Options, queue: Any) -> IService:
-    """``--desk``: the operators' desk over the queue of this process.
+def _queues(
+    reactor: Any, options: Options, instance: Any, first: str | IResponder
+) -> IResponder:
+    """The operators' queue at the broker, and what answers before it: the
+    workers' queue, or a bot of this process (*first*); either may hand a
+    conversation over to the operators."""
+    from sockchat._broker.handoff import HandoffResponder
+    from sockchat._broker.instance import QueueResponder
+    from sockchat._broker.wire import OPERATORS, WORKERS
+
+    people = QueueResponder(instance, OPERATORS)
+    if first == OPERATORS:
+        return people
+    bot = (
+        QueueResponder(instance, WORKERS, lifecycle=True) if first == WORKERS else first
+    )
+    assert not isinstance(bot, str)
+    # The bot's answers have the answer timeout; people's none.
+    timeout = options["answer_timeout"]
+    if timeout is AnswerTimeout.DEFAULT:
+        timeout = DEFAULT_ANSWER_TIMEOUT
+    return HandoffResponder(bot, people, reactor, bot_timeout=timeout)
+
+
+def _desk_service(reactor: Any, options: Options, broker: Any) -> IService:
+    """``--desk``: the operators' desk, an operator of the broker's queue
+    (Redis with ``--broker``, this process's memory without).
 
     Its connections have caps of their own (``DeskSettings``), so that a
     server full of clients still lets its operators in; ``--allow`` and
     ``--deny`` apply to them as to clients.
     """
+    from sockchat._desk.brokered import BrokerQueue
     from sockchat._desk.door import DeskDoor, DeskSettings
 
     description = options["desk_endpoint"]
@@ -828,7 +865,7 @@ def _desk_service(reactor: Any, options: Options, queue: Any) -> IService:
         cap_loopback=settings.cap_loopback,
     )
     door = DeskDoor(
-        queue,
+        BrokerQueue(broker, reactor, announce=not options["anonymous"]),
         options["accounts_file"],
         reactor,
         settings=settings,
@@ -852,9 +889,10 @@ def _admission(options: Options) -> Admission:
     )
 
 
-def _broker_service(options: Options) -> Any:
+def _broker_service(options: Options, *, follow: bool = False) -> Any:
     """``--broker``: register this instance (one line and exit 1 if the broker
-    cannot be used), then keep its connections."""
+    cannot be used), then keep its connections (*follow*: one more, for a
+    desk that follows the operators' queue)."""
     from twisted.internet import reactor
 
     from sockchat._broker.instance import instance_about
@@ -869,7 +907,7 @@ def _broker_service(options: Options) -> Any:
         name=name,
         broker=address.display,
     )
-    return BrokerService(reactor, address, name, about)
+    return BrokerService(reactor, address, name, about, follow=follow)
 
 
 def _metrics_service(

@@ -21,10 +21,11 @@ responder calls ``handoff`` on its own conversation, which sends the
 instance a ``handoff`` message, and ``QueueResponder`` calls ``handoff``
 on the conversation it was given: this one's.
 
-People answer here, so the server gives this responder no answer timeout;
-the bot's answers have one of their own (*bot_timeout*), past which the
-client gets ``!error responder-failed`` (``no answer within N seconds``)
-and its turn back.
+People take the time they take: the answers this responder gives later
+are ``Untimed``, and it times the bot's itself (*bot_timeout*, the
+server's answer timeout), so that the client gets ``!error
+responder-timeout`` and its turn back when the bot is too slow, and waits
+for a person as long as it takes.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from collections import deque
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, TimeoutError, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -45,13 +46,12 @@ from sockchat._broker.wire import HISTORY_BYTES, HISTORY_ITEMS, said
 from sockchat._core.render import safe_text
 from sockchat._core.wire import Signed
 from sockchat._responders.contract import (
-    AnswerFailed,
     ConversationInfo,
-    IAnsweredByPeople,
     IConversation,
     ILifecycle,
     IResponder,
     Reply,
+    Untimed,
     as_deferred,
 )
 
@@ -129,7 +129,7 @@ class HandingConversation:
         self._router.handoff(self.info.id, reason)
 
 
-@implementer(IResponder, ILifecycle, IAnsweredByPeople)
+@implementer(IResponder, ILifecycle)
 class HandoffResponder:
     """*bot* answers; a conversation it hands off goes to *people*."""
 
@@ -191,7 +191,7 @@ class HandoffResponder:
     def respond(self, conversation: ConversationInfo, text: str) -> Reply:
         talk = self._talks.get(conversation.id)
         if talk is None or talk.handed:
-            return self.people.respond(conversation, text)
+            return Untimed(self.people.respond(conversation, text))
         asked = talk.asked = _Asked(conversation, text, self._clock.seconds())
         try:
             reply = self.bot.respond(conversation, text)
@@ -199,11 +199,11 @@ class HandoffResponder:
             if talk.asked is asked:
                 talk.asked = None
             if talk.over():  # handed over, then it raised: the person answers
-                return self._outer(asked)
+                return Untimed(self._outer(asked))
             raise
         if talk.over():  # it handed over while answering
             _discard(reply)
-            return self._outer(asked)
+            return Untimed(self._outer(asked))
         if isinstance(reply, (str, Signed)):
             talk.asked = None
             self._answered(talk, asked, reply)
@@ -221,7 +221,7 @@ class HandoffResponder:
             callbackArgs=(talk, asked),
             errbackArgs=(talk, asked),
         )
-        return self._outer(asked)
+        return Untimed(self._outer(asked))
 
     def _outer(self, asked: _Asked) -> Deferred[str | Signed]:
         if asked.outer is None:
@@ -253,10 +253,6 @@ class HandoffResponder:
             return
         talk.asked = None
         asked.inner = None
-        if failure.check(TimeoutError):
-            failure = Failure(
-                AnswerFailed(f"no answer within {self._timeout:g} seconds")
-            )
         outer = self._outer(asked)
         if not outer.called:
             outer.errback(failure)

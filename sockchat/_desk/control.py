@@ -97,10 +97,14 @@ class Desk:
         return self.model.hold
 
     def start(self) -> Deferred[None]:
-        """Hear the queue's events, and load what it holds now."""
-        self._early = []
-        self._stop = self.queue.subscribe(self._event)
-        return self.queue.snapshot().addCallback(self._loaded)
+        """Start the queue, hear its events, and load what it holds now."""
+
+        def started(_: object) -> Deferred[None]:
+            self._early = []
+            self._stop = self.queue.subscribe(self._event)
+            return self.queue.snapshot().addCallback(self._loaded)
+
+        return self.queue.start().addCallback(started)
 
     def _loaded(self, snapshot: Any) -> None:
         early, self._early = self._early or [], None
@@ -108,9 +112,10 @@ class Desk:
         for event in early:
             self._event(event)
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
         """Hear the queue no more, and keep no timer (pages that close
-        after this still leave the desk)."""
+        after this still leave the desk); the queue lets go of what this
+        desk's operators hold."""
         self._stopped = True
         if self._stop is not None:
             self._stop()
@@ -118,6 +123,7 @@ class Desk:
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        return self.queue.stop()
 
     def _event(self, event: DeskEvent) -> None:
         if self._early is not None:

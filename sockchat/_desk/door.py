@@ -196,14 +196,14 @@ class DeskDoor:
         self._sweep = self.clock.callLater(SWEEP, self.sweep)
         return self.desk.start()
 
-    def stop(self) -> None:
+    def stop(self) -> Deferred[None]:
         if self._sweep is not None and self._sweep.active():
             self._sweep.cancel()
         self._sweep = None
         for sockets in list(self.sockets.values()):
             for socket in list(sockets):
                 socket.close(1001, "the server is shutting down")
-        self.desk.stop()
+        return self.desk.stop()
 
     def _accounts(self) -> Accounts:
         """The accounts now; a file that became broken is said once."""

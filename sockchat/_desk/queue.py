@@ -1,9 +1,10 @@
 """What the desk needs from the operators' queue: ``IDeskQueue``.
 
 The desk is an operator of the queue that clients' lines wait in.  This is
-exactly what it uses, and nothing more, so that the queue can be the one of
-this process (``sockchat._desk.memory.MemoryQueue``) or, later, the
-broker's (issue 23's ``IBroker``, in one process or across instances):
+exactly what it uses, and nothing more: ``sockchat._desk.brokered`` makes
+it of the broker's ``operators`` queue (``IBroker``: the memory broker in
+one process, Redis across instances), and the desk's model and pages know
+nothing of the broker:
 
 - **read**: every open conversation, every line that waits for an answer
   with the time it was queued, who holds which conversation, who is online
@@ -210,6 +211,12 @@ class IDeskQueue(Interface):
     once it is done (after its events were delivered), or fails with
     ``Refused`` when it cannot be.
     """
+
+    def start() -> Deferred[None]:
+        """Begin: what ``snapshot`` gives is known once this has fired."""
+
+    def stop() -> Deferred[None]:
+        """End: what this desk's operators hold goes back to the queue."""
 
     def snapshot() -> Deferred[Snapshot]:
         """Everything open and waiting now."""

@@ -57,6 +57,7 @@ from sockchat._responders.contract import (
     Reply,
     Signed,
     Unavailable,
+    Untimed,
     WelcomeLater,
     as_deferred,
 )
@@ -529,7 +530,8 @@ class Runner:
         if isinstance(reply, (str, Signed)):
             self.engine.answered(reply, now)
             return
-        pending = as_deferred(reply)
+        timed = not isinstance(reply, Untimed)
+        pending = as_deferred(reply.answer if isinstance(reply, Untimed) else reply)
         if pending is None:
             why = (
                 f"the responder returned {type(reply).__name__}; expected str, a "
@@ -544,7 +546,7 @@ class Runner:
             return
         hub = self._hub
         timeout = hub.settings.answer_timeout
-        if timeout is not None:
+        if timeout is not None and timed:
             pending.addTimeout(timeout, hub.clock)
         self._asked = now
         self._pending = pending

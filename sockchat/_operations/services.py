@@ -361,8 +361,8 @@ class DeskService(Service):
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        self.door.stop()
-        return self._listener.stop()
+        let_go = self.door.stop()
+        return let_go.addBoth(lambda _: self._listener.stop())
 
 
 class MetricsService(Service):

@@ -32,10 +32,23 @@ __all__ = [
     "Reply",
     "Signed",
     "Unavailable",
+    "Untimed",
     "WelcomeLater",
     "as_deferred",
     "as_responder",
 ]
+
+
+@frozen
+class Untimed:
+    """An answer to come that the server's answer timeout does not apply to:
+    a person gives it, or the responder times it itself (the handoff
+    responder does both: a bot's answers have their timeout, a person's
+    none).  A failure with ``TimeoutError`` is said as ``responder-timeout``
+    all the same."""
+
+    answer: Deferred[str] | Deferred[Signed] | Deferred[str | Signed]
+
 
 #: What ``IResponder.respond`` may return: an answer (a ``str``, or a
 #: ``Signed`` one, which the transcript records with who gave it), at once or
@@ -48,6 +61,7 @@ Reply = (
     | Deferred[str | Signed]
     | Awaitable[str]
     | Awaitable[Signed]
+    | Untimed
 )
 
 

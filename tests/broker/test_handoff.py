@@ -161,15 +161,14 @@ def test_a_handoff_while_the_bot_thinks_drops_its_late_answer():
 
 def test_a_bot_has_its_own_answer_timeout_and_people_none():
     bot = Bot(later=True)
-    world = InProcess(bot, bot_timeout=5)
-    assert world.server.factory.settings.answer_timeout is None
+    world = InProcess(bot, bot_timeout=5, answer_timeout=5)
     talk = world.server.connect()
     world.server.result(talk.listen())
     late = talk.say("hello?")
     world.server.advance(6)
     with pytest.raises(LineRefused) as refused:
         world.server.result(late)
-    assert refused.value.notice.code == "responder-failed"
+    assert refused.value.notice.code == "responder-timeout"
     assert "(no answer within 5 seconds)" in refused.value.notice.text
     bot.later = False
     asked = talk.say("something unknown")

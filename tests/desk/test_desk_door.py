@@ -32,6 +32,9 @@ from wsproto.events import (
 from zope.interface import directlyProvides
 
 from sockchat import ChatServerFactory
+from sockchat._broker.instance import BrokerInstance, QueueResponder
+from sockchat._broker.memory import MemoryHub
+from sockchat._broker.wire import OPERATORS
 from sockchat._desk import door as door_module
 from sockchat._desk.accounts import (
     Account,
@@ -40,6 +43,7 @@ from sockchat._desk.accounts import (
     hash_password,
     write_account,
 )
+from sockchat._desk.brokered import BrokerQueue
 from sockchat._desk.door import (
     SESSION_ENDED,
     SWEEP,
@@ -47,7 +51,6 @@ from sockchat._desk.door import (
     DeskSettings,
     desk_site,
 )
-from sockchat._desk.memory import DeskResponder, MemoryQueue
 from sockchat._desk.sessions import SessionPolicy
 from sockchat._doors.web import CONTENT_SECURITY_POLICY, HEADERS_DEADLINE
 
@@ -69,15 +72,23 @@ def write_accounts(path, **passwords):
 
 
 class Desk:
-    """A server with the desk: its clock, queue, chat factory and door."""
+    """A server with the desk, as ``twistd sockchat --desk`` runs it with no
+    ``--broker``: an instance and the desk meeting at the memory broker; its
+    clock, queue, chat factory and door."""
 
-    def __init__(self, tmp_path, **settings) -> None:
+    def __init__(self, tmp_path, *, announce=True, **settings) -> None:
         self.accounts_path = tmp_path / "accounts"
         write_accounts(self.accounts_path, alice=ALICE_PASSWORD, bob=BOB_PASSWORD)
         self.clock = Clock()
         self.clock.advance(1_000_000)
-        self.queue = MemoryQueue(self.clock)
-        self.factory = ChatServerFactory(DeskResponder(self.queue), clock=self.clock)
+        self.hub = MemoryHub(self.clock)
+        self.broker = self.hub.broker()
+        self.hub.register_instance()
+        self.instance = BrokerInstance(self.broker, self.clock, "i1")
+        self.people = QueueResponder(self.instance, OPERATORS)
+        self.instance.start()
+        self.queue = BrokerQueue(self.broker, self.clock, announce=announce)
+        self.factory = ChatServerFactory(self.people, clock=self.clock)
         self.checks: list[Deferred] = []
         self.door = DeskDoor(
             self.queue,
@@ -570,11 +581,13 @@ def test_an_operator_takes_a_line_and_answers_it_once(desk):
         ("client", "where is my parcel?"),
         ("notice", "Alice took it"),
     ]
+    # The client is told, once, who answers it.
+    assert said(client) == ["!info operator: Alice is answering you now."]
     messages = socket.send(type="answer", entry=line["entry"], text="It left today.")
     assert of(messages, "turn") == [
         {
             "type": "turn",
-            "conversation": "1",
+            "conversation": "i1/1",
             "entry": None,
             "text": "",
             "why": "",
@@ -590,12 +603,16 @@ def test_an_operator_takes_a_line_and_answers_it_once(desk):
         }
     ]
     assert said(client) == []
-    # The client's next line is Alice's at once.
+    # The client's next line is Alice's at once, and the client is not
+    # told again who answers it.
     proto.dataReceived(b"thanks!\n")
     messages = socket.pump()
     (turn,) = of(messages, "turn")
     assert turn["text"] == "thanks!"
-    socket.send(type="end", conversation="1")
+    assert [s["said"]["text"] for s in of(messages, "said")] == ["thanks!"]
+    socket.send(type="answer", entry=turn["entry"], text="You are welcome.")
+    assert said(client) == ["You are welcome."]
+    socket.send(type="end", conversation="i1/1")
     assert said(client) == ["!bye kicked: the operator ended this conversation."]
 
 
@@ -613,7 +630,7 @@ def test_two_operators_see_each_others_held_lines_as_held(desk):
     assert view["lines"][0]["holder"] == {"name": "alice", "display": "Alice"}
     assert view["held"] == [
         {
-            "conversation": "1",
+            "conversation": "i1/1",
             "label": view["lines"][0]["label"],
             "holder": {"name": "alice", "display": "Alice"},
         }
@@ -738,9 +755,9 @@ def test_hand_back_and_the_hold_limit_over_the_socket(tmp_path):
     assert problem["why"] == (
         "you hold 1 conversation, the most you may; hand one back or end one first"
     )
-    messages = socket.send(type="handback", conversation="1")
+    messages = socket.send(type="handback", conversation="i1/1")
     assert of(messages, "released") == [
-        {"type": "released", "conversation": "1", "why": "handed back to the queue"}
+        {"type": "released", "conversation": "i1/1", "why": "handed back to the queue"}
     ]
     view = of(messages, "desk")[-1]
     assert [line["holder"] for line in view["lines"]] == [None, None]

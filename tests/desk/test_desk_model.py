@@ -373,7 +373,7 @@ def test_any_sequence_keeps_one_answer_per_line_and_the_hold_limit(plan):
     for op in OPERATORS:
         model.arrive(op, 0.0)
 
-    # What the queue holds, as MemoryQueue keeps it.
+    # What the queue holds, as the broker queue says it.
     queue_lines: dict[str, str] = {}  # waiting entry: conversation
     queue_holders: dict[str, str] = {}  # conversation: operator name
 

@@ -34,6 +34,21 @@ def test_the_desk_answers_with_its_operators_by_default(accounts):
 
 
 @pytest.mark.parametrize(
+    "args",
+    [
+        ["--broker", "redis://127.0.0.1:6379/0"],
+        ["--broker", "redis://127.0.0.1:6379/0", "--responder", "workers"],
+        ["--responder", "examples.bot:FaqBot"],
+        ["--anonymous"],
+    ],
+)
+def test_the_desk_goes_with_a_broker_a_bot_and_workers(accounts, args):
+    options = Options()
+    options.parseOptions(["--desk", "8081", "--accounts", accounts, *args])
+    assert options["desk_endpoint"] is not None
+
+
+@pytest.mark.parametrize(
     ("args", "says"),
     [
         (["--desk", "8081"], "--desk needs --accounts FILE"),
@@ -43,8 +58,14 @@ def test_the_desk_answers_with_its_operators_by_default(accounts):
         (["--responder", "echo", "--hold", "2"], "--hold is for the operators' desk"),
         (
             ["--desk", "8081", "--accounts", "ACCOUNTS", "--responder", "echo"],
-            "it needs --responder operators",
+            "it goes with --responder operators (the default with --desk), "
+            "workers, or your own, not echo",
         ),
+        (
+            ["--desk", "8081", "--accounts", "ACCOUNTS", "--responder", "pair"],
+            "not pair",
+        ),
+        (["--responder", "echo", "--anonymous"], "--anonymous is for the"),
         (
             ["--desk", "8081", "--accounts", "ACCOUNTS", "--hold", "0"],
             "--hold 0 is not a whole number (1 or more)",
@@ -52,17 +73,6 @@ def test_the_desk_answers_with_its_operators_by_default(accounts):
         (
             ["--desk", "8081", "--accounts", "ACCOUNTS", "--canned", "/nonexistent"],
             "--canned /nonexistent: no such file",
-        ),
-        (
-            [
-                "--desk",
-                "8081",
-                "--accounts",
-                "ACCOUNTS",
-                "--broker",
-                "redis://127.0.0.1:6379/0",
-            ],
-            "--desk with --broker is not there yet",
         ),
         (["--desk", "99999", "--accounts", "ACCOUNTS"], "--desk 99999 is not a port"),
         (["--responder", "operators"], "--responder operators needs --broker URL"),
