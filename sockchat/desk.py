@@ -1,4 +1,4 @@
-"""``python -m sockchat.desk``: the desk's accounts file.
+"""``python -m sockchat.desk``: the desk's accounts file, and a desk of its own.
 
 ``passwd FILE NAME`` adds an operator, or changes the password (and, with
 ``--display``, the display name) of one.  The password is asked twice
@@ -7,7 +7,10 @@ password.  It is stored as an scrypt hash (docs/desk.md), never as text,
 and the file is replaced atomically, readable by its owner only (0600).
 ``remove FILE NAME`` takes an operator out.
 
-The desk itself is served by ``twistd sockchat --desk PORT --accounts FILE``.
+``serve --broker URL --accounts FILE`` serves the desk in a process of its
+own, for every instance that shares the broker: the desk that ``twistd
+sockchat --desk PORT`` serves beside its clients, on a machine (or behind
+a firewall) of its own.
 """
 
 from __future__ import annotations
@@ -16,8 +19,13 @@ import argparse
 import getpass
 import sys
 from collections.abc import Callable, Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
+from twisted.internet.defer import Deferred
+
+from sockchat._broker.interface import BrokerRefused, BrokerUnavailable
+from sockchat._broker.join import BROKER_HELP, positive, start_logging
+from sockchat._core.defaults import DEFAULT_MAX_LINE
 from sockchat._desk.accounts import (
     DEFAULT_COST,
     LN_RANGE,
@@ -33,6 +41,9 @@ from sockchat._desk.accounts import (
     remove_account,
     write_account,
 )
+from sockchat._desk.canned import Canned, CannedError, load_canned
+from sockchat._desk.model import DEFAULT_HOLD
+from sockchat._doors.tlsfiles import TLSFileError
 
 __all__ = ["main"]
 
@@ -77,6 +88,51 @@ def _parser() -> argparse.ArgumentParser:
     remove = commands.add_parser("remove", help="take an operator out of FILE")
     remove.add_argument("file", metavar="FILE")
     remove.add_argument("name", metavar="NAME")
+    serve = commands.add_parser(
+        "serve",
+        help="serve the desk for every instance of a broker",
+        description="Serve the operators' desk in this process, for the clients "
+        "of every instance that shares the broker (twistd sockchat --broker URL "
+        "--responder operators, workers, or a bot that hands over).",
+    )
+    serve.add_argument("--broker", required=True, metavar="URL", help=BROKER_HELP)
+    serve.add_argument(
+        "--accounts",
+        required=True,
+        metavar="FILE",
+        help="the operators' accounts, made with: python -m sockchat.desk passwd",
+    )
+    serve.add_argument(
+        "--desk",
+        default="8081",
+        metavar="PORT|ENDPOINT",
+        help="where to serve it: a port number (on 127.0.0.1) or a server "
+        "endpoint description, e.g. ssl:8443:privateKey=key.pem:certKey=cert.pem "
+        "(default 8081)",
+    )
+    serve.add_argument(
+        "--canned", metavar="FILE", help="canned answers: KEYWORD TEXT lines"
+    )
+    serve.add_argument(
+        "--hold",
+        type=positive("--hold"),
+        default=DEFAULT_HOLD,
+        metavar="N",
+        help=f"conversations each operator may hold at once (default {DEFAULT_HOLD})",
+    )
+    serve.add_argument(
+        "--anonymous",
+        action="store_true",
+        help="do not tell a client who answers it",
+    )
+    serve.add_argument(
+        "--max-line",
+        type=positive("--max-line"),
+        default=DEFAULT_MAX_LINE,
+        metavar="BYTES",
+        help=f"the longest answer, in bytes (default {DEFAULT_MAX_LINE}: the "
+        "instances' --max-line)",
+    )
     return parser
 
 
@@ -131,6 +187,76 @@ def _passwd(options: argparse.Namespace, stdin: TextIO, out: TextIO) -> None:
     out.write(f"{PROG}: {done} {account.name} ({display}) in {options.file}\n")
 
 
+async def _serve(reactor: Any, options: argparse.Namespace) -> None:
+    """The desk, an operator of the broker's queue, until the reactor stops."""
+    from twisted.internet.endpoints import serverFromString
+
+    from sockchat._broker.redisbroker import connect
+    from sockchat._core.limits import Admission
+    from sockchat._desk.brokered import BrokerQueue
+    from sockchat._desk.door import DeskDoor, DeskSettings
+    from sockchat._operations.services import DeskService
+    from sockchat.tap import check_tls_files, endpoint_description
+
+    def refused(what: str) -> SystemExit:
+        return SystemExit(f"{PROG}: {what}")
+
+    accounts = AccountsFile(options.accounts)
+    canned: tuple[Canned, ...] = ()
+    try:
+        accounts.load()
+        if options.canned is not None:
+            canned = load_canned(options.canned)
+        description = endpoint_description(options.desk, "--desk")
+        check_tls_files(description, "--desk")
+        endpoint = serverFromString(reactor, description)
+    except AccountsError as e:
+        raise refused(
+            f"{e}; make accounts with: python -m {PROG} passwd FILE NAME"
+        ) from None
+    except (CannedError, TLSFileError) as e:
+        raise refused(str(e)) from None
+    except SystemExit as e:  # tap's one line, said as ours
+        raise refused(str(e).removeprefix("sockchat: ")) from None
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise refused(
+            f"--desk {options.desk!r} is neither a port number nor a server "
+            f"endpoint description ({e})"
+        ) from None
+    try:
+        broker = await connect(reactor, options.broker, work=True)
+    except ValueError as e:
+        raise refused(f"--broker: {e}") from None
+    except (BrokerUnavailable, BrokerRefused) as e:
+        raise refused(str(e)) from None
+    settings = DeskSettings(hold=options.hold, max_answer=options.max_line)
+    door = DeskDoor(
+        BrokerQueue(broker, reactor, announce=not options.anonymous),
+        accounts,
+        reactor,
+        settings=settings,
+        canned=canned,
+        admission=Admission(
+            max_clients=settings.max_connections, max_per_ip=settings.max_per_ip
+        ),
+    )
+    service = DeskService(
+        endpoint, description, door, secure=description.startswith("ssl:")
+    )
+    try:
+        service.startService()
+    except SystemExit as e:
+        await broker.close()
+        raise refused(str(e).removeprefix("sockchat: ")) from None
+
+    def stop() -> Deferred[None]:
+        stopped: Deferred[Any] = service.stopService()
+        return stopped.addBoth(lambda _: broker.close())
+
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
+    await Deferred()  # until the reactor stops: Ctrl-C, SIGTERM
+
+
 def main(
     argv: Sequence[str] | None = None,
     stdin: TextIO | None = None,
@@ -139,6 +265,11 @@ def main(
     options = _parser().parse_args(argv)
     stdin = stdin or sys.stdin
     out = out or sys.stdout
+    if options.command == "serve":
+        from twisted.internet.task import react
+
+        start_logging(PROG)
+        react(lambda reactor: Deferred.fromCoroutine(_serve(reactor, options)))
     try:
         if options.command == "passwd":
             _passwd(options, stdin, out)

@@ -749,6 +749,7 @@ def makeService(options: Options) -> IService:
     if brokered is not None:
         brokered.setServiceParent(top)
     bot: IResponder | None = None
+    people: Any = None  # the operators' queue at the broker, if there is one
     if name == "console":
         console_service = OperatorConsoleService(reactor, ConsoleResponder)
         console_service.setServiceParent(top)
@@ -762,7 +763,7 @@ def makeService(options: Options) -> IService:
     elif name == "pair":
         responder = PairResponder()
     elif name in ("operators", "workers"):
-        responder = _queues(reactor, options, brokered.instance, name)
+        responder, people = _queues(reactor, options, brokered.instance, name)
     else:
         try:
             bot = load_responder(name)
@@ -770,7 +771,7 @@ def makeService(options: Options) -> IService:
             raise fatal(f"--responder {e}") from None
         responder = bot
         if brokered is not None:  # it may hand conversations to the operators
-            responder = _queues(reactor, options, brokered.instance, bot)
+            responder, people = _queues(reactor, options, brokered.instance, bot)
     transcript = None
     if options["transcript"] is not None:
         try:
@@ -812,13 +813,15 @@ def makeService(options: Options) -> IService:
     if desk:
         _desk_service(reactor, options, brokered.broker).setServiceParent(top)
     if options["metrics_endpoint"] is not None:
-        _metrics_service(reactor, options, factory, health, doors).setServiceParent(top)
+        queues = [people.stats] if people is not None else []
+        metrics = _metrics_service(reactor, options, factory, health, doors, queues)
+        metrics.setServiceParent(top)
     return top
 
 
 def _queues(
     reactor: Any, options: Options, instance: Any, first: str | IResponder
-) -> IResponder:
+) -> tuple[IResponder, Any]:
     """The operators' queue at the broker, and what answers before it: the
     workers' queue, or a bot of this process (*first*); either may hand a
     conversation over to the operators."""
@@ -828,7 +831,7 @@ def _queues(
 
     people = QueueResponder(instance, OPERATORS)
     if first == OPERATORS:
-        return people
+        return people, people
     bot = (
         QueueResponder(instance, WORKERS, lifecycle=True) if first == WORKERS else first
     )
@@ -837,7 +840,7 @@ def _queues(
     timeout = options["answer_timeout"]
     if timeout is AnswerTimeout.DEFAULT:
         timeout = DEFAULT_ANSWER_TIMEOUT
-    return HandoffResponder(bot, people, reactor, bot_timeout=timeout)
+    return HandoffResponder(bot, people, reactor, bot_timeout=timeout), people
 
 
 def _desk_service(reactor: Any, options: Options, broker: Any) -> IService:
@@ -916,8 +919,10 @@ def _metrics_service(
     factory: ChatServerFactory,
     health: Health,
     doors: list[ChatService],
+    queues: list[Any],
 ) -> IService:
-    """``--metrics``: ``/metrics`` and ``/healthz``, until the doors have closed."""
+    """``--metrics``: ``/metrics`` and ``/healthz``, until the doors have closed;
+    with *queues*, what this instance counts of the operators' queue."""
     from sockchat._operations.prometheus import metrics_site
 
     description = options["metrics_endpoint"]
@@ -928,7 +933,9 @@ def _metrics_service(
     service = MetricsService(
         endpoint,
         _as_given(description),
-        metrics_site([factory.stats], health, reactor, admission=admission),
+        metrics_site(
+            [factory.stats], health, reactor, admission=admission, queues=queues
+        ),
         health,
         doors,
     )

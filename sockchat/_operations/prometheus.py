@@ -4,7 +4,9 @@ Needs ``prometheus-client`` (``pip install 'sockchat[metrics]'``) for
 ``/metrics``; ``/healthz`` (``healthz_resource``) needs nothing more.
 
 ``ServerStats`` is read only when Prometheus scrapes, by
-``StatsCollector``, which turns it into metric families.  The page is
+``StatsCollector``, which turns it into metric families; so is an
+instance's ``QueueStats`` (the operators' queue: its depth, its oldest
+wait, the time to a conversation's first answer, operators online).  The page is
 rendered in the reactor's thread (not in a thread pool, as
 ``prometheus_client.twisted.MetricsResource`` would), so a scrape sees the
 counters between two events, never in the middle of one.
@@ -26,7 +28,8 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from sockchat._core.limits import Admission
-from sockchat._core.stats import Health, ServerStats
+from sockchat._core.queuestats import QueueStats
+from sockchat._core.stats import Health, LatencyHistogram, ServerStats
 from sockchat._doors.web import AdmissionGate, ChatSite
 from sockchat._version import __version__
 
@@ -81,9 +84,17 @@ class StatsCollector:
     added together.
     """
 
-    def __init__(self, stats: Sequence[ServerStats], health: Health) -> None:
+    def __init__(
+        self,
+        stats: Sequence[ServerStats],
+        health: Health,
+        queues: Sequence[QueueStats] = (),
+        clock: Any = None,
+    ) -> None:
         self._stats = stats
         self._health = health
+        self._queues = queues
+        self._clock = clock
 
     def describe(self) -> list[Metric]:
         return list(self.collect())
@@ -170,18 +181,58 @@ class StatsCollector:
         kinds = sorted({kind for s in every for kind in s.latency})
         for kind in kinds:
             histograms = [s.latency[kind] for s in every if kind in s.latency]
-            buckets = histograms[0].cumulative()
-            for other in histograms[1:]:
-                buckets = [
-                    (le, a + b)
-                    for (le, a), (_, b) in zip(buckets, other.cumulative(), strict=True)
-                ]
-            latency.add_metric(
-                [kind],
-                [(le, float(count)) for le, count in buckets],
-                sum_value=sum(h.total for h in histograms),
-            )
+            _add_histogram(latency, [kind], histograms)
         yield latency
+        if self._queues:
+            yield from self._collect_queues()
+
+    def _collect_queues(self) -> Iterator[Metric]:
+        from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+
+        queues = self._queues
+        now = self._clock.seconds() if self._clock is not None else 0.0
+        yield GaugeMetricFamily(
+            "sockchat_operator_queue_lines",
+            "Lines of this instance's clients that wait for an operator (held "
+            "or not); summed over the instances, the operators' queue's depth",
+            value=sum(q.depth() for q in queues),
+        )
+        yield GaugeMetricFamily(
+            "sockchat_operator_queue_oldest_seconds",
+            "Seconds the oldest of those lines has waited (0 when none waits)",
+            value=max((q.oldest(now) for q in queues), default=0.0),
+        )
+        online = [q.online for q in queues if q.online is not None]
+        yield GaugeMetricFamily(
+            "sockchat_operators_online",
+            "Operators online (at a desk or python -m sockchat.operator), at "
+            "this instance's last look",
+            value=max(online, default=0),
+        )
+        first = HistogramMetricFamily(
+            "sockchat_operator_first_answer_seconds",
+            "Seconds from a conversation's first line for the operators to "
+            "their first answer to it",
+        )
+        _add_histogram(first, [], [q.first_answer for q in queues])
+        yield first
+
+
+def _add_histogram(
+    family: Any, labels: list[str], histograms: Sequence[LatencyHistogram]
+) -> None:
+    """Add *histograms*, summed, as one sample of *family*."""
+    buckets = histograms[0].cumulative()
+    for other in histograms[1:]:
+        buckets = [
+            (le, a + b)
+            for (le, a), (_, b) in zip(buckets, other.cumulative(), strict=True)
+        ]
+    family.add_metric(
+        labels,
+        [(le, float(count)) for le, count in buckets],
+        sum_value=sum(h.total for h in histograms),
+    )
 
 
 def _labelled(family: Any, counts: list[dict[str, int]]) -> Any:
@@ -262,6 +313,7 @@ def metrics_site(
     reactor: Any = None,
     *,
     admission: Admission | None = None,
+    queues: Sequence[QueueStats] = (),
 ) -> Site:
     """``/metrics`` (the stats of *stats*) and ``/healthz`` (*health*).
 
@@ -273,11 +325,11 @@ def metrics_site(
     """
     from prometheus_client import CollectorRegistry
 
+    if reactor is None:
+        from twisted.internet import reactor
     registry = CollectorRegistry()
-    registry.register(StatsCollector(stats, health))
+    registry.register(StatsCollector(stats, health, queues, reactor))
     root = _Root()
     root.putChild(b"metrics", _MetricsPage(registry))
     root.putChild(b"healthz", healthz_resource(health))
-    if reactor is None:
-        from twisted.internet import reactor
     return ChatSite(root, AdmissionGate(reactor, admission or Admission(), "metrics"))

@@ -214,3 +214,31 @@ def test_metrics_bare_port_listens_on_loopback_only():
 def test_metrics_option_must_not_be_empty(value: str):
     with pytest.raises(SystemExit, match="--metrics needs a port number"):
         Options().parseOptions(["--responder", "echo", "--metrics", value])
+
+
+def test_the_operators_queue_is_scraped_with_the_server():
+    from sockchat._core.queuestats import QueueStats
+
+    clock = Clock()
+    clock.advance(100)
+    queue = QueueStats()
+    queue.waiting.update({1: 70.0, 2: 95.0})
+    queue.online = 2
+    queue.first_answer.observe(12)
+    registry = CollectorRegistry()
+    registry.register(StatsCollector([ServerStats()], Health(), [queue], clock))
+    text = generate_latest(registry).decode()
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, *sorted(sample.labels.items()))] = sample.value
+    assert found[("sockchat_operator_queue_lines",)] == 2
+    assert found[("sockchat_operator_queue_oldest_seconds",)] == 30
+    assert found[("sockchat_operators_online",)] == 2
+    count = "sockchat_operator_first_answer_seconds_count"
+    assert found[(count,)] == 1
+    bucket = "sockchat_operator_first_answer_seconds_bucket"
+    assert found[(bucket, ("le", "5.0"))] == 0
+    assert found[(bucket, ("le", "15.0"))] == 1
+    # Without the operators' queue, none of these.
+    assert "sockchat_operator_queue_lines" not in str(samples(ServerStats()))

@@ -170,6 +170,8 @@ def test_an_operator_logs_in_and_answers_a_client_once_per_line(browser, account
         answer.press("Tab")
         assert answer.input_value() == "We are open from 9 to 5."
         answer.press("Enter")
+        # Told once who answers, then the answer.
+        assert client.line() == "!info operator: alice is answering you now."
         assert client.line() == "We are open from 9 to 5."
         # One answer per line: the page cannot send a second.
         assert conversation.locator(".send").is_disabled()
@@ -317,6 +319,7 @@ def test_the_desk_works_at_phone_width(browser, accounts):  # noqa: F811
         assert box["x"] + box["width"] <= 360
         answer.fill("Hello! How can I help?")
         answer.press("Enter")
+        assert client.line().startswith("!info operator: ")
         assert client.line() == "Hello! How can I help?"
         assert page.evaluate(overflow) <= 0
         client.close()

@@ -464,3 +464,32 @@ def test_daemon_mode_with_a_pidfile_and_a_log_file_that_rotates(tmp_path: Path):
         wait_for(lambda: _gone(pid), timeout=15)
     assert not pidfile.exists(), "twistd removes its pidfile when it stops"
     assert b"conversation 1 started" not in (tmp_path / "sockchat.log.1").read_bytes()
+
+
+@pytest.mark.slow
+def test_the_operators_queue_is_in_the_scrape_and_passes_promtool(tmp_path):
+    from sockchat._desk.accounts import Account, Cost, hash_password
+
+    accounts = tmp_path / "accounts"
+    cheap = Cost(ln=10, r=8, p=1)
+    accounts.write_text(
+        Account("ann", hash_password("a password", cheap), "Ann").line()
+    )
+    with (
+        MetricsServer("--desk", ON_LOOPBACK, "--accounts", str(accounts)) as server,
+        raw_connect(server.port) as sock,
+    ):
+        recv_lines(sock, 1)  # welcome
+        sock.sendall(b"is anyone there?\n")
+        (queued,) = recv_lines(sock, 1)
+        assert queued.startswith(b"!info queued:")
+        time.sleep(1.1)
+        status, body = get(server.metrics_port, "/metrics")
+    assert status == 200
+    done = promtool_check(body)
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b""), done
+    found = values(body.decode())
+    assert found[("sockchat_operator_queue_lines",)] == 1
+    assert found[("sockchat_operator_queue_oldest_seconds",)] >= 1
+    assert found[("sockchat_operators_online",)] == 0
+    assert found[("sockchat_operator_first_answer_seconds_count",)] == 0
