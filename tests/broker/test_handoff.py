@@ -251,3 +251,25 @@ def test_a_worker_hands_over_across_the_broker():
     world.server.advance(0.5)
     assert world.desk.take_line()[1]["text"] == "price", "a person answers now"
     assert bot.heard == ["price", "can I pay later?"]
+
+
+def test_the_example_bot_answers_what_it_knows_and_hands_over_the_rest():
+    from examples.handoff_bot import ANSWERS as KNOWN
+    from examples.handoff_bot import HandoffBot
+
+    world = InProcess(HandoffBot())
+    notices: list[Any] = []
+    talk = world.server.connect(on_notice=notices.append)
+    assert world.server.result(talk.listen()).startswith("Hello, I am the help bot.")
+    assert world.server.say(talk, "Hours?") == KNOWN["hours"]
+    asked = talk.say("Can I bring my dog?")
+    world.server.advance(0)
+    assert "handoff" in [n.code for n in notices]
+    taken = world.desk.take_line()
+    assert [text for _, _, text in world.history()][-2:] == [
+        "the bot handed it over: the bot has no answer to 'Can I bring my dog?'",
+        "Can I bring my dog?",
+    ]
+    world.desk.answer(taken, "Dogs are welcome.")
+    world.server.advance(1)
+    assert world.server.result(asked) == "Dogs are welcome."
