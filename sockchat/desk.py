@@ -244,6 +244,7 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
         endpoint, description, door, secure=description.startswith("ssl:")
     )
     try:
+        service.privilegedStartService()  # listens: a busy port is one line
         service.startService()
     except SystemExit as e:
         await broker.close()

@@ -19,6 +19,7 @@ import urllib.parse
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_browser import browser, other_origin  # noqa: F401 (fixtures)
@@ -57,7 +58,11 @@ class DeskServer(Server):
     """twistd with the desk; ``url`` is the desk's address."""
 
     def __init__(
-        self, accounts: Path, *args: str, desk: str = "tcp:0:interface=127.0.0.1"
+        self,
+        accounts: Path,
+        *args: str,
+        desk: str = "tcp:0:interface=127.0.0.1",
+        **kw: Any,
     ) -> None:
         super().__init__(
             "--desk",
@@ -67,6 +72,7 @@ class DeskServer(Server):
             "--canned",
             str(accounts.parent / "canned"),
             *args,
+            **kw,
         )
 
     def __enter__(self) -> DeskServer:
@@ -95,8 +101,8 @@ def desk_page(browser, width: int = 1000, height: int = 760) -> Iterator[object]
     assert errors == [], f"the desk's script failed: {errors}"
 
 
-def log_in(page, server: DeskServer, name: str = "alice") -> None:
-    page.goto(server.url)
+def log_in(page, server: DeskServer | str, name: str = "alice") -> None:
+    page.goto(server if isinstance(server, str) else server.url)
     page.wait_for_url(re.compile(r"/login$"))
     page.fill("#name", name)
     page.fill("#password", PASSWORDS[name])
@@ -136,6 +142,13 @@ class Client:
 
     def say(self, text: str) -> None:
         self.sock.sendall(text.encode() + b"\n")
+
+    def until(self, text: str) -> list[str]:
+        """The lines read up to *text*, which is the last."""
+        lines = [self.line()]
+        while lines[-1] != text:
+            lines.append(self.line())
+        return lines
 
     def close(self) -> None:
         self.sock.close()
