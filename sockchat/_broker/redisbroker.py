@@ -261,7 +261,9 @@ return id
 #: (ms), then the items (bytes without a newline).  A field is the next
 #: number, a newline, then one kept item a line, as ``N DATA``; the oldest
 #: go first, and the latest is kept whole.  Replies the first item's
-#: number.
+#: number.  The hash gets its time to live with a new conversation (it may
+#: be new itself); then the instance's heartbeat keeps it alive
+#: (``beat_instance``), so that a turn costs ``HGET`` and ``HSET`` only.
 HISTORY_ADD = Script(
     name="history_add",
     lua="""\
@@ -289,8 +291,9 @@ while #lines - start + 1 > 1 and (#lines - start + 1 > most or total > budget) d
   start = start + 1
 end
 local kept = table.concat(lines, '\\n', start)
-redis.call('HSET', KEYS[1], ARGV[1], next_n .. '\\n' .. kept)
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
+if redis.call('HSET', KEYS[1], ARGV[1], next_n .. '\\n' .. kept) == 1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
 return first
 """,
 )
