@@ -63,8 +63,6 @@ log = Logger(namespace="sockchat.handoff")
 HANDOFF_NOTICE = (
     "your conversation goes to a person now; the first operator free answers you"
 )
-#: Who the bot's answers are from, in the history, when they are not signed.
-BOT = "bot"
 
 
 @define(eq=False)
@@ -262,7 +260,7 @@ class HandoffResponder:
         self._said_by_bot(talk, reply)
 
     def _said_by_bot(self, talk: _Talk, reply: str | Signed) -> None:
-        by = reply.by if isinstance(reply, Signed) else BOT
+        by = reply.by if isinstance(reply, Signed) else ""  # the desk says "bot"
         text = reply.text if isinstance(reply, Signed) else reply
         talk.record("bot", by, text, self._clock.seconds())
 
@@ -284,7 +282,7 @@ class HandoffResponder:
         people.started(talk.conversation)
         items = [said(*turn) for turn in talk.said]
         now = self._clock.seconds()
-        items.append(said("notice", BOT, f"the bot handed it over: {reason}", now))
+        items.append(said("notice", "", f"the bot handed it over: {reason}", now))
         talk.said.clear()
         instance = people.instance
         if instance.broker.up:

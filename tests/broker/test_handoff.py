@@ -116,12 +116,12 @@ def test_a_bot_answers_what_it_knows_and_hands_the_rest_to_a_person():
     taken = world.desk.take_line()
     assert taken[1]["text"] == "where is my parcel?"
     assert world.history() == [
-        ("bot", "bot", "Hello, I am a bot."),
+        ("bot", "", "Hello, I am a bot."),
         ("client", "", "hours"),
-        ("bot", "bot", "We open at nine."),
+        ("bot", "", "We open at nine."),
         (
             "notice",
-            "bot",
+            "",
             "the bot handed it over: no answer to 19 characters",
         ),
         ("client", "", "where is my parcel?"),
@@ -239,7 +239,7 @@ def test_a_worker_hands_over_across_the_broker():
         ("bot", "worker w1", "Ten euros."),
         (
             "notice",
-            "bot",
+            "",
             "the bot handed it over: no answer to 16 characters",
         ),
         ("client", "", "can I pay later?"),

@@ -135,7 +135,7 @@
     const item = element("li", "said " + said.who);
     const who = said.who === "client" ? "client"
       : said.who === "operator" ? said.by
-        : said.who === "bot" ? "bot " + said.by : "desk";
+        : said.who === "bot" ? (said.by || "bot") : "desk";
     item.append(element("span", "who", who));
     item.append(element("span", "text", said.text));
     const at = new Date(said.at * 1000);
