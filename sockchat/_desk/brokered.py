@@ -290,6 +290,7 @@ class BrokerQueue:
     ) -> _Look:
         clients: dict[str, Client] = {}
         holders: dict[str, str] = {}
+        alive = census.instances
         for instance in sorted(directory):
             for record in directory[instance]:
                 if record.responder != OPERATORS:
@@ -302,7 +303,9 @@ class BrokerQueue:
         lines: dict[str, tuple[Line, str | None]] = {}
         for queued in view:
             found = _line(queued.entry, queued.data)
-            if found is not None:
+            # A dead instance's lines wait for a consumer to drop them:
+            # nobody waits for their answers.
+            if found is not None and _where(found[0].conversation)[0] in alive:
                 lines[queued.entry] = (found[0], queued.holder)
         consumers = tuple((s.name, s.display) for s in census.of(OPERATORS))
         return _Look(clients, holders, lines, consumers)

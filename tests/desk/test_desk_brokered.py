@@ -334,6 +334,50 @@ def test_a_desk_that_stops_hands_back_what_it_holds():
     assert world.server.result(answer) == "took over"
 
 
+def test_an_answer_the_broker_cannot_take_is_refused_and_waits_again():
+    world = World()
+    desk = world.desk("d")
+    desk.act(desk.queue.online(ALICE))
+    talk = world.server.connect()
+    answer = talk.say("hello?")
+    world.server.flush()
+    entry = desk.queued()[0].line.entry
+    desk.act(desk.queue.take(entry, ALICE))
+    desk.taken()
+    world.hub.lose()
+    assert desk.refused(desk.queue.answer(entry, "hi", ALICE)) == (
+        "the broker cannot be reached; try again in a moment"
+    )
+    (queued,) = desk.queued()  # the page may answer it again
+    assert (queued.line.entry, queued.holder) == (entry, ALICE)
+    world.hub.restore()
+    world.run(POLL)
+    desk.act(desk.queue.answer(entry, "hi, at last", ALICE))
+    assert world.server.result(answer) == "hi, at last"
+
+
+def test_the_lines_of_an_instance_that_died_leave_the_desk():
+    world = World()
+    desk = world.desk("d")
+    other = world.hub.broker()
+    other_name = result_of(other.register_instance({}))
+    gone = BrokerInstance(other, world.clock, other_name)
+    gone_people = QueueResponder(gone, OPERATORS)
+    gone.start()
+    server = MemoryServer(gone_people, clock=world.clock)
+    server.connect().say("from an instance about to die")
+    server.flush()
+    world.run(POLL)
+    assert [line.text for line in result_of(desk.queue.snapshot()).lines] == [
+        "from an instance about to die"
+    ]
+    assert isinstance(other, MemoryBroker)
+    other.kill()  # kill -9: it beats no more
+    world.run(HEARTBEAT_TTL + HEARTBEAT + POLL)
+    snapshot = result_of(desk.queue.snapshot())
+    assert (snapshot.lines, snapshot.clients) == ((), ())
+
+
 # -- Any order of clients, desks and delays -------------------------------------------
 
 
