@@ -686,9 +686,9 @@ class QueueResponder:
         try:
             talk.handoff(reason)
         except Exception as e:
-            self._say_once_handoff(str(e))
+            self._handoff_refused(str(e))
 
-    def _say_once_handoff(self, why: str) -> None:
+    def _handoff_refused(self, why: str) -> None:
         log.warn(
             "a {who} asked to hand a conversation to the operators, and it "
             "could not be: {why}",

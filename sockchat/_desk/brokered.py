@@ -331,7 +331,12 @@ class BrokerQueue:
         for key in list(self._clients):
             if key in look.clients:
                 self._settle(key, look)
+        # A conversation whose line came after the look read the directory
+        # is there: the look may not show it yet.
+        newer = {self._lines[e].conversation for e in self._fresh if e in self._lines}
         for key in [k for k in self._clients if k not in look.clients]:
+            if key in newer:
+                continue
             del self._clients[key]
             self._mine.pop(key, None)
             self._holders.pop(key, None)
