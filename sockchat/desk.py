@@ -226,7 +226,7 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
     try:
         broker = await connect(reactor, options.broker, work=True)
     except ValueError as e:
-        raise refused(f"--broker: {e}") from None
+        raise refused(str(e)) from None
     except (BrokerUnavailable, BrokerRefused) as e:
         raise refused(str(e)) from None
     settings = DeskSettings(hold=options.hold, max_answer=options.max_line)
