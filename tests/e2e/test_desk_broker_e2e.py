@@ -250,3 +250,30 @@ def test_a_bot_in_a_worker_hands_over_to_a_desk_of_its_own(
         client = Client(server.port)
         hand_over_and_answer(alice, client)
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--broker", "http://example.com/"], "sockchat.desk: --broker http://"),
+        (
+            ["--broker", "redis://127.0.0.1:1/0"],
+            "sockchat.desk: cannot reach the broker at redis://127.0.0.1:1/0",
+        ),
+        (["--accounts", "/nonexistent"], "no such file; make accounts with: "),
+        (["--desk", "bogus:1"], "sockchat.desk: --desk 'bogus:1' is neither"),
+    ],
+)
+def test_desk_serve_mistakes_are_one_line(accounts, args, says):  # noqa: F811
+    given = {"--broker": "redis://127.0.0.1:1/0", "--accounts": str(accounts)}
+    given.update(dict(zip(args[::2], args[1::2], strict=True)))
+    done = subprocess.run(
+        [sys.executable, "-m", "sockchat.desk", "serve"]
+        + [part for pair in given.items() for part in pair],
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert says in lines[0]
