@@ -39,6 +39,9 @@ def test_no_control_or_bidi_character_survives(text):
         assert char not in "\u2028\u2029"
 
 
-@given(st.text(alphabet=st.characters(blacklist_categories=["Cc", "Cf", "Zl", "Zp"])))
+# Cs: lone surrogates, which safe_text escapes too (no UTF-8 output carries them).
+@given(
+    st.text(alphabet=st.characters(blacklist_categories=["Cc", "Cf", "Cs", "Zl", "Zp"]))
+)
 def test_ordinary_text_is_unchanged(text):
     assert safe_text(text) == text
