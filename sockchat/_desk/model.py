@@ -54,6 +54,7 @@ __all__ = [
     "EXCERPT",
     "GRACE",
     "Answer",
+    "AnswerDue",
     "Command",
     "ConversationView",
     "DeskModel",
@@ -73,7 +74,6 @@ __all__ = [
     "SaidMore",
     "Take",
     "Tell",
-    "Turn",
 ]
 
 #: Conversations an operator may hold at once, unless told otherwise.
@@ -201,7 +201,7 @@ class SaidMore:
 
 
 @frozen
-class Turn:
+class AnswerDue:
     """Whether a conversation of yours has a line for you to answer."""
 
     conversation: str
@@ -219,7 +219,7 @@ class Released:
     why: str
 
 
-Message = DeskView | ConversationView | SaidMore | Turn | Released
+Message = DeskView | ConversationView | SaidMore | AnswerDue | Released
 
 
 @frozen
@@ -416,7 +416,7 @@ class DeskModel:
         holder = conversation.holder
         if self._is_here(holder) and conversation.loaded:
             assert holder is not None
-            turn = Turn(line.conversation, line.entry, line.text)
+            turn = AnswerDue(line.conversation, line.entry, line.text)
             return [Tell(holder.name, turn)]
         return []
 
@@ -445,7 +445,7 @@ class DeskModel:
         if self._is_here(holder) and conversation.loaded:
             assert holder is not None
             why = "the client left" if event.why == "left" else event.why
-            return [Tell(holder.name, Turn(event.conversation, None, why=why))]
+            return [Tell(holder.name, AnswerDue(event.conversation, None, why=why))]
         return []
 
     def _handed_back(self, event: HandedBack) -> list[Output]:
@@ -564,7 +564,7 @@ class DeskModel:
                 return Refusal(why)
             line = self._lines.pop(command.entry)
             self._remember_answered(command.entry)
-            turn = Turn(line.conversation, None)
+            turn = AnswerDue(line.conversation, None)
             return [
                 Do(operator, command),
                 Tell(operator.name, turn),

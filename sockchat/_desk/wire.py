@@ -22,6 +22,7 @@ from typing import Any
 from sockchat._desk.control import Hello, PageMessage, Problem
 from sockchat._desk.model import (
     Answer,
+    AnswerDue,
     Command,
     ConversationView,
     DeskView,
@@ -30,7 +31,6 @@ from sockchat._desk.model import (
     Released,
     SaidMore,
     Take,
-    Turn,
 )
 from sockchat._desk.queue import Operator, Said
 
@@ -102,7 +102,7 @@ def _fields(message: PageMessage) -> dict[str, Any]:
         }
     if isinstance(message, SaidMore):
         return {"type": "said", "said": _said(message.said)}
-    if isinstance(message, Turn):
+    if isinstance(message, AnswerDue):
         return {
             "type": "turn",
             "conversation": message.conversation,

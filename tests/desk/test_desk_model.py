@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from sockchat._desk.model import (
     GRACE,
     Answer,
+    AnswerDue,
     ConversationView,
     DeskModel,
     DeskView,
@@ -23,7 +24,6 @@ from sockchat._desk.model import (
     SaidMore,
     Take,
     Tell,
-    Turn,
 )
 from sockchat._desk.queue import (
     Answered,
@@ -143,7 +143,7 @@ def test_the_turn_rule_one_answer_per_line():
     decided = model.command(ALICE, Answer("7", "hi"), 2.0)
     assert isinstance(decided, list)
     assert decided[0] == Do(ALICE, Answer("7", "hi"))
-    assert tells(decided, to="alice", kind=Turn) == [Turn("1", None)]
+    assert tells(decided, to="alice", kind=AnswerDue) == [AnswerDue("1", None)]
     # A second answer, even before the queue has said it was answered.
     assert model.command(ALICE, Answer("7", "hi again"), 2.0) == Refusal(
         "that line has its answer already: one answer per line"
@@ -154,7 +154,7 @@ def test_the_turn_rule_one_answer_per_line():
     )
     # Nothing to answer until the client speaks again; then one answer.
     out = model.apply(Queued(line("8", "1", "and?"), ALICE), 4.0)
-    assert tells(out, to="alice", kind=Turn) == [Turn("1", "8", "and?")]
+    assert tells(out, to="alice", kind=AnswerDue) == [AnswerDue("1", "8", "and?")]
     assert isinstance(model.command(ALICE, Answer("8", "this"), 5.0), list)
 
 
@@ -218,7 +218,7 @@ def test_a_held_conversations_new_lines_reach_its_holder_only():
     out = model.apply(Spoken(said), 5.0)
     assert out == [Tell("alice", SaidMore(said))]
     out = model.apply(Queued(line("8", "1", "more"), ALICE), 5.0)
-    assert tells(out, to="alice", kind=Turn) == [Turn("1", "8", "more")]
+    assert tells(out, to="alice", kind=AnswerDue) == [AnswerDue("1", "8", "more")]
     assert tells(out, to="bob") == []
     (view,) = tells(out, kind=DeskView)
     assert [(v.entry, v.holder) for v in view.lines] == [("7", ALICE), ("8", ALICE)]
@@ -245,7 +245,9 @@ def test_a_client_that_leaves_is_told_to_its_holder():
     model.apply(Queued(line("7", "1"), None), 0.0)
     take(model, ALICE, "7", "1")
     out = model.apply(Dropped("7", "1", "left"), 3.0)
-    assert tells(out, to="alice", kind=Turn) == [Turn("1", None, why="the client left")]
+    assert tells(out, to="alice", kind=AnswerDue) == [
+        AnswerDue("1", None, why="the client left")
+    ]
     out = model.apply(Closed("1", "connection-lost"), 3.0)
     assert tells(out, to="alice", kind=Released) == [
         Released("1", "the conversation is over (connection-lost)")

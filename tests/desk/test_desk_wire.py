@@ -11,6 +11,7 @@ from sockchat._desk.canned import Canned
 from sockchat._desk.control import Hello, Problem
 from sockchat._desk.model import (
     Answer,
+    AnswerDue,
     ConversationView,
     DeskView,
     End,
@@ -19,7 +20,6 @@ from sockchat._desk.model import (
     Released,
     SaidMore,
     Take,
-    Turn,
 )
 from sockchat._desk.queue import Operator, Said, Who
 from sockchat._desk.wire import decode, encode
@@ -60,7 +60,7 @@ def test_every_message_to_the_page_is_json_with_its_type():
         DeskView((line,), (), (ALICE,), 1),
         ConversationView("1", "client 1 (x)", (said,), "7", "hello"),
         SaidMore(said),
-        Turn("1", None, why="the client left"),
+        AnswerDue("1", None, why="the client left"),
         Released("1", "handed back to the queue"),
         Problem("no"),
     ]
