@@ -32,7 +32,6 @@ from twisted.internet.interfaces import (
     ITCPTransport,
 )
 from twisted.internet.protocol import Protocol
-from twisted.logger import Logger
 
 # Twisted makes only proxyEndpoint public; its wrapper, whose header parsing
 # this reuses, lives in a private module (setup.cfg pins Twisted below 27,
@@ -45,8 +44,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = ["HEADER_TIMEOUT", "ProxiedEndpoint", "is_health_check"]
-
-log = Logger(namespace="sockchat.server")
 
 #: Seconds a connection from the load balancer may take to send its header.
 HEADER_TIMEOUT = 10.0
@@ -111,7 +108,7 @@ class _HeaderFirst(HAProxyProtocolWrapper):
             self._deadline.cancel()
         self._deadline = None
         if is_health_check(self._proxyInfo.header):
-            log.debug("a health check from {peer}", peer=str(self.getPeer()))
+            # No log line: haproxy checks every few seconds, forever.
             cast(ITCPTransport, self.transport).loseConnection()
             return
         protocol = self.factory.wrappedFactory.buildProtocol(self.getPeer())

@@ -123,6 +123,24 @@ def test_a_v2_local_header_is_a_health_check_and_takes_no_number(cuts):
     assert client.value().startswith(b"!info welcome: sockchat conversation 1. ")
 
 
+def test_a_health_check_makes_no_log_line():
+    """haproxy checks every 2 s per instance: a line each would bury the log
+    (docs/operating.md: a health check is "no conversation and no log line")."""
+    from twisted.logger import globalLogPublisher
+
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _clock, _chat, factory = server()
+        for _ in range(3):
+            _, transport = connect(factory, v2_local())
+            assert transport.disconnecting
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    ours = [e for e in events if e.get("log_namespace", "").startswith("sockchat")]
+    assert ours == []
+
+
 def test_a_v2_proxy_header_is_a_client():
     _clock, chat, factory = server()
     _, transport = connect(factory, v2_proxy("203.0.113.7") + b"hello\n")
