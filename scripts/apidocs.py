@@ -36,10 +36,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from pydoctor import driver, model
-from pydoctor.options import Options
-
 ROOT = Path(__file__).resolve().parent.parent
+
+try:
+    from pydoctor import driver, model
+    from pydoctor.options import Options
+except ImportError:  # README's first command installs no dev extras
+    raise SystemExit(
+        "apidocs.py: pydoctor is not installed in this Python; it comes with "
+        f"the dev extras: in {ROOT}, .venv/bin/pip install -c constraints.txt "
+        "-e '.[dev]' (python3 scripts/check.py does it too)"
+    ) from None
 PUBLIC_MODULES = ("sockchat", "sockchat.testing", "sockchat.jsonlog")
 #: Modules that are not part of the API: their interface is a command line.
 COMMAND_LINES = (

@@ -132,3 +132,21 @@ def test_a_broken_cross_reference_fails_the_build(tmp_path: Path):
     assert done.returncode == 1, done.stdout + done.stderr
     assert 'Cannot find link target for "no_such_name"' in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
+
+
+def test_without_pydoctor_it_says_what_to_install_in_one_line() -> None:
+    """README's first command installs no dev extras: a new user who runs
+    the build gets one line that says what to install, not a traceback."""
+    blocked = (
+        "import runpy, sys; sys.modules['pydoctor'] = None; "
+        f"sys.argv = [{str(SCRIPT)!r}]; runpy.run_path({str(SCRIPT)!r}, "
+        "run_name='__main__')"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    [line] = done.stderr.splitlines()
+    assert "pydoctor" in line
+    assert "pip install -c constraints.txt -e '.[dev]'" in line
