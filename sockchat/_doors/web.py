@@ -756,7 +756,7 @@ class ChatChannel(HTTPChannel):
             f"this server takes request bodies of at most {most} bytes, "
             "with a Content-Length."
             if most
-            else "this server takes no request bodies; the chat page needs none.",
+            else f"this server takes no request bodies; {self.site.no_body_needed}.",
         )
 
     def _refuse(self, code: int, reason: str, why: str, text: str) -> None:
@@ -833,7 +833,8 @@ class ChatSite(Site):
     page's: its ``ChatServerFactory``; the desk's: its own).
 
     It leaves out the access log: one log line per conversation.  Requests
-    may have a body of up to *max_body* bytes (none, by default).
+    may have a body of up to *max_body* bytes (none, by default);
+    *no_body_needed* ends the 413's text when none is allowed.
     """
 
     noisy = False
@@ -841,11 +842,19 @@ class ChatSite(Site):
     #: Seconds each request has to send all its headers.
     headers_deadline = HEADERS_DEADLINE
 
-    def __init__(self, resource: IResource, gate: Gate, *, max_body: int = 0) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        gate: Gate,
+        *,
+        max_body: int = 0,
+        no_body_needed: str = "the chat page needs none",
+    ) -> None:
         super().__init__(resource, reactor=gate.clock)
         self.gate = gate
         self.clock = gate.clock
         self.max_body = max_body
+        self.no_body_needed = no_body_needed
         #: Refused connections lingering now (see ``_Refused``).
         self.lingering = 0
 

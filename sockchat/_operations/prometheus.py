@@ -332,4 +332,8 @@ def metrics_site(
     root = _Root()
     root.putChild(b"metrics", _MetricsPage(registry))
     root.putChild(b"healthz", healthz_resource(health))
-    return ChatSite(root, AdmissionGate(reactor, admission or Admission(), "metrics"))
+    return ChatSite(
+        root,
+        AdmissionGate(reactor, admission or Admission(), "metrics"),
+        no_body_needed="/metrics and /healthz need none",
+    )

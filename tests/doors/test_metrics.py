@@ -158,6 +158,27 @@ def test_the_metrics_site_serves_both_pages_and_logs_no_request():
     assert site.log(DummyRequest([b"healthz"])) is None  # and writes nothing
 
 
+def test_a_body_sent_to_the_metrics_site_is_refused_in_its_own_words():
+    """413, as on the chat page's door, but about this site: there is no
+    chat page here."""
+    from twisted.internet.testing import StringTransport
+
+    site = metrics_site([ServerStats()], Health(), Clock())
+    channel = site.buildProtocol(peer())
+    transport = StringTransport(peerAddress=peer())
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"POST /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello"
+    )
+    response = transport.value()
+    assert response.startswith(b"HTTP/1.1 413 Content Too Large\r\n")
+    assert b"chat page" not in response
+    assert response.endswith(
+        b"sockchat: this server takes no request bodies; /metrics and /healthz "
+        b"need none.\n"
+    )
+
+
 def test_metrics_stay_up_503_until_the_chat_door_has_closed():
     clock = Clock()
     health = Health()
