@@ -139,9 +139,11 @@ class Options(usage.Options):
             None,
             "Redis URL of the broker that several instances share: "
             "redis://[:PASSWORD@]HOST[:PORT][/DB], rediss://... (TLS, verified; "
-            "?ca=FILE for a private CA), or unix:///PATH. Needed by --responder "
-            "operators and workers; with pair, pairs span every instance; with "
-            "your own responder, it may hand conversations to the operators.",
+            "?ca=FILE for a private CA), unix:///PATH, or, for Redis Sentinel, "
+            "redis+sentinel://HOST:PORT[,HOST:PORT...]/MASTER[/DB] (and "
+            "rediss+sentinel://...). Needed by --responder operators and "
+            "workers; with pair, pairs span every instance; with your own "
+            "responder, it may hand conversations to the operators.",
         ],
         [
             "transcript",

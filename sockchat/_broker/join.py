@@ -31,7 +31,9 @@ __all__ = ["BROKER_HELP", "Joined", "join", "positive", "start_logging"]
 #: ``--broker``'s help, the same for every consumer.
 BROKER_HELP = (
     "the broker: redis://[:password@]host[:port][/db], rediss://..., "
-    "unix:///path/to/redis.sock"
+    "unix:///path/to/redis.sock, or, for Redis Sentinel, "
+    "redis+sentinel://host:port[,host:port...]/master[/db] (and "
+    "rediss+sentinel://...)"
 )
 
 

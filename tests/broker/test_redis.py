@@ -191,6 +191,28 @@ def test_a_bad_url_does_not_show_its_password() -> None:
     assert "hunter2" not in str(e.value)
 
 
+def test_every_broker_help_names_every_scheme() -> None:
+    """``--help`` of twistd sockchat, the operator and the worker: a user of
+    Sentinel learns there that ``redis+sentinel://`` exists."""
+    from sockchat._broker.join import BROKER_HELP
+    from sockchat.tap import Options
+
+    examples = {
+        "redis": "redis://h",
+        "rediss": "rediss://h",
+        "unix": "unix:///s",
+        "redis+sentinel": "redis+sentinel://h:1/m",
+        "rediss+sentinel": "rediss+sentinel://h:1/m",
+    }
+    for scheme, url in examples.items():  # the schemes a URL may have
+        assert parse_broker_url(url).scheme == scheme
+    schemes = list(examples)
+    [twistd] = [o[3] for o in Options.optParameters if o[0] == "broker"]
+    for help_text in (twistd, BROKER_HELP):
+        for scheme in schemes:
+            assert f"{scheme}://" in help_text, (scheme, help_text)
+
+
 def test_a_rediss_sentinel_url_checks_its_files_and_reaches_everything_with_tls(
     tmp_path: Path,
 ) -> None:
