@@ -114,8 +114,8 @@ async def join(
     """
     try:
         broker = await connect(reactor, url, work=True)
-    except ValueError as e:
-        raise SystemExit(f"{prog}: --broker: {e}") from None
+    except ValueError as e:  # it names --broker and the URL itself
+        raise SystemExit(f"{prog}: {e}") from None
     except (BrokerUnavailable, BrokerRefused) as e:
         raise SystemExit(f"{prog}: {e}") from None
     outbox = Outbox(broker, group, reactor)

@@ -263,3 +263,30 @@ def test_an_opening_asked_for_but_not_given_is_said_to_have_failed(
     [message] = inbox(world)
     assert (message["kind"], message["entry"]) == ("failed", started)
     assert "gave no first line" in message["why"]
+
+
+def test_a_bad_broker_url_is_one_line_that_names_the_option_once() -> None:
+    """``python -m sockchat.worker --broker http://x ...``: the line said
+    ``--broker: --broker http://x: ...``."""
+    from twisted.internet.task import Clock
+
+    from sockchat._broker.join import join
+
+    from conftest import result_of
+
+    joining = Deferred.fromCoroutine(
+        join(
+            Clock(),
+            prog="sockchat.worker",
+            url="http://example.com/",
+            group="workers",
+            handler=lambda broker, outbox: None,  # type: ignore[arg-type,return-value]
+            capacity=1,
+        )
+    )
+    with pytest.raises(SystemExit) as e:
+        result_of(joining)
+    assert str(e.value) == (
+        "sockchat.worker: --broker http://example.com/: the scheme must be "
+        "redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://"
+    )

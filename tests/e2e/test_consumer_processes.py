@@ -377,7 +377,7 @@ def test_bad_input_is_one_line(
 
     code, line = run(*OPERATOR, "--broker", "http://example.com/")
     assert code == 1
-    assert line.startswith("sockchat.operator: --broker: ")
+    assert line.startswith("sockchat.operator: --broker http://example.com/: ")
     code, line = run(*WORKER, "--broker", redis_server.url, "nosuchmodule:thing")
     assert (code, line) == (
         1,
