@@ -56,6 +56,7 @@ from twisted.python.failure import Failure
 from zope.interface import alsoProvides, implementer
 
 from sockchat._broker.interface import (
+    BROKER_FOR_CLIENTS,
     BrokerRefused,
     BrokerUnavailable,
     Census,
@@ -436,8 +437,7 @@ class QueueResponder:
             return ready.addCallback(lambda _: self.respond(conversation, text))
         if not instance.up or not self.broker.up:
             raise Unavailable(
-                f"the broker at {self.broker.display} is unreachable; send it "
-                "again soon"
+                f"{BROKER_FOR_CLIENTS} is unreachable; send it again soon"
             )
         online = instance.consumers(self.group)
         if self.group == WORKERS and online == 0:
@@ -544,10 +544,7 @@ class QueueResponder:
             return
         if failure.check(BrokerUnavailable):
             answer.errback(
-                Unavailable(
-                    f"the broker at {self.broker.display} is unreachable; send it "
-                    "again soon"
-                )
+                Unavailable(f"{BROKER_FOR_CLIENTS} is unreachable; send it again soon")
             )
         else:
             answer.errback(failure)

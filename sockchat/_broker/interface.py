@@ -46,6 +46,7 @@ from zope.interface import Attribute, Interface
 from sockchat._broker.errors import BrokerRefused, BrokerUnavailable
 
 __all__ = [
+    "BROKER_FOR_CLIENTS",
     "BrokerRefused",
     "BrokerUnavailable",
     "Census",
@@ -68,6 +69,11 @@ __all__ = [
 ]
 
 log = Logger(namespace="sockchat.broker")
+
+#: What a client's notice calls the broker.  Its address (hosts, ports, the
+#: user name, the master's name) is for the logs: whoever connects has no
+#: use for it, and need not learn where the Redis of this deployment is.
+BROKER_FOR_CLIENTS = "the broker"
 
 
 # -- Values ---------------------------------------------------------------------

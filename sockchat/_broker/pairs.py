@@ -35,7 +35,7 @@ The messages between instances (inbox kinds):
 The newcomer's welcome waits at most ``ANSWER_WITHIN`` for the broker's
 answer and the waiting client's instance's; past it, the client is
 welcomed with the turn and told that no answer came (``!info waiting:
-the broker at ... did not answer within 3 s; ...``), and waits for a
+the broker did not answer within 3 s; ...``), and waits for a
 partner like any other who waits.  A line whose message could not go
 (the broker was lost) gives its client the turn back, to say it again.
 
@@ -70,6 +70,7 @@ from zope.interface import implementer
 
 from sockchat._broker.instance import BrokerInstance
 from sockchat._broker.interface import (
+    BROKER_FOR_CLIENTS,
     BrokerRefused,
     BrokerUnavailable,
     Census,
@@ -256,8 +257,7 @@ class BrokerPairResponder:
         seat = self._seats[conversation.id]
         if seat.party.paired and not self._up:
             raise Unavailable(
-                f"the broker at {self.broker.display} is unreachable; send it "
-                "again soon"
+                f"{BROKER_FOR_CLIENTS} is unreachable; send it again soon"
             )
         answer = seat.client.waiting = Deferred()
         self._carry_out(seat, seat.party.said(text))
@@ -299,9 +299,7 @@ class BrokerPairResponder:
     def _ask(self, seat: _Seat) -> None:
         """Take the first who waits, or wait at the end of the list."""
         if not self._up:
-            self._unanswered(
-                seat, f"the broker at {self.broker.display} is unreachable"
-            )
+            self._unanswered(seat, f"{BROKER_FOR_CLIENTS} is unreachable")
             return
         if seat.deadline is None:
             seat.deadline = self._clock.callLater(
@@ -357,7 +355,7 @@ class BrokerPairResponder:
             log.failure(
                 "the broker could not pair {label}", failure, label=seat.me.label
             )
-        self._unanswered(seat, f"the broker at {self.broker.display} did not answer")
+        self._unanswered(seat, f"{BROKER_FOR_CLIENTS} did not answer")
 
     def _too_late(self, seat: _Seat) -> None:
         seat.deadline = None
@@ -368,7 +366,7 @@ class BrokerPairResponder:
             self._send(taking, "left", why="left", **{"from": seat.me.named()})
             what = f"the server of the client who waited, {taking.instance},"
         else:
-            what = f"the broker at {self.broker.display}"
+            what = BROKER_FOR_CLIENTS
         self._unanswered(seat, f"{what} did not answer within {self.answer_within:g} s")
 
     def _unanswered(self, seat: _Seat, why: str) -> None:
@@ -438,10 +436,7 @@ class BrokerPairResponder:
         if seat.over:
             return
         if failure.check(BrokerUnavailable):
-            why = (
-                f"the broker at {self.broker.display} was lost before your line "
-                "went; send it again"
-            )
+            why = f"{BROKER_FOR_CLIENTS} was lost before your line went; send it again"
         else:
             log.failure("a line for a partner could not be sent", failure)
             why = "your line could not be sent; send it again"

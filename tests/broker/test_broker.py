@@ -198,7 +198,9 @@ def test_broker_lost_new_lines_get_unavailable_then_it_comes_back(logged_events)
         with pytest.raises(LineRefused) as refused:
             c.server.say(talk, "are you there?")
         assert refused.value.notice.code == "unavailable"
-        assert "unreachable" in refused.value.notice.text
+        assert "the broker is unreachable" in refused.value.notice.text
+        # The broker's address (hosts, ports, user) is for the log only.
+        assert "memory:" not in refused.value.notice.text
     lost = [e for e in logged_events if "lost the broker" in e["log_format"]]
     assert len(lost) == 1, "the loss is logged once, not once per line"
     c.hub.restore()
