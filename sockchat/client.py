@@ -14,6 +14,7 @@ with a one-line reason on stderr, otherwise.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TextIO, cast
@@ -44,6 +45,8 @@ from sockchat._doors.endpoints import client_endpoint
 from sockchat._version import __version__
 
 if TYPE_CHECKING:
+    from sockchat._core.framing import Framing
+    from sockchat._teaching.packet_trace import PacketCapture
     from sockchat._teaching.tracing import ClientTracing
 
 PROMPT = "client --> server:"
@@ -108,10 +111,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--trace",
-        action="store_true",
+        nargs="?",
+        const="socket",
+        choices=("socket", "packets"),
         help="teaching mode: show what TCP does on this client's socket, next to "
         "the chat ([tcp] lines: ports, the handshake, each read, TCP_INFO, the "
-        "close and TIME_WAIT); on stderr when piped. See docs/lessons.md",
+        "close and TIME_WAIT); on stderr when piped. --trace packets adds the "
+        "real packets (needs CAP_NET_RAW) and, at a terminal, the ladder. See "
+        "docs/lessons.md",
+    )
+    parser.add_argument(
+        "--capture-file",
+        metavar="FILE",
+        help="with --trace packets (implied): also write the captured packets "
+        "to FILE, a pcap file for tcpdump -r and Wireshark (readable by its "
+        "owner only; at most 16 MiB)",
     )
     parser.add_argument(
         "--version", action="version", version=f"sockchat {__version__}"
@@ -260,6 +274,45 @@ def _tracer(screen: _Screen) -> Callable[[str], None]:
     return trace
 
 
+def _tracing(
+    reactor: Any,
+    args: argparse.Namespace,
+    trace: Callable[[str], None],
+    framing: Framing,
+) -> tuple[ClientTracing, PacketCapture | None]:
+    """``--trace``: the client's tracing; with ``--trace packets``, the
+    capture of the server's port, opened before connect() sends its SYN."""
+    from sockchat._teaching.tracing import NO_CAPTURE, ClientTracing
+
+    capture = None
+    no_packets = NO_CAPTURE
+    if args.trace == "packets" and args.connect:
+        no_packets = "it needs --host and --port, not --connect"
+        trace(f"packet capture is off: {no_packets}; the trace goes on from the socket")
+    elif args.trace == "packets":
+        from sockchat._teaching.packet_trace import PacketCapture
+
+        capture = PacketCapture(reactor, reactor, trace)
+        if args.capture_file:
+            try:
+                capture.write_to(args.capture_file)
+            except OSError as e:
+                raise SystemExit(
+                    f"sockchat: --capture-file {args.capture_file}: cannot write it "
+                    f"({e.strerror or e}); choose a file in a folder you may write to"
+                ) from None
+        if not capture.open(args.host, args.port):
+            no_packets = capture.why_not
+    tracing = ClientTracing(
+        trace,
+        reactor,
+        framing=framing,
+        packets=capture if capture is not None and capture.captures else None,
+        no_packets=no_packets,
+    )
+    return tracing, capture
+
+
 def _describe_target(args: argparse.Namespace) -> str:
     """Where the client connects, as a person writes it: ``[::1]:9527``."""
     if args.connect:
@@ -322,14 +375,14 @@ async def _chat(
     conversation: Conversation,
     stdin: _StdinLines,
     screen: _Screen,
-    trace: Callable[[str], None] | None = None,
+    tracing: ClientTracing | None = None,
 ) -> int:
     def typed_while_waiting(text: str) -> None:
         if text == QUIT:
             conversation.quit()
         else:
-            if trace is not None:
-                trace(
+            if tracing is not None:
+                tracing.say(
                     "a line typed out of turn (the server's turn) was held by the "
                     "client and not sent: no byte of it reached TCP"
                 )
@@ -345,6 +398,8 @@ async def _chat(
                 stdin.while_waiting = typed_while_waiting
             try:
                 screen.answer(await conversation.listen())
+                if tracing is not None:
+                    tracing.answer_shown()
             except LineRefused as e:
                 screen.notice(e.notice)
             except ConversationEnded as e:
@@ -387,6 +442,8 @@ async def _chat(
         finally:
             stdin.while_waiting = None
         screen.answer(answer)
+        if tracing is not None:
+            tracing.answer_shown()
 
 
 def _report_end(screen: _Screen, end: ConversationEnded) -> int:
@@ -426,6 +483,8 @@ def _say_end(screen: _Screen, end: ConversationEnded) -> int:
 async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
     """Run the client; return the exit status."""
     args = _parser().parse_args(argv)
+    if args.capture_file:
+        args.trace = "packets"
     _settle_target(args, lambda line: print(line, file=sys.stderr, flush=True))
     interactive = sys.stdin.isatty()
     endpoint = _endpoint(reactor, args)
@@ -435,16 +494,15 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
     screen = _Screen(stdio, sys.stderr, interactive, typed)
     flushed: Deferred[None] = Deferred()
 
+    capture: PacketCapture | None = None
     try:
-        trace = _tracer(screen) if args.trace else None
         tracing: ClientTracing | None = None
         try:
-            if trace is not None:
+            if args.trace:
                 from sockchat._doors.client import ClientFactory, connect_with
-                from sockchat._teaching.tracing import ClientTracing
 
                 framing = framing_named(args.framing)
-                tracing = ClientTracing(trace, reactor, framing=framing)
+                tracing, capture = _tracing(reactor, args, _tracer(screen), framing)
                 factory = ClientFactory(
                     screen.notice, framing, observe=tracing.observer
                 )
@@ -457,7 +515,10 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
                     framing=framing_named(args.framing),
                 )
         except Exception:
-            screen.err(_connect_failure(_describe_target(args), Failure()))
+            failure = Failure()
+            if tracing is not None:
+                tracing.connect_failed(failure, None if args.connect else args.port)
+            screen.err(_connect_failure(_describe_target(args), failure))
             return 1
 
         # Ctrl-C (or any other shutdown) quits the conversation properly,
@@ -467,11 +528,17 @@ async def main(reactor: Any, argv: Sequence[str] | None = None) -> int:
             return quitting.addTimeout(3.0, reactor, lambda result, timeout: None)
 
         reactor.addSystemEventTrigger("before", "shutdown", quit_and_flush)
-        status = await _chat(reactor, conversation, stdin, screen, trace)
+        status = await _chat(reactor, conversation, stdin, screen, tracing)
         if tracing is not None:  # the close's trace, and its check with ss
             await tracing.settled(TRACE_SETTLE)
+            if screen.interactive:  # the ladder, drawn for this terminal
+                width = shutil.get_terminal_size().columns
+                for line in tracing.ladder_lines(width):
+                    screen.say(line, reprompt=False)
         return status
     finally:
+        if capture is not None:
+            capture.stop()
         # Let what is written reach stdout before the reactor stops.
         if not stdin.stdout_gone:
             stdio.loseConnection()

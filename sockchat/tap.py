@@ -12,6 +12,7 @@ from typing import Any
 from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL, crypto
 from twisted.application.service import IService, MultiService
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.endpoints import SSL4ServerEndpoint, _parse, serverFromString
 from twisted.internet.interfaces import (
     IStreamServerEndpoint,
@@ -153,6 +154,14 @@ class Options(usage.Options):
             "line (see docs/transcripts.md).",
         ],
         [
+            "capture-file",
+            None,
+            None,
+            "With --trace packets: also write every captured packet to FILE, a "
+            "pcap file that tcpdump -r and Wireshark read (created readable by "
+            "its owner only; at most 16 MiB). Implies --trace packets.",
+        ],
+        [
             "answer-timeout",
             None,
             None,
@@ -266,7 +275,16 @@ class Options(usage.Options):
             "Teaching mode: log what TCP does on each connection, in plain words "
             "([tcp] lines: ports, the handshake, each read, TCP_INFO, the close "
             "and TIME_WAIT, the turn); with --web, the page can show its own. "
-            "See docs/lessons.md.",
+            "--trace packets (or --capture) adds the real packets, read with a "
+            "packet socket (needs CAP_NET_RAW: root, or setcap). See "
+            "docs/lessons.md.",
+        ],
+        [
+            "capture",
+            None,
+            "With --trace: also read this server's packets (SYN, ACK, FIN, RST, "
+            "with their numbers) and draw each conversation's ladder; the same "
+            "as --trace packets. See docs/trace.md.",
         ],
         [
             "cap-loopback",
@@ -310,7 +328,7 @@ class Options(usage.Options):
         # Kept so that errors are reported in the order the options were
         # written (postOptions).
         self._written = list(sys.argv[1:] if options is None else options)
-        super().parseOptions(options)
+        super().parseOptions(_trace_packets(self._written))
 
     def _first_written(self, names: Sequence[str]) -> float:
         """Where the first of the options *names* was written (infinity: it
@@ -473,11 +491,31 @@ class Options(usage.Options):
         _check_desk(self)
         if self["answer-timeout"] is None:
             self["answer_timeout"] = AnswerTimeout.DEFAULT  # the factory's
+        if self["capture-file"] is not None:
+            self["capture"] = True
+        if self["capture"]:
+            self["trace"] = True
         if self["web"] and self["framing_value"].name != "line":
             raise fatal(
                 "--web needs --framing line: the page sends and shows lines; "
                 "serve raw framing and the page from two servers"
             )
+
+
+def _trace_packets(words: Sequence[str]) -> list[str]:
+    """``--trace packets`` (and ``--trace=packets``) as ``--trace --capture``:
+    getopt's flags take no value, and this one reads as it is said."""
+    out: list[str] = []
+    for at, word in enumerate(words):
+        if word == "--":
+            return [*out, *words[at:]]
+        if word == "--trace=packets":
+            out += ["--trace", "--capture"]
+        elif word == "packets" and out[-1:] == ["--trace"]:
+            out.append("--capture")
+        else:
+            out.append(word)
+    return out
 
 
 def _daemonizing(options: usage.Options) -> bool:
@@ -797,10 +835,17 @@ def makeService(options: Options) -> IService:
         transcript=transcript,
         framing=options["framing_value"],
     )
+    ladders = capture = None
     if options["trace"]:
         from sockchat._teaching.tracing import trace_conversations
 
-        trace_conversations(factory)
+        if options["capture"]:
+            capture = _capture(reactor, options, top)
+        ladders = trace_conversations(
+            factory,
+            packets=capture,
+            no_packets="the capture is off" if capture is None else capture.why_not,
+        )
     health = Health()
     server = PortChatService(
         endpoint, factory, description=options["where"], label=options["responder"]
@@ -809,9 +854,12 @@ def makeService(options: Options) -> IService:
     server.setServiceParent(top)
     doors: list[ChatService] = [server]
     if options["web_endpoint"] is not None:
-        web = _web_service(reactor, options, factory, health)
+        web = _web_service(reactor, options, factory, health, ladders)
         web.setServiceParent(top)
         doors.append(web)
+    if capture is not None:  # before the reactor runs: no accept() yet
+        for door in doors:
+            _capture_door(capture, door)
     if desk:
         _desk_service(reactor, options, brokered.broker).setServiceParent(top)
     if options["metrics_endpoint"] is not None:
@@ -945,12 +993,57 @@ def _metrics_service(
     return service
 
 
+def _capture(reactor: Any, options: Options, top: MultiService) -> Any:
+    """``--trace packets``: the captures (opened on each door's port once it
+    listens), stopped with the server; ``--capture-file``'s file."""
+    from sockchat._teaching.packet_trace import CaptureService, PacketCapture
+
+    capture = PacketCapture(
+        reactor, reactor, lambda line: log.warn("{line}", line=line)
+    )
+    path = options["capture-file"]
+    if path is not None:
+        try:
+            capture.write_to(path)
+        except OSError as e:
+            raise fatal(
+                f"--capture-file {path}: cannot write it ({e.strerror or e}); "
+                "choose a file in a folder you may write to"
+            ) from None
+    CaptureService(capture).setServiceParent(top)
+    return capture
+
+
+def _capture_door(capture: Any, door: ChatService) -> None:
+    """Capture the port *door* listens on, if it is TCP."""
+    port = door.port
+    where: object = None if port is None else port.getHost()
+    if isinstance(where, (IPv4Address, IPv6Address)):
+        capture.open(where.host, where.port)
+    else:
+        log.warn(
+            "packet capture: {where} is not a TCP port, so its packets are not "
+            "read; the trace goes on from the socket",
+            where=str(where),
+        )
+
+
 def _web_service(
-    reactor: Any, options: Options, factory: ChatServerFactory, health: Health
+    reactor: Any,
+    options: Options,
+    factory: ChatServerFactory,
+    health: Health,
+    ladders: Any = None,
 ) -> ChatService:
-    """The web door (``--web``): its conversations share the TCP door's factory."""
+    """The web door (``--web``): its conversations share the TCP door's
+    factory; with ``--trace``, it draws their ladders too (``/trace/``)."""
     description = options["web_endpoint"]
     endpoint = _server_endpoint(reactor, description, "--web", options["web"])
+    children = {}
+    if ladders is not None:
+        from sockchat._teaching.tracing import LadderResource
+
+        children[b"trace"] = LadderResource(ladders, reactor)
     web = WebChatService(
         endpoint,
         _as_given(description),
@@ -958,6 +1051,7 @@ def _web_service(
         options["responder"],
         secure=description.startswith("ssl:"),
         health=health,
+        children=children,
     )
     web.listen()
     return web

@@ -19,8 +19,8 @@ import re
 import select
 import signal
 import sys
-from collections.abc import Callable
-from types import FrameType
+from collections.abc import Callable, Mapping
+from types import FrameType, MappingProxyType
 from typing import Any, Protocol, cast
 
 from twisted.application.service import Service
@@ -36,6 +36,7 @@ from twisted.internet.interfaces import (
 from twisted.internet.stdio import StandardIO
 from twisted.logger import ILogObserver, LogEvent, Logger, LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
+from twisted.web.resource import IResource
 from twisted.web.server import Site
 
 from sockchat._console.responder import ConsoleResponder, OperatorInput
@@ -281,7 +282,8 @@ class WebChatService(ChatService):
     one responder, one set of limits and caps, one count of conversations.
     At stop, the TCP door's service says goodbye to all of them, once.
     *health*, when given, is served at ``/healthz`` beside the page, and
-    says "not accepting" (503) from the moment the service stops.
+    says "not accepting" (503) from the moment the service stops; each of
+    *children* is served at its name (``--trace``'s ``/trace``).
     """
 
     _option = "--web"
@@ -296,6 +298,7 @@ class WebChatService(ChatService):
         *,
         secure: bool = False,
         health: Health | None = None,
+        children: Mapping[bytes, IResource] = MappingProxyType({}),
     ) -> None:
         super().__init__(endpoint, factory, description=description, label=label)
         self._site = chat_site(factory)
@@ -303,6 +306,8 @@ class WebChatService(ChatService):
         if health is not None:
             # /healthz beside the page, for a load balancer in front of it.
             self._site.resource.putChild(b"healthz", healthz_resource(health))
+        for name, child in children.items():  # teaching mode's /trace
+            self._site.resource.putChild(name, child)
         self._scheme = "https" if secure else "http"
 
     def listen(self) -> None:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import ipaddress
 import os
 import socket
 import struct
@@ -44,21 +43,22 @@ import sys
 from collections import OrderedDict
 from collections.abc import Callable
 
-from attrs import evolve, field, frozen
+from attrs import field, frozen
 from twisted.internet.interfaces import IReactorFDSet, IReactorTime, IReadDescriptor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockchat._teaching.bpf import PACKET_OUTGOING, SNAP, matches, pack, tcp_port_filter
+from sockchat._teaching.interfaces import interface_for
 from sockchat._teaching.packets import (
     Connection,
     Flows,
     Segment,
     Tracked,
     Undecoded,
-    normal_host,
     parse_frame,
+    trimmed,
 )
 
 __all__ = [
@@ -82,7 +82,6 @@ SO_ATTACH_FILTER = 26
 #: The kernel's receive time of each packet, as a timespec (asm-generic).
 SO_TIMESTAMPNS = 35
 _TIMESPEC = struct.Struct("=qq")
-SIOCGIFADDR = 0x8915
 SOL_PACKET = 263
 PACKET_STATISTICS = 6
 _STATS = struct.Struct("=II")  # struct tpacket_stats: packets, drops
@@ -134,11 +133,7 @@ class PacketStore:
         if len(kept) >= self.limits.per_conversation:
             self._dropped[connection] = self._dropped.get(connection, 0) + 1
             return False
-        segment = packet.segment
-        if len(segment.payload) > self.limits.payload:
-            segment = evolve(segment, payload=segment.payload[: self.limits.payload])
-            packet = evolve(packet, segment=segment)
-        kept.append(packet)
+        kept.append(trimmed(packet, self.limits.payload))
         return True
 
     def kept(self, connection: Connection) -> Kept:
@@ -202,54 +197,6 @@ def refusal(error: OSError, *, executable: str | None = None) -> Refused:
         f"({error.strerror or error}); the trace goes on from the socket",
         error.errno,
     )
-
-
-def _ipv4_interfaces() -> dict[str, str]:
-    """Each IPv4 address of this machine and its interface (SIOCGIFADDR)."""
-    import fcntl
-
-    found: dict[str, str] = {}
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        for _, name in socket.if_nameindex():
-            try:
-                answer = fcntl.ioctl(
-                    probe.fileno(), SIOCGIFADDR, struct.pack("256s", name.encode())
-                )
-            except OSError:
-                continue
-            found[socket.inet_ntoa(answer[20:24])] = name
-    return found
-
-
-def _ipv6_interfaces() -> dict[str, str]:
-    """Each IPv6 address of this machine and its interface (/proc/net/if_inet6)."""
-    found: dict[str, str] = {}
-    try:
-        with open("/proc/net/if_inet6") as table:
-            for row in table:
-                words = row.split()
-                if len(words) >= 6:
-                    found[str(ipaddress.IPv6Address(bytes.fromhex(words[0])))] = words[
-                        5
-                    ]
-    except (OSError, ValueError):
-        pass
-    return found
-
-
-def interface_for(host: str) -> str | None:
-    """The interface that carries *host*: ``lo`` for loopback, None (every
-    interface) for a wildcard address or one not found here."""
-    try:
-        address = ipaddress.ip_address(normal_host(host))
-    except ValueError:
-        return None
-    if address.is_loopback:
-        return "lo"
-    if address.is_unspecified:
-        return None
-    table = _ipv4_interfaces() if address.version == 4 else _ipv6_interfaces()
-    return table.get(str(address))
 
 
 def open_packet_socket(port: int, interface: str | None) -> socket.socket:
@@ -357,6 +304,20 @@ class Capture:
 
     def forget(self, connection: Connection) -> None:
         self.store.forget(connection)
+
+    def drain(self, most: int = 4 * BATCH) -> None:
+        """Read what the kernel holds for this socket now, up to *most*
+        frames: called before a connection's socket is read, so that the
+        packets that brought its bytes are handed on before the read is
+        (on loopback a frame reaches the packet socket before TCP).  The
+        reactor reads the rest as usual."""
+        if not self.reading:
+            return
+        for _ in range(0, most, BATCH):
+            before = self.frames
+            self.doRead()
+            if self.frames - before < BATCH:
+                return
 
     def kernel_drops(self) -> int | None:
         """Packets the kernel dropped since the last call, its queue full

@@ -55,7 +55,10 @@ __all__ = [
     "Note",
     "SocketLadder",
     "TimeWait",
+    "describe_packet",
     "ladder_from_packets",
+    "packet_arrow",
+    "phases",
     "render_svg",
     "render_text",
 ]
@@ -138,7 +141,9 @@ def _excerpt(data: bytes, size: int) -> str:
     return shown + ("..." if size > EXCERPT else "")
 
 
-def _packet_arrow(packet: Tracked, phase: str) -> Arrow:
+def packet_arrow(packet: Tracked, phase: str = "") -> Arrow:
+    """The arrow of one captured segment; *phase*: its step of the handshake
+    or the close (``phases``), or ""."""
     flags = packet.flags
     name = flag_names(flags)
     size = packet.data
@@ -171,7 +176,7 @@ def _packet_arrow(packet: Tracked, phase: str) -> Arrow:
     return Arrow(packet.time, packet.sender, label, detail, kind)
 
 
-def _phases(packets: Sequence[Tracked]) -> list[str]:
+def phases(packets: Sequence[Tracked]) -> list[str]:
     """The steps of the handshake (三次握手 1-3) or of the close (四次挥手 1-4)
     that each packet is, or ""."""
     steps: list[list[tuple[str, int]]] = [[] for _ in packets]
@@ -205,17 +210,30 @@ def _phases(packets: Sequence[Tracked]) -> list[str]:
         )  # fmt: skip
         if answer is not None:
             steps[answer].append(("四次挥手", 2 if n == 0 else 4))
-    phases = []
+    named = []
     for found in steps:
         names = dict.fromkeys(name for name, _ in found)
-        phases.append(
+        named.append(
             "; ".join(
                 f"{name} "
                 + ", ".join(str(k) for k in sorted(k for m, k in found if m == name))
                 for name in names
             )
         )
-    return phases
+    return named
+
+
+def describe_packet(packet: Tracked, phase: str = "", *, start: float) -> str:
+    """One captured segment as a trace line: when (in ms from *start*, the
+    connection's first packet), who to whom, its flags, numbers and
+    payload, as the ladder draws it."""
+    arrow = packet_arrow(packet, phase)
+    when = _since(packet.time - start)
+    sender = packet.sender
+    return (
+        f"packet {when} ms: {sender.value} -> {sender.other.value} {arrow.label}: "
+        f"{arrow.detail}"
+    )
 
 
 def ladder_from_packets(
@@ -236,13 +254,13 @@ def ladder_from_packets(
     if packets:
         client = client or packets[0].connection.client
         server = server or packets[0].connection.server
-    phases = _phases(packets)
-    steps = [_packet_arrow(p, phase) for p, phase in zip(packets, phases, strict=True)]
+    steps_of = phases(packets)
+    steps = [packet_arrow(p, step) for p, step in zip(packets, steps_of, strict=True)]
     time_wait = None
     reset = any(TcpFlags.RST in p.flags for p in packets)
     fins = [p for p in packets if TcpFlags.FIN in p.flags]
     last_ack = next(
-        (p for p, phase in zip(packets, phases, strict=True) if phase.endswith("4")),
+        (p for p, step in zip(packets, steps_of, strict=True) if step.endswith("4")),
         None,
     )
     if not reset and fins and last_ack is not None:
@@ -639,6 +657,8 @@ def render_svg(ladder: Ladder, *, now: float | None = None) -> str:
             f'text-anchor="middle" fill="#555555">{_x(line)}</text>'
         )
     height = y + 12
+    # When it was drawn (seconds since the epoch), for a page's countdown.
+    drawn = "" if now is None else f' data-now="{now:.3f}"'
     rails = "".join(
         f'<line x1="{x}" y1="{top}" x2="{x}" y2="{bottom}" stroke="#999999" '
         'stroke-width="2"/>'
@@ -652,7 +672,7 @@ def render_svg(ladder: Ladder, *, now: float | None = None) -> str:
     )
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {SVG_WIDTH} {height}" '
-        f'width="{SVG_WIDTH}" height="{height}" role="img" '
+        f'width="{SVG_WIDTH}" height="{height}" role="img"{drawn} '
         'font-family="DejaVu Sans Mono, Menlo, Consolas, monospace">'
         f"<title>{_x(f'TCP ladder: {ladder.client} <-> {ladder.server}')}</title>"
         f"<defs>{heads}</defs>"

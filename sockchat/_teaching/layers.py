@@ -35,6 +35,7 @@ from sockchat._teaching.trace import Address, Side
 
 __all__ = [
     "APPLICATION",
+    "APPLICATION_WEB",
     "DATA_LINK",
     "NETWORK",
     "TRANSPORT",
@@ -49,6 +50,8 @@ DATA_LINK = "数据链路层 (data link layer: Ethernet)"
 NETWORK = "网络层 (network layer: IP)"
 TRANSPORT = "传输层 (transport layer: TCP)"
 APPLICATION = "应用层 (application layer: sockchat's lines)"
+#: The web door's connections: HTTP first, then WebSocket frames.
+APPLICATION_WEB = "应用层 (application layer: HTTP, then WebSocket)"
 #: Bytes of the payload shown.
 SHOWN = 64
 #: What each TCP flag asks for, in a few words.
@@ -108,11 +111,27 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _payload_facts(data: bytes, size: int, *, framing_raw: bool = False) -> list[str]:
+def _payload_facts(
+    data: bytes, size: int, *, framing_raw: bool = False, web: bool = False
+) -> list[str]:
     shown = repr(data[:SHOWN]) + ("..." if size > SHOWN else "")
     facts = [f"the payload: {size} byte{'' if size == 1 else 's'}, {shown}"]
     if len(data) < size:
         facts.append(f"(only the first {len(data)} bytes were kept)")
+    if web:
+        first = data.split(b"\r\n", 1)[0].decode("latin-1")
+        if first.startswith(("GET ", "HTTP/")):
+            facts.append(
+                f"HTTP: its first line is {first!r}; the WebSocket upgrade is an "
+                "HTTP request and its 101 answer, and after them the same "
+                "connection carries WebSocket frames"
+            )
+        else:
+            facts.append(
+                "a WebSocket frame (or part of one): a short header, then the "
+                "message, masked if the browser sent it"
+            )
+        return facts
     if framing_raw:
         facts.append("raw framing: these bytes are one message, as one read")
         return facts
@@ -136,8 +155,11 @@ def _payload_facts(data: bytes, size: int, *, framing_raw: bool = False) -> list
     return facts
 
 
-def layers_from_packet(packet: Tracked, *, framing_raw: bool = False) -> Layers:
-    """The layers of a captured segment."""
+def layers_from_packet(
+    packet: Tracked, *, framing_raw: bool = False, web: bool = False
+) -> Layers:
+    """The layers of a captured segment (*web*: of the web door's port,
+    where HTTP comes first, then WebSocket frames)."""
     segment = packet.segment
     link, ip, tcp = segment.link, segment.ip, segment.tcp
     kind = {ETHERTYPE_IPV4: "IPv4", ETHERTYPE_IPV6: "IPv6"}.get(
@@ -207,10 +229,13 @@ def layers_from_packet(packet: Tracked, *, framing_raw: bool = False) -> Layers:
             Layer(NETWORK, tuple(network)),
             Layer(TRANSPORT, tuple(transport)),
             Layer(
-                APPLICATION,
+                APPLICATION_WEB if web else APPLICATION,
                 tuple(
                     _payload_facts(
-                        segment.payload, segment.payload_length, framing_raw=framing_raw
+                        segment.payload,
+                        segment.payload_length,
+                        framing_raw=framing_raw,
+                        web=web,
                     )
                 ),
             ),
@@ -226,9 +251,11 @@ def layers_from_socket(
     *,
     why: str = "the capture was off",
     framing_raw: bool = False,
+    web: bool = False,
 ) -> Layers:
     """The layers as the socket of *side* shows them, for the bytes of one
-    read (*data*): no packet was captured, for the reason *why*."""
+    read (*data*): no packet was captured, for the reason *why*.  *web*:
+    *data* is a WebSocket message, as the library handed it over."""
     other = side.other.value
     loop = _is_loopback(local.host) and _is_loopback(remote.host)
     return Layers(
@@ -261,8 +288,15 @@ def layers_from_socket(
                 ),
             ),
             Layer(
-                APPLICATION,
-                tuple(_payload_facts(data, len(data), framing_raw=framing_raw)),
+                APPLICATION_WEB if web else APPLICATION,
+                (
+                    f"a WebSocket text message of {len(data)} bytes, "
+                    f"{data[:SHOWN]!r}{'...' if len(data) > SHOWN else ''}: the "
+                    "frame's header and mask were taken off before the server "
+                    "saw it; one message is one line",
+                )
+                if web
+                else tuple(_payload_facts(data, len(data), framing_raw=framing_raw)),
             ),
         ),
     )

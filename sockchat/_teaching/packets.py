@@ -35,7 +35,7 @@ import struct
 from collections import OrderedDict
 from collections.abc import Iterable
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from sockchat._teaching.trace import Address, Side
 
@@ -62,6 +62,7 @@ __all__ = [
     "mac_text",
     "normal_host",
     "parse_frame",
+    "trimmed",
 ]
 
 ETHERTYPE_IPV4 = 0x0800
@@ -682,6 +683,15 @@ class Flows:
         if from_client:
             return Connection(source, destination)
         return Connection(destination, source)
+
+
+def trimmed(packet: Tracked, payload: int) -> Tracked:
+    """*packet* with at most *payload* bytes of its payload (its length
+    stays whole: ``Segment.payload_length``)."""
+    segment = packet.segment
+    if len(segment.payload) <= payload:
+        return packet
+    return evolve(packet, segment=evolve(segment, payload=segment.payload[:payload]))
 
 
 @frozen

@@ -60,6 +60,7 @@ __all__ = [
     "check_time_wait",
     "describe_close",
     "describe_connection",
+    "describe_counts",
     "describe_fin",
     "describe_read",
     "describe_reset",
@@ -253,11 +254,14 @@ def describe_connection(
     remote: Address,
     *,
     ephemeral: tuple[int, int] | None = None,
+    captured: str | None = None,
 ) -> list[str]:
     """What the two ends of a new connection are, seen from *side*.
 
     *ephemeral* is the range the kernel picks client ports from
-    (``/proc/sys/net/ipv4/ip_local_port_range``), if known.
+    (``/proc/sys/net/ipv4/ip_local_port_range``), if known.  *captured*
+    names where packets are captured (``lo``), if they are: then the
+    handshake is shown from them.
     """
     server, client = (local, remote) if side is Side.SERVER else (remote, local)
     mine = "this server's" if side is Side.SERVER else "this client's"
@@ -289,13 +293,20 @@ def describe_connection(
         lines.append(
             "accepted: the kernel had already done the three-way "
             "handshake (三次握手: SYN, SYN-ACK, ACK) before accept() returned "
-            "this connection; the server never sees it"
+            "this connection; the server program never sees it"
         )
     else:
         lines.append(
             "connected: connect() returned once the three-way handshake "
             "(三次握手) was done: this end sent SYN, the server's kernel answered "
             "SYN-ACK, and this end's ACK completed it"
+        )
+    if captured is not None:
+        lines.append(
+            f"capture: this connection's packets, read from a packet socket on "
+            f"{captured} as tcpdump reads them, follow as packet lines (the time "
+            "from its first packet, the flags, sequence and acknowledgement "
+            "numbers counted from each side's SYN, the window)"
         )
     return lines
 
@@ -569,6 +580,8 @@ def describe_close(
     why: str = "",
     reset: Reset | None = None,
     peer_received: str | None = None,
+    no_rst_captured: bool = False,
+    peer_fin: str | None = None,
 ) -> list[str]:
     """The four-way close (四次挥手), and who holds TIME_WAIT, from *side*.
 
@@ -577,7 +590,10 @@ def describe_close(
     a captured packet).  *peer_received* names what showed that the other
     side, after sending FIN first, still took what this side sent (a
     captured ACK of it; ``ss`` finding its TIME_WAIT): only then is the
-    close called a half-close.
+    close called a half-close.  *no_rst_captured*: the connection's packets
+    were captured, and no RST was among them.  *peer_fin*: where the other
+    side's FIN was seen when this side, closed first, could not read it (a
+    captured packet).
     """
     me, them = side.value, side.other.value
     here = f" ({local} <-> {remote})" if local is not None else ""
@@ -593,6 +609,12 @@ def describe_close(
                 f"close: the {me} sent FIN first (四次挥手 1), and {by} kernel "
                 f"answered with RST (seen: {reset.source}), not with its own FIN"
             )
+        elif tracker.peer_fin is not None and reset.by is not side:
+            head = (
+                f"close: the {them} sent FIN first (四次挥手 1), then {by} kernel "
+                f"sent RST (seen: {reset.source}): by then the {them}'s socket "
+                "was closed, so this was not a half-close that still received"
+            )
         else:
             head = f"close: {by} kernel sent RST (seen: {reset.source})"
         return [
@@ -600,11 +622,22 @@ def describe_close(
             "TIME_WAIT on either side",
             f"why an RST: {RST_MEANS}",
         ]
+    if not clean and tracker.we_closed is None and no_rst_captured:
+        return [
+            f"close: the connection was lost ({why or 'no reason given'}): no "
+            f"orderly FIN from the {them} was seen, and the capture saw no RST of "
+            "this connection either, so there is no four-way close and no "
+            "TIME_WAIT here"
+        ]
     if not clean and tracker.we_closed is None:
         return [
             f"close: the connection was lost ({why or 'no reason given'}): no "
             f"orderly FIN from the {them} was seen, so there is no four-way close "
-            "and no TIME_WAIT here"
+            "and no TIME_WAIT here. Twisted says this (ConnectionLost) when recv() "
+            "or send() fails, most often with ECONNRESET: a reset (RST) from the "
+            f"{them}'s kernel; it does not keep the error, so that is likely, not "
+            "seen (--trace packets shows the packets)",
+            f"why an RST: {RST_MEANS}",
         ]
     lines: list[str] = []
     if tracker.we_first:
@@ -612,6 +645,11 @@ def describe_close(
             after = (
                 f"; the {them}'s own FIN (3) came after it (this side read its end "
                 "of file), and this side's kernel ACKs it (4)"
+            )
+        elif peer_fin is not None:
+            after = (
+                f"; the {them}'s own FIN (3) came after it (seen: {peer_fin}), "
+                "though this program, its socket closed, could not read it"
             )
         else:
             after = (
@@ -660,6 +698,14 @@ def describe_close(
         "free at once"
     )
     return lines
+
+
+def describe_counts(segments: int, syn: int, fin: int, rst: int, data: int) -> str:
+    """What the capture saw of one connection, counted."""
+    return (
+        f"capture: {_plural(segments, 'segment')} of this connection seen so far: "
+        f"{syn} with SYN, {fin} with FIN, {rst} with RST, {data} carrying data"
+    )
 
 
 # -- ss ----------------------------------------------------------------------

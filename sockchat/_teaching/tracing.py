@@ -4,34 +4,45 @@ Used only with ``--trace``: without it, nothing here is attached, and
 nothing here runs.  ``trace_conversations`` attaches a ``TcpTrace`` or a
 ``WebTrace`` to each conversation of a factory (``ChatServerFactory.observe``);
 ``ClientTracing`` makes one for each of the client's connections.  Every
-fact and word comes from ``sockchat._teaching.trace``; this module reads
-the sockets (addresses, ``TCP_INFO``, ``SIOCOUTQ``), hears from the doors
-when reads, FINs and closes happen, runs ``ss`` after a close, and prints
-what ``trace`` says:
+fact and word comes from ``sockchat._teaching.trace`` (and the ladder's and
+the layers' modules); this module reads the sockets (addresses,
+``TCP_INFO``, ``SIOCOUTQ``), hears from the doors when reads, FINs and
+closes happen, runs ``ss`` after a close, and prints what they say:
 
 - the server's lines go to its log as ``[tcp] conversation N: ...``,
   through ``safe_text``;
 - a web conversation's also go to its page, as ``!info trace: ...``
-  notices (docs/protocol.md);
+  notices (docs/protocol.md), from its welcome on, and the page is told
+  where its ladder is drawn (``!info ladder: /trace/TOKEN/ladder.svg``,
+  served by ``LadderResource``);
 - the client's go to the callable it is given (stderr, or the screen).
+
+With ``--trace packets`` a ``PacketSource`` (``packet_trace.py``, which
+alone imports the capture) gives each connection's captured packets:
+before each of the socket's events the trace takes what the capture holds
+(``sync``), so that a packet is said before the read it brought.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import secrets
 import shutil
 import socket
 import struct
 import sys
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.internet import address
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.error import ConnectionDone
-from twisted.internet.interfaces import IReactorTime, ITransport
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.interfaces import IReactorTime, ISSLTransport, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 
 from sockchat._core.engine import Reason
 from sockchat._core.framing import Framing
@@ -43,18 +54,41 @@ from sockchat._core.wire import QUIT
 from sockchat._doors.observers import ClientObserver, ConversationObserver, Loss
 from sockchat._doors.tcp import ChatServerFactory
 from sockchat._doors.web import close_code
+from sockchat._responders.contract import ConversationInfo
+from sockchat._teaching.followed import FollowedPackets
+from sockchat._teaching.interfaces import interface_for
+from sockchat._teaching.ladder import (
+    Ladder,
+    SocketLadder,
+    describe_packet,
+    render_svg,
+    render_text,
+)
+from sockchat._teaching.layers import (
+    layers_from_packet,
+    layers_from_socket,
+    render_layers,
+)
+from sockchat._teaching.packets import Connection, TcpFlags, Tracked
 from sockchat._teaching.trace import (
     READS_PER_SECOND,
     TCP_INFO_SIZE,
+    TIME_WAIT_SECONDS,
     Address,
     CloseTracker,
     ReadTracker,
+    Reset,
     Side,
     TraceBudget,
+    Verdict,
+    both_ends_here,
     check_time_wait,
     describe_close,
     describe_connection,
+    describe_counts,
+    describe_fin,
     describe_read,
+    describe_reset,
     describe_tcp_info,
     describe_turn,
     parse_ss,
@@ -72,6 +106,9 @@ __all__ = [
     "SS_COMMAND",
     "ClientTracing",
     "ConnectionTrace",
+    "LadderBook",
+    "LadderResource",
+    "PacketSource",
     "ProbeBusy",
     "TcpTrace",
     "WebTrace",
@@ -212,8 +249,52 @@ def _outq(sock: socket.socket) -> int | None:
     return int(struct.unpack("i", raw)[0])
 
 
+class Following(Protocol):
+    """A connection's packets, followed: ``stop`` ends it, and lets the
+    capture forget them."""
+
+    def stop(self) -> None: ...
+
+
+class PacketSource(Protocol):
+    """Where the trace gets a connection's packets: the captures of this
+    process (``sockchat._teaching.packet_trace.PacketCapture``)."""
+
+    def where(self, port: int) -> str | None:
+        """The interface *port*'s packets are captured on, or None: not."""
+        ...
+
+    def sync(self) -> None:
+        """Hand on what the captures hold now, before a socket's event."""
+        ...
+
+    def follow(
+        self, connection: Connection, observer: Callable[[Tracked], None]
+    ) -> Following:
+        """Hand *observer* each packet of *connection*: those seen so far,
+        then each as it comes."""
+        ...
+
+    def seen(self, port: int) -> list[list[Tracked]]:
+        """The packets kept of each connection to *port* (for a connect()
+        that failed: no connection to follow)."""
+        ...
+
+
+#: Packet lines shown per conversation per second; the rest are counted.
+PACKETS_PER_SECOND = 20
+#: Why a trace has no packets, when nothing else says why.
+NO_CAPTURE = "the capture is off: --trace packets turns it on"
+LAYERS_TITLE = "layers: the first segment that carried data, layer by layer"
+
+
 class ConnectionTrace:
-    """One connection's trace: the trackers, the budget, and where lines go."""
+    """One connection's trace: the trackers, the budget, and where lines go.
+
+    With *packets*, it follows the connection's captured packets too: each
+    as a line, the reads' segments, the close's FIN or RST, and the ladder.
+    *web*: the web door's connection (HTTP, then WebSocket frames).
+    """
 
     def __init__(
         self,
@@ -224,6 +305,9 @@ class ConnectionTrace:
         *,
         raw: bool = False,
         per_second: int = READS_PER_SECOND,
+        packets: PacketSource | None = None,
+        no_packets: str = NO_CAPTURE,
+        web: bool = False,
     ) -> None:
         self.side = side
         self._emit = emit
@@ -232,21 +316,45 @@ class ConnectionTrace:
         self.reads = ReadTracker(raw=raw)
         self.close = CloseTracker()
         self.budget = TraceBudget(per_second)
+        self.packet_budget = TraceBudget(PACKETS_PER_SECOND)
         self.raw = raw
+        self.web = web
         self.local: Address | None = None
         self.remote: Address | None = None
         self.sock: socket.socket | None = None
         self._turn: bool | None = None  # the server's turn, when last said
+        #: What the socket saw, for the ladder when there are no packets.
+        self.steps = SocketLadder(side, None, None)
+        self._packets = packets
+        self._no_packets = no_packets
+        #: The connection's captured packets, when they are followed.
+        self.followed: FollowedPackets | None = None
+        self._following: Following | None = None
+        self._read_bytes = 0  # bytes read so far, to number the reads' bytes
+        self._tcp_reads = True  # False over TLS: reads are not TCP's bytes
+        self._layers_said = False
+        self._loss: Loss | None = None
+        self._why = ""
+        self._expect_reset = False
+        #: What showed this connection's TIME_WAIT (``ss``), if anything did.
+        self.time_wait_seen: str | None = None
         #: Fires once the close is traced, its kernel check included.
         self.settled: Deferred[None] = Deferred()
 
     def say(self, line: str) -> None:
         self._emit(safe_text(line))
 
+    def sync(self) -> None:
+        """Hand on the packets captured so far, before this socket's event."""
+        if self._packets is not None:
+            self._packets.sync()
+
     def connected(self, transport: ITransport) -> None:
+        self.sync()
         self.sock = socket_of(transport)
         self.local = address_of(transport.getHost())
         self.remote = address_of(transport.getPeer())
+        self._tcp_reads = not ISSLTransport.providedBy(transport)
         if self.local is None or self.remote is None:
             self.sock = None  # no TCP_INFO either
             self.say(
@@ -254,26 +362,101 @@ class ConnectionTrace:
                 "TCP_INFO or TIME_WAIT to show; the reads are still traced"
             )
             return
+        self.steps = SocketLadder(self.side, self.local, self.remote)
+        self.steps.opened(self._clock.seconds())
+        client, server = (
+            (self.remote, self.local)
+            if self.side is Side.SERVER
+            else (self.local, self.remote)
+        )
+        where = None if self._packets is None else self._packets.where(server.port)
         for line in describe_connection(
-            self.side, self.local, self.remote, ephemeral=ephemeral_range()
+            self.side,
+            self.local,
+            self.remote,
+            ephemeral=ephemeral_range(),
+            captured=where,
         ):
             self.say(line)
+        if self._packets is not None and where is not None:
+            self.followed = FollowedPackets(self.side)
+            self._following = self._packets.follow(
+                Connection.of(client, server), self._packet
+            )
         self.say(kernel_line(self.sock))
+
+    def _packet(self, packet: Tracked) -> None:
+        followed = self.followed
+        if followed is None:
+            return
+        phase = followed.add(packet)
+        held = self.packet_budget.admit(self._clock.seconds())
+        if held is not None:
+            if held:
+                self.say(
+                    f"({held} packets not shown: at most {PACKETS_PER_SECOND} a "
+                    "second; the counts at the end include them)"
+                )
+            self.say(describe_packet(packet, phase, start=followed.start or 0.0))
+        if followed.first_data is not None and not self._layers_said:
+            self._layers_said = True
+            layers = layers_from_packet(
+                followed.first_data, framing_raw=self.raw, web=self.web
+            )
+            for line in render_layers(layers, title=LAYERS_TITLE):
+                self.say(line)
+
+    def _socket_layers(self, data: bytes) -> None:
+        """Without packets: the layers of the first read, from the socket."""
+        if self._layers_said or self.followed is not None:
+            return
+        if self.local is None or self.remote is None:
+            return
+        self._layers_said = True
+        layers = layers_from_socket(
+            self.side,
+            self.local,
+            self.remote,
+            data,
+            why=self._no_packets,
+            framing_raw=self.raw,
+            web=self.web,
+        )
+        for line in render_layers(
+            layers, title="layers: the first read, layer by layer"
+        ):
+            self.say(line)
 
     def read(self, data: bytes) -> bool:
         """Say what this read brought (if the budget allows: True)."""
+        self.sync()
         fact = self.reads.read(data)
-        held = self.budget.admit(self._clock.seconds())
+        segments = None
+        if self.followed is not None and self._tcp_reads:
+            segments = self.followed.segments(self._read_bytes, len(data))
+        self._read_bytes += len(data)
+        now = self._clock.seconds()
+        self.steps.read(now, fact)
+        self._socket_layers(data)
+        held = self.budget.admit(now)
         if held is None:
             return False
         if held:
             self.say(
                 f"({held} reads not shown: at most {self.budget.per_second} a second)"
             )
-        self.say(describe_read(fact, self.side.other))
+        self.say(describe_read(fact, self.side.other, segments=segments))
         if self.sock is not None:
             self.say(kernel_line(self.sock))
         return True
+
+    def message(self, data: bytes) -> None:
+        """A WebSocket message came (the web door): for the layers and the
+        ladder, as a read."""
+        self.sync()
+        now = self._clock.seconds()
+        self.steps.read(now, self.reads.read(data))
+        self._socket_layers(data)
 
     def turn(
         self,
@@ -294,30 +477,36 @@ class ConnectionTrace:
             ):
                 self.say(line)
 
+    def wrote(self, size: int) -> None:
+        self.steps.wrote(self._clock.seconds(), size)
+
     def sent(self, size: int, *, servers_turn: bool) -> None:
-        """The client sent a line (the server's own writes are not traced)."""
+        """The client sent a line (the server's own writes are not said)."""
+        self.wrote(size)
         if self.budget.admit(self._clock.seconds()) is None:
             return
         self.say(f"sent {size} bytes: one send(); TCP may deliver them in any pieces")
         self.turn(servers_turn=servers_turn)
 
     def fin_received(self) -> None:
-        self.close.fin_received(self._clock.seconds())
-        other = self.side.other.value
-        self.say(
-            f"FIN from the {other}: it has closed its sending half and will send "
-            f"nothing more; this side can still send (half-close, 半关闭)"
-        )
+        self.sync()
+        now = self._clock.seconds()
+        self.close.fin_received(now)
+        self.steps.fin_received(now)
+        self.say(describe_fin(self.side))
 
     def closing(self, why: str) -> None:
+        self.sync()
+        now = self._clock.seconds()
         if self.close.peer_fin is None and kernel_state(self.sock) == "CLOSE_WAIT":
             other = self.side.other.value
             self.say(
                 f"the {other}'s FIN had already arrived (the kernel says CLOSE_WAIT), "
                 "though this side had not read it yet: the other side closed first"
             )
-            self.close.fin_received(self._clock.seconds())
-        self.close.closing(self._clock.seconds())
+            self.close.fin_received(now)
+        self.close.closing(now)
+        self.steps.closing(now)
         self.say(
             f"the {self.side.value} closes the connection ({why}): its FIN follows"
         )
@@ -325,32 +514,87 @@ class ConnectionTrace:
     def aborted(self) -> None:
         self.close.abort(self._clock.seconds())
 
-    def lost(self, reason: Failure) -> None:
-        clean = bool(reason.check(ConnectionDone))
+    def lost(self, loss: Loss, reason: Failure) -> None:
+        """The connection is gone: say how once its last packets are in
+        (with packets, after ``SS_DELAY``), then check with ``ss``."""
+        self.sync()
+        self._loss, self._why = loss, reason.getErrorMessage()
+        held = self.budget.total_held
+        if held:
+            self.say(f"{self.reads.reads} reads in all; {held} were not shown")
+        if self._following is None:
+            self._conclude()
+        else:  # the close's last packets come after this side's socket went
+            self._clock.callLater(SS_DELAY, self._conclude)
+
+    def _conclude(self) -> None:
+        self.sync()
+        followed = self.followed
+        reset = peer_received = peer_fin = None
+        if followed is not None:
+            reset, peer_received = followed.reset(), followed.peer_received()
+            peer_fin = followed.fin_from_other()
+        if reset is not None:
+            self.steps.reset(self._clock.seconds(), reset)
+        clean = self._loss is Loss.DONE
         for line in describe_close(
             self.side,
             self.local,
             self.remote,
             self.close,
             clean=clean,
-            why=reason.getErrorMessage(),
+            why=self._why,
+            reset=reset,
+            peer_received=peer_received,
+            no_rst_captured=followed is not None and reset is None,
+            peer_fin=peer_fin,
         ):
             self.say(line)
-        held = self.budget.total_held
-        if held:
-            self.say(f"{self.reads.reads} reads in all; {held} were not shown")
-        if (
-            self.local is not None
-            and self.remote is not None
-            and not self.close.aborted
-        ) and (clean or self.close.we_closed is not None):
-            self._clock.callLater(SS_DELAY, self._check, self.close.we_first, 1)
-        else:
+        self._expect_reset = reset is not None or not (
+            clean or self.close.we_closed is not None
+        )
+        if self.local is None or self.remote is None or self.close.aborted:
             self._settle()
+        elif self._following is None:
+            self._clock.callLater(SS_DELAY, self._check, self.close.we_first, 1)
+        else:  # the packets have had their time already
+            self._check(self.close.we_first, 1)
 
     def _settle(self) -> None:
-        if not self.settled.called:
-            self.settled.callback(None)
+        if self.settled.called:
+            return
+        followed = self.followed
+        if followed is not None:
+            self.sync()
+            counts = followed.counts()
+            self.say(
+                describe_counts(
+                    counts.segments, counts.syn, counts.fin, counts.rst, counts.data
+                )
+            )
+            if followed.left_out:
+                self.say(
+                    f"capture: {followed.left_out} packets of this connection "
+                    f"were not kept for its ladder (at most {len(followed.packets)})"
+                )
+            # Followed until its TIME_WAIT would be over: a late segment
+            # of it still shows.
+            self._clock.callLater(TIME_WAIT_SECONDS, self.forget)
+        self.settled.callback(None)
+
+    def forget(self) -> None:
+        """Stop following this connection's packets."""
+        following, self._following = self._following, None
+        if following is not None:
+            following.stop()
+
+    def ladder(self) -> Ladder:
+        """This connection's ladder: from its packets, or from the socket."""
+        if self.followed is not None and self.followed.packets:
+            return self.followed.ladder(time_wait_seen_by=self.time_wait_seen)
+        if self.time_wait_seen is not None:
+            self.steps.time_wait_seen(self.time_wait_seen)
+        return self.steps.ladder()
 
     def _check(self, expected_here: bool, attempt: int) -> None:
         if self._probe is None or self.local is None or self.remote is None:
@@ -367,6 +611,13 @@ class ConnectionTrace:
                 f"(at most {SS_AT_ONCE} ss run at a time)"
             )
         self._settle()
+
+    def _peer_here(self) -> bool | None:
+        """Whether the other end is on this machine (then ss sees it too)."""
+        assert self.remote is not None
+        if self.local is not None and both_ends_here(self.local, self.remote):
+            return True
+        return interface_for(self.remote.host) is not None
 
     def _checked(self, output: str | None, expected_here: bool, attempt: int) -> None:
         if output is None:
@@ -385,14 +636,107 @@ class ConnectionTrace:
             parse_ss(output),
             expected_here=expected_here,
             last_try=attempt >= SS_TRIES,
+            peer_here=self._peer_here(),
+            reset=self._expect_reset,
         )
         if check.again:
             if attempt == 1:
                 self.say(check.line)
             self._clock.callLater(SS_AGAIN, self._check, expected_here, attempt + 1)
             return
+        if check.verdict is Verdict.AGREES and not self._expect_reset:
+            self.time_wait_seen = "ss"
         self.say(check.line)
         self._settle()
+
+
+# -- The ladder on request -------------------------------------------------------
+
+#: Ladders kept for ``/trace/...``, the most recent; a closed one goes
+#: once its TIME_WAIT would be over.
+LADDERS_KEPT = 256
+
+
+class LadderBook:
+    """The conversations whose ladder the server draws on request: by a
+    token that only its own page knows, or by its number (this machine only)."""
+
+    def __init__(self, clock: IReactorTime, kept: int = LADDERS_KEPT) -> None:
+        self._clock = clock
+        self._kept = kept
+        self._by_number: OrderedDict[int, tuple[str, ConnectionTrace]] = OrderedDict()
+        self._by_token: dict[str, ConnectionTrace] = {}
+
+    def add(self, number: int, trace: ConnectionTrace) -> str:
+        """Keep *trace*'s ladder; its token."""
+        token = secrets.token_urlsafe(16)
+        self._by_number[number] = (token, trace)
+        self._by_token[token] = trace
+        while len(self._by_number) > self._kept:
+            _, (old, _) = self._by_number.popitem(last=False)
+            self._by_token.pop(old, None)
+        trace.settled.addCallback(
+            lambda _: self._clock.callLater(TIME_WAIT_SECONDS + 1, self.drop, number)
+        )
+        return token
+
+    def drop(self, number: int) -> None:
+        token, _ = self._by_number.pop(number, ("", None))
+        self._by_token.pop(token, None)
+
+    def find(self, key: str, *, local: bool) -> ConnectionTrace | None:
+        """The trace of *key*: a token, or a number if *local* (the request
+        came from this machine)."""
+        found = self._by_token.get(key)
+        if found is None and local and key.isdigit():
+            entry = self._by_number.get(int(key))
+            found = None if entry is None else entry[1]
+        return found
+
+
+class LadderResource(Resource):
+    """``/trace/KEY/ladder.svg`` and ``/trace/KEY/ladder.txt``: a
+    conversation's ladder, drawn now.  KEY is the token its page was given,
+    or, from this machine only, the conversation's number."""
+
+    isLeaf = True
+
+    def __init__(self, book: LadderBook, clock: IReactorTime) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]  # twisted.web has no annotations
+        self._book = book
+        self._clock = clock
+
+    def render_GET(self, request: Any) -> bytes:  # twisted.web: no annotations
+        request.setHeader(b"cache-control", b"no-store")
+        request.setHeader(b"x-content-type-options", b"nosniff")
+        request.setHeader(
+            b"content-security-policy", b"default-src 'none'; style-src 'unsafe-inline'"
+        )
+        parts = [p.decode("latin-1") for p in request.postpath or ()]
+        peer = request.getClientAddress()
+        local = isinstance(peer, (address.IPv4Address, address.IPv6Address)) and (
+            ipaddress.ip_address(peer.host.split("%", 1)[0]).is_loopback
+        )
+        trace = None
+        if len(parts) == 2 and parts[1] in ("ladder.svg", "ladder.txt"):
+            trace = self._book.find(parts[0], local=local)
+        if trace is None:
+            request.setResponseCode(404)
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            return (
+                b"sockchat: no such ladder (a conversation's ladder is kept until "
+                b"its TIME_WAIT is over; by number, from this machine only)\n"
+            )
+        now = self._clock.seconds()
+        if parts[1] == "ladder.txt":
+            request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+            lines = render_text(trace.ladder(), now=now)
+            return ("\n".join(lines) + "\n").encode("utf-8")
+        request.setHeader(b"content-type", b"image/svg+xml; charset=utf-8")
+        return render_svg(trace.ladder(), now=now).encode("utf-8")
+
+
+# -- The server's observers -----------------------------------------------------
 
 
 class _ServerTrace(ConversationObserver):
@@ -404,9 +748,13 @@ class _ServerTrace(ConversationObserver):
     #: Its log lines' format.
     log_format = "[tcp] conversation {cid}: {trace}"
 
-    def __init__(self, cid: int, clock: IReactorTime, probe: Probe, raw: bool) -> None:
+    def __init__(
+        self, cid: int, clock: IReactorTime, probe: Probe, raw: bool, **packets: Any
+    ) -> None:
         self.cid = cid
-        self.trace = ConnectionTrace(Side.SERVER, self._emit, clock, probe, raw=raw)
+        self.trace = ConnectionTrace(
+            Side.SERVER, self._emit, clock, probe, raw=raw, **packets
+        )
         self._phase = Phase.STARTING
         self._turn = Turn.CLIENT
         self._answered = 0  # answers since the last read
@@ -415,6 +763,13 @@ class _ServerTrace(ConversationObserver):
     def _emit(self, line: str) -> None:
         log.info(self.log_format, cid=self.cid, trace=line)
 
+    def started(self, info: ConversationInfo, now: float) -> None:
+        self.trace.say(
+            "conversation started: the server writes its welcome before any read "
+            f'(the log\'s "conversation {self.cid} started" line waits for the '
+            "first line, so that a port probe is not logged as a conversation)"
+        )
+
     def reported(self, report: EngineReport) -> None:
         if isinstance(report, TurnMoved):
             self._phase, self._turn = report.phase, report.turn
@@ -422,6 +777,9 @@ class _ServerTrace(ConversationObserver):
                 self._answered += 1
         elif isinstance(report, LineRefused):
             self._refused.append(report.code)
+
+    def wrote(self, data: bytes, now: float) -> None:
+        self.trace.wrote(len(data))
 
     def _servers_turn(self) -> bool | None:
         """Whose turn it is now (None: it is over)."""
@@ -433,8 +791,14 @@ class _ServerTrace(ConversationObserver):
         self._answered, self._refused = 0, []
         return answered, refused
 
+    def peer_closed(self, now: float) -> None:
+        self.trace.fin_received()
+
     def aborting(self, now: float) -> None:
         self.trace.aborted()
+
+    def lost(self, loss: Loss, reason: Failure, now: float) -> None:
+        self.trace.lost(loss, reason)
 
 
 class TcpTrace(_ServerTrace):
@@ -458,14 +822,8 @@ class TcpTrace(_ServerTrace):
                 servers_turn=self._servers_turn(), refused=refused, answered=answered
             )
 
-    def peer_closed(self, now: float) -> None:
-        self.trace.fin_received()
-
     def closing(self, reason: Reason, now: float) -> None:
         self.trace.closing(reason.value)
-
-    def lost(self, loss: Loss, reason: Failure, now: float) -> None:
-        self.trace.lost(reason)
 
 
 #: The close codes' names, for the page's panel (RFC 6455 section 7.4.1).
@@ -478,57 +836,78 @@ CLOSE_NAMES = {
     1008: "policy violation",
     1013: "try again later",
 }
+#: Lines a page is owed before its welcome is written, kept at most.
+PAGE_HELD = 200
 
 
 class WebTrace(_ServerTrace):
     """The trace of one conversation of the web door: the TCP under it, the
     upgrade, each message in, and the close code; each line also goes to
-    the page, as a notice."""
+    the page, as a notice, from its welcome on (the lines before it wait),
+    and the page is told where its ladder is drawn."""
 
     log_format = "[tcp] web conversation {cid}: {trace}"
 
-    def __init__(self, cid: int, clock: IReactorTime, probe: Probe) -> None:
-        super().__init__(cid, clock, probe, raw=False)
+    def __init__(
+        self,
+        cid: int,
+        clock: IReactorTime,
+        probe: Probe,
+        book: LadderBook | None = None,
+        **packets: Any,
+    ) -> None:
+        super().__init__(cid, clock, probe, False, web=True, **packets)
         self._clock = clock
-        self._tcp: ITransport | None = None
-        #: The upgrade, until the welcome is sent: then its story is told.
-        self._upgrade: Request | None = None
+        self._book = book
         self._socket: WebSocketTransport | None = None
+        #: Lines for the page until it can take them; None: sent as they come.
+        self._held: list[str] | None = []
         self._tells_page = False
         self._frame_size = 0  # bytes of a message so far
         self._frame: int | None = None  # a whole message came: its size
 
     def _emit(self, line: str) -> None:
         super()._emit(line)
-        if self._tells_page and self._socket is not None:
-            try:
-                self._socket.sendTextMessage(f"!info trace: {line}")
-            except Exception:  # the socket is closing: the log has it
-                self._tells_page = False
+        if self._tells_page:
+            self._to_page(f"!info trace: {line}")
+        elif self._held is not None and len(self._held) < PAGE_HELD:
+            self._held.append(line)
+
+    def _to_page(self, message: str) -> None:
+        if self._socket is None:
+            return
+        try:
+            self._socket.sendTextMessage(message)
+        except Exception:  # the socket is closing: the log has it
+            self._tells_page = False
 
     def connected(self, transport: ITransport, now: float) -> None:
-        self._tcp = transport
+        self.trace.connected(transport)
 
     def upgraded(
         self, request: Request, socket: WebSocketTransport, now: float
     ) -> None:
-        self._upgrade = request
         self._socket = socket
+        self._tell_upgrade(request)
 
     def frame_in(self, text: str | None, size: int, final: bool, now: float) -> None:
+        self.trace.sync()
         if text is None:
             return  # binary: the conversation ends; its close says why
         self._frame_size += size
         if final:
             self._frame, self._frame_size = self._frame_size, 0
+            self.trace.message(text.encode("utf-8", "replace"))
 
     def handled(self, now: float) -> None:
-        request, tcp = self._upgrade, self._tcp
-        if request is not None and tcp is not None:  # the welcome is sent
-            self._upgrade = None
+        held, self._held = self._held, None
+        if held is not None:  # the welcome is written: the page may hear now
             self._tells_page = True
-            self._tell_upgrade(request)
-            self.trace.connected(tcp)
+            for line in held:
+                self._to_page(f"!info trace: {line}")
+            if self._book is not None:
+                token = self._book.add(self.cid, self.trace)
+                self._to_page(f"!info ladder: /trace/{token}/ladder.svg")
         size, self._frame = self._frame, None
         answered, _ = self._since_read()
         if size is None or self.trace.budget.admit(self._clock.seconds()) is None:
@@ -573,7 +952,8 @@ class WebTrace(_ServerTrace):
 
     def lost(self, loss: Loss, reason: Failure, now: float) -> None:
         self._tells_page = False
-        self.trace.lost(reason)
+        self._held = None
+        self.trace.lost(loss, reason)
 
 
 def _header(request: Request, name: bytes) -> str | None:
@@ -581,22 +961,38 @@ def _header(request: Request, name: bytes) -> str | None:
     return None if value is None else safe_text(value.decode("latin-1"))
 
 
-def trace_conversations(factory: ChatServerFactory, probe: Probe | None = None) -> None:
+def trace_conversations(
+    factory: ChatServerFactory,
+    probe: Probe | None = None,
+    *,
+    packets: PacketSource | None = None,
+    no_packets: str = NO_CAPTURE,
+) -> LadderBook:
     """Trace every conversation of *factory* from now on, TCP and web.
 
     *probe* runs ``ss`` after each close (default: ``ss_probe`` on the
-    factory's clock); tests pass their own.
+    factory's clock); tests pass their own.  *packets*: the captures, if
+    any (*no_packets* says why not).  Returns the book of ladders, for
+    ``LadderResource``.
     """
     clock = factory.clock
     checks = probe or ss_probe(clock)
     raw = factory.framing.name == "raw"
+    book = LadderBook(clock)
+    follow: dict[str, Any] = {"packets": packets, "no_packets": no_packets}
 
     def make(door: str, cid: int) -> ConversationObserver:
         if door == "web":
-            return WebTrace(cid, clock, checks)
-        return TcpTrace(cid, clock, checks, raw)
+            return WebTrace(cid, clock, checks, book, **follow)
+        observer = TcpTrace(cid, clock, checks, raw, **follow)
+        book.add(cid, observer.trace)
+        return observer
 
     factory.observe(make)
+    return book
+
+
+# -- The client --------------------------------------------------------------
 
 
 class _ClientTrace(ClientObserver):
@@ -606,6 +1002,8 @@ class _ClientTrace(ClientObserver):
     def __init__(self, trace: ConnectionTrace) -> None:
         self.trace = trace
         self._shown = False
+        #: An answer came: its turn line waits until it is shown (``shown``).
+        self._answer = False
 
     def connected(self, transport: ITransport) -> None:
         self.trace.connected(transport)
@@ -614,14 +1012,22 @@ class _ClientTrace(ClientObserver):
         self._shown = self.trace.read(data)
 
     def answered(self) -> None:
-        self.trace.turn(servers_turn=False)
+        self._answer = True
+
+    def shown(self) -> None:
+        """The answer is on the screen: now say that the turn is the client's."""
+        if self._answer:
+            self._answer = False
+            self.trace.turn(servers_turn=False)
 
     def handled(self, turn: ClientTurn) -> None:
-        if self._shown and turn is not ClientTurn.ENDED:
+        if self._shown and turn is not ClientTurn.ENDED and not self._answer:
             self.trace.turn(servers_turn=turn is ClientTurn.SERVER)
 
     def sent(self, text: str, data: bytes) -> None:
+        self.shown()
         if text == QUIT:
+            self.trace.wrote(len(data))
             self.trace.say(
                 f"sent q ({len(data)} bytes): this client quits; the server "
                 "answers with its goodbye and closes"
@@ -633,15 +1039,16 @@ class _ClientTrace(ClientObserver):
         self.trace.fin_received()
 
     def lost(self, loss: Loss, reason: Failure) -> None:
+        self.shown()
         if self.trace.close.peer_fin is None and loss is Loss.DONE:
             self.trace.closing("it asked to close before any FIN from the server")
-        self.trace.lost(reason)
+        self.trace.lost(loss, reason)
 
 
 class ClientTracing:
     """Teaching mode for the client: an observer for each of its
     connections (``observer``, for ``ClientFactory(observe=...)``), whose
-    lines go to *emit*."""
+    lines go to *emit*; *packets*, the capture of the server's port."""
 
     def __init__(
         self,
@@ -650,12 +1057,17 @@ class ClientTracing:
         probe: Probe | None = None,
         *,
         framing: Framing | None = None,
+        packets: PacketSource | None = None,
+        no_packets: str = NO_CAPTURE,
     ) -> None:
         self._emit = emit
         self._clock = clock
         self._probe = probe or ss_probe(clock)
         self._raw = framing is not None and framing.name == "raw"
+        self._packets = packets
+        self._no_packets = no_packets
         self.traces: list[ConnectionTrace] = []
+        self._observers: list[_ClientTrace] = []
 
     def observer(self) -> ClientObserver:
         trace = ConnectionTrace(
@@ -665,9 +1077,62 @@ class ClientTracing:
             self._probe,
             raw=self._raw,
             per_second=CLIENT_READS_PER_SECOND,
+            packets=self._packets,
+            no_packets=self._no_packets,
         )
         self.traces.append(trace)
-        return _ClientTrace(trace)
+        observer = _ClientTrace(trace)
+        self._observers.append(observer)
+        return observer
+
+    def say(self, line: str) -> None:
+        self._emit(safe_text(line))
+
+    def answer_shown(self) -> None:
+        """The shell showed an answer: the turn line follows it."""
+        if self._observers:
+            self._observers[-1].shown()
+
+    def connect_failed(self, failure: Failure, port: int | None) -> None:
+        """connect() failed: say what was seen of it (an RST, if refused)."""
+        if not failure.check(ConnectionRefusedError):
+            return
+        attempt: list[Tracked] = []
+        if self._packets is not None and port is not None:
+            self._packets.sync()
+            tried = [
+                packets
+                for packets in self._packets.seen(port)
+                if any(TcpFlags.RST in p.flags for p in packets)
+            ]
+            if len(tried) == 1:
+                attempt = tried[0]
+        followed = FollowedPackets(Side.CLIENT)
+        for packet in attempt:
+            step = followed.add(packet)
+            self.say(describe_packet(packet, step, start=attempt[0].time))
+        reset = followed.reset()
+        if reset is None:
+            reset = Reset(
+                Side.SERVER,
+                "connect() failed with ECONNREFUSED (Twisted's ConnectionRefusedError)",
+            )
+        else:
+            reset = Reset(
+                reset.by,
+                f"{reset.source}, the only connection to port {port} that the "
+                "capture saw reset, so this client's attempt; and connect() "
+                "failed with ECONNREFUSED",
+            )
+        self.say(describe_reset(Side.CLIENT, reset))
+
+    def ladder_lines(self, width: int) -> list[str]:
+        """The last connection's ladder, drawn for a terminal *width* wide."""
+        if not self.traces:
+            return []
+        return render_text(
+            self.traces[-1].ladder(), width=width, now=self._clock.seconds()
+        )
 
     def settled(self, timeout: float) -> Deferred[None]:
         """Fire once every connection's close is traced, or after *timeout*."""

@@ -74,10 +74,11 @@ def test_the_core_imports_no_twisted_no_io_and_no_other_subsystem():
 
 
 #: Teaching mode's modules that, like the core, do no I/O: its words, the
-#: packet parser, the kernel filter, the pcap format, the ladder, the layers.
+#: packet parser, the kernel filter, the pcap format, the ladder, the layers,
+#: what a connection's packets showed.
 TEACHING_SANS_IO = {
     f"sockchat._teaching.{name}"
-    for name in ("trace", "packets", "bpf", "pcap", "ladder", "layers")
+    for name in ("trace", "packets", "bpf", "pcap", "ladder", "layers", "followed")
 }
 
 
