@@ -205,7 +205,8 @@ def phases(packets: Sequence[Tracked]) -> list[str]:
     for n, (at, sender, end) in enumerate(fins):
         answer = next(
             (j for j in range(at + 1, len(packets))
-             if packets[j].sender is not sender and packets[j].relative_ack == end),
+             if packets[j].sender is not sender and packets[j].relative_ack == end
+             and TcpFlags.RST not in packets[j].flags),
             None,
         )  # fmt: skip
         if answer is not None:

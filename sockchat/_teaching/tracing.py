@@ -292,8 +292,9 @@ class ConnectionTrace:
     """One connection's trace: the trackers, the budget, and where lines go.
 
     With *packets*, it follows the connection's captured packets too: each
-    as a line, the reads' segments, the close's FIN or RST, and the ladder.
-    *web*: the web door's connection (HTTP, then WebSocket frames).
+    as a line (to *emit_packet*, if given), the reads' segments, the close's
+    FIN or RST, and the ladder.  *web*: the web door's connection (HTTP,
+    then WebSocket frames).
     """
 
     def __init__(
@@ -308,9 +309,11 @@ class ConnectionTrace:
         packets: PacketSource | None = None,
         no_packets: str = NO_CAPTURE,
         web: bool = False,
+        emit_packet: Callable[[str], None] | None = None,
     ) -> None:
         self.side = side
         self._emit = emit
+        self._emit_packet = emit_packet or emit
         self._clock = clock
         self._probe = probe
         self.reads = ReadTracker(raw=raw)
@@ -393,11 +396,12 @@ class ConnectionTrace:
         held = self.packet_budget.admit(self._clock.seconds())
         if held is not None:
             if held:
-                self.say(
+                self._emit_packet(
                     f"({held} packets not shown: at most {PACKETS_PER_SECOND} a "
                     "second; the counts at the end include them)"
                 )
-            self.say(describe_packet(packet, phase, start=followed.start or 0.0))
+            line = describe_packet(packet, phase, start=followed.start or 0.0)
+            self._emit_packet(safe_text(line))
         if followed.first_data is not None and not self._layers_said:
             self._layers_said = True
             layers = layers_from_packet(
@@ -753,15 +757,24 @@ class _ServerTrace(ConversationObserver):
     ) -> None:
         self.cid = cid
         self.trace = ConnectionTrace(
-            Side.SERVER, self._emit, clock, probe, raw=raw, **packets
+            Side.SERVER,
+            self._emit,
+            clock,
+            probe,
+            raw=raw,
+            emit_packet=self._log,
+            **packets,
         )
         self._phase = Phase.STARTING
         self._turn = Turn.CLIENT
         self._answered = 0  # answers since the last read
         self._refused: list[str] = []  # codes of lines refused since then
 
-    def _emit(self, line: str) -> None:
+    def _log(self, line: str) -> None:
         log.info(self.log_format, cid=self.cid, trace=line)
+
+    def _emit(self, line: str) -> None:
+        self._log(line)
 
     def started(self, info: ConversationInfo, now: float) -> None:
         self.trace.say(
@@ -844,7 +857,9 @@ class WebTrace(_ServerTrace):
     """The trace of one conversation of the web door: the TCP under it, the
     upgrade, each message in, and the close code; each line also goes to
     the page, as a notice, from its welcome on (the lines before it wait),
-    and the page is told where its ladder is drawn."""
+    and the page is told where its ladder is drawn.  Packet lines go to the
+    log only: the page's own notices are packets of its connection, and its
+    ladder draws them."""
 
     log_format = "[tcp] web conversation {cid}: {trace}"
 
@@ -867,7 +882,7 @@ class WebTrace(_ServerTrace):
         self._frame: int | None = None  # a whole message came: its size
 
     def _emit(self, line: str) -> None:
-        super()._emit(line)
+        self._log(line)
         if self._tells_page:
             self._to_page(f"!info trace: {line}")
         elif self._held is not None and len(self._held) < PAGE_HELD:
@@ -949,6 +964,12 @@ class WebTrace(_ServerTrace):
         )
         self._tells_page = False
         self.trace.closing(reason.value)
+
+    def peer_closed(self, now: float) -> None:
+        # A browser closes its socket whole: what came after its FIN would
+        # be answered with RST, so the page hears no more.
+        self._tells_page = False
+        super().peer_closed(now)
 
     def lost(self, loss: Loss, reason: Failure, now: float) -> None:
         self._tells_page = False

@@ -25,6 +25,9 @@
   const tracePanel = document.getElementById("trace");
   const traceLog = document.getElementById("trace-log");
   const traceClose = document.getElementById("trace-close");
+  const ladder = document.getElementById("ladder");
+  const ladderDrawing = document.getElementById("ladder-drawing");
+  const ladderCountdown = document.getElementById("ladder-countdown");
   // Lines kept in the trace panel: the oldest go first.
   const TRACE_KEPT = 500;
   const CLOSE_NAMES = {
@@ -40,12 +43,32 @@
     1013: "try again later",
   };
   const encoder = new TextEncoder();
+  // The ladder (twistd sockchat --trace): an SVG the server draws for this
+  // conversation at a path only this page was told.  It is parsed as SVG,
+  // and only these elements and attributes are kept: no script, link, style
+  // or image can come in with it (and the page's policy allows none).
+  const SVG_NS = "http://www.w3.org/2000/svg";
+  const SVG_ELEMENTS = new Set(["svg", "title", "defs", "marker", "path", "line", "text", "rect"]);
+  const SVG_ATTRIBUTES = new Set([
+    "viewBox", "width", "height", "role", "font-family", "font-size", "font-weight",
+    "font-style", "text-anchor", "fill", "stroke", "stroke-width", "stroke-dasharray",
+    "opacity", "x", "y", "x1", "y1", "x2", "y2", "d", "id", "refX", "refY",
+    "markerWidth", "markerHeight", "orient", "marker-end", "data-time-wait-ends", "data-now",
+  ]);
+  // Fetched again at most this often while trace lines come, and these many
+  // milliseconds after the socket closed (the close's packets, the ss check).
+  const LADDER_EVERY = 500;
+  const LADDER_AFTER_CLOSE = [600, 1500, 3500];
 
   let socket = null;
   let opened = false; // the current socket was opened at least once
   let state = "connecting";
   let peer = "server"; // who answers: the server, or a partner in pair mode
   let anew = false; // a new conversation was asked for: mark where it starts
+  let ladderPath = null; // where this conversation's ladder is drawn
+  let ladderTimer = null; // a fetch of it is due
+  let ladderEnds = null; // TIME_WAIT's end, in this page's clock (ms)
+  let countdownTimer = null;
 
   function safeText(text) {
     return text.replace(UNSAFE, function (c) {
@@ -110,6 +133,82 @@
     if (!tracePanel.hidden) item.scrollIntoView({ block: "end" });
   }
 
+  // Keep only the allowed elements and attributes of a parsed SVG.
+  function cleaned(node) {
+    if (node.namespaceURI !== SVG_NS || !SVG_ELEMENTS.has(node.localName)) return null;
+    const copy = document.createElementNS(SVG_NS, node.localName);
+    for (const attribute of node.attributes) {
+      const name = attribute.name;
+      if (!SVG_ATTRIBUTES.has(name)) continue;
+      if (name === "marker-end" && !/^url\(#[a-z-]+\)$/.test(attribute.value)) continue;
+      copy.setAttribute(name, attribute.value);
+    }
+    for (const child of node.childNodes) {
+      if (child.nodeType === Node.TEXT_NODE) {
+        copy.append(document.createTextNode(child.data));
+      } else if (child.nodeType === Node.ELEMENT_NODE) {
+        const kept = cleaned(child);
+        if (kept) copy.append(kept);
+      }
+    }
+    return copy;
+  }
+
+  function drawLadder(text, fetchedAt) {
+    const parsed = new DOMParser().parseFromString(text, "image/svg+xml");
+    const svg = cleaned(parsed.documentElement);
+    if (!svg) return;
+    ladderDrawing.replaceChildren(svg);
+    ladder.hidden = false;
+    const mark = svg.querySelector("[data-time-wait-ends]");
+    const drawn = parseFloat(svg.getAttribute("data-now"));
+    ladderEnds = null;
+    if (mark && !isNaN(drawn)) {
+      // Seconds left when the server drew it, counted on from when it came.
+      const left = parseFloat(mark.getAttribute("data-time-wait-ends")) - drawn;
+      if (!isNaN(left)) ladderEnds = fetchedAt + left * 1000;
+    }
+    countDown();
+  }
+
+  function countDown() {
+    if (countdownTimer) clearTimeout(countdownTimer);
+    countdownTimer = null;
+    if (ladderEnds === null) {
+      ladderCountdown.hidden = true;
+      return;
+    }
+    const left = Math.max(0, Math.round((ladderEnds - Date.now()) / 1000));
+    ladderCountdown.hidden = false;
+    ladderCountdown.textContent =
+      "TIME_WAIT (时间等待): " + (left > 0 ? left + " s left" : "over") +
+      ", counted down here from when the server drew this ladder";
+    if (left > 0) countdownTimer = setTimeout(countDown, 1000);
+  }
+
+  function fetchLadder() {
+    ladderTimer = null;
+    const path = ladderPath;
+    if (!path) return;
+    fetch(path, { cache: "no-store" })
+      .then(function (response) {
+        return response.ok ? response.text() : null;
+      })
+      .then(function (text) {
+        if (text && path === ladderPath) drawLadder(text, Date.now());
+      })
+      .catch(function () {});
+  }
+
+  function ladderSoon(delay) {
+    if (!ladderPath) return;
+    if (delay === undefined) {
+      if (ladderTimer) return; // one is due already
+      delay = LADDER_EVERY;
+    }
+    ladderTimer = setTimeout(fetchLadder, delay);
+  }
+
   function bytes(text) {
     return encoder.encode(text).length;
   }
@@ -159,6 +258,12 @@
     if (message.kind === "info" && message.code === "trace") {
       traceToggle.hidden = false;
       trace("server", message.text);
+      ladderSoon();
+      return;
+    }
+    if (message.kind === "info" && message.code === "ladder" && message.text.startsWith("/trace/")) {
+      ladderPath = message.text;
+      ladderSoon(0);
       return;
     }
     trace("page", "frame in: a text message of " + bytes(event.data) + " bytes");
@@ -192,6 +297,8 @@
 
   function closed(event) {
     socket = null;
+    // The close's last packets and the kernel check come after the socket.
+    for (const delay of LADDER_AFTER_CLOSE) setTimeout(fetchLadder, delay);
     trace(
       "page",
       "close: code " + event.code + " (" + (CLOSE_NAMES[event.code] || "see RFC 6455") +
@@ -217,6 +324,7 @@
     setState("connecting", "Connecting…");
     peer = "server";
     opened = false;
+    ladderPath = null; // the new conversation's comes with its trace
     socket = new WebSocket(scheme + location.host + "/chat");
     socket.addEventListener("open", function () {
       opened = true;

@@ -111,3 +111,115 @@ def test_without_trace_there_is_no_panel(page):  # noqa: F811
         assert page.is_hidden("#trace-toggle")
         assert page.is_hidden("#trace")
         assert b"[tcp]" not in server.output
+
+
+def ladder_says(page, text: str) -> None:  # noqa: F811
+    """Wait until the panel's ladder drawing has a text with *text* in it."""
+    page.wait_for_function(
+        "t => [...document.querySelectorAll('#ladder-drawing svg text')]"
+        ".some(e => e.textContent.includes(t))",
+        arg=text,
+    )
+
+
+def test_the_panel_draws_the_ladder_of_its_own_connection_at_phone_width(
+    browser,  # noqa: F811
+    tmp_path,
+):
+    context = browser.new_context(viewport={"width": 360, "height": 740})
+    phone = context.new_page()
+    phone.set_default_timeout(20_000)
+    errors: list[str] = []
+    asked: list[str] = []
+    phone.on("pageerror", lambda error: errors.append(str(error)))
+    phone.on("request", lambda request: asked.append(request.url))
+    try:
+        with WebServer("--responder", "echo", "--trace", "packets") as server:
+            phone.goto(server.url)
+            wait_for_turn(phone)
+            phone.click("#trace-toggle")
+            # Its own connection's packets, captured: the handshake first.
+            ladder_says(phone, "三次握手 3")
+            text = phone.locator("#ladder-drawing svg").text_content()
+            assert "SYN-ACK" in text
+            say(phone, "hello")
+            wait_for_trace(phone, "frame in: a text message of 5 bytes", "server")
+            ladder_says(phone, "PSH-ACK")
+            say(phone, "q")
+            wait_for_trace(phone, "close: code 1000")
+            # After the close: the server's FIN, and what ended the
+            # connection as the capture saw it.
+            ladder_says(phone, "四次挥手 1")
+            phone.wait_for_function(
+                "() => [...document.querySelectorAll('#ladder-drawing svg text')]"
+                ".some(e => /四次挥手 4|RST/.test(e.textContent))"
+            )
+            drawn = phone.locator("#ladder-drawing svg").text_content()
+            logged = server.read_until(
+                re.compile(rb"web conversation 1: capture: \d+ segments[^\n]*\n")
+            ).decode()
+            if "四次挥手 4" in drawn:  # an orderly close: TIME_WAIT, counted down
+                assert "TIME_WAIT" in drawn
+                phone.wait_for_selector("#ladder-countdown:visible")
+                assert "s left" in phone.text_content("#ladder-countdown")
+                assert "0 with RST" in logged
+            else:  # the browser's Close frame came after the server's close
+                assert "TIME_WAIT" not in drawn
+                assert phone.is_hidden("#ladder-countdown")
+                assert re.search(r"[1-9]\d* with RST", logged)
+            # A phone's width: the drawing fits, nothing sticks out sideways.
+            box = phone.locator("#ladder-drawing svg").bounding_box()
+            assert box is not None
+            assert box["x"] >= 0
+            assert box["x"] + box["width"] <= 360
+            assert phone.evaluate("document.documentElement.scrollWidth") <= 360
+            # The drawing is the server's text, never markup of its own.
+            assert phone.locator("#ladder-drawing script").count() == 0
+            shot = tmp_path / "ladder-phone.png"
+            phone.locator("#trace").screenshot(path=str(shot))
+            assert shot.stat().st_size > 1000
+        # Nothing was loaded from elsewhere: the page, its files, its ladder.
+        assert asked
+        assert all(url.startswith(server.url) for url in asked), asked
+        assert any("/trace/" in url and "ladder.svg" in url for url in asked)
+        assert errors == []
+    finally:
+        context.close()
+
+
+LADDER_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 360 100" width="360" '
+    'height="100" data-now="1000.000" onload="window.hacked = 1">'
+    "<script>window.hacked = 2</script>"
+    '<text x="10" y="20">TIME_WAIT on the server\'s side</text>'
+    "<foreignObject><p>not drawn</p></foreignObject>"
+    '<rect x="1" y="1" width="8" height="40" data-time-wait-ends="1042.000"/></svg>'
+)
+
+
+def test_the_ladder_counts_time_wait_down_and_keeps_only_a_drawing(page):  # noqa: F811
+    # The server's drawing is replaced by a fixed one, to count down from a
+    # known time (42 s left when drawn) and to hold what must not come in.
+    with WebServer("--responder", "echo", "--trace") as server:
+        page.route(
+            "**/trace/*/ladder.svg",
+            lambda route: route.fulfill(
+                status=200, content_type="image/svg+xml", body=LADDER_SVG
+            ),
+        )
+        page.goto(server.url)
+        wait_for_turn(page)
+        page.click("#trace-toggle")
+        page.wait_for_selector("#ladder-countdown:visible")
+        shown = page.text_content("#ladder-countdown")
+        left = int(re.search(r"(\d+) s left", shown)[1])
+        assert 38 <= left <= 42
+        page.wait_for_function(
+            "t => !document.querySelector('#ladder-countdown').textContent.includes(t)",
+            arg=f"{left} s left",
+        )  # it goes down, a second at a time
+        assert "TIME_WAIT" in page.text_content("#ladder-drawing svg")
+        assert page.locator("#ladder-drawing script").count() == 0
+        assert page.locator("#ladder-drawing foreignObject").count() == 0
+        assert page.get_attribute("#ladder-drawing svg", "onload") is None
+        assert page.evaluate("window.hacked") is None
