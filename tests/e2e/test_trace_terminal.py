@@ -4,9 +4,12 @@ each showing the conversation and its own socket's TCP story."""
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import signal
 import socket
+import subprocess
 import time
 
 import pytest
@@ -18,10 +21,18 @@ pytestmark = pytest.mark.slow
 LISTENING = re.compile(r"sockchat listening on 127\.0\.0\.1:(\d+)")
 
 
-def server_in_tmux(tmp_path, *args: str) -> tuple[Tmux, int]:
-    term = Tmux(
-        f"cd {tmp_path} && exec {TWISTD} -n --pidfile= sockchat "
+def server_in_tmux(tmp_path, *args: str, pidfile: str = "") -> tuple[Tmux, int]:
+    # With a pidfile, twistd runs under the pane's shell (which waits, with
+    # "; true", rather than exec it), not as the pane's own program: tmux
+    # would at once resume its own program if it were stopped.
+    command = (
+        f"{TWISTD} -n --pidfile={pidfile} sockchat "
         f"--port tcp:0:interface=127.0.0.1 --trace {' '.join(args)}"
+    )
+    term = Tmux(
+        f"cd {tmp_path} && {command}; true"
+        if pidfile
+        else f"cd {tmp_path} && exec {command}"
     )
     match = LISTENING.search(term.until(LISTENING))
     assert match is not None
@@ -31,6 +42,23 @@ def server_in_tmux(tmp_path, *args: str) -> tuple[Tmux, int]:
 def client_in_tmux(port: int, *args: str) -> Tmux:
     command = shlex.join([*CLIENT, "--port", str(port), "--trace", *args])
     return Tmux(command)
+
+
+def waiting_in_server(port: int, client: int, size: int) -> None:
+    """Wait until ss shows *size* bytes unread in the server's socket."""
+    ss = need_tool("ss", "iproute2")
+    deadline = time.monotonic() + 10
+    while True:
+        out = subprocess.run(
+            [ss, "-tnH", f"( sport = :{port} and dport = :{client} )"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.split()
+        if out and out[1] == str(size):  # Recv-Q
+            return
+        assert time.monotonic() < deadline, out
+        time.sleep(0.02)
 
 
 def test_two_panes_show_a_conversation_and_its_tcp_story(tmp_path):
@@ -90,7 +118,10 @@ def test_two_panes_show_a_conversation_and_its_tcp_story(tmp_path):
 
 
 def test_a_sticky_read_in_raw_framing_shows_in_the_servers_pane(tmp_path):
-    server, port = server_in_tmux(tmp_path, "--framing", "raw", "--responder", "echo")
+    pidfile = tmp_path / "twistd.pid"
+    server, port = server_in_tmux(
+        tmp_path, "--framing", "raw", "--responder", "echo", pidfile=str(pidfile)
+    )
     client = None
     try:
         client = client_in_tmux(port, "--framing", "raw")
@@ -101,21 +132,26 @@ def test_a_sticky_read_in_raw_framing_shows_in_the_servers_pane(tmp_path):
         server.until(
             "read 1: 5 bytes b'hello': raw framing takes one read as one message"
         )
-        # Two sends at once, as the tutorial's client could make them.
+        # Two sends, two segments, and one read: the server is stopped
+        # (SIGSTOP) until both are in its socket, so that it reads them at once.
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-            sock.sendall(b"hello")
-            sock.sendall(b"world")
-            time.sleep(0.3)
-            heard = sock.recv(1024)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            mine = sock.getsockname()[1]
+            twistd = int(pidfile.read_text())
+            os.kill(twistd, signal.SIGSTOP)
+            try:
+                sock.sendall(b"hello")
+                sock.sendall(b"world")
+                waiting_in_server(port, mine, 10)
+            finally:
+                os.kill(twistd, signal.SIGCONT)
+            heard = b""
+            while len(heard) < 10:
+                heard += sock.recv(1024)
+            assert heard == b"helloworld"  # one message where two were sent
             sock.sendall(b"q")
-            time.sleep(0.3)
-        shown = server.until("conversation 2: read")
-        assert "raw framing takes one read as one message" in server.until(
-            re.compile(r"conversation 2: read 1: .*raw framing")
-        )
-        if heard == b"helloworld":  # usually: then the server read them as one
-            assert "conversation 2: read 1: 10 bytes b'helloworld'" in server.screen()
-        assert shown
+        shown = server.until(re.compile(r"conversation 2: read 1: .*raw framing"))
+        assert "conversation 2: read 1: 10 bytes b'helloworld': raw framing" in shown
         client.type("q")
         client.enter()
         client.until("[tcp] close: ")
