@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from processes import CLIENT, TWISTD, Tmux, need_tool
+from processes import CLIENT, TWISTD, Server, Tmux, need_tool
 
 pytestmark = pytest.mark.slow
 
@@ -159,3 +159,24 @@ def test_a_sticky_read_in_raw_framing_shows_in_the_servers_pane(tmp_path):
         if client is not None:
             client.close()
         server.close()
+
+
+def test_at_a_terminal_the_client_draws_its_ladder_after_the_close(tmp_path):
+    need_tool("ss", "iproute2")
+    with Server("--responder", "echo", "--trace") as server:
+        client = client_in_tmux(server.port, "packets")
+        try:
+            client.until("client --> server: ")
+            client.type("hello")
+            client.enter()
+            client.until("server --> client: hello")
+            client.type("q")
+            client.enter()
+            shown = client.until("from captured packets", timeout=20)
+            assert re.search(r"time \(ms\) client 127\.0\.0\.1:\d+ <-> server", shown)
+            assert "三次握手 1" in shown
+            assert "四次挥手 1" in shown
+            # Its TIME_WAIT: the server closed first, and the close ended in order.
+            assert "TIME_WAIT (时间等待) on the server's side" in shown
+        finally:
+            client.close()
