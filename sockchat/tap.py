@@ -835,12 +835,13 @@ def makeService(options: Options) -> IService:
         transcript=transcript,
         framing=options["framing_value"],
     )
-    ladders = capture = None
+    ladders = capture = capturing = None
     if options["trace"]:
         from sockchat._teaching.tracing import trace_conversations
 
         if options["capture"]:
-            capture = _capture(reactor, options, top)
+            capturing = _capture(reactor, options, top)
+            capture = capturing.capture
         ladders = trace_conversations(
             factory,
             packets=capture,
@@ -857,9 +858,10 @@ def makeService(options: Options) -> IService:
         web = _web_service(reactor, options, factory, health, ladders)
         web.setServiceParent(top)
         doors.append(web)
-    if capture is not None:  # before the reactor runs: no accept() yet
+    if capturing is not None:  # before the reactor runs: no accept() yet
         for door in doors:
             _capture_door(capture, door)
+            capturing.doors.append(door.stopped)
     if desk:
         _desk_service(reactor, options, brokered.broker).setServiceParent(top)
     if options["metrics_endpoint"] is not None:
@@ -995,7 +997,8 @@ def _metrics_service(
 
 def _capture(reactor: Any, options: Options, top: MultiService) -> Any:
     """``--trace packets``: the captures (opened on each door's port once it
-    listens), stopped with the server; ``--capture-file``'s file."""
+    listens, ``.capture``), and the service that stops them with the server;
+    ``--capture-file``'s file."""
     from sockchat._teaching.packet_trace import CaptureService, PacketCapture
 
     capture = PacketCapture(
@@ -1010,8 +1013,9 @@ def _capture(reactor: Any, options: Options, top: MultiService) -> Any:
                 f"--capture-file {path}: cannot write it ({e.strerror or e}); "
                 "choose a file in a folder you may write to"
             ) from None
-    CaptureService(capture).setServiceParent(top)
-    return capture
+    service = CaptureService(capture, reactor)
+    service.setServiceParent(top)
+    return service
 
 
 def _capture_door(capture: Any, door: ChatService) -> None:

@@ -17,8 +17,9 @@ show that a socket cannot:
 - ``ladder()``: the ladder of the packets kept.
 
 It keeps at most ``KEPT`` packets, each with at most ``PAYLOAD`` bytes of
-payload (the lengths stay whole), and counts the rest; of the other side's
-data it keeps the ranges not read yet, at most ``RANGES``.
+payload (the lengths stay whole; the first that carried data, for its
+layers, ``FIRST_DATA``), and counts the rest; of the other side's data it
+keeps the ranges not read yet, at most ``RANGES``.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from sockchat._teaching.ladder import Ladder, ladder_from_packets, phases
 from sockchat._teaching.packets import Counts, TcpFlags, Tracked, trimmed
 from sockchat._teaching.trace import Reset, Side
 
-__all__ = ["KEPT", "PAYLOAD", "RANGES", "FollowedPackets"]
+__all__ = ["FIRST_DATA", "KEPT", "PAYLOAD", "RANGES", "FollowedPackets"]
 
 #: Packets of one connection kept for its ladder.
 KEPT = 128
@@ -37,6 +38,8 @@ KEPT = 128
 PAYLOAD = 64
 #: Ranges of the other side's data, not read yet, kept at most.
 RANGES = 4096
+#: Bytes kept of the first data segment's payload, for its layers' lines.
+FIRST_DATA = 1024
 
 
 class FollowedPackets:
@@ -79,7 +82,7 @@ class FollowedPackets:
             self._first_fin = packet
         if packet.data:
             if self.first_data is None:
-                self.first_data = trimmed(packet, self._payload)
+                self.first_data = trimmed(packet, FIRST_DATA)
             if packet.sender is other:
                 self._unread_data(packet)
             elif self._first_fin is not None and self._first_fin.sender is other:

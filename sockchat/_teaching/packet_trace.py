@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorFDSet, IReactorTime
+from twisted.internet.task import deferLater
 
 from sockchat._teaching.capture import Capture, Refused, open_capture
 from sockchat._teaching.packets import Connection, Tracked
@@ -172,13 +173,24 @@ class PacketCapture:
             )
 
 
-class CaptureService(Service):
-    """Stops a ``PacketCapture`` when the server stops."""
+#: Seconds the capture goes on after the doors' last conversation closed:
+#: the trace says a close once its last packets are in (``tracing.SS_DELAY``).
+LAST_PACKETS = 0.5
 
-    def __init__(self, capture: PacketCapture) -> None:
+
+class CaptureService(Service):
+    """Stops a ``PacketCapture`` when the server stops, once the doors'
+    conversations have closed (``doors``: each one's ``stopped``) and the
+    last packets of their closes have come."""
+
+    def __init__(self, capture: PacketCapture, clock: IReactorTime) -> None:
         self.capture = capture
+        self._clock = clock
+        self.doors: list[Deferred[None]] = []
 
     def stopService(self) -> Deferred[None]:
         super().stopService()  # type: ignore[no-untyped-call]  # twisted.application has no annotations
-        self.capture.stop()
-        return succeed(None)
+        closed = DeferredList(self.doors, consumeErrors=True)
+        closed.addCallback(lambda _: deferLater(self._clock, LAST_PACKETS))
+        done: Deferred[None] = closed.addCallback(lambda _: self.capture.stop())
+        return done

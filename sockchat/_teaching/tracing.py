@@ -512,7 +512,9 @@ class ConnectionTrace:
         self.close.closing(now)
         self.steps.closing(now)
         self.say(
-            f"the {self.side.value} closes the connection ({why}): its FIN follows"
+            f"the {self.side.value} closes the connection ({why}): once what it "
+            "still has to send is out, its kernel is to send FIN (unless a reset "
+            "from the other side ends the connection first)"
         )
 
     def aborted(self) -> None:
@@ -616,6 +618,16 @@ class ConnectionTrace:
             )
         self._settle()
 
+    def _late_reset(self) -> None:
+        """An RST captured after the close was said (the other side closed
+        later, with data unread): say it, and expect no TIME_WAIT."""
+        self.sync()
+        reset = None if self.followed is None else self.followed.reset()
+        if reset is not None and not self._expect_reset:
+            self._expect_reset = True
+            self.steps.reset(self._clock.seconds(), reset)
+            self.say(describe_reset(self.side, reset))
+
     def _peer_here(self) -> bool | None:
         """Whether the other end is on this machine (then ss sees it too)."""
         assert self.remote is not None
@@ -633,6 +645,7 @@ class ConnectionTrace:
             return
         assert self.local is not None
         assert self.remote is not None
+        self._late_reset()
         check = check_time_wait(
             self.side,
             self.local,
@@ -731,6 +744,7 @@ class LadderResource(Resource):
                 b"sockchat: no such ladder (a conversation's ladder is kept until "
                 b"its TIME_WAIT is over; by number, from this machine only)\n"
             )
+        trace.sync()  # the packets captured so far
         now = self._clock.seconds()
         if parts[1] == "ladder.txt":
             request.setHeader(b"content-type", b"text/plain; charset=utf-8")

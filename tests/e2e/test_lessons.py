@@ -84,7 +84,11 @@ class Lesson:
         command = re.sub(
             r"(^|\| )python3? ", rf"\g<1>{shlex.quote(sys.executable)} ", command
         )
-        for tool, package in (("nc", "netcat-openbsd"), ("ss", "iproute2")):
+        for tool, package in (
+            ("nc", "netcat-openbsd"),
+            ("ss", "iproute2"),
+            ("curl", "curl"),
+        ):
             if re.search(rf"(^|\| ){tool} ", command):
                 need_tool(tool, package)
         return command
@@ -181,9 +185,10 @@ def test_every_command_of_the_lesson_runs_as_written(title: str, text: str):
 
 def test_the_lessons_follow_the_tutorials_sections_in_order():
     titles = [title for title, _ in lessons()]
-    assert [t.split(".")[0] for t in titles] == [str(n) for n in range(1, 8)]
+    assert [t.split(".")[0] for t in titles] == [str(n) for n in range(1, 9)]
     for words in (
         "C/S and B/S",
+        "OSI",
         "Ports",
         "Loopback",
         "粘包",
