@@ -120,7 +120,7 @@ def _payload_facts(
         facts.append(f"(only the first {len(data)} bytes were kept)")
     if web:
         first = data.split(b"\r\n", 1)[0].decode("latin-1")
-        if first.startswith(("GET ", "HTTP/")):
+        if first.startswith(("GET /", "HTTP/")):
             facts.append(
                 f"HTTP: its first line is {first!r}; the WebSocket upgrade is an "
                 "HTTP request and its 101 answer, and after them the same "

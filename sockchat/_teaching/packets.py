@@ -30,6 +30,7 @@ does I/O, so every case is a fast test, with frames made by hand
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 import struct
 from collections import OrderedDict
@@ -110,10 +111,12 @@ def mac_text(mac: bytes) -> str:
     return ":".join(f"{b:02x}" for b in mac)
 
 
+@functools.lru_cache(maxsize=1024)
 def normal_host(host: str) -> str:
     """*host* as a packet shows it: an IPv4-mapped IPv6 address as the IPv4
     one (a dual-stack socket says ``::ffff:127.0.0.1``), no ``%scope``,
-    IPv6 in its short form.  Anything that is not an address is kept."""
+    IPv6 in its short form.  Anything that is not an address is kept.
+    (Remembered: every packet asks it of the same few hosts.)"""
     try:
         address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
