@@ -81,7 +81,7 @@ class FollowedPackets:
         if TcpFlags.FIN in flags and self._first_fin is None:
             self._first_fin = packet
         if packet.data:
-            if self.first_data is None:
+            if self._data == 1:  # the first (_count counted it already)
                 self.first_data = trimmed(packet, FIRST_DATA)
             if packet.sender is other:
                 self._unread_data(packet)

@@ -309,13 +309,20 @@ class SocketLadder:
     """The ladder as one side's socket sees it, step by step, with no packets.
 
     Fed by the glue (``tracing.py``): each method takes the time and what
-    was seen.  At most ``MAX_STEPS`` steps are kept; the rest are counted.
+    was seen.  At most *most* steps are kept (``MAX_STEPS``); the rest are
+    counted.
     """
 
     def __init__(
-        self, side: Side, local: Address | None, remote: Address | None
+        self,
+        side: Side,
+        local: Address | None,
+        remote: Address | None,
+        *,
+        most: int = MAX_STEPS,
     ) -> None:
         self.side = side
+        self._most = most
         self._local = local
         self._remote = remote
         self._steps: list[Arrow | Note] = []
@@ -326,7 +333,7 @@ class SocketLadder:
         self._time_wait_seen: str | None = None
 
     def _add(self, step: Arrow | Note) -> None:
-        if len(self._steps) >= MAX_STEPS:
+        if len(self._steps) >= self._most:
             self._left_out += 1
         else:
             self._steps.append(step)

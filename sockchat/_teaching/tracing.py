@@ -55,9 +55,10 @@ from sockchat._doors.observers import ClientObserver, ConversationObserver, Loss
 from sockchat._doors.tcp import ChatServerFactory
 from sockchat._doors.web import close_code
 from sockchat._responders.contract import ConversationInfo
-from sockchat._teaching.followed import FollowedPackets
+from sockchat._teaching.followed import KEPT, FollowedPackets
 from sockchat._teaching.interfaces import interface_for
 from sockchat._teaching.ladder import (
+    MAX_STEPS,
     Ladder,
     SocketLadder,
     describe_packet,
@@ -288,6 +289,29 @@ NO_CAPTURE = "the capture is off: --trace packets turns it on"
 LAYERS_TITLE = "layers: the first segment that carried data, layer by layer"
 
 
+#: Conversations that keep a ladder (its steps, its packets) at once, each
+#: until its TIME_WAIT would be over: the bound on what the ladders hold
+#: (at most ``MAX_STEPS`` steps and ``followed.KEPT`` packets each).
+LADDERS_AT_ONCE = 64
+
+
+class LadderRoom:
+    """How many conversations keep a ladder now, at most *most*."""
+
+    def __init__(self, most: int = LADDERS_AT_ONCE) -> None:
+        self.most = most
+        self.taken = 0
+
+    def take(self) -> bool:
+        if self.taken >= self.most:
+            return False
+        self.taken += 1
+        return True
+
+    def give(self) -> None:
+        self.taken -= 1
+
+
 class ConnectionTrace:
     """One connection's trace: the trackers, the budget, and where lines go.
 
@@ -310,6 +334,7 @@ class ConnectionTrace:
         no_packets: str = NO_CAPTURE,
         web: bool = False,
         emit_packet: Callable[[str], None] | None = None,
+        ladders: LadderRoom | None = None,
     ) -> None:
         self.side = side
         self._emit = emit
@@ -341,6 +366,8 @@ class ConnectionTrace:
         self._expect_reset = False
         #: What showed this connection's TIME_WAIT (``ss``), if anything did.
         self.time_wait_seen: str | None = None
+        self._ladders = ladders
+        self._has_ladder = False  # a place was taken in *ladders*
         #: Fires once the close is traced, its kernel check included.
         self.settled: Deferred[None] = Deferred()
 
@@ -365,7 +392,16 @@ class ConnectionTrace:
                 "TCP_INFO or TIME_WAIT to show; the reads are still traced"
             )
             return
-        self.steps = SocketLadder(self.side, self.local, self.remote)
+        kept = self._ladders is None or self._ladders.take()
+        self._has_ladder = kept and self._ladders is not None
+        if not kept:
+            self.say(
+                f"ladder: none for this connection: at most {LADDERS_AT_ONCE} "
+                "connections keep one at once, to bound memory"
+            )
+        self.steps = SocketLadder(
+            self.side, self.local, self.remote, most=MAX_STEPS if kept else 0
+        )
         self.steps.opened(self._clock.seconds())
         client, server = (
             (self.remote, self.local)
@@ -382,7 +418,7 @@ class ConnectionTrace:
         ):
             self.say(line)
         if self._packets is not None and where is not None:
-            self.followed = FollowedPackets(self.side)
+            self.followed = FollowedPackets(self.side, kept=KEPT if kept else 0)
             self._following = self._packets.follow(
                 Connection.of(client, server), self._packet
             )
@@ -578,21 +614,25 @@ class ConnectionTrace:
                     counts.segments, counts.syn, counts.fin, counts.rst, counts.data
                 )
             )
-            if followed.left_out:
+            if followed.left_out and followed.packets:
                 self.say(
                     f"capture: {followed.left_out} packets of this connection "
                     f"were not kept for its ladder (at most {len(followed.packets)})"
                 )
-            # Followed until its TIME_WAIT would be over: a late segment
-            # of it still shows.
-            self._clock.callLater(TIME_WAIT_SECONDS, self.forget)
+        # Followed until its TIME_WAIT would be over: a late segment of it
+        # still shows, and its ladder can still be drawn.
+        self._clock.callLater(TIME_WAIT_SECONDS, self.forget)
         self.settled.callback(None)
 
     def forget(self) -> None:
-        """Stop following this connection's packets."""
+        """Stop following this connection's packets; give its ladder's
+        place back."""
         following, self._following = self._following, None
         if following is not None:
             following.stop()
+        if self._has_ladder and self._ladders is not None:
+            self._has_ladder = False
+            self._ladders.give()
 
     def ladder(self) -> Ladder:
         """This connection's ladder: from its packets, or from the socket."""
@@ -1014,7 +1054,11 @@ def trace_conversations(
     checks = probe or ss_probe(clock)
     raw = factory.framing.name == "raw"
     book = LadderBook(clock)
-    follow: dict[str, Any] = {"packets": packets, "no_packets": no_packets}
+    follow: dict[str, Any] = {
+        "packets": packets,
+        "no_packets": no_packets,
+        "ladders": LadderRoom(),
+    }
 
     def make(door: str, cid: int) -> ConversationObserver:
         if door == "web":

@@ -156,3 +156,34 @@ def test_the_book_keeps_so_many_ladders():
     ]
     assert book.find(tokens[0], local=False) is None
     assert book.find(tokens[2], local=False) is not None
+
+
+def test_at_most_so_many_connections_keep_a_ladder_at_once():
+    from twisted.internet.testing import StringTransport
+
+    from sockchat._teaching.tracing import LadderRoom
+
+    clock = Clock()
+    room = LadderRoom(most=1)
+    said: list[str] = []
+
+    def traced() -> ConnectionTrace:
+        trace = ConnectionTrace(Side.SERVER, said.append, clock, ladders=room)
+        trace.connected(
+            StringTransport(
+                hostAddress=IPv4Address("TCP", "127.0.0.1", 9527),
+                peerAddress=IPv4Address("TCP", "127.0.0.1", 51234),
+            )
+        )
+        return trace
+
+    first, second = traced(), traced()
+    assert [line for line in said if line.startswith("ladder: none")] == [
+        "ladder: none for this connection: at most 64 connections keep one at "
+        "once, to bound memory"
+    ]
+    assert first.ladder().steps
+    assert not second.ladder().steps
+    first.forget()  # its TIME_WAIT is over: its place is free
+    third = traced()
+    assert third.ladder().steps
