@@ -41,9 +41,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-#: Seconds between turns: more than the trace's bounds (10 reads, 20
-#: packets a second) and than Linux's delayed ACK (40 ms at least).
-PAUSE = 0.12
+#: Seconds between turns: under the trace's bounds (10 reads, 20 packet
+#: lines a second: a turn is 3 packets, so 5 turns a second) and more than
+#: Linux's delayed ACK (40 ms at least).
+PAUSE = 0.2
 MODES = {"off": [], "trace": ["--trace"], "packets": ["--trace", "packets"]}
 LISTENING = re.compile(rb"sockchat listening on 127\.0\.0\.1:(\d+)")
 
