@@ -690,7 +690,7 @@ def describe_close(
         f"close: the {them} sent FIN first (四次挥手 1); this side's kernel ACKed "
         "it (2); this program then closed its socket, which has its kernel send "
         f"FIN (3) after what it still had to send, and the {them}'s last ACK (4) "
-        f"is for this side's kernel, not seen by this program.{half}"
+        f"is for this side's kernel, not seen from this socket.{half}"
     )
     lines.append(
         f"TIME_WAIT (时间等待) is on the {them}'s side, which closed first, for "

@@ -890,6 +890,7 @@ class TcpTrace(_ServerTrace):
             )
 
     def closing(self, reason: Reason, now: float) -> None:
+        self.handled(now)  # the lines answered before the close, said before it
         self.trace.closing(reason.value)
 
 
@@ -1008,6 +1009,8 @@ class WebTrace(_ServerTrace):
         )
 
     def closing(self, reason: Reason, now: float) -> None:
+        if self._held is None:  # the frame read before the close, said before it
+            self.handled(now)
         code = close_code(reason)
         self.trace.say(
             f"close handshake: the server sends a Close frame, code {code} "

@@ -304,7 +304,9 @@
       "close: code " + event.code + " (" + (CLOSE_NAMES[event.code] || "see RFC 6455") +
         ")" + (event.reason ? ", reason " + event.reason : "") +
         (event.wasClean
-          ? "; the close handshake was done: a Close frame each way, then TCP's FINs"
+          ? "; the close handshake was done: a Close frame each way (whether TCP then " +
+            "closed with FINs or an RST is not seen by the page: the server's lines " +
+            "and the ladder say)"
           : "; not clean: the TCP connection ended without the close handshake"),
     );
     if (state === "ended") return;

@@ -138,6 +138,21 @@ async def test_three_lines_sent_at_once_are_said_to_come_in_one_read(traced):
 
 
 @pytest_twisted.ensureDeferred
+async def test_lines_answered_in_the_read_that_ends_it_are_said_before_the_close(
+    traced,
+):
+    _, port = await serve()
+    try:
+        await threads.deferToThread(talk, port.getHost().port, b"one\ntwo\nq\n")
+        closes = await until(traced, r"^the server closes the connection")
+        answered = await until(traced, "delivered and answered at once")
+        assert answered.startswith("2 lines delivered")
+        assert traced.index(answered) < traced.index(closes)
+    finally:
+        await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_line_sent_in_two_pieces_is_a_split_read(traced):
     _, port = await serve()
     try:
@@ -482,6 +497,11 @@ async def test_a_websocket_hears_its_own_trace_as_info_notices(traced):
         sock.transport.sendTextMessage("q")
         close = await heard(sock, "!info trace: close handshake")
         assert "code 1000 (normal closure), for quit" in close
+        # The q's frame was read before the close: it is said before it.
+        q_frame = "!info trace: frame in: a text message of 1 bytes"
+        assert sock.messages.index(await heard(sock, q_frame)) < sock.messages.index(
+            close
+        )
         await heard(sock, "!bye quit: goodbye.")
         await sock.closed
         # After the close, the trace goes on in the log only.
