@@ -81,8 +81,10 @@ class FakeInstance:
             "at": 0,
             **extra,
         }
-        entry: str = now(self.broker.enqueue(group, json.dumps(message).encode()))
-        return entry
+        entries: list[str] = now(
+            self.broker.enqueue(group, [json.dumps(message).encode()])
+        )
+        return entries[0]
 
     def inbox(self) -> list[dict[str, Any]]:
         """The messages in this instance's inbox (taken out)."""

@@ -266,6 +266,11 @@ class SyncRedis:
             return fail(RedisError(reply.message))
         return succeed(reply)
 
+    def replicated(self) -> object:
+        from twisted.internet.defer import succeed
+
+        return succeed(None)  # no ?wait=: nothing to wait for
+
     def start(self) -> object:
         from twisted.internet.defer import succeed
 

@@ -360,6 +360,10 @@ class QueueResponder:
         self._lines: dict[int, _Line] = {}
         self._counts: dict[int, int] = {}
         self._told_queued: set[int] = set()
+        #: The work items of this reactor turn, enqueued together at its end
+        #: (with the line each is, if it is one).
+        self._unsent: list[tuple[bytes, _Line | None]] = []
+        self._sending: IDelayedCall | None = None
         #: Who answered each conversation last (operators: logged when it
         #: changes).
         self._by: dict[int, str] = {}
@@ -484,17 +488,29 @@ class QueueResponder:
         if self.stats is not None:
             self.stats.waiting[conversation.id] = now
             self._first.setdefault(conversation.id, now)
-        added = self._add_work(kind, conversation, **fields)
-        added.addCallbacks(
-            self._added, self._not_added, callbackArgs=(line,), errbackArgs=(line,)
-        )
+        self._add_work(kind, conversation, line, **fields)
         return answer
 
     def _add_work(
-        self, kind: str, info: ConversationInfo, **fields: Any
-    ) -> Deferred[str]:
+        self,
+        kind: str,
+        info: ConversationInfo,
+        line: _Line | None = None,
+        **fields: Any,
+    ) -> None:
+        """Enqueue a work item at the end of this reactor turn, with the
+        others of the turn: a consumer that waits takes them together.  A
+        line for the operators goes alone, after its history item."""
         if kind == "line" and self.group == OPERATORS:
-            return Deferred.fromCoroutine(self._add_line(info, fields))
+            batch = [(b"", line)]
+            added = Deferred.fromCoroutine(self._add_line(info, fields))
+            added.addCallback(lambda entry: [entry]).addCallbacks(
+                self._added,
+                self._not_added,
+                callbackArgs=(batch,),
+                errbackArgs=(batch,),
+            )
+            return
         data = encode(
             kind,
             instance=self.instance.name,
@@ -502,10 +518,9 @@ class QueueResponder:
             peer=info.peer,
             **fields,
         )
-        added = self.broker.enqueue(self.group, data)
-        if kind != "line" and not fields.get("opening"):
-            quietly(added)
-        return added
+        self._unsent.append((data, line))
+        if self._sending is None:
+            self._sending = self.instance.clock.callLater(0, self._send_work)
 
     async def _add_line(self, info: ConversationInfo, fields: dict[str, Any]) -> str:
         """A line for the operators: its history item first, then the line,
@@ -522,32 +537,56 @@ class QueueResponder:
         )
         holder = self._holders.get(info.id)
         if holder is None:
-            return await self.broker.enqueue(self.group, data)
+            return (await self.broker.enqueue(self.group, [data]))[0]
         return await self.broker.enqueue_held(self.group, data, holder[0])
 
-    def _added(self, entry: str, line: _Line) -> None:
-        line.entry = entry
-        if line.cancelled:
-            self._drop(entry)
-            return
-        early, line.early = line.early, []
-        for message in early:
-            self._answer(line.conversation.id, message)
+    def _send_work(self) -> None:
+        self._sending = None
+        batch, self._unsent = self._unsent, []
+        added = self.broker.enqueue(self.group, [data for data, _ in batch])
+        added.addCallbacks(
+            self._added, self._not_added, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
 
-    def _not_added(self, failure: Failure, line: _Line) -> None:
-        if self._lines.get(line.conversation.id) is line:
-            del self._lines[line.conversation.id]
-            if self.stats is not None:
-                self.stats.waiting.pop(line.conversation.id, None)
-        answer, line.answer = line.answer, None
-        if answer is None or line.cancelled:
-            return
-        if failure.check(BrokerUnavailable):
-            answer.errback(
-                Unavailable(f"{BROKER_FOR_CLIENTS} is unreachable; send it again soon")
-            )
-        else:
-            answer.errback(failure)
+    def _added(
+        self, entries: list[str], batch: list[tuple[bytes, _Line | None]]
+    ) -> None:
+        for entry, (_, line) in zip(entries, batch, strict=True):
+            if line is None:
+                continue
+            line.entry = entry
+            if line.cancelled:
+                self._drop(entry)
+                continue
+            early, line.early = line.early, []
+            for message in early:
+                self._answer(line.conversation.id, message)
+
+    def _not_added(
+        self, failure: Failure, batch: list[tuple[bytes, _Line | None]]
+    ) -> None:
+        if not failure.check(BrokerUnavailable) and any(
+            item is None for _, item in batch
+        ):
+            log.failure("a work item could not be enqueued", failure)
+        for _, line in batch:
+            if line is None:
+                continue
+            if self._lines.get(line.conversation.id) is line:
+                del self._lines[line.conversation.id]
+                if self.stats is not None:
+                    self.stats.waiting.pop(line.conversation.id, None)
+            answer, line.answer = line.answer, None
+            if answer is None or line.cancelled:
+                continue
+            if failure.check(BrokerUnavailable):
+                answer.errback(
+                    Unavailable(
+                        f"{BROKER_FOR_CLIENTS} is unreachable; send it again soon"
+                    )
+                )
+            else:
+                answer.errback(failure)
 
     def _cancelled(self, line: _Line) -> None:
         """The client left, or the answer timed out: nobody may answer now."""

@@ -240,8 +240,15 @@ class IWorkQueue(Interface):
         """Make *group*'s queue, if it is not there (a broker that restarted
         empty has none)."""
 
-    def enqueue(group: str, message: bytes) -> Deferred[str]:
-        """Add *message* to *group*'s queue; the new entry's id."""
+    def enqueue(group: str, messages: Sequence[bytes]) -> Deferred[list[str]]:
+        """Add *messages* to *group*'s queue, in order, all at once: a
+        consumer that waits for entries is given them together.  The new
+        entries' ids, in order.
+
+        With a broker that copies to replicas and was asked to wait for
+        them (``?wait=N``), it fires only once they have the entries, and
+        fails with ``BrokerUnavailable`` (the entries deleted, as far as
+        can be) if they did not within the time allowed."""
 
     def enqueue_held(group: str, message: bytes, holder: str) -> Deferred[str]:
         """Add *message* to *group*'s queue, held by consumer *holder* from

@@ -264,21 +264,26 @@ class MemoryHub:
     def queue(self, group: str) -> _Queue:
         return self._state.queues.setdefault(group, _Queue())
 
-    def enqueue(self, group: str, data: bytes, holder: str | None = None) -> str:
+    def enqueue(
+        self, group: str, messages: Sequence[bytes], holder: str | None = None
+    ) -> list[str]:
         state = self._state
-        ms = int(self.now() * 1000)
-        last_ms, last_seq = state.last_id
-        entry_id = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
-        state.last_id = entry_id
-        entry = f"{entry_id[0]}-{entry_id[1]}"
         queue = self.queue(group)
-        queue.items[entry] = _Item(data)
-        queue.fresh.append(entry)
-        if holder is not None:  # as one Redis script: nobody else sees it new
-            self.take_entry(group, holder, entry, 0.0)
+        entries = []
+        for data in messages:
+            ms = int(self.now() * 1000)
+            last_ms, last_seq = state.last_id
+            entry_id = (ms, 0) if ms > last_ms else (last_ms, last_seq + 1)
+            state.last_id = entry_id
+            entry = f"{entry_id[0]}-{entry_id[1]}"
+            queue.items[entry] = _Item(data)
+            queue.fresh.append(entry)
+            if holder is not None:  # as one Redis script: nobody else sees it new
+                self.take_entry(group, holder, entry, 0.0)
+            entries.append(entry)
         self._serve(self._queue_waiters, group)
         self._serve(self._follow_waiters, group)
-        return entry
+        return entries
 
     def follow(self, group: str, after: str, most: int) -> list[WorkEntry]:
         start = _entry_id(after)
@@ -676,11 +681,12 @@ class MemoryBroker:
 
         return self._call(made)
 
-    def enqueue(self, group: str, message: bytes) -> Deferred[str]:
-        return self._call(self._hub.enqueue, group, message)
+    def enqueue(self, group: str, messages: Sequence[bytes]) -> Deferred[list[str]]:
+        return self._call(self._hub.enqueue, group, list(messages))
 
     def enqueue_held(self, group: str, message: bytes, holder: str) -> Deferred[str]:
-        return self._call(self._hub.enqueue, group, message, holder)
+        held = self._call(self._hub.enqueue, group, [message], holder)
+        return held.addCallback(lambda entries: entries[0])
 
     def follow(
         self, group: str, after: str, wait: float, most: int

@@ -135,6 +135,12 @@ class IRedis(typing.Protocol):
 
     def command(self, *args: str | bytes | int | float) -> Deferred[Any]: ...
 
+    def replicated(self) -> Deferred[None]:
+        """Fires once the replicas that the URL asks for (``?wait=N``)
+        have every write sent so far on this connection (at once if it
+        asks for none); fails with ``BrokerUnavailable`` if they do not
+        within its time."""
+
     def start(self) -> Deferred[None]:
         """Connect for the first time; fails with ``BrokerUnavailable``."""
 

@@ -17,7 +17,8 @@ What lives where (``P`` is the key prefix, ``sockchat``):
 - ``P:inbox:NAME``: an instance's inbox, a list (``RPUSH``, read with
   ``BLMPOP ... COUNT``: every message waiting, at once);
 - ``P:work:GROUP``: a group's work queue, a stream read in one consumer
-  group (``XREADGROUP COUNT n``); held entries are touched with one
+  group (``XREADGROUP COUNT n``), added to with ``ENQUEUE`` (the lines of
+  one turn in one command); held entries are touched with one
   ``XCLAIM ... JUSTID``, abandoned ones taken with ``XAUTOCLAIM``, a given
   one with ``TAKE_ENTRY``, a new one held from the start with
   ``ENQUEUE_HELD``; a finished entry is acknowledged and deleted
@@ -298,9 +299,27 @@ return first
 """,
 )
 
+#: Add entries to a work queue, all in one command.
+#:
+#: KEYS[1] is the stream; ARGV the messages.  Replies with the new ids, in
+#: order.  One command rather than an ``XADD`` each: Redis serves a reader
+#: that waits on the stream (``XREADGROUP BLOCK``) after each command, so a
+#: pipeline of ``XADD``s would give a waiting consumer the first entry
+#: alone, and the rest at its next read.
+ENQUEUE = Script(
+    name="enqueue",
+    lua="""\
+local ids = {}
+for i = 1, #ARGV do
+  ids[i] = redis.call('XADD', KEYS[1], '*', 'm', ARGV[i])
+end
+return ids
+""",
+)
+
 #: Every script, by name.
 SCRIPTS: dict[str, Script] = {
-    s.name: s for s in (POP_OR_WAIT, TAKE_ENTRY, ENQUEUE_HELD, HISTORY_ADD)
+    s.name: s for s in (POP_OR_WAIT, TAKE_ENTRY, ENQUEUE_HELD, HISTORY_ADD, ENQUEUE)
 }
 
 
@@ -629,9 +648,47 @@ class RedisBroker:
 
         return made.addCallbacks(lambda _: None, made_already)
 
-    def enqueue(self, group: str, message: bytes) -> Deferred[str]:
-        added = self._command("XADD", self.keys.work(group), "*", "m", message)
-        return added.addCallback(_text)
+    def enqueue(self, group: str, messages: Sequence[bytes]) -> Deferred[list[str]]:
+        if not messages:
+            return succeed([])
+        stream = self.keys.work(group)
+        return self._replicated(
+            stream,
+            self._redis.command("EVALSHA", ENQUEUE.sha1, 1, stream, *messages),
+            lambda: self._redis.command("EVAL", ENQUEUE.lua, 1, stream, *messages),
+        )
+
+    def _replicated(
+        self,
+        stream: str,
+        added: Deferred[Any],
+        again: Callable[[], Deferred[Any]],
+    ) -> Deferred[list[str]]:
+        """The ids that *added* gives, once the replicas asked for have
+        them (``WAIT``, in the same write); *again* if the script was not
+        cached.  If the replicas fall short, the entries are deleted (as
+        far as the broker lets us) and the call fails as unavailable."""
+        safe = self._redis.replicated()
+        done: Deferred[list[str]] = Deferred()
+
+        def added_now(reply: Any) -> None:
+            ids = [_text(i) for i in reply]
+
+            def short(failure: Failure) -> None:
+                quietly(self._command("XDEL", stream, *ids))
+                done.errback(failure)
+
+            safe.addCallbacks(lambda _: done.callback(ids), short)
+
+        def not_added(failure: Failure) -> None:
+            safe.addErrback(lambda _: None)  # the write's failure says it
+            if failure.check(RedisError) and str(failure.value).startswith("NOSCRIPT"):
+                self._replicated(stream, again(), again).chainDeferred(done)
+            else:
+                done.errback(_refused(failure))
+
+        added.addCallbacks(added_now, not_added)
+        return done
 
     def enqueue_held(self, group: str, message: bytes, holder: str) -> Deferred[str]:
         ran = run_script(

@@ -252,7 +252,7 @@ async def _queue(rig: Rig, *texts: bytes) -> tuple[IBroker, list[str]]:
     broker = await rig.broker()
     await broker.open_queue(G)
     await broker.open_queue(G)  # a second time is no error
-    return broker, [await broker.enqueue(G, t) for t in texts]
+    return broker, await broker.enqueue(G, list(texts))
 
 
 @both
@@ -272,12 +272,33 @@ async def test_a_take_waits_for_an_entry(rig: Rig) -> None:
     waiting = broker.take(G, "c1", 5, 2.0)
     await rig.later(0.1)
     assert not waiting.called
-    entry = await other.enqueue(G, b"late")
+    [entry] = await other.enqueue(G, [b"late"])
     await rig.later(0.1)
     assert await waiting == [WorkEntry(entry, b"late")]
     nothing = broker.take(G, "c1", 5, 0.2)
     await rig.later(0.4)
     assert await nothing == []
+
+
+@both
+async def test_a_waiting_take_is_given_one_enqueue_s_entries_together(
+    rig: Rig,
+) -> None:
+    """The lines of one turn reach a consumer that waits in one read (Redis
+    serves a waiting reader after each command: one XADD a line would give
+    it the first alone)."""
+    broker, _ = await _queue(rig)
+    other = await rig.broker()
+    waiting = broker.take(G, "c1", 10, 2.0)
+    await rig.later(0.1)
+    entries = await other.enqueue(G, [b"a", b"b", b"c"])
+    await rig.later(0.1)
+    assert await waiting == [
+        WorkEntry(entries[0], b"a"),
+        WorkEntry(entries[1], b"b"),
+        WorkEntry(entries[2], b"c"),
+    ]
+    assert await other.enqueue(G, []) == []
 
 
 @both
@@ -570,7 +591,7 @@ _who = st.sampled_from(["c1", "c2"])
 _which = st.integers(0, 9)
 _calls = st.lists(
     st.one_of(
-        st.tuples(st.just("enqueue"), _which),
+        st.tuples(st.just("enqueue"), _which, st.integers(1, 3)),
         st.tuples(st.just("enqueue_held"), _who, _which),
         st.tuples(st.just("follow"), _which),
         st.tuples(st.just("take"), _who, st.integers(1, 3)),
@@ -601,8 +622,9 @@ async def _play(broker: IBroker, calls: list[tuple[Any, ...]]) -> list[Any]:
     for call in calls:
         kind = call[0]
         if kind == "enqueue":
-            made.append(await broker.enqueue(G, b"m%d" % call[1]))
-            said.append(named(made[-1]))
+            texts = [b"m%d" % (call[1] + i) for i in range(call[2])]
+            made += await broker.enqueue(G, texts)
+            said.append([named(e) for e in made[len(made) - call[2] :]])
         elif kind == "enqueue_held":
             made.append(await broker.enqueue_held(G, b"h%d" % call[2], call[1]))
             said.append(named(made[-1]))
@@ -673,5 +695,5 @@ def test_the_memory_broker_answers_as_the_redis_one(
 def test_a_memory_broker_answers_at_once() -> None:
     hub = MemoryHub(Clock())
     replies: list[Any] = []
-    hub.broker().enqueue(G, b"x").addCallback(replies.append)
-    assert replies == ["0-1"]  # as Redis would at time 0
+    hub.broker().enqueue(G, [b"x"]).addCallback(replies.append)
+    assert replies == [["0-1"]]  # as Redis would at time 0

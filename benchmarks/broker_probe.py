@@ -1,0 +1,443 @@
+#!/usr/bin/env python3
+"""Where a brokered turn's cost goes, process by process, counted.
+
+    .venv/bin/python benchmarks/broker_probe.py --setup workers --clients 10 --turns 300
+    .venv/bin/python benchmarks/broker_probe.py --setup workers --measure calls
+    .venv/bin/python benchmarks/broker_probe.py --setup local  # echo in the instance
+
+Starts the set-up (``local``: one ``--responder echo`` instance; ``workers``:
+redis-server, one ``--responder workers --broker`` instance and one
+``python -m sockchat.worker ... sockchat:EchoResponder``; ``pair`` and
+``broker-pair``: one pair instance, or two on one redis-server), connects
+C clients, does warm-up turns until every client is answered, then
+measures T turns per client (C x T) and prints, per process and per turn:
+
+- ``--measure counts`` (the default): system calls, from ``perf stat``'s
+  syscall tracepoints (epoll_wait is one wake-up, one reactor iteration),
+  and CPU time from ``/proc/PID/task/*/schedstat``; Redis's commands from
+  ``INFO commandstats`` (reset at the start), with the lines per read.
+- ``--measure cpu``: CPU time alone, with no perf attached (perf's
+  tracepoints cost each system call something).
+- ``--measure calls``: Python function calls (cProfile, switched on for
+  the measured turns only: ``_profiled.py``), and the functions that make
+  the most of them.
+
+Call and syscall counts are deterministic for a given batching; the
+batching (how many lines a read takes) depends on the processes' relative
+speed, which is why the lines per read are printed beside them.  CPU
+times are as noisy as the machine.  Loopback only; every process stops
+at the end, by its pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pstats
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+PYTHON = sys.executable
+BIN = Path(PYTHON).parent
+SYSCALLS = (
+    "epoll_wait",
+    "recvfrom",
+    "sendto",
+    "read",
+    "write",
+    "epoll_ctl",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def redis_cli(port: int, *args: str) -> str:
+    done = subprocess.run(
+        ["redis-cli", "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=False,
+    )
+    return done.stdout
+
+
+def commandstats(port: int) -> dict[str, int]:
+    calls: dict[str, int] = {}
+    for line in redis_cli(port, "INFO", "commandstats").splitlines():
+        if line.startswith("cmdstat_"):
+            name, rest = line[len("cmdstat_") :].split(":", 1)
+            fields = dict(kv.split("=", 1) for kv in rest.strip().split(","))
+            calls[name] = int(fields["calls"])
+    return calls
+
+
+def cpu_ns(pid: int) -> int:
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+# -- the load -------------------------------------------------------------------
+
+
+class Load:
+    """C clients on loopback, each sending one line and waiting for its
+    answer (an echo of it), turn after turn."""
+
+    def __init__(self, ports: list[int], clients: int) -> None:
+        self.sel = selectors.DefaultSelector()
+        self.socks: list[socket.socket] = []
+        for i in range(clients):
+            s = socket.create_connection(("127.0.0.1", ports[i % len(ports)]))
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.setblocking(False)
+            self.socks.append(s)
+        self.buffers = {s: b"" for s in self.socks}
+        self.notices = 0
+
+    def turns(self, count: int, deadline: float, pair: bool = False) -> int:
+        """*count* turns on every client; the answers that were not echoes
+        (notices: ``!error unavailable`` while the instance has not seen a
+        worker yet)."""
+        left = {s: count for s in self.socks}
+        sent: dict[socket.socket, bytes] = {}
+        unanswered = 0
+        for i, s in enumerate(self.socks):
+            self._send(s, i, left, sent)
+            self.sel.register(s, selectors.EVENT_READ)
+        waiting = len(self.socks)
+        while waiting:
+            if time.monotonic() > deadline:
+                raise SystemExit("the load timed out")
+            for key, _ in self.sel.select(1.0):
+                s = key.fileobj
+                assert isinstance(s, socket.socket)
+                data = s.recv(65536)
+                if not data:
+                    raise SystemExit("a connection was closed")
+                self.buffers[s] += data
+                while b"\n" in self.buffers[s]:
+                    line, self.buffers[s] = self.buffers[s].split(b"\n", 1)
+                    if line.startswith(b"!"):
+                        if line.startswith((b"!info", b"!listen")):
+                            continue  # welcome, paired, waiting...
+                        unanswered += 1
+                    elif not pair and line + b"\n" != sent[s]:
+                        raise SystemExit(f"a wrong answer: {line!r}")
+                    left[s] -= 1
+                    if left[s]:
+                        self._send(s, self.socks.index(s), left, sent)
+                    else:
+                        self.sel.unregister(s)
+                        waiting -= 1
+        return unanswered
+
+    def _send(
+        self,
+        s: socket.socket,
+        i: int,
+        left: dict[socket.socket, int],
+        sent: dict[socket.socket, bytes],
+    ) -> None:
+        line = f"client {i:05d} turn {left[s]:06d} abcdefghijkl\n".encode()
+        sent[s] = line
+        s.sendall(line)
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+# -- the set-ups ------------------------------------------------------------------
+
+
+class Setup:
+    def __init__(self, kind: str, tmp: Path, measure: str, url_query: str) -> None:
+        self.kind, self.tmp, self.measure = kind, tmp, measure
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.ports: list[int] = []
+        self.rport = 0
+        self.query = url_query
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        if self.measure == "calls" and name != "redis":
+            argv = [
+                PYTHON,
+                str(HERE / "_profiled.py"),
+                str(self.tmp / f"{name}.prof"),
+            ] + (["twistd", *argv[1:]] if argv[0].endswith("twistd") else argv[1:])
+        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115  # kept open as the process runs
+        self.procs[name] = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp
+        )
+
+    def twistd(self, name: str, responder: str, broker: bool) -> None:
+        port = free_port()
+        self.ports.append(port)
+        argv = [
+            str(BIN / "twistd"),
+            "-n",
+            "--pidfile=",
+            "sockchat",
+            "--port",
+            str(port),
+            "--responder",
+            responder,
+            "--max-clients",
+            "5000",
+            "--max-per-ip",
+            "5000",
+        ]
+        if broker:
+            argv += ["--broker", self.url]
+        self._start(name, argv)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.rport}/0{self.query}"
+
+    def start(self, concurrency: int) -> None:
+        deadline = time.monotonic() + 30
+        if self.kind in ("workers", "broker-pair"):
+            self.rport = free_port()
+            self._start(
+                "redis",
+                [
+                    "redis-server",
+                    "--port",
+                    str(self.rport),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.tmp),
+                ],
+            )
+            wait_port(self.rport, deadline)
+        if self.kind == "local":
+            self.twistd("instance", "echo", False)
+        elif self.kind == "pair":
+            self.twistd("instance", "pair", False)
+        elif self.kind == "workers":
+            self.twistd("instance", "workers", True)
+            self._start(
+                "worker",
+                [
+                    PYTHON,
+                    "-m",
+                    "sockchat.worker",
+                    "--broker",
+                    self.url,
+                    "--concurrency",
+                    str(concurrency),
+                    "sockchat:EchoResponder",
+                ],
+            )
+        elif self.kind == "broker-pair":
+            self.twistd("instance", "pair", True)
+            self.twistd("instance2", "pair", True)
+        for port in self.ports:
+            wait_port(port, deadline)
+
+    def python(self) -> list[str]:
+        return [n for n in self.procs if n != "redis"]
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def perf_attach(pids: dict[str, int], tmp: Path) -> dict[str, subprocess.Popen[bytes]]:
+    events = ",".join(
+        ["raw_syscalls:sys_enter", *(f"syscalls:sys_enter_{s}" for s in SYSCALLS)]
+    )
+    perfs = {}
+    for name, pid in pids.items():
+        perfs[name] = subprocess.Popen(
+            [
+                "perf",
+                "stat",
+                "-x",
+                ",",
+                "-e",
+                events,
+                "-p",
+                str(pid),
+                "-o",
+                str(tmp / f"{name}.perf"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    time.sleep(0.5)  # perf attaches
+    return perfs
+
+
+def perf_read(path: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for line in path.read_text().splitlines():
+        parts = line.split(",")
+        if len(parts) > 2 and parts[0].strip().isdigit():
+            event = parts[2].replace("syscalls:sys_enter_", "")
+            counts["all" if event == "raw_syscalls:sys_enter" else event] = int(
+                parts[0]
+            )
+    return counts
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--setup",
+        choices=("local", "workers", "pair", "broker-pair"),
+        default="workers",
+    )
+    ap.add_argument("--clients", type=int, default=10)
+    ap.add_argument("--turns", type=int, default=300)
+    ap.add_argument("--measure", choices=("counts", "calls", "cpu"), default="counts")
+    ap.add_argument(
+        "--concurrency", type=int, default=64, help="the worker's --concurrency"
+    )
+    ap.add_argument("--query", default="", help="added to the broker URL, e.g. ?wait=1")
+    ap.add_argument("--top", type=int, default=25, help="functions shown (calls)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    pair = a.setup in ("pair", "broker-pair")
+    if pair and a.clients % 2:
+        raise SystemExit("pairs need an even number of clients")
+    with tempfile.TemporaryDirectory(prefix="broker-probe-") as tmpname:
+        tmp = Path(tmpname)
+        setup = Setup(a.setup, tmp, a.measure, a.query)
+        try:
+            setup.start(a.concurrency)
+            load = Load(setup.ports, a.clients)
+            deadline = time.monotonic() + 60
+            while load.turns(3, deadline, pair):  # until the instance knows its worker
+                time.sleep(0.2)
+            pids = {n: p.pid for n, p in setup.procs.items()}
+            perfs = perf_attach(pids, tmp) if a.measure == "counts" else {}
+            if setup.rport:
+                redis_cli(setup.rport, "CONFIG", "RESETSTAT")
+            for name in setup.python():
+                if a.measure == "calls":
+                    os.kill(pids[name], signal.SIGUSR1)
+            time.sleep(0.2)
+            cpu0 = {n: cpu_ns(p) for n, p in pids.items()}
+            t0 = time.monotonic()
+            refused = load.turns(a.turns, time.monotonic() + 600, pair)
+            elapsed = time.monotonic() - t0
+            cpu1 = {n: cpu_ns(p) for n, p in pids.items()}
+            stats = commandstats(setup.rport) if setup.rport else {}
+            for name in setup.python():
+                if a.measure == "calls":
+                    os.kill(pids[name], signal.SIGUSR2)
+            for perf in perfs.values():
+                perf.send_signal(signal.SIGINT)
+                perf.wait(10)
+            time.sleep(0.5)
+            load.close()
+        finally:
+            setup.stop()
+        n = a.clients * a.turns
+        report: dict[str, Any] = {
+            "setup": a.setup,
+            "clients": a.clients,
+            "turns": n,
+            "turns_per_s": round(n / elapsed),
+            "refused": refused,
+            "cpu_us_per_turn": {
+                k: round((cpu1[k] - cpu0[k]) / n / 1000, 1) for k in pids
+            },
+        }
+        report["cpu_us_per_turn"]["all"] = round(
+            sum(report["cpu_us_per_turn"].values()), 1
+        )
+        if stats:
+            report["redis_per_turn"] = {
+                k: round(v / n, 3)
+                for k, v in sorted(stats.items(), key=lambda kv: -kv[1])
+            }
+            report["redis_per_turn"]["all"] = round(sum(stats.values()) / n, 3)
+            for read in ("xreadgroup", "blmpop"):
+                if stats.get(read):
+                    report[f"lines_per_{read}"] = round(n / stats[read], 2)
+        if perfs:
+            report["syscalls_per_turn"] = {
+                name: {
+                    k: round(v / n, 2)
+                    for k, v in perf_read(tmp / f"{name}.perf").items()
+                }
+                for name in perfs
+            }
+        if a.measure == "calls":
+            report["calls_per_turn"] = {}
+            report["top"] = {}
+            for name in setup.python():
+                st = pstats.Stats(str(tmp / f"{name}.prof"))
+                report["calls_per_turn"][name] = round(st.total_calls / n, 1)  # type: ignore[attr-defined]
+                rows = sorted(
+                    st.stats.items(),  # type: ignore[attr-defined]
+                    key=lambda kv: -kv[1][1],
+                )[: a.top]
+                report["top"][name] = [
+                    (
+                        f"{Path(f).name}:{line}:{fn}",
+                        round(nc / n, 2),
+                        round(tt / n * 1e6, 1),
+                    )
+                    for (f, line, fn), (cc, nc, tt, ct, callers) in rows
+                ]
+    if a.json:
+        print(json.dumps(report))
+        return
+    for key, value in report.items():
+        if key == "top":
+            for name, rows in value.items():
+                print(
+                    f"{name}: calls per turn by function (ncalls/turn, tottime µs/turn)"
+                )
+                for fn, calls, tt in rows:
+                    print(f"  {calls:8.2f} {tt:8.1f}  {fn}")
+        else:
+            print(f"{key}: {value}")
+
+
+if __name__ == "__main__":
+    main()
