@@ -14,7 +14,9 @@ measures T turns per client (C x T) and prints, per process and per turn:
 
 - ``--measure counts`` (the default): system calls, from ``perf stat``'s
   syscall tracepoints (epoll_wait is one wake-up, one reactor iteration),
-  and CPU time from ``/proc/PID/task/*/schedstat``; Redis's commands from
+  CPU time from ``/proc/PID/task/*/schedstat``, and wake-ups (the
+  voluntary context switches of ``/proc/PID/task/*/status``: each is a
+  sleep, in ``epoll_wait`` for a reactor, that something ended); Redis's commands from
   ``INFO commandstats`` (reset at the start), with the lines per read.
 - ``--measure cpu``: CPU time alone, with no perf attached (perf's
   tracepoints cost each system call something).
@@ -37,6 +39,7 @@ import json
 import os
 import pstats
 import selectors
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,6 +104,18 @@ def cpu_ns(pid: int) -> int:
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError, ValueError, IndexError):
             total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
+def sleeps(pid: int) -> int:
+    """How often the process went to sleep (and so was woken): its
+    voluntary context switches, over its threads."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
     return total
 
 
@@ -338,6 +353,7 @@ def main() -> None:
     ap.add_argument("--query", default="", help="added to the broker URL, e.g. ?wait=1")
     ap.add_argument("--top", type=int, default=25, help="functions shown (calls)")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--keep", metavar="DIR", help="copy the profiles (calls) to DIR")
     a = ap.parse_args()
     pair = a.setup in ("pair", "broker-pair")
     if pair and a.clients % 2:
@@ -360,10 +376,12 @@ def main() -> None:
                     os.kill(pids[name], signal.SIGUSR1)
             time.sleep(0.2)
             cpu0 = {n: cpu_ns(p) for n, p in pids.items()}
+            slept0 = {n: sleeps(p) for n, p in pids.items()}
             t0 = time.monotonic()
             refused = load.turns(a.turns, time.monotonic() + 600, pair)
             elapsed = time.monotonic() - t0
             cpu1 = {n: cpu_ns(p) for n, p in pids.items()}
+            slept1 = {n: sleeps(p) for n, p in pids.items()}
             stats = commandstats(setup.rport) if setup.rport else {}
             for name in setup.python():
                 if a.measure == "calls":
@@ -389,6 +407,9 @@ def main() -> None:
         report["cpu_us_per_turn"]["all"] = round(
             sum(report["cpu_us_per_turn"].values()), 1
         )
+        report["wakeups_per_turn"] = {
+            k: round((slept1[k] - slept0[k]) / n, 3) for k in pids
+        }
         if stats:
             report["redis_per_turn"] = {
                 k: round(v / n, 3)
@@ -410,6 +431,8 @@ def main() -> None:
             report["calls_per_turn"] = {}
             report["top"] = {}
             for name in setup.python():
+                if a.keep:
+                    shutil.copy(tmp / f"{name}.prof", Path(a.keep) / f"{name}.prof")
                 st = pstats.Stats(str(tmp / f"{name}.prof"))
                 report["calls_per_turn"][name] = round(st.total_calls / n, 1)  # type: ignore[attr-defined]
                 rows = sorted(

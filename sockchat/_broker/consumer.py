@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from attrs import define, frozen
-from twisted.internet.defer import CancelledError, Deferred, maybeDeferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -144,8 +144,10 @@ class Handler(Protocol):
     def stop(self) -> None:
         """The consumer quits."""
 
-    def handle(self, item: WorkItem) -> Deferred[Outcome | None]:
-        """Deal with *item*; ``None`` when nothing is owed for it.
+    def handle(self, item: WorkItem) -> Outcome | Deferred[Outcome | None] | None:
+        """Deal with *item*: its outcome, ``None`` when nothing is owed for
+        it, or a Deferred of either when it must wait (for a person, a
+        bot's reply).
 
         If the line stops being wanted first (the client left, or the
         instance gave up waiting), the Deferred is cancelled.
@@ -456,7 +458,17 @@ class Consumer:
                     self._held[entry.entry] = _Held(_placeholder(entry.entry))
                     continue
                 try:
-                    await self._take(entry)
+                    item = self._check(entry)
+                    if item is None:
+                        continue
+                    # Who is alive is known from the census; only an
+                    # instance it did not name is asked about (once).
+                    if item.instance in self.census.instances or await self._alive(
+                        item.instance
+                    ):
+                        self._hand(item)
+                    else:
+                        self._drop_dead(item)
                 except Exception:  # a bug: say so, and go on with the next line
                     log.failure("taking {entry} failed", entry=entry.entry)
 
@@ -479,31 +491,52 @@ class Consumer:
 
     async def _take(self, entry: WorkEntry) -> None:
         """Check a work item just taken, and give it to the handler."""
+        item = self._check(entry)
+        if item is None:
+            return
+        if await self._alive(item.instance):
+            self._hand(item)
+        else:
+            self._drop_dead(item)
+
+    def _check(self, entry: WorkEntry) -> WorkItem | None:
+        """The work item in *entry*; None if it was refused."""
         try:
             message = decode(entry.data, sender=f"the work item {entry.entry}")
             item = _work_item(entry.entry, message)
         except WireError as e:
             self._refuse(entry, str(e))
-            return
+            return None
         if item.kind not in self._handler.kinds:
             self._refuse(
                 entry, f"{self.group} do not take {safe_text(item.kind)} items"
             )
-            return
-        if not await self._alive(item.instance):
-            log.debug(
-                "dropped {entry}: instance {instance} is gone",
-                entry=entry.entry,
-                instance=item.instance,
-            )
-            self._outbox.finish([entry.entry])
-            return
-        held = self._held[entry.entry] = _Held(item)
-        outcome = maybeDeferred(self._handler.handle, item)
-        held.outcome = outcome
-        outcome.addCallbacks(
-            self._handled, self._failed, callbackArgs=(held,), errbackArgs=(held,)
+            return None
+        return item
+
+    def _drop_dead(self, item: WorkItem) -> None:
+        log.debug(
+            "dropped {entry}: instance {instance} is gone",
+            entry=item.entry,
+            instance=item.instance,
         )
+        self._outbox.finish([item.entry])
+
+    def _hand(self, item: WorkItem) -> None:
+        """Give *item* to the handler; its outcome, now or later, is sent."""
+        held = self._held[item.entry] = _Held(item)
+        try:
+            outcome = self._handler.handle(item)
+        except Exception:
+            self._failed(Failure(), held)
+            return
+        if isinstance(outcome, Deferred):
+            held.outcome = outcome
+            outcome.addCallbacks(
+                self._handled, self._failed, callbackArgs=(held,), errbackArgs=(held,)
+            )
+        else:
+            self._handled(outcome, held)
 
     async def _alive(self, instance: str) -> bool:
         """Whether *instance* is alive: from the last census, or (one it did

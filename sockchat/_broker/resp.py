@@ -135,10 +135,15 @@ def encode_command(*args: str | bytes | int | float) -> bytes:
         raise ValueError("a Redis command needs at least its name")
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
-        data = encode_arg(arg)
-        parts.append(b"$%d\r\n" % len(data))
-        parts.append(data)
-        parts.append(b"\r\n")
+        # bytes and str, the usual ones, without a call to encode_arg.
+        data: bytes
+        if type(arg) is bytes:
+            data = arg
+        elif type(arg) is str:
+            data = arg.encode()
+        else:
+            data = encode_arg(arg)
+        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
     return b"".join(parts)
 
 

@@ -123,20 +123,22 @@ class Keys:
         return f"{self.prefix}:pair:waiting"
 
 
+#: JSON with no spaces, in ASCII (made once: ``json.dumps`` with options
+#: makes an encoder at every call).
+_encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+_decode = json.JSONDecoder().decode
+
+
 def encode(kind: str, **fields: Any) -> bytes:
     """One message of this protocol, as bytes for the broker."""
-    return json.dumps(
-        {"v": PROTOCOL, "kind": kind, **fields},
-        ensure_ascii=True,
-        separators=(",", ":"),
-    ).encode("ascii")
+    return _encode({"v": PROTOCOL, "kind": kind, **fields}).encode("ascii")
 
 
 def decode(data: bytes | str, *, sender: str = "a sender") -> dict[str, Any]:
     """The message in *data*; ``WireError`` if it is not one of this
     protocol's (*sender* names where it came from, for the error)."""
     try:
-        message = json.loads(data)
+        message = _decode(data.decode("utf-8") if isinstance(data, bytes) else data)
     except (ValueError, UnicodeDecodeError):
         raise WireError(f"{sender} sent something that is not JSON") from None
     if not isinstance(message, dict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import cast
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -74,46 +74,60 @@ class WorkerHandler(HandlerBase):
             self._conversations.move_to_end(where)
         return known
 
-    def handle(self, item: WorkItem) -> Deferred[Outcome | None]:
+    def handle(self, item: WorkItem) -> Outcome | Deferred[Outcome | None] | None:
         conversation = self.conversation(item)
-        lifecycle = ILifecycle.providedBy(self.responder)
+        try:
+            if item.kind == "line":
+                reply = self.responder.respond(conversation.info, item.text)
+                if type(reply) is str:  # most bots: at once, no Deferred
+                    return Outcome("answer", reply)
+            else:
+                return self._lifecycle(item, conversation)
+        except Exception:
+            return self._raised(Failure(), item)
+        return self._later(reply, item)
+
+    def _lifecycle(
+        self, item: WorkItem, conversation: RemoteConversation
+    ) -> Outcome | Deferred[Outcome | None] | None:
+        """A ``started`` or ``ended`` item: the responder's hooks, if any."""
         hooks = cast(ILifecycle, self.responder)
         if item.kind == "ended":
             del self._conversations[item.where]
-            if lifecycle:
+            if self.greets:
                 reason = item.message.get("reason")
                 try:
                     hooks.ended(conversation, str(reason or "unknown"))
                 except Exception:
                     log.failure("the responder's ended hook failed")
-            return succeed(None)
-        try:
-            if item.kind == "started":
-                opening = bool(item.message.get("opening"))
-                if not lifecycle:
-                    return succeed(
-                        _failed("this worker's responder has no started hook")
-                        if opening
-                        else None
-                    )
-                reply = hooks.started(conversation)
-                if reply is None:
-                    return succeed(
-                        _failed(
-                            "the responder's started hook gave no first line "
-                            "(under --responder workers, a responder with hooks "
-                            "speaks first)"
-                        )
-                        if opening
-                        else None
-                    )
-            else:
-                reply = self.responder.respond(conversation.info, item.text)
-        except Exception:
-            return succeed(self._raised(Failure(), item))
+            return None
+        opening = bool(item.message.get("opening"))
+        if not self.greets:
+            return (
+                _failed("this worker's responder has no started hook")
+                if opening
+                else None
+            )
+        reply = hooks.started(conversation)
+        if reply is None:
+            return (
+                _failed(
+                    "the responder's started hook gave no first line "
+                    "(under --responder workers, a responder with hooks "
+                    "speaks first)"
+                )
+                if opening
+                else None
+            )
+        return self._later(reply, item)
+
+    def _later(
+        self, reply: object, item: WorkItem
+    ) -> Outcome | Deferred[Outcome | None]:
+        """The outcome of a responder's *reply*, which may come later."""
         answer = as_deferred(reply)
         if answer is None:
-            return succeed(self._answer(reply, item))
+            return self._answer(reply, item)
         result: Deferred[Outcome | None] = Deferred(lambda _: answer.cancel())
 
         def answered(text: object) -> None:
