@@ -107,6 +107,12 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def user_system(pid: int) -> tuple[int, int]:
+    """The process's user and system CPU time so far, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]), int(fields[12])
+
+
 def sleeps(pid: int) -> int:
     """How often the process went to sleep (and so was woken): its
     voluntary context switches, over its threads."""
@@ -377,11 +383,13 @@ def main() -> None:
             time.sleep(0.2)
             cpu0 = {n: cpu_ns(p) for n, p in pids.items()}
             slept0 = {n: sleeps(p) for n, p in pids.items()}
+            us0 = {n: user_system(p) for n, p in pids.items()}
             t0 = time.monotonic()
             refused = load.turns(a.turns, time.monotonic() + 600, pair)
             elapsed = time.monotonic() - t0
             cpu1 = {n: cpu_ns(p) for n, p in pids.items()}
             slept1 = {n: sleeps(p) for n, p in pids.items()}
+            us1 = {n: user_system(p) for n, p in pids.items()}
             stats = commandstats(setup.rport) if setup.rport else {}
             for name in setup.python():
                 if a.measure == "calls":
@@ -407,6 +415,10 @@ def main() -> None:
         report["cpu_us_per_turn"]["all"] = round(
             sum(report["cpu_us_per_turn"].values()), 1
         )
+        report["system_share"] = {
+            k: round((us1[k][1] - us0[k][1]) / max(1, sum(us1[k]) - sum(us0[k])), 2)
+            for k in pids
+        }
         report["wakeups_per_turn"] = {
             k: round((slept1[k] - slept0[k]) / n, 3) for k in pids
         }

@@ -234,11 +234,19 @@ class Outbox:
         self._sending = Deferred.fromCoroutine(self._send_all())
         self._sending.addErrback(lambda f: log.failure("sending failed", f))
 
+    def send_now(self) -> None:
+        """Send what waits for the end of this turn now: a consumer about
+        to read sends its answers first, so that the broker may carry
+        both in one write (``RedisBroker`` sends them on the read's
+        connection when it is free)."""
+        if self._flush is not None and self._flush.active():
+            self._flush.cancel()
+            self._start()
+
     def drain(self) -> Deferred[None]:
         """Fires once everything given so far was sent (or, ``quitting``,
         could not be)."""
-        if self._flush is not None and self._flush.active():
-            self._flush.cancel()
+        self.send_now()
         self._flush = None
         if self._queue and (self._sending is None or self._sending.called):
             self._start()
@@ -471,6 +479,7 @@ class Consumer:
                         self._drop_dead(item)
                 except Exception:  # a bug: say so, and go on with the next line
                     log.failure("taking {entry} failed", entry=entry.entry)
+            self._outbox.send_now()  # the answers given at once, before the read
 
     def _quitting(self) -> bool:
         return not self._running

@@ -423,6 +423,8 @@ class RedisBroker:
         self._up_waiters: list[Deferred[None]] = []
         self._closed = False
         self._groups_made: set[str] = set()
+        #: Whether a read that waits is in flight on *work*.
+        self._work_waits = False
         commands.on_state = self._state_changed
         for reader in self._readers:
             reader.on_state = self._reader_changed
@@ -605,13 +607,16 @@ class RedisBroker:
     def post(self, instance: str, messages: Sequence[bytes]) -> Deferred[None]:
         if not messages:
             return succeed(None)
-        return self._done(*self._post(instance, messages))
+        replies = self._post(instance, messages, self._redis)
+        return self._done(*(reply.addErrback(_refused) for reply in replies))
 
-    def _post(self, instance: str, messages: Sequence[bytes]) -> list[Deferred[Any]]:
+    def _post(
+        self, instance: str, messages: Sequence[bytes], redis: IRedis
+    ) -> list[Deferred[Any]]:
         key = self.keys.inbox(instance)
         return [
-            self._command("RPUSH", key, *messages),
-            self._command("PEXPIRE", key, int(self.timings.inbox_ttl * 1000)),
+            redis.command("RPUSH", key, *messages),
+            redis.command("PEXPIRE", key, int(self.timings.inbox_ttl * 1000)),
         ]
 
     def next_messages(
@@ -728,6 +733,7 @@ class RedisBroker:
         reader = self._reader(self._work, "work") if block else self._redis
         for _ in range(2):
             try:
+                self._work_waits = bool(block)
                 reply = await reader.command(
                     "XREADGROUP", *args, "STREAMS", self.keys.work(group), ">"
                 )
@@ -738,6 +744,8 @@ class RedisBroker:
                 log.info("the {group} queue is gone; making it again", group=group)
                 await self.open_queue(group)
                 continue
+            finally:
+                self._work_waits = False
             if not reply:
                 return []
             return [e for e in map(_entry, reply[0][1] or []) if e is not None]
@@ -811,19 +819,29 @@ class RedisBroker:
         entries: Sequence[str],
         posts: Sequence[tuple[str, bytes]] = (),
     ) -> Deferred[None]:
+        # On the queue's own connection if no read waits there: a consumer
+        # sends its answers just before its next read, and both go in one
+        # write (one wake-up of Redis, and one of the consumer if lines
+        # were waiting).
+        work = self._work
+        redis = (
+            work
+            if work is not None and work.connected and not self._work_waits
+            else self._redis
+        )
         by_instance: dict[str, list[bytes]] = {}
         for instance, message in posts:
             by_instance.setdefault(instance, []).append(message)
         replies = [
             reply
             for instance, messages in by_instance.items()
-            for reply in self._post(instance, messages)
+            for reply in self._post(instance, messages, redis)
         ]
         if entries:
             stream = self.keys.work(group)
-            replies.append(self._command("XACK", stream, group, *entries))
-            replies.append(self._command("XDEL", stream, *entries))
-        return self._done(*replies)
+            replies.append(redis.command("XACK", stream, group, *entries))
+            replies.append(redis.command("XDEL", stream, *entries))
+        return self._done(*(reply.addErrback(_refused) for reply in replies))
 
     def hand_back(
         self, group: str, consumer: str, entries: Sequence[str]
