@@ -315,6 +315,22 @@ async def test_finish_posts_then_deletes(rig: Rig) -> None:
 
 
 @both
+async def test_a_large_batch_is_finished_whole_and_in_order(rig: Rig) -> None:
+    """More than a Lua call's arguments go in one FINISH (it sends them a
+    thousand at a time)."""
+    texts = [b"%d" % i for i in range(2100)]
+    broker, entries = await _queue(rig, *texts)
+    assert len(await broker.take(G, "c1", 3000, 0)) == 2100
+    posts = [("i1" if i % 3 else "i2", t) for i, t in enumerate(texts)]
+    await broker.finish(G, entries[:2050], posts)
+    assert await broker.next_messages("i1", 0, 3000) == [
+        t for i, t in enumerate(texts) if i % 3
+    ]
+    assert await broker.next_messages("i2", 0, 3000) == texts[::3]
+    assert await broker.still_there(G, entries) == set(entries[2050:])
+
+
+@both
 async def test_a_touched_entry_is_kept_and_an_untouched_one_taken(rig: Rig) -> None:
     broker, (kept, abandoned) = await _queue(rig, b"kept", b"abandoned")
     await broker.take(G, "slow", 1, 0)
