@@ -334,6 +334,32 @@ def test_the_directory_is_written_when_a_client_comes_and_goes_not_per_line():
     assert c.broker.calls.count("remove_client") == 1
 
 
+def test_the_lines_of_one_reactor_turn_are_enqueued_together():
+    """One enqueue for every line that came in one turn: a worker waiting
+    on the queue takes them in one read."""
+    c = Cluster()
+    for _ in range(3):
+        c.server.connect()
+    c.advance()
+    while c.desk.take() is not None:  # the started items
+        pass
+    infos = [talk.info for talk in c.server.factory.conversations.values()]
+    before = len(c.broker.calls)
+    waiting = c.desk.broker.take("workers", "w", 10, 5.0)
+    # What the doors do when three clients' lines come in one reactor turn:
+    said = [c.responder.respond(info, f"line {n}") for n, info in enumerate(infos)]
+    assert "enqueue" not in c.broker.calls[before:], "not before the turn ends"
+    c.clock.advance(0)
+    assert c.broker.calls[before:].count("enqueue") == 1
+    taken = now(waiting)
+    texts = [decode(e.data)["text"] for e in taken]
+    assert texts == ["line 0", "line 1", "line 2"], "one read takes them all"
+    for entry in taken:
+        c.desk.answer((entry.entry, decode(entry.data)), "ok")
+    c.advance(0.01)
+    assert [now(d).text for d in said] == ["ok"] * 3
+
+
 def test_a_dead_instance_is_seen_at_the_next_heartbeat():
     c = Cluster()
     other_broker = c.hub.broker()

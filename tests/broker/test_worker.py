@@ -290,3 +290,67 @@ def test_a_bad_broker_url_is_one_line_that_names_the_option_once() -> None:
         "sockchat.worker: --broker http://example.com/: the scheme must be "
         "redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel://"
     )
+
+
+def test_answers_given_at_once_go_just_before_the_next_read(world: World) -> None:
+    """The answers to a batch that the responder gave at once are sent in
+    the same reactor turn as the next read, and before it (so that the
+    Redis broker carries both in one write: next test)."""
+    consumer = worker(world, lambda conversation, text: text.upper(), 8)
+    broker = consumer.broker
+    calls: list[str] = []
+    for name in ("finish", "take"):
+        real = getattr(broker, name)
+
+        def recorded(*args: Any, _real: Any = real, _name: str = name) -> Any:
+            calls.append(_name)
+            return _real(*args)
+
+        setattr(broker, name, recorded)
+    world.instance.work(GROUP, 1, "a")  # the waiting read takes it at once
+    assert calls == ["finish", "take"], "in this turn, the answer first"
+    assert [m["text"] for m in world.instance.inbox()] == ["A"]
+
+
+class _Recorder:
+    """An ``IRedis`` that records which connection each command went to."""
+
+    connected = True
+    display = "redis://test"
+    on_state = None
+    why = ""
+
+    def __init__(self, name: str, sent: list[tuple[str, str]]) -> None:
+        self.name, self.sent = name, sent
+        self.replies: list[Deferred[Any]] = []
+
+    def command(self, *args: Any) -> Deferred[Any]:
+        self.sent.append((self.name, str(args[0])))
+        reply: Deferred[Any] = Deferred()
+        self.replies.append(reply)
+        return reply
+
+    def replicated(self) -> Deferred[None]:
+        return Deferred()
+
+
+def test_on_redis_a_batch_s_answers_share_the_read_s_connection_when_free() -> None:
+    from twisted.internet.task import Clock
+
+    from sockchat._broker.redisbroker import RedisBroker
+
+    sent: list[tuple[str, str]] = []
+    commands, work = _Recorder("commands", sent), _Recorder("work", sent)
+    broker = RedisBroker(Clock(), commands, work=work)  # type: ignore[arg-type]
+    reading = broker.take(GROUP, "w", 8, 1.0)
+    broker.finish(GROUP, ["1-1"], [("i1", b"answer")])
+    assert sent == [("work", "XREADGROUP"), ("commands", "EVALSHA")], (
+        "a read waits on the queue's connection: the answers take the other"
+    )
+    work.replies[0].callback(None)  # the read's time is up: nothing came
+    assert now(reading) == []
+    broker.finish(GROUP, ["1-2"], [("i1", b"answer")])
+    broker.take(GROUP, "w", 8, 1.0)
+    assert sent[2:] == [("work", "EVALSHA"), ("work", "XREADGROUP")], (
+        "no read waits: the answers go first on the read's connection"
+    )
