@@ -128,7 +128,9 @@ class BrokerInstance:
     _heart: LoopingCall | None = field(default=None, init=False)
     _reading: Deferred[None] | None = field(default=None, init=False)
     _pause: IDelayedCall | None = field(default=None, init=False)
-    _running: bool = field(default=False, init=False)
+    #: Whether it has started (before, the first connections are being
+    #: made: a line waits for them, ``ready``).
+    running: bool = field(default=False, init=False)
     _refused: set[str] = field(factory=set, init=False)
     _lost_at: float = field(default=0.0, init=False)
     _starting: list[Deferred[None]] = field(factory=list, init=False)
@@ -138,18 +140,17 @@ class BrokerInstance:
     def __attrs_post_init__(self) -> None:
         self.broker.on_change(self.state_changed)
 
-    def ready(self) -> Deferred[None] | None:
-        """None once started; before, a Deferred that fires when it is (the
-        first connections are being made: a line then waits for them)."""
-        if self._running:
-            return None
+    def ready(self) -> Deferred[None]:
+        """Fires once it has started (at once if it has)."""
+        if self.running:
+            return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._starting.append(waiter)
         return waiter
 
     def start(self) -> None:
         """Begin the heartbeat and the inbox's reading."""
-        self._running = True
+        self.running = True
         starting, self._starting = self._starting, []
         for waiter in starting:
             waiter.callback(None)
@@ -164,7 +165,7 @@ class BrokerInstance:
 
     def stop(self) -> Deferred[None]:
         """Stop beating and reading, and say this instance is gone."""
-        self._running = False
+        self.running = False
         if self._heart is not None and self._heart.running:
             self._heart.stop()
         if not self.broker.up:
@@ -265,7 +266,7 @@ class BrokerInstance:
         return self.broker.post(instance, [data])
 
     async def _read_inbox(self) -> None:
-        while self._running:
+        while self.running:
             try:
                 messages = await self.broker.next_messages(
                     self.name, READ_WAIT, READ_MOST
@@ -286,7 +287,7 @@ class BrokerInstance:
         up = self.broker.when_up()
         if not up.called:
             await up
-        elif self._running:
+        elif self.running:
             pause: Deferred[None] = Deferred()
             self._pause = self.clock.callLater(RETRY, pause.callback, None)
             await pause
@@ -389,7 +390,7 @@ class QueueResponder:
     def started(self, conversation: IConversation) -> Deferred[str | Signed] | None:
         info: ConversationInfo = conversation.info
         self._conversations[info.id] = conversation
-        self.instance.route(info.id, lambda message: self._message(info.id, message))
+        self.instance.route(info.id, self._message)
         self._list(info)
         if not self.lifecycle:
             return None
@@ -436,9 +437,10 @@ class QueueResponder:
         self, conversation: ConversationInfo, text: str
     ) -> Deferred[str | Signed]:
         instance = self.instance
-        ready = instance.ready()
-        if ready is not None:  # the first connections are under way
-            return ready.addCallback(lambda _: self.respond(conversation, text))
+        if not instance.running:  # the first connections are under way
+            return instance.ready().addCallback(
+                lambda _: self.respond(conversation, text)
+            )
         if not instance.up or not self.broker.up:
             raise Unavailable(
                 f"{BROKER_FOR_CLIENTS} is unreachable; send it again soon"
@@ -605,7 +607,8 @@ class QueueResponder:
 
     # -- The inbox -------------------------------------------------------------
 
-    def _message(self, cid: int, message: dict[str, Any]) -> None:
+    def _message(self, message: dict[str, Any]) -> None:
+        cid: int = message["conv"]  # routed by it: an int
         kind = message["kind"]
         if kind in ("answer", "failed", "refused"):
             self._answer(cid, message)
@@ -654,7 +657,8 @@ class QueueResponder:
         if kind == "answer" and isinstance(message.get("text"), str):
             by = message.get("by")
             if isinstance(by, str):
-                self._answered_by(cid, by)
+                if self.group == OPERATORS:
+                    self._answered_by(cid, by)
                 answer.callback(Signed(message["text"], by[:200]))
             else:
                 answer.callback(message["text"])
@@ -666,8 +670,6 @@ class QueueResponder:
 
     def _answered_by(self, cid: int, by: str) -> None:
         """Say who answers a conversation of the operators, when it changes."""
-        if self.group != OPERATORS:
-            return
         first = self._first.get(cid)
         if first is not None and self.stats is not None:
             self._first[cid] = None

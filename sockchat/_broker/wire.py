@@ -126,7 +126,8 @@ class Keys:
 #: JSON with no spaces, in ASCII (made once: ``json.dumps`` with options
 #: makes an encoder at every call).
 _encode = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
-_decode = json.JSONDecoder().decode
+#: ``raw_decode``: the messages are this encoder's, with no space around.
+_decode = json.JSONDecoder().raw_decode
 
 
 def encode(kind: str, **fields: Any) -> bytes:
@@ -138,7 +139,10 @@ def decode(data: bytes | str, *, sender: str = "a sender") -> dict[str, Any]:
     """The message in *data*; ``WireError`` if it is not one of this
     protocol's (*sender* names where it came from, for the error)."""
     try:
-        message = _decode(data.decode("utf-8") if isinstance(data, bytes) else data)
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        message, end = _decode(text)
+        if end != len(text):
+            raise ValueError("more after the JSON")
     except (ValueError, UnicodeDecodeError):
         raise WireError(f"{sender} sent something that is not JSON") from None
     if not isinstance(message, dict):
