@@ -206,6 +206,7 @@ class Setup:
         self.ports: list[int] = []
         self.rport = 0
         self.query = url_query
+        self.instance_args: list[str] = []
 
     def _start(self, name: str, argv: list[str]) -> None:
         if self.measure == "calls" and name != "redis":
@@ -238,7 +239,7 @@ class Setup:
         ]
         if broker:
             argv += ["--broker", self.url]
-        self._start(name, argv)
+        self._start(name, argv + self.instance_args)
 
     @property
     def url(self) -> str:
@@ -358,6 +359,11 @@ def main() -> None:
     )
     ap.add_argument("--query", default="", help="added to the broker URL, e.g. ?wait=1")
     ap.add_argument("--top", type=int, default=25, help="functions shown (calls)")
+    ap.add_argument(
+        "--instance-args",
+        default="",
+        help="more options for the instances (e.g. '--answer-timeout 0')",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", metavar="DIR", help="copy the profiles (calls) to DIR")
     a = ap.parse_args()
@@ -367,6 +373,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="broker-probe-") as tmpname:
         tmp = Path(tmpname)
         setup = Setup(a.setup, tmp, a.measure, a.query)
+        setup.instance_args = a.instance_args.split()
         try:
             setup.start(a.concurrency)
             load = Load(setup.ports, a.clients)
