@@ -134,6 +134,7 @@ class BrokerInstance:
     _refused: set[str] = field(factory=set, init=False)
     _lost_at: float = field(default=0.0, init=False)
     _starting: list[Deferred[None]] = field(factory=list, init=False)
+    _after_read: list[Callable[[], None]] = field(factory=list, init=False)
 
     # -- Life ------------------------------------------------------------------
 
@@ -265,21 +266,31 @@ class BrokerInstance:
         """Put a message in *instance*'s inbox."""
         return self.broker.post(instance, [data])
 
+    def after_read(self, callback: Callable[[], None]) -> None:
+        """Call *callback* once the inbox has been read to its end by a read
+        that began after now (what was in it then has been dispatched)."""
+        self._after_read.append(callback)
+
     async def _read_inbox(self) -> None:
         while self.running:
+            waiting, self._after_read = self._after_read, []
             try:
                 messages = await self.broker.next_messages(
                     self.name, READ_WAIT, READ_MOST
                 )
-            except BrokerUnavailable:
-                await self._until_up()
-                continue
-            except BrokerRefused as e:
-                self._say_once(f"the broker refused to read the inbox: {e}")
+            except (BrokerUnavailable, BrokerRefused) as e:
+                self._after_read[:0] = waiting  # not read: the next read
+                if isinstance(e, BrokerRefused):
+                    self._say_once(f"the broker refused to read the inbox: {e}")
                 await self._until_up()
                 continue
             for data in messages:
                 self.dispatch(data)
+            if len(messages) == READ_MOST:  # more may wait: the next read
+                self._after_read[:0] = waiting
+                continue
+            for callback in waiting:
+                callback()
 
     async def _until_up(self) -> None:
         """Wait until the broker is back; if it seems to be there already,
@@ -749,10 +760,18 @@ class QueueResponder:
         looked.addCallbacks(self._still_there, unless_unavailable, (lines,))
 
     def _still_there(self, found: set[str], lines: list[_Line]) -> None:
+        gone = [line for line in lines if line.entry not in found]
+        if gone:
+            # Gone from the queue: answered (the answer waits in the inbox:
+            # a consumer posts before it deletes, in one command) or lost.
+            # Which, the inbox says, once read.
+            self.instance.after_read(lambda: self._lost(gone))
+
+    def _lost(self, lines: list[_Line]) -> None:
         for line in lines:
             cid = line.conversation.id
-            if line.entry in found or self._lines.get(cid) is not line:
-                continue
+            if self._lines.get(cid) is not line:
+                continue  # answered meanwhile (or its client left)
             del self._lines[cid]
             answer, line.answer = line.answer, None
             if answer is not None:

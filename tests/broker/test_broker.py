@@ -242,6 +242,25 @@ def test_a_queued_line_the_broker_kept_is_still_answered():
     assert c.server.result(said) == "kept"
 
 
+def test_a_line_answered_while_the_broker_was_away_is_answered_not_lost():
+    """A failover: the consumer's answer reached the broker (the entry is
+    deleted, the answer waits in the inbox) while the instance was cut
+    off.  When it is back, the entry is gone, but the line is not lost:
+    the answer is read from the inbox."""
+    c = Cluster("operators")
+    talk = c.server.connect()
+    said = talk.say("answered while you were away?")
+    c.advance()
+    entry, message = c.desk.take_line()
+    c.hub.lose()
+    answer = encode("answer", conv=message["conv"], entry=entry, text="yes", by="b")
+    c.hub.post("i1", [answer])  # what the consumer did on the other side
+    c.hub.delete("operators", [entry])
+    c.hub.restore()
+    c.advance(HEARTBEAT)
+    assert c.server.result(said) == "yes"
+
+
 def test_notices_and_kicks_from_the_consumer_side_reach_the_client():
     c = Cluster("operators")
     notices = []
