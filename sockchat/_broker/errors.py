@@ -3,7 +3,7 @@ broker is (Redis, or the memory one of a single process)."""
 
 from __future__ import annotations
 
-__all__ = ["BrokerRefused", "BrokerUnavailable"]
+__all__ = ["BrokerRefused", "BrokerUnavailable", "NotReplicated"]
 
 
 class BrokerUnavailable(Exception):
@@ -11,6 +11,11 @@ class BrokerUnavailable(Exception):
 
     The message is one line and names the broker URL without its password.
     """
+
+
+class NotReplicated(BrokerUnavailable):
+    """The broker took a write, but fewer of its replicas than asked for
+    (``?wait=N``) had it within the time allowed; ``str()`` says so."""
 
 
 class BrokerRefused(Exception):

@@ -62,6 +62,7 @@ from sockchat._broker.interface import (
     Census,
     ClientRecord,
     IBroker,
+    NotReplicated,
     quietly,
     unless_unavailable,
 )
@@ -592,7 +593,9 @@ class QueueResponder:
             answer, line.answer = line.answer, None
             if answer is None or line.cancelled:
                 continue
-            if failure.check(BrokerUnavailable):
+            if failure.check(NotReplicated):  # ?wait=N: not safe in time
+                answer.errback(Unavailable(f"{failure.value}; send it again"))
+            elif failure.check(BrokerUnavailable):
                 answer.errback(
                     Unavailable(
                         f"{BROKER_FOR_CLIENTS} is unreachable; send it again soon"

@@ -43,7 +43,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
-from sockchat._broker.errors import BrokerRefused, BrokerUnavailable
+from sockchat._broker.errors import BrokerRefused, BrokerUnavailable, NotReplicated
 
 __all__ = [
     "BROKER_FOR_CLIENTS",
@@ -61,6 +61,7 @@ __all__ = [
     "IPresence",
     "IWorkQueue",
     "Kept",
+    "NotReplicated",
     "QueuedEntry",
     "Taken",
     "WorkEntry",
@@ -247,8 +248,8 @@ class IWorkQueue(Interface):
 
         With a broker that copies to replicas and was asked to wait for
         them (``?wait=N``), it fires only once they have the entries, and
-        fails with ``BrokerUnavailable`` (the entries deleted, as far as
-        can be) if they did not within the time allowed."""
+        fails with ``NotReplicated`` (the entries deleted, as far as can
+        be) if they did not within the time allowed."""
 
     def enqueue_held(group: str, message: bytes, holder: str) -> Deferred[str]:
         """Add *message* to *group*'s queue, held by consumer *holder* from

@@ -57,7 +57,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from sockchat._broker.errors import BrokerUnavailable
+from sockchat._broker.errors import BrokerUnavailable, NotReplicated
 from sockchat._broker.resp import (
     HIREDIS,
     ErrorReply,
@@ -784,7 +784,7 @@ class RedisClient:
         """With ``?wait=N`` on the URL: fires once N replicas have every
         write sent on this connection up to the end of this turn (Redis's
         ``WAIT``), or fails with ``BrokerUnavailable`` when they have not
-        within ``wait_ms``.  Without it, fires at once.
+        within ``wait_ms`` (``NotReplicated``).  Without it, fires at once.
 
         Call it in the same turn as the write it is for (``XADD``, say), on
         the same client: ``WAIT`` counts the writes of its own connection.
@@ -800,7 +800,7 @@ class RedisClient:
 
         def enough(replicas: object) -> None:
             if not isinstance(replicas, int) or replicas < wait.replicas:
-                raise BrokerUnavailable(
+                raise NotReplicated(
                     f"the broker at {self.display} could not copy it to "
                     f"{wait.replicas} replica(s) within {ms} ms "
                     f"({replicas} did)"

@@ -242,6 +242,38 @@ def test_a_queued_line_the_broker_kept_is_still_answered():
     assert c.server.result(said) == "kept"
 
 
+class ShortOfReplicas(Counting):
+    """A broker whose replicas fall short (``?wait=N`` on Redis): every
+    enqueue fails as unavailable, as ``RedisBroker.enqueue`` does when
+    ``WAIT`` says fewer replicas than asked have the entries."""
+
+    def enqueue(self, group: str, messages: list[bytes]) -> Any:
+        from twisted.internet.defer import fail
+
+        from sockchat._broker.interface import NotReplicated
+
+        self.calls.append("enqueue")
+        return fail(
+            NotReplicated(
+                "the broker at redis://r/0 could not copy it to 1 replica(s) "
+                "within 1000 ms (0 did)"
+            )
+        )
+
+
+def test_a_line_no_replica_has_in_time_is_unavailable_with_the_turn_back():
+    c = Cluster()
+    c.broker = c.instance.broker = c.responder.broker = ShortOfReplicas(  # type: ignore[assignment]
+        c.hub.broker()
+    )
+    talk = c.server.connect()
+    with pytest.raises(LineRefused) as refused:
+        c.server.say(talk, "is this safe?")
+    assert refused.value.notice.code == "unavailable"
+    assert "could not copy it to 1 replica(s)" in refused.value.notice.text
+    assert talk.my_turn
+
+
 def test_a_line_answered_while_the_broker_was_away_is_answered_not_lost():
     """A failover: the consumer's answer reached the broker (the entry is
     deleted, the answer waits in the inbox) while the instance was cut

@@ -18,6 +18,7 @@ The in-memory tests of the same logic are in tests/broker/test_redis.py.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from typing import Any
@@ -248,3 +249,45 @@ async def test_rediss_sentinel_reaches_the_sentinel_and_the_master_over_tls(
         assert "certificate verify failed" in str(e.value)
     finally:
         sentinel.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_enqueue_with_wait_is_queued_when_a_replica_has_it_else_undone(
+    make_redis_server: Any,
+) -> None:
+    """``?wait=1`` on the broker's queue: the lines of a turn count as
+    queued once the replica has them; when it cannot have them in time,
+    the enqueue fails as ``NotReplicated`` and the entries are deleted."""
+    from sockchat._broker.interface import NotReplicated
+    from sockchat._broker.redisbroker import connect
+
+    master = make_redis_server(extra=("--repl-diskless-sync-delay", "0"))
+    replica = make_redis_server()
+    replica.stop()
+    replica.start(replica_of=master.port)
+    await until(
+        lambda: b"master_link_status:up" in call(replica.port, "INFO", "replication"),
+        10,
+        "the replica is in sync",
+    )
+    broker = await connect(reactor, f"{master.url}?wait=1&wait_ms=300")
+    try:
+        await broker.open_queue("workers")
+        ids = await broker.enqueue("workers", [b"a", b"b"])
+        seen = call(replica.port, "XRANGE", "sockchat:work:workers", "-", "+")
+        assert [e[0].decode() for e in seen] == ids
+        os.kill(replica.pid, signal.SIGSTOP)  # the replica lags: it acks nothing
+        try:
+            with pytest.raises(
+                NotReplicated, match=r"could not copy it to 1 replica\(s\) within 300"
+            ):
+                await broker.enqueue("workers", [b"c"])
+            await until(
+                lambda: call(master.port, "XLEN", "sockchat:work:workers") == 2,
+                5,
+                "the entry that no replica had is deleted",
+            )
+        finally:
+            os.kill(replica.pid, signal.SIGCONT)
+    finally:
+        await broker.close()
