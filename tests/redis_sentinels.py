@@ -1,5 +1,6 @@
-"""A highly available Redis for slow tests: a master, a replica and three
-sentinels, on free loopback ports, in a temp directory, stopped by pid.
+"""A highly available Redis for slow tests: a master, a replica (or more)
+and three sentinels, on free loopback ports, in a temp directory, stopped
+by pid.
 
     from redis_sentinels import sentinel_set  # noqa: F401  (a fixture)
 
@@ -168,23 +169,36 @@ class Sentinel:
 
 
 class SentinelSet:
-    """A master, a replica and three sentinels (see the module's doc)."""
+    """A master, its *replicas* (one by default) and three sentinels (see
+    the module's doc).  A replica starts its sync at once (no diskless
+    delay), so that it is in step within a second of its start or of a
+    failover."""
 
-    def __init__(self, where: Path, *, password: str | None = None) -> None:
+    def __init__(
+        self, where: Path, *, password: str | None = None, replicas: int = 1
+    ) -> None:
         self.password = password
-        first = RedisServer(where / "a", password=password)
-        second = RedisServer(where / "b", password=password)
-        self.servers = {first.port: first, second.port: second}
-        self.master_port = first.port
+        made = [
+            RedisServer(
+                where / "abcdefgh"[n],
+                password=password,
+                extra=("--repl-diskless-sync-delay", "0"),
+            )
+            for n in range(1 + replicas)
+        ]
+        self.servers = {server.port: server for server in made}
+        self.master_port = made[0].port
         self.sentinels = [
-            Sentinel(where / f"s{n}", first.port, password=password) for n in range(3)
+            Sentinel(where / f"s{n}", made[0].port, password=password) for n in range(3)
         ]
 
     def start(self) -> SentinelSet:
-        ports = list(self.servers)
-        self.servers[ports[0]].start()
-        self.servers[ports[1]].start(replica_of=ports[0])
-        self.wait_for_replica(ports[1])
+        master, *replicas = self.servers
+        self.servers[master].start()
+        for port in replicas:
+            self.servers[port].start(replica_of=master)
+        for port in replicas:
+            self.wait_for_replica(port)
         for sentinel in self.sentinels:
             sentinel.start()
         self.wait_settled()
@@ -195,7 +209,16 @@ class SentinelSet:
         hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
         return f"{scheme}://{auth}{hosts}/{MASTER}/0{query}"
 
+    def replica_ports(self) -> list[int]:
+        """The replicas that run."""
+        return [
+            p
+            for p, server in self.servers.items()
+            if p != self.master_port and server.proc is not None
+        ]
+
     def replica_port(self) -> int:
+        """The replica, of a set that has one."""
         (port,) = (p for p in self.servers if p != self.master_port)
         return port
 
@@ -218,17 +241,17 @@ class SentinelSet:
             if sentinel.master() != self.master_port:
                 return False
             replicas = call(sentinel.port, "SENTINEL", "replicas", MASTER)
-            up = [
-                r
+            up = {
+                _field(r, "port")
                 for r in replicas
-                if _field(r, "port") == str(self.replica_port())
-                and _field(r, "flags") == "slave"
+                if _field(r, "flags") == "slave"
                 and _field(r, "master-link-status") == "ok"
-            ]
+            }
             master = call(sentinel.port, "SENTINEL", "master", MASTER)
             others = int(_field(master, "num-other-sentinels") or 0)
             live = sum(1 for s in self.sentinels if s.proc is not None)
-            return bool(up) and others >= live - 1
+            wanted = {str(p) for p in self.replica_ports()}
+            return bool(wanted) and wanted <= up and others >= live - 1
 
         wait_until(
             lambda: all(settled(s) for s in self.sentinels if s.proc is not None),
@@ -287,7 +310,8 @@ def _field(flat: Any, name: str) -> str | None:
 
 @pytest.fixture
 def make_sentinel_set(tmp_path: Path) -> Iterator[Callable[..., SentinelSet]]:
-    """Start sets with options (``password=``); all stopped after the test."""
+    """Start sets with options (``password=``, ``replicas=``); all stopped
+    after the test."""
     sets: list[SentinelSet] = []
 
     def make(**options: Any) -> SentinelSet:
