@@ -207,6 +207,9 @@ class Setup:
         self.rport = 0
         self.query = url_query
         self.instance_args: list[str] = []
+        #: Whether a replica of the redis-server runs (for ``?wait=1``).
+        self.replica = False
+        self.replica_port = 0
 
     def _start(self, name: str, argv: list[str]) -> None:
         if self.measure == "calls" and name != "redis":
@@ -266,6 +269,35 @@ class Setup:
                 ],
             )
             wait_port(self.rport, deadline)
+            if self.replica:
+                self.replica_port = free_port()
+                self._start(
+                    "replica",
+                    [
+                        "redis-server",
+                        "--port",
+                        str(self.replica_port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--dir",
+                        str(self.tmp),
+                        "--dbfilename",
+                        "replica.rdb",
+                        "--replicaof",
+                        "127.0.0.1",
+                        str(self.rport),
+                    ],
+                )
+                while "master_link_status:up" not in redis_cli(
+                    self.replica_port, "INFO", "replication"
+                ):
+                    if time.monotonic() > deadline:
+                        raise SystemExit("the replica did not sync")
+                    time.sleep(0.1)
         if self.kind == "local":
             self.twistd("instance", "echo", False)
         elif self.kind == "pair":
@@ -292,7 +324,7 @@ class Setup:
             wait_port(port, deadline)
 
     def python(self) -> list[str]:
-        return [n for n in self.procs if n != "redis"]
+        return [n for n in self.procs if n not in ("redis", "replica")]
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -364,6 +396,11 @@ def main() -> None:
         default="",
         help="more options for the instances (e.g. '--answer-timeout 0')",
     )
+    ap.add_argument(
+        "--replica",
+        action="store_true",
+        help="run a replica of the redis-server (with --query '?wait=1')",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", metavar="DIR", help="copy the profiles (calls) to DIR")
     a = ap.parse_args()
@@ -374,6 +411,7 @@ def main() -> None:
         tmp = Path(tmpname)
         setup = Setup(a.setup, tmp, a.measure, a.query)
         setup.instance_args = a.instance_args.split()
+        setup.replica = a.replica
         try:
             setup.start(a.concurrency)
             load = Load(setup.ports, a.clients)
