@@ -136,6 +136,11 @@ class BrokerInstance:
     _lost_at: float = field(default=0.0, init=False)
     _starting: list[Deferred[None]] = field(factory=list, init=False)
     _after_read: list[Callable[[], None]] = field(factory=list, init=False)
+    #: This turn's messages for other instances, by instance, and who waits.
+    _posts: dict[str, tuple[list[bytes], list[Deferred[None]]]] = field(
+        factory=dict, init=False
+    )
+    _posting: IDelayedCall | None = field(default=None, init=False)
 
     # -- Life ------------------------------------------------------------------
 
@@ -264,8 +269,23 @@ class BrokerInstance:
         self._kinds[kind] = handler
 
     def post(self, instance: str, data: bytes) -> Deferred[None]:
-        """Put a message in *instance*'s inbox."""
-        return self.broker.post(instance, [data])
+        """Put a message in *instance*'s inbox, with the others of this
+        reactor turn for it: one call to the broker an inbox a turn."""
+        waiter: Deferred[None] = Deferred()
+        batch = self._posts.get(instance)
+        if batch is None:
+            batch = self._posts[instance] = ([], [])
+            if self._posting is None:
+                self._posting = self.clock.callLater(0, self._send_posts)
+        batch[0].append(data)
+        batch[1].append(waiter)
+        return waiter
+
+    def _send_posts(self) -> None:
+        self._posting = None
+        posts, self._posts = self._posts, {}
+        for instance, (messages, waiters) in posts.items():
+            self.broker.post(instance, messages).addBoth(_tell, waiters)
 
     def after_read(self, callback: Callable[[], None]) -> None:
         """Call *callback* once the inbox has been read to its end by a read
@@ -332,6 +352,15 @@ class BrokerInstance:
         if what not in self._refused:
             self._refused.add(what)
             log.warn("{what}", what=what)
+
+
+def _tell(result: object, waiters: list[Deferred[None]]) -> None:
+    """Give a batch's result (None or a Failure) to each of *waiters*."""
+    for waiter in waiters:
+        if isinstance(result, Failure):
+            waiter.errback(result)
+        else:
+            waiter.callback(None)
 
 
 @define(eq=False)

@@ -14,15 +14,16 @@ What lives where (``P`` is the key prefix, ``sockchat``):
   conversation id, living as long as the heartbeat;
 - ``P:history:NAME``: its conversations' histories, a hash by conversation
   id (``HISTORY_ADD`` appends and trims), living as long as the heartbeat;
-- ``P:inbox:NAME``: an instance's inbox, a list (``RPUSH``, read with
-  ``BLMPOP ... COUNT``: every message waiting, at once);
+- ``P:inbox:NAME``: an instance's inbox, a list (``RPUSH`` and
+  ``PEXPIRE`` in ``POST``, read with ``BLMPOP ... COUNT``: every message
+  waiting, at once);
 - ``P:work:GROUP``: a group's work queue, a stream read in one consumer
   group (``XREADGROUP COUNT n``), added to with ``ENQUEUE`` (the lines of
   one turn in one command); held entries are touched with one
   ``XCLAIM ... JUSTID``, abandoned ones taken with ``XAUTOCLAIM``, a given
   one with ``TAKE_ENTRY``, a new one held from the start with
   ``ENQUEUE_HELD``; a batch's answers are posted and its entries
-  acknowledged and deleted with ``FINISH`` (one command for the batch); a
+  acknowledged and deleted with ``POST`` (one command for the batch); a
   desk follows it with ``XREAD BLOCK``;
 - ``P:consumers:GROUP``: a hash of the group's consumers, each a JSON
   record with the time it counts as gone;
@@ -317,41 +318,46 @@ return ids
 """,
 )
 
-#: What a consumer sends for a batch, in one command: messages to
-#: instances' inboxes, then entries deleted.
+#: Messages to instances' inboxes, then (a consumer's batch) entries of
+#: a work queue deleted: all in one command.
 #:
-#: KEYS[1] is the stream, KEYS[2...] the inboxes.  ARGV: the group, the
-#: inboxes' TTL (ms), the number of entries n, the n entries; then for each
-#: inbox in KEYS' order, the number of its messages and the messages.  Each
-#: inbox gets an ``RPUSH`` of all its messages and a ``PEXPIRE``; then the
-#: entries are acknowledged and deleted (``XACK``, ``XDEL``).  One command
-#: rather than four: a batch costs one reply and one Deferred.
-FINISH = Script(
-    name="finish",
+#: KEYS: the inboxes, then the stream if entries are deleted.  ARGV: the
+#: inboxes' TTL (ms), the number of inboxes m, then for each inbox in
+#: KEYS' order the number of its messages and the messages; then, if the
+#: stream is there, the group and the entries.  Each inbox gets an
+#: ``RPUSH`` of its messages (a thousand at a time: Lua's stack) and a
+#: ``PEXPIRE``; then the entries are acknowledged and deleted (``XACK``,
+#: ``XDEL``).  One command rather than two an inbox and two a batch: a
+#: batch costs one reply and one Deferred.
+POST = Script(
+    name="post",
     lua="""\
-local n = tonumber(ARGV[3])
-local at = 4 + n
-for k = 2, #KEYS do
+local m = tonumber(ARGV[2])
+local at = 3
+for k = 1, m do
   local last = at + tonumber(ARGV[at])
   for i = at + 1, last, 1000 do
     redis.call('RPUSH', KEYS[k], unpack(ARGV, i, math.min(i + 999, last)))
   end
-  redis.call('PEXPIRE', KEYS[k], ARGV[2])
+  redis.call('PEXPIRE', KEYS[k], ARGV[1])
   at = last + 1
 end
-for i = 4, 3 + n, 1000 do
-  local last = math.min(i + 999, 3 + n)
-  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, last))
-  redis.call('XDEL', KEYS[1], unpack(ARGV, i, last))
+if #KEYS > m then
+  local stream, group = KEYS[m + 1], ARGV[at]
+  for i = at + 1, #ARGV, 1000 do
+    local last = math.min(i + 999, #ARGV)
+    redis.call('XACK', stream, group, unpack(ARGV, i, last))
+    redis.call('XDEL', stream, unpack(ARGV, i, last))
+  end
 end
-return n
+return m
 """,
 )
 
 #: Every script, by name.
 SCRIPTS: dict[str, Script] = {
     s.name: s
-    for s in (POP_OR_WAIT, TAKE_ENTRY, ENQUEUE_HELD, HISTORY_ADD, ENQUEUE, FINISH)
+    for s in (POP_OR_WAIT, TAKE_ENTRY, ENQUEUE_HELD, HISTORY_ADD, ENQUEUE, POST)
 }
 
 
@@ -639,17 +645,29 @@ class RedisBroker:
     def post(self, instance: str, messages: Sequence[bytes]) -> Deferred[None]:
         if not messages:
             return succeed(None)
-        replies = self._post(instance, messages, self._redis)
-        return self._done(*(reply.addErrback(_refused) for reply in replies))
+        return self._post(self._redis, [(instance, m) for m in messages])
 
     def _post(
-        self, instance: str, messages: Sequence[bytes], redis: IRedis
-    ) -> list[Deferred[Any]]:
-        key = self.keys.inbox(instance)
-        return [
-            redis.command("RPUSH", key, *messages),
-            redis.command("PEXPIRE", key, int(self.timings.inbox_ttl * 1000)),
-        ]
+        self,
+        redis: IRedis,
+        posts: Sequence[tuple[str, bytes]],
+        group: str = "",
+        entries: Sequence[str] = (),
+    ) -> Deferred[None]:
+        """*posts*, then *entries* of *group* deleted, in one ``POST``."""
+        by_instance: dict[str, list[bytes]] = {}
+        for instance, message in posts:
+            by_instance.setdefault(instance, []).append(message)
+        keys = [self.keys.inbox(instance) for instance in by_instance]
+        args: list[Arg] = [int(self.timings.inbox_ttl * 1000), len(keys)]
+        for messages in by_instance.values():
+            args.append(len(messages))
+            args += messages
+        if entries:
+            keys.append(self.keys.work(group))
+            args.append(group)
+            args += entries
+        return run_script(redis, POST, keys, args).addCallbacks(_nothing, _refused)
 
     def next_messages(
         self, instance: str, wait: float, most: int
@@ -863,18 +881,7 @@ class RedisBroker:
         )
         if not entries and not posts:
             return succeed(None)
-        by_instance: dict[str, list[bytes]] = {}
-        for instance, message in posts:
-            by_instance.setdefault(instance, []).append(message)
-        keys = [self.keys.work(group)]
-        args: list[Arg] = [group, int(self.timings.inbox_ttl * 1000), len(entries)]
-        args += entries
-        for instance, messages in by_instance.items():
-            keys.append(self.keys.inbox(instance))
-            args.append(len(messages))
-            args += messages
-        ran = run_script(redis, FINISH, keys, args)
-        return ran.addCallbacks(_nothing, _refused)
+        return self._post(redis, posts, group, entries)
 
     def hand_back(
         self, group: str, consumer: str, entries: Sequence[str]

@@ -15,7 +15,7 @@ from twisted.logger import globalLogPublisher
 
 from sockchat import LineRefused
 from sockchat._broker.instance import BrokerInstance, QueueResponder
-from sockchat._broker.interface import ClientRecord, ConsumerSeen
+from sockchat._broker.interface import BrokerUnavailable, ClientRecord, ConsumerSeen
 from sockchat._broker.memory import MemoryHub
 from sockchat._broker.wire import HEARTBEAT, HEARTBEAT_TTL, PROTOCOL, decode, encode
 from sockchat.testing import MemoryServer, NoResultYet
@@ -409,6 +409,27 @@ def test_the_lines_of_one_reactor_turn_are_enqueued_together():
         c.desk.answer((entry.entry, decode(entry.data)), "ok")
     c.advance(0.01)
     assert [now(d).text for d in said] == ["ok"] * 3
+
+
+def test_the_posts_of_one_turn_to_one_instance_are_one_call():
+    """Pair relays, say: what one turn sends to an inbox goes in one post,
+    and each sender hears how it went."""
+    c = Cluster()
+    other = Counting(c.hub.broker())
+    name = now(other.register_instance({}))
+    before = len(c.broker.calls)
+    sent = [c.instance.post(name, b"%d" % n) for n in range(3)]
+    sent.append(c.instance.post("i99", b"elsewhere"))
+    assert "post" not in c.broker.calls[before:], "not before the turn ends"
+    c.clock.advance(0)
+    assert c.broker.calls[before:].count("post") == 2  # one an inbox
+    assert [now(d) for d in sent] == [None] * 4
+    assert now(other.next_messages(name, 0, 10)) == [b"0", b"1", b"2"]
+    c.hub.lose()
+    lost = c.instance.post(name, b"lost")
+    c.clock.advance(0)
+    with pytest.raises(BrokerUnavailable):
+        now(lost)
 
 
 def test_a_dead_instance_is_seen_at_the_next_heartbeat():

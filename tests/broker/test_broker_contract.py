@@ -316,7 +316,7 @@ async def test_finish_posts_then_deletes(rig: Rig) -> None:
 
 @both
 async def test_a_large_batch_is_finished_whole_and_in_order(rig: Rig) -> None:
-    """More than a Lua call's arguments go in one FINISH (it sends them a
+    """More than a Lua call's arguments go in one finish (it sends them a
     thousand at a time)."""
     texts = [b"%d" % i for i in range(2100)]
     broker, entries = await _queue(rig, *texts)
