@@ -270,7 +270,7 @@ async def test_an_enqueue_with_wait_is_queued_when_a_replica_has_it_else_undone(
         10,
         "the replica is in sync",
     )
-    broker = await connect(reactor, f"{master.url}?wait=1&wait_ms=300")
+    broker = await connect(reactor, f"{master.url}?wait=1&wait_ms=2000")
     try:
         await broker.open_queue("workers")
         ids = await broker.enqueue("workers", [b"a", b"b"])
@@ -279,7 +279,7 @@ async def test_an_enqueue_with_wait_is_queued_when_a_replica_has_it_else_undone(
         os.kill(replica.pid, signal.SIGSTOP)  # the replica lags: it acks nothing
         try:
             with pytest.raises(
-                NotReplicated, match=r"could not copy it to 1 replica\(s\) within 300"
+                NotReplicated, match=r"could not copy it to 1 replica\(s\) within 2000"
             ):
                 await broker.enqueue("workers", [b"c"])
             await until(
