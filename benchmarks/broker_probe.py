@@ -207,6 +207,8 @@ class Setup:
         self.rport = 0
         self.query = url_query
         self.instance_args: list[str] = []
+        #: Another sockchat source tree to run (``--src``), or "".
+        self.src = ""
         #: Whether a replica of the redis-server runs (for ``?wait=1``).
         self.replica = False
         self.replica_port = 0
@@ -219,8 +221,11 @@ class Setup:
                 str(self.tmp / f"{name}.prof"),
             ] + (["twistd", *argv[1:]] if argv[0].endswith("twistd") else argv[1:])
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115  # kept open as the process runs
+        env = dict(os.environ)
+        if self.src:  # another sockchat's source, ahead of the installed one
+            env["PYTHONPATH"] = self.src
         self.procs[name] = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp
+            argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.tmp, env=env
         )
 
     def twistd(self, name: str, responder: str, broker: bool) -> None:
@@ -401,6 +406,11 @@ def main() -> None:
         action="store_true",
         help="run a replica of the redis-server (with --query '?wait=1')",
     )
+    ap.add_argument(
+        "--src",
+        default="",
+        help="run the sockchat of this source tree (git archive REV | tar -x -C DIR)",
+    )
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", metavar="DIR", help="copy the profiles (calls) to DIR")
     a = ap.parse_args()
@@ -412,6 +422,7 @@ def main() -> None:
         setup = Setup(a.setup, tmp, a.measure, a.query)
         setup.instance_args = a.instance_args.split()
         setup.replica = a.replica
+        setup.src = a.src and str(Path(a.src).resolve())
         try:
             setup.start(a.concurrency)
             load = Load(setup.ports, a.clients)
