@@ -4,20 +4,24 @@
     .venv/bin/python benchmarks/broker_probe.py --setup workers --clients 10 --turns 300
     .venv/bin/python benchmarks/broker_probe.py --setup workers --measure calls
     .venv/bin/python benchmarks/broker_probe.py --setup local  # echo in the instance
+    git archive main | tar -x -C /tmp/main-src   # the same for another revision:
+    .venv/bin/python benchmarks/broker_probe.py --src /tmp/main-src
+    .venv/bin/python benchmarks/broker_probe.py --replica --query '?wait=1'
 
 Starts the set-up (``local``: one ``--responder echo`` instance; ``workers``:
 redis-server, one ``--responder workers --broker`` instance and one
-``python -m sockchat.worker ... sockchat:EchoResponder``; ``pair`` and
-``broker-pair``: one pair instance, or two on one redis-server), connects
+``python -m sockchat.worker ... sockchat:EchoResponder``), connects
 C clients, does warm-up turns until every client is answered, then
 measures T turns per client (C x T) and prints, per process and per turn:
 
 - ``--measure counts`` (the default): system calls, from ``perf stat``'s
-  syscall tracepoints (epoll_wait is one wake-up, one reactor iteration),
-  CPU time from ``/proc/PID/task/*/schedstat``, and wake-ups (the
-  voluntary context switches of ``/proc/PID/task/*/status``: each is a
-  sleep, in ``epoll_wait`` for a reactor, that something ended); Redis's commands from
-  ``INFO commandstats`` (reset at the start), with the lines per read.
+  syscall tracepoints (``epoll_wait`` is one pass of a reactor); CPU time
+  from ``/proc/PID/task/*/schedstat`` (with the kernel's share, from
+  ``/proc/PID/stat``); wake-ups, the voluntary context switches of
+  ``/proc/PID/task/*/status`` (each is a sleep, in ``epoll_wait`` for a
+  reactor, that something ended); Redis's commands from ``INFO
+  commandstats`` (reset at the start; it counts the commands a script
+  runs as well as the ``EVALSHA``), with the lines per read.
 - ``--measure cpu``: CPU time alone, with no perf attached (perf's
   tracepoints cost each system call something).
 - ``--measure calls``: Python function calls (cProfile, switched on for
@@ -143,7 +147,7 @@ class Load:
         self.buffers = {s: b"" for s in self.socks}
         self.notices = 0
 
-    def turns(self, count: int, deadline: float, pair: bool = False) -> int:
+    def turns(self, count: int, deadline: float) -> int:
         """*count* turns on every client; the answers that were not echoes
         (notices: ``!error unavailable`` while the instance has not seen a
         worker yet)."""
@@ -168,9 +172,9 @@ class Load:
                     line, self.buffers[s] = self.buffers[s].split(b"\n", 1)
                     if line.startswith(b"!"):
                         if line.startswith((b"!info", b"!listen")):
-                            continue  # welcome, paired, waiting...
+                            continue  # the welcome
                         unanswered += 1
-                    elif not pair and line + b"\n" != sent[s]:
+                    elif line + b"\n" != sent[s]:
                         raise SystemExit(f"a wrong answer: {line!r}")
                     left[s] -= 1
                     if left[s]:
@@ -255,7 +259,7 @@ class Setup:
 
     def start(self, concurrency: int) -> None:
         deadline = time.monotonic() + 30
-        if self.kind in ("workers", "broker-pair"):
+        if self.kind == "workers":
             self.rport = free_port()
             self._start(
                 "redis",
@@ -305,8 +309,6 @@ class Setup:
                     time.sleep(0.1)
         if self.kind == "local":
             self.twistd("instance", "echo", False)
-        elif self.kind == "pair":
-            self.twistd("instance", "pair", False)
         elif self.kind == "workers":
             self.twistd("instance", "workers", True)
             self._start(
@@ -322,9 +324,6 @@ class Setup:
                     "sockchat:EchoResponder",
                 ],
             )
-        elif self.kind == "broker-pair":
-            self.twistd("instance", "pair", True)
-            self.twistd("instance2", "pair", True)
         for port in self.ports:
             wait_port(port, deadline)
 
@@ -385,7 +384,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
         "--setup",
-        choices=("local", "workers", "pair", "broker-pair"),
+        choices=("local", "workers"),
         default="workers",
     )
     ap.add_argument("--clients", type=int, default=10)
@@ -414,9 +413,6 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--keep", metavar="DIR", help="copy the profiles (calls) to DIR")
     a = ap.parse_args()
-    pair = a.setup in ("pair", "broker-pair")
-    if pair and a.clients % 2:
-        raise SystemExit("pairs need an even number of clients")
     with tempfile.TemporaryDirectory(prefix="broker-probe-") as tmpname:
         tmp = Path(tmpname)
         setup = Setup(a.setup, tmp, a.measure, a.query)
@@ -427,7 +423,7 @@ def main() -> None:
             setup.start(a.concurrency)
             load = Load(setup.ports, a.clients)
             deadline = time.monotonic() + 60
-            while load.turns(3, deadline, pair):  # until the instance knows its worker
+            while load.turns(3, deadline):  # until the instance knows its worker
                 time.sleep(0.2)
             pids = {n: p.pid for n, p in setup.procs.items()}
             perfs = perf_attach(pids, tmp) if a.measure == "counts" else {}
@@ -441,7 +437,7 @@ def main() -> None:
             slept0 = {n: sleeps(p) for n, p in pids.items()}
             us0 = {n: user_system(p) for n, p in pids.items()}
             t0 = time.monotonic()
-            refused = load.turns(a.turns, time.monotonic() + 600, pair)
+            refused = load.turns(a.turns, time.monotonic() + 600)
             elapsed = time.monotonic() - t0
             cpu1 = {n: cpu_ns(p) for n, p in pids.items()}
             slept1 = {n: sleeps(p) for n, p in pids.items()}
