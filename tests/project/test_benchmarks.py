@@ -215,3 +215,27 @@ def test_the_load_generator_stops_at_its_deadline(loadgen):
         )
     assert done.returncode == 1
     assert "greeted before the deadline" in done.stderr
+
+
+def test_the_broker_probe_counts_a_brokered_turn():
+    """benchmarks/broker_probe.py, as docs/performance.md runs it, tiny."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "broker_probe.py"),
+            *("--setup", "workers", "--clients", "2", "--turns", "5"),
+            *("--measure", "cpu", "--json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    report = json.loads(done.stdout.splitlines()[-1])
+    assert report["turns"] == 10
+    assert report["refused"] == 0
+    assert set(report["cpu_us_per_turn"]) == {"redis", "instance", "worker", "all"}
+    assert report["redis_per_turn"]["evalsha"] > 0  # ENQUEUE and POST
+    assert report["lines_per_xreadgroup"] > 0
