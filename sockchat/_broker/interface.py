@@ -256,7 +256,9 @@ class IWorkQueue(Interface):
         the start, as if it had taken it with ``take_entry``: no other
         consumer is given it, unless *holder* stops touching it.  The new
         entry's id.  (Entries nobody had taken yet, older than it, are
-        handed back, as ``take_entry`` does.)"""
+        handed back, as ``take_entry`` does.)  With ``?wait=N``, as
+        ``enqueue``: it fires once the replicas have it, or fails with
+        ``NotReplicated``."""
 
     def follow(
         group: str, after: str, wait: float, most: int

@@ -706,30 +706,32 @@ class RedisBroker:
     def enqueue(self, group: str, messages: Sequence[bytes]) -> Deferred[list[str]]:
         if not messages:
             return succeed([])
-        stream = self.keys.work(group)
-        return self._replicated(
-            stream,
-            self._redis.command("EVALSHA", ENQUEUE.sha1, 1, stream, *messages),
-            lambda: self._redis.command("EVAL", ENQUEUE.lua, 1, stream, *messages),
-        )
+        return self._replicated(group, ENQUEUE, messages)
+
+    def enqueue_held(self, group: str, message: bytes, holder: str) -> Deferred[str]:
+        args = (group, holder, message, HANDED_BACK_IDLE)
+        held = self._replicated(group, ENQUEUE_HELD, args)
+        return held.addCallback(lambda ids: ids[0])
 
     def _replicated(
-        self,
-        stream: str,
-        added: Deferred[Any],
-        again: Callable[[], Deferred[Any]],
+        self, group: str, script: Script, args: Sequence[Arg], cached: bool = True
     ) -> Deferred[list[str]]:
-        """The ids that *added* gives, once the replicas asked for have
-        them (``WAIT``, in the same write); *again* if the script was not
-        cached.  If the replicas fall short, the entries are deleted (as
+        """Run *script*, which adds entries to *group*'s queue and replies
+        with their id (or a list of ids), and give the ids once the
+        replicas asked for have them (``WAIT``, in the same write).  If the
+        replicas fall short, the entries are acknowledged and deleted (as
         far as the broker lets us) and the call fails as unavailable."""
+        stream = self.keys.work(group)
+        run = ("EVALSHA", script.sha1) if cached else ("EVAL", script.lua)
+        added = self._redis.command(*run, 1, stream, *args)
         safe = self._redis.replicated()
         done: Deferred[list[str]] = Deferred()
 
         def added_now(reply: Any) -> None:
-            ids = [_text(i) for i in reply]
+            ids = [_text(i) for i in (reply if isinstance(reply, list) else [reply])]
 
             def short(failure: Failure) -> None:
+                quietly(self._command("XACK", stream, group, *ids))
                 quietly(self._command("XDEL", stream, *ids))
                 done.errback(failure)
 
@@ -737,22 +739,17 @@ class RedisBroker:
 
         def not_added(failure: Failure) -> None:
             safe.addErrback(lambda _: None)  # the write's failure says it
-            if failure.check(RedisError) and str(failure.value).startswith("NOSCRIPT"):
-                self._replicated(stream, again(), again).chainDeferred(done)
+            if (
+                cached
+                and failure.check(RedisError)
+                and str(failure.value).startswith("NOSCRIPT")
+            ):
+                self._replicated(group, script, args, cached=False).chainDeferred(done)
             else:
                 done.errback(_refused(failure))
 
         added.addCallbacks(added_now, not_added)
         return done
-
-    def enqueue_held(self, group: str, message: bytes, holder: str) -> Deferred[str]:
-        ran = run_script(
-            self._redis,
-            ENQUEUE_HELD,
-            [self.keys.work(group)],
-            [group, holder, message, HANDED_BACK_IDLE],
-        )
-        return ran.addCallbacks(_text, _refused)
 
     def follow(
         self, group: str, after: str, wait: float, most: int

@@ -260,6 +260,9 @@ class ShortOfReplicas(Counting):
             )
         )
 
+    def enqueue_held(self, group: str, message: bytes, holder: str) -> Any:
+        return self.enqueue(group, [message])
+
 
 def test_a_line_no_replica_has_in_time_is_unavailable_with_the_turn_back():
     c = Cluster()
@@ -605,6 +608,23 @@ def test_a_line_for_the_operators_goes_into_its_history_first():
     talk.say("q")
     c.advance(1)
     assert _history(c, taken[1]["conv"]) == [], "it goes with the conversation"
+
+
+def test_a_held_line_no_replica_has_in_time_is_unavailable_with_the_turn_back():
+    c = Cluster("operators")
+    talk = c.server.connect()
+    first = talk.say("one")
+    c.advance()
+    taken = c.desk.take_line()
+    c.desk.send("i1", "held", conv=taken[1]["conv"], holder="h-1/ann", by="Ann")
+    c.desk.answer(taken, "yes?")
+    c.advance(1)
+    assert c.server.result(first) == "yes?"
+    c.instance.broker = c.responder.broker = ShortOfReplicas(c.hub.broker())  # type: ignore[assignment]
+    with pytest.raises(LineRefused) as refused:
+        c.server.say(talk, "two")
+    assert "could not copy it to 1 replica(s)" in refused.value.notice.text
+    assert talk.my_turn
 
 
 def test_a_held_conversations_next_lines_are_its_holders():

@@ -257,7 +257,8 @@ async def test_an_enqueue_with_wait_is_queued_when_a_replica_has_it_else_undone(
 ) -> None:
     """``?wait=1`` on the broker's queue: the lines of a turn count as
     queued once the replica has them; when it cannot have them in time,
-    the enqueue fails as ``NotReplicated`` and the entries are deleted."""
+    the enqueue fails as ``NotReplicated`` and the entries are deleted.
+    The same for a line enqueued held (the desk's handover)."""
     from sockchat._broker.interface import NotReplicated
     from sockchat._broker.redisbroker import connect
 
@@ -273,7 +274,8 @@ async def test_an_enqueue_with_wait_is_queued_when_a_replica_has_it_else_undone(
     broker = await connect(reactor, f"{master.url}?wait=1&wait_ms=2000")
     try:
         await broker.open_queue("workers")
-        ids = await broker.enqueue("workers", [b"a", b"b"])
+        ids = await broker.enqueue("workers", [b"a"])
+        ids.append(await broker.enqueue_held("workers", b"b", "desk/ann"))
         seen = call(replica.port, "XRANGE", "sockchat:work:workers", "-", "+")
         assert [e[0].decode() for e in seen] == ids
         os.kill(replica.pid, signal.SIGSTOP)  # the replica lags: it acks nothing
@@ -282,11 +284,19 @@ async def test_an_enqueue_with_wait_is_queued_when_a_replica_has_it_else_undone(
                 NotReplicated, match=r"could not copy it to 1 replica\(s\) within 2000"
             ):
                 await broker.enqueue("workers", [b"c"])
+            with pytest.raises(NotReplicated):
+                await broker.enqueue_held("workers", b"d", "desk/ann")
             await until(
                 lambda: call(master.port, "XLEN", "sockchat:work:workers") == 2,
                 5,
-                "the entry that no replica had is deleted",
+                "the entries that no replica had are deleted",
             )
+            # d is not left pending either: a (handed back on the way) and
+            # b (held) are, as without ?wait.
+            pending = call(
+                master.port, "XPENDING", "sockchat:work:workers", "workers", "-", "+", 9
+            )
+            assert [p[0].decode() for p in pending] == ids
         finally:
             os.kill(replica.pid, signal.SIGCONT)
     finally:
