@@ -253,12 +253,43 @@ class SentinelSet:
             wanted = {str(p) for p in self.replica_ports()}
             return bool(wanted) and wanted <= up and others >= live - 1
 
-        wait_until(
-            lambda: all(settled(s) for s in self.sentinels if s.proc is not None),
-            timeout,
-            "the sentinels agree on the master and see its replica",
-            every=0.2,
-        )
+        def views() -> list[str]:
+            """What each live sentinel says, for a set that does not settle."""
+            said = []
+            for sentinel in self.sentinels:
+                if sentinel.proc is None:
+                    continue
+                try:
+                    master = call(sentinel.port, "SENTINEL", "master", MASTER)
+                    replicas = call(sentinel.port, "SENTINEL", "replicas", MASTER)
+                except OSError as e:
+                    said.append(f"{sentinel.port}: {e}")
+                    continue
+                seen = [
+                    f"{_field(r, 'port')} {_field(r, 'flags')} "
+                    f"{_field(r, 'master-link-status')}"
+                    for r in replicas
+                ]
+                said.append(
+                    f"{sentinel.port}: master {_field(master, 'port')} "
+                    f"{_field(master, 'flags')}, "
+                    f"{_field(master, 'num-other-sentinels')} other sentinels, "
+                    f"replicas {seen}"
+                )
+            return said
+
+        try:
+            wait_until(
+                lambda: all(settled(s) for s in self.sentinels if s.proc is not None),
+                timeout,
+                "the sentinels agree on the master and see its replica",
+                every=0.2,
+            )
+        except AssertionError as e:
+            raise AssertionError(
+                f"{e} (master {self.master_port}, replicas "
+                f"{self.replica_ports()}; the sentinels say: {views()})"
+            ) from None
 
     def kill_master(self) -> int:
         """``kill -9`` of the master; its port."""
