@@ -15,7 +15,14 @@ class BrokerUnavailable(Exception):
 
 class NotReplicated(BrokerUnavailable):
     """The broker took a write, but fewer of its replicas than asked for
-    (``?wait=N``) had it within the time allowed; ``str()`` says so."""
+    (``?wait=N``) had it within the time allowed; ``str()`` says so, and
+    ``short`` says it without the broker's address (for its clients)."""
+
+    def __init__(self, display: str, asked: int, ms: int, did: object) -> None:
+        self.short = (
+            f"could not copy it to {asked} replica(s) within {ms} ms ({did} did)"
+        )
+        super().__init__(f"the broker at {display} {self.short}")
 
 
 class BrokerRefused(Exception):

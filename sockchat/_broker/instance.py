@@ -622,8 +622,12 @@ class QueueResponder:
             answer, line.answer = line.answer, None
             if answer is None or line.cancelled:
                 continue
-            if failure.check(NotReplicated):  # ?wait=N: not safe in time
-                answer.errback(Unavailable(f"{failure.value}; send it again"))
+            if isinstance(failure.value, NotReplicated):  # ?wait=N: not in time
+                answer.errback(
+                    Unavailable(
+                        f"{BROKER_FOR_CLIENTS} {failure.value.short}; send it again"
+                    )
+                )
             elif failure.check(BrokerUnavailable):
                 answer.errback(
                     Unavailable(

@@ -804,11 +804,7 @@ class RedisClient:
 
         def enough(replicas: object) -> None:
             if not isinstance(replicas, int) or replicas < wait.replicas:
-                raise NotReplicated(
-                    f"the broker at {self.display} could not copy it to "
-                    f"{wait.replicas} replica(s) within {ms} ms "
-                    f"({replicas} did)"
-                )
+                raise NotReplicated(self.display, wait.replicas, ms, replicas)
 
         if self._proto is None or not self.connected:
             return self.command("WAIT")  # fails, saying why

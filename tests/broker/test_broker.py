@@ -253,12 +253,7 @@ class ShortOfReplicas(Counting):
         from sockchat._broker.interface import NotReplicated
 
         self.calls.append("enqueue")
-        return fail(
-            NotReplicated(
-                "the broker at redis://r/0 could not copy it to 1 replica(s) "
-                "within 1000 ms (0 did)"
-            )
-        )
+        return fail(NotReplicated("redis://r/0", 1, 1000, 0))
 
     def enqueue_held(self, group: str, message: bytes, holder: str) -> Any:
         return self.enqueue(group, [message])
@@ -273,7 +268,10 @@ def test_a_line_no_replica_has_in_time_is_unavailable_with_the_turn_back():
     with pytest.raises(LineRefused) as refused:
         c.server.say(talk, "is this safe?")
     assert refused.value.notice.code == "unavailable"
-    assert "could not copy it to 1 replica(s)" in refused.value.notice.text
+    assert (
+        "(the broker could not copy it to 1 replica(s) within 1000 ms (0 did); "
+        "send it again)" in refused.value.notice.text
+    ), "the client is not told the broker's address"
     assert talk.my_turn
 
 
@@ -623,7 +621,10 @@ def test_a_held_line_no_replica_has_in_time_is_unavailable_with_the_turn_back():
     c.instance.broker = c.responder.broker = ShortOfReplicas(c.hub.broker())  # type: ignore[assignment]
     with pytest.raises(LineRefused) as refused:
         c.server.say(talk, "two")
-    assert "could not copy it to 1 replica(s)" in refused.value.notice.text
+    assert (
+        "(the broker could not copy it to 1 replica(s) within 1000 ms (0 did); "
+        "send it again)" in refused.value.notice.text
+    ), "the client is not told the broker's address"
     assert talk.my_turn
 
 
