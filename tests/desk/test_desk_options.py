@@ -72,7 +72,7 @@ def test_the_desk_goes_with_a_broker_a_bot_and_workers(accounts, args):
         ),
         (
             ["--desk", "8081", "--accounts", "ACCOUNTS", "--canned", "/nonexistent"],
-            "--canned /nonexistent: no such file",
+            "--canned /nonexistent: no such file; make one with an answer a line",
         ),
         (["--desk", "99999", "--accounts", "ACCOUNTS"], "--desk 99999 is not a port"),
         (["--responder", "operators"], "--responder operators needs --broker URL"),
