@@ -65,6 +65,13 @@ def test_the_desk_goes_with_a_broker_a_bot_and_workers(accounts, args):
             ["--desk", "8081", "--accounts", "ACCOUNTS", "--responder", "pair"],
             "not pair",
         ),
+        # Refused for the desk, not for a stdin that is no terminal (as
+        # under pytest, or twistd's daemon), which would send the user to
+        # echo or pair, refused next.
+        (
+            ["--desk", "8081", "--accounts", "ACCOUNTS", "--responder", "console"],
+            "workers, or your own, not console",
+        ),
         (["--responder", "echo", "--anonymous"], "--anonymous is for the"),
         (
             ["--desk", "8081", "--accounts", "ACCOUNTS", "--hold", "0"],
