@@ -457,8 +457,8 @@ def log_cross_origin(
         "{why}",
         what=what,
         peer=describe_address(request.getClientAddress()),
-        origin=safe_text(header_text(request, b"origin") or ""),
-        host=safe_text(header_text(request, b"host") or ""),
+        origin=safe_text(header_text(request, b"origin") or "(none)"),
+        host=safe_text(header_text(request, b"host") or "(none)"),
         why=why,
     )
 

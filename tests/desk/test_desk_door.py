@@ -548,6 +548,9 @@ def test_the_desk_socket_refuses_other_origins_even_with_a_session(desk, logged)
         assert socket.raw.startswith(b"HTTP/1.1 403 ")
     assert "refused a cross-origin desk WebSocket" in "\n".join(logged)
     assert desk.door.desk.pages("alice") == []
+    # The one without an Origin is logged as such, not as "origin , host".
+    [no_origin] = [t for t in logged if "no Origin header" in t]
+    assert ": origin (none), host 127.0.0.1:8081: " in no_origin
 
 
 def test_a_rebound_host_name_is_refused_everywhere(desk):
