@@ -485,7 +485,8 @@ class Options(usage.Options):
                     "package.module:name"
                 )
             self["responder"] = "console"
-        if self["responder"] == "console":
+        if self["responder"] == "console" and self["desk"] is None:
+            # (with --desk, _check_desk refuses the console in its own words)
             _check_console(self, chosen=responder is not None)
         _check_broker(self)
         _check_desk(self)

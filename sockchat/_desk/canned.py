@@ -28,6 +28,11 @@ KEYWORD = re.compile(r"[a-z0-9_-]{1,32}")
 #: Answers a file may have at most, and characters each.
 MAX_ANSWERS = 500
 MAX_TEXT = 4096
+#: What a missing file's error tells the user to do.
+HOW = (
+    "make one with an answer a line, its keyword then the text, "
+    "e.g. 'hours We are open from 9:00 to 17:00.' (docs/desk.md)"
+)
 
 
 class CannedError(Exception):
@@ -74,7 +79,7 @@ def load_canned(path: str) -> tuple[Canned, ...]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise CannedError(f"{where}: no such file") from None
+        raise CannedError(f"{where}: no such file; {HOW}") from None
     except (OSError, UnicodeDecodeError) as e:
         reason = getattr(e, "strerror", None) or str(e)
         raise CannedError(f"{where}: cannot read it ({reason})") from None

@@ -93,6 +93,12 @@ SWEEP = 30.0
 SESSION_ENDED = 4001
 #: Days a device cookie lasts (see ``throttle``).
 DEVICE_DAYS = 30
+#: What a login is told when its password check failed (a bug, or the
+#: server out of memory): the log has the traceback.
+CHECK_FAILED = (
+    "the server could not check the password; try again, and if it goes on, "
+    "tell whoever runs the desk (its log says why)"
+)
 
 #: The pages' files, shipped in ``sockchat/web/desk`` (the icon is the chat
 #: page's).
@@ -328,7 +334,7 @@ class DeskDoor:
         def failed(failure: Failure) -> None:
             log.failure("desk: checking a password failed", failure)
             if not gone:
-                request.write(_json(request, 500, error="the check failed"))
+                request.write(_json(request, 500, error=CHECK_FAILED))
                 request.finish()
 
         checked.addCallbacks(judged, failed)

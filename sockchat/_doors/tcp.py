@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from OpenSSL import SSL
 from twisted.internet import address
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
@@ -75,6 +76,26 @@ log = Logger(namespace="sockchat.server")
 #: conversation (its welcome, its idle deadline) starts only once the
 #: handshake is done; a client that stalls it is closed when this passes.
 HANDSHAKE_TIMEOUT = 10.0
+#: Seconds between looks at a connection whose client closed its sending
+#: side while its conversation still owes it something (an answer): the
+#: reactor reads such a socket no more, so a reset would go unseen.
+HALF_CLOSED_CHECK = 5.0
+
+
+def _probe_idle(transport: object) -> None:
+    """Have the kernel probe an idle half-closed connection (TCP keepalive,
+    every ``HALF_CLOSED_CHECK`` seconds): a client whose process was killed
+    after it closed its side leaves a socket that its kernel forgets a
+    minute later (``tcp_fin_timeout``), and only a probe sent after that is
+    answered with the reset that ``_look_at_half_closed`` finds."""
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if not isinstance(handle, socket.socket) or handle.family == socket.AF_UNIX:
+        return
+    seconds = max(1, int(HALF_CLOSED_CHECK))
+    handle.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option in ("TCP_KEEPIDLE", "TCP_KEEPINTVL"):  # Linux's names
+        if hasattr(socket, option):
+            handle.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), seconds)
 
 
 def describe_failure(reason: Failure) -> str:
@@ -137,6 +158,9 @@ class ChatServerProtocol(Protocol):
     #: is under way).
     runner: Runner | None = None
     _handshake: IDelayedCall | None = None
+    #: The next look at a half-closed connection, and what it found.
+    _half_closed: IDelayedCall | None = None
+    _reset: OSError | None = None
 
     def __init__(self, conversation_id: int, host: str | None = None) -> None:
         self.conversation_id = conversation_id
@@ -204,11 +228,42 @@ class ChatServerProtocol(Protocol):
         runner = self.runner
         assert runner is not None, "a half-close before the conversation began"
         runner.end_of_input()
+        if not getattr(self.transport, "disconnecting", True):  # still owes it
+            _probe_idle(self.transport)
+            self._look_later()
+
+    def _look_later(self) -> None:
+        self._half_closed = self.factory.clock.callLater(
+            HALF_CLOSED_CHECK, self._look_at_half_closed
+        )
+
+    def _look_at_half_closed(self) -> None:
+        """A client that closed its side may have left since (its process
+        killed, a close with unread data): the kernel knows, from a reset,
+        and keeps it as the socket's pending error (a read would not say:
+        after the FIN it reads the end of input first)."""
+        self._half_closed = None
+        handle = getattr(self.transport, "getHandle", lambda: None)()
+        if not isinstance(handle, socket.socket):
+            return
+        error = handle.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self._reset = OSError(
+                error, "the client closed its side, then its connection was reset"
+            )
+            self.transport.abortConnection()
+            return
+        self._look_later()
 
     def writeConnectionLost(self) -> None:
         self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        look, self._half_closed = self._half_closed, None
+        if look is not None and look.active():
+            look.cancel()
+        if self._reset is not None:  # aborted here, for the reset it found
+            reason = Failure(ConnectionLost(self._reset.strerror or str(self._reset)))
         handshake, self._handshake = self._handshake, None
         if handshake is not None:  # lost during the TLS handshake
             handshake.cancel()

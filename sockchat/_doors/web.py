@@ -457,8 +457,8 @@ def log_cross_origin(
         "{why}",
         what=what,
         peer=describe_address(request.getClientAddress()),
-        origin=safe_text(header_text(request, b"origin") or ""),
-        host=safe_text(header_text(request, b"host") or ""),
+        origin=safe_text(header_text(request, b"origin") or "(none)"),
+        host=safe_text(header_text(request, b"host") or "(none)"),
         why=why,
     )
 
@@ -653,6 +653,9 @@ class ChatChannel(HTTPChannel):
     #: The current request's head so far: bytes and lines.
     _head_bytes = 0
     _head_lines = 0
+    #: Whether a byte came since the deadline was set (an idle connection,
+    #: kept alive or opened ahead by a browser, is closed quietly).
+    _heard = False
 
     def admitted(self, host: str | None) -> None:
         """This connection holds a slot of the caps, for *host*."""
@@ -677,6 +680,7 @@ class ChatChannel(HTTPChannel):
     def _await_headers(self) -> None:
         self._stop_deadline()
         self._head_bytes = self._head_lines = 0
+        self._heard = False
         self._deadline = self.site.clock.callLater(
             self.site.headers_deadline, self._too_slow
         )
@@ -692,13 +696,25 @@ class ChatChannel(HTTPChannel):
 
     def _too_slow(self) -> None:
         self._deadline = None
-        log.info(
-            "closed a web connection from {peer}: its request did not send its "
-            "headers within {seconds:g}s",
-            peer=describe_address(self._tcp.getPeer()),
-            seconds=self.site.headers_deadline,
-        )
+        peer = describe_address(self._tcp.getPeer())
+        if self._heard:
+            log.info(
+                "closed a web connection from {peer}: its request did not send "
+                "its headers within {seconds:g}s",
+                peer=peer,
+                seconds=self.site.headers_deadline,
+            )
+        else:  # what browsers do: not worth an operator's attention
+            log.debug(
+                "closed an idle web connection from {peer} after {seconds:g}s",
+                peer=peer,
+                seconds=self.site.headers_deadline,
+            )
         self._tcp.abortConnection()
+
+    def dataReceived(self, data: bytes) -> None:
+        self._heard = True
+        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         if self._deadline is not None and self._head_lines >= 0:  # in a head

@@ -239,7 +239,7 @@ class ChatService(Service):
         address = self._listener.listen(self.factory)
         if address is not None:
             log.info(
-                "sockchat listening on {address} ({responder} answers)",
+                "sockchat listening on {address} (answered by {responder})",
                 address=address,
                 responder=self._label,
             )
@@ -315,7 +315,7 @@ class WebChatService(ChatService):
         if address is not None:
             url = f"{self._scheme}://{address}/"
             log.info(
-                "sockchat web page at {url} ({responder} answers)",
+                "sockchat web page at {url} (answered by {responder})",
                 url=url,
                 responder=self._label,
             )

@@ -58,6 +58,14 @@ def test_any_text_is_answers_or_one_line_error(text):
         assert "\n" not in answer.text
 
 
-def test_a_missing_file_is_one_line(tmp_path):
-    with pytest.raises(CannedError, match=r"--canned .*: no such file"):
+def test_a_missing_file_is_one_line_that_says_how_to_make_one(tmp_path):
+    with pytest.raises(CannedError) as raised:
         load_canned(str(tmp_path / "none"))
+    message = str(raised.value)
+    assert "\n" not in message
+    assert ": no such file; make one with an answer a line" in message
+    # The example it gives is a file that works.
+    example = message.split("e.g. '")[1].split("'")[0]
+    path = tmp_path / "made"
+    path.write_text(example + "\n", encoding="utf-8")
+    assert load_canned(str(path)) == (Canned("hours", example.split(" ", 1)[1]),)

@@ -13,7 +13,7 @@ import re
 
 import pytest
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.task import Clock
@@ -440,6 +440,24 @@ def test_password_checks_are_capped_and_a_flood_is_told_to_wait(desk):
     assert statuses[10:] == [b"HTTP/1.0 503"] * 2
 
 
+def test_a_check_that_fails_tells_the_browser_what_to_do(desk, logged_failures):
+    """A bug, or a thread that died: the log has the traceback; the login
+    page gets one line that says what happened and what to do."""
+
+    def broken(work):
+        return fail(MemoryError("scrypt could not have its memory"))
+
+    desk.door._run = broken
+    response = Browser(desk).login()
+    assert response.status == 500
+    assert response.json == {
+        "error": "the server could not check the password; try again, and "
+        "if it goes on, tell whoever runs the desk (its log says why)"
+    }
+    assert "set-cookie" not in response.headers
+    assert [e["log_failure"].type for e in logged_failures] == [MemoryError]
+
+
 def test_the_password_check_runs_in_a_thread_by_default(monkeypatch):
     ran = []
 
@@ -530,6 +548,9 @@ def test_the_desk_socket_refuses_other_origins_even_with_a_session(desk, logged)
         assert socket.raw.startswith(b"HTTP/1.1 403 ")
     assert "refused a cross-origin desk WebSocket" in "\n".join(logged)
     assert desk.door.desk.pages("alice") == []
+    # The one without an Origin is logged as such, not as "origin , host".
+    [no_origin] = [t for t in logged if "no Origin header" in t]
+    assert ": origin (none), host 127.0.0.1:8081: " in no_origin
 
 
 def test_a_rebound_host_name_is_refused_everywhere(desk):

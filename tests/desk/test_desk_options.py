@@ -65,6 +65,13 @@ def test_the_desk_goes_with_a_broker_a_bot_and_workers(accounts, args):
             ["--desk", "8081", "--accounts", "ACCOUNTS", "--responder", "pair"],
             "not pair",
         ),
+        # Refused for the desk, not for a stdin that is no terminal (as
+        # under pytest, or twistd's daemon), which would send the user to
+        # echo or pair, refused next.
+        (
+            ["--desk", "8081", "--accounts", "ACCOUNTS", "--responder", "console"],
+            "workers, or your own, not console",
+        ),
         (["--responder", "echo", "--anonymous"], "--anonymous is for the"),
         (
             ["--desk", "8081", "--accounts", "ACCOUNTS", "--hold", "0"],
@@ -72,7 +79,7 @@ def test_the_desk_goes_with_a_broker_a_bot_and_workers(accounts, args):
         ),
         (
             ["--desk", "8081", "--accounts", "ACCOUNTS", "--canned", "/nonexistent"],
-            "--canned /nonexistent: no such file",
+            "--canned /nonexistent: no such file; make one with an answer a line",
         ),
         (["--desk", "99999", "--accounts", "ACCOUNTS"], "--desk 99999 is not a port"),
         (["--responder", "operators"], "--responder operators needs --broker URL"),

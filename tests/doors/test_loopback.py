@@ -201,3 +201,64 @@ async def test_a_plain_client_on_a_tls_port_is_told_to_use_tls(tmp_path):
         assert "--connect tls:HOST:PORT" in end.why
     finally:
         await port.stopListening()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_gone_after_closing_its_side_does_not_wait_for_ever(
+    monkeypatch,
+):
+    """``nc`` killed, or a script that closes without reading, while its
+    line waits for a person: the client closed its sending side (a FIN),
+    which keeps the conversation open for the answer, then its connection
+    was reset. The server stops reading at the FIN, so only a look at the
+    socket finds it gone; without one, its line waited at the desk for
+    ever (issue 25, the desk tried as a user)."""
+    import socket
+    import struct
+
+    from twisted.internet.task import deferLater
+
+    from sockchat._doors import tcp
+
+    from fakes import Later
+
+    monkeypatch.setattr(tcp, "HALF_CLOSED_CHECK", 0.1)
+    responder = Later()
+    factory, port = await listen("tcp:0:interface=127.0.0.1", responder)
+    try:
+        kept = socket.create_connection(("127.0.0.1", port.getHost().port))
+        gone = socket.create_connection(("127.0.0.1", port.getHost().port))
+        for client, text in ((kept, b"kept"), (gone, b"gone")):
+            client.sendall(text + b": a question for a person\n")
+            client.shutdown(socket.SHUT_WR)
+        for _ in range(100):
+            await deferLater(reactor, 0.05, lambda: None)
+            if len(responder.texts) == 2:
+                break
+        # Closed without reading the welcome: the kernel resets it.
+        gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()
+        for _ in range(200):
+            await deferLater(reactor, 0.05, lambda: None)
+            if len(factory.conversations) == 1:
+                break
+        # The one that is still there keeps waiting for its answer, and
+        # gets it.
+        assert len(factory.conversations) == 1
+        kept_line = responder.texts.index("kept: a question for a person")
+        responder.pending[kept_line].callback("the answer")
+        kept.setblocking(False)  # the reactor runs in this thread
+        heard = b""
+        for _ in range(200):
+            await deferLater(reactor, 0.05, lambda: None)
+            try:
+                chunk = kept.recv(4096)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                break
+            heard += chunk
+        assert b"\nthe answer\n!bye end-of-input:" in heard, heard
+        kept.close()
+    finally:
+        await port.stopListening()

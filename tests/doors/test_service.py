@@ -104,3 +104,27 @@ def test_a_busy_port_is_one_line():
         "(is another server running? choose another port)"
     )
     assert service.port is None
+
+
+def test_the_listening_lines_name_who_answers_in_a_sentence():
+    """``(operators answers)`` read wrong: the line names the responder
+    after "answered by", which reads for any name."""
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    seen: list[str] = []
+
+    def observe(event):
+        seen.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        factory = ChatServerFactory(Later(), clock=Clock())
+        port = ChatService(ListeningEndpoint(), factory, label="operators")
+        port.privilegedStartService()
+        web = WebChatService(ListeningEndpoint(), "tcp:8080", factory, "operators")
+        web.privilegedStartService()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    lines = [t for t in seen if t.startswith("sockchat ")]
+    assert len(lines) == 2
+    assert all(t.endswith(" (answered by operators)") for t in lines), lines

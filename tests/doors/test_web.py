@@ -720,6 +720,30 @@ def test_a_kept_alive_connection_has_a_deadline_for_each_request():
     assert transport.disconnecting
 
 
+def test_an_idle_kept_alive_connection_closes_without_an_info_line(logged):
+    """A browser keeps a connection open after its page loaded, or opens
+    one ahead of a request it may never make: closing it at the deadline
+    is routine, not a slow request (issue 25, the desk tried as a user)."""
+    from twisted.logger import LogLevel
+
+    from sockchat._doors.web import HEADERS_DEADLINE
+
+    factory = make_factory()
+    _, kept = request(factory, "GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
+    _, ahead = request(factory, "")
+    _, slow = request(factory, "GET / HT")
+    factory.clock.advance(HEADERS_DEADLINE)
+    assert all(t.disconnecting for t in (kept, ahead, slow))
+    closed = [
+        (level, text) for level, text, _ in logged if "closed a web connection" in text
+    ]
+    assert [level for level, _ in closed if level >= LogLevel.info] == [LogLevel.info]
+    assert [text for _, text in closed if "did not send its headers" in text] == [
+        f"closed a web connection from 127.0.0.1:50000: its request did not "
+        f"send its headers within {HEADERS_DEADLINE:g}s"
+    ]
+
+
 def test_web_connections_count_against_max_per_ip_from_their_accept():
     factory = make_factory(admission=Admission(max_per_ip=2, cap_loopback=True))
     site = chat_site(factory)

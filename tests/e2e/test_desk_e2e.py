@@ -238,6 +238,21 @@ def test_a_reload_keeps_the_session_and_logout_ends_it(browser, accounts):  # no
         page.wait_for_url(re.compile(r"/login$"))
 
 
+def test_a_login_to_a_stopped_desk_says_what_to_do(browser, accounts):  # noqa: F811
+    with DeskServer(accounts) as server, desk_page(browser) as page:
+        page.goto(server.url)
+        page.wait_for_url(re.compile(r"/login$"))
+        page.fill("#name", "alice")
+        page.fill("#password", PASSWORDS["alice"])
+        server.stop()
+        page.click("#submit")
+        page.wait_for_selector("#error:not([hidden])")
+        assert page.locator("#error").text_content() == (
+            "the desk cannot be reached: check that its server is running, "
+            "then log in again"
+        )
+
+
 def test_without_a_session_the_page_api_and_socket_refuse(browser, accounts):  # noqa: F811
     with DeskServer(accounts) as server, desk_page(browser) as page:
         page.goto(server.url)

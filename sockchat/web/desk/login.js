@@ -46,7 +46,7 @@
       say(answer.error || "the login failed (" + response.status + ")");
       password.select();
     } catch (e) {
-      say("the server cannot be reached");
+      say("the desk cannot be reached: check that its server is running, then log in again");
     } finally {
       submit.disabled = false;
     }
