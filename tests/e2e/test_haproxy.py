@@ -21,18 +21,13 @@ from pathlib import Path
 import pytest
 
 from pair_scenarios import CONVERSATION, PARTNER, Lines, say
+from ports import free_port
 from processes import MetricsServer, Server, need_tool
 
 pytestmark = pytest.mark.slow
 
 #: Health checks this often, so that many land while a client waits.
 CHECK_EVERY_MS = 100
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class HAProxy:

@@ -23,17 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sockchat.tap import Options
 
+from ports import free_port
 from processes import TWISTD, MetricsServer, need_tool, raw_connect, recv_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "contrib" / "systemd"
 ON_LOOPBACK = "tcp:0:interface=127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
