@@ -33,7 +33,7 @@ def test_no_free_port_is_one_error(monkeypatch):
         held.bind(("127.0.0.1", ports.free_port()))
         taken = held.getsockname()[1]
         monkeypatch.setattr(ports._draw, "randint", lambda low, high: taken)
-        with pytest.raises(RuntimeError, match="no free port on 127.0.0.1"):
+        with pytest.raises(RuntimeError, match=r"no free port on 127\.0\.0\.1"):
             ports.free_port()
 
 
