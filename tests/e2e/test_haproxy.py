@@ -80,6 +80,8 @@ class HAProxy:
             "    timeout connect 2s\n"
             "    timeout client 30s\n"
             "    timeout server 30s\n"
+            # Else a check times out after 'inter' (100 ms): slow, not down.
+            "    timeout check 5s\n"
             "frontend monitor\n"
             "    mode http\n"
             f"    bind 127.0.0.1:{self.monitor_port}\n"

@@ -131,6 +131,10 @@ defaults
     timeout connect 1s
     timeout client 10s
     timeout server 10s
+    # A check waits this long for its answer; without it, a check times out
+    # after 'inter' (100 ms), and one slow answer on a busy machine marks
+    # the server DOWN as L7TOUT, not for the 503 the test is about.
+    timeout check 5s
 listen chat
     bind 127.0.0.1:{front}
     option httpchk GET /healthz
