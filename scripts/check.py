@@ -3,6 +3,9 @@
 
     python3 scripts/check.py                # everything
     python3 scripts/check.py -- -k codec    # arguments after -- go to pytest
+    python3 scripts/check.py -- -n 0        # the tests in one process
+
+The tests run in parallel, with pytest-xdist (``-n``): see ``workers()``.
 
 A run that selects some of the tests (``-k``, ``-m``, test files...) still
 reports coverage, but does not hold it to the threshold: only the whole
@@ -34,14 +37,69 @@ CONSTRAINTS = "constraints.txt"
 #: pytest options that run only some of the tests.
 SELECTING = ("-k", "-m", "--lf", "--last-failed", "--sw", "--stepwise", "--deselect")
 
+#: pytest options whose value is the next argument and selects nothing.
+TAKES_A_VALUE = (
+    "-n",
+    "--numprocesses",
+    "--dist",
+    "--maxprocesses",
+    "-p",
+    "--durations",
+    "--junitxml",
+    "--junit-xml",
+    "-W",
+    "--basetemp",
+    "--timeout",
+    "--hypothesis-profile",
+    "--hypothesis-seed",
+)
+
+#: pytest-xdist's workers.  Most of the slow tests wait (for a process to
+#: start, a browser, a deadline), so that four workers keep two cores busy
+#: (README, Development, has the times); the tests of a module that sets
+#: up something once for all of them run on one worker (``loadgroup``, see
+#: tests/conftest.py), in the order conftest.py gives them.
+WORKERS = 4
+PARALLEL = ("--dist", "loadgroup", "--no-loadscope-reorder")
+
 
 def selects_tests(pytest_args: list[str]) -> bool:
     """Whether *pytest_args* run only some of the tests: a selecting option,
     or a test file or node id."""
-    return any(
-        arg.split("=", 1)[0] in SELECTING or not arg.startswith("-")
-        for arg in pytest_args
-    )
+    after_option = False
+    for arg in pytest_args:
+        option = arg.split("=", 1)[0]
+        if option in SELECTING:
+            return True
+        if not arg.startswith("-") and not after_option:
+            return True
+        after_option = option in TAKES_A_VALUE and "=" not in arg
+    return False
+
+
+def workers() -> int:
+    """How many xdist workers: ``SOCKCHAT_TEST_WORKERS``, or twice the
+    cores, at least ``WORKERS``."""
+    wanted = os.environ.get("SOCKCHAT_TEST_WORKERS")
+    if wanted:
+        return int(wanted)
+    return max(WORKERS, 2 * (os.cpu_count() or 1))
+
+
+def parallel_args(pytest_args: list[str]) -> list[str]:
+    """The xdist options, but those that *pytest_args* give themselves (a
+    ``-n 0`` runs the tests in one process), and none with ``-p no:xdist``."""
+    given = {arg.split("=", 1)[0] for arg in pytest_args}
+    if "no:xdist" in pytest_args or "-pno:xdist" in given:
+        return []
+    found: list[str] = []
+    if not given & {"-n", "--numprocesses"} and not any(
+        arg.startswith("-n") and arg[2:].isdigit() for arg in pytest_args
+    ):
+        found += ["-n", str(workers())]
+    if "--dist" not in given:
+        found += PARALLEL
+    return found
 
 
 def coverage_report(coverage: list[str], pytest_args: list[str]) -> list[str]:
@@ -91,7 +149,14 @@ def main(pytest_args: list[str]) -> int:
     coverage = [python, "-m", "coverage"]
     run(*coverage, "erase", step="coverage erase", failures=failures)
     tested = run(
-        *coverage, "run", "-m", "pytest", *pytest_args, step="pytest", failures=failures
+        *coverage,
+        "run",
+        "-m",
+        "pytest",
+        *parallel_args(pytest_args),
+        *pytest_args,
+        step="pytest",
+        failures=failures,
     )
     if tested:
         run(*coverage, "combine", "-q", step="coverage combine", failures=failures)

@@ -24,6 +24,13 @@ CLIENT = [sys.executable, "-m", "sockchat.client"]
 LISTENING = re.compile(rb'(?:sockchat listening on |"address": ")([^\s"]+):(\d+)')
 
 
+#: How long to wait, by default, for a process to say something.  Long:
+#: the suite runs in parallel (pytest-xdist) on machines shared with other
+#: work, and every Python process under coverage; a child that takes 10 s
+#: to import Twisted is slow, not broken.  A passing test never waits it out.
+WAIT = 30.0
+
+
 class Reader:
     """Read a pipe up to a pattern; what comes after waits for the next call."""
 
@@ -32,7 +39,7 @@ class Reader:
         os.set_blocking(stream.fileno(), False)
         self.buffer = b""
 
-    def until(self, pattern: bytes | re.Pattern[bytes], timeout: float = 10.0) -> bytes:
+    def until(self, pattern: bytes | re.Pattern[bytes], timeout: float = WAIT) -> bytes:
         if isinstance(pattern, bytes):
             pattern = re.compile(re.escape(pattern))
         deadline = time.monotonic() + timeout
@@ -61,7 +68,7 @@ class Reader:
 
 
 def read_until(
-    stream, pattern: bytes | re.Pattern[bytes], timeout: float = 10.0
+    stream, pattern: bytes | re.Pattern[bytes], timeout: float = WAIT
 ) -> bytes:
     """One-off read of *stream* up to *pattern*."""
     return Reader(stream).until(pattern, timeout)
@@ -108,7 +115,7 @@ class Server:
         return self
 
     def read_until(
-        self, pattern: bytes | re.Pattern[bytes], timeout: float = 10.0
+        self, pattern: bytes | re.Pattern[bytes], timeout: float = WAIT
     ) -> bytes:
         more = self.reader.until(pattern, timeout)
         self.output += more
@@ -339,7 +346,7 @@ class Tmux:
         """The whole screen and its history, wrapped lines joined."""
         return self._tmux("capture-pane", "-p", "-J", "-S", "-")
 
-    def until(self, text: str | re.Pattern[str], timeout: float = 10.0) -> str:
+    def until(self, text: str | re.Pattern[str], timeout: float = WAIT) -> str:
         """Wait until *text* is on the screen; return the screen."""
         deadline = time.monotonic() + timeout
         while True:

@@ -31,7 +31,8 @@ import pytest
 
 from sockchat._broker.resp import ErrorReply, ReplyParser, encode_command
 
-from redis_server import STARTUP, RedisServer, free_port
+from ports import free_port
+from redis_server import STARTUP, RedisServer
 
 __all__ = ["Sentinel", "SentinelSet", "call", "sentinel_set", "wait_until"]
 

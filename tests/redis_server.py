@@ -31,18 +31,13 @@ from pathlib import Path
 import pytest
 
 from certs import make_tls_files
+from ports import free_port
 from processes import need_tool
 
 __all__ = ["RedisServer", "make_redis_server", "redis_server"]
 
 #: Seconds to wait for the server to answer, or to exit.
 STARTUP = 10.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

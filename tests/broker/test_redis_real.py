@@ -19,8 +19,9 @@ from twisted.internet.task import deferLater
 
 from sockchat._broker.redis import BrokerUnavailable, RedisClient, parse_broker_url
 
+from ports import free_port
 from processes import need_tool
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer
 
 pytestmark = pytest.mark.slow
 

@@ -34,8 +34,8 @@ from sockchat._broker.redis import BrokerUnavailable, RedisClient, parse_broker_
 from sockchat._broker.redisbroker import register_blocking as register
 from sockchat._broker.wire import Keys
 
+from ports import free_port
 from redis_sentinels import Sentinel, SentinelSet, call
-from redis_server import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
+from ports import free_port
 from processes import Server, raw_connect, recv_lines, run_twistd
-from redis_server import free_port
 
 pytestmark = pytest.mark.slow
 

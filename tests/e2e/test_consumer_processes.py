@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ from twisted.internet import reactor
 from sockchat._broker.redisbroker import RedisBroker
 from sockchat._broker.wire import CLAIM_AFTER, PROTOCOL, Keys, Timings
 
+from ports import free_port
 from processes import Reader, Terminal
 from redis_server import RedisServer, SyncRedis  # the fixtures are conftest's
 
@@ -347,9 +347,7 @@ def test_a_worker_goes_on_after_redis_restarts_empty(
 
 
 def test_an_unreachable_broker_is_one_line_and_exit_1(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nobody listens on it
+    port = free_port()  # nobody listens on it
     for command in (OPERATOR, [*WORKER, "examples.bot:FaqBot"]):
         done = subprocess.run(
             [*command, "--broker", f"redis://127.0.0.1:{port}/0"],

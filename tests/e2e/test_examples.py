@@ -18,6 +18,7 @@ from twisted.internet.task import Clock
 from examples.bot import ANSWERS, FaqBot
 from sockchat.testing import MemoryServer, NoResultYet
 
+from ports import free_port
 from processes import (
     TWISTD,
     Server,
@@ -74,12 +75,6 @@ def test_a_bad_responder_reference_is_one_line_at_startup():
         "sockchat: --responder examples.bot:NoSuchBot: module examples.bot has "
         "no 'NoSuchBot'"
     ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 15) -> None:

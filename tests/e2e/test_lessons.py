@@ -20,7 +20,6 @@ from __future__ import annotations
 import re
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from ports import free_port
 from processes import LISTENING, TWISTD, Reader, need_tool
 
 pytestmark = pytest.mark.slow
@@ -44,12 +44,6 @@ def lessons() -> list[tuple[str, str]]:
     """(title, text) of each numbered lesson."""
     parts = re.split(r"^## ", LESSONS, flags=re.M)[1:]
     return [(p.splitlines()[0], p) for p in parts if p[:1].isdigit()]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def command_and_notes(line: str) -> tuple[str, list[tuple[str, str]]]:

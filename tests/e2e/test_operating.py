@@ -23,17 +23,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sockchat.tap import Options
 
+from ports import free_port
 from processes import TWISTD, MetricsServer, need_tool, raw_connect, recv_lines
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "contrib" / "systemd"
 ON_LOOPBACK = "tcp:0:interface=127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -136,6 +131,10 @@ defaults
     timeout connect 1s
     timeout client 10s
     timeout server 10s
+    # A check waits this long for its answer; without it, a check times out
+    # after 'inter' (100 ms), and one slow answer on a busy machine marks
+    # the server DOWN as L7TOUT, not for the 503 the test is about.
+    timeout check 5s
 listen chat
     bind 127.0.0.1:{front}
     option httpchk GET /healthz

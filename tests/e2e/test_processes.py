@@ -10,6 +10,7 @@ import subprocess
 
 import pytest
 
+from ports import free_port
 from processes import (
     LISTENING,
     TWISTD,
@@ -220,12 +221,7 @@ def test_a_port_in_use_is_a_clear_error(tmp_path):
 
 
 def test_bare_port_listens_on_loopback_only():
-    import socket
-
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     proc = subprocess.Popen(
         [
             TWISTD,

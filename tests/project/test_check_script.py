@@ -48,3 +48,40 @@ def test_readme_says_a_subset_run_skips_the_threshold():
     readme = (SCRIPT.parent.parent / "README.md").read_text()
     assert 'python3 scripts/check.py -- -k codec -m "not slow"' in readme
     assert "threshold" in readme
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-n", "0"],
+        ["-n", "4", "-q"],
+        ["--durations", "30"],
+        ["--durations=30", "-x"],
+        ["-p", "no:xdist"],
+    ],
+)
+def test_options_that_take_a_value_select_no_tests(args):
+    assert not check.selects_tests(args)
+    assert check.coverage_report(COVERAGE, args) == [*COVERAGE, "report"]
+
+
+def test_the_tests_run_in_parallel_unless_told_otherwise(monkeypatch):
+    monkeypatch.setenv("SOCKCHAT_TEST_WORKERS", "3")
+    assert check.parallel_args([]) == ["-n", "3", *check.PARALLEL]
+    assert check.parallel_args(["-n", "0"]) == list(check.PARALLEL)
+    assert check.parallel_args(["-n0"]) == list(check.PARALLEL)
+    assert check.parallel_args(["--dist", "load"]) == ["-n", "3"]
+    assert check.parallel_args(["-p", "no:xdist"]) == []
+
+
+def test_the_workers_are_at_least_four(monkeypatch):
+    monkeypatch.delenv("SOCKCHAT_TEST_WORKERS", raising=False)
+    monkeypatch.setattr(check.os, "cpu_count", lambda: 1)
+    assert check.workers() == check.WORKERS == 4
+    monkeypatch.setattr(check.os, "cpu_count", lambda: 8)
+    assert check.workers() == 16
+
+
+def test_readme_says_how_to_run_in_one_process():
+    readme = (SCRIPT.parent.parent / "README.md").read_text()
+    assert "python3 scripts/check.py -- -n 0" in readme

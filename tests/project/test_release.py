@@ -23,6 +23,7 @@ from sockchat import client
 from sockchat._version import __version__
 from sockchat.tap import Options
 
+from ports import free_port
 from processes import LISTENING, Reader, raw_connect, recv_lines
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -258,7 +259,7 @@ def test_the_examples_run_from_the_installed_wheel(release):
     finally:
         assert b"Traceback" not in echo.stop()
     # multiservice.tac: sockchat beside another service.
-    chat_port, status_port = _free_port(), _free_port()
+    chat_port, status_port = free_port(), free_port()
     tac = _Twistd(
         release,
         "-y",
@@ -277,12 +278,6 @@ def test_the_examples_run_from_the_installed_wheel(release):
             assert recv_lines(sock, 1) == [b"hello"]
     finally:
         assert b"Traceback" not in tac.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _connect_when_up(port: int, proc: subprocess.Popen[bytes]) -> socket.socket:
