@@ -1209,6 +1209,7 @@ def _say_parser() -> None:
         log.info("the broker's replies are parsed by hiredis")
     else:
         log.info(
-            "the broker's replies are parsed in Python; pip install "
-            "'sockchat[broker]' for hiredis, which is faster"
+            "the broker's replies are parsed in Python; for a faster "
+            "parser, install hiredis (pip install 'hiredis>=3,<4', from a "
+            "clone or from PyPI alike)"
         )
