@@ -6,14 +6,22 @@ by pid.
 
     def test_something(sentinel_set):
         url = sentinel_set.url()             # redis+sentinel://.../mymaster/0
+        sentinel_set.fail_over_after(1000)   # a fast failover, from now on
         old = sentinel_set.kill_master()     # kill -9; returns its port
         new = sentinel_set.wait_for_promotion(old)
         sentinel_set.restart_as_replica(old)  # the old master comes back
 
 The sentinels are ``redis-server --sentinel`` (no redis-sentinel package
-needed), with ``down-after-milliseconds`` 1000, so that a failover takes a
-few seconds.  Every wait is on a condition, polled until a deadline; none
-is a bare sleep.  ``call()`` talks to any of them with a blocking socket.
+needed).  They start with ``down-after-milliseconds`` at a minute
+(DOWN_AFTER_MS): a server that a loaded machine leaves unscheduled for a
+second is not taken for dead, so no failover happens at start.  (With 1000,
+a master stalled 1 s just after the sentinels began was failed over, and
+the set never settled on the master it had started: seen at load 10, and
+made at will by stopping the master for 3 s.)  A test that kills the
+master asks for a fast failover itself, with ``fail_over_after(1000)``
+just before: a failover then takes a few seconds.  Every wait is on a
+condition, polled until a deadline; none is a bare sleep.  ``call()``
+talks to any of them with a blocking socket.
 """
 
 from __future__ import annotations
@@ -39,6 +47,10 @@ __all__ = ["Sentinel", "SentinelSet", "call", "sentinel_set", "wait_until"]
 MASTER = "mymaster"
 #: Seconds the set has to settle (replication up, sentinels agreed).
 SETTLE = 30.0
+#: How long a server may be silent before a sentinel holds it down, until
+#: a test asks for less (``SentinelSet.fail_over_after``): longer than any
+#: stall of a loaded machine, so that nothing fails over unasked.
+DOWN_AFTER_MS = 60_000
 
 
 def wait_until(
@@ -90,7 +102,7 @@ class Sentinel:
         master_port: int,
         *,
         password: str | None = None,
-        down_after_ms: int = 1000,
+        down_after_ms: int = DOWN_AFTER_MS,
         failover_timeout_ms: int = 2000,
         tls_files: dict[str, Path] | None = None,
     ) -> None:
@@ -155,6 +167,13 @@ class Sentinel:
         """The master's port, as this sentinel says."""
         reply = call(self.port, "SENTINEL", "get-master-addr-by-name", MASTER)
         return int(reply[1]) if isinstance(reply, list) else None
+
+    def down_after(self, ms: int) -> None:
+        """Hold the master (and its replicas) down after *ms* of silence."""
+        reply = call(
+            self.port, "SENTINEL", "SET", MASTER, "down-after-milliseconds", str(ms)
+        )
+        assert reply == "OK", reply
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is None:
@@ -234,13 +253,33 @@ class SentinelSet:
             f"the replica on port {port} is in sync",
         )
 
-    def wait_settled(self, timeout: float = SETTLE) -> None:
-        """Until every live sentinel names the master, sees its replica up,
-        and knows the two other sentinels: a failover can happen."""
+    def fail_over_after(self, ms: int) -> None:
+        """Every live sentinel holds a server down after *ms* of silence
+        (a fast failover, for a test that kills the master)."""
+        for sentinel in self.sentinels:
+            if sentinel.proc is not None:
+                sentinel.down_after(ms)
 
-        def settled(sentinel: Sentinel) -> bool:
-            if sentinel.master() != self.master_port:
-                return False
+    def wait_settled(self, timeout: float = SETTLE) -> None:
+        """Until every live sentinel names the same master, one that says
+        it is the master, sees every other running server as its replica,
+        in sync, and knows the other live sentinels: a failover can happen.
+        That master becomes ``master_port`` (the one started, unless the
+        sentinels failed it over meanwhile)."""
+
+        def agreed() -> int | None:
+            named = {s.master() for s in self.sentinels if s.proc is not None}
+            if len(named) != 1:
+                return None
+            (port,) = named
+            if port not in self.servers or self.servers[port].proc is None:
+                return None
+            role = call(port, "ROLE", password=self.password)
+            if not (isinstance(role, list) and role[0] == b"master"):
+                return None
+            return port
+
+        def settled(sentinel: Sentinel, master_port: int) -> bool:
             replicas = call(sentinel.port, "SENTINEL", "replicas", MASTER)
             up = {
                 _field(r, "port")
@@ -251,8 +290,19 @@ class SentinelSet:
             master = call(sentinel.port, "SENTINEL", "master", MASTER)
             others = int(_field(master, "num-other-sentinels") or 0)
             live = sum(1 for s in self.sentinels if s.proc is not None)
-            wanted = {str(p) for p in self.replica_ports()}
+            wanted = {
+                str(p)
+                for p, server in self.servers.items()
+                if p != master_port and server.proc is not None
+            }
             return bool(wanted) and wanted <= up and others >= live - 1
+
+        def whole() -> int | None:
+            port = agreed()
+            if port is None:
+                return None
+            live = (s for s in self.sentinels if s.proc is not None)
+            return port if all(settled(s, port) for s in live) else None
 
         def views() -> list[str]:
             """What each live sentinel says, for a set that does not settle."""
@@ -280,8 +330,8 @@ class SentinelSet:
             return said
 
         try:
-            wait_until(
-                lambda: all(settled(s) for s in self.sentinels if s.proc is not None),
+            self.master_port = wait_until(
+                whole,
                 timeout,
                 "the sentinels agree on the master and see its replica",
                 every=0.2,

@@ -105,6 +105,7 @@ async def test_a_killed_master_is_followed_within_15_s_of_the_promotion(
             # The first one: the one the clients ask first and listen to.
             # Two of three still make the quorum and elect a leader.
             sentinel_set.sentinels[0].stop(signal.SIGKILL)
+        sentinel_set.fail_over_after(1000)  # the test needs a fast failover
         old = sentinel_set.kill_master()
         await until(lambda: states == [False], 5, "the loss is noticed")
         new = await deferToThread(sentinel_set.wait_for_promotion, old)

@@ -299,6 +299,7 @@ def test_a_killed_master_loses_no_accepted_line_and_turns_flow_within_15_s(
         )
         # The replicas lag: the master accepts writes that they do not
         # have when it dies (without ?wait=1, those lines would be lost).
+        ha.fail_over_after(1000)  # the test needs a fast failover
         lagging = [ha.servers[port].pid for port in ha.replica_ports()]
         for pid in lagging:
             os.kill(pid, signal.SIGSTOP)
