@@ -218,7 +218,16 @@ class BrokerInstance:
             beat()
 
     def _took_census(self, census: Census) -> None:
+        before = self._census
         self._census = Census(census.instances | {self.name}, census.consumers)
+        for group in sorted(self._census.consumers):
+            count = len(self._census.of(group))
+            if group not in before.consumers or count != len(before.of(group)):
+                log.info(
+                    "{count} live consumer(s) of {group} at the broker",
+                    count=count,
+                    group=group,
+                )
         for callback in list(self._censuses):
             callback(self._census)
 

@@ -174,6 +174,25 @@ def test_a_worker_whose_heartbeat_stopped_does_not_count():
         c.server.say(talk, "hello?")
 
 
+def test_the_instance_logs_how_many_workers_it_sees_when_that_changes(
+    logged_events,
+):
+    c = Cluster()
+    c.advance(HEARTBEAT * 3)
+    c.desk.offline()
+    c.advance(HEARTBEAT * 3)
+    c.desk.online()
+    c.advance(HEARTBEAT)
+    counts = [
+        (e["count"], e["group"])
+        for e in logged_events
+        if e.get("log_format") == "{count} live consumer(s) of {group} at the broker"
+    ]
+    # Once at the first census, then at each change, not at every beat:
+    # what a test (or an operator) waits for before a client speaks.
+    assert counts == [(1, "workers"), (0, "workers"), (1, "workers")]
+
+
 def test_with_no_operator_online_the_client_is_told_its_line_waits():
     c = Cluster("operators")
     c.desk.offline()

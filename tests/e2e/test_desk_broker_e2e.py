@@ -246,6 +246,8 @@ def test_a_bot_in_a_worker_hands_over_to_a_desk_of_its_own(
         found = DESK.search(desk.out.until(DESK))
         assert found is not None
         worker.out.until(b"lines at once")
+        # The worker is up; the instance learns of it at its next heartbeat.
+        server.read_until(b"1 live consumer(s) of workers at the broker")
         log_in(alice, found.group(1).decode(), "alice")
         client = Client(server.port)
         hand_over_and_answer(alice, client)
