@@ -59,6 +59,8 @@ class Lesson:
         self.server: subprocess.Popen[bytes] | None = None
         self.reader: Reader | None = None
         self.log = b""
+        #: Where the running server's lines begin in the log.
+        self.began = 0
 
     def adapt(self, command: str) -> str:
         """The command as written, on this run's ports and programs."""
@@ -97,24 +99,49 @@ class Lesson:
             stderr=subprocess.STDOUT,
         )
         self.reader = Reader(self.server.stdout)
+        self.began = len(self.log)
         self.log += self.reader.until(LISTENING, timeout=30)
         if "--web" in command:
             self.log += self.reader.until(b"sockchat web page at", timeout=30)
 
     def stop(self) -> None:
+        """Ctrl-C, as the page says: the server stops, cleanly.
+
+        Lesson 7 ends with a Ctrl-C just after the server said "listening":
+        before issue 24's fix (sockchat._operations.signals), that SIGINT
+        could come before the reactor had its handlers, and the server
+        ended with a ``KeyboardInterrupt`` traceback, or lost the signal
+        and ran on (this test then failed about one run in eight).  A
+        server that stops any other way than a clean Ctrl-C fails here,
+        saying so."""
         if self.server is None:
             return
-        self.server.send_signal(signal.SIGINT)
+        server, self.server = self.server, None
+        server.send_signal(signal.SIGINT)
         try:
-            self.server.wait(15)
+            server.wait(15)
         except subprocess.TimeoutExpired:
-            self.server.kill()
-            self.server.wait()
-            raise
-        assert self.reader is not None
-        self.log += self.reader.rest()
-        self.server.stdout.close()
-        self.server = None
+            server.kill()
+            server.wait()
+            raise AssertionError(
+                f"the server still ran 15 s after Ctrl-C:\n{self.said()}"
+            ) from None
+        finally:
+            assert self.reader is not None
+            self.log += self.reader.rest()
+            server.stdout.close()
+        assert server.returncode == -signal.SIGINT, (
+            f"the server exited {server.returncode} at Ctrl-C:\n{self.said()}"
+        )
+        for bad in (b"Traceback", b"KeyboardInterrupt", b"Unable to format"):
+            assert bad not in self.log, f"{bad!r} at Ctrl-C:\n{self.said()}"
+        assert b"Received SIGINT, shutting down." in self.log[self.began :], (
+            f"no clean shutdown at Ctrl-C:\n{self.said()}"
+        )
+
+    def said(self) -> str:
+        """The running (or last) server's log."""
+        return self.log[self.began :].decode("utf-8", "replace")
 
     def run(self, line: str) -> None:
         command, notes = command_and_notes(line)
