@@ -10,7 +10,7 @@ and the file is replaced atomically, readable by its owner only (0600).
 ``serve --broker URL --accounts FILE`` serves the desk in a process of its
 own, for every instance that shares the broker: the desk that ``twistd
 sockchat --desk PORT`` serves beside its clients, on a machine (or behind
-a firewall) of its own.
+a firewall) of its own, with the same ``--allow`` and ``--deny`` rules.
 """
 
 from __future__ import annotations
@@ -125,6 +125,17 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not tell a client who answers it",
     )
+    for kind, what in (("allow", "admit only"), ("deny", "refuse")):
+        serve.add_argument(
+            f"--{kind}",
+            dest="ranges",
+            action="append",
+            default=[],
+            type=_written(kind),
+            metavar="CIDR",
+            help=f"{what} addresses in this range at the desk (repeatable), "
+            f"as twistd sockchat's --{kind}",
+        )
     serve.add_argument(
         "--max-line",
         type=positive("--max-line"),
@@ -134,6 +145,17 @@ def _parser() -> argparse.ArgumentParser:
         "instances' --max-line)",
     )
     return parser
+
+
+def _written(kind: str) -> Callable[[str], tuple[str, str]]:
+    """An argparse type: ``--allow`` and ``--deny`` ranges go to one list,
+    in the order written (``access_rules``)."""
+
+    def written(text: str) -> tuple[str, str]:
+        return kind, text
+
+    written.__name__ = f"--{kind}"
+    return written
 
 
 def _read_password(stdin: TextIO, ask: Callable[[str], str]) -> str:
@@ -192,7 +214,7 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
     from twisted.internet.endpoints import serverFromString
 
     from sockchat._broker.redisbroker import connect
-    from sockchat._core.limits import Admission
+    from sockchat._core.limits import Admission, access_rules
     from sockchat._desk.brokered import BrokerQueue
     from sockchat._desk.door import DeskDoor, DeskSettings
     from sockchat._operations.services import DeskService
@@ -203,6 +225,10 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
 
     accounts = AccountsFile(options.accounts)
     canned: tuple[Canned, ...] = ()
+    try:
+        rules = access_rules(options.ranges)
+    except ValueError as e:
+        raise refused(f"--allow/--deny: {e}") from None
     try:
         accounts.load()
         if options.canned is not None:
@@ -237,7 +263,9 @@ async def _serve(reactor: Any, options: argparse.Namespace) -> None:
         settings=settings,
         canned=canned,
         admission=Admission(
-            max_clients=settings.max_connections, max_per_ip=settings.max_per_ip
+            max_clients=settings.max_connections,
+            max_per_ip=settings.max_per_ip,
+            rules=rules,
         ),
     )
     service = DeskService(

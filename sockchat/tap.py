@@ -32,7 +32,7 @@ from sockchat._core.defaults import (
     AnswerTimeout,
 )
 from sockchat._core.framing import FRAMINGS, framing_named
-from sockchat._core.limits import AccessRules, Admission, parse_networks
+from sockchat._core.limits import Admission, access_rules
 from sockchat._core.stats import Health
 from sockchat._desk.accounts import AccountsError, AccountsFile
 from sockchat._desk.canned import CannedError, load_canned
@@ -307,7 +307,7 @@ class Options(usage.Options):
         self["allow"] = []
         self["deny"] = []
         #: Every --allow and --deny range, in the order written.
-        self._ranges: list[str] = []
+        self._ranges: list[tuple[str, str]] = []
 
     def opt_version(self) -> None:
         """Print sockchat's version and exit."""
@@ -317,12 +317,12 @@ class Options(usage.Options):
     def opt_allow(self, cidr: str) -> None:
         """Admit only addresses in this range (repeatable), e.g. 10.0.0.0/8."""
         self["allow"].append(cidr)
-        self._ranges.append(cidr)
+        self._ranges.append(("allow", cidr))
 
     def opt_deny(self, cidr: str) -> None:
         """Refuse addresses in this range (repeatable), e.g. 2001:db8::/32."""
         self["deny"].append(cidr)
-        self._ranges.append(cidr)
+        self._ranges.append(("deny", cidr))
 
     def parseOptions(self, options: Sequence[str] | None = None) -> None:
         # Kept so that errors are reported in the order the options were
@@ -455,10 +455,7 @@ class Options(usage.Options):
 
     def _check_rules(self) -> None:
         try:
-            parse_networks(self._ranges)  # the first mistake written, if any
-            self["rules"] = AccessRules(
-                allow=parse_networks(self["allow"]), deny=parse_networks(self["deny"])
-            )
+            self["rules"] = access_rules(self._ranges)
         except ValueError as e:
             raise fatal(f"--allow/--deny: {e}") from None
 

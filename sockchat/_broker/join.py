@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TextIO, cast
 
 from attrs import define, field
 from twisted.internet.defer import Deferred
@@ -26,7 +26,14 @@ from sockchat._broker.consumer import Consumer, Handler, Outbox, consumer_name
 from sockchat._broker.interface import BrokerRefused, BrokerUnavailable, IBroker
 from sockchat._broker.redisbroker import connect
 
-__all__ = ["BROKER_HELP", "Joined", "join", "positive", "start_logging"]
+__all__ = [
+    "BROKER_HELP",
+    "Joined",
+    "join",
+    "positive",
+    "start_logging",
+    "stderr_observer",
+]
 
 #: ``--broker``'s help, the same for every consumer.
 BROKER_HELP = (
@@ -51,9 +58,15 @@ def positive(option: str) -> Callable[[str], int]:
     return check
 
 
-def start_logging(prog: str) -> None:
-    """Log to stderr, one line an event (ours from info, Twisted's from
-    warn), with a traceback for a failure."""
+def stderr_observer(prog: str, out: TextIO | None = None) -> ILogObserver:
+    """One line an event on *out* (default: stderr), after ``prog: ``:
+    ours from info, Twisted's from warn, with a traceback for a failure.
+
+    A line that begins with the last part of *prog* already (the desk's
+    ``desk: alice logged in``, said so under twistd, where several doors
+    log together) says it once: ``sockchat.desk: alice logged in``.
+    """
+    own = f"{prog.rpartition('.')[2]}: "
 
     @provider(ILogObserver)
     def observe(event: LogEvent) -> None:
@@ -61,14 +74,20 @@ def start_logging(prog: str) -> None:
         ours = str(event.get("log_namespace", "")).startswith("sockchat")
         if level is None or level < (LogLevel.info if ours else LogLevel.warn):
             return  # Twisted's own chatter (factories starting) is not for us
-        text = formatEvent(event)
+        text = formatEvent(event).removeprefix(own)
         failure = event.get("log_failure")
         if failure is not None:
             text += "\n" + failure.getTraceback().rstrip("\n")
-        sys.stderr.write(f"{prog}: {text}\n")
-        sys.stderr.flush()
+        stream = out or sys.stderr
+        stream.write(f"{prog}: {text}\n")
+        stream.flush()
 
-    globalLogBeginner.beginLoggingTo([observe], redirectStandardIO=False)
+    return cast(ILogObserver, observe)
+
+
+def start_logging(prog: str) -> None:
+    """Log to stderr (``stderr_observer``)."""
+    globalLogBeginner.beginLoggingTo([stderr_observer(prog)], redirectStandardIO=False)
 
 
 @define(eq=False)

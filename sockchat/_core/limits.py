@@ -23,7 +23,7 @@ from attrs import define, field, frozen
 from sockchat._core.defaults import DEFAULT_MAX_CLIENTS, DEFAULT_MAX_PER_IP
 from sockchat._core.wire import Notice, NoticeKind
 
-__all__ = ["AccessRules", "Admission", "Refusal", "parse_networks"]
+__all__ = ["AccessRules", "Admission", "Refusal", "access_rules", "parse_networks"]
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -80,6 +80,24 @@ class AccessRules:
         if self.allow and not any(address in net for net in self.allow):
             return False
         return not any(address in net for net in self.deny)
+
+
+def access_rules(written: Iterable[tuple[str, str]]) -> AccessRules:
+    """The rules of ``--allow`` and ``--deny`` ranges as they were written,
+    in order: ``("allow", "10.0.0.0/8")``, ``("deny", "10.9.0.0/16")``.
+
+    The same for every program that takes them (``twistd sockchat``,
+    ``python -m sockchat.desk serve``).  Raises ``ValueError`` naming the
+    first range written that is not one (``parse_networks``).
+    """
+    pairs = list(written)
+    networks = parse_networks(text for _, text in pairs)
+    kinds = [kind for kind, _ in pairs]
+    ranges = list(zip(kinds, networks, strict=True))
+    return AccessRules(
+        allow=tuple(n for kind, n in ranges if kind == "allow"),
+        deny=tuple(n for kind, n in ranges if kind == "deny"),
+    )
 
 
 @frozen

@@ -89,3 +89,21 @@ def test_desk_option_mistakes_are_one_line(accounts, args, says):
     message = refusal(*[accounts if a == "ACCOUNTS" else a for a in args])
     assert message.startswith("sockchat: ")
     assert says in message
+
+
+def test_desk_serve_says_its_name_once_in_its_log():
+    """``desk serve``'s lines name it once; another program's keep ``desk:``."""
+    from io import StringIO
+
+    from twisted.logger import Logger
+
+    from sockchat._broker.join import stderr_observer
+
+    for prog, says in [
+        ("sockchat.desk", "sockchat.desk: alice logged in\n"),
+        ("sockchat.operator", "sockchat.operator: desk: alice logged in\n"),
+    ]:
+        out = StringIO()
+        log = Logger(namespace="sockchat.desk", observer=stderr_observer(prog, out))
+        log.info("desk: {name} logged in", name="alice")
+        assert out.getvalue() == says

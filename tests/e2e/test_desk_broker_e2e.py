@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -264,6 +266,10 @@ def test_a_bot_in_a_worker_hands_over_to_a_desk_of_its_own(
         ),
         (["--accounts", "/nonexistent"], "no such file; make accounts with: "),
         (["--desk", "bogus:1"], "sockchat.desk: --desk 'bogus:1' is neither"),
+        (
+            ["--allow", "127.0.0.0/8", "--deny", "10.0.0.1/8"],
+            "sockchat.desk: --allow/--deny: '10.0.0.1/8' has bits set",
+        ),
     ],
 )
 def test_desk_serve_mistakes_are_one_line(accounts, args, says):  # noqa: F811
@@ -279,3 +285,31 @@ def test_desk_serve_mistakes_are_one_line(accounts, args, says):  # noqa: F811
     lines = done.stderr.decode().strip().splitlines()
     assert len(lines) == 1, lines
     assert says in lines[0]
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        ("--deny", "127.0.0.0/8"),
+        ("--allow", "10.0.0.0/8", "--allow", "192.168.0.0/16"),
+    ],
+)
+def test_desk_serve_keeps_its_address_rules_and_says_so_once(
+    accounts,  # noqa: F811
+    redis_server,
+    rules,
+):
+    """``desk serve`` takes ``--allow``/``--deny`` as twistd does, and its
+    log says its name once (issue 25: ``sockchat.desk: desk: ...`` before)."""
+    url = redis_url(redis_server)
+    serve = ("-m", "sockchat.desk", "serve", "--broker", url, "--desk", ON_LOOPBACK)
+    with Background(*serve, "--accounts", str(accounts), *rules) as desk:
+        found = DESK.search(desk.out.until(DESK))
+        assert found is not None
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(found.group(1).decode() + "login", timeout=10)
+        refused.value.close()
+        assert refused.value.code == 403
+        said = desk.out.until(re.compile(rb"[^\n]*refused a connection[^\n]*\n"))
+    line = said.decode().splitlines()[-1]
+    assert line.startswith("sockchat.desk: refused a connection from 127.0.0.1")
