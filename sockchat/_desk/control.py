@@ -56,9 +56,12 @@ class Hello:
 
 @frozen
 class Problem:
-    """A command of this page's was refused; ``why`` is one line."""
+    """A command of this page's was refused; ``why`` is one line, which
+    holds while the operator holds *while_holding* conversations or more
+    (``Refusal.while_holding``)."""
 
     why: str
+    while_holding: int | None = None
 
 
 PageMessage = Message | Hello | Problem
@@ -166,7 +169,7 @@ class Desk:
         """*operator* asks, from *page*."""
         decided = self.model.command(operator, command, self.clock.seconds())
         if isinstance(decided, Refusal):
-            page.send(Problem(decided.why))
+            page.send(Problem(decided.why, decided.while_holding))
             return
         self._run(decided, page)
 

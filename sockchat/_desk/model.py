@@ -119,6 +119,10 @@ class Refusal:
     """A command the model will not pass on; ``why`` is one line for a person."""
 
     why: str
+    #: What ``why`` says holds while its operator holds this many
+    #: conversations or more (the hold limit), and is over below it; None:
+    #: it was said of that moment only.
+    while_holding: int | None = None
 
 
 # What the door does on the queue: a command with its operator, or these.
@@ -552,9 +556,9 @@ class DeskModel:
         """May *operator* do this?  What to do (``Do`` it on the queue, and
         tell the pages), or why not."""
         if isinstance(command, Take):
-            why = self._may_take(operator, command.entry)
-            if why is not None:
-                return Refusal(why)
+            refusal = self._may_take(operator, command.entry)
+            if refusal is not None:
+                return refusal
             key = self._lines[command.entry].conversation
             self._taking[command.entry] = (operator.name, key)
             return [Do(operator, command)]
@@ -578,19 +582,20 @@ class DeskModel:
         if isinstance(done.command, Take):
             self._taking.pop(done.command.entry, None)
 
-    def _may_take(self, operator: Operator, entry: str) -> str | None:
+    def _may_take(self, operator: Operator, entry: str) -> Refusal | None:
         line = self._lines.get(entry)
         if line is None or entry in self._taking:
-            return "that line is no longer waiting"
+            return Refusal("that line is no longer waiting")
         holder = self._holder(line.conversation)
         if holder is not None:
             if holder.name == operator.name:
-                return "that conversation is yours already"
-            return f"{holder.display} holds that conversation"
+                return Refusal("that conversation is yours already")
+            return Refusal(f"{holder.display} holds that conversation")
         if self.holding(operator.name) >= self.hold:
-            return (
+            return Refusal(
                 f"you hold {self.hold} conversation{'s' if self.hold > 1 else ''}, "
-                "the most you may; hand one back or end one first"
+                "the most you may; hand one back or end one first",
+                while_holding=self.hold,
             )
         return None
 

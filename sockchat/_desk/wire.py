@@ -117,7 +117,10 @@ def _fields(message: PageMessage) -> dict[str, Any]:
             "why": message.why,
         }
     assert isinstance(message, Problem)
-    return {"type": "problem", "why": message.why}
+    problem: dict[str, Any] = {"type": "problem", "why": message.why}
+    if message.while_holding is not None:
+        problem["while_holding"] = message.while_holding
+    return problem
 
 
 def encode(message: PageMessage) -> str:

@@ -777,6 +777,7 @@ def test_hand_back_and_the_hold_limit_over_the_socket(tmp_path):
     assert problem["why"] == (
         "you hold 1 conversation, the most you may; hand one back or end one first"
     )
+    assert problem["while_holding"] == 1
     messages = socket.send(type="handback", conversation="i1/1")
     assert of(messages, "released") == [
         {"type": "released", "conversation": "i1/1", "why": "handed back to the queue"}

@@ -216,6 +216,36 @@ def test_an_operator_logs_in_and_answers_a_client_once_per_line(browser, account
         client.close()
 
 
+def test_the_hold_limit_banner_clears_once_the_limit_no_longer_applies(
+    browser,  # noqa: F811
+    accounts,
+):
+    """Issue 25's trial: "you hold 1 conversation..." stayed at the top after
+    the operator let one go.  The page's clock stands still once logged in,
+    so the banner cannot simply fade: only the hand-back may clear it."""
+    with DeskServer(accounts, "--hold", "1") as server, desk_page(browser) as page:
+        first, second = Client(server.port), Client(server.port)
+        first.say("the first question")
+        second.say("the second question")
+        page.clock.install()
+        log_in(page, server)
+        page.clock.pause_at(page.evaluate("Date.now()") + 1000)
+        queue = page.locator("#queue .line")
+        queue.filter(has_text="the first question").locator("button.take").click()
+        held = page.locator(".conversation", has_text="the first question")
+        held.locator(".answer").wait_for()
+        queue.filter(has_text="the second question").locator("button.take").click()
+        banner = page.locator("#problem")
+        banner.wait_for(state="visible")
+        assert banner.text_content() == (
+            "you hold 1 conversation, the most you may; hand one back or end one first"
+        )
+        held.locator("button.handback").click()
+        banner.wait_for(state="hidden")
+        first.close()
+        second.close()
+
+
 def test_a_reload_keeps_the_session_and_logout_ends_it(browser, accounts):  # noqa: F811
     with DeskServer(accounts) as server, desk_page(browser) as page:
         log_in(page, server)

@@ -33,6 +33,9 @@
   let canned = new Map();
   let retry = 1000;
   let problemTimer = null;
+  // The banner holds while you hold this many conversations or more (the
+  // hold limit's problem); null: it was said of a moment, and fades.
+  let problemWhileHolding = null;
   let leaving = false; // going to the login page: a socket closing is no news
   // Conversations shown here, by key: {element, entry, over}.
   const shown = new Map();
@@ -49,11 +52,20 @@
     status.textContent = text;
   }
 
-  function complain(text) {
+  function complain(text, whileHolding) {
     problem.textContent = visible(text);
     problem.hidden = false;
     clearTimeout(problemTimer);
-    problemTimer = setTimeout(() => { problem.hidden = true; }, 8000);
+    problemWhileHolding = whileHolding ?? null;
+    if (problemWhileHolding === null) {
+      problemTimer = setTimeout(clearProblem, 8000);
+    }
+  }
+
+  function clearProblem() {
+    clearTimeout(problemTimer);
+    problem.hidden = true;
+    problemWhileHolding = null;
   }
 
   // How long a line has waited, as a person says it.
@@ -165,6 +177,7 @@
     for (const view of shown.values()) if (!view.over) held += 1;
     heldCount.textContent = hold ? "(" + held + " of " + hold + ")" : "";
     noneHeld.hidden = shown.size > 0;
+    if (problemWhileHolding !== null && held < problemWhileHolding) clearProblem();
   }
 
   function expand(input, hint) {
@@ -299,7 +312,7 @@
     } else if (message.type === "released") {
       released(message);
     } else if (message.type === "problem") {
-      complain(message.why);
+      complain(message.why, message.while_holding);
     }
   }
 
