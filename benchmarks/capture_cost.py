@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _callgrind import python_instructions
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 #: Seconds between turns: under the trace's bounds (10 reads, 20 packet
@@ -162,28 +164,7 @@ for n, frame in enumerate(frames[: 3 + 3 * turns]):
 
 
 def instructions(turns: int, most: int) -> int:
-    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONHASHSEED="0")
-    with tempfile.TemporaryDirectory() as where:
-        out = Path(where) / "callgrind.out"
-        subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                "-c",
-                CHILD,
-                str(turns),
-                str(most),
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            cwd=where,
-        )
-        summary = re.search(r"^summary: (\d+)", out.read_text(), re.MULTILINE)
-        assert summary, "callgrind wrote no summary"
-        return int(summary.group(1))
+    return python_instructions(CHILD, [str(turns), str(most)], ROOT)
 
 
 def main() -> int:

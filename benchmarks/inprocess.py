@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from _callgrind import python_instructions
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -112,27 +113,7 @@ def run(tree: Path, turns: int) -> float:
 
 
 def instructions(tree: Path, turns: int) -> int:
-    env = dict(os.environ, PYTHONPATH=str(tree), PYTHONHASHSEED="0")
-    with tempfile.TemporaryDirectory() as where:
-        out = Path(where) / "callgrind.out"
-        subprocess.run(
-            [
-                "valgrind",
-                "--tool=callgrind",
-                f"--callgrind-out-file={out}",
-                sys.executable,
-                "-c",
-                CHILD,
-                str(turns),
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            cwd=where,
-        )
-        summary = re.search(r"^summary: (\d+)", out.read_text(), re.MULTILINE)
-        assert summary, "callgrind wrote no summary"
-        return int(summary.group(1))
+    return python_instructions(CHILD, [str(turns)], tree)
 
 
 def main() -> int:
