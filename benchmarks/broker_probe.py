@@ -496,6 +496,7 @@ def main() -> None:
             report["top"] = {}
             for name in setup.python():
                 if a.keep:
+                    Path(a.keep).mkdir(parents=True, exist_ok=True)
                     shutil.copy(tmp / f"{name}.prof", Path(a.keep) / f"{name}.prof")
                 st = pstats.Stats(str(tmp / f"{name}.prof"))
                 report["calls_per_turn"][name] = round(st.total_calls / n, 1)  # type: ignore[attr-defined]
