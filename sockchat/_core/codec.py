@@ -56,65 +56,45 @@ class LineDecoder:
     before the newline is dropped, so telnet and Windows clients work.
     """
 
-    __slots__ = ("_cr_last", "_max", "_parts", "_size", "_skipping", "_strip_cr")
+    __slots__ = (
+        "_cr_last",
+        "_parts",
+        "_skipping",
+        "max_line",
+        "strip_cr",
+        "unfinished",
+    )
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE, *, strip_cr: bool = True):
         if max_line < 1:
             raise ValueError(f"max_line must be at least 1 byte, not {max_line}")
-        self._max = max_line
-        self._strip_cr = strip_cr
+        #: The limit and the CR rule, and the bytes of the line under way
+        #: (held, or skipped past the limit): read-only outside, and plain
+        #: slots, as the engine's usual turn reads them inline.
+        self.max_line = max_line
+        self.strip_cr = strip_cr
         self._parts: list[bytes] = []
-        self._size = 0  # bytes of the unfinished line seen so far
+        self.unfinished = 0
         self._skipping = False
         #: While skipping: whether the last byte skipped was a CR, which is
         #: not counted in the length if the newline comes next.
         self._cr_last = False
 
     @property
-    def max_line(self) -> int:
-        return self._max
-
-    @property
     def buffered(self) -> int:
         """Bytes held for the unfinished line (never more than the limit + 1)."""
-        return 0 if self._skipping else self._size
-
-    @property
-    def unfinished(self) -> int:
-        """Bytes of the line under way, held or skipped."""
-        return self._size
-
-    def whole_line(self, data: bytes) -> str | None:
-        """*data*'s text, if it is exactly one good line and nothing is held.
-
-        The usual read, taken without a list; None changes nothing, and the
-        caller feeds *data* as usual.
-        """
-        end = len(data) - 1
-        if self._size or end < 0 or data[end] != 0x0A:
-            return None
-        if self._strip_cr and end and data[end - 1] == 0x0D:
-            end -= 1
-        if end > self._max:
-            return None
-        try:
-            text = data[:end].decode()
-        except UnicodeDecodeError:
-            return None
-        # A newline decodes only from a newline byte: one here means more
-        # than one line in *data*.  (Cheaper than bytes.find on the read.)
-        return None if "\n" in text else text
+        return 0 if self._skipping else self.unfinished
 
     def feed(self, data: bytes) -> list[Decoded]:
         """Take the next chunk of the stream; return the lines it completed."""
-        if not self._size:
+        if not self.unfinished:
             # The usual case, one whole line in one read: no split, no join,
             # and _decode inline.
             end = len(data) - 1
             if end >= 0 and data.find(b"\n") == end:
-                if self._strip_cr and end and data[end - 1] == 0x0D:
+                if self.strip_cr and end and data[end - 1] == 0x0D:
                     end -= 1
-                if end <= self._max:
+                if end <= self.max_line:
                     try:
                         return [data[:end].decode("utf-8")]
                     except UnicodeDecodeError:
@@ -124,15 +104,17 @@ class LineDecoder:
         if self._skipping:
             newline = data.find(b"\n")
             if newline < 0:
-                self._size += len(data)
+                self.unfinished += len(data)
                 if data:
                     self._cr_last = data.endswith(b"\r")
                 return out
             if newline:
                 self._cr_last = data[newline - 1] == 0x0D
-            out.append(LineTooLong(self._skipped(self._size + newline), self._max))
+            out.append(
+                LineTooLong(self._skipped(self.unfinished + newline), self.max_line)
+            )
             self._skipping = False
-            self._size = 0
+            self.unfinished = 0
             data = data[newline + 1 :]
         if b"\n" not in data:
             self._hold(data)
@@ -143,7 +125,7 @@ class LineDecoder:
             self._parts = []
         lines = data.split(b"\n")
         rest = lines.pop()
-        self._size = 0
+        self.unfinished = 0
         for raw in lines:
             out.append(self._decode(raw))
         if rest:
@@ -153,20 +135,22 @@ class LineDecoder:
     def finish(self) -> list[Decoded]:
         """The stream ended: return its last line if it had no newline."""
         if self._skipping:
-            out: list[Decoded] = [LineTooLong(self._skipped(self._size), self._max)]
+            out: list[Decoded] = [
+                LineTooLong(self._skipped(self.unfinished), self.max_line)
+            ]
         elif self._parts:
             out = [self._decode(b"".join(self._parts))]
         else:
             out = []
         self._parts = []
-        self._size = 0
+        self.unfinished = 0
         self._skipping = False
         return out
 
     def _hold(self, data: bytes) -> None:
-        self._size += len(data)
+        self.unfinished += len(data)
         # One byte of slack leaves room for a CR before the newline.
-        if self._size > self._max + 1:
+        if self.unfinished > self.max_line + 1:
             self._skipping = True
             self._cr_last = data.endswith(b"\r")
             self._parts = []
@@ -176,13 +160,13 @@ class LineDecoder:
     def _skipped(self, length: int) -> int:
         """The length of a skipped line of *length* bytes, as ``_decode``
         would count it: a CR before its end is not part of the line."""
-        return length - 1 if self._strip_cr and self._cr_last else length
+        return length - 1 if self.strip_cr and self._cr_last else length
 
     def _decode(self, raw: bytes) -> Decoded:
-        if self._strip_cr and raw.endswith(b"\r"):
+        if self.strip_cr and raw.endswith(b"\r"):
             raw = raw[:-1]
-        if len(raw) > self._max:
-            return LineTooLong(len(raw), self._max)
+        if len(raw) > self.max_line:
+            return LineTooLong(len(raw), self.max_line)
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as e:

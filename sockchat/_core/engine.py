@@ -445,13 +445,22 @@ class ServerConversation:
     def _open_short_path(self) -> None:
         #: The usual turn may take the short path (``take_line`` and
         #: ``answer_now``): line framing over a stream, no long way asked
-        #: for, and the client's input not ended.  One flag for three, as it
-        #: is checked twice a turn.
+        #: for, the client's input not ended, the conversation open and
+        #: flowing, and its first line and first answer said (each is
+        #: announced in the log, the long way).  One flag for all of them,
+        #: as it is checked twice a turn: worked out again whenever one of
+        #: them changes (``observe``, ``end_of_input``, ``_move``,
+        #: ``_flow``, the first line and the first answer).  Waiting lines
+        #: and actions are checked on their own.
         self._short_path_open = (
             self._line_stream
             and not self._recording
             and self._mover is None
             and not self._input_ended
+            and self.phase is _OPEN
+            and self.flow is _FLOWING
+            and self.lines > 0
+            and self.answers > 0
         )
 
     # -- Lifecycle ---------------------------------------------------------
@@ -513,21 +522,32 @@ class ServerConversation:
         *data* with ``receive_data``.
         """
         if (
-            self.phase is not _OPEN
+            not self._short_path_open
             or self.turn is not _CLIENT
-            or self.flow is not _FLOWING
-            or not self._short_path_open
             or self._items
             or self._out
-            or not self.lines  # the first line is announced in the log
         ):
             return None
         telnet = self._telnet
         if telnet is not None and (0xFF in data or telnet.held):
             return None
+        # LineDecoder.feed's usual case, inline (a call is about a twentieth
+        # of the turn's own instructions): exactly one line, nothing held.
         decoder: LineDecoder = self._decoder  # type: ignore[assignment]  # _lines: it is
-        text = decoder.whole_line(data)
-        if text is None or text == QUIT:
+        end = len(data) - 1
+        if decoder.unfinished or end < 0 or data[end] != 0x0A:
+            return None
+        if decoder.strip_cr and end and data[end - 1] == 0x0D:
+            end -= 1
+        if end > decoder.max_line:
+            return None
+        try:
+            text = data[:end].decode()
+        except UnicodeDecodeError:
+            return None
+        # A newline decodes only from a newline byte: one here means more
+        # than one line in *data*.  (Cheaper than bytes.find on the read.)
+        if "\n" in text or text == QUIT:
             return None
         # The idle clock does not start here: the turn is the server's now,
         # and the answer starts it (see idle_verdict).
@@ -547,12 +567,9 @@ class ServerConversation:
         """
         if (
             type(reply) is not str
-            or self.phase is not _OPEN
-            or self.turn is not _SERVER
-            or self.flow is not _FLOWING
             or not self._short_path_open
+            or self.turn is not _SERVER
             or self._out
-            or not self.answers  # the first answer is announced in the log
             or reply == QUIT
             or "\n" in reply
         ):
@@ -703,9 +720,12 @@ class ServerConversation:
             self._close(Reason.ANSWERED_QUIT, Reason.ANSWERED_QUIT.value)
             return
         self._move(Event.ANSWER)
-        if not self.answers:
+        first = not self.answers
+        if first:
             self._announce()
         self.answers += 1
+        if first:
+            self._open_short_path()
         if self._input_ended:
             self._finish_if_done(now)
 
@@ -971,6 +991,8 @@ class ServerConversation:
     def _handle(self, item: Decoded) -> None:
         self.lines += 1
         seq = self.lines
+        if seq == 1:
+            self._open_short_path()
         transcript = self._recording
         if type(item) is str:
             if transcript:
@@ -1043,6 +1065,7 @@ class ServerConversation:
         """Move the turn as ``MOVES`` says (the usual turn's two moves are
         made inline, in ``take_line``, ``answer_now`` and ``next_action``)."""
         self.phase, self.turn = MOVES[self.phase, self.turn, event]
+        self._open_short_path()
         if self._mover is not None:
             self._mover.report(TurnMoved(event, self.phase, self.turn))
 
@@ -1056,6 +1079,7 @@ class ServerConversation:
             return
         after, action = move
         self.flow = after
+        self._open_short_path()
         if before is _FLOWING:  # the lines waiting begin to be counted
             self._items_cost = sum(map(cost, self._items))
         elif after is _FLOWING:

@@ -9,8 +9,9 @@ every door:
 
 - it feeds the engine (``ServerConversation``) each input with the time,
   and carries out the actions the engine gives back, one at a time;
-- it asks the responder for each delivered line (``_deliver``: the one
-  place), and feeds its answer, failure or timeout back;
+- it asks the responder for each delivered line (``receive_data`` for the
+  usual turn, ``_deliver`` within a run of the engine's actions), and
+  feeds its answer, failure or timeout back;
 - it is the ``IConversation`` a responder's lifecycle hooks get, and the
   producer the door's transport pauses when the client stops reading;
 - it calls the hooks of the conversation's observers
@@ -268,7 +269,14 @@ class Runner:
     # -- What the door reads ------------------------------------------------
 
     def receive_data(self, data: bytes) -> None:
-        """A byte stream's read brought *data*: the usual turn."""
+        """A byte stream's read brought *data*: the usual turn.
+
+        One good line in turn, answered at once, is the whole turn here:
+        the engine's ``take_line``, the responder, the engine's
+        ``answer_now`` and one write (``_deliver`` inline: a call is about
+        a twentieth of the turn's instructions).  Anything else goes the
+        long way, through the engine's actions.
+        """
         now = self._hub.clock.seconds()
         engine = self.engine
         text = engine.take_line(data, now)  # None, and no change, unless usual
@@ -277,8 +285,20 @@ class Runner:
                 watcher.read(data, now)
             engine.receive_data(data, now)
             self._run(now)
-        elif not self._deliver(engine, text, now):
+            return
+        try:
+            reply = self._hub.responder.respond(self.info, text)
+        except Exception:
+            self._failed(Failure())
             self._run(now)
+            return
+        out = engine.answer_now(reply, now)  # the usual answer, in one step
+        if out is None:
+            self._reply(reply, now)
+            self._run(now)
+            return
+        self._writer.write(out)
+        engine.bytes_out += len(out)
 
     def receive_message(self, text: str, *, final: bool) -> None:
         """A WebSocket text message, or a piece of it, arrived."""
@@ -501,29 +521,25 @@ class Runner:
         engine: ServerConversation,
         text: str,
         now: float,
-        gathered: list[bytes] | None = None,
-    ) -> bool:
+        gathered: list[bytes],
+    ) -> None:
         """Give the delivered line *text* to the responder, and take its reply.
 
-        True: it answered at once, and the answer is written (or, within a
-        run, *gathered* to be written with the rest): nothing is left to
-        run.  The one place a line reaches the responder.
+        An answer given at once is *gathered*, to be written with the rest
+        of the run.  The one place a line reaches the responder within a
+        run (``receive_data`` does the same for the usual turn).
         """
         try:
             reply = self._hub.responder.respond(self.info, text)
         except Exception:
             self._failed(Failure())
-            return False
+            return
         data = engine.answer_now(reply, now)  # the usual answer, in one step
         if data is None:
             self._reply(reply, now)
-            return False
-        if gathered is None:
-            self._writer.write(data)
-        else:
-            gathered.append(data)
+            return
+        gathered.append(data)
         engine.bytes_out += len(data)
-        return True
 
     def _reply(self, reply: Reply, now: float) -> None:
         """Take the responder's reply; the caller runs the engine's actions."""
