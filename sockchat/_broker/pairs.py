@@ -146,9 +146,27 @@ def _peer(value: object) -> _Peer | None:
     return _Peer(_one_line(instance), conv, _one_line(label))
 
 
+def _sent_by(value: object, peer: _Peer | None) -> bool:
+    """Whether a message's ``from`` (*value*) names *peer*: the same as
+    ``peer.same(_peer(value))``, without making a peer of it (each relayed
+    line asks)."""
+    if peer is None or not isinstance(value, dict):
+        return False
+    instance, conv = value.get("instance"), value.get("conv")
+    return (
+        type(conv) is int
+        and conv == peer.conv
+        and isinstance(instance, str)
+        and (instance == peer.instance or _one_line(instance) == peer.instance)
+    )
+
+
 def _one_line(text: str, limit: int = 200) -> str:
     """*text* as a short line for a notice, whoever wrote it."""
-    return "".join(c if c.isprintable() else "?" for c in text[:limit])
+    text = text[:limit]
+    if text.isprintable():  # the usual name: one check, not one a character
+        return text
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 @define(eq=False)
@@ -540,8 +558,7 @@ class BrokerPairResponder:
     def _addressed(self, message: dict[str, Any]) -> _Seat | None:
         """The seat a message is for, if it comes from that seat's partner."""
         seat = self._seat(message)
-        sender = _peer(message.get("from"))
-        if seat is None or sender is None or not sender.same(seat.partner):
+        if seat is None or not _sent_by(message.get("from"), seat.partner):
             log.debug(
                 "a {kind} message for {conv}, which is not paired with its sender, "
                 "was ignored",
