@@ -273,3 +273,44 @@ def test_the_example_bot_answers_what_it_knows_and_hands_over_the_rest():
     world.desk.answer(taken, "Dogs are welcome.")
     world.server.advance(1)
     assert world.server.result(asked) == "Dogs are welcome."
+
+
+def test_the_workers_queue_times_each_line_with_one_timer_for_all():
+    """tap gives the workers' queue the answer timeout: each line fails at
+    its own deadline (the client gets responder-timeout, its entry leaves
+    the queue), and one timer waits, however many lines do."""
+    world = InProcess(
+        make=lambda instance: QueueResponder(instance, WORKERS, timeout=5),
+        answer_timeout=5,
+    )
+    workers = Desk(world.hub, WORKERS)
+    workers.online()
+    world.server.advance(HEARTBEAT)  # the instance counts the worker
+    talks = [world.server.connect() for _ in range(3)]
+    world.server.advance(0)
+    timers = len(world.clock.getDelayedCalls())
+    first = talks[0].say("one")
+    world.server.advance(1)
+    second, third = talks[1].say("two"), talks[2].say("three")
+    world.server.advance(0)
+    assert len(world.clock.getDelayedCalls()) == timers + 1
+    workers.answer(workers.take_line(), "answer to one")  # the first line's
+    world.server.advance(0)
+    assert world.server.result(first) == "answer to one"
+    world.server.advance(4.5)
+    with pytest.raises(NoResultYet):
+        world.server.result(second)
+    world.server.advance(0.5)  # 5 seconds after they were sent
+    for late in (second, third):
+        with pytest.raises(LineRefused) as refused:
+            world.server.result(late)
+        assert refused.value.notice.code == "responder-timeout"
+        assert "(no answer within 5 seconds)" in refused.value.notice.text
+    assert workers.length() == 0, "a timed-out line's entry is deleted"
+    again = talks[0].say("four")
+    world.server.advance(4.5)
+    with pytest.raises(NoResultYet):
+        world.server.result(again)
+    world.server.advance(0.5)
+    with pytest.raises(LineRefused):
+        world.server.result(again)
