@@ -64,6 +64,12 @@ HANDOFF_NOTICE = (
 )
 
 
+#: How far past the history's bounds a conversation's turns go before they
+#: are trimmed to them.
+_MARGIN_ITEMS = 100
+_MARGIN_BYTES = 16 * 1024
+
+
 @define(eq=False)
 class _Asked:
     """A line the bot is answering."""
@@ -89,9 +95,21 @@ class _Talk:
     handed: bool = False
 
     def record(self, *turns: tuple[str, str, str, float]) -> None:
+        """Keep *turns*; past the history's bounds by a margin, trim (once
+        in many turns, not at every one, in a long conversation)."""
         kept = self.said
         kept.extend(turns)
-        self.size += sum(len(turn[2]) for turn in turns)
+        for turn in turns:
+            self.size += len(turn[2])
+        if (
+            self.size > HISTORY_BYTES + _MARGIN_BYTES
+            or len(kept) > HISTORY_ITEMS + _MARGIN_ITEMS
+        ):
+            self.trim()
+
+    def trim(self) -> None:
+        """Within the history's bounds: the last turns, the latest whole."""
+        kept = self.said
         while len(kept) > 1 and (
             len(kept) > HISTORY_ITEMS or self.size > HISTORY_BYTES
         ):
@@ -258,6 +276,7 @@ class HandoffResponder:
         )
         people = self.people
         people.started(talk.conversation)
+        talk.trim()
         items = [said(*turn) for turn in talk.said]
         now = self._clock.seconds()
         items.append(said("notice", "", f"the bot handed it over: {reason}", now))

@@ -27,10 +27,10 @@ from sockchat import (
     LineRefused,
 )
 from sockchat._broker.consumer import Consumer, Outbox
-from sockchat._broker.handoff import HANDOFF_NOTICE, HandoffResponder
+from sockchat._broker.handoff import _MARGIN_ITEMS, HANDOFF_NOTICE, HandoffResponder
 from sockchat._broker.instance import BrokerInstance, QueueResponder
 from sockchat._broker.memory import MemoryHub
-from sockchat._broker.wire import HEARTBEAT, OPERATORS, WORKERS, decode
+from sockchat._broker.wire import HEARTBEAT, HISTORY_ITEMS, OPERATORS, WORKERS, decode
 from sockchat._broker.workers import WorkerHandler
 from sockchat.testing import MemoryServer, NoResultYet
 
@@ -314,3 +314,26 @@ def test_the_workers_queue_times_each_line_with_one_timer_for_all():
     world.server.advance(0.5)
     with pytest.raises(LineRefused):
         world.server.result(again)
+
+
+def test_what_a_handoff_passes_on_is_the_bots_last_turns_within_bounds():
+    world = InProcess(Bot())
+    given: list[list[bytes]] = []
+    add_history = world.broker.add_history
+
+    def spy(instance: str, conv: int, items: list[bytes]) -> Any:
+        given.append(list(items))
+        return add_history(instance, conv, items)
+
+    world.broker.add_history = spy  # type: ignore[method-assign]  # a spy
+    talk = world.server.connect()
+    world.server.result(talk.listen())
+    turns = HISTORY_ITEMS // 2 + _MARGIN_ITEMS // 4  # past the bound, within its margin
+    for n in range(turns):
+        assert world.server.say(talk, "hours" if n % 2 else "price") in ANSWERS.values()
+    talk.say("something else")
+    world.server.advance(0)
+    handed = [decode(item) for item in given[0]]
+    assert len(handed) == HISTORY_ITEMS + 1, "the last items, and the handoff's note"
+    assert [m["who"] for m in handed[-3:]] == ["client", "bot", "notice"]
+    assert handed[-2]["text"] == ANSWERS["hours" if (turns - 1) % 2 else "price"]
