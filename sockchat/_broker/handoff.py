@@ -225,8 +225,10 @@ class HandoffResponder:
         asked.inner = inner
         if self._timeout is not None:
             inner.addTimeout(self._timeout, self._clock)
-        # The server waits on the bot's own Deferred; this callback comes
-        # first, and puts a person's answer in its place after a handoff.
+        # The server waits on the bot's own Deferred.  This callback comes
+        # after the timeout's (so that a person's answer is not timed) and
+        # before the server's: it records the turn, or after a handoff puts
+        # a person's answer in the bot's place.
         inner.addBoth(self._bot_done, talk, asked, conversation)
         return Untimed(inner)
 

@@ -337,3 +337,24 @@ def test_what_a_handoff_passes_on_is_the_bots_last_turns_within_bounds():
     assert len(handed) == HISTORY_ITEMS + 1, "the last items, and the handoff's note"
     assert [m["who"] for m in handed[-3:]] == ["client", "bot", "notice"]
     assert handed[-2]["text"] == ANSWERS["hours" if (turns - 1) % 2 else "price"]
+
+
+def test_a_handoff_while_the_bot_thinks_ends_the_bots_timeout_not_the_persons():
+    bot = Bot(later=True)
+    world = InProcess(bot, bot_timeout=5, answer_timeout=5)
+    talk = world.server.connect()
+    world.server.result(talk.listen())
+    asked = talk.say("hmm?")
+    world.server.advance(1)
+    bot.talks[1].handoff("it took too long")
+    world.server.advance(600)  # the bot's timeout is long past: a person's time
+    with pytest.raises(NoResultYet):
+        world.server.result(asked)
+    world.desk.answer(world.desk.take_line(), "A person, at last.")
+    world.server.advance(1)
+    assert world.server.result(asked) == "A person, at last."
+    talk.say("and now?")
+    world.server.advance(0)
+    talk.abort()
+    world.server.advance(1)
+    assert world.desk.length() == 0, "the client left: its line left the queue"
