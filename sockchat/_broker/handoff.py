@@ -25,7 +25,14 @@ People take the time they take: the answers this responder gives later
 are ``Untimed``, and it times the bot's itself (*bot_timeout*, the
 server's answer timeout), so that the client gets ``!error
 responder-timeout`` and its turn back when the bot is too slow, and waits
-for a person as long as it takes.
+for a person as long as it takes.  The workers' queue times its lines
+itself (``QueueResponder(..., timeout=)``, one timer for all of them):
+``twistd`` gives it no *bot_timeout*.
+
+The server waits on the bot's own Deferred, with one callback of this
+responder's before the server's: it keeps the turn for the history, or,
+if the conversation was handed over meanwhile, returns the people's
+answer to come, which Twisted then chains in the bot's place.
 """
 
 from __future__ import annotations
