@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from broker_instance import now
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_broker import Desk
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -358,3 +360,58 @@ def test_a_handoff_while_the_bot_thinks_ends_the_bots_timeout_not_the_persons():
     talk.abort()
     world.server.advance(1)
     assert world.desk.length() == 0, "the client left: its line left the queue"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 40), st.none() | st.integers(0, 30)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_each_workers_line_times_out_exactly_at_its_own_deadline(
+    plan: list[tuple[int, int | None]],
+) -> None:
+    """Client *i* says a line at step *s_i* (steps of 0.25 s); a worker
+    answers it *w_i* steps later (or never). With one timer for all the
+    lines, each line not answered within the timeout (4 s, 16 steps)
+    fails at its own deadline, not a step before or after."""
+    timeout = 16
+    world = InProcess(
+        make=lambda instance: QueueResponder(instance, WORKERS, timeout=timeout / 4),
+        answer_timeout=timeout / 4,
+    )
+    workers = Desk(world.hub, WORKERS)
+    workers.online()
+    world.server.advance(HEARTBEAT)
+    talks = [world.server.connect() for _ in plan]
+    world.server.advance(0)
+    asked: dict[int, Deferred[str]] = {}
+    taken: dict[str, tuple[str, dict[str, Any]]] = {}
+    for step in range(max(s + timeout + 2 for s, _ in plan)):
+        for i, (said_at, _) in enumerate(plan):
+            if step == said_at:
+                asked[i] = talks[i].say(f"line {i}")
+        world.server.advance(0)
+        while (entry := workers.take()) is not None:
+            taken[entry[1].get("text", "")] = entry
+        for i, (said_at, wait) in enumerate(plan):
+            if wait is not None and step == said_at + wait and wait < timeout:
+                workers.answer(taken[f"line {i}"], f"answer {i}")
+        world.server.advance(0)
+        for i, (said_at, wait) in enumerate(plan):
+            if i not in asked:
+                continue
+            answered = wait is not None and wait < timeout and step >= said_at + wait
+            if answered:
+                assert world.server.result(asked.pop(i)) == f"answer {i}"
+            elif step >= said_at + timeout:
+                with pytest.raises(LineRefused) as refused:
+                    world.server.result(asked.pop(i))
+                assert refused.value.notice.code == "responder-timeout"
+            else:
+                with pytest.raises(NoResultYet):
+                    world.server.result(asked[i])
+        world.server.advance(0.25)
+    assert asked == {}
