@@ -37,7 +37,7 @@ answer to come, which Twisted then chains in the bot's place.
 
 from __future__ import annotations
 
-from collections import deque
+from operator import itemgetter
 from typing import Any
 
 from attrs import define, field
@@ -75,6 +75,8 @@ HANDOFF_NOTICE = (
 #: are trimmed to them.
 _MARGIN_ITEMS = 100
 _MARGIN_BYTES = 16 * 1024
+#: A turn's text.
+_TEXT = itemgetter(2)
 
 
 @define(eq=False)
@@ -96,7 +98,7 @@ class _Talk:
     conversation: IConversation
     wrapper: HandingConversation
     #: Turns so far: (who, by, text, at), oldest first, within bounds.
-    said: deque[tuple[str, str, str, float]] = field(factory=deque)
+    said: list[tuple[str, str, str, float]] = field(factory=list)
     size: int = 0
     asked: _Asked | None = None
     handed: bool = False
@@ -117,10 +119,12 @@ class _Talk:
     def trim(self) -> None:
         """Within the history's bounds: the last turns, the latest whole."""
         kept = self.said
-        while len(kept) > 1 and (
-            len(kept) > HISTORY_ITEMS or self.size > HISTORY_BYTES
-        ):
-            self.size -= len(kept.popleft()[2])
+        extra = len(kept) - HISTORY_ITEMS
+        if extra > 0:  # at once, not a call a turn
+            self.size -= sum(map(len, map(_TEXT, kept[:extra])))
+            del kept[:extra]
+        while self.size > HISTORY_BYTES and len(kept) > 1:
+            self.size -= len(kept.pop(0)[2])
 
 
 @implementer(IConversation)

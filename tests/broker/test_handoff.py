@@ -29,10 +29,23 @@ from sockchat import (
     LineRefused,
 )
 from sockchat._broker.consumer import Consumer, Outbox
-from sockchat._broker.handoff import _MARGIN_ITEMS, HANDOFF_NOTICE, HandoffResponder
+from sockchat._broker.handoff import (
+    _MARGIN_ITEMS,
+    HANDOFF_NOTICE,
+    HandingConversation,
+    HandoffResponder,
+    _Talk,
+)
 from sockchat._broker.instance import BrokerInstance, QueueResponder
 from sockchat._broker.memory import MemoryHub
-from sockchat._broker.wire import HEARTBEAT, HISTORY_ITEMS, OPERATORS, WORKERS, decode
+from sockchat._broker.wire import (
+    HEARTBEAT,
+    HISTORY_BYTES,
+    HISTORY_ITEMS,
+    OPERATORS,
+    WORKERS,
+    decode,
+)
 from sockchat._broker.workers import WorkerHandler
 from sockchat.testing import MemoryServer, NoResultYet
 
@@ -415,3 +428,40 @@ def test_each_workers_line_times_out_exactly_at_its_own_deadline(
                     world.server.result(asked[i])
         world.server.advance(0.25)
     assert asked == {}
+
+
+def _within_bounds(items: list[tuple[str, str, str, float]]) -> list[Any]:
+    """The longest suffix of *items* within the history's bounds (the
+    latest item always, whole)."""
+    kept = list(items)
+    while len(kept) > 1 and (
+        len(kept) > HISTORY_ITEMS or sum(len(t[2]) for t in kept) > HISTORY_BYTES
+    ):
+        kept.pop(0)
+    return kept
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 700), st.integers(0, 120))
+        | st.tuples(st.just(1), st.integers(0, 70_000)),
+        max_size=8,
+    )
+)
+def test_a_bots_history_keeps_the_last_turns_within_bounds(
+    batches: list[tuple[int, int]],
+) -> None:
+    """However the turns come (many small ones, a few huge), what a
+    handoff passes on is the longest run of the last turns within the
+    history's bounds, and its size is counted right."""
+    talk = _Talk(IConversation, HandingConversation)  # type: ignore[arg-type]  # unused here
+    everything: list[tuple[str, str, str, float]] = []
+    for n, (count, size) in enumerate(batches):
+        for _ in range(count):
+            turn = ("client", "", "x" * size, float(n))
+            everything.append(turn)
+            talk.record(turn)
+    talk.trim()
+    assert talk.said == _within_bounds(everything)
+    assert talk.size == sum(len(t[2]) for t in talk.said)
