@@ -882,15 +882,15 @@ def _queues(
     people = QueueResponder(instance, OPERATORS)
     if first == OPERATORS:
         return people, people
-    bot = (
-        QueueResponder(instance, WORKERS, lifecycle=True) if first == WORKERS else first
-    )
-    assert not isinstance(bot, str)
     # The bot's answers have the answer timeout; people's none.
     timeout = options["answer_timeout"]
     if timeout is AnswerTimeout.DEFAULT:
         timeout = DEFAULT_ANSWER_TIMEOUT
-    return HandoffResponder(bot, people, reactor, bot_timeout=timeout), people
+    if first == WORKERS:  # the workers' queue times its lines itself
+        workers = QueueResponder(instance, WORKERS, lifecycle=True, timeout=timeout)
+        return HandoffResponder(workers, people, reactor), people
+    assert not isinstance(first, str)
+    return HandoffResponder(first, people, reactor, bot_timeout=timeout), people
 
 
 def _desk_service(reactor: Any, options: Options, broker: Any) -> IService:

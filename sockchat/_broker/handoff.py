@@ -25,19 +25,25 @@ People take the time they take: the answers this responder gives later
 are ``Untimed``, and it times the bot's itself (*bot_timeout*, the
 server's answer timeout), so that the client gets ``!error
 responder-timeout`` and its turn back when the bot is too slow, and waits
-for a person as long as it takes.
+for a person as long as it takes.  The workers' queue times its lines
+itself (``QueueResponder(..., timeout=)``, one timer for all of them):
+``twistd`` gives it no *bot_timeout*.
+
+The server waits on the bot's own Deferred, with one callback of this
+responder's before the server's: it keeps the turn for the history, or,
+if the conversation was handed over meanwhile, returns the people's
+answer to come, which Twisted then chains in the bot's place.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from operator import itemgetter
 from typing import Any
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockchat._broker.instance import QueueResponder
@@ -65,18 +71,24 @@ HANDOFF_NOTICE = (
 )
 
 
+#: How far past the history's bounds a conversation's turns go before they
+#: are trimmed to them.
+_MARGIN_ITEMS = 100
+_MARGIN_BYTES = 16 * 1024
+#: A turn's text.
+_TEXT = itemgetter(2)
+
+
 @define(eq=False)
 class _Asked:
     """A line the bot is answering."""
 
-    info: ConversationInfo
     text: str
     at: float
-    #: The bot's own answer, while it is awaited.
+    #: The bot's answer, while it is awaited (what the server waits on).
     inner: Deferred[Any] | None = None
-    #: What the server waits on, once there is more than the bot's answer
-    #: (made when first needed).
-    outer: Deferred[str | Signed] | None = None
+    #: Handed over while the bot answered: a person answers it instead.
+    handed: bool = False
 
 
 @define(eq=False)
@@ -86,22 +98,33 @@ class _Talk:
     conversation: IConversation
     wrapper: HandingConversation
     #: Turns so far: (who, by, text, at), oldest first, within bounds.
-    said: deque[tuple[str, str, str, float]] = field(factory=deque)
+    said: list[tuple[str, str, str, float]] = field(factory=list)
     size: int = 0
     asked: _Asked | None = None
     handed: bool = False
 
-    def over(self) -> bool:
-        """Handed over (it may change during a call to the bot)."""
-        return self.handed
-
-    def record(self, who: str, by: str, text: str, at: float) -> None:
-        self.said.append((who, by, text, at))
-        self.size += len(text)
-        while len(self.said) > 1 and (
-            len(self.said) > HISTORY_ITEMS or self.size > HISTORY_BYTES
+    def record(self, *turns: tuple[str, str, str, float]) -> None:
+        """Keep *turns*; past the history's bounds by a margin, trim (once
+        in many turns, not at every one, in a long conversation)."""
+        kept = self.said
+        kept.extend(turns)
+        for turn in turns:
+            self.size += len(turn[2])
+        if (
+            self.size > HISTORY_BYTES + _MARGIN_BYTES
+            or len(kept) > HISTORY_ITEMS + _MARGIN_ITEMS
         ):
-            self.size -= len(self.said.popleft()[2])
+            self.trim()
+
+    def trim(self) -> None:
+        """Within the history's bounds: the last turns, the latest whole."""
+        kept = self.said
+        extra = len(kept) - HISTORY_ITEMS
+        if extra > 0:  # at once, not a call a turn
+            self.size -= sum(map(len, map(_TEXT, kept[:extra])))
+            del kept[:extra]
+        while self.size > HISTORY_BYTES and len(kept) > 1:
+            self.size -= len(kept.pop(0)[2])
 
 
 @implementer(IConversation)
@@ -190,18 +213,18 @@ class HandoffResponder:
         talk = self._talks.get(conversation.id)
         if talk is None or talk.handed:
             return Untimed(self.people.respond(conversation, text))
-        asked = talk.asked = _Asked(conversation, text, self._clock.seconds())
+        asked = talk.asked = _Asked(text, self._clock.seconds())
         try:
             reply = self.bot.respond(conversation, text)
         except Exception:
             if talk.asked is asked:
                 talk.asked = None
-            if talk.over():  # handed over, then it raised: the person answers
-                return Untimed(self._outer(asked))
+            if asked.handed:  # handed over, then it raised: a person answers
+                return Untimed(self._to_people(conversation, text))
             raise
-        if talk.over():  # it handed over while answering
+        if asked.handed:  # it handed over while answering
             _discard(reply)
-            return Untimed(self._outer(asked))
+            return Untimed(self._to_people(conversation, text))
         if isinstance(reply, (str, Signed)):
             talk.asked = None
             self._answered(talk, asked, reply)
@@ -213,56 +236,42 @@ class HandoffResponder:
         asked.inner = inner
         if self._timeout is not None:
             inner.addTimeout(self._timeout, self._clock)
-        inner.addCallbacks(
-            self._bot_answered,
-            self._bot_failed,
-            callbackArgs=(talk, asked),
-            errbackArgs=(talk, asked),
-        )
-        return Untimed(self._outer(asked))
+        # The server waits on the bot's own Deferred.  This callback comes
+        # after the timeout's (so that a person's answer is not timed) and
+        # before the server's: it records the turn, or after a handoff puts
+        # a person's answer in the bot's place.
+        inner.addBoth(self._bot_done, talk, asked, conversation)
+        return Untimed(inner)
 
-    def _outer(self, asked: _Asked) -> Deferred[str | Signed]:
-        if asked.outer is None:
-            asked.outer = Deferred(lambda _: self._cancelled(asked))
-        return asked.outer
-
-    def _cancelled(self, asked: _Asked) -> None:
-        """The client left (or the server gave up): nothing is owed."""
-        talk = self._talks.get(asked.info.id)
-        if talk is not None and talk.asked is asked:
+    def _bot_done(
+        self, result: object, talk: _Talk, asked: _Asked, info: ConversationInfo
+    ) -> object:
+        if asked.handed:
+            # Handed over while the bot answered: its answer (or the failure
+            # of its cancelling) is dropped, and the server waits for a
+            # person's instead (cancelling the line now cancels theirs).
+            return self._to_people(info, asked.text)
+        if talk.asked is asked:
             talk.asked = None
-        inner, asked.inner = asked.inner, None
-        if inner is not None and not inner.called:
-            inner.cancel()
-
-    def _bot_answered(self, reply: object, talk: _Talk, asked: _Asked) -> None:
-        if talk.asked is not asked:
-            return  # handed over meanwhile, or cancelled
-        talk.asked = None
         asked.inner = None
-        if isinstance(reply, (str, Signed)):
-            self._answered(talk, asked, reply)
-        outer = self._outer(asked)
-        if not outer.called:
-            outer.callback(reply)  # type: ignore[arg-type]  # the server checks it
+        if isinstance(result, (str, Signed)):
+            self._answered(talk, asked, result)
+        return result
 
-    def _bot_failed(self, failure: Failure, talk: _Talk, asked: _Asked) -> None:
-        if talk.asked is not asked:
-            return
-        talk.asked = None
-        asked.inner = None
-        outer = self._outer(asked)
-        if not outer.called:
-            outer.errback(failure)
+    def _to_people(self, info: ConversationInfo, text: str) -> Deferred[str | Signed]:
+        return maybeDeferred(self.people.respond, info, text)
 
     def _answered(self, talk: _Talk, asked: _Asked, reply: str | Signed) -> None:
-        talk.record("client", "", asked.text, asked.at)
-        self._said_by_bot(talk, reply)
+        talk.record(("client", "", asked.text, asked.at), self._bot_said(reply))
 
     def _said_by_bot(self, talk: _Talk, reply: str | Signed) -> None:
-        by = reply.by if isinstance(reply, Signed) else ""  # the desk says "bot"
-        text = reply.text if isinstance(reply, Signed) else reply
-        talk.record("bot", by, text, self._clock.seconds())
+        talk.record(self._bot_said(reply))
+
+    def _bot_said(self, reply: str | Signed) -> tuple[str, str, str, float]:
+        """The bot's turn, for the history (unsigned: the desk says "bot")."""
+        if isinstance(reply, Signed):
+            return ("bot", reply.by, reply.text, self._clock.seconds())
+        return ("bot", "", reply, self._clock.seconds())
 
     # -- Handing over -------------------------------------------------------------
 
@@ -280,6 +289,7 @@ class HandoffResponder:
         )
         people = self.people
         people.started(talk.conversation)
+        talk.trim()
         items = [said(*turn) for turn in talk.said]
         now = self._clock.seconds()
         items.append(said("notice", "", f"the bot handed it over: {reason}", now))
@@ -291,13 +301,13 @@ class HandoffResponder:
         asked, talk.asked = talk.asked, None
         if asked is None:
             return
-        inner, asked.inner = asked.inner, None
+        # The line the bot answers goes to the people: at once if the bot
+        # is still answering it (``respond`` sees it), or once its answer
+        # is cancelled (``_bot_done``).
+        asked.handed = True
+        inner = asked.inner
         if inner is not None and not inner.called:
             inner.cancel()
-        outer = self._outer(asked)
-        answer = maybeDeferred(people.respond, asked.info, asked.text)
-        asked.inner = answer  # what cancelling the line cancels now
-        answer.chainDeferred(outer)
 
 
 def _discard(reply: object) -> None:

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -103,6 +103,9 @@ READ_WAIT = 1.0
 READ_MOST = 256
 #: Seconds between tries to read the inbox while the broker is away.
 RETRY = 0.5
+#: Seconds before its deadline that a line counts as timed out (clocks
+#: are floats: a timer set for a deadline may fire a hair before it).
+EARLY = 1e-6
 
 
 @define(eq=False)
@@ -393,10 +396,20 @@ class _Line:
 @implementer(IResponder, ILifecycle)
 class QueueResponder:
     """Send each line to the shared queue of *group*: ``operators`` or
-    ``workers``; the first answer for it comes back through the inbox."""
+    ``workers``; the first answer for it comes back through the inbox.
+
+    With a *timeout*, a line not answered within that many seconds fails
+    with ``TimeoutError`` (the client gets ``responder-timeout``) and
+    leaves the queue: one timer for all the lines, set for the oldest.
+    """
 
     def __init__(
-        self, instance: BrokerInstance, group: str, *, lifecycle: bool = False
+        self,
+        instance: BrokerInstance,
+        group: str,
+        *,
+        lifecycle: bool = False,
+        timeout: float | None = None,
     ) -> None:
         if group not in (OPERATORS, WORKERS):
             raise ValueError(f"no such queue: {group!r}")
@@ -407,6 +420,9 @@ class QueueResponder:
             alsoProvides(self, IAnsweredByPeople)
         #: Whether workers hear of starts and ends (their responder has hooks).
         self.lifecycle = lifecycle
+        self.timeout = timeout
+        #: Set for the answer timeout of the oldest line (with a *timeout*).
+        self._timer: IDelayedCall | None = None
         self._conversations: dict[int, IConversation] = {}
         self._lines: dict[int, _Line] = {}
         self._counts: dict[int, int] = {}
@@ -532,11 +548,17 @@ class QueueResponder:
         **fields: Any,
     ) -> Deferred[str | Signed]:
         """Put a work item on the queue; the Deferred fires with its answer."""
-        now = self.instance.clock.seconds()
+        clock = self.instance.clock
+        now = clock.seconds()
         line = _Line(conversation, number, said, now)
         answer: Deferred[str | Signed] = Deferred(lambda _: self._cancelled(line))
         line.answer = answer
-        self._lines[conversation.id] = line
+        lines = self._lines
+        if self.timeout is not None:
+            lines.pop(conversation.id, None)  # the oldest first, for the timer
+            if self._timer is None:
+                self._timer = clock.callLater(self.timeout, self._time_out)
+        lines[conversation.id] = line
         if self.stats is not None:
             self.stats.waiting[conversation.id] = now
             self._first.setdefault(conversation.id, now)
@@ -656,6 +678,27 @@ class QueueResponder:
                 self.stats.waiting.pop(line.conversation.id, None)
         if line.entry is not None:
             self._drop(line.entry)
+
+    def _time_out(self) -> None:
+        """The oldest line's answer timeout has come: it, and any other
+        line as old, fail; the timer is set again for the oldest left."""
+        self._timer = None
+        timeout = self.timeout
+        assert timeout is not None  # only set with one
+        clock = self.instance.clock
+        now = clock.seconds()
+        late = []
+        for line in self._lines.values():  # the oldest first
+            left = line.asked + timeout - now
+            if left > EARLY:
+                self._timer = clock.callLater(left, self._time_out)
+                break
+            late.append(line)
+        for line in late:
+            answer = line.answer
+            self._cancelled(line)
+            if answer is not None:
+                answer.errback(TimeoutError(timeout, "the answer"))
 
     def _drop(self, entry: str) -> None:
         if self.broker.up:

@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from broker_instance import now
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from test_broker import Desk
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
@@ -27,10 +29,23 @@ from sockchat import (
     LineRefused,
 )
 from sockchat._broker.consumer import Consumer, Outbox
-from sockchat._broker.handoff import HANDOFF_NOTICE, HandoffResponder
+from sockchat._broker.handoff import (
+    _MARGIN_ITEMS,
+    HANDOFF_NOTICE,
+    HandingConversation,
+    HandoffResponder,
+    _Talk,
+)
 from sockchat._broker.instance import BrokerInstance, QueueResponder
 from sockchat._broker.memory import MemoryHub
-from sockchat._broker.wire import HEARTBEAT, OPERATORS, WORKERS, decode
+from sockchat._broker.wire import (
+    HEARTBEAT,
+    HISTORY_BYTES,
+    HISTORY_ITEMS,
+    OPERATORS,
+    WORKERS,
+    decode,
+)
 from sockchat._broker.workers import WorkerHandler
 from sockchat.testing import MemoryServer, NoResultYet
 
@@ -273,3 +288,180 @@ def test_the_example_bot_answers_what_it_knows_and_hands_over_the_rest():
     world.desk.answer(taken, "Dogs are welcome.")
     world.server.advance(1)
     assert world.server.result(asked) == "Dogs are welcome."
+
+
+def test_the_workers_queue_times_each_line_with_one_timer_for_all():
+    """tap gives the workers' queue the answer timeout: each line fails at
+    its own deadline (the client gets responder-timeout, its entry leaves
+    the queue), and one timer waits, however many lines do."""
+    world = InProcess(
+        make=lambda instance: QueueResponder(instance, WORKERS, timeout=5),
+        answer_timeout=5,
+    )
+    workers = Desk(world.hub, WORKERS)
+    workers.online()
+    world.server.advance(HEARTBEAT)  # the instance counts the worker
+    talks = [world.server.connect() for _ in range(3)]
+    world.server.advance(0)
+    timers = len(world.clock.getDelayedCalls())
+    first = talks[0].say("one")
+    world.server.advance(1)
+    second, third = talks[1].say("two"), talks[2].say("three")
+    world.server.advance(0)
+    assert len(world.clock.getDelayedCalls()) == timers + 1
+    workers.answer(workers.take_line(), "answer to one")  # the first line's
+    world.server.advance(0)
+    assert world.server.result(first) == "answer to one"
+    world.server.advance(4.5)
+    with pytest.raises(NoResultYet):
+        world.server.result(second)
+    world.server.advance(0.5)  # 5 seconds after they were sent
+    for late in (second, third):
+        with pytest.raises(LineRefused) as refused:
+            world.server.result(late)
+        assert refused.value.notice.code == "responder-timeout"
+        assert "(no answer within 5 seconds)" in refused.value.notice.text
+    assert workers.length() == 0, "a timed-out line's entry is deleted"
+    again = talks[0].say("four")
+    world.server.advance(4.5)
+    with pytest.raises(NoResultYet):
+        world.server.result(again)
+    world.server.advance(0.5)
+    with pytest.raises(LineRefused):
+        world.server.result(again)
+
+
+def test_what_a_handoff_passes_on_is_the_bots_last_turns_within_bounds():
+    world = InProcess(Bot())
+    given: list[list[bytes]] = []
+    add_history = world.broker.add_history
+
+    def spy(instance: str, conv: int, items: list[bytes]) -> Any:
+        given.append(list(items))
+        return add_history(instance, conv, items)
+
+    world.broker.add_history = spy  # type: ignore[method-assign]  # a spy
+    talk = world.server.connect()
+    world.server.result(talk.listen())
+    turns = HISTORY_ITEMS // 2 + _MARGIN_ITEMS // 4  # past the bound, within its margin
+    for n in range(turns):
+        assert world.server.say(talk, "hours" if n % 2 else "price") in ANSWERS.values()
+    talk.say("something else")
+    world.server.advance(0)
+    handed = [decode(item) for item in given[0]]
+    assert len(handed) == HISTORY_ITEMS + 1, "the last items, and the handoff's note"
+    assert [m["who"] for m in handed[-3:]] == ["client", "bot", "notice"]
+    assert handed[-2]["text"] == ANSWERS["hours" if (turns - 1) % 2 else "price"]
+
+
+def test_a_handoff_while_the_bot_thinks_ends_the_bots_timeout_not_the_persons():
+    bot = Bot(later=True)
+    world = InProcess(bot, bot_timeout=5, answer_timeout=5)
+    talk = world.server.connect()
+    world.server.result(talk.listen())
+    asked = talk.say("hmm?")
+    world.server.advance(1)
+    bot.talks[1].handoff("it took too long")
+    world.server.advance(600)  # the bot's timeout is long past: a person's time
+    with pytest.raises(NoResultYet):
+        world.server.result(asked)
+    world.desk.answer(world.desk.take_line(), "A person, at last.")
+    world.server.advance(1)
+    assert world.server.result(asked) == "A person, at last."
+    talk.say("and now?")
+    world.server.advance(0)
+    talk.abort()
+    world.server.advance(1)
+    assert world.desk.length() == 0, "the client left: its line left the queue"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 40), st.none() | st.integers(0, 30)),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_each_workers_line_times_out_exactly_at_its_own_deadline(
+    plan: list[tuple[int, int | None]],
+) -> None:
+    """Client *i* says a line at step *s_i* (steps of 0.25 s); a worker
+    answers it *w_i* steps later (or never). With one timer for all the
+    lines, each line not answered within the timeout (4 s, 16 steps)
+    fails at its own deadline, not a step before or after."""
+    timeout = 16
+    world = InProcess(
+        make=lambda instance: QueueResponder(instance, WORKERS, timeout=timeout / 4),
+        answer_timeout=timeout / 4,
+    )
+    workers = Desk(world.hub, WORKERS)
+    workers.online()
+    world.server.advance(HEARTBEAT)
+    talks = [world.server.connect() for _ in plan]
+    world.server.advance(0)
+    asked: dict[int, Deferred[str]] = {}
+    taken: dict[str, tuple[str, dict[str, Any]]] = {}
+    for step in range(max(s + timeout + 2 for s, _ in plan)):
+        for i, (said_at, _) in enumerate(plan):
+            if step == said_at:
+                asked[i] = talks[i].say(f"line {i}")
+        world.server.advance(0)
+        while (entry := workers.take()) is not None:
+            taken[entry[1].get("text", "")] = entry
+        for i, (said_at, wait) in enumerate(plan):
+            if wait is not None and step == said_at + wait and wait < timeout:
+                workers.answer(taken[f"line {i}"], f"answer {i}")
+        world.server.advance(0)
+        for i, (said_at, wait) in enumerate(plan):
+            if i not in asked:
+                continue
+            answered = wait is not None and wait < timeout and step >= said_at + wait
+            if answered:
+                assert world.server.result(asked.pop(i)) == f"answer {i}"
+            elif step >= said_at + timeout:
+                with pytest.raises(LineRefused) as refused:
+                    world.server.result(asked.pop(i))
+                assert refused.value.notice.code == "responder-timeout"
+            else:
+                with pytest.raises(NoResultYet):
+                    world.server.result(asked[i])
+        world.server.advance(0.25)
+    assert asked == {}
+
+
+def _within_bounds(items: list[tuple[str, str, str, float]]) -> list[Any]:
+    """The longest suffix of *items* within the history's bounds (the
+    latest item always, whole)."""
+    kept = list(items)
+    while len(kept) > 1 and (
+        len(kept) > HISTORY_ITEMS or sum(len(t[2]) for t in kept) > HISTORY_BYTES
+    ):
+        kept.pop(0)
+    return kept
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 700), st.integers(0, 120))
+        | st.tuples(st.just(1), st.integers(0, 70_000)),
+        max_size=8,
+    )
+)
+def test_a_bots_history_keeps_the_last_turns_within_bounds(
+    batches: list[tuple[int, int]],
+) -> None:
+    """However the turns come (many small ones, a few huge), what a
+    handoff passes on is the longest run of the last turns within the
+    history's bounds, and its size is counted right."""
+    talk = _Talk(IConversation, HandingConversation)  # type: ignore[arg-type]  # unused here
+    everything: list[tuple[str, str, str, float]] = []
+    for n, (count, size) in enumerate(batches):
+        for _ in range(count):
+            turn = ("client", "", "x" * size, float(n))
+            everything.append(turn)
+            talk.record(turn)
+    talk.trim()
+    assert talk.said == _within_bounds(everything)
+    assert talk.size == sum(len(t[2]) for t in talk.said)

@@ -141,6 +141,38 @@ def test_redis_stopped_and_started_while_clients_talk(redis_server):
         worker.communicate(timeout=15)
 
 
+def test_a_stopped_worker_leaves_its_client_the_answer_timeout_on_time(redis_server):
+    """--answer-timeout holds for lines sent to the workers (their queue
+    times them itself): with the worker stopped (SIGSTOP), the client gets
+    responder-timeout once the timeout has passed, not before, and its
+    turn; the worker, continued, answers the next line and not the old."""
+    import os
+
+    worker = start_worker(redis_server.url)
+    try:
+        args = ("--responder", "workers", "--answer-timeout", "2")
+        with Server(*args, "--broker", redis_server.url) as server:
+            wait_for_workers(redis_server)
+            sock = raw_connect(server.port)
+            recv_lines(sock, 1)  # the welcome
+            assert say(sock, "before") == "before"
+            os.kill(worker.pid, signal.SIGSTOP)
+            asked = time.monotonic()
+            answer = say(sock, "stuck")
+            waited = time.monotonic() - asked
+            assert answer.startswith("!error responder-timeout:"), answer
+            assert "(no answer within 2 seconds)" in answer
+            assert 2 <= waited < 10, waited
+            os.kill(worker.pid, signal.SIGCONT)
+            assert say(sock, "after") == "after"
+            sock.close()
+        assert "Traceback" not in server.output.decode()
+    finally:
+        os.kill(worker.pid, signal.SIGCONT)
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=15)
+
+
 def test_an_instance_killed_leaves_nothing_queued_for_ever(redis_server):
     """kill -9 of an instance with a line waiting for an operator: its queue
     entry, client hash and heartbeat go, and no operator gets the line."""
