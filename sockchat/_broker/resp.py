@@ -134,16 +134,20 @@ def encode_command(*args: str | bytes | int | float) -> bytes:
     if not args:
         raise ValueError("a Redis command needs at least its name")
     parts = [b"*%d\r\n" % len(args)]
+    append = parts.append
     for arg in args:
-        # bytes and str, the usual ones, without a call to encode_arg.
+        # str, bytes and int, the usual ones, without a call to encode_arg
+        # (``type is``: a bool is not an int here), each part in one format.
         data: bytes
-        if type(arg) is bytes:
-            data = arg
-        elif type(arg) is str:
+        if type(arg) is str:
             data = arg.encode()
+        elif type(arg) is bytes:
+            data = arg
+        elif type(arg) is int:
+            data = b"%d" % arg
         else:
             data = encode_arg(arg)
-        parts += (b"$%d\r\n" % len(data), data, b"\r\n")
+        append(b"$%d\r\n%b\r\n" % (len(data), data))
     return b"".join(parts)
 
 
