@@ -10,6 +10,7 @@ another version is refused clearly rather than misunderstood.
 from __future__ import annotations
 
 import json
+import json.scanner
 from typing import Any
 
 from attrs import frozen
@@ -30,6 +31,7 @@ __all__ = [
     "WireError",
     "decode",
     "encode",
+    "encode_answer",
     "said",
 ]
 
@@ -151,8 +153,14 @@ _encode_c: Any = (
     if _make_encoder is not None
     else None
 )
-#: ``raw_decode``: the messages are this encoder's, with no space around.
-_decode = json.JSONDecoder().raw_decode
+#: A JSON string in ASCII, as that encoder writes one (C, when json has it).
+_string = json.encoder.encode_basestring_ascii
+#: The scanner under ``JSONDecoder.raw_decode`` (one call less a message):
+#: the messages are this encoder's, with no space around.  (typeshed has
+#: make_scanner take a make_scanner; it takes the decoder it scans for.)
+_scan = json.scanner.make_scanner(json.JSONDecoder())  # type: ignore[arg-type]
+#: An answer, as ``encode`` writes one (``encode_answer``).
+_ANSWER = f'{{"v":{PROTOCOL},"kind":"answer","conv":%d,"entry":%s,"text":%s,"by":%s}}'
 
 
 def encode(kind: str, **fields: Any) -> bytes:
@@ -163,15 +171,24 @@ def encode(kind: str, **fields: Any) -> bytes:
     return "".join(_encode_c(message, 0)).encode("ascii")
 
 
+def encode_answer(conv: int, entry: str, text: str, by: str) -> bytes:
+    """``encode("answer", conv=conv, entry=entry, text=text, by=by)``: the
+    same bytes, written without the encoder's walk of a dict (a worker
+    writes one for every line)."""
+    return (_ANSWER % (conv, _string(entry), _string(text), _string(by))).encode(
+        "ascii"
+    )
+
+
 def decode(data: bytes | str, *, sender: str = "a sender") -> dict[str, Any]:
     """The message in *data*; ``WireError`` if it is not one of this
     protocol's (*sender* names where it came from, for the error)."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        message, end = _decode(text)
+        message, end = _scan(text, 0)
         if end != len(text):
             raise ValueError("more after the JSON")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, StopIteration):
         raise WireError(f"{sender} sent something that is not JSON") from None
     if not isinstance(message, dict):
         raise WireError(f"{sender} sent a JSON {type(message).__name__}, not an object")

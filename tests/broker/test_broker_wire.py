@@ -1,7 +1,9 @@
 """The broker's messages (``sockchat._broker.wire``): ``encode`` gives the
 bytes that ``json.dumps`` gives with the protocol's options (it calls the
 json module's C encoder directly, made once), and ``decode`` takes them
-back."""
+back; ``encode_answer``, a worker's every answer, writes the very bytes
+that ``encode`` writes; ``decode`` takes any bytes and either gives a
+message or says, with a ``WireError``, why not."""
 
 from __future__ import annotations
 
@@ -9,10 +11,10 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sockchat._broker.wire import PROTOCOL, WireError, decode, encode
+from sockchat._broker.wire import PROTOCOL, WireError, decode, encode, encode_answer
 
 #: What a message's fields hold: JSON's values, any text, any float.
 values = st.recursive(
@@ -53,3 +55,58 @@ def test_a_message_of_another_protocol_is_refused_in_one_line() -> None:
         decode(json.dumps({"v": PROTOCOL + 1, "kind": "line"}), sender="worker w1")
     assert "\n" not in str(refused.value)
     assert "run the same sockchat version everywhere" in str(refused.value)
+
+
+#: Conversation ids as instances give them, and past 64 bits.
+convs = st.integers(min_value=0, max_value=2**70)
+
+
+@given(conv=convs, entry=st.text(), text=st.text(), by=st.text())
+@example(conv=7, entry="1718000000000-0", text='say "hi"\n\x00é\U0001f600', by="ann")
+def test_an_answer_is_written_as_encode_writes_it(
+    conv: int, entry: str, text: str, by: str
+) -> None:
+    written = encode_answer(conv, entry, text, by)
+    assert written == encode("answer", conv=conv, entry=entry, text=text, by=by)
+    assert decode(written) == {
+        "v": PROTOCOL,
+        "kind": "answer",
+        "conv": conv,
+        "entry": entry,
+        "text": text,
+        "by": by,
+    }
+
+
+@given(st.binary())
+@example(b"")
+@example(b" ")
+@example(b'{"v":2,"kind":"x"} ')
+@example(b'{"v":2,"kind":"x"}{}')
+@example(b"\xff")
+@example(b"[1]")
+def test_any_bytes_are_a_message_or_a_wire_error(data: bytes) -> None:
+    why = ""
+    try:
+        message = decode(data)
+    except WireError as e:
+        why = str(e)
+    else:
+        assert message["v"] == PROTOCOL
+        assert isinstance(message["kind"], str)
+    assert "\n" not in why  # one line, for the log
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        (b"", "is not JSON"),
+        (b'{"v":2,"kind":"x"} ', "is not JSON"),
+        (b"[]", "a JSON list, not an object"),
+        (b'{"v":1,"kind":"x"}', "speaks broker protocol 1"),
+        (b'{"v":2}', "a message with no kind"),
+    ],
+)
+def test_what_is_not_a_message_is_said_in_one_line(data: bytes, said: str) -> None:
+    with pytest.raises(WireError, match=said):
+        decode(data, sender="instance i3")
