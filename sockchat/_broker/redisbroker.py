@@ -377,12 +377,21 @@ def _refused(failure: Failure) -> Failure:
 
 def _entry(raw: Any) -> WorkEntry | None:
     """A stream entry ``[id, [field, value, ...]]``; None if deleted."""
-    if not isinstance(raw, list) or len(raw) < 2 or not raw[1]:
+    if type(raw) is not list or len(raw) < 2 or not raw[1]:
         return None
     flat = raw[1]
-    fields = dict(zip(flat[::2], flat[1::2], strict=False))
-    data = fields.get(b"m", b"")
-    return WorkEntry(_text(raw[0]), data if isinstance(data, bytes) else b"")
+    if len(flat) == 2 and flat[0] == b"m":  # as sockchat writes them: m alone
+        data = flat[1]
+    else:
+        data = dict(zip(flat[::2], flat[1::2], strict=False)).get(b"m", b"")
+    return WorkEntry(_text(raw[0]), data if type(data) is bytes else b"")
+
+
+def _entries(reply: Any) -> list[WorkEntry]:
+    """The entries of an ``XREAD``/``XREADGROUP`` reply for one stream."""
+    if not reply:
+        return []
+    return [e for e in map(_entry, reply[0][1] or ()) if e is not None]
 
 
 def _client(conv: bytes, value: bytes) -> ClientRecord | None:
@@ -760,43 +769,34 @@ class RedisBroker:
             "XREAD", "COUNT", most, *block, "STREAMS", self.keys.work(group), after
         )
 
-        def entries(reply: Any) -> list[WorkEntry]:
-            if not reply:
-                return []
-            return [e for e in map(_entry, reply[0][1] or []) if e is not None]
-
-        return read.addCallbacks(entries, _refused)
+        return read.addCallbacks(_entries, _refused)
 
     def take(
         self, group: str, consumer: str, most: int, wait: float
     ) -> Deferred[list[WorkEntry]]:
-        return Deferred.fromCoroutine(self._take(group, consumer, most, wait))
-
-    async def _take(
-        self, group: str, consumer: str, most: int, wait: float
-    ) -> list[WorkEntry]:
+        # Callbacks rather than a coroutine: this is every batch's read.
         block = ("BLOCK", int(wait * 1000)) if wait > 0 else ()
-        args = ("GROUP", group, consumer, "COUNT", most, *block)
         reader = self._reader(self._work, "work") if block else self._redis
-        for _ in range(2):
-            try:
-                self._work_waits = bool(block)
-                reply = await reader.command(
-                    "XREADGROUP", *args, "STREAMS", self.keys.work(group), ">"
-                )
-            except RedisError as e:
-                if "NOGROUP" not in str(e):
-                    raise BrokerRefused(str(e)) from None
-                # The broker restarted empty: no queue, no group.
-                log.info("the {group} queue is gone; making it again", group=group)
-                await self.open_queue(group)
-                continue
-            finally:
-                self._work_waits = False
-            if not reply:
-                return []
-            return [e for e in map(_entry, reply[0][1] or []) if e is not None]
-        return []
+        stream = self.keys.work(group)
+        args = ("XREADGROUP", "GROUP", group, consumer, "COUNT", most, *block)
+
+        def read() -> Deferred[Any]:
+            self._work_waits = bool(block)
+            return reader.command(*args, "STREAMS", stream, ">").addBoth(read_now)
+
+        def read_now(result: Any) -> Any:
+            self._work_waits = False
+            return result
+
+        def no_group(failure: Failure) -> Deferred[list[WorkEntry]] | Failure:
+            if not failure.check(RedisError) or "NOGROUP" not in str(failure.value):
+                return _refused(failure)
+            # The broker restarted empty: no queue, no group.
+            log.info("the {group} queue is gone; making it again", group=group)
+            again = self.open_queue(group).addCallback(lambda _: read())
+            return again.addCallbacks(_entries, _no_group_again)
+
+        return read().addCallbacks(_entries, no_group)
 
     def take_abandoned(
         self, group: str, consumer: str, idle: float, most: int
@@ -825,7 +825,7 @@ class RedisBroker:
                     return taken  # nothing was held: nothing was abandoned
                 raise BrokerRefused(str(e)) from None
             cursor = reply[0]
-            taken += [e for e in map(_entry, reply[1] or []) if e is not None]
+            taken += [e for e in map(_entry, reply[1] or ()) if e is not None]
             if len(taken) >= most or _text(cursor) == "0-0":
                 break
         return taken
@@ -1037,6 +1037,13 @@ def _kept(value: bytes | None) -> list[Kept]:
         if number.isdigit():
             kept.append(Kept(int(number), data))
     return kept
+
+
+def _no_group_again(failure: Failure) -> list[WorkEntry] | Failure:
+    """A queue made again and gone again at once: nothing read this time."""
+    if failure.check(RedisError) and "NOGROUP" in str(failure.value):
+        return []
+    return _refused(failure)
 
 
 def _nothing(_: object) -> None:

@@ -417,6 +417,18 @@ async def test_an_entry_enqueued_held_is_its_holders_alone(rig: Rig) -> None:
 
 
 @both
+async def test_a_read_of_a_queue_that_is_gone_makes_it_again(rig: Rig) -> None:
+    broker = await rig.broker()  # a broker that restarted empty: no queue
+    assert await broker.take(G, "c1", 5, 0) == []
+    (entry,) = await broker.enqueue(G, [b"after"])
+    assert await broker.take(G, "c1", 5, 0) == [WorkEntry(entry, b"after")]
+    # A queue whose entries came back without its group (an old snapshot).
+    other = await rig.broker()
+    (lost,) = await other.enqueue("elsewhere", [b"lost"])
+    assert await other.take("elsewhere", "c1", 5, 0) == [WorkEntry(lost, b"lost")]
+
+
+@both
 async def test_a_queue_with_no_group_yet_takes_a_held_entry(rig: Rig) -> None:
     broker = await rig.broker()  # a broker that restarted empty: no queue
     held = await broker.enqueue_held(G, b"first", "desk/ann")
