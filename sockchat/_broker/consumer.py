@@ -35,6 +35,7 @@ arguments, so it runs in tests on the memory broker and a ``Clock``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -43,8 +44,8 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-from attrs import define, frozen
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from attrs import Factory, define, frozen
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -59,7 +60,7 @@ from sockchat._broker.interface import (
     Taken,
     WorkEntry,
 )
-from sockchat._broker.wire import Timings, WireError, decode, encode
+from sockchat._broker.wire import Timings, WireError, decode, encode, encode_answer
 from sockchat._core.render import safe_text
 from sockchat._responders.contract import ConversationInfo, IConversation
 
@@ -220,19 +221,28 @@ class Outbox:
         entries: Sequence[str],
         posts: Sequence[tuple[str, bytes]] = (),
         done: Callable[[], None] | None = None,
+        *,
+        now: bool = False,
     ) -> None:
-        """Post *posts*, then delete *entries*; then call *done*."""
-        self._add(_Send(list(posts), list(entries), done))
+        """Post *posts*, then delete *entries*; then call *done*.  *now*:
+        send it (and what waits for the end of this turn) at once."""
+        self._add(_Send(list(posts), list(entries), done), now)
 
-    def _add(self, send: _Send) -> None:
+    def _add(self, send: _Send, now: bool = False) -> None:
         self._queue.append(send)
-        if self._flush is None and (self._sending is None or self._sending.called):
+        if self._sending is not None and not self._sending.called:
+            return  # sent after the call in flight
+        if now:
+            if self._flush is not None and self._flush.active():
+                self._flush.cancel()
+            self._start()
+        elif self._flush is None:
             self._flush = self._clock.callLater(0, self._start)
 
     def _start(self) -> None:
         self._flush = None
-        self._sending = Deferred.fromCoroutine(self._send_all())
-        self._sending.addErrback(lambda f: log.failure("sending failed", f))
+        self._sending = Deferred()
+        self._send_next()
 
     def send_now(self) -> None:
         """Send what waits for the end of this turn now: a consumer about
@@ -267,30 +277,62 @@ class Outbox:
         if wake is not None and not wake.called:
             wake.callback(None)
 
-    async def _send_all(self) -> None:
-        while self._queue:
-            batch = list(self._queue)
+    # Callbacks rather than a coroutine: this is every batch's answer.
+
+    def _send_next(self) -> None:
+        """Send everything queued in one call; then what came meanwhile."""
+        batch = list(self._queue)
+        if not batch:
+            sending, self._sending = self._sending, None
+            if sending is not None:
+                sending.callback(None)
+            return
+        if len(batch) == 1:
+            posts, entries = batch[0].posts, batch[0].entries
+        else:
             posts = [post for send in batch for post in send.posts]
             entries = [entry for send in batch for entry in send.entries]
-            try:
-                await self._broker.finish(self._group, entries, posts)
-            except BrokerUnavailable:
-                if self.quitting:
-                    self._queue.clear()
-                    return  # quitting: what cannot be sent now is lost
-                self._wake = Deferred()
-                retry = self._clock.callLater(RETRY, self.wake)
-                await self._wake
+        try:
+            sent = self._broker.finish(self._group, entries, posts)
+        except Exception:
+            sent = fail()
+        sent.addCallbacks(
+            self._sent, self._not_sent, callbackArgs=(batch,), errbackArgs=(batch,)
+        )
+
+    def _sent(self, _: object, batch: list[_Send]) -> None:
+        for _send in batch:
+            self._queue.popleft()
+        for send in batch:
+            if send.done is not None:
+                try:
+                    send.done()
+                except Exception:  # a bug: say so, and go on sending
+                    log.failure("after sending a batch")
+        self._send_next()
+
+    def _not_sent(self, failure: Failure, batch: list[_Send]) -> None:
+        if failure.check(BrokerRefused):
+            log.error("the broker refused a batch: {error}", error=str(failure.value))
+            self._sent(None, batch)
+        elif not failure.check(BrokerUnavailable):
+            log.failure("sending failed", failure)  # a bug: kept for the next send
+            sending, self._sending = self._sending, None
+            if sending is not None:
+                sending.callback(None)
+        elif self.quitting:
+            self._queue.clear()  # quitting: what cannot be sent now is lost
+            self._send_next()
+        else:
+            retry = self._clock.callLater(RETRY, self.wake)
+            self._wake = Deferred()
+
+            def again(_: object) -> None:
                 if retry.active():
                     retry.cancel()
-                continue
-            except BrokerRefused as e:
-                log.error("the broker refused a batch: {error}", error=str(e))
-            for _ in batch:
-                self._queue.popleft()
-            for send in batch:
-                if send.done is not None:
-                    send.done()
+                self._send_next()
+
+            self._wake.addCallback(again)
 
 
 @implementer(IConversation)
@@ -324,6 +366,15 @@ class RemoteConversation:
 
 
 # -- The loop -------------------------------------------------------------------
+
+
+@define(eq=False)
+class _Batch:
+    """What the handler answered at once, of one read: sent together."""
+
+    entries: list[str] = Factory(list)
+    posts: list[tuple[str, bytes]] = Factory(list)
+    held: list[_Held] = Factory(list)
 
 
 @define(eq=False)
@@ -382,6 +433,8 @@ class Consumer:
         #: The last census: who is alive; and instances asked about since.
         self.census = Census()
         self._asked: dict[str, bool] = {}
+        #: While a read's lines are handed out: the answers given at once.
+        self._batch: _Batch | None = None
         broker.on_change(self.broker_state)
         handler.attach(self)
 
@@ -461,25 +514,39 @@ class Consumer:
                 await self._wait(RETRY)
                 continue
             self._refusal = ""
-            for entry in entries:
-                if self._quitting():  # read while stopping: hand it back too
-                    self._held[entry.entry] = _Held(_placeholder(entry.entry))
+            # The answers given at once go out together, before the next
+            # read (in the same write, with a RedisBroker).
+            self._batch = batch = _Batch()
+            try:
+                await self._hand_all(entries)
+            finally:
+                self._batch = None
+                if batch.entries:
+                    done = functools.partial(self._release_all, batch.held)
+                    self._outbox.finish(batch.entries, batch.posts, done, now=True)
+                else:
+                    self._outbox.send_now()
+
+    async def _hand_all(self, entries: list[WorkEntry]) -> None:
+        """Check and hand each of *entries* (a read's) to the handler."""
+        for entry in entries:
+            if self._quitting():  # read while stopping: hand it back too
+                self._held[entry.entry] = _Held(_placeholder(entry.entry))
+                continue
+            try:
+                item = self._check(entry)
+                if item is None:
                     continue
-                try:
-                    item = self._check(entry)
-                    if item is None:
-                        continue
-                    # Who is alive is known from the census; only an
-                    # instance it did not name is asked about (once).
-                    if item.instance in self.census.instances or await self._alive(
-                        item.instance
-                    ):
-                        self._hand(item)
-                    else:
-                        self._drop_dead(item)
-                except Exception:  # a bug: say so, and go on with the next line
-                    log.failure("taking {entry} failed", entry=entry.entry)
-            self._outbox.send_now()  # the answers given at once, before the read
+                # Who is alive is known from the census; only an
+                # instance it did not name is asked about (once).
+                if item.instance in self.census.instances or await self._alive(
+                    item.instance
+                ):
+                    self._hand(item)
+                else:
+                    self._drop_dead(item)
+            except Exception:  # a bug: say so, and go on with the next line
+                log.failure("taking {entry} failed", entry=entry.entry)
 
     def _quitting(self) -> bool:
         return not self._running
@@ -539,7 +606,9 @@ class Consumer:
         except Exception:
             self._failed(Failure(), held)
             return
-        if isinstance(outcome, Deferred):
+        if outcome is None or type(outcome) is Outcome:  # at once: most bots
+            self._handled(outcome, held)
+        elif isinstance(outcome, Deferred):
             held.outcome = outcome
             outcome.addCallbacks(
                 self._handled, self._failed, callbackArgs=(held,), errbackArgs=(held,)
@@ -582,14 +651,24 @@ class Consumer:
             return  # handed back or gone already
         held.finishing = True
         item = held.item
-        posts = []
-        if outcome is not None:
-            extra = {"text": outcome.text, "by": self.by}
-            if outcome.kind != "answer":
-                extra = {"why": outcome.text}
-            message = encode(outcome.kind, conv=item.conv, entry=item.entry, **extra)
-            posts.append((item.instance, message))
-        self._outbox.finish([item.entry], posts, lambda: self._release(held))
+        message = None
+        if outcome is None:
+            pass
+        elif outcome.kind == "answer":
+            message = encode_answer(item.conv, item.entry, outcome.text, self.by)
+        else:
+            message = encode(
+                outcome.kind, conv=item.conv, entry=item.entry, why=outcome.text
+            )
+        batch = self._batch
+        if batch is not None:  # taken in this read: sent with the others
+            batch.entries.append(item.entry)
+            batch.held.append(held)
+            if message is not None:
+                batch.posts.append((item.instance, message))
+            return
+        posts = [] if message is None else [(item.instance, message)]
+        self._outbox.finish([item.entry], posts, functools.partial(self._release, held))
 
     def _failed(self, failure: Failure, held: _Held) -> None:
         if failure.check(CancelledError):
@@ -601,6 +680,12 @@ class Consumer:
     def _release(self, held: _Held) -> None:
         if self._held.get(held.item.entry) is held:
             del self._held[held.item.entry]
+        self._wakeup()
+
+    def _release_all(self, done: list[_Held]) -> None:
+        for held in done:
+            if self._held.get(held.item.entry) is held:
+                del self._held[held.item.entry]
         self._wakeup()
 
     # -- staying alive ------------------------------------------------------
