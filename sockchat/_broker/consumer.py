@@ -530,7 +530,7 @@ class Consumer:
     async def _hand_all(self, entries: list[WorkEntry]) -> None:
         """Check and hand each of *entries* (a read's) to the handler."""
         for entry in entries:
-            if self._quitting():  # read while stopping: hand it back too
+            if not self._running:  # read while stopping: hand it back too
                 self._held[entry.entry] = _Held(_placeholder(entry.entry))
                 continue
             try:
@@ -547,9 +547,6 @@ class Consumer:
                     self._drop_dead(item)
             except Exception:  # a bug: say so, and go on with the next line
                 log.failure("taking {entry} failed", entry=entry.entry)
-
-    def _quitting(self) -> bool:
-        return not self._running
 
     async def _next(self, room: int) -> list[WorkEntry]:
         """Lines abandoned by dead consumers (at most every CLAIM_EVERY),

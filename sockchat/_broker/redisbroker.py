@@ -384,7 +384,11 @@ def _entry(raw: Any) -> WorkEntry | None:
         data = flat[1]
     else:
         data = dict(zip(flat[::2], flat[1::2], strict=False)).get(b"m", b"")
-    return WorkEntry(_text(raw[0]), data if type(data) is bytes else b"")
+    entry = raw[0]
+    return WorkEntry(
+        entry.decode("utf-8", "replace") if type(entry) is bytes else _text(entry),
+        data if type(data) is bytes else b"",
+    )
 
 
 def _entries(reply: Any) -> list[WorkEntry]:
