@@ -119,6 +119,35 @@ def test_lines_are_taken_and_answered_in_batches_up_to_the_capacity(
     assert world.instance.queue_length(GROUP) == 2
 
 
+class AtOnce(HandlerBase):
+    """A handler that answers every line at once, as most bots do."""
+
+    kinds = frozenset({"line"})
+
+    def handle(self, item: WorkItem) -> Outcome:
+        return Outcome("answer", item.text.upper())
+
+
+def test_answers_given_at_once_go_together_before_the_next_read(
+    world: World,
+) -> None:
+    consumer = world.consumer(given(AtOnce()), capacity=3, started=False)
+    counted = Counting(consumer.broker)  # type: ignore[arg-type]
+    consumer.broker = counted  # type: ignore[assignment]
+    consumer._outbox._broker = counted  # type: ignore[assignment]
+    entries = [world.instance.work(GROUP, conv, f"line {conv}") for conv in (1, 2, 3)]
+    now(consumer.start())
+    # No clock advanced: nothing waits for the end of the reactor's turn.
+    assert [(m["entry"], m["text"]) for m in world.instance.inbox()] == [
+        (entry, f"LINE {conv}") for conv, entry in enumerate(entries, 1)
+    ]
+    reads = [c for c in counted.calls if c in ("take", "take_abandoned", "finish")]
+    assert reads[-2:] == ["finish", "take"]  # one call for the three, then a read
+    assert reads.count("finish") == 1
+    assert consumer.held == []
+    assert world.instance.queue_length(GROUP) == 0
+
+
 def test_an_answer_goes_to_the_instance_and_the_entry_is_deleted(
     world: World,
 ) -> None:
