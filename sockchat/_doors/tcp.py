@@ -51,6 +51,7 @@ from sockchat._core.stats import ServerStats
 from sockchat._core.transcript import ITranscript
 from sockchat._core.turns import shutting_down
 from sockchat._core.wire import Notice
+from sockchat._doors.alarm import Alarm
 from sockchat._doors.eager import write_now
 from sockchat._doors.observers import ConversationObserver, Metrics, loss_of
 from sockchat._doors.quiet import LOG_WINDOW, LogLimiter
@@ -314,16 +315,19 @@ class _IdleWatch:
 
     No timer is touched per turn: each conversation is looked at when its
     deadline, as it stood when it was last looked at, comes; the engine
-    then says whether it was idle, and when to look again.
+    then says whether it was idle, and when to look again.  The timer is
+    an ``Alarm``: on Linux a ``timerfd``, which the reactor does not poll
+    at each pass as it does a pending ``callLater``.
     """
 
-    __slots__ = ("_call", "_clock", "_conversations", "_ended", "_heap")
+    __slots__ = ("_alarm", "_armed", "_clock", "_conversations", "_ended", "_heap")
 
     def __init__(self, clock: IReactorTime, conversations: dict[int, Runner]) -> None:
         self._clock = clock
         self._conversations = conversations
         self._heap: list[tuple[float, int]] = []
-        self._call: IDelayedCall | None = None
+        self._alarm = Alarm(clock, self._fire)
+        self._armed = False
         self._ended = 0  # entries of ended conversations still in the heap
 
     def watch(self, runner: Runner) -> None:
@@ -332,12 +336,12 @@ class _IdleWatch:
         if deadline is None:
             return
         heapq.heappush(self._heap, (deadline, runner.info.id))
-        if self._call is None:
+        if not self._armed:
             self._schedule()
 
     def _schedule(self) -> None:
-        delay = max(0.0, self._heap[0][0] - self._clock.seconds())
-        self._call = self._clock.callLater(delay, self._fire)
+        self._armed = True
+        self._alarm.set(self._heap[0][0] - self._clock.seconds())
 
     def forget(self) -> None:
         """A conversation ended: its entry is dropped, in time.
@@ -355,7 +359,7 @@ class _IdleWatch:
             self._ended = 0
 
     def _fire(self) -> None:
-        self._call = None
+        self._armed = False
         now = self._clock.seconds()
         heap = self._heap
         while heap and heap[0][0] <= now:
@@ -364,13 +368,16 @@ class _IdleWatch:
             if runner is not None:
                 runner.tick(now)
                 self.watch(runner)
-        if heap and self._call is None:
+        if self._armed:
+            return
+        if heap:
             self._schedule()
+        else:  # nobody to watch: no descriptor held
+            self._alarm.cancel()
 
     def stop(self) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self._armed = False
+        self._alarm.cancel()
 
 
 if TYPE_CHECKING:
