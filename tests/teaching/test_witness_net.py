@@ -279,7 +279,7 @@ def test_one_write_of_three_lines_is_one_segment_and_one_read(tmp_path):
         read = server.recv(100)
         client.close()
         server.close()
-        packets = it.observed(flagged(TcpFlags.FIN, 2))
+        packets = it.observed(last_ack_after_fins)  # the whole close: no race
     data = [p for p in packets if p.sender is Side.CLIENT and p.data]
     assert [p.data for p in data] == [14]
     assert TcpFlags.PSH in data[0].flags
@@ -302,7 +302,7 @@ def test_two_writes_that_arrive_in_one_read(tmp_path):
         assert read == b"one\ntwo\n"  # one read
         client.close()
         server.close()
-        packets = it.observed(flagged(TcpFlags.FIN, 2))
+        packets = it.observed(last_ack_after_fins)  # the whole close: no race
     data = [p for p in packets if p.sender is Side.CLIENT and p.data]
     assert [p.data for p in data] == [4, 4]
     line = describe_read(ReadTracker().read(read), Side.CLIENT, segments=len(data))
