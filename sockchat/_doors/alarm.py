@@ -104,8 +104,8 @@ class _TimerDescriptor:
         self._fire()
 
     def connectionLost(self, reason: Failure) -> None:
-        """The reactor gave up on the descriptor (it never does unless it is
-        closed under it); the alarm makes another at its next ``set``."""
+        """The reactor is shutting down (``disconnectAll``): nothing to do;
+        ``Alarm.cancel`` or the process's end closes the descriptor."""
 
 
 class Alarm:
