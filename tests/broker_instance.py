@@ -21,12 +21,16 @@ from sockchat._broker.consumer import Consumer, Handler, Outbox
 from sockchat._broker.interface import ClientRecord, IBroker
 from sockchat._broker.memory import MemoryBroker, MemoryHub
 from sockchat._broker.wire import PROTOCOL, Timings, decode
+from sockchat._responders.contract import as_deferred
+from sockchat._responders.later import Later
 
 
-def now(d: Deferred[Any]) -> Any:
-    """The result of a Deferred that has fired already."""
+def now(d: Deferred[Any] | Later[Any]) -> Any:
+    """The result of a Deferred (or a ``Later``) that has fired already."""
     out: list[Any] = []
-    d.addBoth(out.append)
+    taken = as_deferred(d)
+    assert taken is not None
+    taken.addBoth(out.append)
     assert out, "the broker did not answer at once"
     if hasattr(out[0], "raiseException"):
         out[0].raiseException()

@@ -37,13 +37,15 @@ answer to come, which Twisted then chains in the bot's place.
 
 from __future__ import annotations
 
+from functools import partial
 from operator import itemgetter
 from typing import Any
 
 from attrs import define, field
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockchat._broker.instance import QueueResponder
@@ -60,6 +62,7 @@ from sockchat._responders.contract import (
     Untimed,
     as_deferred,
 )
+from sockchat._responders.later import Later
 
 __all__ = ["HANDOFF_NOTICE", "HandingConversation", "HandoffResponder"]
 
@@ -86,7 +89,7 @@ class _Asked:
     text: str
     at: float
     #: The bot's answer, while it is awaited (what the server waits on).
-    inner: Deferred[Any] | None = None
+    inner: Deferred[Any] | Later[Any] | None = None
     #: Handed over while the bot answered: a person answers it instead.
     handed: bool = False
 
@@ -229,6 +232,12 @@ class HandoffResponder:
             talk.asked = None
             self._answered(talk, asked, reply)
             return reply
+        if type(reply) is Later:  # the workers' queue: no Deferred (see Later)
+            asked.inner = reply
+            outer: Later[str | Signed] = Later(partial(_cancel, asked))
+            relay = partial(self._relay, outer, talk, asked, conversation)
+            reply.then(relay, relay)
+            return Untimed(outer)
         inner = as_deferred(reply)
         if inner is None:
             talk.asked = None
@@ -258,8 +267,33 @@ class HandoffResponder:
             self._answered(talk, asked, result)
         return result
 
+    def _relay(
+        self,
+        outer: Later[str | Signed],
+        talk: _Talk,
+        asked: _Asked,
+        info: ConversationInfo,
+        result: object,
+    ) -> None:
+        """The workers' answer to *asked* (or its failure) came: *outer*,
+        which the server waits on, gets it, or a person's after a handoff."""
+        result = self._bot_done(result, talk, asked, info)
+        if isinstance(result, Failure):
+            outer.fail(result)
+        elif isinstance(result, Deferred):  # handed over: a person answers
+            asked.inner = result
+            result.addCallbacks(outer.answer, outer.fail)
+        else:
+            outer.answer(result)  # type: ignore[arg-type]  # str or Signed
+
     def _to_people(self, info: ConversationInfo, text: str) -> Deferred[str | Signed]:
-        return maybeDeferred(self.people.respond, info, text)
+        try:
+            reply = self.people.respond(info, text)
+        except Exception:
+            return fail()
+        answer = as_deferred(reply)
+        assert answer is not None  # the operators' queue answers later
+        return answer
 
     def _answered(self, talk: _Talk, asked: _Asked, reply: str | Signed) -> None:
         talk.record(("client", "", asked.text, asked.at), self._bot_said(reply))
@@ -308,6 +342,13 @@ class HandoffResponder:
         inner = asked.inner
         if inner is not None and not inner.called:
             inner.cancel()
+
+
+def _cancel(asked: _Asked) -> None:
+    """The server no longer waits for *asked*'s answer (its client left)."""
+    inner = asked.inner
+    if inner is not None and not inner.called:
+        inner.cancel()
 
 
 def _discard(reply: object) -> None:

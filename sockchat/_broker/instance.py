@@ -86,7 +86,9 @@ from sockchat._responders.contract import (
     IResponder,
     Signed,
     Unavailable,
+    as_deferred,
 )
+from sockchat._responders.later import Later
 from sockchat._version import __version__
 
 __all__ = ["BrokerInstance", "QueueResponder", "instance_about"]
@@ -384,7 +386,7 @@ class _Line:
     text: str
     #: When it was sent away.
     asked: float = 0.0
-    answer: Deferred[str | Signed] | None = None
+    answer: Later[str | Signed] | None = None
     #: The queue entry, once the broker gave it.
     entry: str | None = None
     cancelled: bool = False
@@ -465,7 +467,7 @@ class QueueResponder:
             return None
         # The workers' responder has hooks: its started hook speaks first,
         # and its line is the answer to this entry.
-        return self._send_away(info, 0, "", "started", opening=True)
+        return as_deferred(self._send_away(info, 0, "", "started", opening=True))
 
     def ended(self, conversation: IConversation, reason: str) -> None:
         info: ConversationInfo = conversation.info
@@ -501,11 +503,11 @@ class QueueResponder:
 
     def respond(
         self, conversation: ConversationInfo, text: str
-    ) -> Deferred[str | Signed]:
+    ) -> Later[str | Signed] | Deferred[str | Signed]:
         instance = self.instance
         if not instance.running:  # the first connections are under way
             return instance.ready().addCallback(
-                lambda _: self.respond(conversation, text)
+                lambda _: as_deferred(self.respond(conversation, text))
             )
         if not instance.up or not self.broker.up:
             raise Unavailable(
@@ -546,12 +548,12 @@ class QueueResponder:
         said: str,
         kind: str,
         **fields: Any,
-    ) -> Deferred[str | Signed]:
-        """Put a work item on the queue; the Deferred fires with its answer."""
+    ) -> Later[str | Signed]:
+        """Put a work item on the queue; its answer comes later."""
         clock = self.instance.clock
         now = clock.seconds()
         line = _Line(conversation, number, said, now)
-        answer: Deferred[str | Signed] = Deferred(lambda _: self._cancelled(line))
+        answer: Later[str | Signed] = Later(lambda: self._cancelled(line))
         line.answer = answer
         lines = self._lines
         if self.timeout is not None:
@@ -654,19 +656,19 @@ class QueueResponder:
             if answer is None or line.cancelled:
                 continue
             if isinstance(failure.value, NotReplicated):  # ?wait=N: not in time
-                answer.errback(
+                answer.fail(
                     Unavailable(
                         f"{BROKER_FOR_CLIENTS} {failure.value.short}; send it again"
                     )
                 )
             elif failure.check(BrokerUnavailable):
-                answer.errback(
+                answer.fail(
                     Unavailable(
                         f"{BROKER_FOR_CLIENTS} is unreachable; send it again soon"
                     )
                 )
             else:
-                answer.errback(failure)
+                answer.fail(failure)
 
     def _cancelled(self, line: _Line) -> None:
         """The client left, or the answer timed out: nobody may answer now."""
@@ -698,7 +700,7 @@ class QueueResponder:
             answer = line.answer
             self._cancelled(line)
             if answer is not None:
-                answer.errback(TimeoutError(timeout, "the answer"))
+                answer.fail(TimeoutError(timeout, "the answer"))
 
     def _drop(self, entry: str) -> None:
         if self.broker.up:
@@ -758,14 +760,14 @@ class QueueResponder:
             if isinstance(by, str):
                 if self.group == OPERATORS:
                     self._answered_by(cid, by)
-                answer.callback(Signed(message["text"], by[:200]))
+                answer.answer(Signed(message["text"], by[:200]))
             else:
-                answer.callback(message["text"])
+                answer.answer(message["text"])
         elif kind == "answer":
-            answer.errback(AnswerFailed(f"the {self._who} sent an answer with no text"))
+            answer.fail(AnswerFailed(f"the {self._who} sent an answer with no text"))
         else:
             why = str(message.get("why") or "no reason given")
-            answer.errback(AnswerFailed(f"the {self._who} could not answer: {why}"))
+            answer.fail(AnswerFailed(f"the {self._who} could not answer: {why}"))
 
     def _answered_by(self, cid: int, by: str) -> None:
         """Say who answers a conversation of the operators, when it changes."""
@@ -863,7 +865,7 @@ class QueueResponder:
             del self._lines[cid]
             answer, line.answer = line.answer, None
             if answer is not None:
-                answer.errback(
+                answer.fail(
                     Unavailable(
                         "the broker restarted and lost this line; send it again"
                     )

@@ -129,10 +129,18 @@ def encode_arg(arg: str | bytes | int | float) -> bytes:
     )
 
 
+#: The arguments hiredis's ``pack_command`` encodes as ``encode_command``
+#: does (a bool is not an int there, and floats are spelled differently).
+_PLAIN = frozenset({str, bytes, int})
+
+
 def encode_command(*args: str | bytes | int | float) -> bytes:
     """The RESP2 bytes of one command (an array of bulk strings)."""
     if not args:
         raise ValueError("a Redis command needs at least its name")
+    if HIREDIS and _PLAIN.issuperset(map(type, args)):
+        packed: bytes = hiredis.pack_command(args)  # type: ignore[arg-type]  # its stub: a 1-tuple
+        return packed
     parts = [b"*%d\r\n" % len(args)]
     append = parts.append
     for arg in args:
@@ -412,9 +420,32 @@ def _checked(reply: Any, data: bytes, pos: int, depth: int) -> tuple[Reply, int]
     if cls is list and kind == _STAR:
         if reply and depth >= MAX_DEPTH:
             raise ProtocolError(f"arrays nested more than {MAX_DEPTH} deep")
+        # The most common array, of bulk strings alone, in one step: its
+        # bytes are those hiredis would send as a command of the same items
+        # (an item of another type, or another spelling, takes the long way).
+        if reply and type(reply[-1]) is bytes:
+            try:
+                flat = hiredis.pack_command(tuple(reply))
+            except TypeError:  # an array or None in it
+                pass
+            else:
+                if data.startswith(flat, pos):
+                    return reply, pos + len(flat)
         count = len(reply)
         pos += _HEAD[count] if count < _HEADS else 3 + len(str(count))
         for i, item in enumerate(reply):
+            if (  # a stream entry (an id and its fields) in one step
+                type(item) is list
+                and len(item) == 2
+                and type(item[0]) is bytes
+                and type(item[1]) is list
+            ):
+                head = b"*2\r\n$%d\r\n%b\r\n" % (len(item[0]), item[0])
+                if data.startswith(head, pos):
+                    if depth + 1 >= MAX_DEPTH:
+                        raise ProtocolError(f"arrays nested more than {MAX_DEPTH} deep")
+                    item[1], pos = _checked(item[1], data, pos + len(head), depth + 2)
+                    continue
             # Bulk strings, the most common, here; the rest one level down.
             if type(item) is bytes and data[pos] == _DOLLAR:
                 size = len(item)

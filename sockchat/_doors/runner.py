@@ -21,7 +21,7 @@ every door:
 
 from __future__ import annotations
 
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -62,6 +62,7 @@ from sockchat._responders.contract import (
     WelcomeLater,
     as_deferred,
 )
+from sockchat._responders.later import Later
 
 __all__ = ["WRITE_TOGETHER", "Door", "Hub", "Runner", "Writer"]
 
@@ -185,7 +186,7 @@ class Runner:
         )
         self.engine.observe(self, every_move=bool(self._watchers))
         self._closed: Deferred[None] | None = None
-        self._pending: Deferred[str] | None = None
+        self._pending: Deferred[str] | Later[Any] | None = None
         #: The responder's decision of who speaks first (``WelcomeLater``).
         self._deciding: Deferred[None] | None = None
         self._closer: IDelayedCall | None = None
@@ -547,7 +548,16 @@ class Runner:
             self.engine.answered(reply, now)
             return
         timed = not isinstance(reply, Untimed)
-        pending = as_deferred(reply.answer if isinstance(reply, Untimed) else reply)
+        inner = reply.answer if isinstance(reply, Untimed) else reply
+        hub = self._hub
+        timeout = hub.settings.answer_timeout
+        if type(inner) is Later and (not timed or timeout is None):
+            # The broker's queues (through the handoff): no Deferred.
+            self._asked = now
+            self._pending = inner
+            inner.then(self._answered_later, self._failed_later)
+            return
+        pending = as_deferred(inner)
         if pending is None:
             why = (
                 f"the responder returned {type(reply).__name__}; expected str, a "
@@ -560,8 +570,6 @@ class Runner:
                     why=why,
                 )
             return
-        hub = self._hub
-        timeout = hub.settings.answer_timeout
         if timeout is not None and timed:
             pending.addTimeout(timeout, hub.clock)
         self._asked = now
@@ -574,6 +582,17 @@ class Runner:
         if isinstance(reply, (str, Signed)):
             for observer in self._observers:
                 observer.answered_later(now - self._asked)
+            if self._gathered is None:  # not within a run: the usual answer
+                # in one step, as receive_data does (who signed it matters
+                # only to a recording, which takes the long way).
+                engine = self.engine
+                out = engine.answer_now(
+                    reply.text if type(reply) is Signed else reply, now
+                )
+                if out is not None:
+                    self._writer.write(out)
+                    engine.bytes_out += len(out)
+                    return
         self.engine.answered(reply, now)
         self._run(now)
 

@@ -19,6 +19,7 @@ from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface, implementer
 
 from sockchat._core.wire import Signed
+from sockchat._responders.later import Later
 
 __all__ = [
     "AnswerFailed",
@@ -47,7 +48,7 @@ class Untimed:
     none).  A failure with ``TimeoutError`` is said as ``responder-timeout``
     all the same."""
 
-    answer: Deferred[str] | Deferred[Signed] | Deferred[str | Signed]
+    answer: Deferred[str] | Deferred[Signed] | Deferred[str | Signed] | Later[Any]
 
 
 #: What ``IResponder.respond`` may return: an answer (a ``str``, or a
@@ -61,6 +62,7 @@ Reply = (
     | Deferred[str | Signed]
     | Awaitable[str]
     | Awaitable[Signed]
+    | Later[str | Signed]
     | Untimed
 )
 
@@ -285,6 +287,10 @@ def as_deferred(reply: object) -> Deferred[Any] | None:
     workers take replies alike."""
     if isinstance(reply, Deferred):
         return reply
+    if type(reply) is Later:
+        taken: Deferred[Any] = Deferred(lambda _: reply.cancel())
+        reply.then(taken.callback, taken.errback)
+        return taken
     if inspect.isawaitable(reply):
         return Deferred.fromCoroutine(_await(reply))
     return None

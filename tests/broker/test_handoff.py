@@ -465,3 +465,48 @@ def test_a_bots_history_keeps_the_last_turns_within_bounds(
     talk.trim()
     assert talk.said == _within_bounds(everything)
     assert talk.size == sum(len(t[2]) for t in talk.said)
+
+
+def test_a_client_that_leaves_while_a_worker_thinks_takes_its_line_off_the_queue():
+    """The server waits on the handoff's answer, which waits on the workers'
+    queue's (``Later``, not a Deferred): a client that leaves cancels both,
+    its entry leaves the workers' queue, and the worker's late answer is
+    dropped; the next conversation is answered as usual."""
+    world = InProcess(
+        make=lambda instance: QueueResponder(instance, WORKERS, lifecycle=True)
+    )
+    bot = Bot(later=True)
+    worker_broker = world.hub.broker()
+    outbox = Outbox(worker_broker, WORKERS, world.clock)
+    consumer = Consumer(
+        clock=world.clock,
+        broker=worker_broker,
+        group=WORKERS,
+        handler=WorkerHandler(bot, outbox),
+        outbox=outbox,
+        name="w1",
+        by="worker w1",
+        capacity=4,
+    )
+    now(consumer.start())
+    world.server.advance(HEARTBEAT)
+    talk = world.server.connect()
+    world.server.advance(0.5)
+    world.server.result(talk.listen())
+    talk.say("still there?")
+    world.server.advance(0.5)
+    assert bot.heard == ["still there?"], "the worker has the line"
+    assert len(now(world.broker.queue_view(WORKERS, 10))) == 1
+    talk.abort()
+    world.server.advance(0.5)
+    assert now(world.broker.queue_view(WORKERS, 10)) == [], "its entry is gone"
+    bot.pending[0].callback("an answer nobody waits for")
+    world.server.advance(0.5)
+    again = world.server.connect()
+    world.server.advance(0.5)
+    world.server.result(again.listen())
+    asked = again.say("and you?")
+    world.server.advance(0.5)
+    bot.pending[1].callback("here")
+    world.server.advance(0.5)
+    assert world.server.result(asked) == "here"

@@ -8,11 +8,13 @@ protocol errors.
 from __future__ import annotations
 
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sockchat._broker import resp
 from sockchat._broker.resp import (
     HIREDIS,
     MAX_ARRAY,
@@ -149,6 +151,11 @@ BAD = [
     b"~%d\r\n" % (MAX_ARRAY + 1),
     b">%d\r\n" % (2**32),
     b"*1\r\n" * (MAX_DEPTH + 1) + b":1\r\n",
+    # Stream entries (an id and its fields: hiredis's parser takes them in
+    # one step), with an id or a field not followed by CRLF, or too deep.
+    b"*1\r\n*2\r\n$3\r\n1-0XY*2\r\n$1\r\na\r\n$1\r\nb\r\n",
+    b"*1\r\n*2\r\n$3\r\n1-0\r\n*2\r\n$1\r\na\r\n$1\r\nbXY",
+    b"*1\r\n" * (MAX_DEPTH - 1) + b"*2\r\n$1\r\ni\r\n*1\r\n$1\r\nf\r\n",
     b"+" + b"x" * (MAX_LINE + 1) + b"\r\n",
     b"*1\r\n-" + b"x" * (MAX_LINE + 1) + b"\r\n",
 ]
@@ -191,6 +198,15 @@ def test_the_deepest_and_longest_allowed_replies_parse(
         (innermost,) = innermost
     assert innermost == []
     assert replies[1:] == [line.decode(), ErrorReply(line.decode())]
+
+
+@pytest.mark.parametrize("make", PARSERS)
+def test_the_deepest_stream_entry_allowed_parses(make: type[IReplyParser]) -> None:
+    entry = [b"1-0", [b"kind", b"line"]]
+    (reply,) = make().feed(b"*1\r\n" * (MAX_DEPTH - 2) + encode_reply(entry))
+    for _ in range(MAX_DEPTH - 2):
+        (reply,) = reply
+    assert reply == entry
 
 
 @pytest.mark.parametrize("make", PARSERS)
@@ -250,6 +266,8 @@ replies = st.recursive(
         st.integers(min_value=-(2**63), max_value=2**63 - 1),
         st.binary(max_size=40),
         st.none(),
+        # A stream entry: an id and its fields.
+        st.tuples(st.binary(max_size=20), st.lists(st.binary(max_size=20))).map(list),
     ),
     lambda children: st.lists(children, max_size=5),
     max_leaves=30,
@@ -320,6 +338,23 @@ arguments = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False),
 )
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=30),
+            st.text(max_size=10),
+            st.integers(min_value=-(2**70), max_value=2**70),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_hiredis_packs_a_command_as_the_pure_encoder_does(args: list[Any]) -> None:
+    packed = encode_command(*args)
+    with patch.object(resp, "HIREDIS", False):
+        assert encode_command(*args) == packed
 
 
 @given(st.lists(arguments, min_size=1, max_size=8))
