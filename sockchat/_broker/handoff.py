@@ -32,12 +32,16 @@ itself (``QueueResponder(..., timeout=)``, one timer for all of them):
 The server waits on the bot's own Deferred, with one callback of this
 responder's before the server's: it keeps the turn for the history, or,
 if the conversation was handed over meanwhile, returns the people's
-answer to come, which Twisted then chains in the bot's place.
+answer to come, which Twisted then chains in the bot's place.  With the
+workers' queue as the bot, nothing of this responder's stands between:
+the server waits on the queue's ``Later``, the queue tells this responder
+of each answer (``answered_hook``, for the history), and a handoff moves
+the waiting line to the people (``QueueResponder.hand_over``), whose
+answer the same ``Later`` then gives.
 """
 
 from __future__ import annotations
 
-from functools import partial
 from operator import itemgetter
 from typing import Any
 
@@ -45,7 +49,6 @@ from attrs import define, field
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from sockchat._broker.instance import QueueResponder
@@ -62,7 +65,6 @@ from sockchat._responders.contract import (
     Untimed,
     as_deferred,
 )
-from sockchat._responders.later import Later
 
 __all__ = ["HANDOFF_NOTICE", "HandingConversation", "HandoffResponder"]
 
@@ -89,7 +91,7 @@ class _Asked:
     text: str
     at: float
     #: The bot's answer, while it is awaited (what the server waits on).
-    inner: Deferred[Any] | Later[Any] | None = None
+    inner: Deferred[Any] | None = None
     #: Handed over while the bot answered: a person answers it instead.
     handed: bool = False
 
@@ -171,6 +173,15 @@ class HandoffResponder:
         self._timeout = bot_timeout
         self._hooks = ILifecycle.providedBy(bot)
         self._talks: dict[int, _Talk] = {}
+        #: The workers' queue as the bot (with no timeout of this
+        #: responder's): the server waits on its answers directly, with no
+        #: step of this responder's between (a line costs a few calls
+        #: fewer, issue 23); it tells this responder of each answer, for
+        #: the history, and hands a waiting line over when asked.
+        self._queue: QueueResponder | None = None
+        if isinstance(bot, QueueResponder) and bot_timeout is None:
+            self._queue = bot
+            bot.answered_hook = self._queue_answered
 
     # -- ILifecycle ------------------------------------------------------------
 
@@ -216,6 +227,8 @@ class HandoffResponder:
         talk = self._talks.get(conversation.id)
         if talk is None or talk.handed:
             return Untimed(self.people.respond(conversation, text))
+        if self._queue is not None:  # it records its answers, hands its lines over
+            return Untimed(self._queue.respond(conversation, text))
         asked = talk.asked = _Asked(text, self._clock.seconds())
         try:
             reply = self.bot.respond(conversation, text)
@@ -232,12 +245,6 @@ class HandoffResponder:
             talk.asked = None
             self._answered(talk, asked, reply)
             return reply
-        if type(reply) is Later:  # the workers' queue: no Deferred (see Later)
-            asked.inner = reply
-            outer: Later[str | Signed] = Later(partial(_cancel, asked))
-            relay = partial(self._relay, outer, talk, asked, conversation)
-            reply.then(relay, relay)
-            return Untimed(outer)
         inner = as_deferred(reply)
         if inner is None:
             talk.asked = None
@@ -267,25 +274,6 @@ class HandoffResponder:
             self._answered(talk, asked, result)
         return result
 
-    def _relay(
-        self,
-        outer: Later[str | Signed],
-        talk: _Talk,
-        asked: _Asked,
-        info: ConversationInfo,
-        result: object,
-    ) -> None:
-        """The workers' answer to *asked* (or its failure) came: *outer*,
-        which the server waits on, gets it, or a person's after a handoff."""
-        result = self._bot_done(result, talk, asked, info)
-        if isinstance(result, Failure):
-            outer.fail(result)
-        elif isinstance(result, Deferred):  # handed over: a person answers
-            asked.inner = result
-            result.addCallbacks(outer.answer, outer.fail)
-        else:
-            outer.answer(result)  # type: ignore[arg-type]  # str or Signed
-
     def _to_people(self, info: ConversationInfo, text: str) -> Deferred[str | Signed]:
         try:
             reply = self.people.respond(info, text)
@@ -297,6 +285,14 @@ class HandoffResponder:
 
     def _answered(self, talk: _Talk, asked: _Asked, reply: str | Signed) -> None:
         talk.record(("client", "", asked.text, asked.at), self._bot_said(reply))
+
+    def _queue_answered(
+        self, cid: int, text: str, at: float, reply: str | Signed
+    ) -> None:
+        """The workers answered the line *text*, asked *at*."""
+        talk = self._talks.get(cid)
+        if talk is not None and not talk.handed:
+            talk.record(("client", "", text, at), self._bot_said(reply))
 
     def _said_by_bot(self, talk: _Talk, reply: str | Signed) -> None:
         talk.record(self._bot_said(reply))
@@ -332,6 +328,9 @@ class HandoffResponder:
         if instance.broker.up:
             quietly(instance.broker.add_history(instance.name, cid, items))
         talk.conversation.notify("handoff", HANDOFF_NOTICE)
+        if self._queue is not None:  # its line, if it waits, goes to the people
+            self._queue.hand_over(cid, self._to_people)
+            return
         asked, talk.asked = talk.asked, None
         if asked is None:
             return
@@ -342,13 +341,6 @@ class HandoffResponder:
         inner = asked.inner
         if inner is not None and not inner.called:
             inner.cancel()
-
-
-def _cancel(asked: _Asked) -> None:
-    """The server no longer waits for *asked*'s answer (its client left)."""
-    inner = asked.inner
-    if inner is not None and not inner.called:
-        inner.cancel()
 
 
 def _discard(reply: object) -> None:

@@ -443,6 +443,12 @@ class QueueResponder:
         self._first: dict[int, float | None] = {}
         #: What ``--metrics`` shows of the operators' queue (operators only).
         self.stats: QueueStats | None = None
+        #: Told of each line's answer (not the opening's) before the client:
+        #: its conversation, text, when it was asked, and the answer (the
+        #: handoff responder keeps the bot's part of the history so).
+        self.answered_hook: Callable[[int, str, float, str | Signed], None] | None = (
+            None
+        )
         instance.watch_consumers(group)
         instance.on_back(self._broker_back)
         if group == OPERATORS:
@@ -681,6 +687,19 @@ class QueueResponder:
         if line.entry is not None:
             self._drop(line.entry)
 
+    def hand_over(
+        self, cid: int, to: Callable[[ConversationInfo, str], Deferred[Any]]
+    ) -> None:
+        """Conversation *cid*'s waiting line, if it has one, is answered by
+        *to* (the operators' queue, in a handoff) instead: it leaves this
+        queue, and what the client waits on gets *to*'s answer."""
+        line = self._lines.get(cid)
+        if line is None or line.answer is None or not line.number:
+            return
+        answer = line.answer
+        self._cancelled(line)  # off this queue, without failing *answer*
+        answer.follow(to(line.conversation, line.text))
+
     def _time_out(self) -> None:
         """The oldest line's answer timeout has come: it, and any other
         line as old, fail; the timer is set again for the oldest left."""
@@ -757,12 +776,15 @@ class QueueResponder:
         kind = message["kind"]
         if kind == "answer" and isinstance(message.get("text"), str):
             by = message.get("by")
+            reply: str | Signed = message["text"]
             if isinstance(by, str):
                 if self.group == OPERATORS:
                     self._answered_by(cid, by)
-                answer.answer(Signed(message["text"], by[:200]))
-            else:
-                answer.answer(message["text"])
+                reply = Signed(message["text"], by[:200])
+            hook = self.answered_hook
+            if hook is not None and line.number:
+                hook(cid, line.text, line.asked, reply)
+            answer.answer(reply)
         elif kind == "answer":
             answer.fail(AnswerFailed(f"the {self._who} sent an answer with no text"))
         else:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from twisted.internet.defer import AlreadyCalledError, CancelledError
+from twisted.internet.defer import AlreadyCalledError, CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -98,6 +98,14 @@ class Later(Generic[_T]):
         if failed is not None:
             self._answered = self._failed = None
             _call(failed, failure)
+
+    def follow(self, other: Deferred[Any] | Later[Any]) -> None:
+        """Its answer is now *other*'s; cancelling it cancels *other*."""
+        self._canceller = other.cancel
+        if type(other) is Later:
+            other.then(self.answer, self.fail)
+        else:
+            other.addCallbacks(self.answer, self.fail)  # type: ignore[union-attr]  # a Deferred
 
     def cancel(self) -> None:
         """The taker no longer wants the answer."""

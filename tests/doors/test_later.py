@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from twisted.internet.defer import AlreadyCalledError, CancelledError
+from twisted.internet.defer import AlreadyCalledError, CancelledError, Deferred
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 
@@ -141,3 +141,28 @@ def test_as_deferred_bridges_results_failures_and_cancels():
     c.cancel()
     assert calls == ["cancelled"]
     assert failures[1].type is CancelledError
+
+
+@pytest.mark.parametrize("kind", ["Later", "Deferred"])
+def test_one_that_follows_another_gets_its_answer_and_cancels_it(kind):
+    def other() -> Any:
+        if kind == "Later":
+            return Later(lambda: calls.append("other cancelled"))
+        return Deferred(lambda _: calls.append("other cancelled"))
+
+    calls: list[str] = []
+    answered: Later[str] = Later(lambda: calls.append("first cancelled"))
+    taker = Taker()
+    answered.then(taker.answered, taker.failed)
+    followed = other()
+    answered.follow(followed)
+    (followed.answer if kind == "Later" else followed.callback)("from the other")
+    assert taker.got == [("answer", "from the other")]
+
+    cancelled: Later[str] = Later(lambda: calls.append("first cancelled"))
+    taker = Taker()
+    cancelled.then(taker.answered, taker.failed)
+    cancelled.follow(other())
+    cancelled.cancel()
+    assert calls == ["other cancelled"], "the one it follows, not its own"
+    assert taker.got == [("failure", CancelledError)]
