@@ -73,6 +73,7 @@ from sockchat._broker.wire import (
     WireError,
     decode,
     encode,
+    encode_line,
     said,
 )
 from sockchat._core.queuestats import QueueStats
@@ -531,7 +532,7 @@ class QueueResponder:
             "line",
             n=number,
             text=text,
-            at=round(instance.clock.seconds(), 3),
+            at=instance.clock.seconds(),
         )
         if (
             self.group == OPERATORS
@@ -593,13 +594,23 @@ class QueueResponder:
                 errbackArgs=(batch,),
             )
             return
-        data = encode(
-            kind,
-            instance=self.instance.name,
-            conv=info.id,
-            peer=info.peer,
-            **fields,
-        )
+        if kind == "line":  # the usual item, to the workers: written by hand
+            data = encode_line(
+                self.instance.name,
+                info.id,
+                info.peer,
+                fields["n"],
+                fields["text"],
+                fields["at"],
+            )
+        else:
+            data = encode(
+                kind,
+                instance=self.instance.name,
+                conv=info.id,
+                peer=info.peer,
+                **fields,
+            )
         self._unsent.append((data, line))
         if self._sending is None:
             self._sending = self.instance.clock.callLater(0, self._send_work)
@@ -607,7 +618,8 @@ class QueueResponder:
     async def _add_line(self, info: ConversationInfo, fields: dict[str, Any]) -> str:
         """A line for the operators: its history item first, then the line,
         held by the conversation's holder if it has one."""
-        item = said("client", "", str(fields.get("text", "")), fields.get("at", 0.0))
+        at = round(fields.pop("at", 0.0), 3)
+        item = said("client", "", str(fields.get("text", "")), at)
         h = await self.broker.add_history(self.instance.name, info.id, [item])
         data = encode(
             "line",
@@ -616,6 +628,7 @@ class QueueResponder:
             peer=info.peer,
             h=h,
             **fields,
+            at=at,
         )
         holder = self._holders.get(info.id)
         if holder is None:

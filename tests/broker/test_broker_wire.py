@@ -14,7 +14,14 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from sockchat._broker.wire import PROTOCOL, WireError, decode, encode, encode_answer
+from sockchat._broker.wire import (
+    PROTOCOL,
+    WireError,
+    decode,
+    encode,
+    encode_answer,
+    encode_line,
+)
 
 #: What a message's fields hold: JSON's values, any text, any float.
 values = st.recursive(
@@ -110,3 +117,41 @@ def test_any_bytes_are_a_message_or_a_wire_error(data: bytes) -> None:
 def test_what_is_not_a_message_is_said_in_one_line(data: bytes, said: str) -> None:
     with pytest.raises(WireError, match=said):
         decode(data, sender="instance i3")
+
+
+#: Times as clocks give them: from a test's Clock (0) to this century's.
+times = st.floats(min_value=0, max_value=4e9, allow_nan=False)
+
+
+@given(
+    instance=st.text(),
+    conv=convs,
+    peer=st.text(),
+    n=st.integers(min_value=0, max_value=2**40),
+    text=st.text(),
+    at=times,
+)
+@example(instance="i1", conv=3, peer="127.0.0.1:5000", n=1, text="hi", at=0.0)
+@example(instance="i1", conv=3, peer="p", n=1, text="é\n", at=1733591234.0015)
+def test_a_workers_line_is_the_message_encode_writes(
+    instance: str, conv: int, peer: str, n: int, text: str, at: float
+) -> None:
+    written = decode(encode_line(instance, conv, peer, n, text, at))
+    expected = decode(
+        encode(
+            "line",
+            instance=instance,
+            conv=conv,
+            peer=peer,
+            n=n,
+            text=text,
+            at=round(at, 3),
+        )
+    )
+    assert list(written) == list(expected), "the same fields, in the same order"
+    assert written.pop("at") == pytest.approx(expected.pop("at"), abs=0.0011)
+    assert written == expected
+
+
+def test_a_line_before_a_clocks_zero_is_written_the_long_way() -> None:
+    assert decode(encode_line("i1", 1, "p", 1, "t", -1.25))["at"] == -1.25

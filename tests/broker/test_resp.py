@@ -7,6 +7,7 @@ protocol errors.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from unittest.mock import patch
 
@@ -366,3 +367,33 @@ def test_a_command_reads_back_as_its_arguments(args: list[Any]) -> None:
             assert float(data) == arg
         elif isinstance(arg, int):
             assert int(data) == arg
+
+
+#: What ``_suspect`` finds, as a regular expression (its reference).
+SUSPECT = re.compile(rb"[*$~>|%][0-9]{7}")
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.sampled_from([b"*", b"$", b"~", b">", b"|", b"%", b"#", b"+", b"\r\n"]),
+            st.binary(max_size=4),
+            st.text("0123456789", min_size=1, max_size=9).map(str.encode),
+        ),
+        max_size=20,
+    ).map(b"".join),
+    st.integers(min_value=0, max_value=40),
+)
+def test_a_suspect_header_is_found_as_the_regular_expression_finds_it(
+    raw: bytes, start: int
+) -> None:
+    assert resp._suspect(raw, start) == (SUSPECT.search(raw, start) is not None)
+
+
+@pytest.mark.parametrize("kind", list(b"*$~>|%"))
+def test_each_type_byte_with_seven_digits_is_suspect(kind: int) -> None:
+    header = bytes([kind]) + b"1234567"
+    assert resp._suspect(b"ab" + header, 0)
+    assert resp._suspect(b"ab" + header, 2)
+    assert not resp._suspect(b"ab" + header, 3)
+    assert not resp._suspect(b"ab" + header[:-1] + b"\r\n", 0)
