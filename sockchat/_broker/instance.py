@@ -523,16 +523,18 @@ class QueueResponder:
         online = instance.consumers(self.group)
         if self.group == WORKERS and online == 0:
             raise Unavailable("no worker is running")
-        number = self._counts.get(conversation.id, 0) + 1
-        self._counts[conversation.id] = number
+        cid = conversation.id
+        number = self._counts[cid] = self._counts.get(cid, 0) + 1
+        now = instance.clock.seconds()
+        if self.group == WORKERS:  # the usual item, in fewer steps
+            line, answer = self._new_line(conversation, number, text, now)
+            data = encode_line(instance.name, cid, conversation.peer, number, text, now)
+            self._unsent.append((data, line))
+            if self._sending is None:
+                self._sending = instance.clock.callLater(0, self._send_work)
+            return answer
         answer = self._send_away(
-            conversation,
-            number,
-            text,
-            "line",
-            n=number,
-            text=text,
-            at=instance.clock.seconds(),
+            conversation, number, text, "line", n=number, text=text, at=now
         )
         if (
             self.group == OPERATORS
@@ -557,8 +559,15 @@ class QueueResponder:
         **fields: Any,
     ) -> Later[str | Signed]:
         """Put a work item on the queue; its answer comes later."""
-        clock = self.instance.clock
-        now = clock.seconds()
+        now = self.instance.clock.seconds()
+        line, answer = self._new_line(conversation, number, said, now)
+        self._add_work(kind, conversation, line, **fields)
+        return answer
+
+    def _new_line(
+        self, conversation: ConversationInfo, number: int, said: str, now: float
+    ) -> tuple[_Line, Later[str | Signed]]:
+        """A line sent away *now*, and its answer to come."""
         line = _Line(conversation, number, said, now)
         answer: Later[str | Signed] = Later(lambda: self._cancelled(line))
         line.answer = answer
@@ -566,13 +575,14 @@ class QueueResponder:
         if self.timeout is not None:
             lines.pop(conversation.id, None)  # the oldest first, for the timer
             if self._timer is None:
-                self._timer = clock.callLater(self.timeout, self._time_out)
+                self._timer = self.instance.clock.callLater(
+                    self.timeout, self._time_out
+                )
         lines[conversation.id] = line
         if self.stats is not None:
             self.stats.waiting[conversation.id] = now
             self._first.setdefault(conversation.id, now)
-        self._add_work(kind, conversation, line, **fields)
-        return answer
+        return line, answer
 
     def _add_work(
         self,
@@ -594,23 +604,13 @@ class QueueResponder:
                 errbackArgs=(batch,),
             )
             return
-        if kind == "line":  # the usual item, to the workers: written by hand
-            data = encode_line(
-                self.instance.name,
-                info.id,
-                info.peer,
-                fields["n"],
-                fields["text"],
-                fields["at"],
-            )
-        else:
-            data = encode(
-                kind,
-                instance=self.instance.name,
-                conv=info.id,
-                peer=info.peer,
-                **fields,
-            )
+        data = encode(
+            kind,
+            instance=self.instance.name,
+            conv=info.id,
+            peer=info.peer,
+            **fields,
+        )
         self._unsent.append((data, line))
         if self._sending is None:
             self._sending = self.instance.clock.callLater(0, self._send_work)
