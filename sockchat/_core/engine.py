@@ -930,6 +930,12 @@ class ServerConversation:
 
     # -- The actions ---------------------------------------------------------
 
+    @property
+    def busy(self) -> bool:
+        """Whether ``next_action`` may have something: an action waits, or
+        a line does."""
+        return bool(self._out or self._items)
+
     def next_action(self) -> Action | None:
         """What to do next, or None: wait for the next input."""
         out = self._out

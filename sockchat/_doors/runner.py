@@ -296,7 +296,8 @@ class Runner:
         out = engine.answer_now(reply, now)  # the usual answer, in one step
         if out is None:
             self._reply(reply, now)
-            self._run(now)
+            if engine.busy or self._watchers:  # else it waits for the answer
+                self._run(now)
             return
         self._writer.write(out)
         engine.bytes_out += len(out)
