@@ -3,6 +3,7 @@
 
     .venv/bin/python benchmarks/broker_probe.py --setup workers --clients 10 --turns 300
     .venv/bin/python benchmarks/broker_probe.py --setup workers --measure calls
+    .venv/bin/python benchmarks/broker_probe.py --measure instructions --turns 60
     .venv/bin/python benchmarks/broker_probe.py --setup local  # echo in the instance
     git archive main | tar -x -C /tmp/main-src   # the same for another revision:
     .venv/bin/python benchmarks/broker_probe.py --src /tmp/main-src
@@ -27,6 +28,14 @@ measures T turns per client (C x T) and prints, per process and per turn:
 - ``--measure calls``: Python function calls (cProfile, switched on for
   the measured turns only: ``_profiled.py``), and the functions that make
   the most of them.
+- ``--measure instructions``: the instructions each Python process ran
+  per turn, counted by valgrind's callgrind (zeroed as the measured turns
+  begin, dumped as they end: ``callgrind_control``), which a busy or
+  noisy machine does not blur.  The processes run some fifty times
+  slower, so the batches are bigger than at full speed: compare counts
+  taken with the same lines per read.  With ``--keep DIR`` the dumps are
+  kept (``callgrind_annotate --inclusive=no`` gives each C function's
+  share).
 
 Call and syscall counts are deterministic for a given batching; the
 batching (how many lines a read takes) depends on the processes' relative
@@ -42,6 +51,7 @@ import contextlib
 import json
 import os
 import pstats
+import re
 import selectors
 import shutil
 import signal
@@ -218,7 +228,15 @@ class Setup:
         self.replica_port = 0
 
     def _start(self, name: str, argv: list[str]) -> None:
-        if self.measure == "calls" and name != "redis":
+        if self.measure == "instructions" and name != "redis":
+            argv = [
+                "valgrind",
+                "--tool=callgrind",
+                "--compress-strings=no",  # each dump names its functions
+                f"--callgrind-out-file={self.tmp / name}.cg.%p",
+                *argv,
+            ]
+        elif self.measure == "calls" and name != "redis":
             argv = [
                 PYTHON,
                 str(HERE / "_profiled.py"),
@@ -258,7 +276,7 @@ class Setup:
         return f"redis://127.0.0.1:{self.rport}/0{self.query}"
 
     def start(self, concurrency: int) -> None:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + (300 if self.measure == "instructions" else 30)
         if self.kind == "workers":
             self.rport = free_port()
             self._start(
@@ -342,6 +360,32 @@ class Setup:
                 proc.wait()
 
 
+def callgrind_control(setup: Setup, what: str) -> dict[str, int]:
+    """``--zero`` or ``--dump`` the counts of the processes under callgrind
+    (``--measure instructions``); after a dump, each one's instructions
+    since the zero."""
+    counts = {}
+    for name in setup.python():
+        pid = setup.procs[name].pid
+        subprocess.run(
+            ["callgrind_control", what, str(pid)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        if what != "--dump":
+            continue
+        dumps = sorted(setup.tmp.glob(f"{name}.cg.{pid}.*"))
+        if not dumps:
+            raise SystemExit(f"callgrind wrote no dump for {name}")
+        text = dumps[-1].read_text(errors="replace")
+        found = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.MULTILINE)
+        if found is None:
+            raise SystemExit(f"no totals in {dumps[-1]}")
+        counts[name] = int(found.group(1))
+    return counts
+
+
 def perf_attach(pids: dict[str, int], tmp: Path) -> dict[str, subprocess.Popen[bytes]]:
     events = ",".join(
         ["raw_syscalls:sys_enter", *(f"syscalls:sys_enter_{s}" for s in SYSCALLS)]
@@ -389,7 +433,11 @@ def main() -> None:
     )
     ap.add_argument("--clients", type=int, default=10)
     ap.add_argument("--turns", type=int, default=300)
-    ap.add_argument("--measure", choices=("counts", "calls", "cpu"), default="counts")
+    ap.add_argument(
+        "--measure",
+        choices=("counts", "calls", "cpu", "instructions"),
+        default="counts",
+    )
     ap.add_argument(
         "--concurrency", type=int, default=64, help="the worker's --concurrency"
     )
@@ -411,7 +459,11 @@ def main() -> None:
         help="run the sockchat of this source tree (git archive REV | tar -x -C DIR)",
     )
     ap.add_argument("--json", action="store_true")
-    ap.add_argument("--keep", metavar="DIR", help="copy the profiles (calls) to DIR")
+    ap.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="copy the profiles (calls) or callgrind dumps (instructions) to DIR",
+    )
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="broker-probe-") as tmpname:
         tmp = Path(tmpname)
@@ -422,7 +474,8 @@ def main() -> None:
         try:
             setup.start(a.concurrency)
             load = Load(setup.ports, a.clients)
-            deadline = time.monotonic() + 60
+            slow = a.measure == "instructions"  # valgrind: some 50 times slower
+            deadline = time.monotonic() + (600 if slow else 60)
             while load.turns(3, deadline):  # until the instance knows its worker
                 time.sleep(0.2)
             pids = {n: p.pid for n, p in setup.procs.items()}
@@ -432,6 +485,8 @@ def main() -> None:
             for name in setup.python():
                 if a.measure == "calls":
                     os.kill(pids[name], signal.SIGUSR1)
+            if slow:
+                callgrind_control(setup, "--zero")
             time.sleep(0.2)
             cpu0 = {n: cpu_ns(p) for n, p in pids.items()}
             slept0 = {n: sleeps(p) for n, p in pids.items()}
@@ -439,6 +494,8 @@ def main() -> None:
             t0 = time.monotonic()
             refused = load.turns(a.turns, time.monotonic() + 600)
             elapsed = time.monotonic() - t0
+            if slow:
+                instructions = callgrind_control(setup, "--dump")
             cpu1 = {n: cpu_ns(p) for n, p in pids.items()}
             slept1 = {n: sleeps(p) for n, p in pids.items()}
             us1 = {n: user_system(p) for n, p in pids.items()}
@@ -483,6 +540,14 @@ def main() -> None:
             for read in ("xreadgroup", "blmpop"):
                 if stats.get(read):
                     report[f"lines_per_{read}"] = round(n / stats[read], 2)
+        if slow and a.keep:
+            Path(a.keep).mkdir(parents=True, exist_ok=True)
+            for dump in tmp.glob("*.cg.*"):
+                shutil.copy(dump, Path(a.keep) / dump.name)
+        if slow:
+            report["instructions_per_turn"] = {
+                k: round(v / n) for k, v in instructions.items()
+            }
         if perfs:
             report["syscalls_per_turn"] = {
                 name: {
