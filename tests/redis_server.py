@@ -261,6 +261,8 @@ class SyncRedis:
             return fail(RedisError(reply.message))
         return succeed(reply)
 
+    command_now = command  # each is written at once here
+
     def replicated(self) -> object:
         from twisted.internet.defer import succeed
 

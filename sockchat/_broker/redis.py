@@ -136,6 +136,12 @@ class IRedis(typing.Protocol):
 
     def command(self, *args: str | bytes | int | float) -> Deferred[Any]: ...
 
+    def command_now(self, *args: str | bytes | int | float) -> Deferred[Any]:
+        """``command``, written at once with those before it of this turn,
+        not at the turn's end: for a caller at the end of a turn itself
+        (a batch made with ``callLater(0)``), whose own ``callLater(0)``
+        would wait for another pass of the reactor."""
+
     def replicated(self) -> Deferred[None]:
         """Fires once the replicas that the URL asks for (``?wait=N``)
         have every write sent so far on this connection (at once if it
@@ -565,13 +571,19 @@ class _RedisProtocol(Protocol):
         if self._keepalive:
             _keep_alive(self.transport)
 
-    def send(self, args: tuple[str | bytes | int | float, ...]) -> Deferred[Any]:
+    def send(
+        self, args: tuple[str | bytes | int | float, ...], now: bool = False
+    ) -> Deferred[Any]:
         data = encode_command(*args)
         # Cancelling only stops waiting: the reply, when it comes, is dropped.
         d: Deferred[Any] = Deferred(lambda _: None)
         self._pending.append(d)
         self._unsent.append(data)
-        if self._flush is None:
+        if now:  # with the rest of the turn so far, in order
+            if self._flush is not None and self._flush.active():
+                self._flush.cancel()
+            self._write()
+        elif self._flush is None:
             self._flush = self._reactor.callLater(0, self._write)
         return d
 
@@ -783,6 +795,12 @@ class RedisClient:
                 )
             )
         return self._proto.send(args)
+
+    def command_now(self, *args: str | bytes | int | float) -> Deferred[Any]:
+        """``command``, written at once (see ``IRedis.command_now``)."""
+        if self._proto is None or not self.connected:
+            return self.command(*args)  # says why not
+        return self._proto.send(args, now=True)
 
     def replicated(self) -> Deferred[None]:
         """With ``?wait=N`` on the URL: fires once N replicas have every

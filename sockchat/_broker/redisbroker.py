@@ -736,7 +736,8 @@ class RedisBroker:
         far as the broker lets us) and the call fails as unavailable."""
         stream = self.keys.work(group)
         run = ("EVALSHA", script.sha1) if cached else ("EVAL", script.lua)
-        added = self._redis.command(*run, 1, stream, *args)
+        # At once: an instance enqueues at the end of a turn (callLater(0)).
+        added = self._redis.command_now(*run, 1, stream, *args)
         safe = self._redis.replicated()
         done: Deferred[list[str]] = Deferred()
 

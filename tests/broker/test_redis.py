@@ -420,6 +420,34 @@ def test_each_turn_is_one_write_and_commands_sent_from_replies_share_one() -> No
     ]
 
 
+def test_a_command_now_leaves_at_once_with_the_turns_before_it() -> None:
+    """``command_now`` (a batch made at a turn's end): written at once,
+    after this turn's commands so far and in one write with them, and no
+    write is left for the turn's end."""
+    client, endpoint, clock, _ = make_client()
+    client.start()
+    proto, transport = connect(client, endpoint)
+    first = client.command("INCR", "k")
+    now = client.command_now("GET", "k")
+    assert transport.writes == [
+        encode_command("INCR", "k") + encode_command("GET", "k")
+    ]
+    assert clock.getDelayedCalls() == [], "no pass of the reactor more for it"
+    later = client.command("PING")
+    clock.advance(0)
+    assert transport.writes[1:] == [encode_command("PING")]
+    proto.dataReceived(b":1\r\n$1\r\n1\r\n+PONG\r\n")
+    assert result_of(first) == 1
+    assert result_of(now) == b"1"
+    assert result_of(later) == "PONG"
+
+
+def test_a_command_now_without_a_connection_says_why() -> None:
+    client, _, _, _ = make_client()
+    with pytest.raises(BrokerUnavailable, match="is unavailable"):
+        result_of(client.command_now("PING"))
+
+
 def test_commands_not_written_when_the_client_stops_are_never_written() -> None:
     client, endpoint, clock, _ = make_client()
     client.start()

@@ -330,6 +330,8 @@ class _Recorder:
         self.replies.append(reply)
         return reply
 
+    command_now = command
+
     def replicated(self) -> Deferred[None]:
         return Deferred()
 
