@@ -218,13 +218,12 @@ def test_without_an_operators_queue_a_handoff_is_unavailable():
     assert server.say(talk, "price") == ANSWERS["price"]
 
 
-def test_a_worker_hands_over_across_the_broker():
-    """The bot runs in a worker: its handoff is a message to the instance,
-    whose line goes from the workers' queue to the operators'."""
+def with_a_worker(bot: Bot) -> InProcess:
+    """The workers' queue answering first, and one worker running *bot*,
+    counted by the instance (with its hooks)."""
     world = InProcess(
         make=lambda instance: QueueResponder(instance, WORKERS, lifecycle=True)
     )
-    bot = Bot()
     worker_broker = world.hub.broker()
     outbox = Outbox(worker_broker, WORKERS, world.clock)
     consumer = Consumer(
@@ -238,7 +237,15 @@ def test_a_worker_hands_over_across_the_broker():
         capacity=4,
     )
     now(consumer.start())
-    world.server.advance(HEARTBEAT)  # the instance counts it, and its hooks
+    world.server.advance(HEARTBEAT)
+    return world
+
+
+def test_a_worker_hands_over_across_the_broker():
+    """The bot runs in a worker: its handoff is a message to the instance,
+    whose line goes from the workers' queue to the operators'."""
+    bot = Bot()
+    world = with_a_worker(bot)
     talk = world.server.connect()
     world.server.advance(0.5)
     assert world.server.result(talk.listen()) == "Hello, I am a bot."
@@ -468,28 +475,13 @@ def test_a_bots_history_keeps_the_last_turns_within_bounds(
 
 
 def test_a_client_that_leaves_while_a_worker_thinks_takes_its_line_off_the_queue():
-    """The server waits on the handoff's answer, which waits on the workers'
-    queue's (``Later``, not a Deferred): a client that leaves cancels both,
-    its entry leaves the workers' queue, and the worker's late answer is
-    dropped; the next conversation is answered as usual."""
-    world = InProcess(
-        make=lambda instance: QueueResponder(instance, WORKERS, lifecycle=True)
-    )
+    """The server waits on the workers' queue's answer directly (a
+    ``Later``, not a Deferred, with no step of the handoff's between): a
+    client that leaves cancels it, its entry leaves the workers' queue, and
+    the worker's late answer is dropped; the next conversation is answered
+    as usual."""
     bot = Bot(later=True)
-    worker_broker = world.hub.broker()
-    outbox = Outbox(worker_broker, WORKERS, world.clock)
-    consumer = Consumer(
-        clock=world.clock,
-        broker=worker_broker,
-        group=WORKERS,
-        handler=WorkerHandler(bot, outbox),
-        outbox=outbox,
-        name="w1",
-        by="worker w1",
-        capacity=4,
-    )
-    now(consumer.start())
-    world.server.advance(HEARTBEAT)
+    world = with_a_worker(bot)
     talk = world.server.connect()
     world.server.advance(0.5)
     world.server.result(talk.listen())
