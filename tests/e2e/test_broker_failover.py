@@ -197,6 +197,20 @@ class Talkers(threading.Thread):
             for c in self.clients
         )
 
+    def unanswered_since(self, moment: float) -> list[str]:
+        """The clients with no line answered since *moment*: their last
+        lines' outcomes (seconds after *moment*), and what else came."""
+        return [
+            f"client {c.number}: "
+            + ", ".join(
+                f"{x.text.decode()} {x.outcome} at {x.at - moment:+.1f}"
+                for x in c.lines[-4:]
+            )
+            + (f"; strays {c.strays[-3:]}" if c.strays else "")
+            for c in self.clients
+            if not any(x.outcome == "answered" and x.at > moment for x in c.lines)
+        ]
+
     def close(self) -> None:
         for client in self.clients:
             client.sock.close()
@@ -330,11 +344,16 @@ def test_a_killed_master_loses_no_accepted_line_and_turns_flow_within_15_s(
             "every client is answered again after the promotion",
         )
         flowing = time.monotonic()
-        wait_until(
-            lambda: talkers.answered_since(flowing + 1) or talkers.error,
-            10,
-            "turns go on",
-        )
+        try:
+            wait_until(
+                lambda: talkers.answered_since(flowing + 1) or talkers.error,
+                10,
+                "turns go on",
+            )
+        except AssertionError as e:  # say which clients, and what they had
+            raise AssertionError(
+                f"{e}: {talkers.unanswered_since(flowing + 1)}"
+            ) from None
         talkers.talking = False
         assert talkers.done.wait(ANSWER_TIMEOUT + 10), "a line waits for ever"
         assert talkers.error is None, talkers.error
