@@ -553,7 +553,7 @@ class Runner:
         hub = self._hub
         timeout = hub.settings.answer_timeout
         if type(inner) is Later and (not timed or timeout is None):
-            # The broker's queues (through the handoff): no Deferred.
+            # The broker's queues give a Later: taken directly, no Deferred.
             self._asked = now
             self._pending = inner
             inner.then(self._answered_later, self._failed_later)
